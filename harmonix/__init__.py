@@ -1,0 +1,18 @@
+"""harmonix: harmonization of multi-site structural brain MR images.
+
+One scikit-learn-style contract for every method::
+
+    h = HistogramMatchingHarmonizer(reference_site="site0").fit(imgs, sites, ages)
+    harmonized = h.transform(new_imgs)
+"""
+
+from harmonix._version import __version__
+from harmonix.base import BaseHarmonizer, IdentityHarmonizer
+from harmonix.pipeline import HarmonizerStep
+
+__all__ = [
+    "BaseHarmonizer",
+    "HarmonizerStep",
+    "IdentityHarmonizer",
+    "__version__",
+]

@@ -1,0 +1,170 @@
+"""Saving and loading fitted harmonizers without pickle.
+
+A model file is an ``.npz`` archive: numeric fitted arrays are stored as arrays, every
+other fitted attribute and the constructor parameters as JSON, together with the class
+name and the harmonix version. Loading uses ``allow_pickle=False``, so a model file can
+never execute code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonix._version import __version__
+
+__all__ = ["load_estimator", "save_estimator", "read_model_info"]
+
+_META = "__harmonix__"
+_ARRAY_PREFIX = "array:"
+
+
+def _to_json(value: Any, what: str) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return {"__ndarray_list__": value.tolist()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v, what) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v, what) for k, v in value.items()}
+    raise TypeError(f"Cannot save {what} of type {type(value).__name__} without pickle.")
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__ndarray_list__" in value:
+            return np.asarray(value["__ndarray_list__"])
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def _is_plain_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype.kind in "biufUS"
+
+
+def save_estimator(estimator: Any, path: str | os.PathLike) -> Path:
+    """Write a fitted estimator's parameters and fitted attributes to ``path`` (``.npz``).
+
+    Parameters
+    ----------
+    estimator : BaseHarmonizer
+        A fitted harmonizer whose fitted attributes are arrays or JSON-able values.
+    path : str or path-like
+        Destination; ``.npz`` is appended if missing. Written atomically.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    arrays: dict[str, np.ndarray] = {}
+    params: dict[str, Any] = {}
+    for name, value in estimator.get_params(deep=False).items():
+        if _is_plain_array(value):
+            arrays[f"param:{name}"] = value
+        else:
+            params[name] = _to_json(value, f"parameter {name!r}")
+    fitted: dict[str, Any] = {}
+    for name, value in vars(estimator).items():
+        if not name.endswith("_") or name.startswith("_"):
+            continue
+        if _is_plain_array(value):
+            arrays[_ARRAY_PREFIX + name] = value
+        else:
+            fitted[name] = _to_json(value, f"fitted attribute {name!r}")
+    cls = type(estimator)
+    meta = {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "version": __version__,
+        "params": params,
+        "fitted": fitted,
+    }
+    arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_model_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the class name, harmonix version and parameters stored in a model file.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    dict
+        Keys ``class``, ``version``, ``params``, ``fitted``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file not found: '{path}'.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(bytes(data[_META]).decode())
+    except (KeyError, ValueError, OSError) as exc:
+        raise ValueError(
+            f"'{path}' is not a harmonix model file ({exc}); save models with .save()."
+        ) from exc
+
+
+def load_estimator(path: str | os.PathLike, expected: type | None = None) -> Any:
+    """Load an estimator written by :func:`save_estimator`.
+
+    Parameters
+    ----------
+    path : str or path-like
+    expected : type, optional
+        Raise a ValueError unless the stored estimator is an instance of this class.
+
+    Returns
+    -------
+    BaseHarmonizer
+        The fitted estimator.
+    """
+    meta = read_model_info(path)
+    module_name, _, cls_name = meta["class"].rpartition(".")
+    if not module_name.startswith("harmonix."):
+        raise ValueError(f"'{path}' names class {meta['class']!r}, which is not harmonix's.")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    if expected is not None and not issubclass(cls, expected):
+        raise ValueError(
+            f"'{path}' holds a {cls_name}, not a {expected.__name__}; "
+            f"load it with {cls_name}.load()."
+        )
+    params = {k: _from_json(v) for k, v in meta["params"].items()}
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files if k != _META}
+    for key, value in arrays.items():
+        if key.startswith("param:"):
+            params[key[len("param:"):]] = value
+    est = cls(**params)
+    for name, value in meta["fitted"].items():
+        setattr(est, name, _from_json(value))
+    for key, value in arrays.items():
+        if key.startswith(_ARRAY_PREFIX):
+            setattr(est, key[len(_ARRAY_PREFIX):], value)
+    est._saved_version = meta["version"]
+    return est

@@ -1,0 +1,293 @@
+"""The estimator contract, checked for every harmonizer that ``harmonix`` exports.
+
+Methods added later are picked up automatically from ``harmonix.__all__``; only their
+fast test settings live in FAST_PARAMS.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import joblib
+import nibabel as nib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import (
+    check_estimator_cloneable,
+    check_estimator_repr,
+    check_get_params_invariance,
+    check_mixin_order,
+    check_no_attributes_set_in_init,
+    check_set_params,
+)
+
+import harmonix
+from harmonix.base import BaseHarmonizer
+
+#: Settings that make each method fast enough for the contract suite.
+FAST_PARAMS: dict[str, dict] = {
+    "IGUANeHarmonizer": {
+        "n_epochs": 1,
+        "steps_per_epoch": 1,
+        "base_width": 2,
+        "random_state": 0,
+    },
+}
+
+HARMONIZERS = sorted(
+    (
+        obj
+        for name in harmonix.__all__
+        if isinstance(obj := getattr(harmonix, name), type)
+        and issubclass(obj, BaseHarmonizer)
+        and obj is not BaseHarmonizer
+    ),
+    key=lambda c: c.__name__,
+)
+
+
+def make(cls, **extra):
+    return cls(**{**FAST_PARAMS.get(cls.__name__, {}), **extra})
+
+
+def fit_args(cls, tiny):
+    imgs, sites, ages, _ = tiny
+    return imgs, sites, ages
+
+
+def transform_kwargs(cls, sites, ages):
+    return {"sites": sites, "ages": ages} if cls._needs_sites else {}
+
+
+@pytest.fixture(params=HARMONIZERS, ids=lambda c: c.__name__)
+def cls(request):
+    return request.param
+
+
+def test_there_are_harmonizers():
+    assert harmonix.IdentityHarmonizer in HARMONIZERS
+
+
+# -- scikit-learn API checks that do not need 2-D data -------------------------------------
+@pytest.mark.parametrize(
+    "check",
+    [
+        check_estimator_cloneable,
+        check_estimator_repr,
+        check_no_attributes_set_in_init,
+        check_get_params_invariance,
+        check_set_params,
+        check_mixin_order,
+    ],
+    ids=lambda f: f.__name__,
+)
+def test_sklearn_api_checks(cls, check):
+    check(cls.__name__, make(cls))
+
+
+def test_fit_returns_self_and_refit_forgets(cls, tiny):
+    imgs, sites, ages = fit_args(cls, tiny)
+    est = make(cls)
+    assert est.fit(imgs, sites, ages) is est
+    assert set(est.sites_.tolist()) == set(sites.tolist())
+    est.stale_attr_ = 1
+    est.fit(imgs, sites, ages)
+    assert not hasattr(est, "stale_attr_")
+
+
+def test_fit_does_not_change_params(cls, tiny):
+    est = make(cls)
+    before = {k: repr(v) for k, v in est.get_params().items()}
+    est.fit(*fit_args(cls, tiny))
+    assert {k: repr(v) for k, v in est.get_params().items()} == before
+
+
+def test_not_fitted(cls, tiny):
+    with pytest.raises(NotFittedError):
+        make(cls).transform(tiny[0], **transform_kwargs(cls, tiny[1], tiny[2]))
+
+
+def test_fit_is_idempotent(cls, tiny):
+    imgs, sites, ages = fit_args(cls, tiny)
+    kw = transform_kwargs(cls, sites, ages)
+    a = make(cls).fit(imgs, sites, ages).transform(imgs, **kw)
+    est = make(cls).fit(imgs, sites, ages)
+    est.fit(imgs, sites, ages)
+    np.testing.assert_allclose(est.transform(imgs, **kw), a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def fitted(cls, tiny):
+    return make(cls).fit(*fit_args(cls, tiny))
+
+
+def test_output_mirrors_ndarray(cls, fitted, tiny):
+    imgs, sites, ages, _ = tiny
+    original = imgs.copy()
+    out = fitted.transform(imgs, **transform_kwargs(cls, sites, ages))
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == np.float32 and out.shape == imgs.shape
+    assert np.isfinite(out).all()
+    assert (out[imgs == 0] == 0).all(), "background must stay 0"
+    np.testing.assert_array_equal(imgs, original)  # input untouched
+
+
+def test_output_mirrors_list(cls, fitted, tiny):
+    imgs, sites, ages, _ = tiny
+    arrays = [img.astype(np.float64) for img in imgs[:2]]
+    out = fitted.transform(arrays, **transform_kwargs(cls, sites[:2], ages[:2]))
+    assert isinstance(out, list) and len(out) == 2
+    assert all(o.dtype == np.float32 and o.shape == imgs.shape[1:] for o in out)
+    ref = fitted.transform(imgs[:2], **transform_kwargs(cls, sites[:2], ages[:2]))
+    np.testing.assert_allclose(np.stack(out), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_int16_input_is_accepted(cls, fitted, tiny):
+    imgs, sites, ages, _ = tiny
+    as_int = np.round(imgs[:2] * 100).astype(np.int16)
+    out = fitted.transform(as_int, **transform_kwargs(cls, sites[:2], ages[:2]))
+    assert out.dtype == np.float32
+    assert (out[as_int == 0] == 0).all()
+
+
+def test_output_mirrors_nifti(cls, tiny_nifti):
+    paths, sites, ages, affine = tiny_nifti
+    est = make(cls).fit(paths, sites, ages)
+    kw = transform_kwargs(cls, sites[:2], ages[:2])
+    out = est.transform(paths[:2], **kw)
+    assert isinstance(out, list) and all(isinstance(o, nib.Nifti1Image) for o in out)
+    for o, p in zip(out, paths[:2]):
+        np.testing.assert_allclose(o.affine, affine)
+        assert o.get_data_dtype() == np.float32
+        src = nib.load(p).get_fdata()
+        assert (o.get_fdata()[src == 0] == 0).all()
+    images = [nib.load(p) for p in paths[:2]]
+    out2 = est.transform(images, **kw)
+    np.testing.assert_allclose(out2[0].get_fdata(), out[0].get_fdata(), rtol=1e-5, atol=1e-4)
+
+
+def test_pickle_and_joblib_roundtrip(cls, fitted, tiny, tmp_path):
+    imgs, sites, ages, _ = tiny
+    kw = transform_kwargs(cls, sites, ages)
+    ref = fitted.transform(imgs, **kw)
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(fitted)).transform(imgs, **kw), ref)
+    joblib.dump(fitted, tmp_path / "m.joblib")
+    np.testing.assert_allclose(joblib.load(tmp_path / "m.joblib").transform(imgs, **kw), ref)
+
+
+def test_save_load_roundtrip(cls, fitted, tiny, tmp_path):
+    imgs, sites, ages, _ = tiny
+    kw = transform_kwargs(cls, sites, ages)
+    path = tmp_path / "model.npz"
+    fitted.save(path)
+    loaded = cls.load(path)
+    assert type(loaded) is cls
+    assert loaded.get_params().keys() == fitted.get_params().keys()
+    np.testing.assert_allclose(loaded.transform(imgs, **kw), fitted.transform(imgs, **kw))
+
+
+def test_clone_is_unfitted(cls, fitted, tiny):
+    with pytest.raises(NotFittedError):
+        clone(fitted).transform(tiny[0], **transform_kwargs(cls, tiny[1], tiny[2]))
+
+
+# -- bad input -----------------------------------------------------------------------------
+def test_length_mismatch(cls, tiny):
+    imgs, sites, ages, _ = tiny
+    with pytest.raises(ValueError, match="one label per image"):
+        make(cls).fit(imgs, sites[:-1], ages)
+    with pytest.raises(ValueError, match="one age per image"):
+        make(cls).fit(imgs, sites, ages[:-1])
+
+
+def test_single_site(cls, tiny):
+    imgs, _, ages, _ = tiny
+    with pytest.raises(ValueError, match="at least 2 sites"):
+        make(cls).fit(imgs, ["a"] * len(imgs), ages)
+
+
+def test_missing_reference_site(cls, tiny):
+    if "reference_site" not in cls().get_params():
+        pytest.skip("no reference site")
+    with pytest.raises(ValueError, match="not among the training sites"):
+        make(cls, reference_site="nowhere").fit(*fit_args(cls, tiny))
+
+
+def test_non_finite_voxels(cls, tiny):
+    imgs, sites, ages, _ = tiny
+    for bad_value in (np.nan, np.inf):
+        bad = imgs.copy()
+        bad[1, 6, 6, 6] = bad_value
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            make(cls).fit(bad, sites, ages)
+
+
+def test_nan_ages(cls, tiny):
+    imgs, sites, ages, _ = tiny
+    with pytest.raises(ValueError, match="finite"):
+        make(cls).fit(imgs, sites, np.where(np.arange(len(ages)) == 0, np.nan, ages))
+
+
+def test_single_image_instead_of_collection(cls, tiny):
+    imgs, sites, ages, _ = tiny
+    with pytest.raises(ValueError, match="wrap it in a list|pass imgs"):
+        make(cls).fit(imgs[0], sites, ages)
+
+
+def test_unsupported_container(cls, tiny):
+    imgs, sites, ages, _ = tiny
+    with pytest.raises(TypeError, match="Unsupported image container"):
+        make(cls).fit({i: img for i, img in enumerate(imgs)}, sites, ages)
+
+
+def test_wrong_ndim(cls, tiny):
+    imgs, sites, ages, _ = tiny
+    with pytest.raises(ValueError, match="3-D"):
+        make(cls).fit([img[0] for img in imgs], sites, ages)
+
+
+def test_empty_mask(cls, tiny):
+    if "mask" not in cls().get_params():
+        pytest.skip("no mask parameter")
+    imgs, sites, ages, _ = tiny
+    with pytest.raises(ValueError, match="mask is empty"):
+        make(cls, mask=np.zeros(imgs.shape[1:], bool)).fit(imgs, sites, ages)
+
+
+def test_mask_sets_outside_to_zero(cls, tiny):
+    if "mask" not in cls().get_params():
+        pytest.skip("no mask parameter")
+    imgs, sites, ages, _ = tiny
+    mask = np.zeros(imgs.shape[1:], bool)
+    mask[2:10, 2:12, 2:10] = True
+    out = make(cls, mask=mask).fit(imgs, sites, ages).transform(
+        imgs, **transform_kwargs(cls, sites, ages)
+    )
+    assert (out[:, ~mask] == 0).all()
+
+
+def test_all_zero_image(cls, tiny):
+    imgs, sites, ages, _ = tiny
+    bad = imgs.copy()
+    bad[0] = 0
+    with pytest.raises(ValueError, match="no brain voxels"):
+        make(cls).fit(bad, sites, ages)
+
+
+def test_shape_differing_from_fit(cls, fitted, tiny):
+    imgs, sites, ages, _ = tiny
+    other = np.pad(imgs[:2], ((0, 0), (0, 2), (0, 0), (0, 0)))
+    kw = transform_kwargs(cls, sites[:2], ages[:2])
+    if cls._fixed_shape:
+        with pytest.raises(ValueError, match="resample"):
+            fitted.transform(other, **kw)
+    else:  # grid-free methods harmonize any grid
+        assert fitted.transform(other, **kw).shape == other.shape
+
+
+def test_transform_sites_length_checked(cls, fitted, tiny):
+    imgs, sites, ages, _ = tiny
+    with pytest.raises(ValueError, match="one label per image"):
+        fitted.transform(imgs, sites=sites[:1], ages=ages if cls._needs_sites else None)

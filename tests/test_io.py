@@ -1,0 +1,152 @@
+"""harmonix.io: loading, lazy collections, atomic saving, manifests."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from harmonix.io import (
+    as_collection,
+    load_img,
+    load_imgs,
+    read_manifest,
+    save_img,
+    save_imgs,
+)
+
+
+def test_load_img_roundtrip(tiny_nifti):
+    paths, _, _, affine = tiny_nifti
+    img = load_img(paths[0])
+    assert img.shape == (12, 14, 12)
+    np.testing.assert_allclose(img.affine, affine)
+    assert len(load_imgs(paths)) == len(paths)
+
+
+def test_load_img_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_img(tmp_path / "missing.nii.gz")
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti file")
+    with pytest.raises(ValueError, match="NIfTI"):
+        load_img(bad)
+    four_d = tmp_path / "4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.eye(4)), four_d)
+    with pytest.raises(ValueError, match="3-D"):
+        load_img(four_d)
+    with pytest.raises(TypeError):
+        load_img(3.0)
+    with pytest.raises(ValueError, match="list"):
+        load_imgs(str(four_d))
+
+
+def test_truncated_file_raises_clear_error(tmp_path, tiny):
+    path = tmp_path / "full.nii.gz"
+    nib.save(nib.Nifti1Image(tiny[0][0], np.eye(4)), path)
+    raw = gzip.decompress(path.read_bytes())
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    coll = as_collection([str(cut)])
+    with pytest.raises(ValueError, match="truncated|corrupt|NIfTI"):
+        coll[0]
+
+
+def test_single_4d_volume_with_one_frame_is_accepted(tmp_path):
+    path = tmp_path / "one.nii"
+    nib.save(nib.Nifti1Image(np.ones((3, 3, 3, 1), np.float32), np.eye(4)), path)
+    assert load_img(path).shape == (3, 3, 3)
+
+
+def test_save_is_atomic_and_refuses_overwrite(tmp_path, tiny):
+    out = tmp_path / "a.nii.gz"
+    save_img(tiny[0][0], out)
+    assert out.exists()
+    with pytest.raises(FileExistsError):
+        save_img(tiny[0][0], out)
+    save_img(tiny[0][1], out, overwrite=True)
+    np.testing.assert_array_equal(nib.load(out).get_fdata(), tiny[0][1])
+    assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]  # no temporary left
+
+
+def test_save_imgs_checks_everything_first(tmp_path, tiny):
+    (tmp_path / "b.nii.gz").write_bytes(b"keep me")
+    with pytest.raises(FileExistsError):
+        save_imgs(list(tiny[0][:2]), [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"])
+    assert not (tmp_path / "a.nii.gz").exists()  # nothing written
+    assert (tmp_path / "b.nii.gz").read_bytes() == b"keep me"
+    with pytest.raises(ValueError, match="one path each"):
+        save_imgs(list(tiny[0][:2]), [tmp_path / "c.nii"])
+    with pytest.raises(ValueError, match=".nii"):
+        save_img(tiny[0][0], tmp_path / "c.txt")
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    def boom(img, filename):
+        with open(filename, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_img(np.ones((2, 2, 2), np.float32), tmp_path / "x.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_manifest(tmp_path, tiny_nifti):
+    paths, sites, ages, _ = tiny_nifti
+    rows = ["path,site,age,subject"] + [
+        f"{p.split('/')[-1]},{s},{a},sub{i}" for i, (p, s, a) in enumerate(zip(paths, sites, ages))
+    ]
+    csv = tmp_path / "m.csv"
+    csv.write_text("\n".join(rows))
+    man = read_manifest(csv)
+    assert len(man) == len(paths)
+    assert [str(p) for p in man.paths] == [str(tmp_path / p.split("/")[-1]) for p in paths]
+    assert man.sites.tolist() == sites.tolist()
+    np.testing.assert_allclose(man.ages, ages)
+    assert man.subjects[0] == "sub0"
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "match"),
+    [
+        ("path,age\nimg0.nii.gz,3", ValueError, "site"),
+        ("path,site\nmissing.nii.gz,a", FileNotFoundError, "missing"),
+        ("path,site,age\nimg0.nii.gz,a,old", ValueError, "age"),
+        ("path,site\n", ValueError, "no images"),
+        ("path,site\nimg0.nii.gz,", ValueError, "empty"),
+    ],
+)
+def test_read_manifest_errors(tmp_path, tiny_nifti, text, error, match):
+    csv = tmp_path / "m.csv"
+    csv.write_text(text)
+    with pytest.raises(error, match=match):
+        read_manifest(csv)
+
+
+def test_collection_kinds_and_errors(tiny, tiny_nifti):
+    imgs = tiny[0]
+    assert as_collection(imgs).kind == "array"
+    assert as_collection(list(imgs)).kind == "list"
+    assert as_collection(tiny_nifti[0]).kind == "nifti"
+    coll = as_collection(imgs)
+    assert as_collection(coll) is coll
+    with pytest.raises(ValueError, match="single|one 3-D"):
+        as_collection(imgs[0])
+    with pytest.raises(ValueError, match="single"):
+        as_collection(tiny_nifti[0][0])
+    with pytest.raises(TypeError, match="container"):
+        as_collection({"a": imgs[0]})
+    with pytest.raises(TypeError, match="all be"):
+        as_collection([imgs[0], tiny_nifti[0][0]])
+    with pytest.raises(ValueError, match="No images"):
+        as_collection([])
+    with pytest.raises(ValueError, match="4-D"):
+        as_collection(np.zeros((2, 2)))
+    bad = imgs.copy()
+    bad[0, 5, 5, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        as_collection(bad)[0]
