@@ -8,11 +8,15 @@ One scikit-learn-style contract for every method::
 
 from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer, IdentityHarmonizer
+from harmonix.datasets import MultisiteDataset, make_multisite, write_nifti_dataset
 from harmonix.pipeline import HarmonizerStep
 
 __all__ = [
     "BaseHarmonizer",
     "HarmonizerStep",
     "IdentityHarmonizer",
+    "MultisiteDataset",
     "__version__",
+    "make_multisite",
+    "write_nifti_dataset",
 ]

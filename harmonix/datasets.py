@@ -1,0 +1,750 @@
+"""Synthetic multi-site traveling-subject data built from real anatomy.
+
+No multi-site structural MRI data set can be downloaded at run time, so tests, tutorials
+and benchmarks use images simulated from the ICBM152 2009a template bundled with nilearn
+(no network access is needed). Every subject is "scanned" at every site (traveling
+subjects), so the ideal harmonized image of each scan is known: the same subject rendered
+clean at the reference site.
+
+Simulation recipe
+-----------------
+Anatomy (once per resolution, cached in memory):
+    the ICBM152 T1, GM, WM and brain-mask images are smoothed (anti-aliasing) and resampled
+    to the FSL MNI grids; CSF is ``clip(mask - GM - WM, 0, 1)`` and the *texture* is the part
+    of the T1 template not explained by a linear tissue model (deep grey matter, vessels...),
+    expressed in units of the WM intensity.
+
+Subjects (computed once per subject, reused at every site):
+    1. a random affine (each matrix entry within +/- 3 %) and a smooth random displacement
+       (cubic B-spline on a 7x7x7 control grid, RMS 1-2.5 mm, evaluated with separable
+       tensor products) warp the tissue, texture and mask maps (trilinear interpolation);
+    2. ageing: a fraction ``clip(0.004 * p * (age - 20) * w(x), 0, 0.5)`` of the GM turns
+       into CSF, where ``w`` is a smooth weight of the template position (about 0.6 in the
+       occipital to 1.4 in the frontal lobe) and ``p ~ U(0.75, 1.25)`` the subject's
+       ageing pace; the GM volume therefore falls with age, which a harmonization must keep.
+
+Sites (one seeded parameter set per site, within the range of the ABIDE sites' MRIQC image
+quality metrics: GM/WM 0.58-0.85, CSF/WM 0.25-0.44, WM SNR 13-24, INU range 0.2-0.63):
+    1. tissue contrast ``I = WM + r_gm * GM + r_csf * CSF + g * texture``;
+    2. a random monotone nonlinear intensity curve (PCHIP through 7 increasing knots that
+       keep pure CSF, GM and WM at ``r_csf``, ``r_gm`` and 1);
+    3. a multiplicative bias field ``exp(a * s(x))`` with ``s`` smooth, whose 5-95th
+       percentile range inside the brain equals the site's INU range;
+    4. anisotropic Gaussian blur (sigma 0.3-1.2 mm per axis);
+    5. Rician noise at the site's WM SNR (given for 1 mm voxels; the noise standard deviation
+       is divided by ``voxel_volume ** 0.5`` for larger voxels, as averaging would do);
+    6. a global scale (WM mapped to 255-4095, log-uniform) and rounding to integers; voxels
+       inside the subject's brain are at least 1 and the background is exactly 0.
+
+The ground truth of each image is its subject rendered at the reference site without bias
+field and noise (reference contrast, curve, blur and scale; not rounded).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+import pathlib
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from scipy.interpolate import PchipInterpolator
+from scipy.optimize import brentq
+
+__all__ = ["MultisiteDataset", "make_multisite", "write_nifti_dataset"]
+
+# FSL MNI152 grids: shape and voxel size, all sharing the origin (90, -126, -72) mm and a
+# left-right flipped first axis (radiological voxel order, like FSL's MNI152_T1_*mm).
+_GRIDS = {
+    1: (182, 218, 182),
+    2: (91, 109, 91),
+    4: (46, 55, 46),
+}
+_ORIGIN = (90.0, -126.0, -72.0)
+
+# ABIDE per-site ranges (MRIQC image quality metrics, WM median scaled to 1000).
+_GM_WM = (0.58, 0.85)
+_CSF_WM = (0.25, 0.44)
+_SNR_WM = (13.0, 24.0)
+_INU_RANGE = (0.20, 0.63)
+_BLUR_SIGMA_MM = (0.3, 1.2)
+_SCALE = (255.0, 4095.0)
+_TEXTURE_GAIN = (0.6, 1.0)
+
+_N_CONTROL = 7  # control points per axis of the subject deformation
+_N_CONTROL_BIAS = 4  # control points per axis of the bias field
+_DISPLACEMENT_RMS_MM = (1.0, 2.5)
+_AFFINE_RANGE = 0.03
+_ATROPHY_RATE = 0.004  # fraction of GM lost per year after 20, before the spatial weight
+_ATROPHY_MAX = 0.5
+_ATROPHY_PACE = (0.75, 1.25)  # individual ageing speed (multiplies the atrophy rate)
+_CURVE_XMAX = 2.5  # last knot of the intensity curve (in WM units)
+_LUT_SIZE = 4096
+
+
+def _fsl_affine(resolution: int) -> np.ndarray:
+    affine = np.diag([-float(resolution), float(resolution), float(resolution), 1.0])
+    affine[:3, 3] = _ORIGIN
+    return affine
+
+
+@dataclass(frozen=True)
+class _Anatomy:
+    """Template tissue maps on one grid (read-only arrays)."""
+
+    gm: np.ndarray  # float32 (i, j, k)
+    wm: np.ndarray
+    csf: np.ndarray
+    texture: np.ndarray
+    mask: np.ndarray  # bool
+    maskf: np.ndarray  # float32 copy of ``mask``
+    coords: np.ndarray  # float32 (3, n_voxels) voxel coordinates of the grid, C order
+    distance: np.ndarray  # float32, distance to the mask in voxels (0 inside)
+    center: np.ndarray  # (3,) centre of mass of the mask (voxels)
+    radius: float  # largest distance of a mask voxel to ``center`` (voxels)
+    affine: np.ndarray
+    resolution: int
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+@functools.lru_cache(maxsize=3)
+def _load_anatomy(resolution: int) -> _Anatomy:
+    """Load the nilearn ICBM152 2009a maps and resample them once to an FSL grid."""
+    from nilearn import datasets as nl_datasets
+
+    imgs = {
+        "t1": nl_datasets.load_mni152_template(resolution=1),
+        "gm": nl_datasets.load_mni152_gm_template(resolution=1),
+        "wm": nl_datasets.load_mni152_wm_template(resolution=1),
+        "mask": nl_datasets.load_mni152_brain_mask(resolution=1),
+    }
+    shape = _GRIDS[resolution]
+    affine = _fsl_affine(resolution)
+    # Anti-aliasing before down-sampling: Gaussian whose FWHM brings 1 mm voxels to the
+    # target voxel size.
+    fwhm = math.sqrt(max(resolution**2 - 1.0, 0.0))
+    sigma = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    maps = {}
+    for name, img in imgs.items():
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        if data.max() > 1.5:  # uint8 stored without scaling
+            data /= 255.0
+        if sigma > 0:
+            data = ndimage.gaussian_filter(data, sigma, mode="constant")
+        vox = np.linalg.solve(img.affine, affine)  # target voxel -> source voxel
+        maps[name] = ndimage.affine_transform(
+            data,
+            vox[:3, :3],
+            offset=vox[:3, 3],
+            output_shape=shape,
+            order=1,
+            mode="constant",
+            cval=0.0,
+            prefilter=False,
+        ).astype(np.float32, copy=False)
+
+    mask = maps["mask"] > 0.5
+    mask = ndimage.binary_fill_holes(mask)
+    gm = np.clip(maps["gm"], 0.0, 1.0) * mask
+    wm = np.clip(maps["wm"], 0.0, 1.0) * mask
+    total = gm + wm
+    over = total > 1.0
+    gm[over] /= total[over]
+    wm[over] /= total[over]
+    csf = np.clip(mask - gm - wm, 0.0, 1.0).astype(np.float32)
+
+    # Texture: T1 minus its least-squares tissue model, in WM units.
+    t1 = maps["t1"]
+    design = np.stack([wm[mask], gm[mask], csf[mask]], axis=1).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(design, t1[mask].astype(np.float64), rcond=None)
+    texture = np.zeros(shape, np.float32)
+    resid = (t1[mask] - design @ coef) / coef[0]
+    texture[mask] = np.clip(resid, -0.4, 0.4)
+
+    distance = ndimage.distance_transform_edt(~mask).astype(np.float32)
+    idx = np.argwhere(mask)
+    center = idx.mean(axis=0)
+    radius = float(np.sqrt(((idx - center) ** 2).sum(axis=1)).max())
+    return _Anatomy(
+        gm=_readonly(gm.astype(np.float32)),
+        wm=_readonly(wm.astype(np.float32)),
+        csf=_readonly(csf),
+        texture=_readonly(texture),
+        mask=_readonly(mask),
+        maskf=_readonly(mask.astype(np.float32)),
+        coords=_readonly(np.indices(shape, dtype=np.float32).reshape(3, -1)),
+        distance=_readonly(distance),
+        center=_readonly(center),
+        radius=radius,
+        affine=_readonly(affine),
+        resolution=resolution,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Smooth random fields
+# --------------------------------------------------------------------------------------
+
+
+def _cubic_bspline(t: np.ndarray) -> np.ndarray:
+    t = np.abs(t)
+    out = np.zeros_like(t)
+    near = t < 1
+    far = (t >= 1) & (t < 2)
+    out[near] = 2.0 / 3.0 - t[near] ** 2 + 0.5 * t[near] ** 3
+    out[far] = (2.0 - t[far]) ** 3 / 6.0
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _bspline_basis(n: int, n_control: int) -> np.ndarray:
+    """(n, n_control) cubic B-spline weights with control points spanning the axis."""
+    pos = np.linspace(0.0, n_control - 1.0, n)
+    basis = _cubic_bspline(pos[:, None] - np.arange(n_control)[None, :])
+    return _readonly(basis.astype(np.float32))
+
+
+def _bspline_field(coef: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Evaluate a tensor-product cubic B-spline with coefficients ``coef`` (c, c, c)."""
+    bx, by, bz = (_bspline_basis(n, coef.shape[d]) for d, n in enumerate(shape))
+    out = np.tensordot(coef.astype(np.float32), bz, axes=([2], [1]))  # (cx, cy, k)
+    out = np.tensordot(by, out, axes=([1], [1]))  # (j, cx, k)
+    out = np.tensordot(bx, out, axes=([1], [1]))  # (i, j, k)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Subjects
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Subject:
+    flat: np.ndarray  # flat indices of the subject's brain voxels
+    bbox: tuple[slice, slice, slice]
+    local: np.ndarray  # flat indices of the brain voxels inside the bbox
+    wm: np.ndarray  # values at ``flat`` (float32)
+    gm: np.ndarray
+    csf: np.ndarray
+    texture: np.ndarray
+    params: dict[str, Any]
+
+
+def _atrophy_weight(y_mm: np.ndarray) -> np.ndarray:
+    """Smooth spatial atrophy weight: ~0.6 in occipital to ~1.4 in frontal cortex."""
+    ramp = 0.5 + 0.5 * np.tanh((y_mm + np.float32(10.0)) / np.float32(30.0))
+    return np.float32(0.6) + np.float32(0.8) * ramp
+
+
+def _draw_subject(anat: _Anatomy, rng: np.random.Generator, age: float) -> _Subject:
+    shape = anat.mask.shape
+    res = anat.resolution
+
+    # Deformation: output voxel p samples the template at c + A (p - c) + d(p), with d a
+    # cubic B-spline field (separable tensor products on the full grid, in voxels).
+    rms_mm = rng.uniform(*_DISPLACEMENT_RMS_MM)
+    coef = rng.standard_normal((3, _N_CONTROL, _N_CONTROL, _N_CONTROL))
+    disp = np.empty((3, *shape), np.float32)
+    for d in range(3):
+        disp[d] = _bspline_field(coef[d], shape)
+    sq = disp[0] ** 2
+    sq += disp[1] ** 2
+    sq += disp[2] ** 2
+    factor = rms_mm / res / math.sqrt(float(sq.mean(dtype=np.float64)))
+    disp *= np.float32(factor)
+    max_disp = math.sqrt(float(sq.max())) * factor
+    lin = np.eye(3) + rng.uniform(-_AFFINE_RANGE, _AFFINE_RANGE, (3, 3))
+    pace = rng.uniform(*_ATROPHY_PACE)
+
+    # Only voxels close enough to the template brain can land inside it.
+    max_lin = float(np.linalg.norm(lin - np.eye(3), 2)) * (anat.radius + max_disp + 2.0)
+    support = np.flatnonzero(anat.distance.reshape(-1) <= max_disp + max_lin + 2.0)
+    c = anat.center.astype(np.float32)[:, None]
+    q = lin.astype(np.float32) @ (np.take(anat.coords, support, axis=1) - c)
+    q += c
+    flat_disp = disp.reshape(3, -1)
+    for d in range(3):
+        q[d] += np.take(flat_disp[d], support)
+
+    def warp(vol: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(vol, coords, order=1, mode="constant", prefilter=False)
+
+    # The tissue maps sum to the binary template mask, so WM = warped mask - GM - CSF: warp
+    # the mask first, then GM, CSF and texture only where the subject's brain is.
+    total = warp(anat.maskf, q)
+    inside = total > 0.5
+    flat = support[inside]
+    total = total[inside]
+    q = q[:, inside]
+    gm, csf, texture = (warp(v, q) for v in (anat.gm, anat.csf, anat.texture))
+    wm = total - gm - csf
+    np.maximum(wm, 0.0, out=wm)
+
+    # Ageing: a fraction of GM, weighted by the template position, turns into CSF.
+    y_mm = np.float32(_ORIGIN[1]) + np.float32(res) * q[1]
+    lost = _atrophy_weight(y_mm)
+    lost *= np.float32(_ATROPHY_RATE * pace * (age - 20.0))
+    np.clip(lost, 0.0, _ATROPHY_MAX, out=lost)
+    lost *= gm
+    gm -= lost
+    csf += lost
+    # Renormalise partial volumes so that tissues sum to 1 inside the brain.
+    total = wm + gm + csf
+    wm /= total
+    gm /= total
+    csf /= total
+
+    ijk = np.unravel_index(flat, shape)
+    bbox = tuple(slice(int(a.min()), int(a.max()) + 1) for a in ijk)
+    box_shape = tuple(s.stop - s.start for s in bbox)
+    local = np.ravel_multi_index(tuple(a - s.start for a, s in zip(ijk, bbox)), box_shape)
+    params = {
+        "age": age,
+        "atrophy_pace": float(pace),
+        "displacement_rms_mm": float(rms_mm),
+        "affine": lin.tolist(),
+    }
+    return _Subject(flat, bbox, local, wm, gm, csf, texture, params)
+
+
+# --------------------------------------------------------------------------------------
+# Sites
+# --------------------------------------------------------------------------------------
+
+
+def _draw_site(
+    anat: _Anatomy, rng: np.random.Generator, name: str
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Draw one site's parameters; return them and the bias field (float32 volume)."""
+    r_gm = rng.uniform(*_GM_WM)
+    r_csf = rng.uniform(*_CSF_WM)
+    gain = rng.uniform(*_TEXTURE_GAIN)
+    snr = rng.uniform(*_SNR_WM)
+    inu = rng.uniform(*_INU_RANGE)
+    blur = rng.uniform(*_BLUR_SIGMA_MM, size=3)
+    scale = math.exp(rng.uniform(math.log(_SCALE[0]), math.log(_SCALE[1])))
+
+    # Monotone curve anchored at pure CSF, GM and WM; free knots in between and above.
+    x = [0.0, r_csf, 0.5 * (r_csf + r_gm), r_gm, 0.5 * (r_gm + 1.0), 1.0, _CURVE_XMAX]
+    y = [0.0, r_csf, 0.0, r_gm, 0.0, 1.0, 0.0]
+    for k in (2, 4):
+        y[k] = y[k - 1] + (y[k + 1] - y[k - 1]) * rng.uniform(0.15, 0.85)
+    y[6] = 1.0 + (_CURVE_XMAX - 1.0) * rng.uniform(0.5, 1.5)
+
+    # Bias field: smooth, zero-median field, exponentiated to the site's INU range.
+    coef = rng.standard_normal((_N_CONTROL_BIAS,) * 3)
+    smooth = _bspline_field(coef, anat.mask.shape)
+    inside = smooth[anat.mask]
+    smooth -= np.median(inside)
+    p5, p95 = np.percentile(inside - np.median(inside), [5, 95])
+    strength = brentq(
+        lambda a: math.exp(a * p95) - math.exp(a * p5) - inu, 0.0, 100.0 / (p95 - p5)
+    )
+    bias = np.exp(strength * smooth).astype(np.float32)
+
+    noise = 1.0 / (snr * anat.resolution**1.5)
+    params = {
+        "name": name,
+        "gm_wm": float(r_gm),
+        "csf_wm": float(r_csf),
+        "texture_gain": float(gain),
+        "curve_x": [float(v) for v in x],
+        "curve_y": [float(v) for v in y],
+        "inu_range": float(inu),
+        "bias_strength": float(strength),
+        "snr_wm": float(snr),
+        "noise_sigma": float(noise),
+        "blur_sigma_mm": [float(v) for v in blur],
+        "scale": float(scale),
+    }
+    return params, bias
+
+
+def _curve_lut(params: dict[str, Any]) -> np.ndarray:
+    """Tabulate the site's PCHIP curve on ``_LUT_SIZE`` points of [0, _CURVE_XMAX]."""
+    xs = np.linspace(0.0, _CURVE_XMAX, _LUT_SIZE, dtype=np.float64)
+    ys = PchipInterpolator(params["curve_x"], params["curve_y"])(xs)
+    return ys.astype(np.float32)
+
+
+def _apply_lut(vals: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Piecewise-linear look-up (faster than ``np.interp`` on a regular grid), clamped."""
+    pos = vals * np.float32((lut.size - 1) / _CURVE_XMAX)
+    np.clip(pos, 0.0, lut.size - 1.001, out=pos)
+    idx = pos.astype(np.intp)
+    pos -= idx
+    lo = lut[idx]
+    return lo + pos * (lut[idx + 1] - lo)
+
+
+def _render(
+    subj: _Subject,
+    params: dict[str, Any],
+    lut: np.ndarray,
+    resolution: int,
+    bias: np.ndarray | None,
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    """Render one subject at one site; return the values at ``subj.flat`` (float32)."""
+    vals = subj.wm + params["gm_wm"] * subj.gm + params["csf_wm"] * subj.csf
+    vals += params["texture_gain"] * subj.texture
+    vals = _apply_lut(vals, lut)
+    if bias is not None:
+        vals *= bias.reshape(-1)[subj.flat]
+    box_shape = tuple(s.stop - s.start for s in subj.bbox)
+    box = np.zeros(box_shape, np.float32)
+    box.reshape(-1)[subj.local] = vals
+    sigma = [s / resolution for s in params["blur_sigma_mm"]]
+    box = ndimage.gaussian_filter(box, sigma, mode="constant", truncate=3.0)
+    vals = box.reshape(-1)[subj.local]
+    if rng is not None:
+        sd = np.float32(params["noise_sigma"])
+        real = vals + sd * rng.standard_normal(vals.size, dtype=np.float32)
+        imag = sd * rng.standard_normal(vals.size, dtype=np.float32)
+        vals = np.sqrt(real * real + imag * imag)
+        vals *= np.float32(params["scale"])
+        np.rint(vals, out=vals)
+        np.maximum(vals, 1.0, out=vals)
+    else:
+        vals *= np.float32(params["scale"])
+    return vals
+
+
+# --------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class MultisiteDataset:
+    """Synthetic traveling-subject data set returned by :func:`make_multisite`.
+
+    Images are ordered **site-major**: image ``s * n_subjects + j`` is subject ``j``
+    scanned at site ``s``, so ``imgs[:n_subjects]`` are all subjects at the first site.
+
+    Attributes
+    ----------
+    imgs : ndarray of shape (n, i, j, k), float32
+        Simulated scans (integer-valued intensities, background exactly 0).
+    sites : ndarray of shape (n,), str
+        Site label of each image.
+    ages : ndarray of shape (n,), float64
+        Age of each image's subject (identical at every site).
+    subjects : ndarray of shape (n,), str
+        Subject identifier of each image (``"sub-00"``, ``"sub-01"``...).
+    affine : ndarray of shape (4, 4)
+        Voxel-to-world (MNI, mm) affine shared by all images.
+    mask : ndarray of shape (i, j, k), bool
+        Common brain mask: voxels inside the brain of every image.
+    masks : ndarray of shape (n, i, j, k), bool
+        Brain mask of each image (``imgs > 0``).
+    gm : ndarray of shape (n, i, j, k), float32
+        Grey-matter probability of each image's subject after deformation and atrophy
+        (identical at every site).
+    truth : ndarray of shape (n, i, j, k), float32
+        Ground truth: each image's subject rendered at the reference site without bias
+        field or noise (identical for all images of a subject).
+    reference_site : str
+        Site whose appearance defines ``truth``.
+    site_params : list of dict
+        Parameters drawn for each site, in the order of ``site_names``.
+    subject_params : list of dict
+        Parameters drawn for each subject (age, displacement RMS, affine).
+    site_names : tuple of str
+        Site labels in order.
+    resolution : float
+        Voxel size in mm.
+    """
+
+    imgs: np.ndarray
+    sites: np.ndarray
+    ages: np.ndarray
+    subjects: np.ndarray
+    affine: np.ndarray
+    mask: np.ndarray
+    masks: np.ndarray
+    gm: np.ndarray
+    truth: np.ndarray
+    reference_site: str
+    site_params: list[dict[str, Any]]
+    subject_params: list[dict[str, Any]] = field(default_factory=list)
+    site_names: tuple[str, ...] = ()
+    resolution: float = 2.0
+
+    def __len__(self) -> int:
+        return int(self.imgs.shape[0])
+
+    def __repr__(self) -> str:
+        n_subjects = len(np.unique(self.subjects))
+        shape = "x".join(str(s) for s in self.imgs.shape[1:])
+        return (
+            f"MultisiteDataset(n_images={len(self)}, n_subjects={n_subjects}, "
+            f"n_sites={len(self.site_names)}, shape={shape}, resolution={self.resolution:g} mm, "
+            f"reference_site={self.reference_site!r})"
+        )
+
+
+def _check_resolution(resolution: float) -> int:
+    value = float("nan")
+    if isinstance(resolution, int | float | np.integer | np.floating) and not isinstance(
+        resolution, bool
+    ):
+        value = float(resolution)
+    if value not in (1.0, 2.0, 4.0):
+        raise ValueError(
+            f"resolution must be 1, 2 or 4 (mm), got {resolution!r}; pass one of these "
+            "voxel sizes."
+        )
+    return int(value)
+
+
+def _check_count(value: int, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    if value < minimum:
+        raise ValueError(
+            f"{name} must be >= {minimum}, got {value}; pass {name}={minimum} or more."
+        )
+    return int(value)
+
+
+def make_multisite(
+    n_subjects: int = 20,
+    n_sites: int = 5,
+    resolution: float = 2.0,
+    random_state: int | np.random.Generator | None = None,
+    *,
+    reference_site: str | None = None,
+    age_range: tuple[float, float] = (20, 80),
+    site_names: Sequence[str] | None = None,
+) -> MultisiteDataset:
+    """Simulate traveling subjects scanned at several sites, from real anatomy.
+
+    Each of ``n_subjects`` subjects (a random deformation and age-related atrophy of the
+    ICBM152 2009a template) is scanned at each of ``n_sites`` sites (tissue contrast,
+    nonlinear intensity curve, bias field, blur, Rician noise and global scale drawn within
+    the range of real ABIDE sites). See the module docstring for the recipe.
+
+    Parameters
+    ----------
+    n_subjects : int, default=20
+        Number of subjects (>= 1).
+    n_sites : int, default=5
+        Number of sites (>= 2).
+    resolution : {1, 2, 4}, default=2.0
+        Voxel size in mm. The grids are FSL's MNI152 grids: 182x218x182 (1 mm), 91x109x91
+        (2 mm) and 46x55x46 (4 mm), with origin (90, -126, -72) mm and a flipped x axis.
+    random_state : int, numpy.random.Generator or None, default=None
+        Seed or generator; the same integer gives identical data sets. Subjects do not
+        depend on ``n_sites`` and sites do not depend on ``n_subjects``, so a smaller data
+        set with the same seed is a subset of a larger one.
+    reference_site : str, optional
+        Site defining the ground truth; the first site by default.
+    age_range : tuple of float, default=(20, 80)
+        Ages are drawn uniformly in ``[low, high)``; atrophy starts at 20.
+    site_names : sequence of str, optional
+        Unique site labels, one per site; ``"site0"``, ``"site1"``... by default.
+
+    Returns
+    -------
+    MultisiteDataset
+        ``n_subjects * n_sites`` images ordered site-major (image ``s * n_subjects + j`` is
+        subject ``j`` at site ``s``), with masks, GM maps, ground truth and the drawn
+        parameters.
+
+    Raises
+    ------
+    ValueError
+        If a count, the resolution, the age range, the site names or the reference site is
+        invalid.
+
+    Examples
+    --------
+    >>> from harmonix.datasets import make_multisite
+    >>> ds = make_multisite(n_subjects=2, n_sites=3, resolution=4, random_state=0)
+    >>> len(ds), ds.imgs.shape
+    (6, (6, 46, 55, 46))
+    """
+    n_subjects = _check_count(n_subjects, "n_subjects", 1)
+    n_sites = _check_count(n_sites, "n_sites", 2)
+    res = _check_resolution(resolution)
+    try:
+        low, high = (float(a) for a in age_range)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"age_range must be a pair (low, high) of numbers, got {age_range!r}."
+        ) from None
+    if not (np.isfinite(low) and np.isfinite(high) and 0 <= low <= high):
+        raise ValueError(
+            f"age_range must satisfy 0 <= low <= high, got {age_range!r}; e.g. (20, 80)."
+        )
+    if site_names is None:
+        names = tuple(f"site{s}" for s in range(n_sites))
+    else:
+        if isinstance(site_names, str):
+            raise ValueError("site_names must be a sequence of strings, not a single string.")
+        names = tuple(str(s) for s in site_names)
+        if len(names) != n_sites:
+            raise ValueError(
+                f"site_names has {len(names)} labels but n_sites={n_sites}; give one label "
+                "per site."
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"site_names must be unique, got {list(names)}.")
+    if reference_site is None:
+        reference_site = names[0]
+    elif str(reference_site) not in names:
+        raise ValueError(
+            f"reference_site {reference_site!r} is not one of the sites {list(names)}; pass "
+            "one of them or None for the first site."
+        )
+    reference_site = str(reference_site)
+    ref_idx = names.index(reference_site)
+
+    rng = np.random.default_rng(random_state)
+    site_seed, subject_seed, noise_seed = (int(s) for s in rng.integers(0, 2**63, size=3))
+    anat = _load_anatomy(res)
+    shape = anat.mask.shape
+    n = n_subjects * n_sites
+
+    site_params, biases, luts = [], [], []
+    for s, seed in enumerate(np.random.SeedSequence(site_seed).spawn(n_sites)):
+        params, bias = _draw_site(anat, np.random.default_rng(seed), names[s])
+        params["is_reference"] = s == ref_idx
+        site_params.append(params)
+        biases.append(bias)
+        luts.append(_curve_lut(params))
+
+    imgs = np.zeros((n, *shape), np.float32)
+    truth = np.zeros((n, *shape), np.float32)
+    gm = np.zeros((n, *shape), np.float32)
+    masks = np.zeros((n, *shape), bool)
+    ages = np.empty(n_subjects, np.float64)
+    subject_params = []
+    width = max(2, len(str(n_subjects - 1)))
+    subject_ids = [f"sub-{j:0{width}d}" for j in range(n_subjects)]
+    noise_root = np.random.SeedSequence(noise_seed)
+    subject_seqs = np.random.SeedSequence(subject_seed).spawn(n_subjects)
+    for j, seq in enumerate(subject_seqs):
+        subj_rng = np.random.default_rng(seq)
+        ages[j] = subj_rng.uniform(low, high) if high > low else low
+        subj = _draw_subject(anat, subj_rng, float(ages[j]))
+        subject_params.append({"subject": subject_ids[j], **subj.params})
+        clean = _render(subj, site_params[ref_idx], luts[ref_idx], res, None, None)
+        noise_seqs = np.random.SeedSequence(noise_root.entropy, spawn_key=(j,)).spawn(n_sites)
+        truth[j].reshape(-1)[subj.flat] = clean
+        gm[j].reshape(-1)[subj.flat] = subj.gm
+        masks[j].reshape(-1)[subj.flat] = True
+        for s in range(n_sites):
+            noise_rng = np.random.default_rng(noise_seqs[s])
+            vals = _render(subj, site_params[s], luts[s], res, biases[s], noise_rng)
+            imgs[s * n_subjects + j].reshape(-1)[subj.flat] = vals
+    # Site-independent maps: copy the first site's block to the other sites.
+    common = masks[:n_subjects].all(axis=0)
+    for s in range(1, n_sites):
+        block = slice(s * n_subjects, (s + 1) * n_subjects)
+        truth[block] = truth[:n_subjects]
+        gm[block] = gm[:n_subjects]
+        masks[block] = masks[:n_subjects]
+
+    return MultisiteDataset(
+        imgs=imgs,
+        sites=np.repeat(np.array(names), n_subjects),
+        ages=np.tile(ages, n_sites),
+        subjects=np.tile(np.array(subject_ids), n_sites),
+        affine=anat.affine.copy(),
+        mask=common,
+        masks=masks,
+        gm=gm,
+        truth=truth,
+        reference_site=reference_site,
+        site_params=site_params,
+        subject_params=subject_params,
+        site_names=names,
+        resolution=float(res),
+    )
+
+
+def _safe_name(label: str) -> str:
+    """File-name-safe version of a label (letters, digits, ``-``, ``_`` and ``.`` kept)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+    return safe.strip(".") or "_"
+
+
+def write_nifti_dataset(
+    dataset: MultisiteDataset,
+    out_dir: str | os.PathLike[str],
+    *,
+    compress: bool = True,
+) -> pathlib.Path:
+    """Write every image of a data set to NIfTI files with a CSV manifest.
+
+    Images are written as ``<site>/<subject>_<site>.nii.gz`` (``.nii`` when ``compress`` is
+    false) under ``out_dir``, and ``manifest.csv`` lists them with columns
+    ``path,site,age,subject``; paths are relative to the manifest's folder. Each file is
+    written under a temporary name and renamed, so no half-written file is left behind.
+
+    Parameters
+    ----------
+    dataset : MultisiteDataset
+        Data set from :func:`make_multisite`.
+    out_dir : str or path-like
+        Output folder, created if needed.
+    compress : bool, default=True
+        Write gzip-compressed ``.nii.gz`` files.
+
+    Returns
+    -------
+    pathlib.Path
+        Path of the manifest CSV.
+    """
+    import nibabel as nib
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ext = ".nii.gz" if compress else ".nii"
+    rows = []
+    used: set[str] = set()
+    for i in range(len(dataset)):
+        site, subject = str(dataset.sites[i]), str(dataset.subjects[i])
+        site_dir, stem = _safe_name(site), f"{_safe_name(subject)}_{_safe_name(site)}"
+        rel = pathlib.PurePosixPath(site_dir) / f"{stem}{ext}"
+        if str(rel) in used:  # labels that differ only by unsafe characters
+            rel = pathlib.PurePosixPath(site_dir) / f"{stem}_{i}{ext}"
+        used.add(str(rel))
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        img = nib.Nifti1Image(np.asarray(dataset.imgs[i], dtype=np.float32), dataset.affine)
+        img.header.set_xyzt_units("mm")
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=target.parent)
+        os.close(fd)
+        try:
+            nib.save(img, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            pathlib.Path(tmp).unlink(missing_ok=True)
+            raise
+        rows.append((str(rel), site, repr(float(dataset.ages[i])), subject))
+
+    manifest = out / "manifest.csv"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=out)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "site", "age", "subject"])
+            writer.writerows(rows)
+        os.replace(tmp, manifest)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return manifest
