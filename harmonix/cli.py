@@ -1,0 +1,327 @@
+"""The ``harmonix`` command line: demo, make-dataset, fit, transform, benchmark.
+
+Every subcommand returns an exit code (0 success, 1 bad input or failure, 2 usage
+error) and prints a one-line error message instead of a traceback for user errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonix._version import __version__
+
+__all__ = ["main", "METHODS", "load_model", "make_harmonizer"]
+
+logger = logging.getLogger("harmonix")
+
+#: Method names accepted by ``--method`` / ``--methods`` and their classes.
+METHODS = {
+    "none": "IdentityHarmonizer",
+    "hm": "HistogramMatchingHarmonizer",
+    "ws": "WhiteStripeHarmonizer",
+    "combat": "ComBatHarmonizer",
+    "iguane": "IGUANeHarmonizer",
+}
+
+#: A CPU-sized IGUANe configuration for the demo and the benchmark (about a minute).
+IGUANE_CPU_PARAMS: dict[str, Any] = {
+    "n_epochs": 1,
+    "steps_per_epoch": 60,
+    "base_width": 4,
+    "patch_size": 32,
+}
+
+
+class CLIError(Exception):
+    """A user error: reported as one line, exit code 1."""
+
+
+def _harmonizer_class(method: str) -> type:
+    import harmonix
+
+    key = method.lower()
+    if key not in METHODS:
+        raise CLIError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if not hasattr(harmonix, METHODS[key]):
+        raise CLIError(f"method {method!r} is not available in this installation")
+    return getattr(harmonix, METHODS[key])
+
+
+def _parse_params(items: Sequence[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--param expects key=value, got {item!r}")
+        try:
+            params[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[key.strip()] = value
+    return params
+
+
+def make_harmonizer(method: str, params: dict[str, Any] | None = None) -> Any:
+    """Build a harmonizer from a method name and keyword parameters.
+
+    Parameters
+    ----------
+    method : {"none", "hm", "ws", "combat", "iguane"}
+    params : dict, optional
+        Constructor parameters; unknown names raise an error listing the valid ones.
+
+    Returns
+    -------
+    BaseHarmonizer
+    """
+    cls = _harmonizer_class(method)
+    params = dict(params or {})
+    valid = cls().get_params()
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise CLIError(
+            f"unknown parameter(s) {unknown} for {cls.__name__}; valid: {sorted(valid)}"
+        )
+    return cls(**params)
+
+
+def load_model(path: str | Path) -> Any:
+    """Load any harmonizer saved with ``save`` (npz baselines or IGUANe models).
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    BaseHarmonizer
+    """
+    from harmonix.persistence import load_estimator
+
+    path = Path(path)
+    if not path.is_file():
+        raise CLIError(f"model file not found: {path}")
+    if path.suffix == ".npz":
+        return load_estimator(path)
+    iguane = _harmonizer_class("iguane")
+    return iguane.load(path)
+
+
+def _default_model_suffix(method: str) -> str:
+    return ".pt" if method == "iguane" else ".npz"
+
+
+# -- subcommands --------------------------------------------------------------------------
+def _cmd_make_dataset(args: argparse.Namespace) -> int:
+    from harmonix.datasets import make_multisite, write_nifti_dataset
+
+    ds = make_multisite(
+        n_subjects=args.n_subjects,
+        n_sites=args.n_sites,
+        resolution=args.resolution,
+        random_state=args.seed,
+    )
+    manifest = write_nifti_dataset(ds, args.out)
+    logger.info("wrote %d images and %s", len(ds), manifest)
+    sys.stdout.write(f"{manifest}\n")
+    return 0
+
+
+def _read_manifest(path: str) -> Any:
+    from harmonix.io import read_manifest
+
+    return read_manifest(path)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    man = _read_manifest(args.manifest)
+    est = make_harmonizer(args.method, _parse_params(args.param))
+    if args.method == "iguane" and not args.quiet and "verbose" in est.get_params():
+        est.set_params(verbose=1)
+    out = Path(args.out)
+    if out.suffix == "":
+        out = out.with_suffix(_default_model_suffix(args.method))
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out} exists; pass --overwrite to replace it")
+    start = time.perf_counter()
+    est.fit([str(p) for p in man.paths], man.sites, man.ages)
+    est.save(out)
+    logger.info("fitted %s on %d images in %.1f s", type(est).__name__, len(man),
+                time.perf_counter() - start)
+    sys.stdout.write(f"{out}\n")
+    return 0
+
+
+def _cmd_transform(args: argparse.Namespace) -> int:
+    from harmonix.batch import transform_files
+
+    model = load_model(args.model)
+    if args.manifest:
+        man = _read_manifest(args.manifest)
+        paths, sites, ages = man.paths, list(man.sites), man.ages
+    else:
+        paths = [Path(p) for p in args.input]
+        sites = [args.site] * len(paths) if args.site is not None else None
+        ages = [args.age] * len(paths) if args.age is not None else None
+    if getattr(model, "_needs_sites", False) and sites is None:
+        raise CLIError(f"{type(model).__name__} needs each image's site: use --manifest or --site")
+    written = transform_files(
+        model, paths, args.out, sites=sites, ages=ages, suffix=args.suffix,
+        n_jobs=args.n_jobs, overwrite=args.overwrite,
+        overwrite_inputs=args.overwrite_inputs, verbose=not args.quiet,
+    )
+    logger.info("wrote %d images to %s", len(written), args.out)
+    return 0
+
+
+def _dataset_from_manifest(path: str) -> Any:
+    from harmonix.benchmark.runner import dataset_from_manifest
+
+    return dataset_from_manifest(_read_manifest(path))
+
+
+def _run_and_report(
+    ds: Any, methods: Sequence[str], out: Path, test_sites: Any, seed: int, quiet: bool
+) -> int:
+    from harmonix.benchmark import plot_metrics, run_benchmark, to_markdown
+
+    harmonizers = {}
+    for m in methods:
+        params = dict(IGUANE_CPU_PARAMS, random_state=seed) if m == "iguane" else {}
+        harmonizers[m] = make_harmonizer(m, params)
+    df = run_benchmark(harmonizers, ds, test_sites=test_sites, random_state=seed,
+                       verbose=not quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    table = to_markdown(df)
+    (out / "benchmark.md").write_text(table + "\n")
+    df.to_csv(out / "benchmark.csv", index=False)
+    plot_metrics(df, out / "metrics.png")
+    sys.stdout.write(f"{table}\n")
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        _harmonizer_class(m)
+    ds = _dataset_from_manifest(args.manifest)
+    test_sites = args.test_sites.split(",") if args.test_sites else None
+    return _run_and_report(ds, methods, Path(args.out), test_sites, args.seed, args.quiet)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from harmonix.datasets import make_multisite
+
+    start = time.perf_counter()
+    ds = make_multisite(n_subjects=args.n_subjects, n_sites=5, resolution=args.resolution,
+                        random_state=args.seed)
+    test_site = [s for s in np.unique(ds.sites) if s != ds.reference_site][-1]
+    logger.info("demo: %d synthetic images from 5 sites; %s held out as an unseen site",
+                len(ds), test_site)
+    methods = [m for m in METHODS if m != "iguane" or not args.no_iguane]
+    code = _run_and_report(ds, methods, Path(args.out), [test_site], args.seed, args.quiet)
+    logger.info("demo finished in %.0f s; results in %s", time.perf_counter() - start, args.out)
+    return code
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``harmonix`` command."""
+    parser = argparse.ArgumentParser(
+        prog="harmonix", description="Harmonize multi-site structural brain MR images."
+    )
+    parser.add_argument("--version", action="version", version=f"harmonix {__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="benchmark every method on synthetic data (~3 min on CPU)")
+    p.add_argument("--out", default="harmonix-demo", help="output folder")
+    p.add_argument("--n-subjects", type=int, default=8)
+    p.add_argument("--resolution", type=float, default=4.0, choices=[1.0, 2.0, 4.0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-iguane", action="store_true", help="skip IGUANe training")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("make-dataset", help="write a synthetic NIfTI dataset and manifest")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n-subjects", type=int, default=10)
+    p.add_argument("--n-sites", type=int, default=4)
+    p.add_argument("--resolution", type=float, default=2.0, choices=[1.0, 2.0, 4.0])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_dataset)
+
+    p = sub.add_parser("fit", help="fit a harmonizer on a manifest and save it")
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--manifest", required=True, help="CSV with path,site[,age,subject]")
+    p.add_argument("--out", required=True, help="model file (.npz; .pt for iguane)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="constructor parameter, repeatable (e.g. --param reference_site=A)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("transform", help="harmonize NIfTI files with a saved model")
+    p.add_argument("--model", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="CSV with path,site[,age]")
+    src.add_argument("--input", nargs="+", help="NIfTI files")
+    p.add_argument("--site", help="site of every --input file (ComBat)")
+    p.add_argument("--age", type=float, help="age of every --input file (ComBat with ages)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--suffix", default="_harmonized", help="added to output file names")
+    p.add_argument("--n-jobs", type=int, default=1, help="parallel workers (joblib)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--overwrite-inputs", action="store_true",
+                   help="allow an output to replace its input file")
+    p.set_defaults(func=_cmd_transform)
+
+    p = sub.add_parser("benchmark", help="score methods on a manifest with common metrics")
+    p.add_argument("--manifest", required=True, help="CSV with path,site,age,subject")
+    p.add_argument("--methods", default="none,hm,ws,combat",
+                   help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--test-sites", help="comma-separated sites held out as unseen")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_benchmark)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``harmonix`` command.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit code: 0 on success, 1 on bad input or failure, 2 on usage errors.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help / usage errors
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s")
+    try:
+        return int(args.func(args))
+    except (CLIError, ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        sys.stderr.write(f"harmonix {args.command}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

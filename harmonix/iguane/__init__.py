@@ -1,0 +1,5 @@
+"""IGUANe: a 3-D many-to-one CycleGAN for multi-site brain MRI harmonization."""
+
+from harmonix.iguane.networks import Generator3D, MADInstanceNorm3d, PatchDiscriminator3D
+
+__all__ = ["Generator3D", "MADInstanceNorm3d", "PatchDiscriminator3D"]

@@ -1,0 +1,347 @@
+"""Networks of IGUANe: the 3-D U-Net generator and the PatchGAN discriminator.
+
+This module holds PyTorch modules only; losses, data sampling and training loops live
+elsewhere in :mod:`harmonix.iguane`.
+
+Both networks take volumes of shape ``(batch, 1, depth, height, width)`` (``NCDHW``) on the
+*network scale* of IGUANe: an intensity ``x`` that was median-normalized (brain median 500)
+is mapped to ``x / 500 - 1``, so that the brain median is 0 and the background would be -1.
+The caller then sets the background voxels to 0, a neutral value equal to the brain median,
+before calling a network, and multiplies every generator output by the input's brain mask.
+
+Both networks accept ``torch.channels_last_3d`` inputs and modules, and mixed precision
+(:func:`torch.autocast`): the instance normalization always computes its statistics in
+float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Generator3D", "MADInstanceNorm3d", "PatchDiscriminator3D"]
+
+#: Number of times the generator halves each spatial size.
+_N_DOWN = 4
+#: Spatial sizes given to the generator must be multiples of this.
+SIZE_MULTIPLE = 2**_N_DOWN
+
+_SPATIAL_DIMS = (2, 3, 4)
+
+
+class MADInstanceNorm3d(nn.Module):
+    """Instance normalization by the mean absolute deviation, as in IGUANe.
+
+    For every sample and channel, over the three spatial dimensions,
+
+    .. math::
+
+        y = \\gamma \\, \\frac{x - \\mathrm{mean}(x)}
+                             {\\mathrm{mean}(|x - \\mathrm{mean}(x)|) + \\epsilon} + \\beta
+
+    This is not :class:`torch.nn.InstanceNorm3d` (which divides by the standard deviation
+    with ``eps`` inside the square root). There are no running statistics: training and
+    evaluation modes compute the same thing.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels ``C`` of the input.
+    eps : float, default=1e-3
+        Added to the mean absolute deviation before dividing.
+
+    Attributes
+    ----------
+    weight : torch.nn.Parameter of shape (num_features,)
+        Per-channel scale :math:`\\gamma`, initialized to 1 (``scale`` in the Keras original).
+    bias : torch.nn.Parameter of shape (num_features,)
+        Per-channel offset :math:`\\beta`, initialized to 0 (``offset`` in the Keras original).
+
+    Notes
+    -----
+    The statistics and the affine transform are computed in float32 even under
+    :func:`torch.autocast` or with a half-precision input (in float64 for a float64 input);
+    the result is returned in the input's dtype.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.weight = nn.Parameter(torch.ones(self.num_features))
+        self.bias = nn.Parameter(torch.zeros(self.num_features))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize ``x``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, C, D, H, W)
+            Input feature maps, any floating dtype and memory format.
+
+        Returns
+        -------
+        torch.Tensor of shape (N, C, D, H, W)
+            Normalized maps, in the dtype of ``x``.
+        """
+        if x.dim() != 5 or x.shape[1] != self.num_features:
+            raise ValueError(
+                f"MADInstanceNorm3d({self.num_features}) expects an input of shape "
+                f"(N, {self.num_features}, D, H, W), got {tuple(x.shape)}."
+            )
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            # float32 for half precision, float64 stays float64; no copy for float32
+            dtype = torch.promote_types(x.dtype, torch.float32)
+            xf = x.to(dtype)
+            dev = xf - xf.mean(dim=_SPATIAL_DIMS, keepdim=True)
+            mad = dev.abs().mean(dim=_SPATIAL_DIMS, keepdim=True)
+            shape = (1, self.num_features, 1, 1, 1)
+            scale = self.weight.to(dtype).view(shape) / (mad + self.eps)
+            y = torch.addcmul(self.bias.to(dtype).view(shape), dev, scale)
+        return y.to(x.dtype)
+
+
+class _ConvReLUNorm(nn.Module):
+    """Convolution (or transposed convolution) → ReLU → MAD instance norm.
+
+    The normalization comes *after* the activation, as in IGUANe.
+    """
+
+    def __init__(self, conv: nn.Conv3d | nn.ConvTranspose3d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.norm = MADInstanceNorm3d(conv.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(F.relu(self.conv(x), inplace=True))
+
+
+def _conv_block(in_channels: int, out_channels: int) -> _ConvReLUNorm:
+    return _ConvReLUNorm(nn.Conv3d(in_channels, out_channels, 3, stride=1, padding=1))
+
+
+def _down_block(channels: int) -> _ConvReLUNorm:
+    return _ConvReLUNorm(nn.Conv3d(channels, channels, 4, stride=2, padding=1))
+
+
+def _up_block(in_channels: int, out_channels: int) -> _ConvReLUNorm:
+    return _ConvReLUNorm(nn.ConvTranspose3d(in_channels, out_channels, 4, stride=2, padding=1))
+
+
+def _glorot_init(module: nn.Module) -> None:
+    """Glorot/Xavier-uniform weights and zero biases for every convolution of ``module``."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d | nn.ConvTranspose3d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _check_input(x: torch.Tensor, in_channels: int, name: str) -> None:
+    if x.dim() != 5 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"{name} expects a tensor of shape (N, {in_channels}, D, H, W), got {tuple(x.shape)}."
+        )
+
+
+class Generator3D(nn.Module):
+    """Residual 3-D U-Net generator of IGUANe.
+
+    Encoder: four levels, each a 3×3×3 convolution block followed by a strided 4×4×4
+    convolution (stride 2) that halves the size; a bottleneck convolution block; decoder:
+    four levels, each a 4×4×4 transposed convolution (stride 2) that doubles the size, a
+    concatenation with the encoder level's output (skip connection) and a convolution block.
+    Every block is convolution → ReLU → :class:`MADInstanceNorm3d`. The last features are
+    concatenated with the raw input and reduced by a 1×1×1 convolution followed by ``tanh``;
+    the output is ``input + tanh(·)`` (a residual correction bounded to ±1).
+
+    With ``base_width=w`` the encoder widths are ``w, 2w, 4w, 8w`` and the bottleneck has
+    ``16w`` channels; ``w=16`` is the published network (6,532,098 parameters).
+
+    Parameters
+    ----------
+    base_width : int, default=16
+        Number of channels of the first level; smaller values give much smaller and faster
+        networks (the parameter count scales roughly with ``base_width ** 2``).
+    in_channels : int, default=1
+        Number of input channels. The output has one channel, the residual is added to the
+        first input channel.
+
+    Notes
+    -----
+    Input: a float tensor of shape ``(N, in_channels, D, H, W)`` with ``D``, ``H`` and ``W``
+    multiples of 16 (for instance 160×192×160), on the network scale ``x / 500 - 1`` of
+    median-normalized intensities, with the background set to 0 by the caller. Output: a
+    tensor of shape ``(N, 1, D, H, W)`` on the same scale; the caller multiplies it by the
+    brain mask. Weights are Glorot-uniform, biases zero, norm scales 1 and offsets 0.
+
+    :meth:`layers_in_order` lists the layers in forward order, which is also the order of the
+    layers of the Keras original (used by
+    :func:`harmonix.iguane.keras_weights.load_keras_generator_weights`).
+    """
+
+    def __init__(self, base_width: int = 16, in_channels: int = 1) -> None:
+        super().__init__()
+        if int(base_width) < 1:
+            raise ValueError(f"base_width must be a positive integer, got {base_width!r}.")
+        if int(in_channels) < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}.")
+        self.base_width = w = int(base_width)
+        self.in_channels = int(in_channels)
+        widths = [w * 2**i for i in range(_N_DOWN)]  # w, 2w, 4w, 8w
+
+        self.enc_convs = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        c_in = self.in_channels
+        for c in widths:
+            self.enc_convs.append(_conv_block(c_in, c))
+            self.downs.append(_down_block(c))
+            c_in = c
+        self.bottleneck = _conv_block(c_in, 2 * c_in)
+        c_in = 2 * c_in
+
+        self.ups = nn.ModuleList()
+        self.dec_convs = nn.ModuleList()
+        for c in reversed(widths):
+            self.ups.append(_up_block(c_in, c))
+            self.dec_convs.append(_conv_block(2 * c, c))
+            c_in = c
+        self.out_conv = nn.Conv3d(c_in + self.in_channels, 1, 1)
+        _glorot_init(self)
+
+    def layers_in_order(self) -> list[nn.Module]:
+        """Convolutions and norms in the order the forward pass applies them.
+
+        Returns
+        -------
+        list of torch.nn.Module
+            ``Conv3d``, ``ConvTranspose3d`` and :class:`MADInstanceNorm3d` modules: for each
+            block its convolution then its norm, encoder to decoder, ending with the final
+            1×1×1 convolution. Every parameter of the network belongs to exactly one of them.
+        """
+        blocks: list[_ConvReLUNorm] = []
+        for conv, down in zip(self.enc_convs, self.downs):
+            blocks += [conv, down]
+        blocks.append(self.bottleneck)
+        for up, conv in zip(self.ups, self.dec_convs):
+            blocks += [up, conv]
+        layers: list[nn.Module] = []
+        for block in blocks:
+            layers += [block.conv, block.norm]
+        layers.append(self.out_conv)
+        return layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Harmonize a batch of volumes.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, in_channels, D, H, W)
+            Volumes on the network scale (``x / 500 - 1``, background set to 0), with
+            ``D``, ``H``, ``W`` multiples of 16.
+
+        Returns
+        -------
+        torch.Tensor of shape (N, 1, D, H, W)
+            ``x[:, :1] + tanh(correction)``, on the network scale.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not 5-D with ``in_channels`` channels, or a spatial size is not a
+            multiple of 16.
+        """
+        _check_input(x, self.in_channels, "Generator3D")
+        spatial = tuple(x.shape[2:])
+        if any(s % SIZE_MULTIPLE for s in spatial):
+            raise ValueError(
+                f"Generator3D needs spatial sizes that are multiples of {SIZE_MULTIPLE}, "
+                f"got {spatial}; crop or pad the volume (e.g. to 160x192x160)."
+            )
+        skips = []
+        h = x
+        for conv, down in zip(self.enc_convs, self.downs):
+            h = conv(h)
+            skips.append(h)
+            h = down(h)
+        h = self.bottleneck(h)
+        for up, conv in zip(self.ups, self.dec_convs):
+            h = conv(torch.cat((up(h), skips.pop()), dim=1))
+        h = self.out_conv(torch.cat((h, x), dim=1))
+        return x[:, :1] + torch.tanh(h)
+
+
+class PatchDiscriminator3D(nn.Module):
+    """3-D PatchGAN discriminator of IGUANe.
+
+    The input is padded by one voxel on every side with the value -1 (the background on the
+    network scale), then: 4×4×4 convolution, stride 2, no padding, no bias → LeakyReLU(0.2)
+    → 4×4×4 convolution (``2·base_width``), stride 2, padding 1, no bias →
+    :class:`MADInstanceNorm3d` → LeakyReLU(0.2) → same with ``4·base_width`` channels →
+    3×3×3 convolution to one channel, padding 1, with bias, linear output (LSGAN scores).
+
+    Each spatial size ``s`` becomes ``s // 8``: a 160×192×160 volume gives a 20×24×20 map.
+
+    Parameters
+    ----------
+    base_width : int, default=64
+        Channels of the first convolution; ``64`` is the published network
+        (2,633,217 parameters).
+    in_channels : int, default=1
+        Number of input channels.
+
+    Notes
+    -----
+    Input: shape ``(N, in_channels, D, H, W)`` with every spatial size at least 8, on the
+    network scale (``x / 500 - 1``). Weights are Glorot-uniform, the last bias zero.
+    """
+
+    def __init__(self, base_width: int = 64, in_channels: int = 1) -> None:
+        super().__init__()
+        if int(base_width) < 1:
+            raise ValueError(f"base_width must be a positive integer, got {base_width!r}.")
+        if int(in_channels) < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}.")
+        self.base_width = w = int(base_width)
+        self.in_channels = int(in_channels)
+        self.conv1 = nn.Conv3d(self.in_channels, w, 4, stride=2, padding=0, bias=False)
+        self.conv2 = nn.Conv3d(w, 2 * w, 4, stride=2, padding=1, bias=False)
+        self.norm2 = MADInstanceNorm3d(2 * w)
+        self.conv3 = nn.Conv3d(2 * w, 4 * w, 4, stride=2, padding=1, bias=False)
+        self.norm3 = MADInstanceNorm3d(4 * w)
+        self.out_conv = nn.Conv3d(4 * w, 1, 3, stride=1, padding=1)
+        _glorot_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Score every patch of ``x``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, in_channels, D, H, W)
+            Volumes on the network scale, each spatial size at least 8.
+
+        Returns
+        -------
+        torch.Tensor of shape (N, 1, D // 8, H // 8, W // 8)
+            Unbounded patch scores (real → 1, fake → 0 under the LSGAN loss).
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not 5-D with ``in_channels`` channels or a spatial size is below 8.
+        """
+        _check_input(x, self.in_channels, "PatchDiscriminator3D")
+        if min(x.shape[2:]) < 8:
+            raise ValueError(
+                f"PatchDiscriminator3D needs spatial sizes of at least 8, "
+                f"got {tuple(x.shape[2:])}."
+            )
+        h = F.pad(x, (1, 1, 1, 1, 1, 1), mode="constant", value=-1.0)
+        h = F.leaky_relu(self.conv1(h), 0.2, inplace=True)
+        h = F.leaky_relu(self.norm2(self.conv2(h)), 0.2, inplace=True)
+        h = F.leaky_relu(self.norm3(self.conv3(h)), 0.2, inplace=True)
+        return self.out_conv(h)
