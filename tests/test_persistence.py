@@ -1,0 +1,104 @@
+"""Model files: no pickle, version stamp, refusal of foreign or malicious files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from harmonix import IdentityHarmonizer
+from harmonix._version import __version__
+from harmonix.persistence import load_estimator, read_model_info, save_estimator
+
+
+class _Boom:
+    """Unpickling this would run code (it creates a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def fitted(tiny):
+    return IdentityHarmonizer().fit(tiny[0], tiny[1])
+
+
+def test_model_file_is_stamped(fitted, tmp_path):
+    path = save_estimator(fitted, tmp_path / "m")
+    assert path.suffix == ".npz"
+    info = read_model_info(path)
+    assert info["version"] == __version__
+    assert info["class"] == "harmonix.base.IdentityHarmonizer"
+    assert load_estimator(path)._saved_version == __version__
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, __harmonix__=np.array([_Boom(str(marker))], dtype=object))
+    with pytest.raises(ValueError, match="not a harmonix model"):
+        IdentityHarmonizer.load(evil)
+    plain = tmp_path / "evil.pkl"
+    plain.write_bytes(pickle.dumps(_Boom(str(marker))))
+    with pytest.raises(ValueError, match="not a harmonix model"):
+        IdentityHarmonizer.load(plain)
+    assert not marker.exists()
+
+
+def test_object_array_attribute_is_refused(fitted, tmp_path):
+    path = save_estimator(fitted, tmp_path / "m.npz")
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["array:sites_"] = np.array([_Boom(str(tmp_path / "x"))], dtype=object)
+    tampered = tmp_path / "t.npz"
+    np.savez(tampered, **arrays)
+    with pytest.raises(ValueError):
+        load_estimator(tampered)
+    assert not (tmp_path / "x").exists()
+
+
+def test_foreign_class_is_refused(fitted, tmp_path):
+    path = save_estimator(fitted, tmp_path / "m.npz")
+    with np.load(path) as data:
+        arrays = dict(data)
+    meta = json.loads(bytes(arrays["__harmonix__"]).decode())
+    meta["class"] = "os.system"
+    arrays["__harmonix__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "f.npz", **arrays)
+    with pytest.raises(ValueError, match="not harmonix"):
+        load_estimator(tmp_path / "f.npz")
+
+
+def test_wrong_class_and_missing_file(fitted, tmp_path):
+    from harmonix.base import BaseHarmonizer
+
+    path = save_estimator(fitted, tmp_path / "m.npz")
+    assert isinstance(BaseHarmonizer.load(path), IdentityHarmonizer)
+
+    class Other(BaseHarmonizer):
+        pass
+
+    with pytest.raises(ValueError, match="holds a IdentityHarmonizer"):
+        Other.load(path)
+    with pytest.raises(FileNotFoundError):
+        load_estimator(tmp_path / "missing.npz")
+
+
+def test_save_is_atomic(fitted, tmp_path, monkeypatch):
+    path = save_estimator(fitted, tmp_path / "m.npz")
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError):
+        fitted.save(path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]
