@@ -9,13 +9,17 @@ One scikit-learn-style contract for every method::
 from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer, IdentityHarmonizer
 from harmonix.datasets import MultisiteDataset, make_multisite, write_nifti_dataset
+from harmonix.histogram_matching import HistogramMatchingHarmonizer
 from harmonix.pipeline import HarmonizerStep
+from harmonix.whitestripe import WhiteStripeHarmonizer
 
 __all__ = [
     "BaseHarmonizer",
     "HarmonizerStep",
+    "HistogramMatchingHarmonizer",
     "IdentityHarmonizer",
     "MultisiteDataset",
+    "WhiteStripeHarmonizer",
     "__version__",
     "make_multisite",
     "write_nifti_dataset",

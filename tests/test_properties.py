@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -49,8 +49,12 @@ def test_output_mirrors_input(data, form, cls_index):
     cls = FAST[cls_index % len(FAST)]
     original = imgs.copy()
     given_imgs = imgs if form == "array" else list(imgs)
-    est = cls().fit(given_imgs, sites)
-    out = est.transform(given_imgs)
+    try:
+        out = cls().fit(given_imgs, sites).transform(given_imgs)
+    except ValueError as exc:  # WhiteStripe's documented refusal of contrast-free images
+        if cls.__name__ == "WhiteStripeHarmonizer" and "intensit" in str(exc):
+            reject()
+        raise
     if form == "array":
         assert isinstance(out, np.ndarray) and out.shape == imgs.shape
         assert out.dtype == np.float32

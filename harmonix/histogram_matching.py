@@ -1,0 +1,269 @@
+"""Histogram matching with Nyúl–Udupa landmarks (the HM baseline).
+
+Each image is summarised by *landmarks*, percentiles of its brain voxels. Fitting learns a
+*standard scale* (one target intensity per landmark) from the reference site's images;
+transforming maps each image's brain voxels piecewise-linearly through
+``(image landmarks -> standard landmarks)``. The two steps are separate public functions,
+:func:`compute_landmarks` and :func:`apply_landmarks`, so the mapping can be inspected or
+reused outside the estimator.
+
+References
+----------
+L. G. Nyúl, J. K. Udupa and X. Zhang, "New variants of a method of MRI scale
+standardization", IEEE Transactions on Medical Imaging 19(2), 2000.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from harmonix._voxelstats import percentiles as _percentiles
+from harmonix._voxelstats import scatter_brain
+from harmonix.base import BaseHarmonizer
+from harmonix.io import ImageCollection
+
+__all__ = ["HistogramMatchingHarmonizer", "apply_landmarks", "compute_landmarks"]
+
+_DEFAULT_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
+#: relative gap that separates tied landmarks (see :func:`compute_landmarks`).
+_TIE_GAP = 1e-5
+
+
+def _check_percentiles(percentiles: Any) -> np.ndarray:
+    try:
+        q = np.asarray(percentiles, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"percentiles must be numbers in [0, 100] ({exc}).") from exc
+    if q.ndim != 1 or q.size < 2:
+        raise ValueError(
+            f"percentiles must be a 1-D sequence of at least 2 values, got {percentiles!r}; "
+            "e.g. (1, 10, 20, ..., 90, 99)."
+        )
+    if not np.all(np.isfinite(q)) or q.min() < 0 or q.max() > 100:
+        raise ValueError(f"percentiles must lie in [0, 100], got {q.tolist()}.")
+    if np.any(np.diff(q) <= 0):
+        raise ValueError(
+            f"percentiles must be sorted and unique (strictly increasing), got {q.tolist()}."
+        )
+    return q
+
+
+def _brain_values(data: np.ndarray, brain: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    data = np.asarray(data)
+    if data.dtype != np.float64:
+        data = data.astype(np.float32, copy=False)
+    brain = data != 0 if brain is None else np.asarray(brain, dtype=bool)
+    if brain.shape != data.shape:
+        raise ValueError(f"brain mask shape {brain.shape} differs from image shape {data.shape}.")
+    values = data[brain]
+    if values.size == 0:
+        raise ValueError("The image has no brain voxels (all zero or outside the mask).")
+    return values, brain
+
+
+def _strictly_increasing(landmarks: np.ndarray) -> np.ndarray:
+    """Separate tied landmarks: ``l[i] = max(l[i], l[i-1] + gap)`` from left to right."""
+    gap = _TIE_GAP * max(1.0, float(np.max(np.abs(landmarks))))
+    steps = gap * np.arange(landmarks.size)
+    return np.maximum.accumulate(landmarks - steps) + steps
+
+
+def _landmarks_of(values: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return _strictly_increasing(_percentiles(values, q))
+
+
+def compute_landmarks(
+    data: np.ndarray,
+    brain: np.ndarray | None = None,
+    percentiles: Any = _DEFAULT_PERCENTILES,
+) -> np.ndarray:
+    """Landmarks of one image: percentiles of its brain voxels, made strictly increasing.
+
+    Percentiles use linear interpolation between order statistics (the values of
+    ``np.percentile``). Tied landmarks (e.g. many voxels sharing one value) would make the
+    piecewise-linear map divide by zero, so every landmark that is not above its
+    predecessor is raised to ``predecessor + gap`` (from left to right), with
+    ``gap = 1e-5 * max(1, max|landmark|)``. Landmarks that already increase are unchanged.
+
+    Parameters
+    ----------
+    data : ndarray of shape (i, j, k)
+        The image.
+    brain : ndarray of bool of shape (i, j, k), default=None
+        Brain voxels; ``data != 0`` when None.
+    percentiles : sequence of float, default=(1, 10, 20, ..., 90, 99)
+        Sorted, unique percentiles in [0, 100] (at least 2).
+
+    Returns
+    -------
+    ndarray of float64 of shape (n_percentiles,)
+        Strictly increasing landmarks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.arange(1, 102, dtype=np.float32).reshape(1, 1, 101)
+    >>> compute_landmarks(img, percentiles=(0, 50, 100))
+    array([  1.,  51., 101.])
+    """
+    q = _check_percentiles(percentiles)
+    values, _ = _brain_values(data, brain)
+    return _landmarks_of(values, q)
+
+
+def _map_values(values: np.ndarray, landmarks: np.ndarray, standard: np.ndarray) -> np.ndarray:
+    """Piecewise-linear map of float values (linear extrapolation with the end slopes)."""
+    dtype = np.float64 if values.dtype == np.float64 else np.float32
+    x = landmarks.astype(dtype)
+    slope = (np.diff(standard) / np.diff(landmarks)).astype(dtype)
+    # segment index = number of inner landmarks <= value (0 .. n_landmarks - 2)
+    segment = np.zeros(values.shape, dtype=np.uint8 if landmarks.size <= 256 else np.intp)
+    for inner in x[1:-1]:
+        np.add(segment, values >= inner, out=segment, casting="unsafe")
+    segment = segment.astype(np.intp)
+    # y_k + slope_k * (v - x_k): no cancellation on the steep segments of tied landmarks
+    out = np.subtract(values, np.take(x, segment), dtype=dtype)
+    out *= np.take(slope, segment)
+    out += np.take(standard.astype(dtype), segment)
+    return out
+
+
+def apply_landmarks(
+    data: np.ndarray,
+    landmarks: np.ndarray,
+    standard_landmarks: np.ndarray,
+    brain: np.ndarray | None = None,
+) -> np.ndarray:
+    """Map an image's brain voxels piecewise-linearly from its landmarks onto a standard scale.
+
+    Between two landmarks the map is linear; below the first and above the last landmark
+    it continues with the slope of the first and last segment (linear extrapolation, so the
+    darkest and brightest 1 % keep their contrast instead of being clipped).
+
+    Parameters
+    ----------
+    data : ndarray of shape (i, j, k)
+        The image (not modified).
+    landmarks : ndarray of shape (n_landmarks,)
+        The image's landmarks (strictly increasing; see :func:`compute_landmarks`).
+    standard_landmarks : ndarray of shape (n_landmarks,)
+        Target intensities of the landmarks (non-decreasing).
+    brain : ndarray of bool of shape (i, j, k), default=None
+        Voxels to map; ``data != 0`` when None.
+
+    Returns
+    -------
+    ndarray of float32 of shape (i, j, k)
+        Mapped image; voxels outside ``brain`` are 0.
+    """
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    standard = np.asarray(standard_landmarks, dtype=np.float64)
+    if landmarks.ndim != 1 or landmarks.shape != standard.shape or landmarks.size < 2:
+        raise ValueError(
+            "landmarks and standard_landmarks must be 1-D arrays of the same length (>= 2); "
+            f"got shapes {landmarks.shape} and {standard.shape}."
+        )
+    if np.any(np.diff(landmarks) <= 0):
+        raise ValueError(
+            "landmarks must be strictly increasing; compute them with compute_landmarks."
+        )
+    values, brain = _brain_values(data, brain)
+    return scatter_brain(_map_values(values, landmarks, standard), brain)
+
+
+class HistogramMatchingHarmonizer(BaseHarmonizer):
+    """Nyúl–Udupa histogram matching onto the reference site's intensity scale.
+
+    Every image is summarised by landmarks, percentiles of its brain voxels (see
+    :func:`compute_landmarks`). Fit learns one standard intensity per landmark from the
+    reference site's images; transform maps each image's brain voxels piecewise-linearly
+    through ``(its landmarks -> standard landmarks)``, so it serves any image, from a
+    training site or not. The background stays 0.
+
+    Parameters
+    ----------
+    reference_site : hashable, default=None
+        Site whose intensity scale the outputs land on; None picks the site with the most
+        training images.
+    percentiles : sequence of float, default=(1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
+        Landmark percentiles: sorted, unique, in [0, 100], at least 2.
+    mask : ndarray, path or nibabel image, default=None
+        Brain mask; only non-zero voxels inside it are used and mapped, the rest is 0.
+
+    Attributes
+    ----------
+    standard_landmarks_ : ndarray of float64 of shape (n_percentiles,)
+        Intensity each landmark is mapped to, on the reference site's scale.
+    reference_site_ : hashable
+        The reference site used.
+    sites_ : ndarray
+        Sites seen in fit.
+    n_images_ : int
+        Number of training images.
+    mask_ : ndarray of bool or None
+        The brain mask used.
+
+    Notes
+    -----
+    Standard scale: as in Nyúl–Udupa, each reference image's landmarks are first mapped
+    linearly so that its first landmark goes to ``s_min`` and its last to ``s_max``, and the
+    standard landmarks are the mean of these mapped landmarks. Instead of an arbitrary range
+    such as [1, 100], ``s_min`` and ``s_max`` are the reference site's mean first and last
+    landmarks (e.g. its mean 1st and 99th percentiles), so harmonized images land on the
+    reference site's intensity scale and a reference image is nearly unchanged.
+
+    Transform: between landmarks the map is linear; below the first and above the last
+    landmark it is extrapolated linearly with the end segments' slopes (see
+    :func:`apply_landmarks`). Tied landmarks are separated as described in
+    :func:`compute_landmarks`, so no slope divides by zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from harmonix.histogram_matching import HistogramMatchingHarmonizer
+    >>> rng = np.random.default_rng(0)
+    >>> imgs = rng.uniform(1, 100, size=(4, 8, 8, 8)).astype(np.float32)
+    >>> imgs[2:] = 2 * imgs[:2] + 50  # the same two images, seen at site "b"
+    >>> hm = HistogramMatchingHarmonizer(reference_site="a")
+    >>> out = hm.fit(imgs, ["a", "a", "b", "b"]).transform(imgs)
+    >>> bool(np.allclose(out[2], out[0], rtol=1e-3))  # same image, now on site a's scale
+    True
+    """
+
+    def __init__(
+        self,
+        reference_site: Any = None,
+        percentiles: Any = _DEFAULT_PERCENTILES,
+        mask: Any = None,
+    ):
+        self.reference_site = reference_site
+        self.percentiles = percentiles
+        self.mask = mask
+
+    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+        q = _check_percentiles(self.percentiles)
+        reference = sites == self.reference_site_
+        ref_landmarks = []
+        for i, (data, brain) in enumerate(self._iter_brains(imgs)):  # validates every image
+            if reference[i]:
+                ref_landmarks.append(_landmarks_of(data[brain], q))
+        landmarks = np.stack(ref_landmarks)
+        s_min, s_max = landmarks[:, 0].mean(), landmarks[:, -1].mean()
+        first, last = landmarks[:, :1], landmarks[:, -1:]
+        mapped = s_min + (landmarks - first) * ((s_max - s_min) / (last - first))
+        self.standard_landmarks_ = mapped.mean(axis=0)
+
+    def _transform_one(
+        self, data: np.ndarray, brain: np.ndarray, site: Any, age: float | None
+    ) -> np.ndarray:
+        q = np.asarray(self.percentiles, dtype=np.float64)
+        if q.shape != self.standard_landmarks_.shape:
+            raise ValueError(
+                f"percentiles has {q.size} values but the harmonizer was fitted with "
+                f"{self.standard_landmarks_.size}; refit after changing percentiles."
+            )
+        values = data[brain]
+        mapped = _map_values(values, _landmarks_of(values, q), self.standard_landmarks_)
+        return scatter_brain(mapped, brain)
