@@ -8,6 +8,7 @@ One scikit-learn-style contract for every method::
 
 from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer, IdentityHarmonizer
+from harmonix.combat import ComBatHarmonizer
 from harmonix.datasets import MultisiteDataset, make_multisite, write_nifti_dataset
 from harmonix.histogram_matching import HistogramMatchingHarmonizer
 from harmonix.pipeline import HarmonizerStep
@@ -15,6 +16,7 @@ from harmonix.whitestripe import WhiteStripeHarmonizer
 
 __all__ = [
     "BaseHarmonizer",
+    "ComBatHarmonizer",
     "HarmonizerStep",
     "HistogramMatchingHarmonizer",
     "IdentityHarmonizer",

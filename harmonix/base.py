@@ -133,8 +133,7 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         self : object
             The fitted harmonizer.
         """
-        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
-            delattr(self, attr)
+        self._forget_fit()
         coll = as_collection(imgs)
         sites = check_sites(sites, len(coll))
         ages = check_ages(ages, len(coll))
@@ -160,7 +159,11 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         self.image_shape_ = shape if self._fixed_shape else None
         if reference is not None:
             self.reference_site_ = reference
-        self._fit(coll, sites, ages)
+        try:
+            self._fit(coll, sites, ages)
+        except BaseException:
+            self._forget_fit()  # a failed fit must not leave a half-fitted estimator
+            raise
         return self
 
     def transform(self, imgs: Any, sites: Any = None, ages: Any = None) -> Any:
@@ -228,6 +231,10 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         return load_estimator(path, expected=cls)
 
     # -- helpers for subclasses ------------------------------------------------------------
+    def _forget_fit(self) -> None:
+        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
+            delattr(self, attr)
+
     def _check_reference(self, labels: np.ndarray, counts: np.ndarray) -> Any:
         if "reference_site" not in self.get_params(deep=False):
             return None

@@ -291,3 +291,17 @@ def test_transform_sites_length_checked(cls, fitted, tiny):
     imgs, sites, ages, _ = tiny
     with pytest.raises(ValueError, match="one label per image"):
         fitted.transform(imgs, sites=sites[:1], ages=ages if cls._needs_sites else None)
+
+
+def test_failed_fit_leaves_estimator_unfitted(cls, tiny, monkeypatch):
+    imgs, sites, ages = fit_args(cls, tiny)
+    est = make(cls).fit(imgs, sites, ages)
+
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(est, "_fit", broken_fit)
+    with pytest.raises(RuntimeError, match="boom"):
+        est.fit(imgs, sites, ages)
+    with pytest.raises(NotFittedError):
+        est.transform(imgs, **transform_kwargs(cls, sites, ages))
