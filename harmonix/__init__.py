@@ -11,6 +11,7 @@ from harmonix.base import BaseHarmonizer, IdentityHarmonizer
 from harmonix.combat import ComBatHarmonizer
 from harmonix.datasets import MultisiteDataset, make_multisite, write_nifti_dataset
 from harmonix.histogram_matching import HistogramMatchingHarmonizer
+from harmonix.iguane.estimator import IGUANeHarmonizer
 from harmonix.pipeline import HarmonizerStep
 from harmonix.whitestripe import WhiteStripeHarmonizer
 
@@ -19,6 +20,7 @@ __all__ = [
     "ComBatHarmonizer",
     "HarmonizerStep",
     "HistogramMatchingHarmonizer",
+    "IGUANeHarmonizer",
     "IdentityHarmonizer",
     "MultisiteDataset",
     "WhiteStripeHarmonizer",

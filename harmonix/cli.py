@@ -35,9 +35,10 @@ METHODS = {
 #: A CPU-sized IGUANe configuration for the demo and the benchmark (about a minute).
 IGUANE_CPU_PARAMS: dict[str, Any] = {
     "n_epochs": 1,
-    "steps_per_epoch": 60,
+    "steps_per_epoch": 15,
     "base_width": 4,
     "patch_size": 32,
+    "identity_init": True,
 }
 
 
@@ -110,9 +111,11 @@ def load_model(path: str | Path) -> Any:
     if not path.is_file():
         raise CLIError(f"model file not found: {path}")
     if path.suffix == ".npz":
-        return load_estimator(path)
-    iguane = _harmonizer_class("iguane")
-    return iguane.load(path)
+        try:
+            return load_estimator(path)
+        except ValueError:  # not an npz model: maybe an IGUANe file saved under .npz
+            pass
+    return _harmonizer_class("iguane").load(path)
 
 
 def _default_model_suffix(method: str) -> str:

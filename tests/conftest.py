@@ -5,6 +5,10 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+
+# Tiny test volumes run faster on one thread (and CI machines have only two cores).
+torch.set_num_threads(1)
 
 N_SITES = 3
 N_SUBJECTS = 3

@@ -12,9 +12,17 @@ before calling a network, and multiplies every generator output by the input's b
 Both networks accept ``torch.channels_last_3d`` inputs and modules, and mixed precision
 (:func:`torch.autocast`): the instance normalization always computes its statistics in
 float32.
+
+Without autograd (under :func:`torch.inference_mode` or :func:`torch.no_grad`) the generator
+runs a fused forward pass that computes the same function with far less memory traffic and
+memory (see :meth:`Generator3D.forward`); with autograd it runs the plain, differentiable
+pass.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +36,134 @@ _N_DOWN = 4
 SIZE_MULTIPLE = 2**_N_DOWN
 
 _SPATIAL_DIMS = (2, 3, 4)
+_CL = torch.channels_last_3d
+
+#: Size of the slabs the fused normalization works on, on CPU: small enough to stay in the
+#: cache between the operations on one slab, large enough to keep the per-operation overhead
+#: low. On other devices a tensor is processed whole.
+_CPU_CHUNK_BYTES = 2 << 20
+
+
+@contextlib.contextmanager
+def _single_intraop_thread(device_type: str) -> Iterator[None]:
+    """Run the enclosed CPU operations on the calling thread only.
+
+    The fused normalization issues many small memory-bound operations; with several
+    OpenMP threads each one ends in a barrier, and on a busy machine the spinning threads
+    cost far more than they gain (on 2 loaded cores: 1.5 s instead of 3 s of CPU time for a
+    96×112×96 pass). ``torch.set_num_threads`` sets the OpenMP thread count of the calling
+    thread; it is restored on exit.
+    """
+    if device_type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Disable autocast on ``device_type`` (a no-op for devices without autocast)."""
+    try:
+        return torch.autocast(device_type=device_type, enabled=False)
+    except RuntimeError:  # e.g. the "meta" device
+        return contextlib.nullcontext()
+
+
+def _rows(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A 3-D view of an ``(N, C, D, H, W)`` tensor: ``(N, V, C)`` or ``(N, C, V)``.
+
+    ``V = D·H·W``; raises ``RuntimeError`` when ``t`` cannot be viewed that way.
+    """
+    n, c = t.shape[:2]
+    if channels_last:
+        return t.permute(0, 2, 3, 4, 1).view(n, -1, c)
+    return t.view(n, c, -1)
+
+
+def _relu_mad_norm_(
+    x: torch.Tensor, norm: MADInstanceNorm3d, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``norm(relu(x))`` without autograd, overwriting ``x`` (and writing ``out`` if given).
+
+    Three passes over memory instead of about ten, and no full-size temporary: ReLU and the
+    channel sums (pass 1), the sums of absolute deviations (pass 2), the affine transform
+    (pass 3); on CPU each pass goes slab by slab, so that the operations of one slab run on
+    data in the cache. Statistics are accumulated in float32 (float64 for a float64 input)
+    within a slab and in float64 across slabs on CPU; the result is rounded once to the
+    dtype of ``x``. On CPU these small operations run on one thread (see
+    :func:`_single_intraop_thread`). Only for use without autograd: ``x`` is modified in place.
+    """
+    n, c = x.shape[:2]
+    channels_last = c > 1 and x.is_contiguous(memory_format=_CL) and not x.is_contiguous()
+    if not (channels_last or x.is_contiguous()):
+        x = x.contiguous()
+    xr = _rows(x, channels_last)
+    target = x if out is None else out
+    try:
+        outr = _rows(target, channels_last)
+    except RuntimeError:  # ``out`` laid out differently: normalize in place, then copy
+        return target.copy_(_relu_mad_norm_(x, norm))
+    sdim = 1 if channels_last else 2
+    nvox = xr.shape[sdim]
+    acc = torch.promote_types(x.dtype, torch.float32)
+    if x.device.type == "cpu":
+        step = max(1, _CPU_CHUNK_BYTES // max(1, n * c * x.element_size()))
+        total = torch.float64
+    else:
+        step = nvox
+        total = acc
+    chunks = list(zip(xr.split(step, sdim), outr.split(step, sdim)))
+    with _autocast_off(x.device.type), _single_intraop_thread(x.device.type):
+        sums = torch.zeros((n, c), dtype=total, device=x.device)
+        for xc, _ in chunks:
+            xc.clamp_(min=0)
+            sums += xc.sum(sdim, dtype=acc)
+        mean = (sums / nvox).to(acc).unsqueeze(sdim)
+        sums.zero_()
+        for xc, _ in chunks:
+            sums += (xc - mean).abs_().sum(sdim)
+        mad = (sums / nvox).to(acc)
+        scale = (norm.weight.to(acc) / (mad + norm.eps)).unsqueeze(sdim)
+        shift = norm.bias.to(acc).expand(n, c).unsqueeze(sdim)
+        for xc, oc in chunks:
+            torch.addcmul(shift, xc - mean, scale, out=oc)
+    return target
+
+
+def _empty_like_layout(
+    t: torch.Tensor, channels: int, memory_format: torch.memory_format
+) -> torch.Tensor:
+    return torch.empty(
+        (t.shape[0], channels, *t.shape[2:]),
+        dtype=t.dtype,
+        device=t.device,
+        memory_format=memory_format,
+    )
+
+
+def _conv3_few_channels(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """A 3×3×3 convolution (stride 1, padding 1) of an input with few channels.
+
+    The three taps along the last axis become channels: the input is expanded to ``3·C``
+    shifted copies and convolved with a 3×3×1 kernel. oneDNN handles one input channel
+    poorly (a few GFLOP/s); three channels run about twice as fast, and the output comes out
+    channels-last.
+    """
+    n, cin, d, h, w = x.shape
+    x3 = torch.empty((n, 3 * cin, d, h, w), dtype=x.dtype, device=x.device, memory_format=_CL)
+    # x3[:, 3 * ci + k, ..., j] = x[:, ci, ..., j + k - 1] (zero outside)
+    taps = F.pad(x, (1, 1)).unfold(-1, 3, 1)  # (n, cin, d, h, w, 3)
+    x3.permute(0, 2, 3, 4, 1).view(n, d, h, w, cin, 3).copy_(taps.permute(0, 2, 3, 4, 1, 5))
+    del taps
+    weight = conv.weight.permute(0, 1, 4, 2, 3).reshape(conv.out_channels, 3 * cin, 3, 3, 1)
+    return F.conv3d(x3, weight, conv.bias, padding=(1, 1, 0))
 
 
 class MADInstanceNorm3d(nn.Module):
@@ -182,7 +318,23 @@ class Generator3D(nn.Module):
     :meth:`layers_in_order` lists the layers in forward order, which is also the order of the
     layers of the Keras original (used by
     :func:`harmonix.iguane.keras_weights.load_keras_generator_weights`).
+
+    Without autograd (:func:`torch.inference_mode` or :func:`torch.no_grad`), :meth:`forward`
+    runs a fused pass (channels-last maps, ReLU and norm fused in place, no concatenation
+    copies, maps freed early) that computes the same function about twice as fast on CPU
+    with a third of the memory; set the attribute ``fused_inference = False`` on an instance
+    to always run the plain pass. The fused pass differs from the plain one by float
+    rounding only (summation order): about 1e-5 on the output in float32.
+
+    Attributes
+    ----------
+    fused_inference : bool
+        Whether :meth:`forward` takes the fused pass when autograd is off (class default
+        ``True``). Not part of the ``state_dict``.
     """
+
+    #: Take the fused pass when autograd is off (see the class notes).
+    fused_inference: bool = True
 
     def __init__(self, base_width: int = 16, in_channels: int = 1) -> None:
         super().__init__()
@@ -262,6 +414,12 @@ class Generator3D(nn.Module):
                 f"Generator3D needs spatial sizes that are multiples of {SIZE_MULTIPLE}, "
                 f"got {spatial}; crop or pad the volume (e.g. to 160x192x160)."
             )
+        if self.fused_inference and not torch.is_grad_enabled():
+            return self._forward_fused(x)
+        return self._forward_plain(x)
+
+    def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """The differentiable forward pass, one module after the other."""
         skips = []
         h = x
         for conv, down in zip(self.enc_convs, self.downs):
@@ -273,6 +431,69 @@ class Generator3D(nn.Module):
             h = conv(torch.cat((up(h), skips.pop()), dim=1))
         h = self.out_conv(torch.cat((h, x), dim=1))
         return x[:, :1] + torch.tanh(h)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function as :meth:`_forward_plain`, for use without autograd.
+
+        Channels-last feature maps throughout; ReLU and norm fused and in place
+        (:func:`_relu_mad_norm_`); each skip connection is copied into the first half of
+        a preallocated concatenation buffer, into whose other half the decoder writes its
+        upsampled maps, so that no ``torch.cat`` copy is made; every map is released as
+        soon as it has been used; the last 1×1×1 convolution is split into its feature and
+        input parts instead of concatenating the input. Peak memory is about three
+        full-size 16-channel maps (0.95 GB at 160×192×160 in float32).
+        """
+        first = self.enc_convs[0].conv
+        skips = []
+        h = x
+        for i, (block, down) in enumerate(zip(self.enc_convs, self.downs)):
+            if i == 0 and first.in_channels <= 4:
+                h = _conv3_few_channels(first, x)
+            else:
+                h = block.conv(h.contiguous(memory_format=_CL))
+            h = _relu_mad_norm_(h, block.norm)
+            d = _relu_mad_norm_(down.conv(h), down.norm)
+            c = h.shape[1]
+            buf = _empty_like_layout(h, 2 * c, _CL)
+            buf[:, c:].copy_(h)
+            skips.append(buf)
+            h = d
+            del d, buf
+        h = _relu_mad_norm_(self.bottleneck.conv(h), self.bottleneck.norm)
+        for up, block in zip(self.ups, self.dec_convs):
+            buf = skips.pop()
+            u = up.conv(h)
+            del h
+            _relu_mad_norm_(u, up.norm, out=buf[:, : u.shape[1]])
+            del u
+            h = block.conv(buf)
+            del buf
+            h = _relu_mad_norm_(h, block.norm)
+        return self._output_fused(h, x)
+
+    def _output_fused(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x[:, :1] + tanh(out_conv(cat(h, x)))`` without the concatenation.
+
+        The 1×1×1 convolution to one channel is a matrix-vector product over the features
+        plus a weighted sum of the input channels (oneDNN has no fast kernel for one output
+        channel); the sum and ``tanh`` are computed in the dtype of ``x``.
+        """
+        n, k = h.shape[:2]
+        weight = self.out_conv.weight.view(-1)
+        channels_last = k > 1 and h.is_contiguous(memory_format=_CL) and not h.is_contiguous()
+        if not (channels_last or h.is_contiguous()):
+            h = h.contiguous()
+        hr = _rows(h, channels_last)
+        z = torch.matmul(hr, weight[:k]) if channels_last else torch.matmul(weight[:k], hr)
+        z = z.view(n, 1, *h.shape[2:]).to(x.dtype)
+        del h, hr
+        with _autocast_off(x.device.type):
+            w_in = weight[k:].to(x.dtype)
+            for c in range(x.shape[1]):
+                z.addcmul_(x[:, c : c + 1], w_in[c])
+            if self.out_conv.bias is not None:
+                z.add_(self.out_conv.bias.to(x.dtype))
+            return z.tanh_().add_(x[:, :1])
 
 
 class PatchDiscriminator3D(nn.Module):

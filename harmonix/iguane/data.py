@@ -1,0 +1,615 @@
+"""Data handling of IGUANe: intensity scale, site-paired sampling, augmentation, patches.
+
+Network scale
+    Images are median-normalized (brain median 500) and mapped to ``x / 500 - 1``: the
+    brain median becomes 0 and the background -1. A boolean brain mask travels with every
+    volume. Before any network the background is set to 0 (:func:`network_input`) and every
+    generator output is multiplied by its input's mask.
+
+Sampling
+    For every step and every source site the trainer draws (source, reference) pairs with
+    :class:`SitePairSampler`; with ages, pairs are age-balanced
+    (:func:`age_bin_probabilities`). Pairs are :class:`Pair` named tuples, so the order is
+    never ambiguous.
+
+Augmentation
+    :func:`augment`: with probability 0.5 a rotation by an angle drawn in U(-10°, 10°) in
+    one of the three axis planes, then an integer shift in [-5, 5] voxels along every axis;
+    uncovered voxels get the background value -1. Interpolation is trilinear and
+    *normalized* (the rotated image is divided by the rotated mask), so the brain border
+    does not darken; the mask is rotated too and re-thresholded at 0.5, and every voxel
+    outside it is set back to exactly -1.
+
+All randomness comes from a :class:`numpy.random.Generator` passed by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harmonix.preprocessing import (
+    IGUANE_FALLBACK_SHAPE,
+    IGUANE_SHAPE,
+    GridChange,
+    crop_or_pad,
+    pad_to_multiple,
+)
+
+__all__ = [
+    "NETWORK_SCALE",
+    "SIZE_MULTIPLE",
+    "Pair",
+    "PreparedVolume",
+    "SitePairSampler",
+    "VolumeLoader",
+    "age_bin_probabilities",
+    "augment",
+    "brain_median",
+    "crop_patch",
+    "from_network_scale",
+    "network_input",
+    "patch_slices",
+    "prepare_volume",
+    "random_brain_voxel",
+    "rotate_volume",
+    "shift_volume",
+    "to_network_scale",
+]
+
+#: Brain median after IGUANe's median normalization; network scale is ``x / 500 - 1``.
+NETWORK_SCALE = 500.0
+#: The generator halves sizes four times: network inputs are multiples of 16.
+SIZE_MULTIPLE = 16
+
+
+# --------------------------------------------------------------------------------------
+# Intensity scale
+# --------------------------------------------------------------------------------------
+def brain_median(data: np.ndarray, brain: np.ndarray | None = None) -> float:
+    """Median intensity of the brain voxels of one image.
+
+    Parameters
+    ----------
+    data : ndarray of shape (i, j, k)
+    brain : ndarray of bool, default=None
+        Brain voxels; default ``data != 0``.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        If there is no brain voxel or the median is not positive.
+    """
+    brain = data != 0 if brain is None else brain
+    if not brain.any():
+        raise ValueError("The image has no brain voxels; cannot normalize it.")
+    median = float(np.median(data[brain]))
+    if not median > 0:
+        raise ValueError(
+            f"The brain median is {median:g}; IGUANe needs positive intensities "
+            "(skull-stripped T1-weighted images with background 0)."
+        )
+    return median
+
+
+def to_network_scale(
+    data: np.ndarray, brain: np.ndarray, median: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median-normalize an image and map it to the network scale.
+
+    Parameters
+    ----------
+    data : ndarray of shape (i, j, k)
+        Raw intensities (not modified).
+    brain : ndarray of bool, same shape
+        Brain voxels.
+    median : float
+        The image's brain median (see :func:`brain_median`).
+
+    Returns
+    -------
+    x : ndarray of float32
+        ``data / median - 1`` in the brain (so ``500 * data / median`` on the median-500
+        scale, minus one after division by 500), at least -1; exactly -1 outside.
+    mask : ndarray of bool
+        A copy of ``brain``.
+    """
+    x = np.asarray(data, dtype=np.float32) * np.float32(1.0 / median) - np.float32(1.0)
+    np.maximum(x, -1.0, out=x)
+    mask = np.array(brain, dtype=bool)
+    x[~mask] = -1.0
+    return x, mask
+
+
+def from_network_scale(
+    y: np.ndarray, mask: np.ndarray, scale: float = NETWORK_SCALE
+) -> np.ndarray:
+    """Map network outputs back to intensities: ``(y + 1) * scale``, 0 outside ``mask``.
+
+    Parameters
+    ----------
+    y : ndarray
+        Network-scale values.
+    mask : ndarray of bool
+        Brain voxels.
+    scale : float, default=500
+        Intensity of the brain median after the mapping.
+
+    Returns
+    -------
+    ndarray of float32
+        Non-negative intensities, background 0.
+    """
+    out = (np.asarray(y, dtype=np.float32) + np.float32(1.0)) * np.float32(scale)
+    np.maximum(out, 0.0, out=out)
+    out[~np.asarray(mask, dtype=bool)] = 0.0
+    return out
+
+
+def network_input(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Set the background to 0 (the brain median on the network scale) before a network."""
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+@dataclass(frozen=True)
+class PreparedVolume:
+    """A volume ready for the networks (see :func:`prepare_volume`).
+
+    Attributes
+    ----------
+    x : ndarray of float32
+        Network-scale intensities on the network grid, background -1.
+    mask : ndarray of bool
+        Brain voxels on the network grid.
+    change : GridChange
+        The grid change from the input grid (undo with :meth:`GridChange.invert`).
+    """
+
+    x: np.ndarray
+    mask: np.ndarray
+    change: GridChange
+
+
+def prepare_volume(
+    data: np.ndarray,
+    median: float | None = None,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+) -> PreparedVolume:
+    """Median-normalize one image, map it to the network scale and put it on a network grid.
+
+    Parameters
+    ----------
+    data : ndarray of shape (i, j, k)
+        Raw intensities, background 0 (not modified).
+    median : float, default=None
+        Brain median; computed from ``data`` when None.
+    input_shape : tuple of 3 int, default=None
+        None: pad every side symmetrically to a multiple of 16. Otherwise crop/pad to this
+        shape without cutting brain voxels (:func:`harmonix.preprocessing.crop_or_pad`;
+        the published network uses (160, 192, 160) and, when the brain does not fit,
+        (176, 208, 176)).
+
+    Returns
+    -------
+    PreparedVolume
+    """
+    data = np.asarray(data)
+    brain = data != 0
+    median = brain_median(data, brain) if median is None else float(median)
+    if input_shape is None:
+        grid, change = pad_to_multiple(data, SIZE_MULTIPLE)
+    else:
+        shape = tuple(int(s) for s in input_shape)
+        fallback = IGUANE_FALLBACK_SHAPE if shape == IGUANE_SHAPE else None
+        grid, change = crop_or_pad(data, shape, brain=brain, fallback_shape=fallback)
+    x, mask = to_network_scale(grid, grid != 0, median)
+    return PreparedVolume(x, mask, change)
+
+
+class VolumeLoader:
+    """Network-ready volumes of an image collection, loaded on demand.
+
+    Parameters
+    ----------
+    get_image : callable
+        ``get_image(i)`` returns the raw 3-D array of image ``i`` (e.g. an
+        :class:`harmonix.io.ImageCollection`, which reads files one at a time).
+    medians : sequence of float
+        Brain median of every image.
+    input_shape : tuple of 3 int, default=None
+        See :func:`prepare_volume`.
+    cache_size : int, default=0
+        Number of prepared volumes kept in memory (least recently used are dropped); useful
+        when images are files.
+
+    Notes
+    -----
+    ``loader[i]`` returns ``(x, mask)``: float32 network-scale intensities (background -1)
+    and the bool brain mask, on the network grid. Returned arrays may be cached: do not
+    modify them.
+    """
+
+    def __init__(
+        self,
+        get_image: Callable[[int], np.ndarray] | Sequence[np.ndarray],
+        medians: Sequence[float],
+        *,
+        input_shape: tuple[int, int, int] | None = None,
+        cache_size: int = 0,
+    ) -> None:
+        self._get = get_image.__getitem__ if hasattr(get_image, "__getitem__") else get_image
+        self.medians = [float(m) for m in medians]
+        self.input_shape = input_shape
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.medians)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        index = int(index)
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        prepared = prepare_volume(
+            self._get(index), self.medians[index], input_shape=self.input_shape
+        )
+        item = (prepared.x, prepared.mask)
+        if self.cache_size > 0:
+            self._cache[index] = item
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return item
+
+
+# --------------------------------------------------------------------------------------
+# Site-paired, age-balanced sampling
+# --------------------------------------------------------------------------------------
+class Pair(NamedTuple):
+    """Indices of one (source, reference) training pair."""
+
+    source: int
+    reference: int
+
+
+def age_bin_probabilities(
+    source_ages: Sequence[float], reference_ages: Sequence[float], bin_width: float = 5.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Common age-bin distribution of a source site and the reference site.
+
+    Ages of both sites are binned with consecutive bins of ``bin_width`` years starting at
+    the *shared* minimum age ``max(min_src, min_ref)``, as many as needed to reach the
+    shared maximum ``min(max_src, max_ref)`` (the last bin is closed); ages outside the bins
+    are never drawn. Each site's bin distribution is the fraction of its images in each
+    bin; the common distribution is their bin-wise minimum, renormalized: a bin missing on
+    either side gets 0, and drawing both images of a pair from one bin gives the source and
+    the reference images the same age distribution.
+
+    Parameters
+    ----------
+    source_ages, reference_ages : sequence of float
+    bin_width : float, default=5
+        In the unit of the ages (years).
+
+    Returns
+    -------
+    edges : ndarray of shape (n_bins + 1,)
+    probs : ndarray of shape (n_bins,)
+        Sums to 1, or is empty (with ``edges`` empty) when no bin holds ages of both
+        sites.
+    """
+    src = np.asarray(source_ages, dtype=float)
+    ref = np.asarray(reference_ages, dtype=float)
+    if not bin_width > 0:
+        raise ValueError(f"bin_width must be positive, got {bin_width!r}.")
+    if src.size == 0 or ref.size == 0:
+        return np.empty(0), np.empty(0)
+    low, high = max(src.min(), ref.min()), min(src.max(), ref.max())
+    if low > high:
+        return np.empty(0), np.empty(0)
+    n_bins = max(1, math.ceil((high - low) / bin_width))
+    edges = low + bin_width * np.arange(n_bins + 1, dtype=float)
+    p_src = np.bincount(_bin_of(src, edges), minlength=n_bins + 1)[:n_bins] / src.size
+    p_ref = np.bincount(_bin_of(ref, edges), minlength=n_bins + 1)[:n_bins] / ref.size
+    common = np.minimum(p_src, p_ref)
+    if common.sum() == 0:  # the ranges overlap but no bin holds images of both sites
+        return np.empty(0), np.empty(0)
+    return edges, common / common.sum()
+
+
+def _bin_of(ages: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin index of each age (``len(edges) - 1`` for ages outside the binned range)."""
+    n_bins = len(edges) - 1
+    idx = np.floor((ages - edges[0]) / (edges[1] - edges[0])).astype(int)
+    idx = np.where(ages == edges[-1], n_bins - 1, idx)  # the last bin is closed
+    # ages beyond the shared range but inside the last bin's span are outside it too
+    outside = (ages < edges[0]) | (idx >= n_bins) | (ages > edges[-1])
+    return np.where(outside, n_bins, np.clip(idx, 0, n_bins - 1))
+
+
+class SitePairSampler:
+    """Draw (source, reference) training pairs for every source site.
+
+    Parameters
+    ----------
+    sites : array-like of shape (n_images,)
+        Site label of every image.
+    reference_site : hashable
+        The reference label (must be in ``sites``).
+    ages : array-like of shape (n_images,), default=None
+        With ages, pairs are age-balanced: a bin is drawn from
+        :func:`age_bin_probabilities` of the source site and the reference, then both
+        images uniformly within it. A site whose ages do not overlap the reference's is
+        sampled uniformly (see :attr:`balanced`).
+    indices : array-like of int, default=None
+        Images that may be drawn (e.g. the training split); all by default.
+    age_bin_width : float, default=5
+        Width of the age bins, in years.
+
+    Attributes
+    ----------
+    source_sites : list
+        Source labels (every label but the reference, in sorted order).
+    balanced : dict
+        Per source site, whether its pairs are age-balanced.
+    """
+
+    def __init__(
+        self,
+        sites: Sequence[Hashable],
+        reference_site: Hashable,
+        ages: Sequence[float] | None = None,
+        *,
+        indices: Sequence[int] | None = None,
+        age_bin_width: float = 5.0,
+    ) -> None:
+        sites = np.asarray(sites)
+        pool = np.arange(len(sites)) if indices is None else np.asarray(indices, dtype=int)
+        labels = sorted(set(sites.tolist()), key=_sort_key)
+        if reference_site not in labels:
+            raise ValueError(f"reference_site {reference_site!r} is not among {labels}.")
+        self.reference_site = reference_site
+        self.source_sites = [s for s in labels if s != reference_site]
+        by_site = {s: pool[sites[pool] == s] for s in labels}
+        for s, idx in by_site.items():
+            if idx.size == 0:
+                raise ValueError(f"Site {s!r} has no training image left to sample.")
+        self._ref = by_site[reference_site]
+        self._src = {s: by_site[s] for s in self.source_sites}
+        self._bins: dict[Any, tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]] = {}
+        self.balanced = {s: False for s in self.source_sites}
+        if ages is not None:
+            ages = np.asarray(ages, dtype=float)
+            for s in self.source_sites:
+                edges, probs = age_bin_probabilities(
+                    ages[self._src[s]], ages[self._ref], age_bin_width
+                )
+                if probs.size == 0:
+                    continue
+                src_bins = _bin_of(ages[self._src[s]], edges)
+                ref_bins = _bin_of(ages[self._ref], edges)
+                self._bins[s] = (
+                    probs,
+                    [self._src[s][src_bins == b] for b in range(len(probs))],
+                    [self._ref[ref_bins == b] for b in range(len(probs))],
+                )
+                self.balanced[s] = True
+
+    def sample(self, site: Hashable, rng: np.random.Generator) -> Pair:
+        """Draw one pair for source site ``site``.
+
+        Parameters
+        ----------
+        site : hashable
+            A source site label.
+        rng : numpy.random.Generator
+
+        Returns
+        -------
+        Pair
+            ``Pair(source=i, reference=j)`` image indices.
+        """
+        if site in self._bins:
+            probs, src_bins, ref_bins = self._bins[site]
+            b = int(rng.choice(len(probs), p=probs))
+            return Pair(int(rng.choice(src_bins[b])), int(rng.choice(ref_bins[b])))
+        return Pair(int(rng.choice(self._src[site])), int(rng.choice(self._ref)))
+
+
+def _sort_key(label: Any) -> tuple[str, Any]:
+    return (type(label).__name__, label)
+
+
+# --------------------------------------------------------------------------------------
+# Augmentation (torch, on the training device)
+# --------------------------------------------------------------------------------------
+#: Axis planes a rotation may happen in (pairs of spatial axes).
+ROTATION_PLANES = ((0, 1), (0, 2), (1, 2))
+
+
+def rotate_volume(
+    x: torch.Tensor, mask: torch.Tensor, angle: float, plane: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate a network-scale volume and its mask about the volume centre.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (D, H, W)
+        Network-scale intensities, background -1.
+    mask : torch.Tensor of bool, shape (D, H, W)
+    angle : float
+        Angle in degrees.
+    plane : tuple of 2 int
+        The two spatial axes spanning the rotation plane.
+
+    Returns
+    -------
+    x, mask : torch.Tensor
+        Rotated volume (exactly -1 outside the new mask) and mask (rotated, thresholded at
+        0.5). Intensities are interpolated trilinearly and normalized by the rotated mask.
+    """
+    a, b = plane
+    theta = math.radians(angle)
+    rot = torch.eye(3, dtype=torch.float64)
+    rot[a, a], rot[a, b] = math.cos(theta), -math.sin(theta)
+    rot[b, a], rot[b, b] = math.sin(theta), math.cos(theta)
+    half = torch.tensor([s / 2.0 for s in x.shape], dtype=torch.float64)
+    # voxel offsets from the centre are normalized coordinates times size / 2
+    mat = rot * half[None, :] / half[:, None]
+    mat = torch.flip(mat, dims=(0, 1))  # (D, H, W) order -> grid (x=W, y=H, z=D) order
+    affine = torch.zeros(1, 3, 4, dtype=torch.float64)
+    affine[0, :, :3] = mat
+    affine = affine.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(affine, (1, 2, *x.shape), align_corners=False)
+    stacked = torch.stack([(x + 1.0) * mask, mask.to(x.dtype)])[None]
+    out = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    weight = out[0, 1]
+    new_mask = weight > 0.5
+    value = out[0, 0] / weight.clamp_min(1e-6) - 1.0
+    return torch.where(new_mask, value.clamp_min(-1.0), -torch.ones_like(value)), new_mask
+
+
+def shift_volume(
+    x: torch.Tensor, mask: torch.Tensor, shifts: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift a volume and its mask by whole voxels; uncovered voxels become -1 / False.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (D, H, W)
+    mask : torch.Tensor of bool, shape (D, H, W)
+    shifts : sequence of 3 int
+        Shift along each axis (positive moves content to higher indices).
+
+    Returns
+    -------
+    x, mask : torch.Tensor
+    """
+    out_x = torch.full_like(x, -1.0)
+    out_m = torch.zeros_like(mask)
+    src, dst = [], []
+    for n, s in zip(x.shape, shifts):
+        s = int(s)
+        if abs(s) >= n:
+            return out_x, out_m
+        src.append(slice(max(0, -s), n - max(0, s)))
+        dst.append(slice(max(0, s), n - max(0, -s)))
+    out_x[tuple(dst)] = x[tuple(src)]
+    out_m[tuple(dst)] = mask[tuple(src)]
+    return out_x, out_m
+
+
+def augment(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    rng: np.random.Generator,
+    *,
+    rotation_probability: float = 0.5,
+    max_angle: float = 10.0,
+    max_shift: int = 5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IGUANe's augmentation: a random rotation (p=0.5), then a random integer shift.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (D, H, W)
+        Network-scale volume, background -1.
+    mask : torch.Tensor of bool, shape (D, H, W)
+    rng : numpy.random.Generator
+        Source of all random draws.
+    rotation_probability : float, default=0.5
+    max_angle : float, default=10
+        The angle is drawn uniformly in ``[-max_angle, max_angle]`` degrees, the plane
+        uniformly among the three axis planes.
+    max_shift : int, default=5
+        Each axis is shifted by an integer drawn uniformly in ``[-max_shift, max_shift]``.
+
+    Returns
+    -------
+    x, mask : torch.Tensor
+        Augmented volume (background exactly -1) and mask.
+    """
+    if rng.random() < rotation_probability:
+        angle = float(rng.uniform(-max_angle, max_angle))
+        plane = ROTATION_PLANES[int(rng.integers(len(ROTATION_PLANES)))]
+        x, mask = rotate_volume(x, mask, angle, plane)
+    shifts = rng.integers(-max_shift, max_shift + 1, size=3)
+    return shift_volume(x, mask, shifts.tolist())
+
+
+# --------------------------------------------------------------------------------------
+# Patches
+# --------------------------------------------------------------------------------------
+def patch_slices(
+    shape: Sequence[int], patch_size: Sequence[int], center: Sequence[int]
+) -> tuple[slice, ...]:
+    """Window of ``patch_size`` around ``center``, moved inside a volume of ``shape``.
+
+    Parameters
+    ----------
+    shape : sequence of 3 int
+        Volume shape (each at least the patch size; see :func:`crop_patch`).
+    patch_size : sequence of 3 int
+    center : sequence of 3 int
+        Voxel the patch should contain.
+
+    Returns
+    -------
+    tuple of 3 slice
+    """
+    out = []
+    for n, p, c in zip(shape, patch_size, center):
+        start = int(np.clip(int(c) - p // 2, 0, max(0, n - p)))
+        out.append(slice(start, start + p))
+    return tuple(out)
+
+
+def crop_patch(
+    x: torch.Tensor, mask: torch.Tensor, patch_size: Sequence[int], center: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop a patch around ``center`` (padding with background first if the volume is small).
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (D, H, W)
+    mask : torch.Tensor of bool, shape (D, H, W)
+    patch_size : sequence of 3 int
+    center : sequence of 3 int
+        Voxel (in the coordinates of ``x``) the patch should contain.
+
+    Returns
+    -------
+    x, mask : torch.Tensor of shape patch_size
+    """
+    pad = [max(0, p - n) for n, p in zip(x.shape, patch_size)]
+    if any(pad):
+        before = [q // 2 for q in pad]
+        widths = []
+        for q, b in zip(reversed(pad), reversed(before)):
+            widths += [b, q - b]
+        x = F.pad(x, widths, value=-1.0)
+        mask = F.pad(mask, widths, value=False)
+        center = [c + b for c, b in zip(center, before)]
+    sl = patch_slices(x.shape, patch_size, center)
+    return x[sl], mask[sl]
+
+
+def random_brain_voxel(mask: torch.Tensor, rng: np.random.Generator) -> tuple[int, int, int]:
+    """A brain voxel drawn uniformly (the volume centre if the mask is empty)."""
+    idx = torch.nonzero(mask.reshape(-1)).reshape(-1)
+    if idx.numel() == 0:
+        return tuple(int(n) // 2 for n in mask.shape)  # type: ignore[return-value]
+    flat = int(idx[int(rng.integers(idx.numel()))])
+    return tuple(int(v) for v in np.unravel_index(flat, tuple(mask.shape)))  # type: ignore

@@ -1,0 +1,479 @@
+"""IGUANeHarmonizer: the scikit-learn-style facade over IGUANe training and inference."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+
+from harmonix._version import __version__
+from harmonix.base import BaseHarmonizer
+from harmonix.iguane.data import (
+    NETWORK_SCALE,
+    SIZE_MULTIPLE,
+    VolumeLoader,
+    brain_median,
+    from_network_scale,
+    prepare_volume,
+)
+from harmonix.iguane.inference import harmonize_volume
+from harmonix.iguane.networks import Generator3D
+from harmonix.iguane.training import TrainConfig, resolve_device, train
+from harmonix.io import ImageCollection
+from harmonix.preprocessing import IGUANE_SHAPE
+
+__all__ = ["IGUANeHarmonizer"]
+
+_MODEL_FORMAT = "harmonix.IGUANeHarmonizer/1"
+#: Reference site of the published IGUANe model.
+OFFICIAL_REFERENCE_SITE = "SALD"
+
+
+class IGUANeHarmonizer(BaseHarmonizer):
+    """IGUANe: a 3-D many-to-one CycleGAN that maps images of any site to a reference site.
+
+    Training (:meth:`fit`) learns one *forward* generator shared by all source sites,
+    together with one backward generator and two discriminators per source site (Roca et
+    al., Medical Image Analysis 2025). :meth:`transform` uses the forward generator only,
+    so it harmonizes images of any site, including sites never seen in training. The
+    defaults are the published settings (meant for a GPU); for CPU use, lower
+    ``base_width`` (e.g. 4) and train on patches (``patch_size=32``).
+
+    Parameters
+    ----------
+    reference_site : hashable, default=None
+        Target site; None picks the site with the most images.
+    n_epochs : int, default=100
+    steps_per_epoch : int, default=200
+        One step updates every source site once.
+    base_width : int, default=16
+        Channels of the generators' first level (16: the published 6.5 M-parameter
+        network); the discriminators get ``4 * base_width``.
+    patch_size : int or tuple of 3 int, default=None
+        Train on random crops (multiples of 16, each containing brain) instead of whole
+        volumes; inference always uses whole volumes.
+    batch_size : int, default=1
+        Pairs per generator update (discriminators see twice as many).
+    learning_rate, final_learning_rate : float, default=2e-4, 2e-5
+        Adam learning rate, decayed linearly from the first to the second.
+    cycle_weight, identity_weight : float, default=30, 15
+        Weights of the cycle-consistency and identity losses.
+    augment : bool, default=True
+        Random rotations (p=0.5, ±10°) and shifts (±5 voxels) during training.
+    identity_init : bool, default=False
+        Start the generators as the identity map (last convolution zeroed) instead of the
+        published random initialization; helps short trainings such as CPU ones.
+    age_bin_width : float, default=5
+        With ``ages`` in fit, (source, reference) pairs are drawn from common age bins of
+        this width (years).
+    val_fraction : float, default=0.1
+        Fraction of each source site's images held out to select the best forward
+        generator (0: keep the last one); see Notes.
+    val_every : int, default=1000
+        Validate every this many steps (and at the end).
+    checkpoint_dir : str or path-like, default=None
+        Folder for a training checkpoint (atomic writes); None: no checkpoint.
+    checkpoint_every : int, default=200
+        Steps between checkpoints.
+    resume : bool, default=False
+        Continue an interrupted training from the checkpoint in ``checkpoint_dir`` (with
+        the same parameters and data); starts from scratch if there is none.
+    input_shape : tuple of 3 int, default=None
+        None: every image is zero-padded to a multiple of 16 per axis. Otherwise images are
+        cropped/padded to this shape without cutting brain voxels (the published network
+        uses (160, 192, 160) on 1 mm MNI images). Outputs are always on the input grid.
+    cache_size : int, default=8
+        Prepared training volumes kept in memory when images are files.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        Where the networks run ("auto": CUDA if available). "cuda" without CUDA raises a
+        ValueError.
+    mixed_precision : bool, default=None
+        Run the networks under :func:`torch.autocast` (float16 with loss scaling on CUDA,
+        bfloat16 on CPU); None means on CUDA only.
+    random_state : int, numpy.random.Generator or None, default=None
+        Seeds the held-out split, initialization, sampling and augmentation (local
+        generators; global seeds are never touched). Runs are reproducible on CPU.
+    verbose : int, default=0
+        Show a progress bar with running losses during fit.
+
+    Attributes
+    ----------
+    reference_site_ : hashable
+        The reference site.
+    sites_ : ndarray
+        Sites seen in fit.
+    n_images_ : int
+        Number of training images.
+    generator_ : Generator3D
+        The selected forward generator, on CPU, in eval mode.
+    reference_median_ : float
+        Median over the reference site's training images of their brain-median intensity;
+        harmonized images are returned on this intensity scale.
+    history_ : dict
+        Per-step mean losses over source sites (``loss_discriminator``,
+        ``loss_adversarial``, ``loss_cycle``, ``loss_identity``, ``loss_generator``),
+        validation steps and scores (``val_step``, ``val_score``, ``val_baseline``,
+        ``best_step``, ``best_score``) and the held-out image indices (``val_indices``).
+
+    See Also
+    --------
+    harmonix.iguane.training.train : the training loop, usable on its own.
+
+    Notes
+    -----
+    **Inputs.** Skull-stripped T1-weighted images with background 0, ideally rigidly
+    registered to MNI space at 1 mm and N4-corrected, like the images IGUANe was designed
+    for. Each image is median-normalized (brain median 500) and mapped to the network
+    scale ``x / 500 - 1`` internally; images of different shapes are allowed.
+
+    **Output scale.** The forward generator's output ``y`` is mapped back with
+    ``(y + 1) * 500`` (IGUANe's median-500 scale) and then multiplied by
+    ``reference_median_ / 500``, i.e. ``(y + 1) * reference_median_``: a harmonized image
+    has the intensity scale of the reference site's images. Background stays 0 and
+    intensities are clamped at 0.
+
+    **Validation.** The selected generator is the one whose harmonized held-out images have
+    brain-intensity distributions closest to the reference site's (mean 1-D Wasserstein
+    distance between quantile functions; see :mod:`harmonix.iguane.training`).
+
+    **Devices.** Training and inference run on ``device``; ``generator_`` is kept on CPU
+    and copied to the GPU for :meth:`transform`. Checkpoint-and-resume is exact on CPU.
+
+    **Persistence.** :meth:`save` writes parameters, fitted values, the harmonix version
+    and the generator weights with :func:`torch.save` (plain tensors and values only) and
+    :meth:`load` reads them with ``torch.load(weights_only=True)``; a ``random_state``
+    that is a numpy Generator is saved as None. Pickling (joblib) also works.
+
+    Examples
+    --------
+    >>> from harmonix import IGUANeHarmonizer
+    >>> from harmonix.datasets import make_multisite
+    >>> ds = make_multisite(n_subjects=4, n_sites=3, resolution=4, random_state=0)
+    >>> h = IGUANeHarmonizer(n_epochs=1, steps_per_epoch=1, base_width=2, random_state=0)
+    >>> h.fit(ds.imgs, ds.sites, ds.ages).transform(ds.imgs[:1]).shape
+    (1, 46, 55, 46)
+    """
+
+    _needs_sites: ClassVar[bool] = False
+    _fixed_shape: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        reference_site: Any = None,
+        n_epochs: int = 100,
+        steps_per_epoch: int = 200,
+        base_width: int = 16,
+        patch_size: int | tuple[int, int, int] | None = None,
+        batch_size: int = 1,
+        learning_rate: float = 2e-4,
+        final_learning_rate: float = 2e-5,
+        cycle_weight: float = 30.0,
+        identity_weight: float = 15.0,
+        augment: bool = True,
+        identity_init: bool = False,
+        age_bin_width: float = 5.0,
+        val_fraction: float = 0.1,
+        val_every: int = 1000,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 200,
+        resume: bool = False,
+        input_shape: tuple[int, int, int] | None = None,
+        cache_size: int = 8,
+        device: str = "auto",
+        mixed_precision: bool | None = None,
+        random_state: int | np.random.Generator | None = None,
+        verbose: int = 0,
+    ):
+        self.reference_site = reference_site
+        self.n_epochs = n_epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.base_width = base_width
+        self.patch_size = patch_size
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.final_learning_rate = final_learning_rate
+        self.cycle_weight = cycle_weight
+        self.identity_weight = identity_weight
+        self.augment = augment
+        self.identity_init = identity_init
+        self.age_bin_width = age_bin_width
+        self.val_fraction = val_fraction
+        self.val_every = val_every
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.input_shape = input_shape
+        self.cache_size = cache_size
+        self.device = device
+        self.mixed_precision = mixed_precision
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- fit -------------------------------------------------------------------------------
+    def _train_config(self) -> TrainConfig:
+        return TrainConfig(
+            n_epochs=self.n_epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            base_width=self.base_width,
+            patch_size=self.patch_size,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            final_learning_rate=self.final_learning_rate,
+            cycle_weight=self.cycle_weight,
+            identity_weight=self.identity_weight,
+            augment=bool(self.augment),
+            identity_init=bool(self.identity_init),
+            age_bin_width=self.age_bin_width,
+            val_fraction=self.val_fraction,
+            val_every=self.val_every,
+            checkpoint_every=self.checkpoint_every,
+            mixed_precision=self.mixed_precision,
+        )
+
+    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+        config = self._train_config()  # validates the hyper-parameters
+        device = resolve_device(self.device)
+        input_shape = _check_input_shape(self.input_shape)
+        if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int | np.integer):
+            raise ValueError(f"cache_size must be an integer >= 0, got {self.cache_size!r}.")
+        medians = np.empty(len(imgs))
+        for i, (data, brain) in enumerate(self._iter_brains(imgs)):
+            try:
+                medians[i] = brain_median(data, brain)
+            except ValueError as exc:
+                raise ValueError(f"Image {i}: {exc}") from None
+        loader = VolumeLoader(
+            imgs,
+            medians,
+            input_shape=input_shape,
+            cache_size=int(self.cache_size) if imgs.kind == "nifti" else 0,
+        )
+        result = train(
+            loader,
+            sites,
+            self.reference_site_,
+            ages,
+            config,
+            checkpoint_dir=self.checkpoint_dir,
+            resume=bool(self.resume),
+            device=device,
+            random_state=self.random_state,
+            verbose=self.verbose,
+        )
+        self.generator_ = result.generator
+        self.reference_median_ = float(np.median(medians[sites == self.reference_site_]))
+        self.history_ = {**result.history, "val_indices": list(result.val_indices)}
+
+    # -- transform -------------------------------------------------------------------------
+    def _use_amp(self, device: torch.device) -> bool:
+        if self.mixed_precision is None:
+            return device.type == "cuda"
+        return bool(self.mixed_precision)
+
+    def _transform(
+        self, imgs: ImageCollection, sites: np.ndarray | None, ages: np.ndarray | None
+    ) -> list[np.ndarray]:
+        device = resolve_device(self.device)
+        input_shape = _check_input_shape(self.input_shape)
+        generator = self.generator_
+        if device.type != "cpu":
+            generator = copy.deepcopy(generator).to(device)
+        generator.eval()
+        amp_dtype = None
+        if self._use_amp(device):
+            amp_dtype = "float16" if device.type == "cuda" else "bfloat16"
+        scale = float(self.reference_median_)
+        out = []
+        for data, brain in self._iter_brains(imgs):  # one image in memory at a time
+            prepared = prepare_volume(data, brain_median(data, brain), input_shape=input_shape)
+            x = np.where(prepared.mask, prepared.x, np.float32(0.0))  # background -> 0
+            y = harmonize_volume(generator, x, amp_dtype=amp_dtype)
+            result = prepared.change.invert(from_network_scale(y, prepared.mask, scale))
+            result[~brain] = 0.0
+            out.append(result)
+        return out
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the fitted harmonizer (parameters, fitted values, generator weights).
+
+        The file is written with :func:`torch.save` and holds only plain values and
+        tensors; it is written to a temporary name and renamed, so an existing file is
+        never left half-written. ``.pt`` is a good suffix.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination file (used as given).
+        """
+        check_is_fitted(self)
+        params = {k: _plain(v) for k, v in self.get_params(deep=False).items()}
+        fitted = {
+            k: _plain(v)
+            for k, v in vars(self).items()
+            if k.endswith("_") and not k.startswith("_") and k != "generator_"
+        }
+        gen = self.generator_
+        payload = {
+            "format": _MODEL_FORMAT,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "version": __version__,
+            "params": params,
+            "fitted": fitted,
+            "array_attrs": [k for k, v in vars(self).items() if isinstance(v, np.ndarray)],
+            "generator": {
+                "base_width": int(gen.base_width),
+                "in_channels": int(gen.in_channels),
+                "state_dict": {
+                    k: v.detach().to("cpu", copy=True) for k, v in gen.state_dict().items()
+                },
+            },
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(payload, fh)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> IGUANeHarmonizer:
+        """Load a harmonizer written by :meth:`save` (``torch.load(weights_only=True)``).
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        IGUANeHarmonizer
+            The fitted harmonizer, ``generator_`` on CPU in eval mode.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Model file not found: '{path}'.")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(
+                f"'{path}' is not an IGUANe model saved by harmonix ({exc}); save models "
+                "with IGUANeHarmonizer.save()."
+            ) from exc
+        if not isinstance(payload, dict) or payload.get("format") != _MODEL_FORMAT:
+            raise ValueError(
+                f"'{path}' is not an IGUANe model saved by harmonix; save models with "
+                "IGUANeHarmonizer.save()."
+            )
+        est = cls(**payload["params"])
+        arrays = set(payload.get("array_attrs", []))
+        for name, value in payload["fitted"].items():
+            setattr(est, name, np.asarray(value) if name in arrays else value)
+        spec = payload["generator"]
+        est.generator_ = _new_generator(spec["base_width"], spec["in_channels"])
+        est.generator_.load_state_dict(spec["state_dict"])
+        est.generator_.eval()
+        est._saved_version = payload["version"]
+        return est
+
+    @classmethod
+    def from_keras_weights(
+        cls,
+        path: str | os.PathLike,
+        reference_median: float = NETWORK_SCALE,
+        **params: Any,
+    ) -> IGUANeHarmonizer:
+        """A ready-to-use harmonizer from the official IGUANe weights (``iguane_weights.h5``).
+
+        The authors publish the forward generator trained with SALD as the reference site
+        and 10 other sites: download ``harmonization/iguane_weights.h5`` from
+        https://github.com/RocaVincent/iguane_harmonization. Inputs must be prepared like
+        the original's: skull-stripped, N4 bias-corrected T1-weighted images rigidly
+        registered to MNI space at 1 mm; harmonix does the brain-median normalization and
+        the crop/pad to 160×192×160 (:func:`harmonix.preprocessing.crop_or_pad`, undone on
+        output).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The Keras 2 HDF5 weights file (needs ``h5py``).
+        reference_median : float, default=500
+            Intensity of the brain median in the outputs; 500 keeps IGUANe's own scale.
+        **params
+            Other constructor parameters (e.g. ``device="cuda"``); ``input_shape``
+            defaults to (160, 192, 160).
+
+        Returns
+        -------
+        IGUANeHarmonizer
+            A fitted harmonizer (``reference_site_="SALD"``); call :meth:`transform`.
+        """
+        from harmonix.iguane.keras_weights import load_keras_generator_weights
+
+        if not (np.isfinite(reference_median) and reference_median > 0):
+            raise ValueError(
+                f"reference_median must be a positive number, got {reference_median!r}."
+            )
+        params = {"input_shape": IGUANE_SHAPE, **params}
+        if params.get("base_width", 16) != 16:
+            raise ValueError("The official IGUANe generator has base_width=16.")
+        params["base_width"] = 16
+        est = cls(**params)
+        generator = load_keras_generator_weights(path, _new_generator(16, 1))
+        est.generator_ = generator.to("cpu").eval()
+        est.reference_site_ = OFFICIAL_REFERENCE_SITE
+        est.sites_ = np.asarray([OFFICIAL_REFERENCE_SITE])
+        est.n_images_ = 0
+        est.mask_ = None
+        est.image_shape_ = None
+        est.reference_median_ = float(reference_median)
+        est.history_ = {}
+        return est
+
+
+def _new_generator(base_width: int, in_channels: int = 1) -> Generator3D:
+    with torch.random.fork_rng(devices=[]):  # keep the global RNG untouched
+        return Generator3D(int(base_width), int(in_channels))
+
+
+def _check_input_shape(shape: Any) -> tuple[int, int, int] | None:
+    if shape is None:
+        return None
+    try:
+        out = tuple(int(s) for s in shape)
+    except TypeError:
+        out = ()
+    if len(out) != 3 or any(s < SIZE_MULTIPLE or s % SIZE_MULTIPLE for s in out):
+        raise ValueError(
+            f"input_shape must be None or 3 multiples of {SIZE_MULTIPLE}, e.g. (160, 192, 160); "
+            f"got {shape!r}."
+        )
+    return out  # type: ignore[return-value]
+
+
+def _plain(value: Any) -> Any:
+    """A value made of str/int/float/bool/None/list/dict only (for torch.load weights_only)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (np.random.Generator, np.random.RandomState)):
+        return None
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"Cannot save a value of type {type(value).__name__}.")

@@ -1,0 +1,959 @@
+"""Training of IGUANe: the many-to-one CycleGAN loop, validation, checkpoints and resume.
+
+:func:`train` wires the networks of :mod:`harmonix.iguane.networks`, the losses of
+:mod:`harmonix.iguane.losses` and the sampling of :mod:`harmonix.iguane.data` the way the
+original implementation does:
+
+- one forward generator shared by all source sites; per source site a backward generator
+  and two discriminators (one judging reference images against forward(source), one
+  judging source images against backward(reference));
+- Adam (``beta1=0.9``, ``beta2=0.999``, ``eps=1e-7``) per network with a learning rate
+  decayed linearly from ``learning_rate`` to ``final_learning_rate``; the forward generator
+  is stepped once per site per step, so its schedule is ``n_sources`` times longer;
+- one step visits the source sites in a shuffled order; for each site: one update of its
+  two discriminators (``disc_pairs * batch_size`` real and as many generated volumes
+  each, from pairs not shared between the two), then one joint update of the forward and
+  the site's backward generator on fresh pairs.
+
+Validation (checkpoint selection)
+    A fraction ``val_fraction`` of every source site's images is held out of training.
+    Every ``val_every`` steps and at the end, the forward generator harmonizes each
+    held-out image (whole volume, no augmentation) and its brain-intensity distribution is
+    compared with the reference site's: the score is the mean over held-out images of the
+    1-D Wasserstein-1 distance between the image's brain-voxel quantile function and the
+    mean quantile function of the reference site's images (their Wasserstein barycenter),
+    on the network scale (1 = the brain median). Lower is better; the forward generator
+    with the lowest score is returned. ``history["val_baseline"]`` holds the score of the
+    unharmonized held-out images. The score measures how far the remaining site-specific
+    contrast is from the reference; anatomy is protected by the cycle and identity losses,
+    not by this score. Without held-out images the last weights are returned.
+
+Checkpoints and resume
+    With ``checkpoint_dir``, the whole training state (all weights, optimizer, scheduler and
+    loss-scaler states, step, history, best weights, held-out split and the states of all
+    random generators) is written every ``checkpoint_every`` steps and at the end to
+    ``checkpoint_dir/iguane_checkpoint.pt``, through a temporary file renamed over the old
+    one, so an interruption never corrupts the last good checkpoint. ``resume=True``
+    continues from it exactly (on the same device type; bit-for-bit on CPU) and refuses a
+    checkpoint made with another configuration or other data. Checkpoints are written with
+    :func:`torch.save` (plain tensors, numbers, strings, lists and dicts) and read with
+    ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harmonix._version import __version__
+from harmonix.iguane.data import (
+    SitePairSampler,
+    augment,
+    crop_patch,
+    network_input,
+    random_brain_voxel,
+)
+from harmonix.iguane.losses import (
+    cycle_loss,
+    discriminator_loss,
+    generator_adversarial_loss,
+    generator_loss,
+    identity_loss,
+)
+from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "QUANTILE_LEVELS",
+    "TrainConfig",
+    "TrainResult",
+    "resolve_device",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File name of the training checkpoint inside ``checkpoint_dir``.
+CHECKPOINT_NAME = "iguane_checkpoint.pt"
+_CHECKPOINT_FORMAT = "harmonix.iguane.training/1"
+#: Quantile levels of the validation score (0.5 %, 1.5 %, ..., 99.5 %).
+QUANTILE_LEVELS = (np.arange(100) + 0.5) / 100.0
+
+Volumes = Sequence[tuple[np.ndarray, np.ndarray]]
+
+
+# --------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of IGUANe training; defaults are the published settings.
+
+    Parameters
+    ----------
+    n_epochs : int, default=100
+    steps_per_epoch : int, default=200
+        One step updates every source site once (see :func:`train`).
+    base_width : int, default=16
+        Channels of the generators' first level (16: the published 6.5 M-parameter
+        network). Smaller widths (4-8) make CPU training practical.
+    disc_base_width : int, default=None
+        Channels of the discriminators' first convolution; None means ``4 * base_width``
+        (64, the published discriminator, for ``base_width=16``).
+    patch_size : int or tuple of 3 int, default=None
+        Train on random crops of this size (multiples of 16, each containing a brain voxel
+        at a random position) instead of whole volumes. Inference always uses whole
+        volumes (the networks are fully convolutional).
+    batch_size : int, default=1
+        Pairs per generator update; discriminators see ``disc_pairs * batch_size`` real and
+        as many generated volumes per update.
+    disc_pairs : int, default=2
+        See ``batch_size`` (2 in the original).
+    learning_rate, final_learning_rate : float, default=2e-4, 2e-5
+        Linear decay from the first to the second over the training.
+    beta1, beta2, adam_eps : float, default=0.9, 0.999, 1e-7
+        Adam parameters.
+    cycle_weight, identity_weight : float, default=30, 15
+        Loss weights.
+    augment : bool, default=True
+        Random rotation (p=0.5, ±10°) and shift (±5 voxels); see
+        :func:`harmonix.iguane.data.augment`.
+    identity_init : bool, default=False
+        Start every generator as the identity map by zeroing its last (1×1×1)
+        convolution, instead of the original's Glorot initialization, whose random
+        residual changes images a lot until training has undone it. Helps short trainings
+        (e.g. on CPU); the published training does not use it.
+    age_bin_width : float, default=5
+        Years per bin of the age-balanced sampling (used when ages are given).
+    val_fraction : float, default=0.1
+        Fraction of each source site's images held out for validation.
+    val_every : int, default=1000
+        Validate every this many steps (the original: every 5 epochs of 200 steps), and at
+        the end.
+    checkpoint_every : int, default=200
+        Write a checkpoint every this many steps (when a checkpoint folder is given).
+    mixed_precision : bool, default=None
+        Run the networks under :func:`torch.autocast`; None means on CUDA only.
+    amp_dtype : {"float16", "bfloat16"}, default=None
+        Autocast dtype; None means float16 on CUDA (with loss scaling) and bfloat16 on CPU.
+    """
+
+    n_epochs: int = 100
+    steps_per_epoch: int = 200
+    base_width: int = 16
+    disc_base_width: int | None = None
+    patch_size: int | tuple[int, int, int] | None = None
+    batch_size: int = 1
+    disc_pairs: int = 2
+    learning_rate: float = 2e-4
+    final_learning_rate: float = 2e-5
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-7
+    cycle_weight: float = 30.0
+    identity_weight: float = 15.0
+    augment: bool = True
+    identity_init: bool = False
+    age_bin_width: float = 5.0
+    val_fraction: float = 0.1
+    val_every: int = 1000
+    checkpoint_every: int = 200
+    mixed_precision: bool | None = None
+    amp_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "n_epochs",
+            "steps_per_epoch",
+            "base_width",
+            "batch_size",
+            "disc_pairs",
+            "val_every",
+            "checkpoint_every",
+        ):
+            _check_int(getattr(self, name), name, 1)
+        if self.disc_base_width is not None:
+            _check_int(self.disc_base_width, "disc_base_width", 1)
+        if self.patch_size is not None:
+            patch = self.patch_size
+            if isinstance(patch, int | np.integer) and not isinstance(patch, bool):
+                patch = (int(patch),) * 3
+            try:
+                patch = tuple(int(p) for p in patch)  # type: ignore[union-attr]
+            except TypeError:
+                patch = ()
+            if len(patch) != 3 or any(p < 16 or p % 16 for p in patch):
+                raise ValueError(
+                    f"patch_size must be None, an int or 3 ints, each a multiple of 16 "
+                    f"(e.g. 32 or 64), got {self.patch_size!r}."
+                )
+            object.__setattr__(self, "patch_size", patch)
+        for name in ("learning_rate", "final_learning_rate", "adam_eps", "age_bin_width"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 <= value < 1):
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+        for name in ("cycle_weight", "identity_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+        if not (isinstance(self.val_fraction, int | float) and 0 <= self.val_fraction < 1):
+            raise ValueError(
+                f"val_fraction must be in [0, 1) (0 disables validation), "
+                f"got {self.val_fraction!r}."
+            )
+        if self.amp_dtype not in (None, "float16", "bfloat16"):
+            raise ValueError(
+                f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}."
+            )
+
+    @property
+    def n_steps(self) -> int:
+        """Total number of training steps."""
+        return self.n_epochs * self.steps_per_epoch
+
+    @property
+    def discriminator_width(self) -> int:
+        """Resolved ``disc_base_width``."""
+        return 4 * self.base_width if self.disc_base_width is None else self.disc_base_width
+
+
+def _check_int(value: Any, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    generator : Generator3D
+        The selected forward generator (lowest validation score, or the last one), on CPU,
+        in eval mode.
+    history : dict
+        Per-step mean losses over source sites (``loss_discriminator``,
+        ``loss_adversarial``, ``loss_cycle``, ``loss_identity``, ``loss_generator``; lists
+        of float), validation steps and scores (``val_step``, ``val_score``),
+        ``val_baseline`` (score before harmonization, or None), ``best_step`` and
+        ``best_score`` (None without validation).
+    step : int
+        Steps done (equals ``config.n_steps`` unless stopped by ``max_steps``).
+    completed : bool
+        Whether all ``config.n_steps`` steps are done.
+    val_indices : list of int
+        Held-out images.
+    device : str
+        Device used.
+    """
+
+    generator: Generator3D
+    history: dict[str, Any]
+    step: int
+    completed: bool
+    val_indices: list[int] = field(default_factory=list)
+    device: str = "cpu"
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a :class:`torch.device`.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown, or CUDA is asked for but not available.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}."
+        ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} but CUDA is not available on this machine; use "
+                "device='cpu' or device='auto'."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist."
+            )
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}.")
+    return dev
+
+
+def _seed_sequence(random_state: Any) -> np.random.SeedSequence:
+    if isinstance(random_state, np.random.SeedSequence):
+        return random_state
+    if isinstance(random_state, np.random.Generator):
+        return np.random.SeedSequence(int(random_state.integers(2**63)))
+    if random_state is None or isinstance(random_state, int | np.integer):
+        return np.random.SeedSequence(None if random_state is None else int(random_state))
+    raise ValueError(
+        f"random_state must be None, an int or a numpy Generator, got {random_state!r}."
+    )
+
+
+def init_weights(module: nn.Module, generator: torch.Generator) -> None:
+    """Glorot-uniform weights and zero biases for every convolution, drawn from ``generator``.
+
+    The same initialization as the networks' own, but from a local random generator.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d | nn.ConvTranspose3d):
+            with torch.no_grad():
+                nn.init.xavier_uniform_(m.weight, generator=generator)
+                if m.bias is not None:
+                    m.bias.zero_()
+
+
+def _linear_decay(total: int, ratio: float) -> Callable[[int], float]:
+    total = max(1, int(total))
+
+    def factor(step: int) -> float:
+        return 1.0 + (ratio - 1.0) * min(step, total) / total
+
+    return factor
+
+
+def _validation_split(
+    sites: np.ndarray, reference_site: Hashable, fraction: float, rng: np.random.Generator
+) -> list[int]:
+    """Held-out images: ``round(fraction * n)`` of each source site, keeping one to train."""
+    if fraction <= 0:
+        return []
+    held: list[int] = []
+    sizes = {}
+    for site in sorted(set(sites.tolist()) - {reference_site}, key=lambda s: (str(type(s)), s)):
+        idx = np.flatnonzero(sites == site)
+        sizes[site] = idx
+        n_val = min(int(round(fraction * len(idx))), len(idx) - 1)
+        if n_val > 0:
+            held.extend(rng.permutation(idx)[:n_val].tolist())
+    if not held:  # tiny data: hold out one image of the largest site that can spare one
+        site = max(sizes, key=lambda s: len(sizes[s]))
+        if len(sizes[site]) >= 2:
+            held.append(int(rng.choice(sizes[site])))
+    return sorted(int(i) for i in held)
+
+
+def _quantiles(values: np.ndarray) -> np.ndarray:
+    if values.size == 0:
+        return np.zeros(len(QUANTILE_LEVELS))
+    return np.quantile(values.astype(np.float64), QUANTILE_LEVELS)
+
+
+def _brain_quantiles(volume: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    x, mask = volume
+    return _quantiles(np.asarray(x)[np.asarray(mask, dtype=bool)])
+
+
+def _fingerprint(
+    config: TrainConfig,
+    sites: np.ndarray,
+    reference_site: Hashable,
+    ages: np.ndarray | None,
+) -> str:
+    cfg = dataclasses.asdict(config)
+    cfg.pop("checkpoint_every")
+    info = {
+        "config": cfg,
+        "sites": [str(s) for s in sites.tolist()],
+        "reference_site": str(reference_site),
+        "ages": None if ages is None else [round(float(a), 6) for a in ages],
+    }
+    return json.dumps(info, sort_keys=True, default=str)
+
+
+def _describe_mismatch(saved: str, current: str) -> str:
+    try:
+        a, b = json.loads(saved), json.loads(current)
+    except ValueError:  # pragma: no cover - both are written by _fingerprint
+        return "unknown"
+    diffs = [
+        f"{k}={a['config'].get(k)!r} (now {b['config'].get(k)!r})"
+        for k in sorted(set(a["config"]) | set(b["config"]))
+        if a["config"].get(k) != b["config"].get(k)
+    ]
+    for key in ("sites", "reference_site", "ages"):
+        if a.get(key) != b.get(key):
+            diffs.append(f"the training {key.replace('_', ' ')}")
+    return ", ".join(diffs) or "unknown"
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` with :func:`torch.save` to a temporary file, then rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint with ``torch.load(weights_only=True)`` on the CPU.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A checkpoint file written by :func:`train`.
+
+    Returns
+    -------
+    dict
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"Could not read the checkpoint '{path}' ({exc}); delete it or train with "
+            "resume=False."
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(f"'{path}' is not an IGUANe training checkpoint of harmonix.")
+    return state
+
+
+def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------
+class _Trainer:
+    """All networks, optimizers and states of one IGUANe training."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        volumes: Volumes,
+        sampler: SitePairSampler,
+        device: torch.device,
+        seeds: np.random.SeedSequence,
+    ) -> None:
+        self.config = config
+        self.volumes = volumes
+        self.sampler = sampler
+        self.sources = list(sampler.source_sites)
+        self.device = device
+        n = len(self.sources)
+        init_seed, sample_seed = seeds.spawn(2)
+        self.torch_rng = torch.Generator().manual_seed(
+            int(init_seed.generate_state(1, np.uint64)[0] >> np.uint64(1))
+        )
+        self.rng = np.random.default_rng(sample_seed)
+
+        with torch.random.fork_rng(devices=[]):  # constructors draw from the global RNG
+            self.forward = Generator3D(config.base_width)
+            self.backward = nn.ModuleList(Generator3D(config.base_width) for _ in range(n))
+            dw = config.discriminator_width
+            self.disc_ref = nn.ModuleList(PatchDiscriminator3D(dw) for _ in range(n))
+            self.disc_src = nn.ModuleList(PatchDiscriminator3D(dw) for _ in range(n))
+        for module in (self.forward, self.backward, self.disc_ref, self.disc_src):
+            init_weights(module, self.torch_rng)
+            module.to(device)
+        if config.identity_init:
+            with torch.no_grad():
+                for gen in (self.forward, *self.backward):
+                    gen.out_conv.weight.zero_()
+                    gen.out_conv.bias.zero_()
+
+        adam = {
+            "lr": config.learning_rate,
+            "betas": (config.beta1, config.beta2),
+            "eps": config.adam_eps,
+        }
+        ratio = config.final_learning_rate / config.learning_rate
+        self.opt_forward = torch.optim.Adam(self.forward.parameters(), **adam)
+        self.opt_backward = [torch.optim.Adam(g.parameters(), **adam) for g in self.backward]
+        self.opt_disc = [
+            torch.optim.Adam([*dr.parameters(), *ds.parameters()], **adam)
+            for dr, ds in zip(self.disc_ref, self.disc_src)
+        ]
+        steps = config.n_steps
+        self.sched_forward = torch.optim.lr_scheduler.LambdaLR(
+            self.opt_forward, _linear_decay(steps * n, ratio)
+        )
+        self.sched_backward = [
+            torch.optim.lr_scheduler.LambdaLR(o, _linear_decay(steps, ratio))
+            for o in self.opt_backward
+        ]
+        self.sched_disc = [
+            torch.optim.lr_scheduler.LambdaLR(o, _linear_decay(steps, ratio))
+            for o in self.opt_disc
+        ]
+
+        use_amp = config.mixed_precision
+        if use_amp is None:
+            use_amp = device.type == "cuda"
+        dtype_name = config.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
+        self.amp = bool(use_amp)
+        self.amp_dtype = getattr(torch, dtype_name)
+        scale = self.amp and self.amp_dtype == torch.float16
+        self.scaler_disc = torch.amp.GradScaler(device.type, enabled=scale)
+        self.scaler_gen = torch.amp.GradScaler(device.type, enabled=scale)
+
+        self.step = 0
+        self.history: dict[str, Any] = {
+            "loss_discriminator": [],
+            "loss_adversarial": [],
+            "loss_cycle": [],
+            "loss_identity": [],
+            "loss_generator": [],
+            "val_step": [],
+            "val_score": [],
+            "val_baseline": None,
+            "best_step": None,
+            "best_score": None,
+        }
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "forward": self.forward.state_dict(),
+            "backward": [g.state_dict() for g in self.backward],
+            "disc_ref": [d.state_dict() for d in self.disc_ref],
+            "disc_src": [d.state_dict() for d in self.disc_src],
+            "opt_forward": self.opt_forward.state_dict(),
+            "opt_backward": [o.state_dict() for o in self.opt_backward],
+            "opt_disc": [o.state_dict() for o in self.opt_disc],
+            "sched_forward": self.sched_forward.state_dict(),
+            "sched_backward": [s.state_dict() for s in self.sched_backward],
+            "sched_disc": [s.state_dict() for s in self.sched_disc],
+            "scaler_disc": self.scaler_disc.state_dict(),
+            "scaler_gen": self.scaler_gen.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": self.torch_rng.get_state(),
+            "history": self.history,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.forward.load_state_dict(state["forward"])
+        for module, key in (
+            (self.backward, "backward"),
+            (self.disc_ref, "disc_ref"),
+            (self.disc_src, "disc_src"),
+        ):
+            for m, s in zip(module, state[key], strict=True):
+                m.load_state_dict(s)
+        self.opt_forward.load_state_dict(state["opt_forward"])
+        for objs, key in (
+            (self.opt_backward, "opt_backward"),
+            (self.opt_disc, "opt_disc"),
+            (self.sched_backward, "sched_backward"),
+            (self.sched_disc, "sched_disc"),
+        ):
+            for o, s in zip(objs, state[key], strict=True):
+                o.load_state_dict(s)
+        self.sched_forward.load_state_dict(state["sched_forward"])
+        for scaler, key in ((self.scaler_disc, "scaler_disc"), (self.scaler_gen, "scaler_gen")):
+            if scaler.is_enabled() and state[key]:
+                scaler.load_state_dict(state[key])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.torch_rng.set_state(state["torch_rng"])
+        self.history = state["history"]
+        self.best_state = state["best_state"]
+
+    # -- data ----------------------------------------------------------------------------
+    def _volume(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, mask = self.volumes[index]
+        x_t = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
+        m_t = torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device)
+        if self.config.augment:
+            x_t, m_t = augment(x_t, m_t, self.rng)
+        return x_t, m_t
+
+    def _batch(self, pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
+        """Load pairs as (source x, source mask, reference x, reference mask) batches."""
+        src, ref = [], []
+        for s_idx, r_idx in pairs:
+            xs, ms = self._volume(s_idx)
+            xr, mr = self._volume(r_idx)
+            patch = self.config.patch_size
+            if patch is not None:
+                # one position per pair: a random source brain voxel, at the same relative
+                # position in the reference volume
+                center = random_brain_voxel(ms, self.rng)
+                ref_center = [
+                    int(round(c * nr / ns)) for c, nr, ns in zip(center, xr.shape, xs.shape)
+                ]
+                xs, ms = crop_patch(xs, ms, patch, center)
+                xr, mr = crop_patch(xr, mr, patch, ref_center)
+            src.append((xs, ms))
+            ref.append((xr, mr))
+        return (*_stack(src), *_stack(ref))
+
+    # -- one step ------------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+
+    def _generate(self, gen: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Generator output on ``x`` (background already 0), re-masked."""
+        out = gen(x)
+        return torch.where(mask, out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+    def _update_discriminators(self, k: int, site: Hashable) -> torch.Tensor:
+        n = self.config.disc_pairs * self.config.batch_size
+        pairs = [self.sampler.sample(site, self.rng) for _ in range(2 * n)]
+        xs, ms, xr, mr = self._batch(pairs[:n])  # for the source-site discriminator
+        xs2, ms2, xr2, mr2 = self._batch(pairs[n:])  # for the reference discriminator
+        src_in, ref_in = network_input(xs, ms), network_input(xr, mr)
+        src2_in, ref2_in = network_input(xs2, ms2), network_input(xr2, mr2)
+        with torch.no_grad(), self._autocast():
+            fake_src = self._generate(self.backward[k], ref_in, mr)
+            fake_ref = self._generate(self.forward, src2_in, ms2)
+        with self._autocast():
+            loss = discriminator_loss(
+                self.disc_src[k](src_in), self.disc_src[k](fake_src)
+            ) + discriminator_loss(self.disc_ref[k](ref2_in), self.disc_ref[k](fake_ref))
+        opt = self.opt_disc[k]
+        opt.zero_grad(set_to_none=True)
+        self.scaler_disc.scale(loss).backward()
+        self.scaler_disc.step(opt)
+        self.scaler_disc.update()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def _update_generators(self, k: int, site: Hashable) -> tuple[torch.Tensor, ...]:
+        pairs = [self.sampler.sample(site, self.rng) for _ in range(self.config.batch_size)]
+        xs, ms, xr, mr = self._batch(pairs)
+        src, ref = network_input(xs, ms), network_input(xr, mr)
+        fwd, bwd = self.forward, self.backward[k]
+        discs = (self.disc_ref[k], self.disc_src[k])
+        for d in discs:
+            d.requires_grad_(False)
+        try:
+            with self._autocast():
+                fake_ref = self._generate(fwd, src, ms)
+                fake_src = self._generate(bwd, ref, mr)
+                adv = generator_adversarial_loss(discs[0](fake_ref)) + generator_adversarial_loss(
+                    discs[1](fake_src)
+                )
+                cyc = cycle_loss(
+                    src, self._generate(bwd, fake_ref, ms), ref, self._generate(fwd, fake_src, mr)
+                )
+                ident = identity_loss(ref, self._generate(fwd, ref, mr)) + identity_loss(
+                    src, self._generate(bwd, src, ms)
+                )
+                loss = generator_loss(
+                    adv,
+                    cyc,
+                    ident,
+                    cycle_weight=self.config.cycle_weight,
+                    identity_weight=self.config.identity_weight,
+                )
+            self.opt_forward.zero_grad(set_to_none=True)
+            self.opt_backward[k].zero_grad(set_to_none=True)
+            self.scaler_gen.scale(loss).backward()
+            self.scaler_gen.step(self.opt_forward)
+            self.scaler_gen.step(self.opt_backward[k])
+            self.scaler_gen.update()
+            self.opt_forward.zero_grad(set_to_none=True)
+            self.opt_backward[k].zero_grad(set_to_none=True)
+        finally:
+            for d in discs:
+                d.requires_grad_(True)
+        return adv.detach(), cyc.detach(), ident.detach(), loss.detach()
+
+    def train_step(self) -> dict[str, float]:
+        """One step: every source site once, in a shuffled order."""
+        for module in (self.forward, self.backward, self.disc_ref, self.disc_src):
+            module.train()
+        order = self.rng.permutation(len(self.sources))
+        losses = []
+        for k in order.tolist():
+            site = self.sources[k]
+            d_loss = self._update_discriminators(k, site)
+            losses.append(torch.stack([d_loss, *self._update_generators(k, site)]))
+            with warnings.catch_warnings():
+                # a step skipped by the loss scaler (float16 overflow) makes torch warn
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                )
+                self.sched_forward.step()
+                self.sched_backward[k].step()
+                self.sched_disc[k].step()
+        mean = torch.stack(losses).float().mean(0).cpu().tolist()
+        names = (
+            "loss_discriminator",
+            "loss_adversarial",
+            "loss_cycle",
+            "loss_identity",
+            "loss_generator",
+        )
+        out = dict(zip(names, mean))
+        for name, value in out.items():
+            self.history[name].append(float(value))
+        self.step += 1
+        return out
+
+    # -- validation ----------------------------------------------------------------------
+    def score(self, indices: Sequence[int], target: np.ndarray, harmonize: bool) -> float:
+        """Mean Wasserstein-1 distance of (harmonized) images to the target quantiles."""
+        self.forward.eval()
+        dists = []
+        with torch.inference_mode():
+            for i in indices:
+                x, mask = self.volumes[i]
+                x_t = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
+                m_t = torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device)
+                if harmonize:
+                    with self._autocast():
+                        y = self.forward(network_input(x_t, m_t)[None, None])[0, 0]
+                    values = y.float()[m_t]
+                else:
+                    values = x_t[m_t]
+                q = _quantiles(values.cpu().numpy())
+                dists.append(float(np.mean(np.abs(q - target))))
+        self.forward.train()
+        return float(np.mean(dists))
+
+
+def _stack(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch volumes as (N, 1, D, H, W), padding to a common shape with background."""
+    shape = tuple(max(x.shape[d] for x, _ in items) for d in range(3))
+    xs, ms = [], []
+    for x, m in items:
+        pad = []
+        for d in reversed(range(3)):
+            pad += [0, shape[d] - x.shape[d]]
+        if any(pad):
+            x = torch.nn.functional.pad(x, pad, value=-1.0)
+            m = torch.nn.functional.pad(m, pad, value=False)
+        xs.append(x)
+        ms.append(m)
+    return torch.stack(xs)[:, None], torch.stack(ms)[:, None]
+
+
+# --------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------
+def train(
+    volumes: Volumes,
+    sites: Sequence[Hashable],
+    reference_site: Hashable,
+    ages: Sequence[float] | None = None,
+    config: TrainConfig | None = None,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    max_steps: int | None = None,
+    device: str | torch.device = "auto",
+    random_state: int | np.random.Generator | None = None,
+    verbose: int = 0,
+) -> TrainResult:
+    """Train IGUANe's generators and discriminators; return the selected forward generator.
+
+    Parameters
+    ----------
+    volumes : sequence of (x, mask)
+        ``volumes[i]`` is image ``i`` on the network scale: a float32 array (background -1,
+        every size a multiple of 16) and its bool brain mask; e.g. a
+        :class:`harmonix.iguane.data.VolumeLoader`, which loads files on demand.
+    sites : sequence of hashable, length n_images
+        Site of each image.
+    reference_site : hashable
+        Target site of the forward generator.
+    ages : sequence of float, default=None
+        With ages, training pairs are age-balanced
+        (:class:`harmonix.iguane.data.SitePairSampler`).
+    config : TrainConfig, default=None
+        Hyper-parameters; ``TrainConfig()`` (the published ones) by default.
+    checkpoint_dir : str or path-like, default=None
+        Folder for the checkpoint (see the module notes); no checkpoint when None.
+    resume : bool, default=False
+        Continue from the checkpoint in ``checkpoint_dir`` if there is one (otherwise start
+        from scratch). Without resume an existing checkpoint is overwritten.
+    max_steps : int, default=None
+        Stop (after checkpointing) once this many steps are done in total, to split a long
+        training over several sessions with ``resume=True``.
+    device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
+        "auto" uses CUDA when available.
+    random_state : int, numpy.random.Generator or None, default=None
+        Seeds the held-out split, the weight initialization, the sampling and the
+        augmentation (local generators only; global seeds are never touched).
+    verbose : int, default=0
+        Show a progress bar with running losses, and log validation scores.
+
+    Returns
+    -------
+    TrainResult
+    """
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}.")
+    dev = resolve_device(device)
+    sites_arr = np.asarray(list(sites))
+    n_images = len(volumes)
+    if len(sites_arr) != n_images:
+        raise ValueError(f"Got {n_images} volumes but {len(sites_arr)} sites.")
+    ages_arr = None if ages is None else np.asarray(ages, dtype=float)
+    if ages_arr is not None and len(ages_arr) != n_images:
+        raise ValueError(f"Got {n_images} volumes but {len(ages_arr)} ages.")
+    if reference_site not in set(sites_arr.tolist()):
+        raise ValueError(f"reference_site {reference_site!r} is not among the sites.")
+    if len(set(sites_arr.tolist())) < 2:
+        raise ValueError("Training needs images of at least 2 sites.")
+    if max_steps is not None:
+        _check_int(max_steps, "max_steps", 1)
+
+    seeds = _seed_sequence(random_state)
+    split_seed, trainer_seed = seeds.spawn(2)
+    val_indices = _validation_split(
+        sites_arr, reference_site, config.val_fraction, np.random.default_rng(split_seed)
+    )
+    ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
+    fingerprint = _fingerprint(config, sites_arr, reference_site, ages_arr)
+    saved = None
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        saved = load_checkpoint(ckpt_path)
+        if saved["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"The checkpoint '{ckpt_path}' was made with other settings or data "
+                f"({_describe_mismatch(saved['fingerprint'], fingerprint)}); use the same "
+                "ones, another checkpoint_dir, or resume=False to start over."
+            )
+        val_indices = [int(i) for i in saved["val_indices"]]
+    elif resume:
+        logger.info("No checkpoint to resume from; training from scratch.")
+
+    held = set(val_indices)
+    train_indices = [i for i in range(n_images) if i not in held]
+    sampler = SitePairSampler(
+        sites_arr,
+        reference_site,
+        ages_arr,
+        indices=train_indices,
+        age_bin_width=config.age_bin_width,
+    )
+    trainer = _Trainer(config, volumes, sampler, dev, trainer_seed)
+    if saved is not None:
+        trainer.load_state_dict(saved["trainer"])
+        logger.info("Resumed IGUANe training at step %d from '%s'.", trainer.step, ckpt_path)
+        del saved
+
+    target = None
+    if val_indices:
+        ref_idx = [i for i in train_indices if sites_arr[i] == reference_site]
+        target = np.mean([_brain_quantiles(volumes[i]) for i in ref_idx], axis=0)
+        if trainer.history["val_baseline"] is None:
+            trainer.history["val_baseline"] = trainer.score(val_indices, target, False)
+
+    def checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        _atomic_torch_save(
+            {
+                "format": _CHECKPOINT_FORMAT,
+                "harmonix_version": __version__,
+                "fingerprint": fingerprint,
+                "val_indices": list(val_indices),
+                "trainer": trainer.state_dict(),
+            },
+            ckpt_path,
+        )
+
+    def validate() -> None:
+        score = trainer.score(val_indices, target, True)
+        hist = trainer.history
+        hist["val_step"].append(trainer.step)
+        hist["val_score"].append(score)
+        if hist["best_score"] is None or score < hist["best_score"]:
+            hist["best_score"], hist["best_step"] = score, trainer.step
+            trainer.best_state = _clone_state(trainer.forward)
+        log = logger.info if verbose else logger.debug
+        log(
+            "step %d: validation score %.4f (before harmonization %.4f, best %.4f at step %d)",
+            trainer.step,
+            score,
+            hist["val_baseline"],
+            hist["best_score"],
+            hist["best_step"],
+        )
+
+    total = config.n_steps
+    stop = total if max_steps is None else min(total, max_steps)
+    progress = _progress(total, trainer.step, verbose)
+    recent: dict[str, list[float]] = {}
+    try:
+        while trainer.step < stop:
+            losses = trainer.train_step()
+            due = trainer.step % config.val_every == 0 or trainer.step == total
+            if target is not None and due:
+                validate()
+            if trainer.step % config.checkpoint_every == 0 or trainer.step in (stop, total):
+                checkpoint()
+            if progress is not None:
+                for name, value in losses.items():
+                    recent.setdefault(name, []).append(value)
+                    del recent[name][:-20]
+                postfix = {
+                    n.replace("loss_", "")[:5]: f"{np.mean(v):.3f}" for n, v in recent.items()
+                }
+                if trainer.history["val_score"]:
+                    postfix["val"] = f"{trainer.history['val_score'][-1]:.4f}"
+                progress.set_postfix(postfix, refresh=False)
+                progress.update(1)
+    finally:
+        if progress is not None:
+            progress.close()
+
+    with torch.random.fork_rng(devices=[]):
+        generator = Generator3D(config.base_width)
+    if trainer.best_state is not None:
+        generator.load_state_dict(trainer.best_state)
+    else:
+        generator.load_state_dict(_clone_state(trainer.forward))
+    generator.eval()
+    return TrainResult(
+        generator=generator,
+        history=copy.deepcopy(trainer.history),
+        step=trainer.step,
+        completed=trainer.step >= total,
+        val_indices=list(val_indices),
+        device=str(dev),
+    )
+
+
+def _progress(total: int, initial: int, verbose: int) -> Any:
+    if not verbose:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="IGUANe training", unit="step")
