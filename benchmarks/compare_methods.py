@@ -157,8 +157,10 @@ def goal_lines(summary: pd.DataFrame) -> list[str]:
     for protocol in ("unseen", "seen"):
         a, b = get("IGUANe", "site_predictability", protocol), get("HM", "site_predictability",
                                                                    protocol)
+        note = ("; both saturated: the classifier tells every site apart, so this says "
+                "nothing" if min(a, b) >= 0.99 else "")
         lines.append(f"- Site predictability ({protocol}), IGUANe ≤ HM: {verdict(a <= b)} "
-                     f"(IGUANe {a:.3f}, HM {b:.3f}).")
+                     f"(IGUANe {a:.3f}, HM {b:.3f}{note}).")
     for protocol in ("unseen", "seen"):
         d = get("IGUANe", "distance_correlation_score", protocol)
         lines.append(f"- Inter-subject distance correlation ({protocol}) ≥ 0.9 for IGUANe: "

@@ -35,7 +35,7 @@ METHODS = {
 #: A CPU-sized IGUANe configuration for the demo and the benchmark (about a minute).
 IGUANE_CPU_PARAMS: dict[str, Any] = {
     "n_epochs": 1,
-    "steps_per_epoch": 15,
+    "steps_per_epoch": 8,
     "base_width": 4,
     "patch_size": 32,
     "identity_init": True,
