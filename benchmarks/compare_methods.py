@@ -86,6 +86,7 @@ def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[
         patch_size=args.iguane_patch or None,
         val_fraction=args.iguane_val_fraction,
         val_every=args.iguane_val_every,
+        identity_init=not args.iguane_random_init,
         device=args.device,
     )
     return methods, notes
@@ -113,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iguane-val-fraction", type=float, default=0.0,
                    help="held-out fraction for IGUANe's model selection (default 0: last)")
     p.add_argument("--iguane-val-every", type=int, default=1000)
+    p.add_argument("--iguane-random-init", action="store_true",
+                   help="the paper's random initialization instead of identity_init (which "
+                   "starts the generators at the identity: better for short CPU runs)")
     p.add_argument("--device", default="auto", help="IGUANe device: auto, cpu or cuda")
     p.add_argument("--verbose", action="store_true", help="progress bars and INFO logs")
     return p.parse_args(argv)
@@ -224,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Methods: {', '.join(outputs)}. IGUANe config: "
         + (f"base_width={args.iguane_width}, {args.iguane_epochs} epoch(s) x "
            f"{args.iguane_steps} steps, patch_size={args.iguane_patch}, "
-           f"val_fraction={args.iguane_val_fraction}, device={args.device} "
+           f"val_fraction={args.iguane_val_fraction}, "
+           f"identity_init={not args.iguane_random_init}, device={args.device} "
            "(a CPU-sized model, far from the published 16-width, 100 x 200-step training)."
            if "IGUANe" in outputs else "not run.")
         + "  ",
