@@ -128,7 +128,7 @@ class ComBatHarmonizer(BaseHarmonizer):
         The reference site, or ``None`` (pooled grand mean).
     site_counts_ : ndarray of int, shape (n_sites,)
         Training images per site.
-    voxel_mask_ : ndarray of bool, shape image_shape_
+    voxel_mask_ : ndarray of bool, shape (i, j, k)
         The harmonized voxels: non-zero in every training image and inside ``mask``.
         Brain voxels outside it are returned unchanged.
     covariates_ : list of str

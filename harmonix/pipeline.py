@@ -5,7 +5,7 @@ through *metadata routing*. :class:`HarmonizerStep` requests both by default, so
 
     sklearn.set_config(enable_metadata_routing=True)
     pipe = make_pipeline(HarmonizerStep(HistogramMatchingHarmonizer(), flatten=True), Ridge())
-    cross_validate(pipe, X, y, params={"sites": sites, "ages": ages}, groups=subjects)
+    cross_validate(pipe, X, y, params={"sites": sites, "ages": ages, "groups": subjects})
 
 works without any ``set_fit_request`` call.
 """
