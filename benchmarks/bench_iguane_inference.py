@@ -1,0 +1,518 @@
+"""Speed and memory of IGUANe inference: harmonix (PyTorch) against the Keras original.
+
+One forward pass of the IGUANe generator on one volume, at the paper's size (160x192x160,
+1 mm) and at the 2 mm size (91x109x91 zero-padded to 96x112x96), CPU only:
+
+- ``keras``: the generator built in tf-keras (``benchmarks/_keras_iguane.py``, the same
+  architecture as the original), called through ``tf.function`` (the fastest way to call it:
+  eager calls are about 35 % slower; ``Model.predict`` is the same speed);
+- ``harmonix``: :func:`harmonix.iguane.inference.harmonize_volume` (the fused pass);
+- ``harmonix plain``: the plain module-by-module pass (``fused_inference = False``) with
+  channels-last tensors, i.e. a straightforward PyTorch port, for reference;
+- ``harmonix 1 thread``: the fused pass with ``num_threads=1`` (on a busy machine one
+  thread can beat all cores, see the notes of the report);
+- ``harmonix bf16``: the fused pass under bfloat16 autocast (timed only when the CPU has
+  native bfloat16, AVX512-BF16 or AMX; its error is always reported at 2 mm).
+
+All variants compute the same function from the same weights: random weights (Glorot
+kernels, random biases and norm parameters) are set in the Keras model, saved as a Keras 2
+``.h5`` file and loaded into harmonix with
+:func:`harmonix.iguane.keras_weights.load_keras_generator_weights`. The input is a
+simulated brain (:func:`harmonix.datasets.make_multisite`) on the network scale.
+
+Timing: each variant lives in its own worker process (so that the libraries' thread pools
+never compete), warmed up by one call; the main process then asks the workers in turn,
+rotating the order every round, so that every variant sees the same machine load; medians
+are reported, with the ratio harmonix / Keras. Each library uses its default threads (all
+cores). Memory: peak RSS (``resource.getrusage(...).ru_maxrss``) of a fresh process that
+imports the library, builds the network, loads the weights and runs one forward pass; the
+RSS just before the pass is reported too. Output differences are taken over the brain
+voxels against the plain float32 pass (and a float64 pass at 2 mm).
+
+Environment (TensorFlow goes into its own virtual environment, so that it never changes the
+versions harmonix is tested with)::
+
+    python -m venv .venv-bench
+    .venv-bench/bin/pip install -e . tensorflow tf-keras h5py nilearn
+
+Run from the repository root (about 12 minutes on 2 busy cores)::
+
+    .venv-bench/bin/python benchmarks/bench_iguane_inference.py
+
+It writes ``benchmarks/results/iguane_inference.md`` (``--out`` to change; ``--repeats``
+rounds of timing per size, ``--sizes 2mm`` for a quick run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SIZES = {"1mm": (160, 192, 160), "2mm": (96, 112, 96)}
+#: Accuracy checks against float64 (and bf16 on CPUs without native bf16, where it is
+#: emulated and very slow) run on the central 64^3 crop of the 2 mm volume: PyTorch's float64
+#: convolutions unfold their input (about 8 GB at 96x112x96).
+CROP = "crop64"
+CROP_SHAPE = (64, 64, 64)
+SPEED_GOAL = 1.0  # harmonix / Keras time ratio at most this
+MEMORY_GOAL_MB = 1536.0  # harmonix peak RSS for one full-size volume
+TIMED = ("keras", "harmonix", "harmonix plain", "harmonix 1 thread")
+LABELS = {
+    "keras": "Keras (TensorFlow)",
+    "harmonix": "harmonix (fused)",
+    "harmonix plain": "harmonix plain pass",
+    "harmonix 1 thread": "harmonix (fused), 1 thread",
+    "harmonix bf16": "harmonix fused, bf16 autocast",
+    "harmonix float64": "harmonix fused, float64",
+}
+WEIGHT_SEED = 0
+NOTES = [
+    "- References: 'plain float32' is harmonix's plain module-by-module pass in float32; "
+    "'float64' is harmonix's pass in float64 (which matches the Keras model run in float64 "
+    "to ~1e-11, tests/test_keras_weights.py).",
+    "- Keras in float32 is much further from the float64 result than harmonix in float32. "
+    "The cause is TensorFlow's float32 `reduce_mean` over the ~10^6 voxels of a map "
+    "(relative error ~1e-5 against ~1e-7 for PyTorch's cascaded sums), amplified by the 18 "
+    "normalizations; with the Keras norm's means accumulated in float64 the Keras and "
+    "harmonix float32 outputs agree within ~1e-4 (checked separately at 96x112x96).",
+    "- bfloat16 autocast moves the output by ~3e-2 on average (up to ~0.6 in single voxels), "
+    "so it stays off by default; on CPUs without AVX512-BF16/AMX it is emulated and much "
+    "slower than float32, so it is only timed where the CPU has it.",
+    "- Threads: on a machine shared with other busy processes (see the load average), "
+    "OpenMP's statically split parallel regions wait for descheduled threads, so one thread "
+    "can beat all cores; TensorFlow's work-stealing thread pool degrades less. On an idle "
+    "machine all cores are faster.",
+    "- Peak RSS includes the interpreter and the libraries (about 0.4 GB for harmonix with "
+    "PyTorch, 0.75 GB for TensorFlow).",
+]
+
+
+# -- environment ---------------------------------------------------------------------------
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(HERE), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    )
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover - not on Linux
+        return "n/a"
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# -- data and weights (run in a subprocess) ------------------------------------------------
+def _network_scale(data: np.ndarray) -> np.ndarray:
+    """Median-normalized network scale: brain median 0, background set to 0."""
+    brain = data != 0
+    out = np.zeros(data.shape, np.float32)
+    out[brain] = data[brain] / np.median(data[brain]) - 1.0
+    return out
+
+
+def _make_input(size: str) -> np.ndarray:
+    from harmonix.preprocessing import crop_or_pad, pad_to_multiple
+
+    shape = SIZES[size]
+    try:
+        from harmonix.datasets import make_multisite
+
+        ds = make_multisite(2, 2, resolution=1 if size == "1mm" else 2, random_state=0)
+        vol = ds.imgs[0]
+    except Exception as exc:  # nilearn missing: a smooth synthetic "brain"
+        print(f"make_multisite unavailable ({exc}); using a synthetic volume", file=sys.stderr)
+        from scipy import ndimage
+
+        rng = np.random.default_rng(0)
+        grid = np.indices(shape, dtype=np.float32)
+        r = sum(((g - s / 2) / (0.4 * s)) ** 2 for g, s in zip(grid, shape))
+        noise = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), 3)
+        vol = np.where(r < 1, 500 + 2000 * noise, 0).astype(np.float32)
+    if vol.shape != shape:
+        vol = crop_or_pad(vol, shape)[0] if size == "1mm" else pad_to_multiple(vol)[0]
+    assert vol.shape == shape, vol.shape
+    return _network_scale(vol)
+
+
+def prepare(workdir: Path, sizes: list[str]) -> None:
+    """Write random Keras weights (``weights.h5``) and one input volume per size."""
+    import tensorflow as tf
+    import tf_keras as keras
+    from _keras_iguane import build_keras_generator
+
+    model = build_keras_generator(keras, tf)
+    rng = np.random.default_rng(WEIGHT_SEED)
+    new = []
+    for v in model.weights:
+        a = v.numpy()
+        if "kernel" in v.name:  # Glorot uniform
+            rf = int(np.prod(a.shape[:-2]))
+            bound = np.sqrt(6.0 / (rf * (a.shape[-2] + a.shape[-1])))
+            new.append(rng.uniform(-bound, bound, a.shape))
+        elif "scale" in v.name:
+            new.append(rng.uniform(0.5, 1.5, a.shape))
+        else:
+            new.append(rng.normal(0.0, 0.1, a.shape))
+    model.set_weights([a.astype(np.float32) for a in new])
+    model.save_weights(str(workdir / "weights.h5"))
+    for size in sizes:
+        np.save(workdir / f"input_{size}.npy", _make_input(size))
+    x2 = np.load(workdir / "input_2mm.npy") if "2mm" in sizes else _make_input("2mm")
+    lo = [(s - c) // 2 for s, c in zip(x2.shape, CROP_SHAPE)]
+    crop = x2[tuple(slice(a, a + c) for a, c in zip(lo, CROP_SHAPE))]
+    np.save(workdir / f"input_{CROP}.npy", np.ascontiguousarray(crop))
+
+
+# -- the variants ----------------------------------------------------------------------------
+def make_runner(variant: str, workdir: Path, size: str):
+    """A callable running one forward pass of ``variant`` (NumPy in, NumPy out)."""
+    x = np.load(workdir / f"input_{size}.npy")
+    weights = workdir / "weights.h5"
+    if variant == "keras":
+        import tensorflow as tf
+        import tf_keras as keras
+        from _keras_iguane import build_keras_generator
+
+        model = build_keras_generator(keras, tf)
+        model.load_weights(str(weights))
+        fn = tf.function(lambda t: model(t, training=False))
+
+        def run():
+            return fn(tf.constant(x[None, ..., None])).numpy()[0, ..., 0]
+
+        return run
+
+    import torch
+
+    from harmonix.iguane.inference import harmonize_volume
+    from harmonix.iguane.keras_weights import load_keras_generator_weights
+
+    gen = load_keras_generator_weights(weights).eval()
+    if variant == "harmonix":
+        return lambda: harmonize_volume(gen, x)
+    if variant == "harmonix 1 thread":
+        return lambda: harmonize_volume(gen, x, num_threads=1)
+    if variant == "harmonix bf16":
+        return lambda: harmonize_volume(gen, x, amp_dtype="bfloat16")
+    if variant == "harmonix plain":
+        gen.fused_inference = False
+        gen = gen.to(memory_format=torch.channels_last_3d)
+
+        def run_plain():
+            with torch.inference_mode():
+                xt = torch.from_numpy(x)[None, None].contiguous(
+                    memory_format=torch.channels_last_3d
+                )
+                return gen(xt)[0, 0].numpy()
+
+        return run_plain
+    if variant == "harmonix float64":
+        gen = gen.double()
+
+        def run64():
+            with torch.inference_mode():
+                return gen(torch.from_numpy(x.astype(np.float64))[None, None])[0, 0].numpy()
+
+        return run64
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def _versions(variant: str) -> str:
+    if variant == "keras":
+        import tensorflow as tf
+        import tf_keras as keras
+
+        return f"TensorFlow {tf.__version__}, tf-keras {keras.__version__}"
+    import torch
+
+    return f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def worker(variant: str, workdir: Path, size: str) -> None:
+    """Timing worker: one warm-up call, then one timed call per ``run`` line on stdin."""
+    run = make_runner(variant, workdir, size)
+    run()
+    print(json.dumps({"ready": True, "versions": _versions(variant)}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        t0 = time.perf_counter()
+        run()
+        print(json.dumps({"t": time.perf_counter() - t0}), flush=True)
+
+
+def memory_child(variant: str, workdir: Path, size: str) -> None:
+    """Fresh process: build, load, one forward pass; report peak RSS and save the output."""
+    t0 = time.perf_counter()
+    run = make_runner(variant, workdir, size)
+    before = _rss_mb()
+    t1 = time.perf_counter()
+    y = run()
+    t2 = time.perf_counter()
+    np.save(workdir / f"out_{variant.replace(' ', '_')}_{size}.npy", y.astype(np.float32))
+    if variant == "harmonix float64":
+        np.save(workdir / f"out64_{size}.npy", y)
+    print(
+        json.dumps(
+            {
+                "rss_before_mb": before,
+                "peak_rss_mb": _rss_mb(),
+                "setup_s": t1 - t0,
+                "first_call_s": t2 - t1,
+            }
+        ),
+        flush=True,
+    )
+
+
+# -- orchestration -------------------------------------------------------------------------
+def _spawn(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), *args],
+        env=_worker_env(),
+        text=True,
+        **kw,
+    )
+
+
+def _last_json(text: str) -> dict:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"no result in child output:\n{text}")
+
+
+def time_variants(workdir: Path, size: str, variants: list[str], repeats: int) -> dict:
+    procs: dict[str, subprocess.Popen] = {}
+    info: dict[str, str] = {}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    try:
+        for v in variants:  # started one by one: warm-ups do not overlap
+            p = _spawn(
+                ["--worker", v, "--size", size, "--workdir", str(workdir)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            procs[v] = p
+            msg = json.loads(p.stdout.readline())
+            info[v] = msg["versions"]
+        for rep in range(repeats):
+            k = rep % len(variants)
+            for v in variants[k:] + variants[:k]:
+                procs[v].stdin.write("run\n")
+                procs[v].stdin.flush()
+                times[v].append(json.loads(procs[v].stdout.readline())["t"])
+            print(
+                f"  {size} round {rep + 1}/{repeats}: "
+                + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in variants)
+                + f" (load {_loadavg()})",
+                flush=True,
+            )
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.stdin.close()
+                p.wait(timeout=120)
+    return {"times": times, "versions": info}
+
+
+def measure_memory(workdir: Path, size: str, variant: str) -> dict:
+    p = _spawn(
+        ["--memory-child", variant, "--size", size, "--workdir", str(workdir)],
+        stdout=subprocess.PIPE,
+    )
+    out, _ = p.communicate()
+    if p.returncode:
+        raise RuntimeError(f"memory child {variant} {size} failed (exit {p.returncode})")
+    return _last_json(out)
+
+
+def _diff(workdir: Path, size: str, variant: str, reference: str) -> tuple[float, float]:
+    ref = np.load(workdir / reference).astype(np.float64)
+    y = np.load(workdir / f"out_{variant.replace(' ', '_')}_{size}.npy").astype(np.float64)
+    brain = np.load(workdir / f"input_{size}.npy") != 0
+    d = np.abs(y - ref)[brain]
+    return float(d.max()), float(d.mean())
+
+
+def _cpu_bf16() -> bool:
+    try:
+        from harmonix.iguane.inference import cpu_supports_bf16
+
+        return cpu_supports_bf16()
+    except Exception:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["1mm", "2mm"])
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "iguane_inference.md")
+    ap.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.prepare:
+        return prepare(args.workdir, args.sizes)
+    if args.worker:
+        return worker(args.worker, args.workdir, args.size)
+    if args.memory_child:
+        return memory_child(args.memory_child, args.workdir, args.size)
+
+    load_start = _loadavg()
+    bf16 = _cpu_bf16()
+    timed = list(TIMED) + (["harmonix bf16"] if bf16 else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        print("preparing weights and inputs...", flush=True)
+        p = _spawn(["--prepare", "--workdir", str(workdir), "--sizes", *args.sizes])
+        if p.wait():
+            raise SystemExit("preparation failed")
+        results = {}
+        for size in args.sizes:
+            print(f"timing {size} {SIZES[size]}...", flush=True)
+            results[size] = time_variants(workdir, size, timed, args.repeats)
+            mem = {}
+            for v in [v for v in timed if v != "harmonix 1 thread"]:
+                print(f"  memory/output {size}: {v}", flush=True)
+                mem[v] = measure_memory(workdir, size, v)
+            results[size]["memory"] = mem
+            ref32 = f"out_harmonix_plain_{size}.npy"
+            results[size]["diffs"] = {
+                (v, "plain float32"): _diff(workdir, size, v, ref32)
+                for v in mem
+                if v != "harmonix plain"
+            }
+        print(f"accuracy on the {CROP} {CROP_SHAPE}...", flush=True)
+        accuracy = (*TIMED, "harmonix bf16", "harmonix float64")
+        for v in accuracy:
+            measure_memory(workdir, CROP, v)
+        crop_diffs = {}
+        for v in accuracy[:-1]:
+            crop_diffs[(v, "float64")] = _diff(workdir, CROP, v, f"out64_{CROP}.npy")
+            if v != "harmonix plain":
+                crop_diffs[(v, "plain float32")] = _diff(
+                    workdir, CROP, v, f"out_harmonix_plain_{CROP}.npy"
+                )
+    load_end = _loadavg()
+    report = render(results, crop_diffs, args, load_start, load_end, bf16)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+
+
+def render(
+    results: dict, crop_diffs: dict, args, load_start: str, load_end: str, bf16: bool
+) -> str:
+    import torch
+
+    lines = [
+        "# IGUANe inference: harmonix against the Keras original (CPU)",
+        "",
+        "Written by `benchmarks/bench_iguane_inference.py` (see its docstring for the method "
+        "and the environment). One forward pass of the IGUANe generator (6.5 M parameters, "
+        "about 404 GFLOP at 160x192x160), same weights and input for every variant, each "
+        "library with its default threads.",
+        "",
+        f"- CPU: {_cpu_model()}, {os.cpu_count()} logical cores; "
+        f"native bfloat16: {'yes' if bf16 else 'no'}",
+        f"- Python {platform.python_version()}, PyTorch {torch.__version__}; "
+        + next(iter(results.values()))["versions"].get("keras", ""),
+        f"- load average (1, 5, 15 min) at start: {load_start}; at end: {load_end}",
+        f"- {args.repeats} alternating rounds per size; medians",
+        "",
+        "## Time per volume",
+        "",
+        "| size | variant | median (s) | min (s) | ratio to Keras |",
+        "|---|---|---:|---:|---:|",
+    ]
+    verdicts = []
+    for size, res in results.items():
+        times = res["times"]
+        k = statistics.median(times["keras"])
+        for v, ts in times.items():
+            med = statistics.median(ts)
+            lines.append(
+                f"| {SIZES[size][0]}x{SIZES[size][1]}x{SIZES[size][2]} | {LABELS[v]} "
+                f"| {med:.2f} | {min(ts):.2f} | {med / k:.2f} |"
+            )
+        ratio = statistics.median(times["harmonix"]) / k
+        # ratio of the medians and median of the per-round ratios (robust to load drift)
+        per_round = [h / kk for h, kk in zip(times["harmonix"], times["keras"])]
+        verdicts.append(
+            f"- {size}: harmonix / Keras = {ratio:.2f} (median of per-round ratios "
+            f"{statistics.median(per_round):.2f}; goal <= {SPEED_GOAL:.1f}: "
+            f"{'met' if ratio <= SPEED_GOAL else 'NOT met'})"
+        )
+    lines += ["", *verdicts, "", "## Peak memory (fresh process, one forward pass)", ""]
+    lines += [
+        "| size | variant | peak RSS before the pass (MB) | peak RSS (MB) | increase (MB) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for size, res in results.items():
+        for v, m in res["memory"].items():
+            lines.append(
+                f"| {size} | {LABELS[v]} | {m['rss_before_mb']:.0f} | {m['peak_rss_mb']:.0f} "
+                f"| {m['peak_rss_mb'] - m['rss_before_mb']:.0f} |"
+            )
+    if "1mm" in results:
+        peak = results["1mm"]["memory"]["harmonix"]["peak_rss_mb"]
+        lines += [
+            "",
+            f"harmonix peak RSS at 160x192x160: {peak:.0f} MB (goal <= {MEMORY_GOAL_MB:.0f} MB: "
+            f"{'met' if peak <= MEMORY_GOAL_MB else 'NOT met'}).",
+        ]
+    lines += [
+        "",
+        "## Output differences (brain voxels, network scale: brain median 0, typical values "
+        "-1 to 1)",
+        "",
+        "| size | variant | reference | max abs diff | mean abs diff |",
+        "|---|---|---|---:|---:|",
+    ]
+    for size, res in [*results.items(), (CROP, {"diffs": crop_diffs})]:
+        label = "2mm, central 64^3" if size == CROP else size
+        for (v, ref), (mx, mean) in res["diffs"].items():
+            lines.append(f"| {label} | {LABELS[v]} | {ref} | {mx:.2e} | {mean:.2e} |")
+    lines += ["", "## Notes", "", *NOTES]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
