@@ -39,6 +39,7 @@ IGUANE_CPU_PARAMS: dict[str, Any] = {
     "base_width": 4,
     "patch_size": 32,
     "identity_init": True,
+    "augment": False,
 }
 
 
