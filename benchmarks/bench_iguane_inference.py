@@ -93,7 +93,8 @@ NOTES = [
     "- Threads: on a machine shared with other busy processes (see the load average), "
     "OpenMP's statically split parallel regions wait for descheduled threads, so one thread "
     "can beat all cores; TensorFlow's work-stealing thread pool degrades less. On an idle "
-    "machine all cores are faster.",
+    "machine all cores should be faster (not measured here: the benchmark machine was "
+    "shared).",
     "- Peak RSS includes the interpreter and the libraries (about 0.4 GB for harmonix with "
     "PyTorch, 0.75 GB for TensorFlow).",
 ]

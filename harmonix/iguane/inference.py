@@ -7,12 +7,16 @@ array. It runs the generator's fused pass (see :meth:`Generator3D.forward
 channels-last feature maps, oneDNN convolutions on CPU and, optionally, mixed precision.
 
 Speed and memory on a 2-core CPU, one 160×192×160 volume in float32 (see
-``benchmarks/results/iguane_inference.md``): the fused pass needs about half the CPU time
-of the plain one, is faster than the TensorFlow original, and its peak memory is about
-1 GB above the interpreter's (the original: about 2.6 GB in all).
+``benchmarks/results/iguane_inference.md``): about half the time of the TensorFlow original
+(and 0.75 of a plain PyTorch pass), with a peak of about 1.2 GB in all (the original: about
+3.9 GB). The output equals the plain float32 pass within about 1e-4 on the network scale.
 
-Two process-wide settings make CPU inference another 15–25 % faster, because a forward pass
-allocates about 2 GB of fresh feature maps whose pages the kernel otherwise faults in 4 kB
+Threads: PyTorch uses one thread per physical core by default. On a machine shared with
+other busy processes, OpenMP's statically split parallel regions wait for descheduled
+threads, and ``num_threads=1`` can be faster than all cores.
+
+Two process-wide settings make CPU inference another 10–15 % faster, because a forward pass
+allocates about 1 GB of fresh feature maps whose pages the kernel otherwise faults in 4 kB
 at a time; set them in the environment before Python starts (harmonix never changes them):
 ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch asks for transparent huge pages) or glibc's
 ``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296`` (freed memory is
@@ -139,8 +143,8 @@ def harmonize_volume(
         Mixed precision (:func:`torch.autocast`) for the convolutions; the normalization
         statistics stay in float32. ``None`` (the default) computes in the generator's
         dtype. See :func:`resolve_amp_dtype` for ``"auto"``. bfloat16 changes the output by
-        about 1e-2 on the network scale (float16 on GPU: about 1e-3), so it is off by
-        default.
+        about 3e-2 on average on the network scale (up to 0.6 in single voxels), so it is off
+        by default.
     num_threads : int, optional
         CPU threads for this call (restored afterwards); by default PyTorch's setting, which
         is one per physical core.
@@ -162,7 +166,9 @@ def harmonize_volume(
     Notes
     -----
     Memory: besides the generator and the volume, one 160×192×160 float32 forward pass
-    needs about 1 GB at its peak (three 16-channel full-size maps).
+    needs about 0.75 GB at its peak (two full-size 16-channel maps and the smaller ones).
+    bfloat16 autocast is about 3e-2 (mean) from float32 on the network scale, and on CPUs
+    without AVX512-BF16 or AMX it is emulated and many times slower.
     """
     if not isinstance(generator, Generator3D):
         raise TypeError(f"generator must be a Generator3D, got {type(generator).__name__}.")
