@@ -36,6 +36,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from _common import cpu_model
 
 SHAPE = (182, 218, 182)
 VOLUME_BYTES = int(np.prod(SHAPE)) * 4  # one float32 volume
@@ -194,15 +195,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def fmt(x: float | None, spec: str = ".0f") -> str:

@@ -44,6 +44,7 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _common import cpu_model  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 N_SITES = 5
@@ -260,15 +261,6 @@ def _versions() -> dict:
     }
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _report(r: dict, versions: dict, load: tuple, out: pathlib.Path) -> str:
@@ -349,7 +341,7 @@ def _report(r: dict, versions: dict, load: tuple, out: pathlib.Path) -> str:
         "",
         "## Setup",
         "",
-        f"- CPU: {_cpu_model()}, {os.cpu_count()} logical CPUs, shared with other jobs "
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, shared with other jobs "
         f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start); "
         "BLAS limited to 1 thread for both libraries. Timings are single runs; with "
         "several jobs per core, wall times are up to ~3× the CPU times. Load average before "

@@ -37,20 +37,12 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
+from _common import cpu_model  # noqa: E402
 
 GOAL_S = 15.0
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _thread_limit():
@@ -144,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Machine",
         "",
-        f"- CPU: {_cpu_model()}; `os.cpu_count()` = {os.cpu_count()}, usable = {n_usable}",
+        f"- CPU: {cpu_model()}; `os.cpu_count()` = {os.cpu_count()}, usable = {n_usable}",
         f"- load average at the end (1/5/15 min): "
         f"{load_avg[0]:.2f} / {load_avg[1]:.2f} / {load_avg[2]:.2f}; when it exceeds the "
         "core count other processes compete for the cores and wall-clock times grow, so the "

@@ -58,6 +58,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import cpu_model
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"1mm": (160, 192, 160), "2mm": (96, 112, 96)}
@@ -111,15 +112,6 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _loadavg() -> str:
@@ -451,7 +443,7 @@ def render(
         "about 404 GFLOP at 160x192x160), same weights and input for every variant, each "
         "library with its default threads.",
         "",
-        f"- CPU: {_cpu_model()}, {os.cpu_count()} logical cores; "
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; "
         f"native bfloat16: {'yes' if bf16 else 'no'}",
         f"- Python {platform.python_version()}, PyTorch {torch.__version__}; "
         + next(iter(results.values()))["versions"].get("keras", ""),
