@@ -157,11 +157,19 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         raise CLIError(f"{out} exists; pass --overwrite to replace it")
     start = time.perf_counter()
     est.fit([str(p) for p in man.paths], man.sites, man.ages)
+    if _process_rank() != 0:  # under torchrun every process holds the same model
+        return 0
     est.save(out)
     logger.info("fitted %s on %d images in %.1f s", type(est).__name__, len(man),
                 time.perf_counter() - start)
     sys.stdout.write(f"{out}\n")
     return 0
+
+
+def _process_rank() -> int:
+    from harmonix.iguane.distributed import process_rank
+
+    return process_rank()
 
 
 def _cmd_transform(args: argparse.Namespace) -> int:
@@ -262,7 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_dataset)
 
-    p = sub.add_parser("fit", help="fit a harmonizer on a manifest and save it")
+    p = sub.add_parser(
+        "fit",
+        help="fit a harmonizer on a manifest and save it",
+        description="Fit a harmonizer on a manifest and save it. IGUANe trains data-parallel "
+        "on several processes (GPUs, nodes) when started by torchrun, e.g. `torchrun "
+        "--nproc_per_node=4 -m harmonix fit --method iguane ...`; process 0 saves the model.",
+    )
     p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     p.add_argument("--manifest", required=True, help="CSV with path,site[,age,subject]")
     p.add_argument("--out", required=True, help="model file (.npz; .pt for iguane)")
@@ -320,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (CLIError, ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
-        sys.stderr.write(f"harmonix {args.command}: error: {exc}\n")
+        message = " ".join(str(exc).split())  # one line, whatever the exception says
+        sys.stderr.write(f"harmonix {args.command}: error: {message}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

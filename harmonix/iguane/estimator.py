@@ -101,6 +101,10 @@ class IGUANeHarmonizer(BaseHarmonizer):
         generators; global seeds are never touched). Runs are reproducible on CPU.
     verbose : int, default=0
         Show a progress bar with running losses during fit.
+    distributed : bool or None, default=None
+        Data-parallel training over several processes (GPUs, nodes), see Notes. None: when
+        the script runs under ``torchrun`` with several processes (or in an initialized
+        :mod:`torch.distributed` process group); False: never; True: required.
 
     Attributes
     ----------
@@ -144,6 +148,15 @@ class IGUANeHarmonizer(BaseHarmonizer):
 
     **Devices.** Training and inference run on ``device``; ``generator_`` is kept on CPU
     and copied to the GPU for :meth:`transform`. Checkpoint-and-resume is exact on CPU.
+
+    **Several GPUs or nodes.** Run the fitting script with ``torchrun`` (e.g.
+    ``torchrun --nproc_per_node=4 fit.py``) and give every process the same arguments:
+    each process trains on its share of every batch (``batch_size`` pairs per process, so
+    ``4 * batch_size`` per update), gradients are averaged with
+    :class:`~torch.nn.parallel.DistributedDataParallel`, and every process ends with the
+    same fitted model (save it from process 0, ``torch.distributed.get_rank() == 0``). It
+    is the same training as one process with ``batch_size=4 * batch_size``; see
+    :mod:`harmonix.iguane.distributed`.
 
     **Persistence.** :meth:`save` writes parameters, fitted values, the harmonix version
     and the generator weights with :func:`torch.save` (plain tensors and values only) and
@@ -189,6 +202,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         mixed_precision: bool | None = None,
         random_state: int | np.random.Generator | None = None,
         verbose: int = 0,
+        distributed: bool | None = None,
     ):
         self.reference_site = reference_site
         self.n_epochs = n_epochs
@@ -214,6 +228,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         self.mixed_precision = mixed_precision
         self.random_state = random_state
         self.verbose = verbose
+        self.distributed = distributed
 
     # -- fit -------------------------------------------------------------------------------
     def _train_config(self) -> TrainConfig:
@@ -265,6 +280,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
             device=device,
             random_state=self.random_state,
             verbose=self.verbose,
+            distributed=self.distributed,
         )
         self.generator_ = result.generator
         self.reference_median_ = float(np.median(medians[sites == self.reference_site_]))

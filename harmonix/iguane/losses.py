@@ -1,8 +1,8 @@
 """Losses of IGUANe: least-squares GAN, cycle consistency and identity.
 
 Small pure functions on tensors; the training loop (:mod:`harmonix.iguane.training`)
-combines them. They compute in float32 whatever the dtype of their inputs (outputs of
-networks run under :func:`torch.autocast` may be half precision).
+combines them. They compute in float32 at least (outputs of networks run under
+:func:`torch.autocast` may be half precision; float64 inputs stay float64).
 
 The weights follow the original implementation: cycle weight 30 (both cycles, in the loss
 of both generators) and identity weight 15 (half the cycle weight).
@@ -29,8 +29,12 @@ CYCLE_WEIGHT = 30.0
 IDENTITY_WEIGHT = 15.0
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _mse_to(scores: torch.Tensor, target: float) -> torch.Tensor:
-    return torch.mean(torch.square(scores.float() - target))
+    return torch.mean(torch.square(_at_least_float32(scores) - target))
 
 
 def discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
@@ -49,7 +53,7 @@ def discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> 
     Returns
     -------
     torch.Tensor
-        A float32 scalar.
+        A float32 scalar (float64 for float64 inputs).
     """
     return _mse_to(real_scores, 1.0) + _mse_to(fake_scores, 0.0)
 
@@ -65,7 +69,7 @@ def generator_adversarial_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        A float32 scalar.
+        A float32 scalar (float64 for float64 inputs).
     """
     return _mse_to(fake_scores, 1.0)
 
@@ -81,11 +85,11 @@ def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        A float32 scalar.
+        A float32 scalar (float64 for float64 inputs).
     """
     if output.shape != target.shape:
         raise ValueError(f"Shapes differ: {tuple(output.shape)} and {tuple(target.shape)}.")
-    return torch.mean(torch.abs(output.float() - target.float()))
+    return torch.mean(torch.abs(_at_least_float32(output) - _at_least_float32(target)))
 
 
 def cycle_loss(
@@ -130,7 +134,7 @@ def identity_loss(image: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        A float32 scalar.
+        A float32 scalar (float64 for float64 inputs).
     """
     return l1_loss(mapped, image)
 
@@ -166,6 +170,6 @@ def generator_loss(
     Returns
     -------
     torch.Tensor
-        A float32 scalar.
+        A float32 scalar (float64 for float64 inputs).
     """
     return adversarial + cycle_weight * cycle + identity_weight * identity

@@ -38,12 +38,24 @@ Checkpoints and resume
     checkpoint made with another configuration or other data. Checkpoints are written with
     :func:`torch.save` (plain tensors, numbers, strings, lists and dicts) and read with
     ``torch.load(weights_only=True)``.
+
+Several processes (GPUs, nodes)
+    Started by ``torchrun``, training is data-parallel with
+    :class:`~torch.nn.parallel.DistributedDataParallel`: ``W`` processes with
+    ``batch_size=b`` run the same training as one process with ``batch_size=W * b``. See
+    :mod:`harmonix.iguane.distributed`.
+
+Randomness
+    Every (source, reference) pair comes with its own seed, drawn with the pair from the
+    sampling generator; the pair's augmentation and patch position are drawn from that
+    seed, so a pair is prepared identically whichever process trains on it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -67,6 +79,7 @@ from harmonix.iguane.data import (
     network_input,
     random_brain_voxel,
 )
+from harmonix.iguane.distributed import DistributedContext, setup_distributed
 from harmonix.iguane.losses import (
     cycle_loss,
     discriminator_loss,
@@ -81,6 +94,7 @@ __all__ = [
     "QUANTILE_LEVELS",
     "TrainConfig",
     "TrainResult",
+    "load_checkpoint",
     "resolve_device",
     "train",
 ]
@@ -119,8 +133,9 @@ class TrainConfig:
         at a random position) instead of whole volumes. Inference always uses whole
         volumes (the networks are fully convolutional).
     batch_size : int, default=1
-        Pairs per generator update; discriminators see ``disc_pairs * batch_size`` real and
-        as many generated volumes per update.
+        Pairs per generator update (per process in a distributed training, see
+        :mod:`harmonix.iguane.distributed`); discriminators see
+        ``disc_pairs * batch_size`` real and as many generated volumes per update.
     disc_pairs : int, default=2
         See ``batch_size`` (2 in the original).
     learning_rate, final_learning_rate : float, default=2e-4, 2e-5
@@ -378,9 +393,11 @@ def _fingerprint(
     sites: np.ndarray,
     reference_site: Hashable,
     ages: np.ndarray | None,
+    world_size: int = 1,
 ) -> str:
     cfg = dataclasses.asdict(config)
     cfg.pop("checkpoint_every")
+    cfg["batch_size"] = config.batch_size * world_size  # the global batch of one update
     info = {
         "config": cfg,
         "sites": [str(s) for s in sites.tolist()],
@@ -395,8 +412,10 @@ def _describe_mismatch(saved: str, current: str) -> str:
         a, b = json.loads(saved), json.loads(current)
     except ValueError:  # pragma: no cover - both are written by _fingerprint
         return "unknown"
+    # the fingerprint's batch_size is the global one: per process x processes
     diffs = [
-        f"{k}={a['config'].get(k)!r} (now {b['config'].get(k)!r})"
+        f"{'global ' if k == 'batch_size' else ''}{k}={a['config'].get(k)!r} "
+        f"(now {b['config'].get(k)!r})"
         for k in sorted(set(a["config"]) | set(b["config"]))
         if a["config"].get(k) != b["config"].get(k)
     ]
@@ -450,6 +469,76 @@ def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------
+# One update as one module (what DistributedDataParallel wraps)
+# --------------------------------------------------------------------------------------
+def _masked(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A generator output re-masked (background 0)."""
+    return torch.where(mask, out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+class _DiscriminatorStep(nn.Module):
+    """Loss of one source site's two discriminators on real and generated batches."""
+
+    def __init__(self, disc_ref: nn.Module, disc_src: nn.Module) -> None:
+        super().__init__()
+        self.disc_ref = disc_ref
+        self.disc_src = disc_src
+
+    def forward(
+        self, src: torch.Tensor, fake_src: torch.Tensor, ref: torch.Tensor, fake_ref: torch.Tensor
+    ) -> torch.Tensor:
+        return discriminator_loss(self.disc_src(src), self.disc_src(fake_src)) + (
+            discriminator_loss(self.disc_ref(ref), self.disc_ref(fake_ref))
+        )
+
+
+class _GeneratorStep(nn.Module):
+    """Joint loss of the forward generator and one site's backward generator.
+
+    The discriminators judge but are not trained here: they are kept in a tuple, so they
+    are not sub-modules (and not part of a DistributedDataParallel wrapper of this step).
+    """
+
+    def __init__(
+        self,
+        fwd: nn.Module,
+        bwd: nn.Module,
+        disc_ref: nn.Module,
+        disc_src: nn.Module,
+        config: TrainConfig,
+    ) -> None:
+        super().__init__()
+        self.fwd = fwd
+        self.bwd = bwd
+        self.discs = (disc_ref, disc_src)
+        self.cycle_weight = config.cycle_weight
+        self.identity_weight = config.identity_weight
+
+    def forward(
+        self, src: torch.Tensor, ms: torch.Tensor, ref: torch.Tensor, mr: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        fwd, bwd = self.fwd, self.bwd
+        disc_ref, disc_src = self.discs
+        fake_ref = _masked(fwd(src), ms)
+        fake_src = _masked(bwd(ref), mr)
+        adv = generator_adversarial_loss(disc_ref(fake_ref)) + generator_adversarial_loss(
+            disc_src(fake_src)
+        )
+        cyc = cycle_loss(src, _masked(bwd(fake_ref), ms), ref, _masked(fwd(fake_src), mr))
+        ident = identity_loss(ref, _masked(fwd(ref), mr)) + identity_loss(
+            src, _masked(bwd(src), ms)
+        )
+        loss = generator_loss(
+            adv,
+            cyc,
+            ident,
+            cycle_weight=self.cycle_weight,
+            identity_weight=self.identity_weight,
+        )
+        return loss, adv, cyc, ident
+
+
+# --------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------
 class _Trainer:
@@ -462,8 +551,10 @@ class _Trainer:
         sampler: SitePairSampler,
         device: torch.device,
         seeds: np.random.SeedSequence,
+        context: DistributedContext | None = None,
     ) -> None:
         self.config = config
+        self.context = context
         self.volumes = volumes
         self.sampler = sampler
         self.sources = list(sampler.source_sites)
@@ -484,11 +575,24 @@ class _Trainer:
         for module in (self.forward, self.backward, self.disc_ref, self.disc_src):
             init_weights(module, self.torch_rng)
             module.to(device)
+        #: Volumes are fed in the networks' dtype: float32, or float64 when the networks
+        #: were built under torch.set_default_dtype(torch.float64) (exactness checks).
+        self.dtype = next(self.forward.parameters()).dtype
         if config.identity_init:
             with torch.no_grad():
                 for gen in (self.forward, *self.backward):
                     gen.out_conv.weight.zero_()
                     gen.out_conv.bias.zero_()
+        self.disc_steps: list[nn.Module] = [
+            _DiscriminatorStep(dr, ds) for dr, ds in zip(self.disc_ref, self.disc_src)
+        ]
+        self.gen_steps: list[nn.Module] = [
+            _GeneratorStep(self.forward, bwd, dr, ds, config)
+            for bwd, dr, ds in zip(self.backward, self.disc_ref, self.disc_src)
+        ]
+        if context is not None:
+            self.disc_steps = [context.wrap(m, device) for m in self.disc_steps]
+            self.gen_steps = [context.wrap(m, device) for m in self.gen_steps]
 
         adam = {
             "lr": config.learning_rate,
@@ -539,6 +643,16 @@ class _Trainer:
             "best_score": None,
         }
         self.best_state: dict[str, torch.Tensor] | None = None
+
+    def release_wrappers(self) -> None:
+        """Free the DistributedDataParallel wrappers (and their gradient buckets) now.
+
+        Left to the garbage collector, they may outlive the process group and be
+        destroyed at interpreter exit, when their communication threads can no longer
+        be shut down cleanly.
+        """
+        self.disc_steps, self.gen_steps = [], []
+        gc.collect()
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -591,25 +705,39 @@ class _Trainer:
         self.best_state = state["best_state"]
 
     # -- data ----------------------------------------------------------------------------
-    def _volume(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _volume(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x, mask = self.volumes[index]
-        x_t = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
+        x_t = torch.as_tensor(np.asarray(x), dtype=self.dtype, device=self.device)
         m_t = torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device)
         if self.config.augment:
-            x_t, m_t = augment(x_t, m_t, self.rng)
+            x_t, m_t = augment(x_t, m_t, rng)
         return x_t, m_t
 
-    def _batch(self, pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
-        """Load pairs as (source x, source mask, reference x, reference mask) batches."""
+    def _draw(self, site: Hashable, n: int) -> list[tuple[tuple[int, int], int]]:
+        """``n`` pairs per process for ``site`` with their seeds; this process's block.
+
+        Every process draws the pairs of all processes (the sampling generator stays the
+        same everywhere) and keeps its own block of ``n``.
+        """
+        world = 1 if self.context is None else self.context.world_size
+        drawn = []
+        for _ in range(n * world):
+            pair = self.sampler.sample(site, self.rng)
+            drawn.append((pair, int(self.rng.integers(2**63))))
+        return drawn if self.context is None else self.context.block(drawn, n)
+
+    def _batch(self, pairs: Sequence[tuple[tuple[int, int], int]]) -> tuple[torch.Tensor, ...]:
+        """Load seeded pairs as (source x, source mask, reference x, reference mask)."""
         src, ref = [], []
-        for s_idx, r_idx in pairs:
-            xs, ms = self._volume(s_idx)
-            xr, mr = self._volume(r_idx)
+        for (s_idx, r_idx), seed in pairs:
+            rng = np.random.default_rng(seed)
+            xs, ms = self._volume(s_idx, rng)
+            xr, mr = self._volume(r_idx, rng)
             patch = self.config.patch_size
             if patch is not None:
                 # one position per pair: a random source brain voxel, at the same relative
                 # position in the reference volume
-                center = random_brain_voxel(ms, self.rng)
+                center = random_brain_voxel(ms, rng)
                 ref_center = [
                     int(round(c * nr / ns)) for c, nr, ns in zip(center, xr.shape, xs.shape)
                 ]
@@ -623,25 +751,17 @@ class _Trainer:
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
 
-    def _generate(self, gen: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Generator output on ``x`` (background already 0), re-masked."""
-        out = gen(x)
-        return torch.where(mask, out, torch.zeros((), dtype=out.dtype, device=out.device))
-
     def _update_discriminators(self, k: int, site: Hashable) -> torch.Tensor:
         n = self.config.disc_pairs * self.config.batch_size
-        pairs = [self.sampler.sample(site, self.rng) for _ in range(2 * n)]
-        xs, ms, xr, mr = self._batch(pairs[:n])  # for the source-site discriminator
-        xs2, ms2, xr2, mr2 = self._batch(pairs[n:])  # for the reference discriminator
+        xs, ms, xr, mr = self._batch(self._draw(site, n))  # for the source discriminator
+        xs2, ms2, xr2, mr2 = self._batch(self._draw(site, n))  # for the reference one
         src_in, ref_in = network_input(xs, ms), network_input(xr, mr)
         src2_in, ref2_in = network_input(xs2, ms2), network_input(xr2, mr2)
         with torch.no_grad(), self._autocast():
-            fake_src = self._generate(self.backward[k], ref_in, mr)
-            fake_ref = self._generate(self.forward, src2_in, ms2)
+            fake_src = _masked(self.backward[k](ref_in), mr)
+            fake_ref = _masked(self.forward(src2_in), ms2)
         with self._autocast():
-            loss = discriminator_loss(
-                self.disc_src[k](src_in), self.disc_src[k](fake_src)
-            ) + discriminator_loss(self.disc_ref[k](ref2_in), self.disc_ref[k](fake_ref))
+            loss = self.disc_steps[k](src_in, fake_src, ref2_in, fake_ref)
         opt = self.opt_disc[k]
         opt.zero_grad(set_to_none=True)
         self.scaler_disc.scale(loss).backward()
@@ -651,33 +771,14 @@ class _Trainer:
         return loss.detach()
 
     def _update_generators(self, k: int, site: Hashable) -> tuple[torch.Tensor, ...]:
-        pairs = [self.sampler.sample(site, self.rng) for _ in range(self.config.batch_size)]
-        xs, ms, xr, mr = self._batch(pairs)
+        xs, ms, xr, mr = self._batch(self._draw(site, self.config.batch_size))
         src, ref = network_input(xs, ms), network_input(xr, mr)
-        fwd, bwd = self.forward, self.backward[k]
         discs = (self.disc_ref[k], self.disc_src[k])
         for d in discs:
             d.requires_grad_(False)
         try:
             with self._autocast():
-                fake_ref = self._generate(fwd, src, ms)
-                fake_src = self._generate(bwd, ref, mr)
-                adv = generator_adversarial_loss(discs[0](fake_ref)) + generator_adversarial_loss(
-                    discs[1](fake_src)
-                )
-                cyc = cycle_loss(
-                    src, self._generate(bwd, fake_ref, ms), ref, self._generate(fwd, fake_src, mr)
-                )
-                ident = identity_loss(ref, self._generate(fwd, ref, mr)) + identity_loss(
-                    src, self._generate(bwd, src, ms)
-                )
-                loss = generator_loss(
-                    adv,
-                    cyc,
-                    ident,
-                    cycle_weight=self.config.cycle_weight,
-                    identity_weight=self.config.identity_weight,
-                )
+                loss, adv, cyc, ident = self.gen_steps[k](src, ms, ref, mr)
             self.opt_forward.zero_grad(set_to_none=True)
             self.opt_backward[k].zero_grad(set_to_none=True)
             self.scaler_gen.scale(loss).backward()
@@ -709,7 +810,10 @@ class _Trainer:
                 self.sched_forward.step()
                 self.sched_backward[k].step()
                 self.sched_disc[k].step()
-        mean = torch.stack(losses).float().mean(0).cpu().tolist()
+        mean = torch.stack(losses).double().mean(0).cpu().numpy()
+        if self.context is not None:  # each process's losses are means over its block
+            mean = self.context.sum(mean) / self.context.world_size
+        mean = mean.tolist()
         names = (
             "loss_discriminator",
             "loss_adversarial",
@@ -724,25 +828,39 @@ class _Trainer:
         return out
 
     # -- validation ----------------------------------------------------------------------
+    def _total(self, values: np.ndarray) -> np.ndarray:
+        """Sum of ``values`` over processes (``values`` itself in a single process)."""
+        return values if self.context is None else self.context.sum(values)
+
+    def _mine(self, indices: Sequence[int]) -> list[int]:
+        """The images this process scores (all of them in a single process)."""
+        return list(indices) if self.context is None else self.context.shard(list(indices))
+
+    def target_quantiles(self, indices: Sequence[int]) -> np.ndarray:
+        """Mean brain-intensity quantile function of the images ``indices``."""
+        qs = [_brain_quantiles(self.volumes[i]) for i in self._mine(indices)]
+        total = np.sum(qs, axis=0) if qs else np.zeros(len(QUANTILE_LEVELS))
+        return self._total(total) / len(indices)
+
     def score(self, indices: Sequence[int], target: np.ndarray, harmonize: bool) -> float:
         """Mean Wasserstein-1 distance of (harmonized) images to the target quantiles."""
         self.forward.eval()
         dists = []
         with torch.inference_mode():
-            for i in indices:
+            for i in self._mine(indices):
                 x, mask = self.volumes[i]
-                x_t = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
+                x_t = torch.as_tensor(np.asarray(x), dtype=self.dtype, device=self.device)
                 m_t = torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device)
                 if harmonize:
                     with self._autocast():
                         y = self.forward(network_input(x_t, m_t)[None, None])[0, 0]
-                    values = y.float()[m_t]
+                    values = y.to(self.dtype)[m_t]
                 else:
                     values = x_t[m_t]
                 q = _quantiles(values.cpu().numpy())
                 dists.append(float(np.mean(np.abs(q - target))))
         self.forward.train()
-        return float(np.mean(dists))
+        return float(self._total(np.array([float(np.sum(dists))]))[0] / len(indices))
 
 
 def _stack(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -777,6 +895,7 @@ def train(
     device: str | torch.device = "auto",
     random_state: int | np.random.Generator | None = None,
     verbose: int = 0,
+    distributed: bool | None = None,
 ) -> TrainResult:
     """Train IGUANe's generators and discriminators; return the selected forward generator.
 
@@ -804,16 +923,32 @@ def train(
         Stop (after checkpointing) once this many steps are done in total, to split a long
         training over several sessions with ``resume=True``.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
-        "auto" uses CUDA when available.
+        "auto" uses CUDA when available. In a distributed training "cuda" means
+        ``cuda:LOCAL_RANK``.
     random_state : int, numpy.random.Generator or None, default=None
         Seeds the held-out split, the weight initialization, the sampling and the
-        augmentation (local generators only; global seeds are never touched).
+        augmentation (local generators only; global seeds are never touched). In a
+        distributed training process 0's seed is used by all.
     verbose : int, default=0
-        Show a progress bar with running losses, and log validation scores.
+        Show a progress bar with running losses, and log validation scores (process 0
+        only in a distributed training).
+    distributed : bool or None, default=None
+        Data-parallel training over processes (:mod:`harmonix.iguane.distributed`).
+        None: when launched by ``torchrun`` with several processes or inside an
+        initialized process group; False: never (e.g. independent trainings per process);
+        True: required. Every process must call :func:`train` with the same arguments;
+        all of them return the same result.
 
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    ValueError
+        For inconsistent inputs or settings, a checkpoint of another training, processes
+        of one distributed training given different data, or ``distributed=True``
+        without several processes.
     """
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):
@@ -832,25 +967,60 @@ def train(
         raise ValueError("Training needs images of at least 2 sites.")
     if max_steps is not None:
         _check_int(max_steps, "max_steps", 1)
-
+    if distributed not in (None, True, False):
+        raise ValueError(f"distributed must be None, True or False, got {distributed!r}.")
     seeds = _seed_sequence(random_state)
+    context, dev = setup_distributed(distributed, dev)
+    if context is not None:  # one seed for all processes: process 0's
+        entropy, spawn_key = context.broadcast((seeds.entropy, seeds.spawn_key))
+        seeds = np.random.SeedSequence(entropy, spawn_key=spawn_key)
+    return _train(
+        volumes,
+        sites_arr,
+        reference_site,
+        ages_arr,
+        config,
+        seeds,
+        context,
+        dev,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        max_steps=max_steps,
+        verbose=verbose,
+    )
+
+
+def _train(
+    volumes: Volumes,
+    sites_arr: np.ndarray,
+    reference_site: Hashable,
+    ages_arr: np.ndarray | None,
+    config: TrainConfig,
+    seeds: np.random.SeedSequence,
+    context: DistributedContext | None,
+    dev: torch.device,
+    *,
+    checkpoint_dir: str | os.PathLike | None,
+    resume: bool,
+    max_steps: int | None,
+    verbose: int,
+) -> TrainResult:
+    """:func:`train` after argument checks, in one process of ``context`` (or alone)."""
+    n_images = len(volumes)
+    main = context is None or context.is_main
+    world = 1 if context is None else context.world_size
     split_seed, trainer_seed = seeds.spawn(2)
     val_indices = _validation_split(
         sites_arr, reference_site, config.val_fraction, np.random.default_rng(split_seed)
     )
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
-    fingerprint = _fingerprint(config, sites_arr, reference_site, ages_arr)
-    saved = None
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        saved = load_checkpoint(ckpt_path)
-        if saved["fingerprint"] != fingerprint:
-            raise ValueError(
-                f"The checkpoint '{ckpt_path}' was made with other settings or data "
-                f"({_describe_mismatch(saved['fingerprint'], fingerprint)}); use the same "
-                "ones, another checkpoint_dir, or resume=False to start over."
-            )
+    fingerprint = _fingerprint(config, sites_arr, reference_site, ages_arr, world)
+    if context is not None:
+        context.check_same(f"{fingerprint}|{n_images}|{val_indices}", "data or settings")
+    saved = _read_resume_state(ckpt_path, fingerprint, context) if resume else None
+    if saved is not None:
         val_indices = [int(i) for i in saved["val_indices"]]
-    elif resume:
+    elif resume and main:
         logger.info("No checkpoint to resume from; training from scratch.")
 
     held = set(val_indices)
@@ -862,7 +1032,7 @@ def train(
         indices=train_indices,
         age_bin_width=config.age_bin_width,
     )
-    trainer = _Trainer(config, volumes, sampler, dev, trainer_seed)
+    trainer = _Trainer(config, volumes, sampler, dev, trainer_seed, context)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
         logger.info("Resumed IGUANe training at step %d from '%s'.", trainer.step, ckpt_path)
@@ -871,12 +1041,12 @@ def train(
     target = None
     if val_indices:
         ref_idx = [i for i in train_indices if sites_arr[i] == reference_site]
-        target = np.mean([_brain_quantiles(volumes[i]) for i in ref_idx], axis=0)
+        target = trainer.target_quantiles(ref_idx)
         if trainer.history["val_baseline"] is None:
             trainer.history["val_baseline"] = trainer.score(val_indices, target, False)
 
     def checkpoint() -> None:
-        if ckpt_path is None:
+        if ckpt_path is None or not main:
             return
         _atomic_torch_save(
             {
@@ -897,7 +1067,7 @@ def train(
         if hist["best_score"] is None or score < hist["best_score"]:
             hist["best_score"], hist["best_step"] = score, trainer.step
             trainer.best_state = _clone_state(trainer.forward)
-        log = logger.info if verbose else logger.debug
+        log = logger.info if verbose and main else logger.debug
         log(
             "step %d: validation score %.4f (before harmonization %.4f, best %.4f at step %d)",
             trainer.step,
@@ -909,7 +1079,7 @@ def train(
 
     total = config.n_steps
     stop = total if max_steps is None else min(total, max_steps)
-    progress = _progress(total, trainer.step, verbose)
+    progress = _progress(total, trainer.step, verbose if main else 0)
     recent: dict[str, list[float]] = {}
     try:
         while trainer.step < stop:
@@ -933,6 +1103,9 @@ def train(
     finally:
         if progress is not None:
             progress.close()
+    if context is not None:
+        trainer.release_wrappers()
+        context.barrier()  # the last checkpoint is written before any process returns
 
     with torch.random.fork_rng(devices=[]):
         generator = Generator3D(config.base_width)
@@ -949,6 +1122,35 @@ def train(
         val_indices=list(val_indices),
         device=str(dev),
     )
+
+
+def _read_resume_state(
+    path: Path | None, fingerprint: str, context: DistributedContext | None
+) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None if there is none), checked against the run.
+
+    In a distributed training process 0 reads it and sends it to the others; an error
+    is raised on every process.
+    """
+    saved: dict[str, Any] | None = None
+    error = None
+    if context is None or context.is_main:
+        try:
+            if path is not None and path.is_file():
+                saved = load_checkpoint(path)
+                if saved["fingerprint"] != fingerprint:
+                    raise ValueError(
+                        f"The checkpoint '{path}' was made with other settings or data "
+                        f"({_describe_mismatch(saved['fingerprint'], fingerprint)}); use the "
+                        "same ones, another checkpoint_dir, or resume=False to start over."
+                    )
+        except ValueError as exc:
+            saved, error = None, str(exc)
+    if context is not None:
+        saved, error = context.broadcast((saved, error))
+    if error is not None:
+        raise ValueError(error)
+    return saved
 
 
 def _progress(total: int, initial: int, verbose: int) -> Any:
