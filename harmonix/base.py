@@ -187,14 +187,48 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         coll = as_collection(imgs)
+        sites, ages = self.check_transform_metadata(len(coll), sites, ages)
+        return coll.wrap(self._transform(coll, sites, ages))
+
+    def check_transform_metadata(
+        self, n_images: int, sites: Any = None, ages: Any = None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Check the sites and ages of ``n_images`` images to transform, before any work.
+
+        :meth:`transform` calls it first; :func:`harmonix.batch.transform_files` calls it
+        before writing anything, so that a bad label fails the whole call, not the n-th
+        file.
+
+        Parameters
+        ----------
+        n_images : int
+        sites, ages : array-like of shape (n_images,) or None
+
+        Returns
+        -------
+        sites, ages : ndarray or None
+            The validated labels and ages.
+
+        Raises
+        ------
+        ValueError
+            If sites are needed but missing, a length differs from ``n_images``, an age is
+            not finite, or the fitted model cannot transform these sites or ages (e.g.
+            ComBat and a site unseen in fit).
+        """
+        check_is_fitted(self)
         if sites is None and self._needs_sites:
             raise ValueError(
                 f"{type(self).__name__}.transform needs the site of each image: "
                 "pass sites=[...]."
             )
-        sites = None if sites is None else check_sites(sites, len(coll))
-        ages = check_ages(ages, len(coll))
-        return coll.wrap(self._transform(coll, sites, ages))
+        sites = None if sites is None else check_sites(sites, n_images)
+        ages = check_ages(ages, n_images)
+        self._check_metadata(sites, ages)
+        return sites, ages
+
+    def _check_metadata(self, sites: np.ndarray | None, ages: np.ndarray | None) -> None:
+        """Method-specific checks of validated transform sites and ages (none by default)."""
 
     def fit_transform(self, imgs: Any, sites: Any, ages: Any = None) -> Any:
         """Fit, then harmonize the same images; see :meth:`fit` and :meth:`transform`."""

@@ -22,7 +22,7 @@ from typing import Any
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from harmonix.io import save_img
+from harmonix.io import load_img, save_img
 
 __all__ = ["output_paths", "transform_files"]
 
@@ -106,9 +106,22 @@ def transform_files(
 
     Raises
     ------
+    FileNotFoundError
+        If an input is missing.
     FileExistsError
-        If an output exists (and not ``overwrite``) or would replace an input; checked
-        before anything is written.
+        If an output exists (and not ``overwrite``) or would replace an input.
+    ValueError
+        If an input's header is not a 3-D NIfTI one, or the sites or ages do not suit the
+        model (e.g. sites unseen by ComBat), or an image fails while harmonized.
+
+    Notes
+    -----
+    Everything that can be checked cheaply -- inputs exist, their headers are readable
+    3-D NIfTI headers, the sites and ages suit the model, every destination is free --
+    is checked before anything is written. A file whose voxels turn out unreadable
+    (truncated) or invalid (NaN) stops the call at that file: the outputs written
+    before it are complete files, the failing one is not written, and no temporary file
+    is left.
     """
     paths = [Path(p) for p in paths]
     for name, values in (("sites", sites), ("ages", ages)):
@@ -117,6 +130,11 @@ def transform_files(
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"Input file(s) not found: {missing[:3]}")
+    check = getattr(model, "check_transform_metadata", None)
+    if check is not None:
+        check(len(paths), sites, ages)
+    for src in paths:  # headers only: cheap, and catches non-NIfTI and 4-D files
+        load_img(src)
     outputs = output_paths(paths, out_dir, suffix)
     if len(set(outputs)) != len(outputs):
         raise ValueError("Several inputs share a file name; give them distinct names.")

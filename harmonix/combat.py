@@ -491,14 +491,10 @@ class ComBatHarmonizer(BaseHarmonizer):
         o *= a
         return a, np.float32(1.0) - a, o
 
-    def _transform(
-        self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
-    ) -> list[np.ndarray] | np.ndarray:
-        n = len(imgs)
-        cov = self._covariate_frame(ages, n).to_numpy(dtype=np.float64)
-        known = {label: j for j, label in enumerate(self.sites_.tolist())}
-        labels = sites.tolist()
-        unseen = sorted({s for s in labels if s not in known}, key=str)
+    def _check_metadata(self, sites: np.ndarray | None, ages: np.ndarray | None) -> None:
+        """Refuse unseen sites (``unseen_site="error"``) and missing ages, before any work."""
+        self._covariate_frame(ages, 0 if ages is None else len(ages))
+        unseen = sorted({s for s in sites.tolist() if s not in set(self.sites_.tolist())}, key=str)
         policy = self.unseen_site
         if unseen and policy not in _UNSEEN_POLICIES:
             raise ValueError(
@@ -511,6 +507,15 @@ class ComBatHarmonizer(BaseHarmonizer):
                 "unseen_site='fit' to estimate them from these images, unseen_site='keep' "
                 "to leave them unchanged, or refit including them."
             )
+
+    def _transform(
+        self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
+    ) -> list[np.ndarray] | np.ndarray:
+        n = len(imgs)
+        cov = self._covariate_frame(ages, n).to_numpy(dtype=np.float64)
+        known = {label: j for j, label in enumerate(self.sites_.tolist())}
+        labels = sites.tolist()
+        policy = self.unseen_site
         sd = np.sqrt(self.var_pooled_.astype(np.float32))
         params: dict[Any, tuple | None] = {}
         for label in dict.fromkeys(labels):

@@ -65,7 +65,7 @@ def load_img(img: PathLike | nib.spatialimages.SpatialImage) -> nib.Nifti1Image:
             out = nib.load(str(path))
         except Exception as exc:  # nibabel raises many types for corrupt files
             raise ValueError(
-                f"Could not read '{path}' as a NIfTI image ({exc}). "
+                f"Could not read '{path}' as a NIfTI image ({_reason(exc)}). "
                 "Check that the file is a complete .nii or .nii.gz file."
             ) from exc
         source = str(path)
@@ -88,12 +88,17 @@ def load_img(img: PathLike | nib.spatialimages.SpatialImage) -> nib.Nifti1Image:
     return out
 
 
+def _reason(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(exc).split())
+
+
 def _read_data(img: nib.Nifti1Image, source: str) -> np.ndarray:
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # truncated gzip streams, bad headers...
         raise ValueError(
-            f"Could not read the voxels of {source} ({exc}). The file may be truncated "
+            f"Could not read the voxels of {source} ({_reason(exc)}). The file may be truncated "
             "or corrupt: re-export it."
         ) from exc
     return data
@@ -330,7 +335,7 @@ class ImageCollection(Sequence):
 
     def _source(self, index: int) -> str:
         item = self._items[index]
-        return f"'{item}'" if _is_pathlike(item) else f"image {index}"
+        return f"'{item}'" if _is_pathlike(item) else f"Image {index}"
 
     def nifti(self, index: int) -> nib.Nifti1Image:
         """The nibabel image of item ``index`` (NIfTI collections only)."""

@@ -144,14 +144,6 @@ def test_output_mirrors_list(cls, fitted, tiny):
     np.testing.assert_allclose(np.stack(out), ref, rtol=1e-5, atol=1e-4)
 
 
-def test_int16_input_is_accepted(cls, fitted, tiny):
-    imgs, sites, ages, _ = tiny
-    as_int = np.round(imgs[:2] * 100).astype(np.int16)
-    out = fitted.transform(as_int, **transform_kwargs(cls, sites[:2], ages[:2]))
-    assert out.dtype == np.float32
-    assert (out[as_int == 0] == 0).all()
-
-
 def test_output_mirrors_nifti(cls, tiny_nifti):
     paths, sites, ages, affine = tiny_nifti
     est = make(cls).fit(paths, sites, ages)
@@ -193,69 +185,7 @@ def test_clone_is_unfitted(cls, fitted, tiny):
         clone(fitted).transform(tiny[0], **transform_kwargs(cls, tiny[1], tiny[2]))
 
 
-# -- bad input -----------------------------------------------------------------------------
-def test_length_mismatch(cls, tiny):
-    imgs, sites, ages, _ = tiny
-    with pytest.raises(ValueError, match="one label per image"):
-        make(cls).fit(imgs, sites[:-1], ages)
-    with pytest.raises(ValueError, match="one age per image"):
-        make(cls).fit(imgs, sites, ages[:-1])
-
-
-def test_single_site(cls, tiny):
-    imgs, _, ages, _ = tiny
-    with pytest.raises(ValueError, match="at least 2 sites"):
-        make(cls).fit(imgs, ["a"] * len(imgs), ages)
-
-
-def test_missing_reference_site(cls, tiny):
-    if "reference_site" not in cls().get_params():
-        pytest.skip("no reference site")
-    with pytest.raises(ValueError, match="not among the training sites"):
-        make(cls, reference_site="nowhere").fit(*fit_args(cls, tiny))
-
-
-def test_non_finite_voxels(cls, tiny):
-    imgs, sites, ages, _ = tiny
-    for bad_value in (np.nan, np.inf):
-        bad = imgs.copy()
-        bad[1, 6, 6, 6] = bad_value
-        with pytest.raises(ValueError, match="NaN or infinite"):
-            make(cls).fit(bad, sites, ages)
-
-
-def test_nan_ages(cls, tiny):
-    imgs, sites, ages, _ = tiny
-    with pytest.raises(ValueError, match="finite"):
-        make(cls).fit(imgs, sites, np.where(np.arange(len(ages)) == 0, np.nan, ages))
-
-
-def test_single_image_instead_of_collection(cls, tiny):
-    imgs, sites, ages, _ = tiny
-    with pytest.raises(ValueError, match="wrap it in a list|pass imgs"):
-        make(cls).fit(imgs[0], sites, ages)
-
-
-def test_unsupported_container(cls, tiny):
-    imgs, sites, ages, _ = tiny
-    with pytest.raises(TypeError, match="Unsupported image container"):
-        make(cls).fit({i: img for i, img in enumerate(imgs)}, sites, ages)
-
-
-def test_wrong_ndim(cls, tiny):
-    imgs, sites, ages, _ = tiny
-    with pytest.raises(ValueError, match="3-D"):
-        make(cls).fit([img[0] for img in imgs], sites, ages)
-
-
-def test_empty_mask(cls, tiny):
-    if "mask" not in cls().get_params():
-        pytest.skip("no mask parameter")
-    imgs, sites, ages, _ = tiny
-    with pytest.raises(ValueError, match="mask is empty"):
-        make(cls, mask=np.zeros(imgs.shape[1:], bool)).fit(imgs, sites, ages)
-
-
+# -- masks and failures (bad input: tests/test_bad_inputs.py) ----------------------------
 def test_mask_sets_outside_to_zero(cls, tiny):
     if "mask" not in cls().get_params():
         pytest.skip("no mask parameter")
@@ -266,31 +196,6 @@ def test_mask_sets_outside_to_zero(cls, tiny):
         imgs, **transform_kwargs(cls, sites, ages)
     )
     assert (out[:, ~mask] == 0).all()
-
-
-def test_all_zero_image(cls, tiny):
-    imgs, sites, ages, _ = tiny
-    bad = imgs.copy()
-    bad[0] = 0
-    with pytest.raises(ValueError, match="no brain voxels"):
-        make(cls).fit(bad, sites, ages)
-
-
-def test_shape_differing_from_fit(cls, fitted, tiny):
-    imgs, sites, ages, _ = tiny
-    other = np.pad(imgs[:2], ((0, 0), (0, 2), (0, 0), (0, 0)))
-    kw = transform_kwargs(cls, sites[:2], ages[:2])
-    if cls._fixed_shape:
-        with pytest.raises(ValueError, match="resample"):
-            fitted.transform(other, **kw)
-    else:  # grid-free methods harmonize any grid
-        assert fitted.transform(other, **kw).shape == other.shape
-
-
-def test_transform_sites_length_checked(cls, fitted, tiny):
-    imgs, sites, ages, _ = tiny
-    with pytest.raises(ValueError, match="one label per image"):
-        fitted.transform(imgs, sites=sites[:1], ages=ages if cls._needs_sites else None)
 
 
 def test_failed_fit_leaves_estimator_unfitted(cls, tiny, monkeypatch):

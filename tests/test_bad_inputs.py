@@ -1,0 +1,457 @@
+"""Bad input, in two tables: one run for every harmonizer, one through the command line.
+
+Each row of ESTIMATOR_CASES is a bad (or unusual) input, the stage it is given to and
+what must happen: a clear error (its type and a piece of its message) or the documented
+result. Every row runs for every harmonizer :mod:`harmonix` exports and also checks that
+the caller's arrays and files are unchanged, and that the estimator is left as it was: a
+failed fit leaves it unfitted, a failed transform leaves a fitted one working as before.
+
+Each row of CLI_CASES is a ``harmonix`` command line that must fail with exit status 1
+and a one-line message, write no output (not even a temporary file) and leave the
+dataset's files unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import make_tiny_images
+from sklearn.exceptions import NotFittedError
+from test_contract import HARMONIZERS, make
+
+from harmonix.cli import main
+
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+class Data(NamedTuple):
+    imgs: Any
+    sites: Any
+    ages: Any
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a row must give: an error, or output passing ``check`` (the documented result)."""
+
+    error: type[Exception] | None = None
+    match: str = ""
+    check: Callable[[Any, Data], None] | None = None
+
+
+def raises(error: type[Exception], match: str) -> Callable[[type], Expect]:
+    return lambda cls: Expect(error, match)
+
+
+def harmonized(cls: type) -> Expect:
+    return Expect(check=_check_output)
+
+
+def _check_output(out: Any, data: Data) -> None:
+    """Harmonized output mirrors the input: float32, same shapes, finite, background 0."""
+    outs = [np.asarray(o.dataobj) if isinstance(o, nib.Nifti1Image) else o for o in out]
+    ins = [np.asarray(nib.load(i).dataobj) if isinstance(i, str) else i for i in data.imgs]
+    assert len(outs) == len(ins)
+    for o, i in zip(outs, ins):
+        i = np.squeeze(i, axis=3) if i.ndim == 4 else i
+        assert o.dtype == np.float32 and o.shape == i.shape
+        assert np.isfinite(o).all() and (o[i == 0] == 0).all()
+
+
+# -- inputs ----------------------------------------------------------------------------------
+def _clean(d: Data, tmp: Path) -> Data:
+    return d
+
+
+def _with_voxel(value: float) -> Callable[[Data, Path], Data]:
+    def build(d: Data, tmp: Path) -> Data:
+        imgs = d.imgs.copy()
+        imgs[1, 6, 6, 6] = value
+        return d._replace(imgs=imgs)
+
+    return build
+
+
+def _first_two(d: Data) -> Data:
+    return Data(d.imgs[:2], d.sites[:2], d.ages[:2])
+
+
+def _write(data: np.ndarray, path: Path) -> str:
+    nib.save(nib.Nifti1Image(data, AFFINE), path)
+    return str(path)
+
+
+def _as_files(d: Data, tmp: Path) -> list[str]:
+    return [_write(img, tmp / f"img{i}.nii.gz") for i, img in enumerate(d.imgs)]
+
+
+def _files_with(replace: Callable[[Path, np.ndarray], None]) -> Callable[[Data, Path], Data]:
+    """All images as files, image 1 replaced by ``replace(path, image)``."""
+
+    def build(d: Data, tmp: Path) -> Data:
+        paths = _as_files(d, tmp)
+        replace(Path(paths[1]), d.imgs[1])
+        return d._replace(imgs=paths)
+
+    return build
+
+
+def _four_d(path: Path, img: np.ndarray) -> None:
+    _write(np.stack([img, img], axis=-1), path)
+
+
+def _four_d_one_frame(path: Path, img: np.ndarray) -> None:
+    _write(img[..., None], path)
+
+
+def _garbage(path: Path, img: np.ndarray) -> None:
+    path.write_bytes(b"this is not a NIfTI file" * 10)
+
+
+def _truncated(path: Path, img: np.ndarray) -> None:
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+
+
+def _nan_file(path: Path, img: np.ndarray) -> None:
+    bad = img.copy()
+    bad[6, 6, 6] = np.nan
+    _write(bad, path)
+
+
+def _missing(path: Path, img: np.ndarray) -> None:
+    path.unlink()
+
+
+def _all_zero(d: Data, tmp: Path) -> Data:
+    imgs = d.imgs.copy()
+    imgs[0] = 0
+    return d._replace(imgs=imgs)
+
+
+def _shape_differs(cls: type) -> Expect:
+    return Expect(ValueError, "resample") if cls._fixed_shape else harmonized(cls)
+
+
+def _unseen_site(cls: type) -> Expect:
+    return Expect(ValueError, "not seen in fit") if cls._needs_sites else harmonized(cls)
+
+
+def _has_param(name: str) -> Callable[[type], bool]:
+    return lambda cls: name in cls().get_params()
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    stage: str  # "fit" or "transform" (of a model fitted on the clean images)
+    build: Callable[[Data, Path], Data]
+    expect: Callable[[type], Expect]
+    params: dict | Callable[[Data], dict] = None  # constructor parameters of the row
+    applies: Callable[[type], bool] = lambda cls: True
+
+
+ESTIMATOR_CASES = [
+    # -- fit -----------------------------------------------------------------------------
+    Case("nan-voxel", "fit", _with_voxel(np.nan), raises(ValueError, "NaN or infinite")),
+    Case("inf-voxel", "fit", _with_voxel(np.inf), raises(ValueError, "NaN or infinite")),
+    Case("2-d-images", "fit", lambda d, t: d._replace(imgs=[i[0] for i in d.imgs]),
+         raises(ValueError, "every image must be 3-D")),
+    Case("5-d-array", "fit", lambda d, t: d._replace(imgs=d.imgs[None]),
+         raises(ValueError, "4-D")),
+    Case("one-image-not-a-list", "fit", lambda d, t: d._replace(imgs=d.imgs[0]),
+         raises(ValueError, "wrap it in a list|pass imgs")),
+    Case("dict-of-images", "fit", lambda d, t: d._replace(imgs=dict(enumerate(d.imgs))),
+         raises(TypeError, "Unsupported image container")),
+    Case("fewer-sites-than-images", "fit", lambda d, t: d._replace(sites=d.sites[:-1]),
+         raises(ValueError, "one label per image")),
+    Case("fewer-ages-than-images", "fit", lambda d, t: d._replace(ages=d.ages[:-1]),
+         raises(ValueError, "one age per image")),
+    Case("nan-age", "fit", lambda d, t: d._replace(ages=np.r_[np.nan, d.ages[1:]]),
+         raises(ValueError, "finite age")),
+    Case("one-site", "fit", lambda d, t: d._replace(sites=["a"] * len(d.sites)),
+         raises(ValueError, "at least 2 sites")),
+    Case("unknown-reference-site", "fit", _clean,
+         raises(ValueError, "not among the training sites"),
+         params={"reference_site": "nowhere"}, applies=_has_param("reference_site")),
+    Case("empty-mask", "fit", _clean, raises(ValueError, "mask is empty"),
+         params=lambda d: {"mask": np.zeros(d.imgs.shape[1:], bool)},
+         applies=_has_param("mask")),
+    Case("all-zero-image", "fit", _all_zero, raises(ValueError, "no brain voxels")),
+    Case("int16-images", "fit", lambda d, t: d._replace(imgs=np.round(d.imgs * 100)
+                                                       .astype(np.int16)), harmonized),
+    Case("float64-images", "fit", lambda d, t: d._replace(imgs=d.imgs.astype(np.float64)),
+         harmonized),
+    Case("4-d-nifti", "fit", _files_with(_four_d), raises(ValueError, "4-D")),
+    Case("4-d-nifti-one-frame", "fit", _files_with(_four_d_one_frame), harmonized),
+    Case("not-a-nifti", "fit", _files_with(_garbage), raises(ValueError, "NIfTI")),
+    Case("truncated-nifti", "fit", _files_with(_truncated),
+         raises(ValueError, "truncated|corrupt")),
+    Case("nan-in-nifti", "fit", _files_with(_nan_file), raises(ValueError, "NaN or infinite")),
+    Case("missing-file", "fit", _files_with(_missing), raises(FileNotFoundError, "not found")),
+    # -- transform -------------------------------------------------------------------------
+    Case("nan-voxel", "transform", _with_voxel(np.nan), raises(ValueError, "NaN or infinite")),
+    Case("2-d-images", "transform", lambda d, t: d._replace(imgs=[i[0] for i in d.imgs]),
+         raises(ValueError, "every image must be 3-D")),
+    Case("shape-differs-from-fit", "transform",
+         lambda d, t: d._replace(imgs=np.pad(d.imgs, ((0, 0), (0, 2), (0, 0), (0, 0)))),
+         _shape_differs),
+    Case("fewer-sites-than-images", "transform", lambda d, t: d._replace(sites=d.sites[:1]),
+         raises(ValueError, "one label per image")),
+    Case("fewer-ages-than-images", "transform", lambda d, t: d._replace(ages=d.ages[:1]),
+         raises(ValueError, "one age per image")),
+    Case("unseen-site", "transform", lambda d, t: d._replace(sites=["new"] * len(d.sites)),
+         _unseen_site),
+    Case("all-zero-image", "transform", _all_zero, raises(ValueError, "no brain voxels")),
+    Case("int16-images", "transform",
+         lambda d, t: d._replace(imgs=np.round(d.imgs * 100).astype(np.int16)), harmonized),
+    Case("float64-images", "transform",
+         lambda d, t: d._replace(imgs=d.imgs.astype(np.float64)), harmonized),
+    Case("4-d-nifti", "transform", _files_with(_four_d), raises(ValueError, "4-D")),
+    Case("truncated-nifti", "transform", _files_with(_truncated),
+         raises(ValueError, "truncated|corrupt")),
+]
+
+
+# -- the estimator table ---------------------------------------------------------------------
+def _snapshot(data: Data) -> Any:
+    """A copy of the inputs: arrays copied, files by content hash."""
+
+    def one(x: Any) -> Any:
+        if isinstance(x, str):
+            p = Path(x)
+            return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+        return copy.deepcopy(x)
+
+    imgs = data.imgs
+    items = [one(x) for x in imgs] if isinstance(imgs, list) else one(imgs)
+    return items, copy.deepcopy(data.sites), copy.deepcopy(data.ages)
+
+
+def _assert_same(before: Any, after: Any) -> None:
+    if isinstance(before, dict):
+        assert before.keys() == after.keys()
+        for k in before:
+            _assert_same(before[k], after[k])
+    elif isinstance(before, list | tuple):
+        assert len(before) == len(after)
+        for a, b in zip(before, after):
+            _assert_same(a, b)
+    elif isinstance(before, np.ndarray):
+        np.testing.assert_array_equal(before, after)
+        assert before.dtype == after.dtype
+    else:
+        assert before == after
+
+
+@pytest.fixture(scope="module")
+def clean() -> Data:
+    imgs, sites, ages, _ = make_tiny_images()
+    return Data(imgs, sites, ages)
+
+
+@pytest.fixture(scope="module")
+def fitted(clean) -> dict[str, tuple[Any, np.ndarray]]:
+    """Per harmonizer: a model fitted on the clean images and its output on two of them."""
+    models = {}
+    for cls in HARMONIZERS:
+        est = make(cls).fit(*clean)
+        few = _first_two(clean)
+        models[cls.__name__] = (est, est.transform(few.imgs, sites=few.sites, ages=few.ages))
+    return models
+
+
+def _rows() -> list[Any]:
+    return [
+        pytest.param(cls, case, id=f"{case.stage}-{case.id}-{cls.__name__}")
+        for case in ESTIMATOR_CASES
+        for cls in HARMONIZERS
+        if case.applies(cls)
+    ]
+
+
+@pytest.mark.parametrize(("cls", "case"), _rows())
+def test_estimator_bad_input(cls, case, clean, fitted, tmp_path):
+    start = clean if case.stage == "fit" else _first_two(clean)
+    data = case.build(Data(*(copy.deepcopy(x) for x in start)), tmp_path)
+    before = _snapshot(data)
+    expect = case.expect(cls)
+    params = case.params(data) if callable(case.params) else (case.params or {})
+    if case.stage == "fit":
+        est = make(cls, **params)
+
+        def run() -> Any:
+            est.fit(data.imgs, data.sites, data.ages)
+            return est.transform(data.imgs, sites=data.sites, ages=data.ages)
+    else:
+        est, reference = fitted[cls.__name__]
+
+        def run() -> Any:
+            return est.transform(data.imgs, sites=data.sites, ages=data.ages)
+
+    if expect.error is not None:
+        with pytest.raises(expect.error, match=expect.match):
+            run()
+        if case.stage == "fit":  # a failed fit leaves the estimator unfitted
+            with pytest.raises(NotFittedError):
+                est.transform(clean.imgs[:1], sites=clean.sites[:1], ages=clean.ages[:1])
+    else:
+        expect.check(run(), data)
+    if case.stage == "transform":  # the model works as before
+        few = _first_two(clean)
+        np.testing.assert_array_equal(
+            est.transform(few.imgs, sites=few.sites, ages=few.ages), reference
+        )
+    _assert_same(before, _snapshot(data))
+
+
+def test_every_harmonizer_has_rows():
+    ids = {row.id for row in _rows()}
+    for cls in HARMONIZERS:
+        assert sum(cls.__name__ in i for i in ids) >= 25
+
+
+def test_float64_and_float32_inputs_agree(clean, fitted):
+    few = _first_two(clean)
+    for est, reference in fitted.values():
+        out = est.transform(few.imgs.astype(np.float64), sites=few.sites, ages=few.ages)
+        np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-5)
+
+
+# -- the command-line table ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_data(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic dataset, bad files beside it, and fitted HM and ComBat models."""
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "data"
+    assert main(["--quiet", "make-dataset", "--out", str(data), "--n-subjects", "2",
+                 "--n-sites", "3", "--resolution", "4"]) == 0
+    manifest = data / "manifest.csv"
+    files = {"root": root, "data": data, "manifest": manifest}
+    for method in ("hm", "combat"):
+        files[method] = root / f"{method}.npz"
+        assert main(["-q", "fit", "--method", method, "--manifest", str(manifest),
+                     "--out", str(files[method])]) == 0
+    first = sorted(data.rglob("*.nii.gz"))[0]
+    img = nib.load(first)
+    bad = root / "bad"
+    bad.mkdir()
+    for name, replace in (("four_d", _four_d), ("truncated", _truncated),
+                          ("garbage", _garbage), ("nan", _nan_file)):
+        path = bad / f"{name}.nii.gz"
+        path.write_bytes(first.read_bytes())
+        replace(path, np.asarray(img.dataobj, dtype=np.float32))
+        files[name] = path
+    lines = manifest.read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+
+    def manifest_with(name: str, text: str) -> None:  # beside manifest.csv: same rows
+        files[name] = data / f"{name}.csv"
+        files[name].write_text(text)
+
+    def with_first_path(path: Path) -> str:
+        first_row = rows[0].split(",")
+        first_row[0] = str(path)
+        return "\n".join([header, ",".join(first_row), *rows[1:]]) + "\n"
+
+    manifest_with("no_path_column", "file,site\na.nii.gz,x\n")
+    manifest_with("missing_files", "path,site\nnothere.nii.gz,x\nalso.nii.gz,y\n")
+    manifest_with("bad_age", "path,site,age\n" + f"{first},site0,old\n")
+    manifest_with("with_4d", with_first_path(files["four_d"]))
+    manifest_with("with_nan", with_first_path(files["nan"]))
+    manifest_with("with_truncated", with_first_path(files["truncated"]))
+    manifest_with("unseen_site", f"path,site,age\n{first},elsewhere,40\n")
+    manifest_with("no_ages", f"path,site\n{first},site0\n")
+    files["first"] = first
+    return files
+
+
+def _fit(method: str, manifest: str, *extra: str) -> Callable[[dict], list[str]]:
+    return lambda f: ["fit", "--method", method, "--manifest", str(f[manifest]),
+                      "--out", str(f["model_out"]), *extra]
+
+
+def _transform(model: str, *source: str) -> Callable[[dict], list[str]]:
+    def argv(f: dict) -> list[str]:
+        src = ["--manifest", str(f[source[1]])] if source[0] == "manifest" else [
+            "--input", *(str(f[s]) for s in source[1:])]
+        return ["transform", "--model", str(f[model]), *src, "--out", str(f["img_out"])]
+
+    return argv
+
+
+CLI_CASES = [
+    ("unknown-method", _fit("magic", "manifest"), "unknown method"),
+    ("unknown-parameter", _fit("hm", "manifest", "--param", "nonsense=1"), "unknown parameter"),
+    ("manifest-not-found", lambda f: _fit("hm", "manifest")(f) + ["--manifest", "none.csv"],
+     "not found"),
+    ("manifest-without-path-column", _fit("hm", "no_path_column"), "path"),
+    ("manifest-with-missing-files", _fit("hm", "missing_files"), "missing file"),
+    ("manifest-with-bad-age", _fit("combat", "bad_age"), "age"),
+    ("fit-4-d-nifti", _fit("hm", "with_4d"), "4-D"),
+    ("fit-nan-voxels", _fit("ws", "with_nan"), "NaN or infinite"),
+    ("fit-truncated-nifti", _fit("combat", "with_truncated"), "truncated|corrupt"),
+    ("transform-truncated-nifti", _transform("hm", "input", "truncated"), "truncated|corrupt"),
+    ("transform-not-a-nifti", _transform("hm", "input", "first", "garbage"), "NIfTI"),
+    ("transform-4-d-nifti", _transform("hm", "input", "four_d"), "4-D"),
+    ("transform-combat-without-sites", _transform("combat", "input", "first"), "site"),
+    ("transform-combat-unseen-site", _transform("combat", "manifest", "unseen_site"),
+     "not seen in fit"),
+    ("transform-combat-without-ages", _transform("combat", "manifest", "no_ages"),
+     "fitted with ages"),
+    ("model-not-found", lambda f: ["transform", "--model", str(f["root"] / "none.npz"),
+                                   "--input", str(f["first"]), "--out", str(f["img_out"])],
+     "not found"),
+    ("output-would-replace-input", lambda f: ["transform", "--model", str(f["hm"]), "--input",
+                                              str(f["first"]), "--out",
+                                              str(f["first"].parent), "--suffix", ""],
+     "overwrite an input"),
+]
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("argv", "message"), [pytest.param(a, m, id=i) for i, a, m in CLI_CASES])
+def test_cli_bad_input(argv, message, cli_data, capsys, tmp_path):
+    files = {**cli_data, "model_out": tmp_path / "model.npz", "img_out": tmp_path / "imgs"}
+    before = _tree(cli_data["root"])
+    assert main(["--quiet", *argv(files)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert re.search(message, err), err
+    assert len(err.splitlines()) == 1, err
+    assert _tree(tmp_path) == {}  # no output, not even a temporary file
+    assert _tree(cli_data["root"]) == before  # inputs intact
+
+
+def test_cli_failure_midway_leaves_only_complete_outputs(cli_data, capsys, tmp_path):
+    """A truncated file (only detectable by reading it) stops transform at that file."""
+    good = sorted(cli_data["data"].rglob("*.nii.gz"))[:2]
+    inputs = [*good, cli_data["truncated"]]
+    out = tmp_path / "imgs"
+    argv = ["-q", "transform", "--model", str(cli_data["hm"]), "--input",
+            *map(str, inputs), "--out", str(out)]
+    assert main(argv) == 1
+    assert "truncated.nii.gz" in capsys.readouterr().err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(p.name.replace(".nii.gz", "_harmonized.nii.gz") for p in good)
+    for name in written:  # complete, readable images
+        assert np.isfinite(nib.load(out / name).get_fdata()).all()
+
+
+def test_cli_usage_errors_exit_2(capsys):
+    assert main([]) == 2
+    assert main(["fit"]) == 2
+    assert "usage" in capsys.readouterr().err
