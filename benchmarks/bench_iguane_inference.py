@@ -3,7 +3,7 @@
 One forward pass of the IGUANe generator on one volume, at the paper's size (160x192x160,
 1 mm) and at the 2 mm size (91x109x91 zero-padded to 96x112x96), CPU only:
 
-- ``keras``: the generator built in tf-keras (``benchmarks/_keras_iguane.py``, the same
+- ``keras``: the generator built in tf-keras (:mod:`harmonix.iguane.keras_reference`, the same
   architecture as the original), called through ``tf.function`` (the fastest way to call it:
   eager calls are about 35 % slower; ``Model.predict`` is the same speed);
 - ``harmonix``: :func:`harmonix.iguane.inference.harmonize_volume` (the fused pass);
@@ -160,24 +160,10 @@ def _make_input(size: str) -> np.ndarray:
 
 def prepare(workdir: Path, sizes: list[str]) -> None:
     """Write random Keras weights (``weights.h5``) and one input volume per size."""
-    import tensorflow as tf
-    import tf_keras as keras
-    from _keras_iguane import build_keras_generator
+    from harmonix.iguane.keras_reference import build_keras_generator, random_keras_weights
 
-    model = build_keras_generator(keras, tf)
-    rng = np.random.default_rng(WEIGHT_SEED)
-    new = []
-    for v in model.weights:
-        a = v.numpy()
-        if "kernel" in v.name:  # Glorot uniform
-            rf = int(np.prod(a.shape[:-2]))
-            bound = np.sqrt(6.0 / (rf * (a.shape[-2] + a.shape[-1])))
-            new.append(rng.uniform(-bound, bound, a.shape))
-        elif "scale" in v.name:
-            new.append(rng.uniform(0.5, 1.5, a.shape))
-        else:
-            new.append(rng.normal(0.0, 0.1, a.shape))
-    model.set_weights([a.astype(np.float32) for a in new])
+    model = build_keras_generator()
+    model.set_weights(random_keras_weights(model, np.random.default_rng(WEIGHT_SEED)))
     model.save_weights(str(workdir / "weights.h5"))
     for size in sizes:
         np.save(workdir / f"input_{size}.npy", _make_input(size))
@@ -194,10 +180,10 @@ def make_runner(variant: str, workdir: Path, size: str):
     weights = workdir / "weights.h5"
     if variant == "keras":
         import tensorflow as tf
-        import tf_keras as keras
-        from _keras_iguane import build_keras_generator
 
-        model = build_keras_generator(keras, tf)
+        from harmonix.iguane.keras_reference import build_keras_generator
+
+        model = build_keras_generator()
         model.load_weights(str(weights))
         fn = tf.function(lambda t: model(t, training=False))
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from harmonix.iguane.keras_reference import build_keras_generator, random_keras_weights
 from harmonix.iguane.keras_weights import load_keras_generator_weights
 from harmonix.iguane.networks import Generator3D
 
@@ -228,52 +229,6 @@ def test_missing_h5py_names_the_install(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------- Keras parity
 
 
-def _keras_generator(keras, tf):
-    """The IGUANe generator in Keras 2, written from the architecture description.
-
-    Blocks are nested ``Sequential`` models, as in the original, so the saved file has the
-    same layout as the official ``iguane_weights.h5``.
-    """
-    layers = keras.layers
-
-    class MADNorm(layers.Layer):
-        def build(self, input_shape):
-            self.scale = self.add_weight(name="scale", shape=input_shape[-1:], initializer="ones")
-            self.offset = self.add_weight(
-                name="offset", shape=input_shape[-1:], initializer="zeros"
-            )
-            super().build(input_shape)
-
-        def call(self, x):
-            dev = x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-            mad = tf.reduce_mean(tf.abs(dev), axis=[1, 2, 3], keepdims=True)
-            return self.scale * dev / (mad + 1e-3) + self.offset
-
-    def block(layer):
-        return keras.Sequential([layer, layers.ReLU(), MADNorm()])
-
-    def conv(c, k):
-        return block(layers.Conv3D(c, k, strides=1 if k == 3 else 2, padding="same"))
-
-    def up(c):
-        return block(layers.Conv3DTranspose(c, 4, strides=2, padding="same"))
-
-    inputs = keras.Input(shape=(None, None, None, 1))
-    skips = []
-    x = inputs
-    for c in (16, 32, 64, 128):
-        x = conv(c, 3)(x)
-        skips.append(x)
-        x = conv(c, 4)(x)
-    x = conv(256, 3)(x)
-    for c in (128, 64, 32, 16):
-        x = layers.Concatenate()([up(c)(x), skips.pop()])
-        x = conv(c, 3)(x)
-    x = layers.Concatenate()([x, inputs])
-    x = keras.Sequential([layers.Conv3D(1, 1, padding="same"), layers.Activation("tanh")])(x)
-    return keras.Model(inputs, layers.Add()([x, inputs]))
-
-
 PARITY_SEED = 0
 
 
@@ -287,25 +242,15 @@ def test_parity_with_keras(tmp_path):
     that rounding.
     """
     keras = pytest.importorskip("tf_keras")
-    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow")
     floatx = keras.backend.floatx()
     keras.backend.set_floatx("float64")
     try:
-        model = _keras_generator(keras, tf)
+        model = build_keras_generator()
         rng = np.random.default_rng(PARITY_SEED)
         # random values for every weight, biases and norm parameters included; float32
         # values, as in the official file
-        new = []
-        for v in model.weights:
-            a = v.numpy()
-            if "kernel" in v.name:  # Glorot uniform
-                rf = int(np.prod(a.shape[:-2]))
-                bound = np.sqrt(6.0 / (rf * (a.shape[-2] + a.shape[-1])))
-                new.append(rng.uniform(-bound, bound, a.shape).astype(np.float32))
-            elif "scale" in v.name:
-                new.append(rng.uniform(0.5, 1.5, a.shape).astype(np.float32))
-            else:
-                new.append(rng.normal(0.0, 0.1, a.shape).astype(np.float32))
+        new = random_keras_weights(model, rng)
         model.set_weights([a.astype(np.float64) for a in new])
         path = tmp_path / "iguane_weights.h5"
         model.save_weights(str(path))  # legacy HDF5 (Keras 2) because of the .h5 suffix
