@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="benchmark every method on synthetic data (~3 min on CPU)")
+    p = sub.add_parser("demo", help="benchmark every method on synthetic data (~1 min on CPU)")
     p.add_argument("--out", default="harmonix-demo", help="output folder")
     p.add_argument("--n-subjects", type=int, default=8)
     p.add_argument("--resolution", type=float, default=4.0, choices=[1.0, 2.0, 4.0])
