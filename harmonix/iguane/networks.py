@@ -190,16 +190,7 @@ def _conv3d(
     three times slower here; :func:`torch.mkldnn_convolution` skips that heuristic. Any other
     case (autocast, float64, other devices, no oneDNN) goes through ``F.conv3d``.
     """
-    if (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and x.is_contiguous(memory_format=_CL)
-        and hasattr(torch, "mkldnn_convolution")
-    ):
+    if _onednn_applies(x, weight) and x.is_contiguous(memory_format=_CL):
         try:
             return torch.mkldnn_convolution(
                 x, weight, bias, list(padding), [stride] * 3, [1, 1, 1], 1
@@ -207,6 +198,48 @@ def _conv3d(
         except RuntimeError:  # pragma: no cover - unexpected oneDNN limitation
             pass
     return F.conv3d(x, weight, bias, stride=stride, padding=padding)
+
+
+def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`torch.mkldnn_convolution` can replace ``F.conv3d`` (CPU float32)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and hasattr(torch, "mkldnn_convolution")
+    )
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that takes oneDNN for CPU float32 inputs, in training too.
+
+    PyTorch's heuristic sends one-volume batches of thin maps to its reference kernel,
+    whose backward pass is slow. Forcing oneDNN makes a training update of the CPU
+    configuration (width 4, 32³ patches, batch 1, one thread) about 1.5× faster, and was
+    never slower in our measurements (widths 4 and 16, 32³ to 64³ inputs, batch 1-2, 1-2
+    threads). Same parameters and outputs as ``nn.Conv3d`` (to float32 rounding); any
+    other case (autocast, float64, GPUs) is ``nn.Conv3d``'s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            _onednn_applies(x, self.weight)
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+        ):
+            return torch.mkldnn_convolution(
+                x,
+                self.weight,
+                self.bias,
+                list(self.padding),
+                list(self.stride),
+                list(self.dilation),
+                self.groups,
+            )
+        return super().forward(x)
 
 
 def _conv_module(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
@@ -433,11 +466,11 @@ class _ConvReLUNorm(nn.Module):
 
 
 def _conv_block(in_channels: int, out_channels: int) -> _ConvReLUNorm:
-    return _ConvReLUNorm(nn.Conv3d(in_channels, out_channels, 3, stride=1, padding=1))
+    return _ConvReLUNorm(Conv3d(in_channels, out_channels, 3, stride=1, padding=1))
 
 
 def _down_block(channels: int) -> _ConvReLUNorm:
-    return _ConvReLUNorm(nn.Conv3d(channels, channels, 4, stride=2, padding=1))
+    return _ConvReLUNorm(Conv3d(channels, channels, 4, stride=2, padding=1))
 
 
 def _up_block(in_channels: int, out_channels: int) -> _ConvReLUNorm:
@@ -540,7 +573,7 @@ class Generator3D(nn.Module):
             self.ups.append(_up_block(c_in, c))
             self.dec_convs.append(_conv_block(2 * c, c))
             c_in = c
-        self.out_conv = nn.Conv3d(c_in + self.in_channels, 1, 1)
+        self.out_conv = Conv3d(c_in + self.in_channels, 1, 1)
         _glorot_init(self)
 
     def layers_in_order(self) -> list[nn.Module]:
@@ -737,12 +770,12 @@ class PatchDiscriminator3D(nn.Module):
             raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}.")
         self.base_width = w = int(base_width)
         self.in_channels = int(in_channels)
-        self.conv1 = nn.Conv3d(self.in_channels, w, 4, stride=2, padding=0, bias=False)
-        self.conv2 = nn.Conv3d(w, 2 * w, 4, stride=2, padding=1, bias=False)
+        self.conv1 = Conv3d(self.in_channels, w, 4, stride=2, padding=0, bias=False)
+        self.conv2 = Conv3d(w, 2 * w, 4, stride=2, padding=1, bias=False)
         self.norm2 = MADInstanceNorm3d(2 * w)
-        self.conv3 = nn.Conv3d(2 * w, 4 * w, 4, stride=2, padding=1, bias=False)
+        self.conv3 = Conv3d(2 * w, 4 * w, 4, stride=2, padding=1, bias=False)
         self.norm3 = MADInstanceNorm3d(4 * w)
-        self.out_conv = nn.Conv3d(4 * w, 1, 3, stride=1, padding=1)
+        self.out_conv = Conv3d(4 * w, 1, 3, stride=1, padding=1)
         _glorot_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
