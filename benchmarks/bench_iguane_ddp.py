@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     me = str(pathlib.Path(__file__).resolve())
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     runs = [
-        ("1 process, batch 1", 1, 1, None),
+        ("1 process, batch 1 (1 thread)", 1, 1, None),
         (f"1 process, batch {p} ({p} threads)", p, p, None),
-        (f"{p} processes (torchrun, gloo), batch 1 each", 1, 1, p),
+        (f"{p} processes (torchrun, gloo), batch 1 and 1 thread each", 1, 1, p),
     ]
     load_start = os.getloadavg()
     results = []
@@ -145,8 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "",
         f"{p} processes against 1 process doing the same updates with {p} threads: "
-        f"{same_work:.2f}x the pairs per second. Against 1 process with batch 1: "
-        f"{pairs_per_s(results[2][1]) / pairs_per_s(results[0][1]):.2f}x.",
+        f"{same_work:.2f}x the pairs per second. Against 1 process with batch 1 (each "
+        f"process's own share of the work): "
+        f"{pairs_per_s(results[2][1]) / pairs_per_s(results[0][1]):.2f}x the pairs per second, "
+        f"{results[2][1]['seconds'] / results[0][1]['seconds']:.2f}x the time per step.",
         "",
         "The processes share this machine's cores, so this measures the overhead and "
         "efficiency of the data-parallel path (gradient all-reduce after every update, "
