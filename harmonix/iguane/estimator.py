@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer
+from harmonix.iguane.checkpoints import atomic_torch_save
 from harmonix.iguane.data import (
     NETWORK_SCALE,
     SIZE_MULTIPLE,
@@ -351,16 +351,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
                 },
             },
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_torch_save(payload, Path(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> IGUANeHarmonizer:

@@ -54,13 +54,10 @@ Randomness
 from __future__ import annotations
 
 import copy
-import dataclasses
 import gc
-import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +69,14 @@ import torch
 from torch import nn
 
 from harmonix._version import __version__
+from harmonix.iguane.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    atomic_torch_save,
+    fingerprint,
+    load_checkpoint,
+    read_resume_state,
+)
 from harmonix.iguane.data import (
     SitePairSampler,
     augment,
@@ -80,14 +85,8 @@ from harmonix.iguane.data import (
     random_brain_voxel,
 )
 from harmonix.iguane.distributed import DistributedContext, setup_distributed
-from harmonix.iguane.losses import (
-    cycle_loss,
-    discriminator_loss,
-    generator_adversarial_loss,
-    generator_loss,
-    identity_loss,
-)
 from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D
+from harmonix.iguane.updates import DiscriminatorStep, GeneratorStep, masked
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -101,9 +100,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File name of the training checkpoint inside ``checkpoint_dir``.
-CHECKPOINT_NAME = "iguane_checkpoint.pt"
-_CHECKPOINT_FORMAT = "harmonix.iguane.training/1"
 #: Quantile levels of the validation score (0.5 %, 1.5 %, ..., 99.5 %).
 QUANTILE_LEVELS = (np.arange(100) + 0.5) / 100.0
 
@@ -388,154 +384,8 @@ def _brain_quantiles(volume: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return _quantiles(np.asarray(x)[np.asarray(mask, dtype=bool)])
 
 
-def _fingerprint(
-    config: TrainConfig,
-    sites: np.ndarray,
-    reference_site: Hashable,
-    ages: np.ndarray | None,
-    world_size: int = 1,
-) -> str:
-    cfg = dataclasses.asdict(config)
-    cfg.pop("checkpoint_every")
-    cfg["batch_size"] = config.batch_size * world_size  # the global batch of one update
-    info = {
-        "config": cfg,
-        "sites": [str(s) for s in sites.tolist()],
-        "reference_site": str(reference_site),
-        "ages": None if ages is None else [round(float(a), 6) for a in ages],
-    }
-    return json.dumps(info, sort_keys=True, default=str)
-
-
-def _describe_mismatch(saved: str, current: str) -> str:
-    try:
-        a, b = json.loads(saved), json.loads(current)
-    except ValueError:  # pragma: no cover - both are written by _fingerprint
-        return "unknown"
-    # the fingerprint's batch_size is the global one: per process x processes
-    diffs = [
-        f"{'global ' if k == 'batch_size' else ''}{k}={a['config'].get(k)!r} "
-        f"(now {b['config'].get(k)!r})"
-        for k in sorted(set(a["config"]) | set(b["config"]))
-        if a["config"].get(k) != b["config"].get(k)
-    ]
-    for key in ("sites", "reference_site", "ages"):
-        if a.get(key) != b.get(key):
-            diffs.append(f"the training {key.replace('_', ' ')}")
-    return ", ".join(diffs) or "unknown"
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write ``obj`` with :func:`torch.save` to a temporary file, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training checkpoint with ``torch.load(weights_only=True)`` on the CPU.
-
-    Parameters
-    ----------
-    path : str or path-like
-        A checkpoint file written by :func:`train`.
-
-    Returns
-    -------
-    dict
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"Could not read the checkpoint '{path}' ({exc}); delete it or train with "
-            "resume=False."
-        ) from exc
-    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"'{path}' is not an IGUANe training checkpoint of harmonix.")
-    return state
-
-
 def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-# --------------------------------------------------------------------------------------
-# One update as one module (what DistributedDataParallel wraps)
-# --------------------------------------------------------------------------------------
-def _masked(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A generator output re-masked (background 0)."""
-    return torch.where(mask, out, torch.zeros((), dtype=out.dtype, device=out.device))
-
-
-class _DiscriminatorStep(nn.Module):
-    """Loss of one source site's two discriminators on real and generated batches."""
-
-    def __init__(self, disc_ref: nn.Module, disc_src: nn.Module) -> None:
-        super().__init__()
-        self.disc_ref = disc_ref
-        self.disc_src = disc_src
-
-    def forward(
-        self, src: torch.Tensor, fake_src: torch.Tensor, ref: torch.Tensor, fake_ref: torch.Tensor
-    ) -> torch.Tensor:
-        return discriminator_loss(self.disc_src(src), self.disc_src(fake_src)) + (
-            discriminator_loss(self.disc_ref(ref), self.disc_ref(fake_ref))
-        )
-
-
-class _GeneratorStep(nn.Module):
-    """Joint loss of the forward generator and one site's backward generator.
-
-    The discriminators judge but are not trained here: they are kept in a tuple, so they
-    are not sub-modules (and not part of a DistributedDataParallel wrapper of this step).
-    """
-
-    def __init__(
-        self,
-        fwd: nn.Module,
-        bwd: nn.Module,
-        disc_ref: nn.Module,
-        disc_src: nn.Module,
-        config: TrainConfig,
-    ) -> None:
-        super().__init__()
-        self.fwd = fwd
-        self.bwd = bwd
-        self.discs = (disc_ref, disc_src)
-        self.cycle_weight = config.cycle_weight
-        self.identity_weight = config.identity_weight
-
-    def forward(
-        self, src: torch.Tensor, ms: torch.Tensor, ref: torch.Tensor, mr: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        fwd, bwd = self.fwd, self.bwd
-        disc_ref, disc_src = self.discs
-        fake_ref = _masked(fwd(src), ms)
-        fake_src = _masked(bwd(ref), mr)
-        adv = generator_adversarial_loss(disc_ref(fake_ref)) + generator_adversarial_loss(
-            disc_src(fake_src)
-        )
-        cyc = cycle_loss(src, _masked(bwd(fake_ref), ms), ref, _masked(fwd(fake_src), mr))
-        ident = identity_loss(ref, _masked(fwd(ref), mr)) + identity_loss(
-            src, _masked(bwd(src), ms)
-        )
-        loss = generator_loss(
-            adv,
-            cyc,
-            ident,
-            cycle_weight=self.cycle_weight,
-            identity_weight=self.identity_weight,
-        )
-        return loss, adv, cyc, ident
 
 
 # --------------------------------------------------------------------------------------
@@ -584,10 +434,10 @@ class _Trainer:
                     gen.out_conv.weight.zero_()
                     gen.out_conv.bias.zero_()
         self.disc_steps: list[nn.Module] = [
-            _DiscriminatorStep(dr, ds) for dr, ds in zip(self.disc_ref, self.disc_src)
+            DiscriminatorStep(dr, ds) for dr, ds in zip(self.disc_ref, self.disc_src)
         ]
         self.gen_steps: list[nn.Module] = [
-            _GeneratorStep(self.forward, bwd, dr, ds, config)
+            GeneratorStep(self.forward, bwd, dr, ds, config.cycle_weight, config.identity_weight)
             for bwd, dr, ds in zip(self.backward, self.disc_ref, self.disc_src)
         ]
         if context is not None:
@@ -758,8 +608,8 @@ class _Trainer:
         src_in, ref_in = network_input(xs, ms), network_input(xr, mr)
         src2_in, ref2_in = network_input(xs2, ms2), network_input(xr2, mr2)
         with torch.no_grad(), self._autocast():
-            fake_src = _masked(self.backward[k](ref_in), mr)
-            fake_ref = _masked(self.forward(src2_in), ms2)
+            fake_src = masked(self.backward[k](ref_in), mr)
+            fake_ref = masked(self.forward(src2_in), ms2)
         with self._autocast():
             loss = self.disc_steps[k](src_in, fake_src, ref2_in, fake_ref)
         opt = self.opt_disc[k]
@@ -1014,10 +864,10 @@ def _train(
         sites_arr, reference_site, config.val_fraction, np.random.default_rng(split_seed)
     )
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
-    fingerprint = _fingerprint(config, sites_arr, reference_site, ages_arr, world)
+    run_id = fingerprint(config, sites_arr, reference_site, ages_arr, world)
     if context is not None:
-        context.check_same(f"{fingerprint}|{n_images}|{val_indices}", "data or settings")
-    saved = _read_resume_state(ckpt_path, fingerprint, context) if resume else None
+        context.check_same(f"{run_id}|{n_images}|{val_indices}", "data or settings")
+    saved = read_resume_state(ckpt_path, run_id, context) if resume else None
     if saved is not None:
         val_indices = [int(i) for i in saved["val_indices"]]
     elif resume and main:
@@ -1048,11 +898,11 @@ def _train(
     def checkpoint() -> None:
         if ckpt_path is None or not main:
             return
-        _atomic_torch_save(
+        atomic_torch_save(
             {
-                "format": _CHECKPOINT_FORMAT,
+                "format": CHECKPOINT_FORMAT,
                 "harmonix_version": __version__,
-                "fingerprint": fingerprint,
+                "fingerprint": run_id,
                 "val_indices": list(val_indices),
                 "trainer": trainer.state_dict(),
             },
@@ -1122,35 +972,6 @@ def _train(
         val_indices=list(val_indices),
         device=str(dev),
     )
-
-
-def _read_resume_state(
-    path: Path | None, fingerprint: str, context: DistributedContext | None
-) -> dict[str, Any] | None:
-    """The checkpoint to resume from (None if there is none), checked against the run.
-
-    In a distributed training process 0 reads it and sends it to the others; an error
-    is raised on every process.
-    """
-    saved: dict[str, Any] | None = None
-    error = None
-    if context is None or context.is_main:
-        try:
-            if path is not None and path.is_file():
-                saved = load_checkpoint(path)
-                if saved["fingerprint"] != fingerprint:
-                    raise ValueError(
-                        f"The checkpoint '{path}' was made with other settings or data "
-                        f"({_describe_mismatch(saved['fingerprint'], fingerprint)}); use the "
-                        "same ones, another checkpoint_dir, or resume=False to start over."
-                    )
-        except ValueError as exc:
-            saved, error = None, str(exc)
-    if context is not None:
-        saved, error = context.broadcast((saved, error))
-    if error is not None:
-        raise ValueError(error)
-    return saved
 
 
 def _progress(total: int, initial: int, verbose: int) -> Any:

@@ -1,0 +1,165 @@
+"""IGUANe training checkpoints: atomic writes, safe reads, and the check that a checkpoint
+belongs to the training being resumed.
+
+A checkpoint is a :func:`torch.save` file of plain tensors, numbers, strings, lists and
+dicts, read back with ``torch.load(weights_only=True)``; it is written to a temporary file
+that is renamed over the old one, so an interruption never corrupts the last good
+checkpoint. Its *fingerprint* (the training settings, sites, reference site and ages)
+must match the resumed training's; the batch size in it is the global one (per process
+× processes, see :mod:`harmonix.iguane.distributed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Hashable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from harmonix.iguane.distributed import DistributedContext
+    from harmonix.iguane.training import TrainConfig
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "atomic_torch_save",
+    "describe_mismatch",
+    "fingerprint",
+    "load_checkpoint",
+    "read_resume_state",
+]
+
+#: File name of the training checkpoint inside ``checkpoint_dir``.
+CHECKPOINT_NAME = "iguane_checkpoint.pt"
+#: Format tag stored in every checkpoint.
+CHECKPOINT_FORMAT = "harmonix.iguane.training/1"
+
+
+def fingerprint(
+    config: TrainConfig,
+    sites: np.ndarray,
+    reference_site: Hashable,
+    ages: np.ndarray | None,
+    world_size: int = 1,
+) -> str:
+    """What a checkpoint must share with the training that resumes it, as JSON.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The settings (``checkpoint_every`` is left out: it may change between sessions).
+    sites : ndarray
+        Site of every image.
+    reference_site : hashable
+    ages : ndarray or None
+    world_size : int, default=1
+        Processes of the training; the stored batch size is ``batch_size * world_size``.
+
+    Returns
+    -------
+    str
+    """
+    cfg = dataclasses.asdict(config)
+    cfg.pop("checkpoint_every")
+    cfg["batch_size"] = config.batch_size * world_size  # the global batch of one update
+    info = {
+        "config": cfg,
+        "sites": [str(s) for s in sites.tolist()],
+        "reference_site": str(reference_site),
+        "ages": None if ages is None else [round(float(a), 6) for a in ages],
+    }
+    return json.dumps(info, sort_keys=True, default=str)
+
+
+def describe_mismatch(saved: str, current: str) -> str:
+    """The differences between two :func:`fingerprint` strings, for an error message."""
+    try:
+        a, b = json.loads(saved), json.loads(current)
+    except ValueError:  # pragma: no cover - both are written by _fingerprint
+        return "unknown"
+    # the fingerprint's batch_size is the global one: per process x processes
+    diffs = [
+        f"{'global ' if k == 'batch_size' else ''}{k}={a['config'].get(k)!r} "
+        f"(now {b['config'].get(k)!r})"
+        for k in sorted(set(a["config"]) | set(b["config"]))
+        if a["config"].get(k) != b["config"].get(k)
+    ]
+    for key in ("sites", "reference_site", "ages"):
+        if a.get(key) != b.get(key):
+            diffs.append(f"the training {key.replace('_', ' ')}")
+    return ", ".join(diffs) or "unknown"
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` with :func:`torch.save` to a temporary file, then rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint with ``torch.load(weights_only=True)`` on the CPU.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A checkpoint file written by :func:`train`.
+
+    Returns
+    -------
+    dict
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"Could not read the checkpoint '{path}' ({exc}); delete it or train with "
+            "resume=False."
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"'{path}' is not an IGUANe training checkpoint of harmonix.")
+    return state
+
+
+def read_resume_state(
+    path: Path | None, fingerprint: str, context: DistributedContext | None
+) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None if there is none), checked against the run.
+
+    In a distributed training process 0 reads it and sends it to the others; an error
+    is raised on every process.
+    """
+    saved: dict[str, Any] | None = None
+    error = None
+    if context is None or context.is_main:
+        try:
+            if path is not None and path.is_file():
+                saved = load_checkpoint(path)
+                if saved["fingerprint"] != fingerprint:
+                    raise ValueError(
+                        f"The checkpoint '{path}' was made with other settings or data "
+                        f"({describe_mismatch(saved['fingerprint'], fingerprint)}); use the "
+                        "same ones, another checkpoint_dir, or resume=False to start over."
+                    )
+        except ValueError as exc:
+            saved, error = None, str(exc)
+    if context is not None:
+        saved, error = context.broadcast((saved, error))
+    if error is not None:
+        raise ValueError(error)
+    return saved
