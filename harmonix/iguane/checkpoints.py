@@ -33,6 +33,7 @@ __all__ = [
     "describe_mismatch",
     "fingerprint",
     "load_checkpoint",
+    "load_torch_file",
     "read_resume_state",
 ]
 
@@ -124,15 +125,46 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     -------
     dict
     """
+    return load_torch_file(
+        path,
+        CHECKPOINT_FORMAT,
+        "the checkpoint",
+        "an IGUANe training checkpoint of harmonix",
+        "delete it or train with resume=False",
+    )
+
+
+def load_torch_file(
+    path: str | os.PathLike, format_tag: str, name: str, what: str, hint: str
+) -> dict[str, Any]:
+    """Read a file of harmonix's with ``torch.load(weights_only=True)`` and check its tag.
+
+    Parameters
+    ----------
+    path : str or path-like
+    format_tag : str
+        The ``"format"`` entry the file's dictionary must hold.
+    name, what, hint : str
+        For the error messages: "Could not read {name} '{path}'", "'{path}' is not
+        {what}", followed by the hint.
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    ValueError
+        If the file cannot be read (it is not a torch file, or holds more than plain
+        tensors and values) or is not tagged ``format_tag``.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(
-            f"Could not read the checkpoint '{path}' ({exc}); delete it or train with "
-            "resume=False."
-        ) from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"'{path}' is not an IGUANe training checkpoint of harmonix.")
+        reason = " ".join(str(exc).split())[:300]
+        raise ValueError(f"Could not read {name} '{path}' ({reason}); {hint}.") from exc
+    if not isinstance(state, dict) or state.get("format") != format_tag:
+        raise ValueError(f"'{path}' is not {what}; {hint}.")
     return state
 
 

@@ -37,6 +37,7 @@ import atexit
 import hashlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -143,9 +144,25 @@ class DistributedContext:
 
 
 
+#: Longest wait at exit for the other processes (seconds).
+EXIT_BARRIER_TIMEOUT_S = 60
+
+
 def _destroy_at_exit() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the process group harmonix created, all processes together.
+
+    The processes first wait for each other (gloo: a monitored barrier that gives up
+    after ``EXIT_BARRIER_TIMEOUT_S``, e.g. when another process died), so that no
+    process tears down its connections while another one still uses them.
+    """
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=EXIT_BARRIER_TIMEOUT_S))
+        except RuntimeError:  # another process is gone or stuck: leave anyway
+            pass
+    dist.destroy_process_group()
 
 
 def setup_distributed(

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer
-from harmonix.iguane.checkpoints import atomic_torch_save
+from harmonix.iguane.checkpoints import atomic_torch_save, load_torch_file
 from harmonix.iguane.data import (
     NETWORK_SCALE,
     SIZE_MULTIPLE,
@@ -369,18 +369,13 @@ class IGUANeHarmonizer(BaseHarmonizer):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Model file not found: '{path}'.")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(
-                f"'{path}' is not an IGUANe model saved by harmonix ({exc}); save models "
-                "with IGUANeHarmonizer.save()."
-            ) from exc
-        if not isinstance(payload, dict) or payload.get("format") != _MODEL_FORMAT:
-            raise ValueError(
-                f"'{path}' is not an IGUANe model saved by harmonix; save models with "
-                "IGUANeHarmonizer.save()."
-            )
+        payload = load_torch_file(
+            path,
+            _MODEL_FORMAT,
+            "the model",
+            "an IGUANe model saved by harmonix",
+            "save models with IGUANeHarmonizer.save()",
+        )
         est = cls(**payload["params"])
         arrays = set(payload.get("array_attrs", []))
         for name, value in payload["fitted"].items():
