@@ -83,6 +83,8 @@ def _wm_mode(binned: BinnedVoxels) -> float:
     """Intensity of the T1 white-matter mode (see :class:`WhiteStripeHarmonizer`)."""
     centers = binned.inner_centers
     counts = binned.inner_counts.astype(np.float64)
+    if not counts.sum() > 0:  # a handful of voxels, all outside the inner range
+        return float(np.median(binned.values))
     width = centers[1] - centers[0]
     # Silverman's rule-of-thumb bandwidth (from the IQR) sets the smoothing for few voxels
     q25, q75 = _histogram_quantiles(counts, centers, [0.25, 0.75])
@@ -123,6 +125,12 @@ def _stripe_stats(values: np.ndarray, width: float) -> tuple[float, float, float
     q = np.clip([q_mode - width, q_mode + width], 0.0, 1.0)
     low, high = binned.quantiles(q)
     stripe = values[(values >= low) & (values <= high)]
+    if stripe.size < 2:
+        raise ValueError(
+            f"The white-matter stripe holds {stripe.size} voxel(s); the image has too few "
+            "brain voxels or too little intensity variation for WhiteStripe, or width is too "
+            "small."
+        )
     mu = float(np.mean(stripe, dtype=np.float64))
     sigma = float(np.std(stripe, dtype=np.float64))
     if not sigma > 0:

@@ -196,3 +196,17 @@ def test_mode_is_white_matter_on_simulated_multisite_data():
         _, _, mode = whitestripe_stats(img)
         assert wm > gm
         assert abs(mode - wm) < 0.5 * (wm - gm)  # on WM's side of the GM/WM midpoint
+
+
+def test_three_voxel_brain_gives_a_clear_error_without_nan_warnings():
+    """Every voxel outside the histogram's inner range: no NaN arithmetic, a clear error."""
+    import warnings
+
+    from harmonix.whitestripe import whitestripe_stats
+
+    img = np.zeros((6, 6, 6), np.float32)
+    img[2, 2, 2:5] = [1, 5, 9]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="stripe holds 0 voxel"):
+            whitestripe_stats(img)
