@@ -202,8 +202,6 @@ def test_three_voxel_brain_gives_a_clear_error_without_nan_warnings():
     """Every voxel outside the histogram's inner range: no NaN arithmetic, a clear error."""
     import warnings
 
-    from harmonix.whitestripe import whitestripe_stats
-
     img = np.zeros((6, 6, 6), np.float32)
     img[2, 2, 2:5] = [1, 5, 9]
     with warnings.catch_warnings():
