@@ -25,6 +25,13 @@ Checkpoints
     batch (``W * batch_size``), so a training may be resumed with another split, e.g. a
     2-process checkpoint in one process with twice the batch size.
 
+Process group
+    A process group harmonix creates (under ``torchrun``) is kept for later trainings of
+    the process and destroyed at exit, after the processes meet at a barrier (gloo: a
+    monitored barrier that gives up after 60 s if a process died), so that no process
+    tears down its connections while another still uses them. A group the caller created
+    is the caller's to destroy.
+
 Launch
     ``torchrun --nproc_per_node=4 my_training.py`` (one process per GPU; ``cuda`` devices
     are taken from ``LOCAL_RANK``, NCCL is used on GPUs and gloo on CPUs), or
