@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from _common import cpu_model
+from _common import cpu_model, load_line, write_results
 
 GOAL_S = 180.0
 HERE = pathlib.Path(__file__).resolve().parent
@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores",
         f"- Python {platform.python_version()}, harmonix {harmonix.__version__}, "
         f"PyTorch {torch.__version__}",
-        "- load average (1, 5, 15 min) at start: "
-        + " ".join(f"{v:.2f}" for v in load_start)
-        + "; at end: "
-        + " ".join(f"{v:.2f}" for v in load_end),
+        load_line(load_start, load_end),
         "",
         "| run | wall (s) | CPU, user + system (s) |",
         "|---|---:|---:|",
@@ -91,9 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Peak RSS of the demo process: {peak:.0f} MB.",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print(f"wrote {args.out}")
+    write_results(args.out, lines)
 
 
 if __name__ == "__main__":

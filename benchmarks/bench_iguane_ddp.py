@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from _common import cpu_model
+from _common import cpu_model, load_line, write_results
 
 HERE = pathlib.Path(__file__).resolve().parent
 CONFIG = dict(
@@ -131,10 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores",
         f"- Python {platform.python_version()}, PyTorch {torch.__version__}",
-        "- load average (1, 5, 15 min) at start: "
-        + " ".join(f"{v:.2f}" for v in load_start)
-        + "; at end: "
-        + " ".join(f"{v:.2f}" for v in load_end),
+        load_line(load_start, load_end),
         "",
         "| run | pairs per update | seconds | s per step | pairs per second |",
         "|---|---:|---:|---:|---:|",
@@ -158,9 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         "tests/test_iguane_distributed.py (float64: equal to 4e-14 after 4 steps).",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print(f"wrote {args.out}")
+    write_results(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -494,7 +494,8 @@ class ComBatHarmonizer(BaseHarmonizer):
     def _check_metadata(self, sites: np.ndarray | None, ages: np.ndarray | None) -> None:
         """Refuse unseen sites (``unseen_site="error"``) and missing ages, before any work."""
         self._covariate_frame(ages, 0 if ages is None else len(ages))
-        unseen = sorted({s for s in sites.tolist() if s not in set(self.sites_.tolist())}, key=str)
+        known = set(self.sites_.tolist())
+        unseen = sorted({s for s in sites.tolist() if s not in known}, key=str)
         policy = self.unseen_site
         if unseen and policy not in _UNSEEN_POLICIES:
             raise ValueError(
