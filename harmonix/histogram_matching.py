@@ -24,7 +24,12 @@ from harmonix._voxelstats import scatter_brain
 from harmonix.base import BaseHarmonizer
 from harmonix.io import ImageCollection
 
-__all__ = ["HistogramMatchingHarmonizer", "apply_landmarks", "compute_landmarks"]
+__all__ = [
+    "HistogramMatchingHarmonizer",
+    "apply_landmarks",
+    "compute_landmarks",
+    "standard_scale",
+]
 
 _DEFAULT_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
 #: relative gap that separates tied landmarks (see :func:`compute_landmarks`).
@@ -111,6 +116,29 @@ def compute_landmarks(
     q = _check_percentiles(percentiles)
     values, _ = _brain_values(data, brain)
     return _landmarks_of(values, q)
+
+
+def standard_scale(landmarks: np.ndarray) -> np.ndarray:
+    """The standard scale of a set of images' landmarks (Nyúl–Udupa training).
+
+    Each image's landmarks are mapped linearly so that its first and last landmarks land
+    on the means of all first and all last landmarks; the standard scale is the mean of
+    the mapped landmarks.
+
+    Parameters
+    ----------
+    landmarks : ndarray of shape (n_images, n_landmarks)
+        Landmarks of the images (:func:`compute_landmarks`), e.g. the reference site's.
+
+    Returns
+    -------
+    ndarray of shape (n_landmarks,)
+    """
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    s_min, s_max = landmarks[:, 0].mean(), landmarks[:, -1].mean()
+    first, last = landmarks[:, :1], landmarks[:, -1:]
+    mapped = s_min + (landmarks - first) * ((s_max - s_min) / (last - first))
+    return mapped.mean(axis=0)
 
 
 def _map_values(values: np.ndarray, landmarks: np.ndarray, standard: np.ndarray) -> np.ndarray:
@@ -249,11 +277,7 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
         for i, (data, brain) in enumerate(self._iter_brains(imgs)):  # validates every image
             if reference[i]:
                 ref_landmarks.append(_landmarks_of(data[brain], q))
-        landmarks = np.stack(ref_landmarks)
-        s_min, s_max = landmarks[:, 0].mean(), landmarks[:, -1].mean()
-        first, last = landmarks[:, :1], landmarks[:, -1:]
-        mapped = s_min + (landmarks - first) * ((s_max - s_min) / (last - first))
-        self.standard_landmarks_ = mapped.mean(axis=0)
+        self.standard_landmarks_ = standard_scale(np.stack(ref_landmarks))
 
     def _transform_one(
         self, data: np.ndarray, brain: np.ndarray, site: Any, age: float | None

@@ -57,7 +57,7 @@ def test_fit_sets_attributes_and_history(fitted, data):
     h = fitted.history_
     assert len(h["loss_generator"]) == 2 and len(h["loss_discriminator"]) == 2
     assert h["val_step"] == [1, 2] and len(h["val_score"]) == 2
-    assert h["best_score"] == min(h["val_score"]) and h["val_baseline"] > 0
+    assert h["best_score"] == max(h["val_score"]) and h["val_baseline"] < 0
     assert h["val_indices"] and all(sites[i] != "site0" for i in h["val_indices"])
 
 

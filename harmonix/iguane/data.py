@@ -518,7 +518,7 @@ def augment(
     *,
     rotation_probability: float = 0.5,
     max_angle: float = 10.0,
-    max_shift: int = 5,
+    max_shift: int | Sequence[int] = 5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """IGUANe's augmentation: a random rotation (p=0.5), then a random integer shift.
 
@@ -533,8 +533,9 @@ def augment(
     max_angle : float, default=10
         The angle is drawn uniformly in ``[-max_angle, max_angle]`` degrees, the plane
         uniformly among the three axis planes.
-    max_shift : int, default=5
-        Each axis is shifted by an integer drawn uniformly in ``[-max_shift, max_shift]``.
+    max_shift : int or sequence of 3 int, default=5
+        Each axis is shifted by an integer drawn uniformly in ``[-max_shift, max_shift]``
+        (one bound for all axes, or one per axis; 0 for no shift).
 
     Returns
     -------
@@ -545,7 +546,13 @@ def augment(
         angle = float(rng.uniform(-max_angle, max_angle))
         plane = ROTATION_PLANES[int(rng.integers(len(ROTATION_PLANES)))]
         x, mask = rotate_volume(x, mask, angle, plane)
-    shifts = rng.integers(-max_shift, max_shift + 1, size=3)
+    bounds = np.broadcast_to(np.asarray(max_shift, dtype=np.int64), (3,))
+    if not bounds.any():
+        return x, mask
+    if (bounds == bounds[0]).all():
+        shifts = rng.integers(-bounds[0], bounds[0] + 1, size=3)
+    else:
+        shifts = rng.integers(-bounds, bounds + 1)
     return shift_volume(x, mask, shifts.tolist())
 
 

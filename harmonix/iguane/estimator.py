@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,11 +26,23 @@ from harmonix.iguane.data import (
 )
 from harmonix.iguane.inference import harmonize_volume
 from harmonix.iguane.networks import Generator3D
+from harmonix.iguane.normalization import InputNormalizer, correction_size
 from harmonix.iguane.training import TrainConfig, resolve_device, train
-from harmonix.io import ImageCollection
+from harmonix.io import ImageCollection, as_collection
 from harmonix.preprocessing import IGUANE_SHAPE
 
-__all__ = ["IGUANeHarmonizer"]
+__all__ = ["IGUANeHarmonizer", "OutOfDistributionWarning"]
+
+#: Training images whose corrections calibrate the guard (besides the held-out ones).
+_GUARD_SAMPLE = 32
+#: Default ``ood_threshold_``: this many times the largest held-out/training correction
+#: (relative to the median one).
+_GUARD_MARGIN = 1.5
+_OOD_ACTIONS = ("warn", "fallback", "ignore")
+
+
+class OutOfDistributionWarning(UserWarning):
+    """An image lies outside what an IGUANe model saw in training."""
 
 _MODEL_FORMAT = "harmonix.IGUANeHarmonizer/1"
 #: Reference site of the published IGUANe model.
@@ -54,18 +68,38 @@ class IGUANeHarmonizer(BaseHarmonizer):
         One step updates every source site once.
     base_width : int, default=16
         Channels of the generators' first level (16: the published 6.5 M-parameter
-        network); the discriminators get ``4 * base_width``.
+        network).
+    disc_base_width : int, default=None
+        Channels of the discriminators' first convolution; None: ``4 * base_width`` (64,
+        the published discriminator).
     patch_size : int or tuple of 3 int, default=None
         Train on random crops (multiples of 16, each containing brain) instead of whole
         volumes; inference always uses whole volumes.
     batch_size : int, default=1
         Pairs per generator update (discriminators see twice as many).
     learning_rate, final_learning_rate : float, default=2e-4, 2e-5
-        Adam learning rate, decayed linearly from the first to the second.
+        Adam learning rate at the start and at the end of the schedule.
+    lr_schedule : {"linear", "constant_then_linear"}, default="linear"
+        "linear": linear decay over the whole training (the published schedule);
+        "constant_then_linear": constant for the first half, then linear decay (CycleGAN).
+    beta1 : float, default=0.9
+        Adam's first-moment decay (0.9 in the original, 0.5 in CycleGAN practice).
+    warmup_steps : int, default=0
+        Steps of discriminator updates alone before the first generator update (each
+        source site's discriminators once per step); added to the
+        ``n_epochs * steps_per_epoch`` training steps.
     cycle_weight, identity_weight : float, default=30, 15
         Weights of the cycle-consistency and identity losses.
     augment : bool, default=True
-        Random rotations (p=0.5, ±10°) and shifts (±5 voxels) during training.
+        Random rotations and shifts of training volumes; False turns both off.
+    rotation_degrees : float, default=10
+        Rotations (p=0.5) by up to this angle in a random axis plane; 0: none.
+    shift_mm : float, default=5
+        Shifts of each axis by whole voxels, at most this many millimetres (±5 mm, as the
+        original's ±5 voxels of 1 mm); 0: none.
+    voxel_size : float or tuple of 3 float, default=None
+        Voxel size of the images in mm, to convert ``shift_mm`` to voxels. None: read from
+        the first image's NIfTI header, or 1 mm for arrays.
     identity_init : bool, default=False
         Start the generators as the identity map (last convolution zeroed) instead of the
         published random initialization; helps short trainings such as CPU ones.
@@ -105,6 +139,28 @@ class IGUANeHarmonizer(BaseHarmonizer):
         Data-parallel training over several processes (GPUs, nodes), see Notes. None: when
         the script runs under ``torchrun`` with several processes (or in an initialized
         :mod:`torch.distributed` process group); False: never; True: required.
+    input_normalization : {"median", "histogram"}, default="median"
+        How images are normalized before the networks. "median": brain median to 500, as
+        the original. "histogram": first mapped onto the reference site's histogram
+        landmarks (Nyúl–Udupa, as :class:`~harmonix.HistogramMatchingHarmonizer`), so the
+        generator learns only what histogram matching leaves and an identity generator
+        returns the histogram-matched image (see :mod:`harmonix.iguane.normalization`).
+    max_steps : int, default=None
+        Stop after this many steps (warm-up included) and keep the model reached; with
+        ``checkpoint_dir`` and ``resume=True`` a later :meth:`fit` goes on from there.
+    ood_action : {"warn", "fallback", "ignore"}, default="warn"
+        What :meth:`transform` does with an image whose :meth:`distribution_distance`
+        exceeds ``ood_threshold_``: warn (:class:`OutOfDistributionWarning`), also return
+        it without the generator's correction (the normalized input: the
+        histogram-matched image with ``input_normalization="histogram"``), or nothing.
+    ood_threshold : float, default=None
+        Distance above which an image is out of distribution; None: 1.5 times the largest
+        distance of the held-out and sampled training images, set in :meth:`fit`.
+    scoring : callable, default=None
+        ``scoring(harmonize, volumes, sites) -> float`` (higher is better) selects the
+        returned generator among the validation checkpoints; None: the default score of
+        :mod:`harmonix.iguane.selection` (intensity distribution and regional profile
+        distance to the reference site). Not saved by :meth:`save`.
 
     Attributes
     ----------
@@ -119,6 +175,16 @@ class IGUANeHarmonizer(BaseHarmonizer):
     reference_median_ : float
         Median over the reference site's training images of their brain-median intensity;
         harmonized images are returned on this intensity scale.
+    input_normalization_ : dict
+        The fitted input normalization (kind and, for "histogram", the standard
+        landmarks).
+    training_corrections_ : ndarray
+        Sizes of the generator's corrections of held-out (and up to 32 other) source-site
+        training images, on the network scale; they calibrate the guard.
+    typical_correction_ : float
+        Their median: :meth:`distribution_distance` is relative to it.
+    ood_threshold_ : float
+        Distance above which :meth:`transform` flags an image.
     history_ : dict
         Per-step mean losses over source sites (``loss_discriminator``,
         ``loss_adversarial``, ``loss_cycle``, ``loss_identity``, ``loss_generator``),
@@ -142,9 +208,21 @@ class IGUANeHarmonizer(BaseHarmonizer):
     has the intensity scale of the reference site's images. Background stays 0 and
     intensities are clamped at 0.
 
-    **Validation.** The selected generator is the one whose harmonized held-out images have
-    brain-intensity distributions closest to the reference site's (mean 1-D Wasserstein
-    distance between quantile functions; see :mod:`harmonix.iguane.training`).
+    **Validation.** The selected generator is the best-scoring one on the held-out images
+    (``scoring``; by default the closest to the reference site in intensity distribution
+    and regional intensity profile, see :mod:`harmonix.iguane.selection`); ties go to the
+    later checkpoint.
+
+    **Out-of-distribution guard.** A generator trained on a few sites may change an
+    image of an unlike site in unlike ways. :meth:`distribution_distance` compares the
+    size of the generator's correction of an image with its corrections of held-out
+    training images; :meth:`transform` warns about images above ``ood_threshold_`` (see
+    ``ood_action``).
+
+    **Training on a CPU.** :data:`harmonix.iguane.CPU_RECIPE` holds parameters for whole
+    4 mm volumes on 2 cores (``IGUANeHarmonizer(reference_site=..., **CPU_RECIPE)``);
+    such a model is a small model of its training data, not the published 1 mm model
+    (:meth:`from_keras_weights`).
 
     **Devices.** Training and inference run on ``device``; ``generator_`` is kept on CPU
     and copied to the GPU for :meth:`transform`. Checkpoint-and-resume is exact on CPU.
@@ -182,13 +260,20 @@ class IGUANeHarmonizer(BaseHarmonizer):
         n_epochs: int = 100,
         steps_per_epoch: int = 200,
         base_width: int = 16,
+        disc_base_width: int | None = None,
         patch_size: int | tuple[int, int, int] | None = None,
         batch_size: int = 1,
         learning_rate: float = 2e-4,
         final_learning_rate: float = 2e-5,
+        lr_schedule: str = "linear",
+        beta1: float = 0.9,
+        warmup_steps: int = 0,
         cycle_weight: float = 30.0,
         identity_weight: float = 15.0,
         augment: bool = True,
+        rotation_degrees: float = 10.0,
+        shift_mm: float = 5.0,
+        voxel_size: float | tuple[float, float, float] | None = None,
         identity_init: bool = False,
         age_bin_width: float = 5.0,
         val_fraction: float = 0.1,
@@ -203,18 +288,30 @@ class IGUANeHarmonizer(BaseHarmonizer):
         random_state: int | np.random.Generator | None = None,
         verbose: int = 0,
         distributed: bool | None = None,
+        input_normalization: str = "median",
+        max_steps: int | None = None,
+        ood_action: str = "warn",
+        ood_threshold: float | None = None,
+        scoring: Any = None,
     ):
         self.reference_site = reference_site
         self.n_epochs = n_epochs
         self.steps_per_epoch = steps_per_epoch
         self.base_width = base_width
+        self.disc_base_width = disc_base_width
         self.patch_size = patch_size
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.final_learning_rate = final_learning_rate
+        self.lr_schedule = lr_schedule
+        self.beta1 = beta1
+        self.warmup_steps = warmup_steps
         self.cycle_weight = cycle_weight
         self.identity_weight = identity_weight
         self.augment = augment
+        self.rotation_degrees = rotation_degrees
+        self.shift_mm = shift_mm
+        self.voxel_size = voxel_size
         self.identity_init = identity_init
         self.age_bin_width = age_bin_width
         self.val_fraction = val_fraction
@@ -229,20 +326,32 @@ class IGUANeHarmonizer(BaseHarmonizer):
         self.random_state = random_state
         self.verbose = verbose
         self.distributed = distributed
+        self.input_normalization = input_normalization
+        self.max_steps = max_steps
+        self.ood_action = ood_action
+        self.ood_threshold = ood_threshold
+        self.scoring = scoring
 
     # -- fit -------------------------------------------------------------------------------
-    def _train_config(self) -> TrainConfig:
+    def _train_config(self, voxel_size: tuple[float, float, float]) -> TrainConfig:
         return TrainConfig(
             n_epochs=self.n_epochs,
             steps_per_epoch=self.steps_per_epoch,
             base_width=self.base_width,
+            disc_base_width=self.disc_base_width,
             patch_size=self.patch_size,
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             final_learning_rate=self.final_learning_rate,
+            lr_schedule=self.lr_schedule,
+            beta1=self.beta1,
+            warmup_steps=self.warmup_steps,
             cycle_weight=self.cycle_weight,
             identity_weight=self.identity_weight,
             augment=bool(self.augment),
+            rotation_degrees=self.rotation_degrees,
+            shift_mm=self.shift_mm,
+            voxel_size=voxel_size,
             identity_init=bool(self.identity_init),
             age_bin_width=self.age_bin_width,
             val_fraction=self.val_fraction,
@@ -252,9 +361,10 @@ class IGUANeHarmonizer(BaseHarmonizer):
         )
 
     def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
-        config = self._train_config()  # validates the hyper-parameters
+        config = self._train_config(_voxel_size(self.voxel_size, imgs))  # validates them
         device = resolve_device(self.device)
         input_shape = _check_input_shape(self.input_shape)
+        _check_ood(self.ood_action, self.ood_threshold)
         if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int | np.integer):
             raise ValueError(f"cache_size must be an integer >= 0, got {self.cache_size!r}.")
         medians = np.empty(len(imgs))
@@ -263,8 +373,18 @@ class IGUANeHarmonizer(BaseHarmonizer):
                 medians[i] = brain_median(data, brain)
             except ValueError as exc:
                 raise ValueError(f"Image {i}: {exc}") from None
+        reference = np.flatnonzero(sites == self.reference_site_)
+        normalizer = InputNormalizer.fit(
+            self.input_normalization, (imgs[int(i)] for i in reference)
+        )
+        if normalizer.kind == "histogram":
+            medians[:] = normalizer(imgs[int(reference[0])])[1]
+
+        def normalized(index: int) -> np.ndarray:
+            return normalizer(imgs[index])[0]
+
         loader = VolumeLoader(
-            imgs,
+            normalized,
             medians,
             input_shape=input_shape,
             cache_size=int(self.cache_size) if imgs.kind == "nifti" else 0,
@@ -277,14 +397,38 @@ class IGUANeHarmonizer(BaseHarmonizer):
             config,
             checkpoint_dir=self.checkpoint_dir,
             resume=bool(self.resume),
+            max_steps=self.max_steps,
             device=device,
             random_state=self.random_state,
             verbose=self.verbose,
             distributed=self.distributed,
+            scoring=self.scoring,
         )
         self.generator_ = result.generator
-        self.reference_median_ = float(np.median(medians[sites == self.reference_site_]))
+        self.input_normalization_ = normalizer.to_dict()
+        self.reference_median_ = float(np.median(medians[reference]))
         self.history_ = {**result.history, "val_indices": list(result.val_indices)}
+        # the guard: corrections on held-out images (and a sample of training images)
+        sources = [i for i in np.flatnonzero(sites != self.reference_site_).tolist()]
+        held = list(result.val_indices)
+        rest = [i for i in sources if i not in set(held)]
+        if len(rest) > _GUARD_SAMPLE:
+            rest = [rest[int(k)] for k in np.linspace(0, len(rest) - 1, _GUARD_SAMPLE)]
+        amp = self._amp_dtype(device)
+        sizes = [
+            correction_size(*_forward(self.generator_, loader[i], amp)) for i in held + rest
+        ]
+        self.training_corrections_ = np.asarray(sizes, dtype=np.float64)
+        typical = float(np.median(self.training_corrections_)) if sizes else 0.0
+        self.typical_correction_ = typical
+        if self.ood_threshold is not None:
+            self.ood_threshold_ = float(self.ood_threshold)
+        elif sizes and typical > 0:
+            self.ood_threshold_ = float(
+                _GUARD_MARGIN * np.max(self.training_corrections_) / typical
+            )
+        else:
+            self.ood_threshold_ = float("inf")
 
     # -- transform -------------------------------------------------------------------------
     def _use_amp(self, device: torch.device) -> bool:
@@ -292,28 +436,93 @@ class IGUANeHarmonizer(BaseHarmonizer):
             return device.type == "cuda"
         return bool(self.mixed_precision)
 
-    def _transform(
-        self, imgs: ImageCollection, sites: np.ndarray | None, ages: np.ndarray | None
-    ) -> list[np.ndarray]:
+    def _amp_dtype(self, device: torch.device) -> str | None:
+        if not self._use_amp(device):
+            return None
+        return "float16" if device.type == "cuda" else "bfloat16"
+
+    def _normalizer(self) -> InputNormalizer:
+        values = getattr(self, "input_normalization_", None)
+        return InputNormalizer() if values is None else InputNormalizer.from_dict(values)
+
+    def _harmonize_all(
+        self, imgs: ImageCollection
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+        """Yield (harmonized image, normalized input, distance) per image."""
         device = resolve_device(self.device)
         input_shape = _check_input_shape(self.input_shape)
         generator = self.generator_
         if device.type != "cpu":
             generator = copy.deepcopy(generator).to(device)
         generator.eval()
-        amp_dtype = None
-        if self._use_amp(device):
-            amp_dtype = "float16" if device.type == "cuda" else "bfloat16"
+        amp_dtype = self._amp_dtype(device)
+        normalizer = self._normalizer()
         scale = float(self.reference_median_)
-        out = []
+        typical = getattr(self, "typical_correction_", 0.0)
         for data, brain in self._iter_brains(imgs):  # one image in memory at a time
-            prepared = prepare_volume(data, brain_median(data, brain), input_shape=input_shape)
+            normalized, median = normalizer(data)
+            prepared = prepare_volume(normalized, median, input_shape=input_shape)
             x = np.where(prepared.mask, prepared.x, np.float32(0.0))  # background -> 0
             y = harmonize_volume(generator, x, amp_dtype=amp_dtype)
+            size = correction_size(x, y, prepared.mask)
+            distance = size / typical if typical > 0 else float("nan")
             result = prepared.change.invert(from_network_scale(y, prepared.mask, scale))
             result[~brain] = 0.0
+            plain = prepared.change.invert(from_network_scale(x, prepared.mask, scale))
+            plain[~brain] = 0.0
+            yield result, plain, distance
+
+    def _transform(
+        self, imgs: ImageCollection, sites: np.ndarray | None, ages: np.ndarray | None
+    ) -> list[np.ndarray]:
+        _check_ood(self.ood_action, self.ood_threshold)
+        threshold = getattr(self, "ood_threshold_", float("inf"))
+        out, flagged = [], []
+        for i, (result, plain, distance) in enumerate(self._harmonize_all(imgs)):
+            if distance > threshold:
+                flagged.append(i)
+                if self.ood_action == "fallback":
+                    result = plain
             out.append(result)
+        if flagged and self.ood_action != "ignore":
+            what = (
+                "returned without the generator's correction"
+                if self.ood_action == "fallback"
+                else "check them"
+            )
+            warnings.warn(
+                f"{len(flagged)} of {len(out)} image(s) (indices {flagged[:20]}) lie outside "
+                f"what the model saw in training: the generator changed them more than "
+                f"{threshold:.2f} times its typical correction on held-out training images; "
+                f"{what} (see distribution_distance and ood_action).",
+                OutOfDistributionWarning,
+                stacklevel=3,
+            )
         return out
+
+    def distribution_distance(self, imgs: Any) -> np.ndarray:
+        """How far each image lies from what the model saw in training.
+
+        The size of the forward generator's correction of the image (mean absolute
+        change inside the brain, :func:`harmonix.iguane.normalization.correction_size`)
+        divided by its median correction of held-out training images
+        (``typical_correction_``): about 1 for images like the training ones. Images above
+        ``ood_threshold_`` get a warning from :meth:`transform` (or, with
+        ``ood_action="fallback"``, are returned without the correction).
+
+        Parameters
+        ----------
+        imgs : 4-D array, list of 3-D arrays, or list of NIfTI paths / images
+            Images as for :meth:`transform`.
+
+        Returns
+        -------
+        ndarray of shape (n_images,)
+            NaN for a model without held-out corrections (e.g. official weights).
+        """
+        check_is_fitted(self)
+        collection = as_collection(imgs)
+        return np.array([d for _, _, d in self._harmonize_all(collection)])
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -447,6 +656,35 @@ def _new_generator(base_width: int, in_channels: int = 1) -> Generator3D:
         return Generator3D(int(base_width), int(in_channels))
 
 
+def _check_ood(action: Any, threshold: Any) -> None:
+    if action not in _OOD_ACTIONS:
+        raise ValueError(f"ood_action must be one of {_OOD_ACTIONS}, got {action!r}.")
+    if threshold is not None and not (
+        isinstance(threshold, int | float) and not isinstance(threshold, bool) and threshold > 0
+    ):
+        raise ValueError(f"ood_threshold must be None or a positive number, got {threshold!r}.")
+
+
+def _forward(
+    generator: Generator3D, volume: tuple[np.ndarray, np.ndarray], amp_dtype: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y, mask)``: a prepared volume (background 0), its harmonization and mask."""
+    x, mask = volume
+    x = np.where(mask, x, np.float32(0.0))
+    return x, harmonize_volume(generator, x, amp_dtype=amp_dtype), mask
+
+
+def _voxel_size(value: Any, imgs: ImageCollection) -> tuple[float, float, float]:
+    """``voxel_size`` as 3 floats: given, from the first NIfTI header, or 1 mm."""
+    if value is None:
+        if imgs.kind == "nifti":
+            return tuple(float(z) for z in imgs.nifti(0).header.get_zooms()[:3])
+        return (1.0, 1.0, 1.0)
+    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
+        return (float(value),) * 3
+    return value  # TrainConfig checks it
+
+
 def _check_input_shape(shape: Any) -> tuple[int, int, int] | None:
     if shape is None:
         return None
@@ -470,8 +708,8 @@ def _plain(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, (np.random.Generator, np.random.RandomState)):
-        return None
+    if isinstance(value, (np.random.Generator, np.random.RandomState)) or callable(value):
+        return None  # generators and scoring callables are not saved
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     if isinstance(value, dict):

@@ -18,15 +18,12 @@ original implementation does:
 Validation (checkpoint selection)
     A fraction ``val_fraction`` of every source site's images is held out of training.
     Every ``val_every`` steps and at the end, the forward generator harmonizes each
-    held-out image (whole volume, no augmentation) and its brain-intensity distribution is
-    compared with the reference site's: the score is the mean over held-out images of the
-    1-D Wasserstein-1 distance between the image's brain-voxel quantile function and the
-    mean quantile function of the reference site's images (their Wasserstein barycenter),
-    on the network scale (1 = the brain median). Lower is better; the forward generator
-    with the lowest score is returned. ``history["val_baseline"]`` holds the score of the
-    unharmonized held-out images. The score measures how far the remaining site-specific
-    contrast is from the reference; anatomy is protected by the cycle and identity losses,
-    not by this score. Without held-out images the last weights are returned.
+    held-out image (whole volume, no augmentation) and is scored, higher being better (see
+    :mod:`harmonix.iguane.selection`: by default minus the distance of the harmonized
+    images to the reference site's intensity distribution and regional intensity profile;
+    or a ``scoring`` callable). The best-scoring forward generator is returned, ties going
+    to the later one. ``history["val_baseline"]`` holds the score of the unharmonized
+    held-out images. Without held-out images the last weights are returned.
 
 Checkpoints and resume
     With ``checkpoint_dir``, the whole training state (all weights, optimizer, scheduler and
@@ -86,6 +83,7 @@ from harmonix.iguane.data import (
 )
 from harmonix.iguane.distributed import DistributedContext, setup_distributed
 from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D
+from harmonix.iguane.selection import QUANTILE_LEVELS, Scoring, SiteDistance
 from harmonix.iguane.updates import DiscriminatorStep, GeneratorStep, masked
 
 __all__ = [
@@ -100,8 +98,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Quantile levels of the validation score (0.5 %, 1.5 %, ..., 99.5 %).
-QUANTILE_LEVELS = (np.arange(100) + 0.5) / 100.0
+#: Learning-rate schedules of :class:`TrainConfig`.
+LR_SCHEDULES = ("linear", "constant_then_linear")
 
 Volumes = Sequence[tuple[np.ndarray, np.ndarray]]
 
@@ -135,14 +133,32 @@ class TrainConfig:
     disc_pairs : int, default=2
         See ``batch_size`` (2 in the original).
     learning_rate, final_learning_rate : float, default=2e-4, 2e-5
-        Linear decay from the first to the second over the training.
+        Start and end of the learning-rate schedule (``final_learning_rate`` may be 0).
+    lr_schedule : {"linear", "constant_then_linear"}, default="linear"
+        "linear": decay linearly from ``learning_rate`` to ``final_learning_rate`` over
+        the whole training (the original). "constant_then_linear": keep
+        ``learning_rate`` for the first half, then decay linearly to
+        ``final_learning_rate`` (CycleGAN's schedule, usually with 0 at the end).
     beta1, beta2, adam_eps : float, default=0.9, 0.999, 1e-7
-        Adam parameters.
+        Adam parameters (CycleGAN practice is ``beta1=0.5``).
+    warmup_steps : int, default=0
+        Steps of discriminator updates alone (each source site's two discriminators once
+        per step, against the initial generators) before the first generator update. They
+        come before the ``n_epochs * steps_per_epoch`` steps and do not advance the
+        learning-rate schedules.
     cycle_weight, identity_weight : float, default=30, 15
         Loss weights.
     augment : bool, default=True
-        Random rotation (p=0.5, ±10°) and shift (±5 voxels); see
-        :func:`harmonix.iguane.data.augment`.
+        Random rotation and shift of training volumes (see
+        :func:`harmonix.iguane.data.augment`); False turns both off.
+    rotation_degrees : float, default=10
+        With ``augment``: a rotation (p=0.5) by up to this angle in one random axis plane;
+        0 turns rotations off.
+    shift_mm : float, default=5
+        With ``augment``: a shift of each axis by a whole number of voxels of at most this
+        many millimetres (±5 voxels of 1 mm in the original); 0 turns shifts off.
+    voxel_size : tuple of 3 float, default=(1, 1, 1)
+        Voxel size of the training volumes in mm (converts ``shift_mm`` to voxels).
     identity_init : bool, default=False
         Start every generator as the identity map by zeroing its last (1×1×1)
         convolution, instead of the original's Glorot initialization, whose random
@@ -172,12 +188,17 @@ class TrainConfig:
     disc_pairs: int = 2
     learning_rate: float = 2e-4
     final_learning_rate: float = 2e-5
+    lr_schedule: str = "linear"
     beta1: float = 0.9
     beta2: float = 0.999
     adam_eps: float = 1e-7
     cycle_weight: float = 30.0
     identity_weight: float = 15.0
+    warmup_steps: int = 0
     augment: bool = True
+    rotation_degrees: float = 10.0
+    shift_mm: float = 5.0
+    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
     identity_init: bool = False
     age_bin_width: float = 5.0
     val_fraction: float = 0.1
@@ -197,6 +218,24 @@ class TrainConfig:
             "checkpoint_every",
         ):
             _check_int(getattr(self, name), name, 1)
+        _check_int(self.warmup_steps, "warmup_steps", 0)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}."
+            )
+        for name in ("rotation_degrees", "shift_mm"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+        try:
+            voxel = tuple(float(v) for v in self.voxel_size)
+        except TypeError:
+            voxel = ()
+        if len(voxel) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel):
+            raise ValueError(
+                f"voxel_size must be 3 positive numbers (mm), got {self.voxel_size!r}."
+            )
+        object.__setattr__(self, "voxel_size", voxel)
         if self.disc_base_width is not None:
             _check_int(self.disc_base_width, "disc_base_width", 1)
         if self.patch_size is not None:
@@ -213,10 +252,15 @@ class TrainConfig:
                     f"(e.g. 32 or 64), got {self.patch_size!r}."
                 )
             object.__setattr__(self, "patch_size", patch)
-        for name in ("learning_rate", "final_learning_rate", "adam_eps", "age_bin_width"):
+        for name in ("learning_rate", "adam_eps", "age_bin_width"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        final = self.final_learning_rate
+        if not (isinstance(final, int | float) and math.isfinite(final) and final >= 0):
+            raise ValueError(
+                f"final_learning_rate must be a non-negative number, got {final!r}."
+            )
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 <= value < 1):
@@ -237,8 +281,20 @@ class TrainConfig:
 
     @property
     def n_steps(self) -> int:
-        """Total number of training steps."""
+        """Number of training steps with generator updates (warm-up excluded)."""
         return self.n_epochs * self.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        """All steps: discriminator warm-up, then ``n_steps``."""
+        return self.warmup_steps + self.n_steps
+
+    @property
+    def max_shift_voxels(self) -> tuple[int, int, int]:
+        """``shift_mm`` in whole voxels along each axis (0 without augmentation)."""
+        if not self.augment:
+            return (0, 0, 0)
+        return tuple(int(math.floor(self.shift_mm / v + 1e-9)) for v in self.voxel_size)
 
     @property
     def discriminator_width(self) -> int:
@@ -267,9 +323,10 @@ class TrainResult:
         ``val_baseline`` (score before harmonization, or None), ``best_step`` and
         ``best_score`` (None without validation).
     step : int
-        Steps done (equals ``config.n_steps`` unless stopped by ``max_steps``).
+        Steps done, warm-up included (``config.total_steps`` unless stopped by
+        ``max_steps``).
     completed : bool
-        Whether all ``config.n_steps`` steps are done.
+        Whether all ``config.total_steps`` steps are done.
     val_indices : list of int
         Held-out images.
     device : str
@@ -343,11 +400,29 @@ def init_weights(module: nn.Module, generator: torch.Generator) -> None:
                     m.bias.zero_()
 
 
-def _linear_decay(total: int, ratio: float) -> Callable[[int], float]:
+def lr_factor(schedule: str, total: int, ratio: float) -> Callable[[int], float]:
+    """Learning-rate multiplier at each scheduler step.
+
+    Parameters
+    ----------
+    schedule : {"linear", "constant_then_linear"}
+        See :class:`TrainConfig`.
+    total : int
+        Scheduler steps of the whole training.
+    ratio : float
+        ``final_learning_rate / learning_rate``: the multiplier reached at ``total``.
+
+    Returns
+    -------
+    callable
+        ``factor(step)``, 1 at step 0 and ``ratio`` from ``total`` on.
+    """
     total = max(1, int(total))
+    start = total // 2 if schedule == "constant_then_linear" else 0
 
     def factor(step: int) -> float:
-        return 1.0 + (ratio - 1.0) * min(step, total) / total
+        done = min(max(step - start, 0), total - start) / max(total - start, 1)
+        return 1.0 + (ratio - 1.0) * done
 
     return factor
 
@@ -373,17 +448,6 @@ def _validation_split(
     return sorted(int(i) for i in held)
 
 
-def _quantiles(values: np.ndarray) -> np.ndarray:
-    if values.size == 0:
-        return np.zeros(len(QUANTILE_LEVELS))
-    return np.quantile(values.astype(np.float64), QUANTILE_LEVELS)
-
-
-def _brain_quantiles(volume: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    x, mask = volume
-    return _quantiles(np.asarray(x)[np.asarray(mask, dtype=bool)])
-
-
 def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
@@ -402,9 +466,12 @@ class _Trainer:
         device: torch.device,
         seeds: np.random.SeedSequence,
         context: DistributedContext | None = None,
+        scoring: Scoring | None = None,
     ) -> None:
         self.config = config
         self.context = context
+        self.scoring = scoring
+        self.site_distance = SiteDistance()
         self.volumes = volumes
         self.sampler = sampler
         self.sources = list(sampler.source_sites)
@@ -456,16 +523,16 @@ class _Trainer:
             torch.optim.Adam([*dr.parameters(), *ds.parameters()], **adam)
             for dr, ds in zip(self.disc_ref, self.disc_src)
         ]
-        steps = config.n_steps
+        steps, kind = config.n_steps, config.lr_schedule
         self.sched_forward = torch.optim.lr_scheduler.LambdaLR(
-            self.opt_forward, _linear_decay(steps * n, ratio)
+            self.opt_forward, lr_factor(kind, steps * n, ratio)
         )
         self.sched_backward = [
-            torch.optim.lr_scheduler.LambdaLR(o, _linear_decay(steps, ratio))
+            torch.optim.lr_scheduler.LambdaLR(o, lr_factor(kind, steps, ratio))
             for o in self.opt_backward
         ]
         self.sched_disc = [
-            torch.optim.lr_scheduler.LambdaLR(o, _linear_decay(steps, ratio))
+            torch.optim.lr_scheduler.LambdaLR(o, lr_factor(kind, steps, ratio))
             for o in self.opt_disc
         ]
 
@@ -559,8 +626,16 @@ class _Trainer:
         x, mask = self.volumes[index]
         x_t = torch.as_tensor(np.asarray(x), dtype=self.dtype, device=self.device)
         m_t = torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device)
-        if self.config.augment:
-            x_t, m_t = augment(x_t, m_t, rng)
+        config = self.config
+        if config.augment:
+            x_t, m_t = augment(
+                x_t,
+                m_t,
+                rng,
+                rotation_probability=0.5 if config.rotation_degrees > 0 else 0.0,
+                max_angle=config.rotation_degrees,
+                max_shift=config.max_shift_voxels,
+            )
         return x_t, m_t
 
     def _draw(self, site: Hashable, n: int) -> list[tuple[tuple[int, int], int]]:
@@ -642,15 +717,29 @@ class _Trainer:
                 d.requires_grad_(True)
         return adv.detach(), cyc.detach(), ident.detach(), loss.detach()
 
+    @property
+    def warming_up(self) -> bool:
+        """Whether the next step is a discriminator warm-up step."""
+        return self.step < self.config.warmup_steps
+
     def train_step(self) -> dict[str, float]:
-        """One step: every source site once, in a shuffled order."""
+        """One step: every source site once, in a shuffled order.
+
+        During warm-up (the first ``config.warmup_steps`` steps) only the discriminators
+        are updated; generator losses are recorded as NaN.
+        """
         for module in (self.forward, self.backward, self.disc_ref, self.disc_src):
             module.train()
+        warmup = self.warming_up
         order = self.rng.permutation(len(self.sources))
         losses = []
         for k in order.tolist():
             site = self.sources[k]
             d_loss = self._update_discriminators(k, site)
+            if warmup:
+                nan = torch.full((4,), float("nan"), dtype=d_loss.dtype, device=d_loss.device)
+                losses.append(torch.cat([d_loss.reshape(1), nan]))
+                continue
             losses.append(torch.stack([d_loss, *self._update_generators(k, site)]))
             with warnings.catch_warnings():
                 # a step skipped by the loss scaler (float16 overflow) makes torch warn
@@ -686,31 +775,45 @@ class _Trainer:
         """The images this process scores (all of them in a single process)."""
         return list(indices) if self.context is None else self.context.shard(list(indices))
 
-    def target_quantiles(self, indices: Sequence[int]) -> np.ndarray:
-        """Mean brain-intensity quantile function of the images ``indices``."""
-        qs = [_brain_quantiles(self.volumes[i]) for i in self._mine(indices)]
-        total = np.sum(qs, axis=0) if qs else np.zeros(len(QUANTILE_LEVELS))
-        return self._total(total) / len(indices)
+    def fit_reference(self, indices: Sequence[int]) -> None:
+        """Reference statistics of the default score from the images ``indices``."""
+        sums = self.site_distance.sums([self.volumes[i] for i in self._mine(indices)])
+        self.site_distance.fit_sums(self._total(sums))
 
-    def score(self, indices: Sequence[int], target: np.ndarray, harmonize: bool) -> float:
-        """Mean Wasserstein-1 distance of (harmonized) images to the target quantiles."""
+    def _harmonizer(self, harmonize: bool) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """``f(x, mask) -> y`` on the network scale (background -1), numpy in and out."""
+
+        def forward(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            if not harmonize:
+                return np.asarray(x)
+            x_t = torch.as_tensor(np.asarray(x), dtype=self.dtype, device=self.device)
+            m_t = torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device)
+            with torch.inference_mode(), self._autocast():
+                y = self.forward(network_input(x_t, m_t)[None, None])[0, 0]
+            y = torch.where(m_t, y.to(self.dtype), -torch.ones((), dtype=self.dtype))
+            return y.cpu().numpy()
+
+        return forward
+
+    def score(self, indices: Sequence[int], sites: np.ndarray, harmonize: bool) -> float:
+        """Score (higher is better) of the forward generator on the held-out ``indices``.
+
+        With ``harmonize=False``, the score of the unharmonized images.
+        """
         self.forward.eval()
-        dists = []
-        with torch.inference_mode():
-            for i in self._mine(indices):
-                x, mask = self.volumes[i]
-                x_t = torch.as_tensor(np.asarray(x), dtype=self.dtype, device=self.device)
-                m_t = torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device)
-                if harmonize:
-                    with self._autocast():
-                        y = self.forward(network_input(x_t, m_t)[None, None])[0, 0]
-                    values = y.to(self.dtype)[m_t]
-                else:
-                    values = x_t[m_t]
-                q = _quantiles(values.cpu().numpy())
-                dists.append(float(np.mean(np.abs(q - target))))
-        self.forward.train()
-        return float(self._total(np.array([float(np.sum(dists))]))[0] / len(indices))
+        try:
+            fn = self._harmonizer(harmonize)
+            if self.scoring is not None:
+                volumes = [self.volumes[i] for i in indices]
+                return float(self.scoring(fn, volumes, [sites[i] for i in indices]))
+            dists = [
+                self.site_distance.distance(fn(*self.volumes[i]), self.volumes[i][1])
+                for i in self._mine(indices)
+            ]
+            total = self._total(np.array([float(np.sum(dists))]))[0]
+            return -float(total) / len(indices)
+        finally:
+            self.forward.train()
 
 
 def _stack(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -746,6 +849,7 @@ def train(
     random_state: int | np.random.Generator | None = None,
     verbose: int = 0,
     distributed: bool | None = None,
+    scoring: Scoring | None = None,
 ) -> TrainResult:
     """Train IGUANe's generators and discriminators; return the selected forward generator.
 
@@ -788,6 +892,12 @@ def train(
         initialized process group; False: never (e.g. independent trainings per process);
         True: required. Every process must call :func:`train` with the same arguments;
         all of them return the same result.
+    scoring : callable, default=None
+        ``scoring(harmonize, volumes, sites) -> float``, higher is better: the score of
+        the forward generator on the held-out images, used to select the returned
+        generator (see :mod:`harmonix.iguane.selection`). None: the default
+        :class:`~harmonix.iguane.selection.SiteDistance` score, which sees intensity
+        distributions and regional (spatial) differences to the reference site.
 
     Returns
     -------
@@ -837,6 +947,7 @@ def train(
         resume=resume,
         max_steps=max_steps,
         verbose=verbose,
+        scoring=scoring,
     )
 
 
@@ -854,6 +965,7 @@ def _train(
     resume: bool,
     max_steps: int | None,
     verbose: int,
+    scoring: Scoring | None = None,
 ) -> TrainResult:
     """:func:`train` after argument checks, in one process of ``context`` (or alone)."""
     n_images = len(volumes)
@@ -882,18 +994,19 @@ def _train(
         indices=train_indices,
         age_bin_width=config.age_bin_width,
     )
-    trainer = _Trainer(config, volumes, sampler, dev, trainer_seed, context)
+    trainer = _Trainer(config, volumes, sampler, dev, trainer_seed, context, scoring)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
         logger.info("Resumed IGUANe training at step %d from '%s'.", trainer.step, ckpt_path)
         del saved
 
-    target = None
-    if val_indices:
-        ref_idx = [i for i in train_indices if sites_arr[i] == reference_site]
-        target = trainer.target_quantiles(ref_idx)
+    validating = bool(val_indices)
+    if validating:
+        if scoring is None:
+            ref_idx = [i for i in train_indices if sites_arr[i] == reference_site]
+            trainer.fit_reference(ref_idx)
         if trainer.history["val_baseline"] is None:
-            trainer.history["val_baseline"] = trainer.score(val_indices, target, False)
+            trainer.history["val_baseline"] = trainer.score(val_indices, sites_arr, False)
 
     def checkpoint() -> None:
         if ckpt_path is None or not main:
@@ -910,11 +1023,12 @@ def _train(
         )
 
     def validate() -> None:
-        score = trainer.score(val_indices, target, True)
+        score = trainer.score(val_indices, sites_arr, True)
         hist = trainer.history
         hist["val_step"].append(trainer.step)
         hist["val_score"].append(score)
-        if hist["best_score"] is None or score < hist["best_score"]:
+        best = hist["best_score"]
+        if (best is None and not math.isnan(score)) or (best is not None and score >= best):
             hist["best_score"], hist["best_step"] = score, trainer.step
             trainer.best_state = _clone_state(trainer.forward)
         log = logger.info if verbose and main else logger.debug
@@ -927,15 +1041,16 @@ def _train(
             hist["best_step"],
         )
 
-    total = config.n_steps
+    total, warmup = config.total_steps, config.warmup_steps
     stop = total if max_steps is None else min(total, max_steps)
     progress = _progress(total, trainer.step, verbose if main else 0)
     recent: dict[str, list[float]] = {}
     try:
         while trainer.step < stop:
             losses = trainer.train_step()
-            due = trainer.step % config.val_every == 0 or trainer.step == total
-            if target is not None and due:
+            done = trainer.step - warmup  # steps with generator updates
+            due = done > 0 and (done % config.val_every == 0 or trainer.step == total)
+            if validating and due:
                 validate()
             if trainer.step % config.checkpoint_every == 0 or trainer.step in (stop, total):
                 checkpoint()

@@ -1,0 +1,247 @@
+"""Learning curves of IGUANe on CPU: does training improve unseen sites, and is it safe?
+
+Data: ``make_multisite(resolution=4)`` (family A, 46x55x46 voxels of 4 mm), ``--n-sites``
+sites of which the last is held out of training ("unseen"), plus the same subjects scanned
+at the sites of a second family (:mod:`benchmarks.site_family_b`: gamma curves, slice
+blur, linear-gradient bias, Gaussian noise), never seen in training either.
+
+Training: :func:`harmonix.iguane.training.train` with the settings of
+:data:`harmonix.iguane.CPU_RECIPE` (or the ones given on the command line), in chunks of
+``--eval-every`` steps resumed from the checkpoint (the resume is exact, so the chunks are
+one training). After each chunk the *current* forward generator harmonizes every image
+and is scored:
+
+- traveling-subject SSIM (:func:`harmonix.benchmark.metrics.traveling_subject_ssim_score`)
+  of the unseen A site, of the seen source sites, and of the B sites: pairs of one
+  subject's images at two sites, at least one of them in the scored group, every image
+  harmonized by the method; one robust intensity range per method, from its outputs on
+  the training images;
+- distance correlation (:func:`~harmonix.benchmark.metrics.distance_correlation_score`);
+- the age-GM correlation of the unseen site's images;
+- the validation score, discriminator and generator losses of the chunk.
+
+none (raw images), HM and WS (fitted on the training images) are scored once, as
+horizontal lines. The guard (``IGUANeHarmonizer.distribution_distance``) of the final
+model is compared with the per-image SSIM to each subject's reference-site scan.
+
+Run from the repository root (about 15-25 min per seed on 2 cores)::
+
+    python benchmarks/bench_iguane_learning.py --seeds 0 1 2
+
+It writes ``benchmarks/results/iguane_learning.md`` and ``iguane_learning.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import load_line
+from site_family_b import make_family_b
+
+from harmonix.benchmark.metrics import (
+    distance_correlation_score,
+    gm_age_correlation,
+    masked_ssim,
+    robust_range,
+    robust_scale,
+    traveling_subject_ssim_score,
+)
+from harmonix.datasets import make_multisite
+from harmonix.histogram_matching import HistogramMatchingHarmonizer
+from harmonix.iguane import CPU_RECIPE
+from harmonix.iguane.checkpoints import CHECKPOINT_NAME, load_checkpoint
+from harmonix.iguane.estimator import IGUANeHarmonizer
+from harmonix.iguane.networks import Generator3D
+from harmonix.whitestripe import WhiteStripeHarmonizer
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--n-subjects", type=int, default=8)
+    p.add_argument("--n-sites", type=int, default=5, help="family A sites, unseen included")
+    p.add_argument("--n-sites-b", type=int, default=3)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a CPU_RECIPE parameter (JSON value), e.g. --set n_epochs=4",
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--label", default="CPU_RECIPE")
+    p.add_argument("--json", default=None, help="append the curves to this JSON-lines file")
+    return p.parse_args()
+
+
+def recipe(overrides: list[str]) -> dict:
+    params = dict(CPU_RECIPE)
+    for item in overrides:
+        name, _, value = item.partition("=")
+        params[name] = json.loads(value)
+    return params
+
+
+def per_image_ssim(out: np.ndarray, ref_out: np.ndarray, mask: np.ndarray, vr) -> np.ndarray:
+    """SSIM of each image to its subject's reference-site image (both on one scale)."""
+    a = robust_scale(out, mask, value_range=vr)
+    b = robust_scale(ref_out, mask, value_range=vr)
+    return np.array([masked_ssim(x, y, mask) for x, y in zip(a, b)])
+
+
+class Scorer:
+    """Scores of one method's outputs on the A data set and the B sites."""
+
+    def __init__(self, ds, ds_b, unseen: str) -> None:
+        self.ds, self.b = ds, ds_b
+        self.train = ds.sites != unseen
+        self.unseen = ds.sites == unseen
+        self.seen_src = self.train & (ds.sites != ds.reference_site)
+        self.ref_index = {
+            s: i for i, s in enumerate(ds.subjects) if ds.sites[i] == ds.reference_site
+        }
+
+    def __call__(self, out_a: np.ndarray, out_b: np.ndarray) -> dict[str, float]:
+        ds, b = self.ds, self.b
+        vr = robust_range(out_a[self.train], ds.mask)
+        both = np.concatenate([out_a, out_b])
+        subjects = np.concatenate([ds.subjects, b.subjects])
+        sites = np.concatenate([ds.sites, b.sites])
+        flags = {
+            "unseen": np.r_[self.unseen, np.zeros(len(out_b), bool)],
+            "seen": np.r_[self.seen_src, np.zeros(len(out_b), bool)],
+            "family_b": np.r_[np.zeros(len(out_a), bool), np.ones(len(out_b), bool)],
+        }
+        res = {}
+        for name, inc in flags.items():
+            res[f"ssim_{name}"] = traveling_subject_ssim_score(
+                both, subjects, sites, ds.mask, include=inc, value_range=vr
+            )
+        res["distance_corr_unseen"] = distance_correlation_score(
+            ds.imgs[self.unseen], out_a[self.unseen], ds.sites[self.unseen], ds.mask
+        )
+        res["gm_age_r_unseen"] = gm_age_correlation(
+            out_a[self.unseen], ds.ages[self.unseen], ds.mask
+        )
+        ref = np.stack([out_a[self.ref_index[s]] for s in b.subjects])
+        res["per_image_b"] = per_image_ssim(out_b, ref, ds.mask, vr).tolist()
+        ref_a = np.stack([out_a[self.ref_index[s]] for s in ds.subjects[self.unseen]])
+        res["per_image_unseen"] = per_image_ssim(out_a[self.unseen], ref_a, ds.mask, vr).tolist()
+        return res
+
+
+def fitted_from(generator: Generator3D, params: dict, ds, reference_median: float):
+    """An IGUANeHarmonizer around a trained forward generator (for transform)."""
+    est = IGUANeHarmonizer(**{**params, "device": "cpu"})
+    est.generator_ = generator.eval()
+    est.reference_site_ = ds.reference_site
+    est.sites_ = np.unique(ds.sites)
+    est.n_images_ = 0
+    est.mask_ = None
+    est.image_shape_ = None
+    est.reference_median_ = reference_median
+    est.history_ = {}
+    return est
+
+
+def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
+    ds = make_multisite(args.n_subjects, args.n_sites, resolution=4, random_state=seed)
+    ds_b = make_family_b(ds, n_sites=args.n_sites_b, random_state=seed)
+    unseen = ds.site_names[-1]
+    score = Scorer(ds, ds_b, unseen)
+    tr = score.train
+    rows: dict = {"seed": seed, "baselines": {}, "curve": []}
+    for name, factory in (
+        ("none", None),
+        ("HM", HistogramMatchingHarmonizer),
+        ("WS", WhiteStripeHarmonizer),
+    ):
+        if factory is None:
+            out_a, out_b = ds.imgs, ds_b.imgs
+        else:
+            h = factory(reference_site=ds.reference_site).fit(ds.imgs[tr], ds.sites[tr])
+            out_a, out_b = h.transform(ds.imgs), h.transform(ds_b.imgs)
+        rows["baselines"][name] = score(out_a, out_b)
+
+    total = params["warmup_steps"] + params["n_epochs"] * params["steps_per_epoch"]
+    est = IGUANeHarmonizer(
+        **{**params, "random_state": seed, "device": "cpu", "val_fraction": 0.1}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        est.set_params(checkpoint_dir=tmp, resume=True)
+        steps = list(range(params["warmup_steps"], total, args.eval_every))[1:] + [total]
+        t0 = time.perf_counter()
+        for stop in steps:
+            est.set_params(max_steps=stop)
+            est.fit(ds.imgs[tr], ds.sites[tr], ds.ages[tr])
+            elapsed = time.perf_counter() - t0
+            state = load_checkpoint(Path(tmp) / CHECKPOINT_NAME)["trainer"]
+            gen = Generator3D(params["base_width"])
+            gen.load_state_dict(state["forward"])
+            current = fitted_from(gen, params, ds, est.reference_median_)
+            current.input_normalization_ = est.input_normalization_
+            s = score(current.transform(ds.imgs), current.transform(ds_b.imgs))
+            hist = state["history"]
+            lo = max(0, len(hist["loss_generator"]) - args.eval_every)
+            s.update(
+                step=stop,
+                seconds=elapsed,
+                val_score=hist["val_score"][-1] if hist["val_score"] else None,
+                loss_discriminator=float(np.nanmean(hist["loss_discriminator"][lo:])),
+                loss_generator=float(np.nanmean(hist["loss_generator"][lo:])),
+                loss_adversarial=float(np.nanmean(hist["loss_adversarial"][lo:])),
+            )
+            rows["curve"].append(s)
+            print(
+                f"seed {seed} step {stop} ({elapsed:.0f} s): unseen {s['ssim_unseen']:.4f} "
+                f"seen {s['ssim_seen']:.4f} B {s['ssim_family_b']:.4f} "
+                f"D {s['loss_discriminator']:.3f} adv {s['loss_adversarial']:.3f}",
+                flush=True,
+            )
+        rows["train_seconds"] = time.perf_counter() - t0
+    final_a, final_b = est.transform(ds.imgs), est.transform(ds_b.imgs)
+    rows["final"] = score(final_a, final_b)
+    rows["final"]["best_step"] = est.history_["best_step"]
+    rows["guard_b"] = est.distribution_distance(ds_b.imgs).tolist()
+    rows["guard_unseen"] = est.distribution_distance(ds.imgs[score.unseen]).tolist()
+    rows["guard_threshold"] = est.ood_threshold_
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    params = recipe(args.set)
+    load_start = os.getloadavg()
+    for seed in args.seeds:
+        rows = run_seed(seed, args, params)
+        rows["label"] = args.label
+        rows["params"] = params
+        b = rows["baselines"]
+        f = rows["final"]
+        print(
+            f"seed {seed} final: unseen {f['ssim_unseen']:.4f} (HM {b['HM']['ssim_unseen']:.4f}"
+            f", none {b['none']['ssim_unseen']:.4f}); B {f['ssim_family_b']:.4f} "
+            f"(HM {b['HM']['ssim_family_b']:.4f}, none {b['none']['ssim_family_b']:.4f})",
+            flush=True,
+        )
+        if args.json:
+            with open(args.json, "a") as fh:
+                fh.write(json.dumps(rows) + "\n")
+    print(load_line(load_start, os.getloadavg()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
