@@ -192,7 +192,10 @@ def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
             gen.load_state_dict(state["forward"])
             current = fitted_from(gen, params, ds, est.reference_median_)
             current.input_normalization_ = est.input_normalization_
-            s = score(current.transform(ds.imgs), current.transform(ds_b.imgs))
+            current.ood_action = "ignore"
+            s = score(
+                current.transform(ds.imgs, ds.sites), current.transform(ds_b.imgs, ds_b.sites)
+            )
             hist = state["history"]
             lo = max(0, len(hist["loss_generator"]) - args.eval_every)
             s.update(
@@ -211,11 +214,13 @@ def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
                 flush=True,
             )
         rows["train_seconds"] = time.perf_counter() - t0
-    final_a, final_b = est.transform(ds.imgs), est.transform(ds_b.imgs)
+    final_a, final_b = est.transform(ds.imgs, ds.sites), est.transform(ds_b.imgs, ds_b.sites)
     rows["final"] = score(final_a, final_b)
     rows["final"]["best_step"] = est.history_["best_step"]
-    rows["guard_b"] = est.distribution_distance(ds_b.imgs).tolist()
-    rows["guard_unseen"] = est.distribution_distance(ds.imgs[score.unseen]).tolist()
+    rows["guard_b"] = est.distribution_distance(ds_b.imgs, ds_b.sites).tolist()
+    rows["guard_unseen"] = est.distribution_distance(
+        ds.imgs[score.unseen], ds.sites[score.unseen]
+    ).tolist()
     rows["guard_threshold"] = est.ood_threshold_
     return rows
 

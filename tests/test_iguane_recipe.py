@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
+from harmonix.histogram_matching import apply_landmarks, compute_landmarks
 from harmonix.iguane import CPU_RECIPE, PatchDiscriminator3D
 from harmonix.iguane import data as D
 from harmonix.iguane import training as T
@@ -240,9 +241,24 @@ def test_histogram_normalization_with_identity_generator_is_histogram_matching()
     with torch.no_grad():  # exactly the identity
         est.generator_.out_conv.weight.zero_()
         est.generator_.out_conv.bias.zero_()
+    # without site labels each image is mapped by its own landmarks: histogram matching
     hm = HistogramMatchingHarmonizer(reference_site="site0").fit(imgs, sites)
     np.testing.assert_allclose(est.transform(imgs), hm.transform(imgs), rtol=1e-4, atol=1e-3)
+    # with site labels, one map per site: from the site's mean landmarks to the standard
+    q = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
+    lms = np.stack([compute_landmarks(x, x != 0, q) for x in imgs])
+    expected = np.stack([
+        apply_landmarks(x, lms[sites == s].mean(0), hm.standard_landmarks_, x != 0)
+        for x, s in zip(imgs, sites)
+    ])
+    np.testing.assert_allclose(est.transform(imgs, sites), expected, rtol=1e-4, atol=1e-3)
+    # a site unseen in fit is pooled over its images in the call
+    new = imgs[3:6] * 1.7
+    pooled = np.stack([compute_landmarks(x, x != 0, q) for x in new]).mean(0)
+    expected = np.stack([apply_landmarks(x, pooled, hm.standard_landmarks_, x != 0) for x in new])
+    np.testing.assert_allclose(est.transform(new, ["new"] * 3), expected, rtol=1e-4, atol=1e-3)
     assert est.input_normalization_["kind"] == "histogram"
+    assert est.input_normalization_["sites"] == ["site0", "site1"]
     with pytest.raises(ValueError, match="input_normalization"):
         IGUANeHarmonizer(input_normalization="zscore", **TINY).fit(imgs, sites)
 

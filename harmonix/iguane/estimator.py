@@ -26,7 +26,7 @@ from harmonix.iguane.data import (
 )
 from harmonix.iguane.inference import harmonize_volume
 from harmonix.iguane.networks import Generator3D
-from harmonix.iguane.normalization import InputNormalizer, correction_size
+from harmonix.iguane.normalization import InputNormalizer, correction_size, image_landmarks
 from harmonix.iguane.training import TrainConfig, resolve_device, train
 from harmonix.io import ImageCollection, as_collection
 from harmonix.preprocessing import IGUANE_SHAPE
@@ -144,7 +144,10 @@ class IGUANeHarmonizer(BaseHarmonizer):
         the original. "histogram": first mapped onto the reference site's histogram
         landmarks (Nyúl–Udupa, as :class:`~harmonix.HistogramMatchingHarmonizer`), so the
         generator learns only what histogram matching leaves and an identity generator
-        returns the histogram-matched image (see :mod:`harmonix.iguane.normalization`).
+        returns the histogram-matched image. One map per site (from the site's mean
+        landmarks), so differences between a site's subjects are kept: pass ``sites`` to
+        :meth:`transform` for images of sites unseen in fit (without labels each image
+        is mapped by its own landmarks). See :mod:`harmonix.iguane.normalization`.
     max_steps : int, default=None
         Stop after this many steps (warm-up included) and keep the model reached; with
         ``checkpoint_dir`` and ``resume=True`` a later :meth:`fit` goes on from there.
@@ -177,7 +180,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         harmonized images are returned on this intensity scale.
     input_normalization_ : dict
         The fitted input normalization (kind and, for "histogram", the standard
-        landmarks).
+        landmarks, the training sites and their landmarks).
     training_corrections_ : ndarray
         Sizes of the generator's corrections of held-out (and up to 32 other) source-site
         training images, on the network scale; they calibrate the guard.
@@ -367,21 +370,30 @@ class IGUANeHarmonizer(BaseHarmonizer):
         _check_ood(self.ood_action, self.ood_threshold)
         if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int | np.integer):
             raise ValueError(f"cache_size must be an integer >= 0, got {self.cache_size!r}.")
+        histogram = self.input_normalization == "histogram"
+        InputNormalizer.fit(self.input_normalization, None, sites, None)  # validates the kind
         medians = np.empty(len(imgs))
+        landmarks = []
         for i, (data, brain) in enumerate(self._iter_brains(imgs)):
             try:
                 medians[i] = brain_median(data, brain)
             except ValueError as exc:
                 raise ValueError(f"Image {i}: {exc}") from None
+            if histogram:
+                landmarks.append(image_landmarks(data))
         reference = np.flatnonzero(sites == self.reference_site_)
         normalizer = InputNormalizer.fit(
-            self.input_normalization, (imgs[int(i)] for i in reference)
+            self.input_normalization,
+            np.stack(landmarks) if histogram else None,
+            sites,
+            self.reference_site_,
         )
-        if normalizer.kind == "histogram":
-            medians[:] = normalizer(imgs[int(reference[0])])[1]
+        site_lm = normalizer.site_landmarks_of(sites, landmarks.__getitem__)
+        if histogram:
+            medians[:] = normalizer(imgs[int(reference[0])], site_lm[int(reference[0])])[1]
 
         def normalized(index: int) -> np.ndarray:
-            return normalizer(imgs[index])[0]
+            return normalizer(imgs[index], site_lm[index] if histogram else None)[0]
 
         loader = VolumeLoader(
             normalized,
@@ -446,7 +458,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         return InputNormalizer() if values is None else InputNormalizer.from_dict(values)
 
     def _harmonize_all(
-        self, imgs: ImageCollection
+        self, imgs: ImageCollection, sites: np.ndarray | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
         """Yield (harmonized image, normalized input, distance) per image."""
         device = resolve_device(self.device)
@@ -459,8 +471,9 @@ class IGUANeHarmonizer(BaseHarmonizer):
         normalizer = self._normalizer()
         scale = float(self.reference_median_)
         typical = getattr(self, "typical_correction_", 0.0)
-        for data, brain in self._iter_brains(imgs):  # one image in memory at a time
-            normalized, median = normalizer(data)
+        site_lm = normalizer.site_landmarks_of(sites, lambda i: image_landmarks(imgs[i]))
+        for i, (data, brain) in enumerate(self._iter_brains(imgs)):  # one image at a time
+            normalized, median = normalizer(data, site_lm[i] if site_lm else None)
             prepared = prepare_volume(normalized, median, input_shape=input_shape)
             x = np.where(prepared.mask, prepared.x, np.float32(0.0))  # background -> 0
             y = harmonize_volume(generator, x, amp_dtype=amp_dtype)
@@ -478,7 +491,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         _check_ood(self.ood_action, self.ood_threshold)
         threshold = getattr(self, "ood_threshold_", float("inf"))
         out, flagged = [], []
-        for i, (result, plain, distance) in enumerate(self._harmonize_all(imgs)):
+        for i, (result, plain, distance) in enumerate(self._harmonize_all(imgs, sites)):
             if distance > threshold:
                 flagged.append(i)
                 if self.ood_action == "fallback":
@@ -500,7 +513,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
             )
         return out
 
-    def distribution_distance(self, imgs: Any) -> np.ndarray:
+    def distribution_distance(self, imgs: Any, sites: Any = None) -> np.ndarray:
         """How far each image lies from what the model saw in training.
 
         The size of the forward generator's correction of the image (mean absolute
@@ -514,6 +527,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
         ----------
         imgs : 4-D array, list of 3-D arrays, or list of NIfTI paths / images
             Images as for :meth:`transform`.
+        sites : array-like of shape (n_images,), default=None
+            Site labels, as for :meth:`transform`.
 
         Returns
         -------
@@ -522,7 +537,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
         """
         check_is_fitted(self)
         collection = as_collection(imgs)
-        return np.array([d for _, _, d in self._harmonize_all(collection)])
+        sites, _ = self.check_transform_metadata(len(collection), sites)
+        return np.array([d for _, _, d in self._harmonize_all(collection, sites)])
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

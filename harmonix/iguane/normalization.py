@@ -2,12 +2,21 @@
 
 IGUANe (Roca et al. 2025) median-normalizes each image (brain median 500) before the
 networks; the generator must then learn the whole intensity mapping of every site. With
-``"histogram"``, each image is first mapped onto the reference site's Nyúl–Udupa standard
-scale (:mod:`harmonix.histogram_matching`, fitted on the reference site's training
-images), so that the generator starts from histogram matching and learns only what is
-left: spatial effects (bias, blur) and the local contrast a global curve cannot fix. An
-identity generator then gives exactly the histogram-matched image, which bounds how far
-an unusual image can drift from it.
+``"histogram"``, images are first mapped onto the reference site's Nyúl–Udupa standard
+scale (the landmarks of :mod:`harmonix.histogram_matching`, fitted on the reference site's
+training images), so that the generator starts from histogram matching and learns only
+what is left: spatial effects (bias, blur) and local contrast a global curve cannot fix.
+An identity generator then returns the histogram-matched image, which bounds how far an
+unusual image can drift from it.
+
+The mapping is *per site*: all images of a site go through one piecewise-linear map, from
+the site's landmarks (the mean of its images' landmarks) to the standard ones. Mapping
+each image by its own landmarks (classic HM) would force every histogram onto the same
+shape and erase real differences between subjects (an older brain has more CSF and less
+GM, which moves its percentiles); one map per site keeps them. The site landmarks of the
+training sites are stored in the model; for other images the caller's site labels group
+them (:meth:`InputNormalizer.site_landmarks_of`), and an image without a site label uses
+its own landmarks.
 
 :func:`correction_size` measures how much the forward generator changed an image; the
 estimator compares it with the corrections it made on held-out training images to flag
@@ -16,15 +25,16 @@ images unlike those it was trained on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from harmonix.histogram_matching import apply_landmarks, compute_landmarks, standard_scale
 from harmonix.iguane.data import brain_median
 
-__all__ = ["INPUT_NORMALIZATIONS", "InputNormalizer", "correction_size"]
+__all__ = ["INPUT_NORMALIZATIONS", "InputNormalizer", "correction_size", "image_landmarks"]
 
 #: Accepted values of ``input_normalization``.
 INPUT_NORMALIZATIONS = ("median", "histogram")
@@ -32,6 +42,11 @@ INPUT_NORMALIZATIONS = ("median", "histogram")
 #: Landmark percentiles of the "histogram" normalization (those of the HM baseline).
 LANDMARK_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
 _MEDIAN_LANDMARK = LANDMARK_PERCENTILES.index(50)
+
+
+def image_landmarks(data: np.ndarray) -> np.ndarray:
+    """Landmarks of one image (brain = non-zero voxels) at :data:`LANDMARK_PERCENTILES`."""
+    return compute_landmarks(data, data != 0, LANDMARK_PERCENTILES)
 
 
 @dataclass(frozen=True)
@@ -43,20 +58,30 @@ class InputNormalizer:
     kind : {"median", "histogram"}
     standard_landmarks : ndarray or None
         The reference site's standard scale ("histogram" only).
+    sites : list
+        Training sites whose landmarks are known ("histogram" only).
+    site_landmarks : ndarray of shape (n_sites, n_landmarks) or None
+        Their landmarks (mean of their training images' landmarks).
     """
 
     kind: str = "median"
     standard_landmarks: np.ndarray | None = None
+    sites: list = field(default_factory=list)
+    site_landmarks: np.ndarray | None = None
 
     @classmethod
-    def fit(cls, kind: str, reference_images: Iterable[np.ndarray]) -> InputNormalizer:
-        """Fit the normalization on the reference site's images (background 0).
+    def fit(
+        cls, kind: str, landmarks: np.ndarray | None, sites: np.ndarray, reference_site: Any
+    ) -> InputNormalizer:
+        """Fit the normalization from the training images' landmarks.
 
         Parameters
         ----------
         kind : {"median", "histogram"}
-        reference_images : iterable of ndarray
-            The reference site's training images ("histogram" only; not read otherwise).
+        landmarks : ndarray of shape (n_images, n_landmarks) or None
+            :func:`image_landmarks` of every training image ("histogram" only).
+        sites : ndarray of shape (n_images,)
+        reference_site : hashable
 
         Returns
         -------
@@ -66,18 +91,55 @@ class InputNormalizer:
             raise ValueError(
                 f"input_normalization must be one of {INPUT_NORMALIZATIONS}, got {kind!r}."
             )
-        if kind == "median":
+        if kind == "median" or landmarks is None:
             return cls("median")
-        landmarks = [compute_landmarks(x, x != 0, LANDMARK_PERCENTILES) for x in reference_images]
-        return cls("histogram", standard_scale(np.stack(landmarks)))
+        labels = list(dict.fromkeys(sites.tolist()))
+        per_site = np.stack([landmarks[sites == s].mean(axis=0) for s in labels])
+        standard = standard_scale(landmarks[sites == reference_site])
+        return cls("histogram", standard, labels, per_site)
 
-    def __call__(self, data: np.ndarray) -> tuple[np.ndarray, float]:
+    def site_landmarks_of(
+        self, sites: np.ndarray | None, landmarks: Callable[[int], np.ndarray]
+    ) -> list[np.ndarray | None]:
+        """The landmarks to map each image with: its site's, or None (its own).
+
+        Parameters
+        ----------
+        sites : ndarray of shape (n_images,) or None
+            Site labels of the images; None: every image uses its own landmarks.
+        landmarks : callable
+            ``landmarks(i)``: the landmarks of image ``i`` (read only for sites unseen in
+            fit, whose landmarks are the mean over their images).
+
+        Returns
+        -------
+        list
+            One entry per image (all None for "median" or without sites).
+        """
+        if self.kind == "median" or sites is None:
+            return [None] * (0 if sites is None else len(sites))
+        known = {s: lm for s, lm in zip(self.sites, np.asarray(self.site_landmarks))}
+        out: list[np.ndarray | None] = []
+        pooled: dict[Any, np.ndarray] = {}
+        for site in dict.fromkeys(sites.tolist()):
+            if site not in known:
+                idx = np.flatnonzero(sites == site)
+                pooled[site] = np.mean([landmarks(int(i)) for i in idx], axis=0)
+        for site in sites.tolist():
+            out.append(known[site] if site in known else pooled[site])
+        return out
+
+    def __call__(
+        self, data: np.ndarray, landmarks: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float]:
         """Normalize one image; return it and the brain median to divide it by.
 
         Parameters
         ----------
         data : ndarray of shape (i, j, k)
             Raw image, background 0 (not modified).
+        landmarks : ndarray, default=None
+            Landmarks to map from (its site's); None: the image's own.
 
         Returns
         -------
@@ -89,22 +151,32 @@ class InputNormalizer:
         if self.kind == "median":
             return data, brain_median(data, brain)
         standard = np.asarray(self.standard_landmarks, dtype=np.float64)
-        landmarks = compute_landmarks(data, brain, LANDMARK_PERCENTILES)
-        mapped = apply_landmarks(data, landmarks, standard, brain)
+        own = image_landmarks(data) if landmarks is None else np.asarray(landmarks)
+        mapped = apply_landmarks(data, own, standard, brain)
         # brain voxels mapped to 0 or below stay brain (lowest network value)
         mapped[brain & (mapped <= 0)] = np.float32(1e-6 * standard[-1])
         return mapped, float(standard[_MEDIAN_LANDMARK])
 
     def to_dict(self) -> dict:
         """Plain values (for saving)."""
-        lm = self.standard_landmarks
-        return {"kind": self.kind, "standard_landmarks": None if lm is None else lm.tolist()}
+        lm, sl = self.standard_landmarks, self.site_landmarks
+        return {
+            "kind": self.kind,
+            "standard_landmarks": None if lm is None else lm.tolist(),
+            "sites": [s.item() if isinstance(s, np.generic) else s for s in self.sites],
+            "site_landmarks": None if sl is None else np.asarray(sl).tolist(),
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> InputNormalizer:
         """Inverse of :meth:`to_dict`."""
-        lm = values.get("standard_landmarks")
-        return cls(values["kind"], None if lm is None else np.asarray(lm, dtype=np.float64))
+        lm, sl = values.get("standard_landmarks"), values.get("site_landmarks")
+        return cls(
+            values["kind"],
+            None if lm is None else np.asarray(lm, dtype=np.float64),
+            list(values.get("sites") or []),
+            None if sl is None else np.asarray(sl, dtype=np.float64),
+        )
 
 
 def correction_size(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:

@@ -24,8 +24,8 @@ __all__ = ["CPU_RECIPE"]
 #: cycle/identity terms (10/5), no augmentation.
 CPU_RECIPE: dict = {
     "n_epochs": 1,
-    "steps_per_epoch": 400,
-    "warmup_steps": 200,
+    "steps_per_epoch": 300,
+    "warmup_steps": 100,
     "base_width": 4,
     "disc_base_width": 16,
     "patch_size": None,
@@ -38,5 +38,5 @@ CPU_RECIPE: dict = {
     "augment": False,
     "identity_init": True,
     "input_normalization": "histogram",
-    "val_every": 100,
+    "val_every": 50,
 }
