@@ -83,6 +83,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--label", default="CPU_RECIPE")
     p.add_argument("--json", default=None, help="append the curves to this JSON-lines file")
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="JSONL",
+        help="only write the results file and figure from a JSON-lines file of earlier runs",
+    )
+    p.add_argument("--out", default="benchmarks/results/iguane_learning.md")
     return p.parse_args()
 
 
@@ -225,8 +232,149 @@ def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
     return rows
 
 
+def _mean(values) -> float:
+    return float(np.mean(values))
+
+
+def _guard_rows(run: dict) -> tuple[int, int, int, int]:
+    """(images below HM, of them flagged, images flagged, images) over unseen A and B."""
+    below = flagged_below = flagged = total = 0
+    thr = run["guard_threshold"]
+    for key, guard in (("per_image_unseen", run["guard_unseen"]), ("per_image_b", run["guard_b"])):
+        mine, hm = run["final"][key], run["baselines"]["HM"][key]
+        for m, h, g in zip(mine, hm, guard):
+            total += 1
+            flag = g > thr
+            flagged += flag
+            if m < h:
+                below += 1
+                flagged_below += flag
+    return below, flagged_below, flagged, total
+
+
+def write_report(runs: list[dict], out: Path, notes: list[str]) -> None:
+    """Results table (markdown) and learning-curve figure of the runs of one label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [
+        "# IGUANe learning curves on CPU (`benchmarks/bench_iguane_learning.py`)",
+        "",
+        *notes,
+        "",
+        "## Final models (selected checkpoint), per seed",
+        "",
+        "Traveling-subject SSIM: unseen family-A site (`unseen`), family-B sites (`B`, "
+        "never seen, other kinds of site effects). Distance correlation and age-GM r on the "
+        "unseen A site.",
+        "",
+        "| seed | train s | best step | unseen: none / HM / WS / IGUANe | gain vs HM | "
+        "B: none / HM / WS / IGUANe | B gain vs HM | dist. corr (HM) | age-GM r none / "
+        "IGUANe |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        b, f = r["baselines"], r["final"]
+        lines.append(
+            f"| {r['seed']} | {r['train_seconds']:.0f} | {f['best_step']} | "
+            f"{b['none']['ssim_unseen']:.3f} / {b['HM']['ssim_unseen']:.3f} / "
+            f"{b['WS']['ssim_unseen']:.3f} / **{f['ssim_unseen']:.3f}** | "
+            f"{f['ssim_unseen'] - b['HM']['ssim_unseen']:+.3f} | "
+            f"{b['none']['ssim_family_b']:.3f} / {b['HM']['ssim_family_b']:.3f} / "
+            f"{b['WS']['ssim_family_b']:.3f} / **{f['ssim_family_b']:.3f}** | "
+            f"{f['ssim_family_b'] - b['HM']['ssim_family_b']:+.3f} | "
+            f"{f['distance_corr_unseen']:.3f} ({b['HM']['distance_corr_unseen']:.3f}) | "
+            f"{b['none']['gm_age_r_unseen']:.3f} / {f['gm_age_r_unseen']:.3f} |"
+        )
+    keys = ("ssim_unseen", "ssim_family_b", "distance_corr_unseen", "gm_age_r_unseen")
+    means = {k: _mean([r["final"][k] for r in runs]) for k in keys}
+    base = {
+        (m, k): _mean([r["baselines"][m][k] for r in runs])
+        for m in ("none", "HM", "WS")
+        for k in keys
+    }
+    lines += [
+        f"| mean | {_mean([r['train_seconds'] for r in runs]):.0f} | | "
+        f"{base['none', 'ssim_unseen']:.3f} / {base['HM', 'ssim_unseen']:.3f} / "
+        f"{base['WS', 'ssim_unseen']:.3f} / **{means['ssim_unseen']:.3f}** | "
+        f"{means['ssim_unseen'] - base['HM', 'ssim_unseen']:+.3f} | "
+        f"{base['none', 'ssim_family_b']:.3f} / {base['HM', 'ssim_family_b']:.3f} / "
+        f"{base['WS', 'ssim_family_b']:.3f} / **{means['ssim_family_b']:.3f}** | "
+        f"{means['ssim_family_b'] - base['HM', 'ssim_family_b']:+.3f} | "
+        f"{means['distance_corr_unseen']:.3f} ({base['HM', 'distance_corr_unseen']:.3f}) | "
+        f"{base['none', 'gm_age_r_unseen']:.3f} / {means['gm_age_r_unseen']:.3f} |",
+        "",
+        "## The guard (out-of-distribution flag of the final models)",
+        "",
+        "Per image of the unseen A site and of the B sites: SSIM to the same subject's "
+        "reference-site image (all harmonized by the method), IGUANe vs HM, and whether "
+        "`distribution_distance` exceeds `ood_threshold_`.",
+        "",
+        "| seed | threshold | images below HM | of them flagged | flagged in all | images |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        below, fb, flagged, total = _guard_rows(r)
+        lines.append(
+            f"| {r['seed']} | {r['guard_threshold']:.2f} | {below} | {fb} | {flagged} | "
+            f"{total} |"
+        )
+    lines += ["", "## Learning curves (current generator every eval step)", ""]
+    lines += ["| seed | step | s | unseen | seen | B | dist. corr | val score | D loss | adv |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        for c in r["curve"]:
+            val = "" if c["val_score"] is None else f"{c['val_score']:.4f}"
+            lines.append(
+                f"| {r['seed']} | {c['step']} | {c['seconds']:.0f} | {c['ssim_unseen']:.4f} | "
+                f"{c['ssim_seen']:.4f} | {c['ssim_family_b']:.4f} | "
+                f"{c['distance_corr_unseen']:.3f} | {val} | {c['loss_discriminator']:.3f} | "
+                f"{c['loss_adversarial']:.3f} |"
+            )
+    lines += ["", f"Parameters: `{json.dumps(runs[0]['params'])}`", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    panels = (("ssim_unseen", "unseen A site"), ("ssim_seen", "seen source sites"),
+              ("ssim_family_b", "family B sites (unseen)"))
+    colors = {"none": "0.6", "HM": "tab:orange", "WS": "tab:green"}
+    for ax, (key, title) in zip(axes, panels):
+        for r in runs:
+            steps = [c["step"] for c in r["curve"]]
+            ax.plot(steps, [c[key] for c in r["curve"]], "o-", color="tab:blue", ms=3,
+                    label="IGUANe" if r is runs[0] else None)
+        for m, col in colors.items():
+            ax.axhline(_mean([r["baselines"][m][key] for r in runs]), color=col, ls="--",
+                       label=f"{m} (mean)")
+        ax.set_title(f"traveling SSIM, {title}")
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=8)
+    ax = axes[3]
+    for r in runs:
+        steps = [c["step"] for c in r["curve"]]
+        ax.plot(steps, [c["loss_discriminator"] for c in r["curve"]], color="tab:red",
+                label="D loss" if r is runs[0] else None)
+        ax.plot(steps, [c["loss_adversarial"] for c in r["curve"]], color="tab:purple",
+                label="G adversarial" if r is runs[0] else None)
+    ax.set_title("losses (mean over the preceding steps)")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=90)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
 def main() -> None:
     args = parse_args()
+    if args.report:
+        runs = [json.loads(line) for line in Path(args.report).read_text().splitlines()]
+        notes_path = Path(args.out).with_suffix(".notes.md")
+        notes = notes_path.read_text().splitlines() if notes_path.exists() else []
+        write_report(runs, Path(args.out), notes)
+        return
     torch.set_num_threads(args.threads)
     params = recipe(args.set)
     load_start = os.getloadavg()

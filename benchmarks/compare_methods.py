@@ -78,6 +78,16 @@ def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[
     except ImportError as exc:
         notes.append(f"IGUANe skipped: not available ({exc}).")
         return methods, notes
+    if args.iguane_pretrained:
+        from harmonix.iguane.pretrained import PretrainedIGUANe
+
+        methods["IGUANe"] = PretrainedIGUANe()
+        notes.append(
+            "IGUANe is the shipped 4 mm CPU model (CPU_RECIPE, trained on seed 0's sites "
+            "0-3 by benchmarks/train_demo_model.py): not fitted here, so every site, seen "
+            "or unseen by the other methods, is new to it."
+        )
+        return methods, notes
     methods["IGUANe"] = IGUANeHarmonizer(
         reference_site=reference,
         n_epochs=args.iguane_epochs,
@@ -117,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iguane-random-init", action="store_true",
                    help="the paper's random initialization instead of identity_init (which "
                    "starts the generators at the identity: better for short CPU runs)")
+    p.add_argument("--iguane-pretrained", action="store_true",
+                   help="use the shipped 4 mm CPU model instead of training one (4 mm data, "
+                   "seeds other than 0)")
     p.add_argument("--device", default="auto", help="IGUANe device: auto, cpu or cuda")
     p.add_argument("--verbose", action="store_true", help="progress bars and INFO logs")
     return p.parse_args(argv)
@@ -226,12 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         "scanned at every site. Held-out (unseen) site(s): "
         f"{', '.join(map(str, test_sites))}; reference site: {ds.reference_site}.  ",
         f"Methods: {', '.join(outputs)}. IGUANe config: "
+        + ("the shipped CPU model (see the note below)." if args.iguane_pretrained
+           and "IGUANe" in outputs else "")
         + (f"base_width={args.iguane_width}, {args.iguane_epochs} epoch(s) x "
            f"{args.iguane_steps} steps, patch_size={args.iguane_patch}, "
            f"val_fraction={args.iguane_val_fraction}, "
            f"identity_init={not args.iguane_random_init}, device={args.device} "
            "(a CPU-sized model, far from the published 16-width, 100 x 200-step training)."
-           if "IGUANe" in outputs else "not run.")
+           if "IGUANe" in outputs and not args.iguane_pretrained
+           else "" if "IGUANe" in outputs else "not run.")
         + "  ",
         f"Machine: {platform.machine()}, {platform.system()}, {os.cpu_count()} CPU(s); total "
         f"wall time {total / 60:.1f} min, process CPU time {cpu / 60:.1f} min (1-min load "

@@ -109,6 +109,14 @@ def load_model(path: str | Path) -> Any:
     from harmonix.persistence import load_estimator
 
     path = Path(path)
+    if not path.is_file() and path.suffix == "":
+        # ``harmonix fit --out model`` adds the method's suffix: accept the name as given
+        found = [path.with_suffix(s) for s in (".npz", ".pt") if path.with_suffix(s).is_file()]
+        if len(found) > 1:
+            raise CLIError(
+                f"both {found[0]} and {found[1]} exist; name the model file with its suffix"
+            )
+        path = found[0] if found else path
     if not path.is_file():
         raise CLIError(f"model file not found: {path}")
     if path.suffix == ".npz":
@@ -201,12 +209,23 @@ def _dataset_from_manifest(path: str) -> Any:
 
 
 def _run_and_report(
-    ds: Any, methods: Sequence[str], out: Path, test_sites: Any, seed: int, quiet: bool
+    ds: Any,
+    methods: Sequence[str],
+    out: Path,
+    test_sites: Any,
+    seed: int,
+    quiet: bool,
+    pretrained_iguane: bool = False,
 ) -> int:
     from harmonix.benchmark import plot_metrics, run_benchmark, to_markdown
 
     harmonizers = {}
     for m in methods:
+        if m == "iguane" and pretrained_iguane:
+            from harmonix.iguane.pretrained import PretrainedIGUANe
+
+            harmonizers[m] = PretrainedIGUANe()
+            continue
         params = dict(IGUANE_CPU_PARAMS, random_state=seed) if m == "iguane" else {}
         harmonizers[m] = make_harmonizer(m, params)
     df = run_benchmark(harmonizers, ds, test_sites=test_sites, random_state=seed,
@@ -239,7 +258,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     logger.info("demo: %d synthetic images from 5 sites; %s held out as an unseen site",
                 len(ds), test_site)
     methods = [m for m in METHODS if m != "iguane" or not args.no_iguane]
-    code = _run_and_report(ds, methods, Path(args.out), [test_site], args.seed, args.quiet)
+    pretrained = args.resolution == 4.0
+    if "iguane" in methods and pretrained and args.seed == 0:
+        logger.warning("demo: seed 0's sites 0-3 are the shipped IGUANe model's training "
+                       "sites; use another seed to see it on new sites")
+    if "iguane" in methods:
+        logger.info(
+            "demo: IGUANe is %s",
+            "the shipped 4 mm CPU model (trained on other synthetic sites, so every demo "
+            "site is new to it)" if pretrained else
+            "a tiny training (the shipped model is for 4 mm images)",
+        )
+    code = _run_and_report(ds, methods, Path(args.out), [test_site], args.seed, args.quiet,
+                           pretrained_iguane=pretrained)
     logger.info("demo finished in %.0f s; results in %s", time.perf_counter() - start, args.out)
     return code
 
@@ -252,13 +283,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"harmonix {__version__}")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    # the global options are accepted after the subcommand too (harmonix demo --quiet)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+        help="no progress output",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+
+    def with_common(*a: Any, **kw: Any) -> argparse.ArgumentParser:
+        return add_parser(*a, parents=[common], **kw)
+
+    sub.add_parser = with_common  # type: ignore[method-assign]
 
     p = sub.add_parser("demo", help="benchmark every method on synthetic data (~1 min on CPU)")
     p.add_argument("--out", default="harmonix-demo", help="output folder")
     p.add_argument("--n-subjects", type=int, default=8)
     p.add_argument("--resolution", type=float, default=4.0, choices=[1.0, 2.0, 4.0])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=1,
+                   help="data seed (the shipped IGUANe model was trained on seed 0's sites)")
     p.add_argument("--no-iguane", action="store_true", help="skip IGUANe training")
     p.set_defaults(func=_cmd_demo)
 

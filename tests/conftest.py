@@ -65,3 +65,12 @@ def tiny_nifti(tmp_path, tiny):
         nib.save(nib.Nifti1Image(img, affine), path)
         paths.append(str(path))
     return paths, sites, ages, affine
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions are fastest (and least disturbed by other jobs) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -84,3 +84,24 @@ def test_demo_without_iguane(tmp_path, capsys):
     assert "traveling" in printed
     assert all(f"| {m} " in printed for m in ("none", "hm", "ws", "combat"))
     assert (out / "benchmark.md").exists() and (out / "metrics.png").exists()
+
+
+def test_model_name_as_given_to_fit_and_quiet_after_the_subcommand(dataset_dir, tmp_path,
+                                                                    capsys):
+    manifest = str(dataset_dir / "manifest.csv")
+    model = tmp_path / "model"  # fit adds .npz
+    assert main(["fit", "--method", "hm", "--manifest", manifest, "--out", str(model),
+                 "--quiet"]) == 0
+    assert (tmp_path / "model.npz").exists() and not model.exists()
+    out = tmp_path / "out"
+    assert main(["transform", "--model", str(model), "--manifest", manifest,
+                 "--out", str(out), "-q"]) == 0
+    assert len(list(out.glob("*_harmonized.nii.gz"))) == 9
+    capsys.readouterr()
+    (tmp_path / "model.pt").write_bytes(b"")  # two candidates: ambiguous, clear error
+    assert main(["transform", "--model", str(model), "--manifest", manifest,
+                 "--out", str(out), "--overwrite", "-q"]) == 1
+    assert "both" in capsys.readouterr().err
+    assert main(["transform", "--model", str(tmp_path / "nothing"), "--manifest", manifest,
+                 "--out", str(out), "-q"]) == 1
+    assert "model file not found" in capsys.readouterr().err

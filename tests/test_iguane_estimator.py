@@ -17,12 +17,7 @@ from harmonix.iguane.networks import Generator3D
 FAST = dict(n_epochs=1, steps_per_epoch=2, base_width=2, val_every=1, random_state=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

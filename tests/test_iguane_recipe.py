@@ -20,13 +20,7 @@ from harmonix.iguane.checkpoints import CHECKPOINT_NAME, load_checkpoint
 from harmonix.iguane.estimator import OutOfDistributionWarning
 from harmonix.iguane.selection import SiteDistance
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(n_per_site=3, gammas=(1.0, 1.8), shape=(16, 16, 16), seed=0):
@@ -304,3 +298,34 @@ def test_cpu_recipe_is_a_valid_parameter_set():
     assert all(params[k] == v for k, v in CPU_RECIPE.items())
     config = est._train_config((4.0, 4.0, 4.0))
     assert config.patch_size is None and config.warmup_steps > 0 and config.beta1 == 0.5
+
+
+# -- the shipped model -------------------------------------------------------------------------
+def test_pretrained_wrapper_loads_instead_of_training(tmp_path):
+    from sklearn.base import clone
+
+    from harmonix.iguane.pretrained import PretrainedIGUANe
+
+    imgs, sites = _blobs()
+    model = IGUANeHarmonizer(reference_site="site0", input_normalization="histogram",
+                             random_state=0, device="cpu", **TINY).fit(imgs, sites)
+    model.save(tmp_path / "m.pt")
+    wrapper = clone(PretrainedIGUANe(tmp_path / "m.pt"))
+    wrapper.fit(imgs[:2] * 3.0, ["a", "b"])  # any data: nothing is trained
+    for key, value in model.generator_.state_dict().items():
+        assert torch.equal(wrapper.model_.generator_.state_dict()[key], value)
+    np.testing.assert_allclose(wrapper.transform(imgs, sites), model.transform(imgs, sites),
+                               rtol=1e-5, atol=1e-4)
+    with pytest.raises(FileNotFoundError):
+        PretrainedIGUANe(tmp_path / "missing.pt").fit(imgs, sites)
+
+
+def test_shipped_demo_model_is_a_cpu_recipe_model():
+    from harmonix.iguane.pretrained import DEMO_MODEL_PATH, load_demo_model
+
+    assert DEMO_MODEL_PATH.is_file(), "the package ships its demo model"
+    model = load_demo_model()
+    assert model.base_width == CPU_RECIPE["base_width"] and model.reference_site_ == "site0"
+    assert model.input_normalization_["kind"] == "histogram"
+    assert model.input_normalization_["sites"] == ["site0", "site1", "site2", "site3"]
+    assert np.isfinite(model.ood_threshold_) and model.typical_correction_ > 0

@@ -15,14 +15,7 @@ from harmonix.iguane import data as D
 from harmonix.iguane import losses as L
 from harmonix.iguane import training as T
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions are fastest (and least disturbed by other jobs) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _volumes(n_per_site=3, sites=("ref", "a"), shape=(16, 16, 16), seed=0):

@@ -19,12 +19,13 @@ from __future__ import annotations
 __all__ = ["CPU_RECIPE"]
 
 #: Whole 4 mm volumes on 2 CPU cores: narrow generators (width 4) starting as the identity
-#: on histogram-matched inputs, wider discriminators (16) trained alone first (warm-up),
-#: CycleGAN's Adam (beta1 0.5) and schedule (constant, then linear decay to 0), lighter
-#: cycle/identity terms (10/5), no augmentation.
+#: on inputs histogram-matched per site, wider discriminators (16) trained alone for 100
+#: steps first (warm-up), then 200 steps with CycleGAN's Adam (beta1 0.5) and schedule
+#: (constant, then linear decay to 0), lighter cycle/identity terms (10/5), no
+#: augmentation, validation every 50 steps.
 CPU_RECIPE: dict = {
     "n_epochs": 1,
-    "steps_per_epoch": 300,
+    "steps_per_epoch": 200,
     "warmup_steps": 100,
     "base_width": 4,
     "disc_base_width": 16,

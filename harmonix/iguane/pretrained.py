@@ -1,0 +1,94 @@
+"""A small IGUANe model shipped with harmonix, for the demo, tutorials and comparisons.
+
+``harmonix/data/iguane_cpu_demo.pt`` is an :class:`~harmonix.IGUANeHarmonizer` trained
+with :data:`harmonix.iguane.CPU_RECIPE` on 4 mm synthetic data: sites ``site0``
+(reference) to ``site3`` of ``make_multisite(n_subjects=8, n_sites=5, resolution=4,
+random_state=0)``, by ``benchmarks/train_demo_model.py`` (seed 0 of
+``benchmarks/bench_iguane_learning.py``), which anyone can re-run to rebuild it. Data sets
+made with another ``random_state`` have other sites and subjects, so there every site is
+one the model never saw (``harmonix demo`` uses seed 1). It is a small model of synthetic
+4 mm data, not the published 1 mm model
+(:meth:`~harmonix.IGUANeHarmonizer.from_keras_weights` loads that one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from harmonix.base import BaseHarmonizer
+from harmonix.io import ImageCollection
+
+__all__ = ["DEMO_MODEL_PATH", "PretrainedIGUANe", "load_demo_model"]
+
+#: The shipped CPU model (inside the installed package; never downloaded).
+DEMO_MODEL_PATH = Path(__file__).resolve().parent.parent / "data" / "iguane_cpu_demo.pt"
+
+
+def load_demo_model() -> Any:
+    """The shipped 4 mm CPU IGUANe model (a fitted :class:`~harmonix.IGUANeHarmonizer`).
+
+    Returns
+    -------
+    IGUANeHarmonizer
+
+    Raises
+    ------
+    FileNotFoundError
+        If the package was installed without its data file.
+    """
+    from harmonix.iguane.estimator import IGUANeHarmonizer
+
+    if not DEMO_MODEL_PATH.is_file():
+        raise FileNotFoundError(
+            f"The shipped IGUANe demo model is missing ({DEMO_MODEL_PATH.name}); reinstall "
+            "harmonix, or rebuild it with benchmarks/train_demo_model.py."
+        )
+    return IGUANeHarmonizer.load(DEMO_MODEL_PATH)
+
+
+class PretrainedIGUANe(BaseHarmonizer):
+    """An already trained IGUANe model behind the fit/transform contract.
+
+    :meth:`fit` does not train: it checks the images and loads the model, so the model can
+    sit in :func:`harmonix.benchmark.run_benchmark` beside methods that are fitted on the
+    benchmark's data. Every site is then one the model never saw in its own training.
+
+    Parameters
+    ----------
+    model_path : str or path-like, default=None
+        A model saved by :meth:`harmonix.IGUANeHarmonizer.save`; None: the shipped demo
+        model (:func:`load_demo_model`).
+    reference_site : hashable, default=None
+        Only checked against the sites passed to :meth:`fit` (the model keeps its own
+        target appearance).
+
+    Attributes
+    ----------
+    model_ : IGUANeHarmonizer
+        The loaded model.
+    """
+
+    _needs_sites: ClassVar[bool] = False
+    _fixed_shape: ClassVar[bool] = False
+
+    def __init__(self, model_path: Any = None, reference_site: Any = None):
+        self.model_path = model_path
+        self.reference_site = reference_site
+
+    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+        from harmonix.iguane.estimator import IGUANeHarmonizer
+
+        for _ in self._iter_brains(imgs):  # validates every image
+            pass
+        if self.model_path is None:
+            self.model_ = load_demo_model()
+        else:
+            self.model_ = IGUANeHarmonizer.load(self.model_path)
+
+    def _transform(
+        self, imgs: ImageCollection, sites: np.ndarray | None, ages: np.ndarray | None
+    ) -> list[np.ndarray]:
+        return self.model_._transform(imgs, sites, ages)
