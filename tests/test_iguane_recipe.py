@@ -329,3 +329,18 @@ def test_shipped_demo_model_is_a_cpu_recipe_model():
     assert model.input_normalization_["kind"] == "histogram"
     assert model.input_normalization_["sites"] == ["site0", "site1", "site2", "site3"]
     assert np.isfinite(model.ood_threshold_) and model.typical_correction_ > 0
+
+
+def test_pretrained_wrapper_keeps_new_sites_apart_from_training_sites(tmp_path):
+    from harmonix.iguane.pretrained import PretrainedIGUANe
+
+    imgs, sites = _blobs()
+    model = IGUANeHarmonizer(reference_site="site0", input_normalization="histogram",
+                             random_state=0, device="cpu", **TINY).fit(imgs, sites)
+    model.save(tmp_path / "m.pt")
+    other = imgs * np.linspace(0.5, 2.0, len(imgs))[:, None, None, None]  # other "site1"
+    wrapper = PretrainedIGUANe(tmp_path / "m.pt").fit(other, sites)
+    # pooled over the given images of each label, not the model's stored site1 landmarks
+    expected = model.transform(other, np.array([f"x-{s}" for s in sites]))
+    np.testing.assert_allclose(wrapper.transform(other, sites), expected, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(wrapper.transform(other, sites), model.transform(other, sites))

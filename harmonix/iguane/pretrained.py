@@ -54,7 +54,9 @@ class PretrainedIGUANe(BaseHarmonizer):
 
     :meth:`fit` does not train: it checks the images and loads the model, so the model can
     sit in :func:`harmonix.benchmark.run_benchmark` beside methods that are fitted on the
-    benchmark's data. Every site is then one the model never saw in its own training.
+    benchmark's data. Every site is then one the model never saw in its own training:
+    site labels given to :meth:`transform` group images for the per-site histogram map
+    even when they equal the names of the model's training sites.
 
     Parameters
     ----------
@@ -91,4 +93,8 @@ class PretrainedIGUANe(BaseHarmonizer):
     def _transform(
         self, imgs: ImageCollection, sites: np.ndarray | None, ages: np.ndarray | None
     ) -> list[np.ndarray]:
+        # the caller's sites are never the model's training sites, even when their labels
+        # coincide ("site1" of another data set): keep them apart from the stored ones
+        if sites is not None:
+            sites = np.asarray([f"(new) {s}" for s in sites.tolist()])
         return self.model_._transform(imgs, sites, ages)
