@@ -63,6 +63,7 @@ from harmonix.iguane import CPU_RECIPE
 from harmonix.iguane.checkpoints import CHECKPOINT_NAME, load_checkpoint
 from harmonix.iguane.estimator import IGUANeHarmonizer
 from harmonix.iguane.networks import Generator3D
+from harmonix.iguane.normalization import InputNormalizer, image_landmarks
 from harmonix.whitestripe import WhiteStripeHarmonizer
 
 
@@ -163,6 +164,38 @@ def fitted_from(generator: Generator3D, params: dict, ds, reference_median: floa
     return est
 
 
+def start_point(ds, ds_b, score: Scorer, params: dict) -> dict:
+    """Scores at the end of the warm-up: the generators are still the identity.
+
+    With ``identity_init`` the generators do not change during the discriminator warm-up,
+    so the forward generator is exactly the identity and IGUANe returns its normalized
+    inputs (with ``input_normalization="histogram"``: the per-site histogram-matched
+    images).
+    """
+    tr = score.train
+    landmarks = np.stack([image_landmarks(x) for x in ds.imgs[tr]])
+    kind = params.get("input_normalization", "median")
+    norm = InputNormalizer.fit(kind, landmarks, ds.sites[tr], ds.reference_site)
+    gen = Generator3D(params["base_width"])
+    with torch.no_grad():
+        gen.out_conv.weight.zero_()
+        gen.out_conv.bias.zero_()
+    ref = ds.imgs[ds.sites == ds.reference_site]
+    median = (
+        float(np.median([np.median(x[x != 0]) for x in ref]))
+        if kind == "median"
+        else float(norm(ref[0], norm.site_landmarks[0])[1])
+    )
+    model = fitted_from(gen, params, ds, median)
+    model.input_normalization_ = norm.to_dict()
+    model.ood_action = "ignore"
+    res = score(model.transform(ds.imgs, ds.sites), model.transform(ds_b.imgs, ds_b.sites))
+    res.update(step=params["warmup_steps"], seconds=float("nan"), val_score=None,
+               loss_discriminator=float("nan"), loss_generator=float("nan"),
+               loss_adversarial=float("nan"))
+    return res
+
+
 def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
     ds = make_multisite(args.n_subjects, args.n_sites, resolution=4, random_state=seed)
     ds_b = make_family_b(ds, n_sites=args.n_sites_b, random_state=seed)
@@ -182,6 +215,8 @@ def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
             out_a, out_b = h.transform(ds.imgs), h.transform(ds_b.imgs)
         rows["baselines"][name] = score(out_a, out_b)
 
+    if params.get("identity_init"):
+        rows["curve"].append(start_point(ds, ds_b, score, params))
     total = params["warmup_steps"] + params["n_epochs"] * params["steps_per_epoch"]
     est = IGUANeHarmonizer(
         **{**params, "random_state": seed, "device": "cpu", "val_fraction": 0.1}
@@ -321,14 +356,22 @@ def write_report(runs: list[dict], out: Path, notes: list[str]) -> None:
             f"| {r['seed']} | {r['guard_threshold']:.2f} | {below} | {fb} | {flagged} | "
             f"{total} |"
         )
-    lines += ["", "## Learning curves (current generator every eval step)", ""]
+    lines += [
+        "",
+        "## Learning curves (current generator every eval step)",
+        "",
+        "The first row of a seed is the end of the discriminator warm-up: the generators "
+        "are still the identity, so IGUANe returns its per-site histogram-matched inputs.",
+        "",
+    ]
     lines += ["| seed | step | s | unseen | seen | B | dist. corr | val score | D loss | adv |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         for c in r["curve"]:
             val = "" if c["val_score"] is None else f"{c['val_score']:.4f}"
+            secs = "" if not np.isfinite(c["seconds"]) else f"{c['seconds']:.0f}"
             lines.append(
-                f"| {r['seed']} | {c['step']} | {c['seconds']:.0f} | {c['ssim_unseen']:.4f} | "
+                f"| {r['seed']} | {c['step']} | {secs} | {c['ssim_unseen']:.4f} | "
                 f"{c['ssim_seen']:.4f} | {c['ssim_family_b']:.4f} | "
                 f"{c['distance_corr_unseen']:.3f} | {val} | {c['loss_discriminator']:.3f} | "
                 f"{c['loss_adversarial']:.3f} |"
