@@ -91,6 +91,9 @@ def parse_args() -> argparse.Namespace:
         help="only write the results file and figure from a JSON-lines file of earlier runs",
     )
     p.add_argument("--out", default="benchmarks/results/iguane_learning.md")
+    p.add_argument("--save-models", default=None, metavar="DIR",
+                   help="save each seed's final model as DIR/seed<N>.pt "
+                   "(for bench_iguane_guard.py)")
     return p.parse_args()
 
 
@@ -256,6 +259,10 @@ def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
                 flush=True,
             )
         rows["train_seconds"] = time.perf_counter() - t0
+    est.set_params(checkpoint_dir=None, resume=False, max_steps=None)
+    if args.save_models:
+        Path(args.save_models).mkdir(parents=True, exist_ok=True)
+        est.save(Path(args.save_models) / f"seed{seed}.pt")
     final_a, final_b = est.transform(ds.imgs, ds.sites), est.transform(ds_b.imgs, ds_b.sites)
     rows["final"] = score(final_a, final_b)
     rows["final"]["best_step"] = est.history_["best_step"]

@@ -39,16 +39,24 @@ class FamilyB:
     site_params: list
 
 
-def _draw_site(rng: np.random.Generator, name: str) -> dict:
+#: Parameter ranges: (gamma, slice sigma mm, gradient range, noise fraction).
+RANGES = {
+    "default": ((0.6, 1.6), (2.0, 3.5), (0.2, 0.5), (0.015, 0.04)),
+    "harsh": ((0.3, 3.0), (4.0, 7.0), (0.8, 1.5), (0.06, 0.12)),
+}
+
+
+def _draw_site(rng: np.random.Generator, name: str, strength: str = "default") -> dict:
+    gamma, sigma, gradient, noise = RANGES[strength]
     direction = rng.standard_normal(3)
     return {
         "name": name,
-        "gamma": float(np.exp(rng.uniform(np.log(0.6), np.log(1.6)))),
+        "gamma": float(np.exp(rng.uniform(np.log(gamma[0]), np.log(gamma[1])))),
         "slice_axis": int(rng.integers(3)),
-        "slice_sigma_mm": float(rng.uniform(2.0, 3.5)),
+        "slice_sigma_mm": float(rng.uniform(*sigma)),
         "gradient_direction": (direction / np.linalg.norm(direction)).tolist(),
-        "gradient_range": float(rng.uniform(0.2, 0.5)),
-        "noise_fraction": float(rng.uniform(0.015, 0.04)),
+        "gradient_range": float(rng.uniform(*gradient)),
+        "noise_fraction": float(rng.uniform(*noise)),
         "scale": float(np.exp(rng.uniform(np.log(100.0), np.log(3000.0)))),
     }
 
@@ -75,7 +83,9 @@ def _render(clean: np.ndarray, brain: np.ndarray, params: dict, resolution: floa
     return vals.astype(np.float32)
 
 
-def make_family_b(ds, n_sites: int = 3, random_state: int = 0) -> FamilyB:
+def make_family_b(
+    ds, n_sites: int = 3, random_state: int = 0, strength: str = "default"
+) -> FamilyB:
     """Scan every subject of ``ds`` (a :class:`~harmonix.datasets.MultisiteDataset`) at
     ``n_sites`` family B sites.
 
@@ -85,6 +95,9 @@ def make_family_b(ds, n_sites: int = 3, random_state: int = 0) -> FamilyB:
         Family A data; its reference-site ground truths are the clean subjects.
     n_sites : int, default=3
     random_state : int, default=0
+    strength : {"default", "harsh"}, default="default"
+        "harsh": gamma 0.3-3, slices sigma 4-7 mm, gradient range 0.8-1.5, noise 6-12 %
+        (a stress test of the out-of-distribution guard).
 
     Returns
     -------
@@ -95,7 +108,7 @@ def make_family_b(ds, n_sites: int = 3, random_state: int = 0) -> FamilyB:
     at_ref = np.flatnonzero(ds.sites == ds.reference_site)
     imgs, sites, subjects, ages, params = [], [], [], [], []
     for k in range(n_sites):
-        p = _draw_site(rng, f"B{k}")
+        p = _draw_site(rng, f"B{k}", strength)
         params.append(p)
         for i in at_ref:
             brain = ds.masks[i]
