@@ -185,9 +185,7 @@ def start_point(ds, ds_b, score: Scorer, params: dict) -> dict:
         gen.out_conv.bias.zero_()
     ref = ds.imgs[ds.sites == ds.reference_site]
     median = (
-        float(np.median([np.median(x[x != 0]) for x in ref]))
-        if kind == "median"
-        else float(norm(ref[0], norm.site_landmarks[0])[1])
+        float(np.median([np.median(x[x != 0]) for x in ref])) if kind == "median" else norm.median
     )
     model = fitted_from(gen, params, ds, median)
     model.input_normalization_ = norm.to_dict()

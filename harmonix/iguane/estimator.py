@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -390,7 +390,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         )
         site_lm = normalizer.site_landmarks_of(sites, landmarks.__getitem__)
         if histogram:
-            medians[:] = normalizer(imgs[int(reference[0])], site_lm[int(reference[0])])[1]
+            medians[:] = normalizer.median
 
         def normalized(index: int) -> np.ndarray:
             return normalizer(imgs[index], site_lm[index] if histogram else None)[0]
@@ -421,9 +421,9 @@ class IGUANeHarmonizer(BaseHarmonizer):
         self.reference_median_ = float(np.median(medians[reference]))
         self.history_ = {**result.history, "val_indices": list(result.val_indices)}
         # the guard: corrections on held-out images (and a sample of training images)
-        sources = [i for i in np.flatnonzero(sites != self.reference_site_).tolist()]
         held = list(result.val_indices)
-        rest = [i for i in sources if i not in set(held)]
+        skip = set(held)
+        rest = [int(i) for i in np.flatnonzero(sites != self.reference_site_) if i not in skip]
         if len(rest) > _GUARD_SAMPLE:
             rest = [rest[int(k)] for k in np.linspace(0, len(rest) - 1, _GUARD_SAMPLE)]
         amp = self._amp_dtype(device)
@@ -459,8 +459,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
 
     def _harmonize_all(
         self, imgs: ImageCollection, sites: np.ndarray | None = None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
-        """Yield (harmonized image, normalized input, distance) per image."""
+    ) -> Iterator[tuple[np.ndarray, Callable[[], np.ndarray], float]]:
+        """Yield (harmonized image, normalized input on demand, distance) per image."""
         device = resolve_device(self.device)
         input_shape = _check_input_shape(self.input_shape)
         generator = self.generator_
@@ -481,8 +481,12 @@ class IGUANeHarmonizer(BaseHarmonizer):
             distance = size / typical if typical > 0 else float("nan")
             result = prepared.change.invert(from_network_scale(y, prepared.mask, scale))
             result[~brain] = 0.0
-            plain = prepared.change.invert(from_network_scale(x, prepared.mask, scale))
-            plain[~brain] = 0.0
+
+            def plain(x=x, prepared=prepared, brain=brain) -> np.ndarray:
+                out = prepared.change.invert(from_network_scale(x, prepared.mask, scale))
+                out[~brain] = 0.0
+                return out
+
             yield result, plain, distance
 
     def _transform(
@@ -495,7 +499,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
             if distance > threshold:
                 flagged.append(i)
                 if self.ood_action == "fallback":
-                    result = plain
+                    result = plain()
             out.append(result)
         if flagged and self.ood_action != "ignore":
             what = (

@@ -98,6 +98,13 @@ class InputNormalizer:
         standard = standard_scale(landmarks[sites == reference_site])
         return cls("histogram", standard, labels, per_site)
 
+    @property
+    def median(self) -> float:
+        """Brain median of every "histogram"-normalized image (the standard median)."""
+        if self.standard_landmarks is None:
+            raise ValueError("Only a 'histogram' normalization has a common median.")
+        return float(self.standard_landmarks[_MEDIAN_LANDMARK])
+
     def site_landmarks_of(
         self, sites: np.ndarray | None, landmarks: Callable[[int], np.ndarray]
     ) -> list[np.ndarray | None]:
@@ -155,7 +162,7 @@ class InputNormalizer:
         mapped = apply_landmarks(data, own, standard, brain)
         # brain voxels mapped to 0 or below stay brain (lowest network value)
         mapped[brain & (mapped <= 0)] = np.float32(1e-6 * standard[-1])
-        return mapped, float(standard[_MEDIAN_LANDMARK])
+        return mapped, self.median
 
     def to_dict(self) -> dict:
         """Plain values (for saving)."""
