@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "ImageCollection",
     "Manifest",
     "as_collection",
+    "atomic_write",
     "load_img",
     "load_imgs",
     "read_manifest",
@@ -120,20 +122,64 @@ def load_imgs(imgs: Sequence[PathLike | nib.spatialimages.SpatialImage]) -> list
     return [load_img(img) for img in imgs]
 
 
-def _atomic_write(img: nib.Nifti1Image, path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"'{path}' exists; pass overwrite=True to replace it or choose another name."
-        )
+def _full_suffix(name: str) -> str:
+    """The suffixes a writer may look at: ``.nii.gz`` for ``a.nii.gz``, ``.npz`` for ``a.npz``."""
+    suffixes = Path(name).suffixes
+    if len(suffixes) >= 2 and suffixes[-1] in (".gz", ".bz2", ".xz"):
+        return "".join(suffixes[-2:])
+    return suffixes[-1] if suffixes else ""
+
+
+@contextmanager
+def atomic_write(
+    path: PathLike, *, suffix: str | None = None, fsync: bool = False
+) -> Iterator[Path]:
+    """Write a file under a temporary name in its folder, then rename it to ``path``.
+
+    The ``with`` body writes to the yielded temporary path (with any writer: nibabel,
+    numpy, torch, :func:`open`); on success the temporary file replaces ``path`` in one
+    :func:`os.replace`, so readers never see a half-written file. If the body raises, the
+    temporary file is removed and an existing ``path`` is left untouched.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Final destination. Its folder is created if needed.
+    suffix : str, optional
+        Suffix of the temporary name. By default the final suffix of ``path``
+        (``.nii.gz``, ``.npz``...), so writers that choose a format from the name, or
+        append one, write the right file.
+    fsync : bool, default=False
+        Flush the temporary file to disk before the rename (for files, like training
+        checkpoints, that must survive a power loss).
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary path to write to.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from harmonix.io import atomic_write
+    >>> with atomic_write("/tmp/harmonix-example.npz") as tmp:  # doctest: +SKIP
+    ...     np.savez(tmp, x=np.arange(3))
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    if suffix is None:
+        suffix = _full_suffix(path.name)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    tmp = Path(name)
     try:
-        nib.save(img, tmp)
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -167,7 +213,12 @@ def save_img(
         raise ValueError(f"'{path}' must end with .nii or .nii.gz.")
     if isinstance(img, np.ndarray):
         img = nib.Nifti1Image(img, np.eye(4) if affine is None else affine)
-    _atomic_write(img, path, overwrite)
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"'{path}' exists; pass overwrite=True to replace it or choose another name."
+        )
+    with atomic_write(path) as tmp:
+        nib.save(img, tmp)
     return path
 
 

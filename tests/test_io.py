@@ -10,6 +10,7 @@ import pytest
 
 from harmonix.io import (
     as_collection,
+    atomic_write,
     load_img,
     load_imgs,
     read_manifest,
@@ -93,6 +94,36 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_img(np.ones((2, 2, 2), np.float32), tmp_path / "x.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_replaces_the_file_with_the_new_content(tmp_path):
+    out = tmp_path / "sub" / "model.npz"  # the folder is created
+    with atomic_write(out) as tmp:
+        assert tmp.parent == out.parent and tmp.name.endswith(".npz") and tmp != out
+        np.savez(tmp, x=np.arange(3))  # numpy would append .npz to any other name
+    with np.load(out) as data:
+        np.testing.assert_array_equal(data["x"], np.arange(3))
+    assert [p.name for p in out.parent.iterdir()] == ["model.npz"]
+    with atomic_write(tmp_path / "img.nii.gz") as tmp:
+        assert tmp.name.endswith(".nii.gz")  # nibabel compresses by the name
+        nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4)), tmp)
+    with gzip.open(tmp_path / "img.nii.gz") as fh:
+        assert len(fh.read()) > 0
+    with atomic_write(tmp_path / "c.ckpt", suffix=".tmp", fsync=True) as tmp:
+        assert tmp.suffix == ".tmp"
+        tmp.write_bytes(b"new")
+    assert (tmp_path / "c.ckpt").read_bytes() == b"new"
+
+
+def test_atomic_write_error_keeps_the_old_file_and_no_temporary(tmp_path):
+    out = tmp_path / "a.nii.gz"
+    out.write_bytes(b"old content")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_write(out) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert out.read_bytes() == b"old content"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]
 
 
 def test_read_manifest(tmp_path, tiny_nifti):
