@@ -47,7 +47,6 @@ import functools
 import math
 import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -710,6 +709,8 @@ def write_nifti_dataset(
     """
     import nibabel as nib
 
+    from harmonix.io import atomic_write, save_img
+
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ext = ".nii.gz" if compress else ".nii"
@@ -722,29 +723,14 @@ def write_nifti_dataset(
         if str(rel) in used:  # labels that differ only by unsafe characters
             rel = pathlib.PurePosixPath(site_dir) / f"{stem}_{i}{ext}"
         used.add(str(rel))
-        target = out / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
         img = nib.Nifti1Image(np.asarray(dataset.imgs[i], dtype=np.float32), dataset.affine)
         img.header.set_xyzt_units("mm")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=target.parent)
-        os.close(fd)
-        try:
-            nib.save(img, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        save_img(img, out / rel, overwrite=True)
         rows.append((str(rel), site, repr(float(dataset.ages[i])), subject))
 
     manifest = out / "manifest.csv"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=out)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "site", "age", "subject"])
-            writer.writerows(rows)
-        os.replace(tmp, manifest)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(manifest) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "site", "age", "subject"])
+        writer.writerows(rows)
     return manifest

@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from harmonix._version import __version__
+from harmonix.io import atomic_write
 
 __all__ = ["load_estimator", "save_estimator", "read_model_info"]
 
@@ -94,15 +94,8 @@ def save_estimator(estimator: Any, path: str | os.PathLike) -> Path:
         "fitted": fitted,
     }
     arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
