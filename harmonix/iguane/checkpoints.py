@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from harmonix.io import atomic_write
 
 if TYPE_CHECKING:
     from harmonix.iguane.distributed import DistributedContext
@@ -100,17 +101,8 @@ def describe_mismatch(saved: str, current: str) -> str:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write ``obj`` with :func:`torch.save` to a temporary file, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, suffix=".tmp", fsync=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
