@@ -101,8 +101,8 @@ def describe_mismatch(saved: str, current: str) -> str:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write ``obj`` with :func:`torch.save` to a temporary file, then rename it to ``path``."""
-    with atomic_write(path, suffix=".tmp", fsync=True) as tmp:
-        torch.save(obj, tmp)
+    with atomic_write(path, suffix=".tmp", fsync=True) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
