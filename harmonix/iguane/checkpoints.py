@@ -24,8 +24,8 @@ import torch
 from harmonix.io import atomic_write
 
 if TYPE_CHECKING:
+    from harmonix.iguane.config import TrainConfig
     from harmonix.iguane.distributed import DistributedContext
-    from harmonix.iguane.training import TrainConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer
 from harmonix.iguane.checkpoints import atomic_torch_save, load_torch_file
+from harmonix.iguane.config import TrainConfig
 from harmonix.iguane.data import (
     NETWORK_SCALE,
     SIZE_MULTIPLE,
@@ -27,7 +28,7 @@ from harmonix.iguane.data import (
 from harmonix.iguane.inference import harmonize_volume
 from harmonix.iguane.networks import Generator3D
 from harmonix.iguane.normalization import InputNormalizer, correction_size, image_landmarks
-from harmonix.iguane.training import TrainConfig, resolve_device, train
+from harmonix.iguane.training import resolve_device, train
 from harmonix.io import ImageCollection, as_collection
 from harmonix.preprocessing import IGUANE_SHAPE
 

@@ -1,0 +1,245 @@
+"""Settings of IGUANe training: the frozen :class:`TrainConfig` and its validation.
+
+Also :data:`CPU_RECIPE`, explicit :class:`~harmonix.IGUANeHarmonizer` parameters for a
+training that fits on a 2-core CPU (see :mod:`harmonix.iguane.recipes`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from harmonix.iguane.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
+
+__all__ = ["CPU_RECIPE", "LR_SCHEDULES", "TrainConfig", "check_int"]
+
+#: Learning-rate schedules of :class:`TrainConfig`.
+LR_SCHEDULES = ("linear", "constant_then_linear")
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of IGUANe training; defaults are the published settings.
+
+    Parameters
+    ----------
+    n_epochs : int, default=100
+    steps_per_epoch : int, default=200
+        One step updates every source site once (see
+        :func:`harmonix.iguane.training.train`).
+    base_width : int, default=16
+        Channels of the generators' first level (16: the published 6.5 M-parameter
+        network). Smaller widths (4-8) make CPU training practical.
+    disc_base_width : int, default=None
+        Channels of the discriminators' first convolution; None means ``4 * base_width``
+        (64, the published discriminator, for ``base_width=16``).
+    patch_size : int or tuple of 3 int, default=None
+        Train on random crops of this size (multiples of 16, each containing a brain voxel
+        at a random position) instead of whole volumes. Inference always uses whole
+        volumes (the networks are fully convolutional).
+    batch_size : int, default=1
+        Pairs per generator update (per process in a distributed training, see
+        :mod:`harmonix.iguane.distributed`); discriminators see
+        ``disc_pairs * batch_size`` real and as many generated volumes per update.
+    disc_pairs : int, default=2
+        See ``batch_size`` (2 in the original).
+    learning_rate, final_learning_rate : float, default=2e-4, 2e-5
+        Start and end of the learning-rate schedule (``final_learning_rate`` may be 0).
+    lr_schedule : {"linear", "constant_then_linear"}, default="linear"
+        "linear": decay linearly from ``learning_rate`` to ``final_learning_rate`` over
+        the whole training (the original). "constant_then_linear": keep
+        ``learning_rate`` for the first half, then decay linearly to
+        ``final_learning_rate`` (CycleGAN's schedule, usually with 0 at the end).
+    beta1, beta2, adam_eps : float, default=0.9, 0.999, 1e-7
+        Adam parameters (CycleGAN practice is ``beta1=0.5``).
+    warmup_steps : int, default=0
+        Steps of discriminator updates alone (each source site's two discriminators once
+        per step, against the initial generators) before the first generator update. They
+        come before the ``n_epochs * steps_per_epoch`` steps and do not advance the
+        learning-rate schedules.
+    cycle_weight, identity_weight : float, default=30, 15
+        Loss weights.
+    augment : bool, default=True
+        Random rotation and shift of training volumes (see
+        :func:`harmonix.iguane.data.augment`); False turns both off.
+    rotation_degrees : float, default=10
+        With ``augment``: a rotation (p=0.5) by up to this angle in one random axis plane;
+        0 turns rotations off.
+    shift_mm : float, default=5
+        With ``augment``: a shift of each axis by a whole number of voxels of at most this
+        many millimetres (±5 voxels of 1 mm in the original); 0 turns shifts off.
+    voxel_size : tuple of 3 float, default=(1, 1, 1)
+        Voxel size of the training volumes in mm (converts ``shift_mm`` to voxels).
+    identity_init : bool, default=False
+        Start every generator as the identity map by zeroing its last (1×1×1)
+        convolution, instead of the original's Glorot initialization, whose random
+        residual changes images a lot until training has undone it. Helps short trainings
+        (e.g. on CPU); the published training does not use it.
+    age_bin_width : float, default=5
+        Years per bin of the age-balanced sampling (used when ages are given).
+    val_fraction : float, default=0.1
+        Fraction of each source site's images held out for validation.
+    val_every : int, default=1000
+        Validate every this many steps (the original: every 5 epochs of 200 steps), and at
+        the end.
+    checkpoint_every : int, default=200
+        Write a checkpoint every this many steps (when a checkpoint folder is given).
+    mixed_precision : bool, default=None
+        Run the networks under :func:`torch.autocast`; None means on CUDA only.
+    amp_dtype : {"float16", "bfloat16"}, default=None
+        Autocast dtype; None means float16 on CUDA (with loss scaling) and bfloat16 on CPU.
+    """
+
+    n_epochs: int = 100
+    steps_per_epoch: int = 200
+    base_width: int = 16
+    disc_base_width: int | None = None
+    patch_size: int | tuple[int, int, int] | None = None
+    batch_size: int = 1
+    disc_pairs: int = 2
+    learning_rate: float = 2e-4
+    final_learning_rate: float = 2e-5
+    lr_schedule: str = "linear"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-7
+    cycle_weight: float = CYCLE_WEIGHT
+    identity_weight: float = IDENTITY_WEIGHT
+    warmup_steps: int = 0
+    augment: bool = True
+    rotation_degrees: float = 10.0
+    shift_mm: float = 5.0
+    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    identity_init: bool = False
+    age_bin_width: float = 5.0
+    val_fraction: float = 0.1
+    val_every: int = 1000
+    checkpoint_every: int = 200
+    mixed_precision: bool | None = None
+    amp_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "n_epochs",
+            "steps_per_epoch",
+            "base_width",
+            "batch_size",
+            "disc_pairs",
+            "val_every",
+            "checkpoint_every",
+        ):
+            check_int(getattr(self, name), name, 1)
+        check_int(self.warmup_steps, "warmup_steps", 0)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}."
+            )
+        for name in ("rotation_degrees", "shift_mm"):
+            _check_number(getattr(self, name), name, positive=False)
+        try:
+            voxel = tuple(float(v) for v in self.voxel_size)
+        except TypeError:
+            voxel = ()
+        if len(voxel) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel):
+            raise ValueError(
+                f"voxel_size must be 3 positive numbers (mm), got {self.voxel_size!r}."
+            )
+        object.__setattr__(self, "voxel_size", voxel)
+        if self.disc_base_width is not None:
+            check_int(self.disc_base_width, "disc_base_width", 1)
+        if self.patch_size is not None:
+            patch = self.patch_size
+            if isinstance(patch, int | np.integer) and not isinstance(patch, bool):
+                patch = (int(patch),) * 3
+            try:
+                patch = tuple(int(p) for p in patch)  # type: ignore[union-attr]
+            except TypeError:
+                patch = ()
+            if len(patch) != 3 or any(p < 16 or p % 16 for p in patch):
+                raise ValueError(
+                    f"patch_size must be None, an int or 3 ints, each a multiple of 16 "
+                    f"(e.g. 32 or 64), got {self.patch_size!r}."
+                )
+            object.__setattr__(self, "patch_size", patch)
+        for name in ("learning_rate", "adam_eps", "age_bin_width"):
+            _check_number(getattr(self, name), name, positive=True)
+        _check_number(self.final_learning_rate, "final_learning_rate", positive=False)
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 <= value < 1):
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+        for name in ("cycle_weight", "identity_weight"):
+            _check_number(getattr(self, name), name, positive=False)
+        if not (isinstance(self.val_fraction, int | float) and 0 <= self.val_fraction < 1):
+            raise ValueError(
+                f"val_fraction must be in [0, 1) (0 disables validation), "
+                f"got {self.val_fraction!r}."
+            )
+        if self.amp_dtype not in (None, "float16", "bfloat16"):
+            raise ValueError(
+                f"amp_dtype must be None, 'float16' or 'bfloat16', got {self.amp_dtype!r}."
+            )
+
+    @property
+    def n_steps(self) -> int:
+        """Number of training steps with generator updates (warm-up excluded)."""
+        return self.n_epochs * self.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        """All steps: discriminator warm-up, then ``n_steps``."""
+        return self.warmup_steps + self.n_steps
+
+    @property
+    def max_shift_voxels(self) -> tuple[int, int, int]:
+        """``shift_mm`` in whole voxels along each axis (0 without augmentation)."""
+        if not self.augment:
+            return (0, 0, 0)
+        return tuple(int(math.floor(self.shift_mm / v + 1e-9)) for v in self.voxel_size)
+
+    @property
+    def discriminator_width(self) -> int:
+        """Resolved ``disc_base_width``."""
+        return 4 * self.base_width if self.disc_base_width is None else self.disc_base_width
+
+
+def check_int(value: Any, name: str, minimum: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _check_number(value: Any, name: str, *, positive: bool) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number, ``> 0`` or ``>= 0``."""
+    ok = isinstance(value, int | float) and math.isfinite(value)
+    if positive and not (ok and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    if not (ok and value >= 0):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+
+
+#: Whole 4 mm volumes on 2 CPU cores: narrow generators (width 4) starting as the identity
+#: on inputs histogram-matched per site, wider discriminators (16) trained alone for 100
+#: steps first (warm-up), then 200 steps with CycleGAN's Adam (beta1 0.5) and schedule
+#: (constant, then linear decay to 0), lighter cycle/identity terms (10/5), no
+#: augmentation, validation every 50 steps.
+CPU_RECIPE: dict = {
+    "n_epochs": 1,
+    "steps_per_epoch": 200,
+    "warmup_steps": 100,
+    "base_width": 4,
+    "disc_base_width": 16,
+    "patch_size": None,
+    "learning_rate": 5e-4,
+    "final_learning_rate": 0.0,
+    "lr_schedule": "constant_then_linear",
+    "beta1": 0.5,
+    "cycle_weight": 10.0,
+    "identity_weight": 5.0,
+    "augment": False,
+    "identity_init": True,
+    "input_normalization": "histogram",
+    "val_every": 50,
+}
