@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from harmonix._docs import fill_doc
 from harmonix.io import ImageCollection, as_collection, load_img
 
 __all__ = ["BaseHarmonizer", "IdentityHarmonizer", "check_sites", "check_ages"]
@@ -339,6 +340,7 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         return tags
 
 
+@fill_doc
 class IdentityHarmonizer(BaseHarmonizer):
     """A harmonizer that changes nothing (the "no harmonization" baseline).
 
@@ -347,15 +349,12 @@ class IdentityHarmonizer(BaseHarmonizer):
 
     Parameters
     ----------
-    mask : ndarray, path or nibabel image, default=None
-        Brain mask; voxels outside it are set to 0.
+    %(mask)s
 
     Attributes
     ----------
-    sites_ : ndarray
-        Sites seen in fit.
-    n_images_ : int
-        Number of training images.
+    %(sites_)s
+    %(n_images_)s
 
     Examples
     --------

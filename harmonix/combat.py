@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from harmonix import _combat_math as cm
+from harmonix._docs import fill_doc
 from harmonix.base import BaseHarmonizer
 from harmonix.io import ImageCollection
 
@@ -75,6 +76,7 @@ def _empty_stack(n: int, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
     return np.empty((n, *shape[::-1]), dtype=np.float32).transpose(0, *range(len(shape), 0, -1))
 
 
+@fill_doc
 class ComBatHarmonizer(BaseHarmonizer):
     """Voxel-wise ComBat harmonization inside the common brain mask.
 
@@ -114,8 +116,7 @@ class ComBatHarmonizer(BaseHarmonizer):
         needs at least 2 images of each new site (a ValueError otherwise; more is much
         better, since per-voxel estimates from few images absorb individual anatomy);
         nothing is stored, so each call estimates afresh.
-    mask : ndarray, path or nibabel image, default=None
-        Brain mask restricting the harmonized voxels; voxels outside it are set to 0.
+    %(mask)s
     chunk_size : int, default=None
         Voxels processed at once by the fit. ``None`` picks about 64 MiB of float64 work
         arrays. The result does not depend on it (bit for bit).

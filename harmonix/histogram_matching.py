@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from harmonix._docs import fill_doc
 from harmonix._voxelstats import percentiles as _percentiles
 from harmonix._voxelstats import scatter_brain
 from harmonix.base import BaseHarmonizer
@@ -201,6 +202,7 @@ def apply_landmarks(
     return scatter_brain(_map_values(values, landmarks, standard), brain)
 
 
+@fill_doc
 class HistogramMatchingHarmonizer(BaseHarmonizer):
     """Nyúl–Udupa histogram matching onto the reference site's intensity scale.
 
@@ -212,26 +214,19 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
 
     Parameters
     ----------
-    reference_site : hashable, default=None
-        Site whose intensity scale the outputs land on; None picks the site with the most
-        training images.
+    %(reference_site)s
     percentiles : sequence of float, default=(1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
         Landmark percentiles: sorted, unique, in [0, 100], at least 2.
-    mask : ndarray, path or nibabel image, default=None
-        Brain mask; only non-zero voxels inside it are used and mapped, the rest is 0.
+    %(mask)s
 
     Attributes
     ----------
     standard_landmarks_ : ndarray of float64 of shape (n_percentiles,)
         Intensity each landmark is mapped to, on the reference site's scale.
-    reference_site_ : hashable
-        The reference site used.
-    sites_ : ndarray
-        Sites seen in fit.
-    n_images_ : int
-        Number of training images.
-    mask_ : ndarray of bool or None
-        The brain mask used.
+    %(reference_site_)s
+    %(sites_)s
+    %(n_images_)s
+    %(mask_)s
 
     Notes
     -----

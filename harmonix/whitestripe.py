@@ -22,6 +22,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import find_peaks
 
+from harmonix._docs import fill_doc
 from harmonix._voxelstats import BinnedVoxels, percentiles, scatter_brain
 from harmonix.base import BaseHarmonizer
 from harmonix.io import ImageCollection
@@ -186,6 +187,7 @@ def whitestripe_stats(
     return _stripe_stats(values, width)
 
 
+@fill_doc
 class WhiteStripeHarmonizer(BaseHarmonizer):
     """WhiteStripe normalization of T1 images, expressed on the reference site's scale.
 
@@ -197,14 +199,11 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
 
     Parameters
     ----------
-    reference_site : hashable, default=None
-        Site whose intensity scale the outputs land on; None picks the site with the most
-        training images.
+    %(reference_site)s
     width : float, default=0.05
         Half-width of the stripe in quantiles, in (0, 0.5): the stripe holds the voxels
         whose quantile lies within ``q_mode ± width``.
-    mask : ndarray, path or nibabel image, default=None
-        Brain mask; only non-zero voxels inside it are used and mapped, the rest is 0.
+    %(mask)s
 
     Attributes
     ----------
@@ -212,14 +211,10 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
         Mean over the reference site's images of their stripe means.
     reference_std_ : float
         Mean over the reference site's images of their stripe standard deviations.
-    reference_site_ : hashable
-        The reference site used.
-    sites_ : ndarray
-        Sites seen in fit.
-    n_images_ : int
-        Number of training images.
-    mask_ : ndarray of bool or None
-        The brain mask used.
+    %(reference_site_)s
+    %(sites_)s
+    %(n_images_)s
+    %(mask_)s
 
     Notes
     -----

@@ -1,0 +1,113 @@
+"""Shared parameter and attribute documentation (nilearn's ``fill_doc`` idea).
+
+A parameter that several classes or functions accept is documented once, in
+:data:`docdict`, and docstrings name it with a ``%(name)s`` placeholder on a line of its
+own, indented like the entry should be::
+
+    @fill_doc
+    class MyHarmonizer(BaseHarmonizer):
+        \"\"\"...
+
+        Parameters
+        ----------
+        %(reference_site)s
+        %(mask)s
+        \"\"\"
+
+:func:`fill_doc` replaces every placeholder by the entry, each line indented like the
+placeholder, so the same text renders in methods (8 spaces) and classes (4 spaces).
+``docdict`` is a plain module-level dict: modules add their own shared entries to it
+before decorating.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+__all__ = ["docdict", "fill_doc"]
+
+T = TypeVar("T", bound=Callable)
+
+docdict: dict[str, str] = {}
+
+docdict["mask"] = """\
+mask : ndarray, path or nibabel image, default=None
+    Brain mask, of the images' shape; only non-zero voxels inside it are used and
+    harmonized, and every voxel outside it is set to 0."""
+
+docdict["reference_site"] = """\
+reference_site : hashable, default=None
+    Site whose intensity scale the outputs land on; None picks the site with the most
+    training images."""
+
+docdict["random_state"] = """\
+random_state : int, numpy.random.Generator or None, default=None
+    Seed or generator of every random draw (local generators only; global seeds are
+    never touched). The same integer gives the same result."""
+
+docdict["reference_site_"] = """\
+reference_site_ : hashable
+    The reference site used."""
+
+docdict["sites_"] = """\
+sites_ : ndarray
+    Sites seen in fit."""
+
+docdict["n_images_"] = """\
+n_images_ : int
+    Number of training images."""
+
+docdict["mask_"] = """\
+mask_ : ndarray of bool or None
+    The brain mask used."""
+
+_BLOCK = re.compile(r"^([ \t]*)%\((\w+)\)s[ \t]*$", re.MULTILINE)
+_INLINE = re.compile(r"%\((\w+)\)s")
+
+
+def _entry(name: str, owner: str) -> str:
+    try:
+        return docdict[name]
+    except KeyError:
+        raise KeyError(
+            f"{owner}'s docstring names %({name})s, which is not in harmonix._docs.docdict; "
+            f"add it there or fix the name (known: {sorted(docdict)})."
+        ) from None
+
+
+def fill_doc(obj: T) -> T:
+    """Replace the ``%(name)s`` placeholders of ``obj``'s docstring by :data:`docdict` entries.
+
+    A placeholder alone on its line becomes the whole entry, every line indented like the
+    placeholder; a placeholder inside a line becomes the entry's text as is.
+
+    Parameters
+    ----------
+    obj : class or function
+        The object to document; its ``__doc__`` is rewritten in place.
+
+    Returns
+    -------
+    class or function
+        ``obj`` itself, so this works as a decorator.
+
+    Raises
+    ------
+    KeyError
+        If a placeholder names no entry of :data:`docdict`.
+    """
+    doc = obj.__doc__
+    if not doc:
+        return obj
+    owner = getattr(obj, "__qualname__", repr(obj))
+
+    def block(match: re.Match) -> str:
+        indent = match.group(1)
+        return "\n".join(indent + line if line else line
+                         for line in _entry(match.group(2), owner).splitlines())
+
+    doc = _BLOCK.sub(block, doc)
+    obj.__doc__ = _INLINE.sub(lambda m: _entry(m.group(1), owner), doc)
+    return obj
