@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from harmonix._version import __version__
+from harmonix.persistence import load_model  # importable from here as before
 
 __all__ = ["main", "METHODS", "load_model", "make_harmonizer"]
 
@@ -93,38 +94,6 @@ def make_harmonizer(method: str, params: dict[str, Any] | None = None) -> Any:
             f"unknown parameter(s) {unknown} for {cls.__name__}; valid: {sorted(valid)}"
         )
     return cls(**params)
-
-
-def load_model(path: str | Path) -> Any:
-    """Load any harmonizer saved with ``save`` (npz baselines or IGUANe models).
-
-    Parameters
-    ----------
-    path : str or path-like
-
-    Returns
-    -------
-    BaseHarmonizer
-    """
-    from harmonix.persistence import load_estimator
-
-    path = Path(path)
-    if not path.is_file() and path.suffix == "":
-        # ``harmonix fit --out model`` adds the method's suffix: accept the name as given
-        found = [path.with_suffix(s) for s in (".npz", ".pt") if path.with_suffix(s).is_file()]
-        if len(found) > 1:
-            raise CLIError(
-                f"both {found[0]} and {found[1]} exist; name the model file with its suffix"
-            )
-        path = found[0] if found else path
-    if not path.is_file():
-        raise CLIError(f"model file not found: {path}")
-    if path.suffix == ".npz":
-        try:
-            return load_estimator(path)
-        except ValueError:  # not an npz model: maybe an IGUANe file saved under .npz
-            pass
-    return _harmonizer_class("iguane").load(path)
 
 
 def _default_model_suffix(method: str) -> str:

@@ -19,7 +19,11 @@ import numpy as np
 from harmonix._version import __version__
 from harmonix.io import atomic_write
 
-__all__ = ["load_estimator", "save_estimator", "read_model_info"]
+__all__ = ["load_estimator", "load_model", "save_estimator", "read_model_info"]
+
+#: Suffixes ``save`` gives model files (``.npz`` baselines, ``.pt`` IGUANe), tried in this
+#: order by :func:`load_model` for a name given without one.
+MODEL_SUFFIXES = (".npz", ".pt")
 
 _META = "__harmonix__"
 _ARRAY_PREFIX = "array:"
@@ -161,3 +165,48 @@ def load_estimator(path: str | os.PathLike, expected: type | None = None) -> Any
             setattr(est, key[len(_ARRAY_PREFIX):], value)
     est._saved_version = meta["version"]
     return est
+
+
+def load_model(path: str | os.PathLike) -> Any:
+    """Load any harmonizer saved with its ``save`` method (``.npz`` baselines or IGUANe).
+
+    This is the loader to use when the kind of model is not known in advance (the
+    ``harmonix transform`` command uses it).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The model file. A name without suffix, as given to ``harmonix fit --out``, is
+        completed with ``.npz`` or ``.pt``, whichever exists.
+
+    Returns
+    -------
+    BaseHarmonizer
+        The fitted harmonizer.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no model file is found.
+    ValueError
+        If a name without suffix matches both a ``.npz`` and a ``.pt`` file, or the file
+        is not a harmonix model.
+    """
+    path = Path(path)
+    if not path.is_file() and path.suffix == "":
+        found = [path.with_suffix(s) for s in MODEL_SUFFIXES if path.with_suffix(s).is_file()]
+        if len(found) > 1:
+            raise ValueError(
+                f"Both {found[0]} and {found[1]} exist; name the model file with its suffix."
+            )
+        path = found[0] if found else path
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file not found: '{path}'.")
+    if path.suffix == ".npz":
+        try:
+            return load_estimator(path)
+        except ValueError:  # not an npz model: maybe an IGUANe file saved under .npz
+            pass
+    from harmonix.iguane.estimator import IGUANeHarmonizer
+
+    return IGUANeHarmonizer.load(path)

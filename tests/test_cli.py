@@ -101,7 +101,7 @@ def test_model_name_as_given_to_fit_and_quiet_after_the_subcommand(dataset_dir, 
     (tmp_path / "model.pt").write_bytes(b"")  # two candidates: ambiguous, clear error
     assert main(["transform", "--model", str(model), "--manifest", manifest,
                  "--out", str(out), "--overwrite", "-q"]) == 1
-    assert "both" in capsys.readouterr().err
+    assert "name the model file with its suffix" in capsys.readouterr().err
     assert main(["transform", "--model", str(tmp_path / "nothing"), "--manifest", manifest,
                  "--out", str(out), "-q"]) == 1
-    assert "model file not found" in capsys.readouterr().err
+    assert "model file not found" in capsys.readouterr().err.lower()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
 
-from harmonix import IdentityHarmonizer
+from harmonix import HistogramMatchingHarmonizer, IdentityHarmonizer, IGUANeHarmonizer
 from harmonix._version import __version__
-from harmonix.persistence import load_estimator, read_model_info, save_estimator
+from harmonix.iguane.pretrained import DEMO_MODEL_PATH
+from harmonix.persistence import load_estimator, load_model, read_model_info, save_estimator
 
 
 class _Boom:
@@ -102,3 +104,37 @@ def test_save_is_atomic(fitted, tmp_path, monkeypatch):
         fitted.save(path)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+def test_load_model_reads_any_model_file_by_the_name_given_to_fit(tiny, tmp_path):
+    imgs, sites = tiny[0], tiny[1]
+    hm = HistogramMatchingHarmonizer().fit(imgs, sites)
+    hm.save(tmp_path / "hm")  # written as hm.npz
+    loaded = load_model(tmp_path / "hm")
+    assert isinstance(loaded, HistogramMatchingHarmonizer)
+    np.testing.assert_array_equal(loaded.transform(imgs), hm.transform(imgs))
+    assert isinstance(load_model(tmp_path / "hm.npz"), HistogramMatchingHarmonizer)
+    # an IGUANe model, found by its .pt suffix or saved under .npz
+    shutil.copy(DEMO_MODEL_PATH, tmp_path / "iguane.pt")
+    shutil.copy(DEMO_MODEL_PATH, tmp_path / "odd.npz")
+    for name in ("iguane", "iguane.pt", "odd.npz"):
+        model = load_model(tmp_path / name)
+        assert isinstance(model, IGUANeHarmonizer) and model.reference_site_ is not None
+
+
+def test_load_model_errors_name_the_fix(fitted, tmp_path):
+    fitted.save(tmp_path / "m.npz")
+    (tmp_path / "m.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="Both .* exist; name the model file with its suffix"):
+        load_model(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="Model file not found"):
+        load_model(tmp_path / "nothing")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError):
+        load_model(tmp_path / "junk.npz")
+
+
+def test_cli_load_model_is_the_persistence_loader():
+    from harmonix import cli
+
+    assert cli.load_model is load_model
