@@ -19,7 +19,7 @@ import numpy as np
 from harmonix._version import __version__
 from harmonix.io import atomic_write
 
-__all__ = ["load_estimator", "load_model", "save_estimator", "read_model_info"]
+__all__ = ["load_estimator", "load_model", "read_model_info", "save_estimator", "to_plain"]
 
 #: Suffixes ``save`` gives model files (``.npz`` baselines, ``.pt`` IGUANe), tried in this
 #: order by :func:`load_model` for a name given without one.
@@ -29,17 +29,52 @@ _META = "__harmonix__"
 _ARRAY_PREFIX = "array:"
 
 
-def _to_json(value: Any, what: str) -> Any:
+def to_plain(value: Any, what: str = "a value", *, target: str = "json") -> Any:
+    """``value`` made of str/int/float/bool/None, lists, tuples and dicts only.
+
+    The one serializer of model files: :func:`save_estimator` stores its result as JSON,
+    :meth:`harmonix.IGUANeHarmonizer.save` in a :func:`torch.save` file read back with
+    ``weights_only=True``. NumPy scalars become Python numbers, paths become strings,
+    dict keys strings.
+
+    Parameters
+    ----------
+    value : object
+        The value to convert.
+    what : str, default="a value"
+        What the value is, for the error message (e.g. ``"parameter 'mask'"``).
+    target : {"json", "torch"}, default="json"
+        ``"json"``: arrays become ``{"__ndarray_list__": [...]}`` (restored as arrays by
+        loading), and random generators or callables are refused. ``"torch"``: arrays
+        become plain lists (the caller records which attributes were arrays), and random
+        generators and callables (scoring functions) become None: they are not saved.
+
+    Returns
+    -------
+    object
+        The plain value.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` holds something that cannot be saved without pickle.
+    """
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
-        return {"__ndarray_list__": value.tolist()}
-    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value.tolist() if target == "torch" else {"__ndarray_list__": value.tolist()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if isinstance(value, (list, tuple)):
-        return [_to_json(v, what) for v in value]
+        return type(value)(to_plain(v, what, target=target) for v in value)
     if isinstance(value, dict):
-        return {str(k): _to_json(v, what) for k, v in value.items()}
+        return {str(k): to_plain(v, what, target=target) for k, v in value.items()}
+    if target == "torch" and (
+        isinstance(value, (np.random.Generator, np.random.RandomState)) or callable(value)
+    ):
+        return None
     raise TypeError(f"Cannot save {what} of type {type(value).__name__} without pickle.")
 
 
@@ -81,7 +116,7 @@ def save_estimator(estimator: Any, path: str | os.PathLike) -> Path:
         if _is_plain_array(value):
             arrays[f"param:{name}"] = value
         else:
-            params[name] = _to_json(value, f"parameter {name!r}")
+            params[name] = to_plain(value, f"parameter {name!r}")
     fitted: dict[str, Any] = {}
     for name, value in vars(estimator).items():
         if not name.endswith("_") or name.startswith("_"):
@@ -89,7 +124,7 @@ def save_estimator(estimator: Any, path: str | os.PathLike) -> Path:
         if _is_plain_array(value):
             arrays[_ARRAY_PREFIX + name] = value
         else:
-            fitted[name] = _to_json(value, f"fitted attribute {name!r}")
+            fitted[name] = to_plain(value, f"fitted attribute {name!r}")
     cls = type(estimator)
     meta = {
         "class": f"{cls.__module__}.{cls.__qualname__}",

@@ -13,7 +13,13 @@ import pytest
 from harmonix import HistogramMatchingHarmonizer, IdentityHarmonizer, IGUANeHarmonizer
 from harmonix._version import __version__
 from harmonix.iguane.pretrained import DEMO_MODEL_PATH
-from harmonix.persistence import load_estimator, load_model, read_model_info, save_estimator
+from harmonix.persistence import (
+    load_estimator,
+    load_model,
+    read_model_info,
+    save_estimator,
+    to_plain,
+)
 
 
 class _Boom:
@@ -138,3 +144,23 @@ def test_cli_load_model_is_the_persistence_loader():
     from harmonix import cli
 
     assert cli.load_model is load_model
+
+
+def test_to_plain_serves_both_model_formats(tmp_path):
+    value = {1: (np.int64(2), np.float32(0.5)), "a": np.arange(3), "p": tmp_path / "m.nii"}
+    as_json = to_plain(value)
+    assert json.loads(json.dumps(as_json)) == {
+        "1": [2, 0.5], "a": {"__ndarray_list__": [0, 1, 2]}, "p": str(tmp_path / "m.nii")
+    }
+    for target, expected in (("json", TypeError), ("torch", None)):
+        for unsaveable in (np.random.default_rng(0), len):
+            if expected is None:
+                assert to_plain(unsaveable, target=target) is None  # not saved
+            else:
+                with pytest.raises(TypeError, match="parameter 'random_state'"):
+                    to_plain(unsaveable, "parameter 'random_state'", target=target)
+    as_torch = to_plain(value, target="torch")
+    assert as_torch == {"1": (2, 0.5), "a": [0, 1, 2], "p": str(tmp_path / "m.nii")}
+    assert type(as_torch["1"]) is tuple and type(as_torch["1"][0]) is int
+    with pytest.raises(TypeError, match="without pickle"):
+        to_plain(object(), target="torch")

@@ -25,11 +25,13 @@ from harmonix.iguane.data import (
     from_network_scale,
     prepare_volume,
 )
+from harmonix.iguane.devices import autocast_dtype, resolve_device
 from harmonix.iguane.inference import harmonize_volume
 from harmonix.iguane.networks import Generator3D
 from harmonix.iguane.normalization import InputNormalizer, correction_size, image_landmarks
-from harmonix.iguane.training import resolve_device, train
+from harmonix.iguane.training import train
 from harmonix.io import ImageCollection, as_collection
+from harmonix.persistence import to_plain
 from harmonix.preprocessing import IGUANE_SHAPE
 
 __all__ = ["IGUANeHarmonizer", "OutOfDistributionWarning"]
@@ -427,7 +429,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         rest = [int(i) for i in np.flatnonzero(sites != self.reference_site_) if i not in skip]
         if len(rest) > _GUARD_SAMPLE:
             rest = [rest[int(k)] for k in np.linspace(0, len(rest) - 1, _GUARD_SAMPLE)]
-        amp = self._amp_dtype(device)
+        amp = autocast_dtype(self.mixed_precision, device)
         sizes = [
             correction_size(*_forward(self.generator_, loader[i], amp)) for i in held + rest
         ]
@@ -444,16 +446,6 @@ class IGUANeHarmonizer(BaseHarmonizer):
             self.ood_threshold_ = float("inf")
 
     # -- transform -------------------------------------------------------------------------
-    def _use_amp(self, device: torch.device) -> bool:
-        if self.mixed_precision is None:
-            return device.type == "cuda"
-        return bool(self.mixed_precision)
-
-    def _amp_dtype(self, device: torch.device) -> str | None:
-        if not self._use_amp(device):
-            return None
-        return "float16" if device.type == "cuda" else "bfloat16"
-
     def _normalizer(self) -> InputNormalizer:
         values = getattr(self, "input_normalization_", None)
         return InputNormalizer() if values is None else InputNormalizer.from_dict(values)
@@ -468,7 +460,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         if device.type != "cpu":
             generator = copy.deepcopy(generator).to(device)
         generator.eval()
-        amp_dtype = self._amp_dtype(device)
+        amp_dtype = autocast_dtype(self.mixed_precision, device)
         normalizer = self._normalizer()
         scale = float(self.reference_median_)
         typical = getattr(self, "typical_correction_", 0.0)
@@ -559,9 +551,12 @@ class IGUANeHarmonizer(BaseHarmonizer):
             Destination file (used as given).
         """
         check_is_fitted(self)
-        params = {k: _plain(v) for k, v in self.get_params(deep=False).items()}
+        params = {
+            k: to_plain(v, f"parameter {k!r}", target="torch")
+            for k, v in self.get_params(deep=False).items()
+        }
         fitted = {
-            k: _plain(v)
+            k: to_plain(v, f"fitted attribute {k!r}", target="torch")
             for k, v in vars(self).items()
             if k.endswith("_") and not k.startswith("_") and k != "generator_"
         }
@@ -687,7 +682,7 @@ def _check_ood(action: Any, threshold: Any) -> None:
 
 
 def _forward(
-    generator: Generator3D, volume: tuple[np.ndarray, np.ndarray], amp_dtype: str | None
+    generator: Generator3D, volume: tuple[np.ndarray, np.ndarray], amp_dtype: torch.dtype | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x, y, mask)``: a prepared volume (background 0), its harmonization and mask."""
     x, mask = volume
@@ -719,22 +714,3 @@ def _check_input_shape(shape: Any) -> tuple[int, int, int] | None:
             f"got {shape!r}."
         )
     return out  # type: ignore[return-value]
-
-
-def _plain(value: Any) -> Any:
-    """A value made of str/int/float/bool/None/list/dict only (for torch.load weights_only)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, (np.random.Generator, np.random.RandomState)) or callable(value):
-        return None  # generators and scoring callables are not saved
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise TypeError(f"Cannot save a value of type {type(value).__name__}.")
