@@ -25,11 +25,10 @@ from harmonix.iguane.data import (
     from_network_scale,
     prepare_volume,
 )
-from harmonix.iguane.devices import autocast_dtype, resolve_device
 from harmonix.iguane.inference import harmonize_volume
 from harmonix.iguane.networks import Generator3D
 from harmonix.iguane.normalization import InputNormalizer, correction_size, image_landmarks
-from harmonix.iguane.training import train
+from harmonix.iguane.training import resolve_device, train
 from harmonix.io import ImageCollection, as_collection
 from harmonix.persistence import to_plain
 from harmonix.preprocessing import IGUANE_SHAPE
@@ -429,7 +428,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         rest = [int(i) for i in np.flatnonzero(sites != self.reference_site_) if i not in skip]
         if len(rest) > _GUARD_SAMPLE:
             rest = [rest[int(k)] for k in np.linspace(0, len(rest) - 1, _GUARD_SAMPLE)]
-        amp = autocast_dtype(self.mixed_precision, device)
+        amp = self._amp_dtype(device)
         sizes = [
             correction_size(*_forward(self.generator_, loader[i], amp)) for i in held + rest
         ]
@@ -446,6 +445,16 @@ class IGUANeHarmonizer(BaseHarmonizer):
             self.ood_threshold_ = float("inf")
 
     # -- transform -------------------------------------------------------------------------
+    def _use_amp(self, device: torch.device) -> bool:
+        if self.mixed_precision is None:
+            return device.type == "cuda"
+        return bool(self.mixed_precision)
+
+    def _amp_dtype(self, device: torch.device) -> str | None:
+        if not self._use_amp(device):
+            return None
+        return "float16" if device.type == "cuda" else "bfloat16"
+
     def _normalizer(self) -> InputNormalizer:
         values = getattr(self, "input_normalization_", None)
         return InputNormalizer() if values is None else InputNormalizer.from_dict(values)
@@ -460,7 +469,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         if device.type != "cpu":
             generator = copy.deepcopy(generator).to(device)
         generator.eval()
-        amp_dtype = autocast_dtype(self.mixed_precision, device)
+        amp_dtype = self._amp_dtype(device)
         normalizer = self._normalizer()
         scale = float(self.reference_median_)
         typical = getattr(self, "typical_correction_", 0.0)
@@ -682,7 +691,7 @@ def _check_ood(action: Any, threshold: Any) -> None:
 
 
 def _forward(
-    generator: Generator3D, volume: tuple[np.ndarray, np.ndarray], amp_dtype: torch.dtype | None
+    generator: Generator3D, volume: tuple[np.ndarray, np.ndarray], amp_dtype: str | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x, y, mask)``: a prepared volume (background 0), its harmonization and mask."""
     x, mask = volume
