@@ -37,6 +37,10 @@ mask : ndarray, path or nibabel image, default=None
     Brain mask, of the images' shape; only non-zero voxels inside it are used and
     harmonized, and every voxel outside it is set to 0."""
 
+docdict["brain"] = """\
+brain : ndarray of bool of shape (i, j, k), default=None
+    Brain voxels; ``data != 0`` when None."""
+
 docdict["reference_site"] = """\
 reference_site : hashable, default=None
     Site whose intensity scale the outputs land on; None picks the site with the most

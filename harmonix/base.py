@@ -84,6 +84,42 @@ def check_ages(ages: Any, n_images: int) -> np.ndarray | None:
     return arr
 
 
+@fill_doc
+def brain_values(
+    data: np.ndarray, brain: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The brain voxels of one image, for the functions that take ``(data, brain)``.
+
+    Parameters
+    ----------
+    data : ndarray of shape (i, j, k)
+        The image; float64 stays float64, any other type becomes float32.
+    %(brain)s
+
+    Returns
+    -------
+    values : ndarray of shape (n_brain_voxels,)
+        ``data[brain]``.
+    brain : ndarray of bool of shape (i, j, k)
+        The brain mask used.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or the image has no brain voxel.
+    """
+    data = np.asarray(data)
+    if data.dtype != np.float64:
+        data = data.astype(np.float32, copy=False)
+    brain = data != 0 if brain is None else np.asarray(brain, dtype=bool)
+    if brain.shape != data.shape:
+        raise ValueError(f"brain mask shape {brain.shape} differs from image shape {data.shape}.")
+    values = data[brain]
+    if values.size == 0:
+        raise ValueError("The image has no brain voxels (all zero or outside the mask).")
+    return values, brain
+
+
 def _as_mask(mask: Any) -> np.ndarray | None:
     if mask is None:
         return None
@@ -115,6 +151,9 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
     _fixed_shape: ClassVar[bool] = False
     #: transform needs ``sites``.
     _needs_sites: ClassVar[bool] = False
+    #: ``reference_site=None`` picks the site with the most training images; when False
+    #: it means no reference site at all (ComBat's pooled grand mean).
+    _none_is_largest_site: ClassVar[bool] = True
 
     # -- public API ---------------------------------------------------------------------
     def fit(self, imgs: Any, sites: Any, ages: Any = None) -> BaseHarmonizer:
@@ -271,15 +310,18 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             delattr(self, attr)
 
     def _check_reference(self, labels: np.ndarray, counts: np.ndarray) -> Any:
+        """The training label ``reference_site`` names (see ``_none_is_largest_site``)."""
         if "reference_site" not in self.get_params(deep=False):
             return None
         ref = self.reference_site
         if ref is None:
-            return labels[int(np.argmax(counts))]
+            return labels[int(np.argmax(counts))] if self._none_is_largest_site else None
         if ref not in labels.tolist():
+            fix = ("pick one of them or None (the largest site)" if self._none_is_largest_site
+                   else "pick one of them, or None to harmonize to the pooled grand mean")
             raise ValueError(
                 f"reference_site={ref!r} is not among the training sites {labels.tolist()}; "
-                "pick one of them or None (the largest site)."
+                f"{fix}."
             )
         return labels[labels.tolist().index(ref)]
 
@@ -308,6 +350,14 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         for i in range(len(imgs)):
             data = imgs[i]
             yield data, self._brain(data, i)
+
+    def _reference_values(self, imgs: ImageCollection, sites: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield the brain voxel values of each ``reference_site_`` image; every image of
+        ``imgs`` is read and validated on the way."""
+        reference = sites == self.reference_site_
+        for i, (data, brain) in enumerate(self._iter_brains(imgs)):
+            if reference[i]:
+                yield data[brain]
 
     def _transform(
         self, imgs: ImageCollection, sites: np.ndarray | None, ages: np.ndarray | None

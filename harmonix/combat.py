@@ -204,6 +204,8 @@ class ComBatHarmonizer(BaseHarmonizer):
 
     _fixed_shape: ClassVar[bool] = True
     _needs_sites: ClassVar[bool] = True
+    # None means "no reference batch" (pooled grand mean), not the largest site.
+    _none_is_largest_site: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -222,18 +224,6 @@ class ComBatHarmonizer(BaseHarmonizer):
         self.chunk_size = chunk_size
 
     # -- validation ----------------------------------------------------------------------
-    def _check_reference(self, labels: np.ndarray, counts: np.ndarray) -> Any:
-        # ComBat: None means "no reference batch" (pooled grand mean), not the largest site.
-        ref = self.reference_site
-        if ref is None:
-            return None
-        if ref not in labels.tolist():
-            raise ValueError(
-                f"reference_site={ref!r} is not among the training sites {labels.tolist()}; "
-                "pick one of them, or None to harmonize to the pooled grand mean."
-            )
-        return labels[labels.tolist().index(ref)]
-
     def _spline_df(self) -> int:
         value = self.smooth_age
         if isinstance(value, (bool, np.bool_)):

@@ -22,7 +22,7 @@ import numpy as np
 from harmonix._docs import fill_doc
 from harmonix._voxelstats import percentiles as _percentiles
 from harmonix._voxelstats import scatter_brain
-from harmonix.base import BaseHarmonizer
+from harmonix.base import BaseHarmonizer, brain_values
 from harmonix.io import ImageCollection
 
 __all__ = [
@@ -56,19 +56,6 @@ def _check_percentiles(percentiles: Any) -> np.ndarray:
     return q
 
 
-def _brain_values(data: np.ndarray, brain: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    data = np.asarray(data)
-    if data.dtype != np.float64:
-        data = data.astype(np.float32, copy=False)
-    brain = data != 0 if brain is None else np.asarray(brain, dtype=bool)
-    if brain.shape != data.shape:
-        raise ValueError(f"brain mask shape {brain.shape} differs from image shape {data.shape}.")
-    values = data[brain]
-    if values.size == 0:
-        raise ValueError("The image has no brain voxels (all zero or outside the mask).")
-    return values, brain
-
-
 def _strictly_increasing(landmarks: np.ndarray) -> np.ndarray:
     """Separate tied landmarks: ``l[i] = max(l[i], l[i-1] + gap)`` from left to right."""
     gap = _TIE_GAP * max(1.0, float(np.max(np.abs(landmarks))))
@@ -80,6 +67,7 @@ def _landmarks_of(values: np.ndarray, q: np.ndarray) -> np.ndarray:
     return _strictly_increasing(_percentiles(values, q))
 
 
+@fill_doc
 def compute_landmarks(
     data: np.ndarray,
     brain: np.ndarray | None = None,
@@ -97,8 +85,7 @@ def compute_landmarks(
     ----------
     data : ndarray of shape (i, j, k)
         The image.
-    brain : ndarray of bool of shape (i, j, k), default=None
-        Brain voxels; ``data != 0`` when None.
+    %(brain)s
     percentiles : sequence of float, default=(1, 10, 20, ..., 90, 99)
         Sorted, unique percentiles in [0, 100] (at least 2).
 
@@ -115,7 +102,7 @@ def compute_landmarks(
     array([  1.,  51., 101.])
     """
     q = _check_percentiles(percentiles)
-    values, _ = _brain_values(data, brain)
+    values, _ = brain_values(data, brain)
     return _landmarks_of(values, q)
 
 
@@ -198,7 +185,7 @@ def apply_landmarks(
         raise ValueError(
             "landmarks must be strictly increasing; compute them with compute_landmarks."
         )
-    values, brain = _brain_values(data, brain)
+    values, brain = brain_values(data, brain)
     return scatter_brain(_map_values(values, landmarks, standard), brain)
 
 
@@ -267,11 +254,7 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
 
     def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
         q = _check_percentiles(self.percentiles)
-        reference = sites == self.reference_site_
-        ref_landmarks = []
-        for i, (data, brain) in enumerate(self._iter_brains(imgs)):  # validates every image
-            if reference[i]:
-                ref_landmarks.append(_landmarks_of(data[brain], q))
+        ref_landmarks = [_landmarks_of(v, q) for v in self._reference_values(imgs, sites)]
         self.standard_landmarks_ = standard_scale(np.stack(ref_landmarks))
 
     def _transform_one(

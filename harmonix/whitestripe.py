@@ -24,7 +24,7 @@ from scipy.signal import find_peaks
 
 from harmonix._docs import fill_doc
 from harmonix._voxelstats import BinnedVoxels, percentiles, scatter_brain
-from harmonix.base import BaseHarmonizer
+from harmonix.base import BaseHarmonizer, brain_values
 from harmonix.io import ImageCollection
 
 __all__ = ["WhiteStripeHarmonizer", "whitestripe_stats"]
@@ -142,6 +142,7 @@ def _stripe_stats(values: np.ndarray, width: float) -> tuple[float, float, float
     return mu, sigma, mode
 
 
+@fill_doc
 def whitestripe_stats(
     data: np.ndarray, brain: np.ndarray | None = None, width: float = 0.05
 ) -> tuple[float, float, float]:
@@ -151,8 +152,7 @@ def whitestripe_stats(
     ----------
     data : ndarray of shape (i, j, k)
         A skull-stripped T1-weighted image (not modified).
-    brain : ndarray of bool of shape (i, j, k), default=None
-        Brain voxels; ``data != 0`` when None.
+    %(brain)s
     width : float, default=0.05
         Half-width of the stripe in quantiles, in (0, 0.5).
 
@@ -175,15 +175,7 @@ def whitestripe_stats(
     WhiteStripeHarmonizer : how the mode and the stripe are found.
     """
     width = _check_width(width)
-    data = np.asarray(data)
-    if data.dtype != np.float64:
-        data = data.astype(np.float32, copy=False)
-    brain = data != 0 if brain is None else np.asarray(brain, dtype=bool)
-    if brain.shape != data.shape:
-        raise ValueError(f"brain mask shape {brain.shape} differs from image shape {data.shape}.")
-    values = data[brain]
-    if values.size == 0:
-        raise ValueError("The image has no brain voxels (all zero or outside the mask).")
+    values, _ = brain_values(data, brain)
     return _stripe_stats(values, width)
 
 
@@ -270,13 +262,8 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
 
     def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
         width = _check_width(self.width)
-        reference = sites == self.reference_site_
-        means, stds = [], []
-        for i, (data, brain) in enumerate(self._iter_brains(imgs)):  # validates every image
-            if reference[i]:
-                mu, sigma, _ = _stripe_stats(data[brain], width)
-                means.append(mu)
-                stds.append(sigma)
+        stats = [_stripe_stats(v, width) for v in self._reference_values(imgs, sites)]
+        means, stds, _ = zip(*stats)
         self.reference_mean_ = float(np.mean(means))
         self.reference_std_ = float(np.mean(stds))
 

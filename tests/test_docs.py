@@ -16,6 +16,9 @@ from harmonix import (
     WhiteStripeHarmonizer,
 )
 from harmonix._docs import docdict, fill_doc
+from harmonix.base import brain_values
+from harmonix.histogram_matching import compute_landmarks
+from harmonix.whitestripe import whitestripe_stats
 
 
 def _documented_objects():
@@ -56,6 +59,12 @@ def test_the_shared_mask_text_is_in_every_harmonizer(cls):
 def test_reference_site_and_fitted_attributes_are_shared(cls):
     for key in ("reference_site", "reference_site_", "sites_", "n_images_", "mask_"):
         assert docdict[key].splitlines()[1].strip() in cls.__doc__, key
+
+
+@pytest.mark.parametrize("func", [brain_values, compute_landmarks, whitestripe_stats])
+def test_the_shared_brain_text_is_in_every_data_brain_function(func):
+    assert "\n".join("    " + line for line in docdict["brain"].splitlines()) in func.__doc__
+    assert inspect.signature(func).parameters["brain"].default is None  # as documented
 
 
 def test_fill_doc_indents_like_the_placeholder_and_names_unknown_entries():

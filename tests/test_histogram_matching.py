@@ -173,6 +173,8 @@ def test_background_zero_unseen_site_float32_and_mask():
     assert np.all(out[0][new == 0] == 0)
     assert np.all(out[0][new != 0] != 0)
     assert hm.reference_site_ == "b"  # None -> the largest site
+    with pytest.raises(ValueError, match=r"pick one of them or None \(the largest site\)"):
+        HistogramMatchingHarmonizer(reference_site="c").fit(imgs[:3], ["a", "b", "b"])
     mask = np.zeros(new.shape, dtype=bool)
     mask[:, :8] = True
     hm_mask = HistogramMatchingHarmonizer(mask=mask).fit(imgs[:3], ["a", "b", "b"])
