@@ -67,6 +67,10 @@ docdict["mask_"] = """\
 mask_ : ndarray of bool or None
     The brain mask used."""
 
+docdict["reference_attributes"] = "\n".join(
+    docdict[key] for key in ("reference_site_", "sites_", "n_images_", "mask_")
+)
+
 _BLOCK = re.compile(r"^([ \t]*)%\((\w+)\)s[ \t]*$", re.MULTILINE)
 _INLINE = re.compile(r"%\((\w+)\)s")
 

@@ -210,10 +210,7 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
     ----------
     standard_landmarks_ : ndarray of float64 of shape (n_percentiles,)
         Intensity each landmark is mapped to, on the reference site's scale.
-    %(reference_site_)s
-    %(sites_)s
-    %(n_images_)s
-    %(mask_)s
+    %(reference_attributes)s
 
     Notes
     -----

@@ -203,10 +203,7 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
         Mean over the reference site's images of their stripe means.
     reference_std_ : float
         Mean over the reference site's images of their stripe standard deviations.
-    %(reference_site_)s
-    %(sites_)s
-    %(n_images_)s
-    %(mask_)s
+    %(reference_attributes)s
 
     Notes
     -----
