@@ -86,6 +86,19 @@ _ATROPHY_PACE = (0.75, 1.25)  # individual ageing speed (multiplies the atrophy 
 _CURVE_XMAX = 2.5  # last knot of the intensity curve (in WM units)
 _LUT_SIZE = 4096
 
+# Simulation styles: "preprocessed" (default) models scans after N4 and registration;
+# "legacy" reproduces the first simulation bit for bit (strong site bias field, isotropic-ish
+# blur, noise SNR for 1 mm voxels).
+_STYLES = ("preprocessed", "legacy")
+# Preprocessed style: residual bias after N4 (5-95th percentile range of exp(field) inside
+# the brain), a weak site component and a stronger, finer scan-specific component.
+_SITE_INU_RANGE = (0.02, 0.10)
+_SCAN_INU_RANGE = (0.05, 0.15)
+_N_CONTROL_RESIDUAL = 6  # control points per axis of the scan-specific residual bias
+# Acquisition voxel: in-plane pixel and slice thickness (mm); the slice axis is random.
+_INPLANE_MM = (0.8, 1.4)
+_SLICE_MM = (1.0, 3.0)
+
 
 def _fsl_affine(resolution: int) -> np.ndarray:
     affine = np.diag([-float(resolution), float(resolution), float(resolution), 1.0])
@@ -321,10 +334,33 @@ def _draw_subject(anat: _Anatomy, rng: np.random.Generator, age: float) -> _Subj
 # --------------------------------------------------------------------------------------
 
 
+def _draw_curve(
+    rng: np.random.Generator, r_gm: float, r_csf: float
+) -> tuple[list[float], list[float]]:
+    """Knots of a monotone curve anchored at pure CSF, GM and WM; free knots in between."""
+    x = [0.0, r_csf, 0.5 * (r_csf + r_gm), r_gm, 0.5 * (r_gm + 1.0), 1.0, _CURVE_XMAX]
+    y = [0.0, r_csf, 0.0, r_gm, 0.0, 1.0, 0.0]
+    for k in (2, 4):
+        y[k] = y[k - 1] + (y[k + 1] - y[k - 1]) * rng.uniform(0.15, 0.85)
+    y[6] = 1.0 + (_CURVE_XMAX - 1.0) * rng.uniform(0.5, 1.5)
+    return x, y
+
+
+def _inu_strength(inside: np.ndarray, inu: float) -> tuple[float, float]:
+    """Median of a smooth field's values ``inside`` the brain, and the gain ``a`` such that
+    ``exp(a * (field - median))`` has a 5-95th percentile range equal to ``inu``."""
+    median = np.median(inside)
+    p5, p95 = np.percentile(inside - median, [5, 95])
+    strength = brentq(
+        lambda a: math.exp(a * p95) - math.exp(a * p5) - inu, 0.0, 100.0 / (p95 - p5)
+    )
+    return median, strength
+
+
 def _draw_site(
     anat: _Anatomy, rng: np.random.Generator, name: str
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Draw one site's parameters; return them and the bias field (float32 volume)."""
+    """Draw one legacy site's parameters; return them and the bias field (float32 volume)."""
     r_gm = rng.uniform(*_GM_WM)
     r_csf = rng.uniform(*_CSF_WM)
     gain = rng.uniform(*_TEXTURE_GAIN)
@@ -332,23 +368,13 @@ def _draw_site(
     inu = rng.uniform(*_INU_RANGE)
     blur = rng.uniform(*_BLUR_SIGMA_MM, size=3)
     scale = math.exp(rng.uniform(math.log(_SCALE[0]), math.log(_SCALE[1])))
-
-    # Monotone curve anchored at pure CSF, GM and WM; free knots in between and above.
-    x = [0.0, r_csf, 0.5 * (r_csf + r_gm), r_gm, 0.5 * (r_gm + 1.0), 1.0, _CURVE_XMAX]
-    y = [0.0, r_csf, 0.0, r_gm, 0.0, 1.0, 0.0]
-    for k in (2, 4):
-        y[k] = y[k - 1] + (y[k + 1] - y[k - 1]) * rng.uniform(0.15, 0.85)
-    y[6] = 1.0 + (_CURVE_XMAX - 1.0) * rng.uniform(0.5, 1.5)
+    x, y = _draw_curve(rng, r_gm, r_csf)
 
     # Bias field: smooth, zero-median field, exponentiated to the site's INU range.
     coef = rng.standard_normal((_N_CONTROL_BIAS,) * 3)
     smooth = _bspline_field(coef, anat.mask.shape)
-    inside = smooth[anat.mask]
-    smooth -= np.median(inside)
-    p5, p95 = np.percentile(inside - np.median(inside), [5, 95])
-    strength = brentq(
-        lambda a: math.exp(a * p95) - math.exp(a * p5) - inu, 0.0, 100.0 / (p95 - p5)
-    )
+    median, strength = _inu_strength(smooth[anat.mask], inu)
+    smooth -= median
     bias = np.exp(strength * smooth).astype(np.float32)
 
     noise = 1.0 / (snr * anat.resolution**1.5)
@@ -367,6 +393,86 @@ def _draw_site(
         "scale": float(scale),
     }
     return params, bias
+
+
+def _grid_snr(snr_1mm: float, voxel_mm: Sequence[float], resolution: float) -> float:
+    """WM SNR on the grid: linear in the acquisition voxel volume, then averaging.
+
+    The SNR of an acquisition voxel is proportional to its volume; resampling onto grid
+    voxels larger than the acquisition voxel averages ``resolution**3 / volume`` of them,
+    which divides the noise standard deviation by the square root of that number.
+    """
+    volume = float(np.prod(voxel_mm))
+    return snr_1mm * volume * math.sqrt(max(1.0, resolution**3 / volume))
+
+
+def _draw_site_preprocessed(
+    anat: _Anatomy, rng: np.random.Generator, name: str
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Draw one preprocessed-style site; return its parameters and log bias (float32)."""
+    r_gm = rng.uniform(*_GM_WM)
+    r_csf = rng.uniform(*_CSF_WM)
+    gain = rng.uniform(*_TEXTURE_GAIN)
+    x, y = _draw_curve(rng, r_gm, r_csf)
+    snr = rng.uniform(*_SNR_WM)
+    inplane = rng.uniform(*_INPLANE_MM)
+    thickness = rng.uniform(*_SLICE_MM)
+    axis = int(rng.integers(3))
+    inu = rng.uniform(*_SITE_INU_RANGE)
+    scale = math.exp(rng.uniform(math.log(_SCALE[0]), math.log(_SCALE[1])))
+
+    voxel = [inplane] * 3
+    voxel[axis] = thickness
+    # Through each axis: the acquisition voxel's box profile (variance w**2 / 12), then
+    # linear interpolation between samples w apart (variance w**2 / 6): sigma = w / 2.
+    blur = [0.5 * w for w in voxel]
+    snr_grid = _grid_snr(snr, voxel, anat.resolution)
+
+    coef = rng.standard_normal((_N_CONTROL_BIAS,) * 3)
+    smooth = _bspline_field(coef, anat.mask.shape)
+    median, strength = _inu_strength(smooth[anat.mask], inu)
+    smooth -= median
+    smooth *= np.float32(strength)
+    params = {
+        "name": name,
+        "gm_wm": float(r_gm),
+        "csf_wm": float(r_csf),
+        "texture_gain": float(gain),
+        "curve_x": [float(v) for v in x],
+        "curve_y": [float(v) for v in y],
+        "inu_range": float(inu),
+        "bias_strength": float(strength),
+        "slice_axis": axis,
+        "slice_thickness_mm": float(thickness),
+        "inplane_mm": float(inplane),
+        "voxel_mm": [float(v) for v in voxel],
+        "blur_sigma_mm": [float(v) for v in blur],
+        "snr_wm": float(snr),
+        "snr_grid": float(snr_grid),
+        "noise_sigma": float(1.0 / snr_grid),
+        "scale": float(scale),
+    }
+    return params, smooth
+
+
+def _scan_bias(
+    site_log_bias: np.ndarray, subj: _Subject, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """Bias of one scan at ``subj.flat``: the site's log bias plus a scan-specific residual.
+
+    The residual is a smooth field (cubic B-spline, ``_N_CONTROL_RESIDUAL`` control points
+    per axis) centred on its median inside the subject's brain and scaled so that its
+    exponential has a 5-95th percentile range drawn in ``_SCAN_INU_RANGE``. Returns the
+    multiplicative bias (float32) and that range.
+    """
+    coef = rng.standard_normal((_N_CONTROL_RESIDUAL,) * 3)
+    inu = float(rng.uniform(*_SCAN_INU_RANGE))
+    inside = _bspline_field(coef, site_log_bias.shape).reshape(-1)[subj.flat]
+    median, strength = _inu_strength(inside, inu)
+    inside -= np.float32(median)
+    inside *= np.float32(strength)
+    inside += site_log_bias.reshape(-1)[subj.flat]
+    return np.exp(inside), inu
 
 
 def _curve_lut(params: dict[str, Any]) -> np.ndarray:
@@ -394,12 +500,16 @@ def _render(
     bias: np.ndarray | None,
     rng: np.random.Generator | None,
 ) -> np.ndarray:
-    """Render one subject at one site; return the values at ``subj.flat`` (float32)."""
+    """Render one subject at one site; return the values at ``subj.flat`` (float32).
+
+    ``bias`` holds the multiplicative bias at ``subj.flat`` (None: no bias); without
+    ``rng`` there is no noise and no rounding (the clean render).
+    """
     vals = subj.wm + params["gm_wm"] * subj.gm + params["csf_wm"] * subj.csf
     vals += params["texture_gain"] * subj.texture
     vals = _apply_lut(vals, lut)
     if bias is not None:
-        vals *= bias.reshape(-1)[subj.flat]
+        vals *= bias
     box_shape = tuple(s.stop - s.start for s in subj.bbox)
     box = np.zeros(box_shape, np.float32)
     box.reshape(-1)[subj.local] = vals
@@ -479,6 +589,9 @@ class MultisiteDataset:
     subject_params: list[dict[str, Any]] = field(default_factory=list)
     site_names: tuple[str, ...] = ()
     resolution: float = 2.0
+    gm_volume: np.ndarray | None = None
+    residual_inu: np.ndarray | None = None
+    style: str = "preprocessed"
 
     def __len__(self) -> int:
         return int(self.imgs.shape[0])
@@ -526,6 +639,7 @@ def make_multisite(
     reference_site: str | None = None,
     age_range: tuple[float, float] = (20, 80),
     site_names: Sequence[str] | None = None,
+    style: str = "preprocessed",
 ) -> MultisiteDataset:
     """Simulate traveling subjects scanned at several sites, from real anatomy.
 
@@ -609,6 +723,12 @@ def make_multisite(
         )
     reference_site = str(reference_site)
     ref_idx = names.index(reference_site)
+    if style not in _STYLES:
+        raise ValueError(
+            f"style must be one of {list(_STYLES)}, got {style!r}; pass style='legacy' to "
+            "reproduce data made before the preprocessed simulation."
+        )
+    legacy = style == "legacy"
 
     rng = np.random.default_rng(random_state)
     site_seed, subject_seed, noise_seed = (int(s) for s in rng.integers(0, 2**63, size=3))
@@ -616,9 +736,10 @@ def make_multisite(
     shape = anat.mask.shape
     n = n_subjects * n_sites
 
+    draw_site = _draw_site if legacy else _draw_site_preprocessed
     site_params, biases, luts = [], [], []
     for s, seed in enumerate(np.random.SeedSequence(site_seed).spawn(n_sites)):
-        params, bias = _draw_site(anat, np.random.default_rng(seed), names[s])
+        params, bias = draw_site(anat, np.random.default_rng(seed), names[s])
         params["is_reference"] = s == ref_idx
         site_params.append(params)
         biases.append(bias)
@@ -629,6 +750,7 @@ def make_multisite(
     gm = np.zeros((n, *shape), np.float32)
     masks = np.zeros((n, *shape), bool)
     ages = np.empty(n_subjects, np.float64)
+    residual_inu = np.zeros(n, np.float64)
     subject_params = []
     width = max(2, len(str(n_subjects - 1)))
     subject_ids = [f"sub-{j:0{width}d}" for j in range(n_subjects)]
@@ -646,7 +768,11 @@ def make_multisite(
         masks[j].reshape(-1)[subj.flat] = True
         for s in range(n_sites):
             noise_rng = np.random.default_rng(noise_seqs[s])
-            vals = _render(subj, site_params[s], luts[s], res, biases[s], noise_rng)
+            if legacy:
+                bias = biases[s].reshape(-1)[subj.flat]
+            else:
+                bias, residual_inu[s * n_subjects + j] = _scan_bias(biases[s], subj, noise_rng)
+            vals = _render(subj, site_params[s], luts[s], res, bias, noise_rng)
             imgs[s * n_subjects + j].reshape(-1)[subj.flat] = vals
     # Site-independent maps: copy the first site's block to the other sites.
     common = masks[:n_subjects].all(axis=0)
@@ -655,6 +781,7 @@ def make_multisite(
         truth[block] = truth[:n_subjects]
         gm[block] = gm[:n_subjects]
         masks[block] = masks[:n_subjects]
+    gm_volume = gm[:n_subjects].sum(axis=(1, 2, 3), dtype=np.float64) * (res**3 / 1000.0)
 
     return MultisiteDataset(
         imgs=imgs,
@@ -671,6 +798,9 @@ def make_multisite(
         subject_params=subject_params,
         site_names=names,
         resolution=float(res),
+        gm_volume=np.tile(gm_volume, n_sites),
+        residual_inu=residual_inu,
+        style=style,
     )
 
 

@@ -48,15 +48,40 @@ def test_shapes_dtypes_lengths(ds):
     assert "MultisiteDataset(" in repr(ds) and "n_images=24" in repr(ds)
 
 
-def test_site_params_within_abide_ranges(ds):
+def _check_contrast_params(p):
+    assert 0.58 <= p["gm_wm"] <= 0.85
+    assert 0.25 <= p["csf_wm"] <= 0.44
+    assert 13 <= p["snr_wm"] <= 24
+    assert 255 <= p["scale"] <= 4095
+    assert np.all(np.diff(p["curve_x"]) > 0) and np.all(np.diff(p["curve_y"]) > 0)
+
+
+def test_site_params_within_ranges(ds):
+    assert ds.style == "preprocessed"
     for p in ds.site_params:
-        assert 0.58 <= p["gm_wm"] <= 0.85
-        assert 0.25 <= p["csf_wm"] <= 0.44
-        assert 13 <= p["snr_wm"] <= 24
+        _check_contrast_params(p)
+        assert 0.02 <= p["inu_range"] <= 0.10  # site part of the residual bias after N4
+        assert 1.0 <= p["slice_thickness_mm"] <= 3.0
+        assert 0.8 <= p["inplane_mm"] <= 1.4
+        assert p["voxel_mm"][p["slice_axis"]] == p["slice_thickness_mm"]
+        np.testing.assert_allclose(p["blur_sigma_mm"], 0.5 * np.asarray(p["voxel_mm"]))
+        assert p["noise_sigma"] == pytest.approx(1.0 / p["snr_grid"])
+    assert ds.residual_inu.shape == (len(ds),)
+    assert np.all((ds.residual_inu >= 0.05) & (ds.residual_inu <= 0.15))
+
+
+def test_legacy_site_params_within_abide_ranges(small):
+    legacy = make_multisite(2, 2, resolution=4, random_state=1, style="legacy")
+    assert legacy.style == "legacy"
+    for p in legacy.site_params:
+        _check_contrast_params(p)
         assert 0.2 <= p["inu_range"] <= 0.63
         assert all(0.3 <= s <= 1.2 for s in p["blur_sigma_mm"])
-        assert 255 <= p["scale"] <= 4095
-        assert np.all(np.diff(p["curve_x"]) > 0) and np.all(np.diff(p["curve_y"]) > 0)
+    np.testing.assert_array_equal(legacy.residual_inu, 0.0)
+    # The subjects do not depend on the style: same anatomy, ages and GM; other scans.
+    for name in ("gm", "masks", "ages", "gm_volume"):
+        np.testing.assert_array_equal(getattr(legacy, name), getattr(small, name))
+    assert not np.array_equal(legacy.imgs, small.imgs)
 
 
 def test_every_subject_at_every_site_site_major(ds):
@@ -107,6 +132,11 @@ def test_age_effect_on_gm_volume(ds):
     first = slice(0, N_SUBJECTS)
     gm_volume = (ds.gm[first] * ds.mask).sum(axis=(1, 2, 3))
     assert np.corrcoef(ds.ages[first], gm_volume)[0, 1] < -0.5
+    # The true GM volume (mL) of each image, identical at every site of a subject.
+    expected = ds.gm.sum(axis=(1, 2, 3), dtype=np.float64) * 4**3 / 1000
+    np.testing.assert_allclose(ds.gm_volume, expected, rtol=1e-6)
+    assert np.all((ds.gm_volume > 400) & (ds.gm_volume < 1200))
+    assert np.corrcoef(ds.ages, ds.gm_volume)[0, 1] < -0.8
 
 
 def test_sites_differ(ds):
@@ -171,6 +201,7 @@ def test_reference_site_and_names():
         ({"site_names": ["a", "a", "b"]}, "site_names must be unique"),
         ({"age_range": (50, 20)}, "age_range must satisfy"),
         ({"age_range": 5}, "age_range must be a pair"),
+        ({"style": "raw"}, "style must be one of"),
     ],
 )
 def test_argument_errors(kwargs, match):
