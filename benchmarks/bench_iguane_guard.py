@@ -1,6 +1,7 @@
 """Stress test of IGUANe models on harsh unseen sites: per-image SSIM vs HM and the guard.
 
-For each (seed, model) pair: ``make_multisite(8, 5, resolution=4, random_state=seed)``
+For each (seed, model) pair: ``make_multisite(8, 5, resolution=4, random_state=seed,
+style="legacy")`` (the data the models were trained on)
 gives the training sites (site0-3) HM is fitted on and the subjects; ``make_family_b(...,
 strength="harsh")`` scans them at 4 sites with strong effects of other kinds (gamma
 0.3-3, 4-7 mm slices, 80-150 % linear bias, 6-12 % Gaussian noise). Each image's SSIM to
@@ -39,7 +40,7 @@ def main() -> None:
     for item in args.seed_models:
         seed_text, _, path = item.partition("=")
         seed = int(seed_text)
-        ds = make_multisite(8, 5, resolution=4, random_state=seed)
+        ds = make_multisite(8, 5, resolution=4, random_state=seed, style="legacy")
         b = make_family_b(ds, n_sites=4, random_state=seed + 50, strength="harsh")
         score = Scorer(ds, b, ds.site_names[-1])
         est = IGUANeHarmonizer.load(path).set_params(ood_action="ignore")

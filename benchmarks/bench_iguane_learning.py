@@ -1,6 +1,7 @@
 """Learning curves of IGUANe on CPU: does training improve unseen sites, and is it safe?
 
-Data: ``make_multisite(resolution=4)`` (family A, 46x55x46 voxels of 4 mm), ``--n-sites``
+Data: ``make_multisite(resolution=4, style="legacy")`` (family A, 46x55x46 voxels of 4 mm;
+the legacy simulation the shipped model and the results were made with), ``--n-sites``
 sites of which the last is held out of training ("unseen"), plus the same subjects scanned
 at the sites of a second family (:mod:`benchmarks.site_family_b`: gamma curves, slice
 blur, linear-gradient bias, Gaussian noise), never seen in training either.
@@ -198,7 +199,9 @@ def start_point(ds, ds_b, score: Scorer, params: dict) -> dict:
 
 
 def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
-    ds = make_multisite(args.n_subjects, args.n_sites, resolution=4, random_state=seed)
+    ds = make_multisite(
+        args.n_subjects, args.n_sites, resolution=4, random_state=seed, style="legacy"
+    )
     ds_b = make_family_b(ds, n_sites=args.n_sites_b, random_state=seed)
     unseen = ds.site_names[-1]
     score = Scorer(ds, ds_b, unseen)

@@ -3,7 +3,8 @@
 The shipped model is seed 0 of ``benchmarks/bench_iguane_learning.py``:
 :class:`harmonix.IGUANeHarmonizer` with :data:`harmonix.iguane.CPU_RECIPE`, trained on
 sites ``site0`` (reference) to ``site3`` of
-``make_multisite(n_subjects=8, n_sites=5, resolution=4, random_state=0)`` with ages and
+``make_multisite(n_subjects=8, n_sites=5, resolution=4, random_state=0, style="legacy")``
+with ages and
 ``random_state=0``. Its scores (unseen ``site4``, family-B sites) are in
 ``benchmarks/results/iguane_learning.md``. About 20 minutes on 2 CPU cores; CPU training
 is reproducible, so the same model comes out (up to the CPU's float rounding).
@@ -40,7 +41,9 @@ def main() -> None:
     p.add_argument("--checkpoint-dir", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    ds = make_multisite(n_subjects=8, n_sites=5, resolution=4, random_state=SEED)
+    ds = make_multisite(
+        n_subjects=8, n_sites=5, resolution=4, random_state=SEED, style="legacy"
+    )
     train = ds.sites != UNSEEN
     est = IGUANeHarmonizer(
         reference_site="site0",

@@ -23,21 +23,45 @@ Subjects (computed once per subject, reused at every site):
        occipital to 1.4 in the frontal lobe) and ``p ~ U(0.75, 1.25)`` the subject's
        ageing pace; the GM volume therefore falls with age, which a harmonization must keep.
 
-Sites (one seeded parameter set per site, within the range of the ABIDE sites' MRIQC image
-quality metrics: GM/WM 0.58-0.85, CSF/WM 0.25-0.44, WM SNR 13-24, INU range 0.2-0.63):
-    1. tissue contrast ``I = WM + r_gm * GM + r_csf * CSF + g * texture``;
+Sites, default ``style="preprocessed"``: scans as a harmonization method receives them,
+after the standard preprocessing (N4 bias correction, registration to MNI, resampling to
+the grid). One seeded parameter set per site; contrast, SNR and scale lie within the range
+of the ABIDE sites' MRIQC image quality metrics (GM/WM 0.58-0.85, CSF/WM 0.25-0.44, WM SNR
+13-24):
+    1. tissue contrast ``I = WM + r_gm * GM + r_csf * CSF + g * texture`` (``g`` 0.6-1.0);
     2. a random monotone nonlinear intensity curve (PCHIP through 7 increasing knots that
        keep pure CSF, GM and WM at ``r_csf``, ``r_gm`` and 1);
-    3. a multiplicative bias field ``exp(a * s(x))`` with ``s`` smooth, whose 5-95th
-       percentile range inside the brain equals the site's INU range;
-    4. anisotropic Gaussian blur (sigma 0.3-1.2 mm per axis);
-    5. Rician noise at the site's WM SNR (given for 1 mm voxels; the noise standard deviation
-       is divided by ``voxel_volume ** 0.5`` for larger voxels, as averaging would do);
+    3. residual bias ``exp(b_site(x) + b_scan(x))``, what N4 leaves: a weak site component
+       (cubic B-spline, 4x4x4 control points, 5-95th percentile range of ``exp(b_site)``
+       inside the brain 0.02-0.10: the coil's profile that every N4 run under-corrects
+       alike) and a scan-specific component drawn anew for every scan, so two subjects of
+       one site differ (6x6x6 control points, finer than N4's model, range 0.05-0.15,
+       recorded in ``MultisiteDataset.residual_inu``);
+    4. resolution: an acquisition voxel of ``a x a x t`` mm, in-plane pixel ``a`` 0.8-1.4
+       mm (in-plane sharpness) and slice thickness ``t`` 1-3 mm along a random axis (the
+       slice direction after registration). Each axis is blurred by a Gaussian of sigma
+       ``w / 2`` mm for voxel width ``w`` (box profile of the voxel, variance ``w**2 / 12``,
+       then linear interpolation between samples ``w`` apart, variance ``w**2 / 6``). The
+       blur is in mm, so it spans more voxels at 1 and 2 mm than at 4 mm;
+    5. Rician noise at the WM SNR of the voxel: ``snr_wm`` (13-24) is the SNR of a 1 mm3
+       voxel; SNR is linear in the acquisition voxel volume ``V = a**2 t`` (thick slices
+       collect more signal) and resampling onto grid voxels of volume ``r**3 > V`` averages
+       ``r**3 / V`` of them, so the grid SNR is ``snr_wm * sqrt(V * r**3)`` (``snr_wm * V``
+       on a grid finer than the acquisition): 10-140 at 1 mm, 30-165 at 2 mm, 80-470 at 4 mm;
     6. a global scale (WM mapped to 255-4095, log-uniform) and rounding to integers; voxels
        inside the subject's brain are at least 1 and the background is exactly 0.
 
+Sites, ``style="legacy"``: the first simulation, kept bit for bit for the models and
+results made with it (``MultisiteDataset.residual_inu`` is 0). Steps 1, 2 and 6 as above;
+3. one multiplicative bias field per site ``exp(a * s(x))`` (4x4x4 control points), its
+5-95th percentile range the ABIDE sites' INU range before correction (0.2-0.63), the same
+for every scan of the site; 4. anisotropic Gaussian blur, sigma 0.3-1.2 mm per axis;
+5. Rician noise with the WM SNR 13-24 given for 1 mm voxels, its standard deviation divided
+by ``resolution ** 1.5`` on coarser grids.
+
 The ground truth of each image is its subject rendered at the reference site without bias
-field and noise (reference contrast, curve, blur and scale; not rounded).
+field and noise (reference contrast, curve, blur and scale; not rounded). The subjects
+(anatomy, ages, GM maps and volumes) do not depend on the style.
 """
 
 from __future__ import annotations
@@ -573,6 +597,14 @@ class MultisiteDataset:
         Site labels in order.
     resolution : float
         Voxel size in mm.
+    gm_volume : ndarray of shape (n,), float64, optional
+        True grey-matter volume (mL) of each image's subject: the sum of ``gm`` times the
+        voxel volume (identical at every site; falls with age).
+    residual_inu : ndarray of shape (n,), float64, optional
+        5-95th percentile range of each scan's own residual bias (``style="preprocessed"``;
+        0 for ``"legacy"``), on top of its site's component (``site_params[s]["inu_range"]``).
+    style : {"preprocessed", "legacy"}
+        Simulation style (see :func:`make_multisite`).
     """
 
     imgs: np.ndarray
@@ -646,7 +678,10 @@ def make_multisite(
     Each of ``n_subjects`` subjects (a random deformation and age-related atrophy of the
     ICBM152 2009a template) is scanned at each of ``n_sites`` sites (tissue contrast,
     nonlinear intensity curve, bias field, blur, Rician noise and global scale drawn within
-    the range of real ABIDE sites). See the module docstring for the recipe.
+    the range of real ABIDE sites). By default the scans look preprocessed (after N4 and
+    registration): a small residual bias specific to each scan over a weak site component,
+    the site's slice thickness and in-plane resolution as blur in mm, and noise at the SNR
+    of the site's acquisition voxel. See the module docstring for the recipe and ranges.
 
     Parameters
     ----------
@@ -667,6 +702,12 @@ def make_multisite(
         Ages are drawn uniformly in ``[low, high)``; atrophy starts at 20.
     site_names : sequence of str, optional
         Unique site labels, one per site; ``"site0"``, ``"site1"``... by default.
+    style : {"preprocessed", "legacy"}, default="preprocessed"
+        ``"preprocessed"`` simulates scans after N4 and registration (see above);
+        ``"legacy"`` reproduces, bit for bit, the data of harmonix's first simulation
+        (one strong bias field per site, blur drawn per axis, noise for 1 mm voxels), on
+        which the shipped demo IGUANe model and the IGUANe learning benchmark were made.
+        The subjects are the same in both styles.
 
     Returns
     -------
@@ -678,8 +719,8 @@ def make_multisite(
     Raises
     ------
     ValueError
-        If a count, the resolution, the age range, the site names or the reference site is
-        invalid.
+        If a count, the resolution, the age range, the site names, the reference site or
+        the style is invalid.
 
     Examples
     --------

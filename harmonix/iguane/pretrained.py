@@ -3,7 +3,7 @@
 ``harmonix/data/iguane_cpu_demo.pt`` is an :class:`~harmonix.IGUANeHarmonizer` trained
 with :data:`harmonix.iguane.CPU_RECIPE` on 4 mm synthetic data: sites ``site0``
 (reference) to ``site3`` of ``make_multisite(n_subjects=8, n_sites=5, resolution=4,
-random_state=0)``, by ``benchmarks/train_demo_model.py`` (seed 0 of
+random_state=0, style="legacy")``, by ``benchmarks/train_demo_model.py`` (seed 0 of
 ``benchmarks/bench_iguane_learning.py``), which anyone can re-run to rebuild it. Data sets
 made with another ``random_state`` have other sites and subjects, so there every site is
 one the model never saw (``harmonix demo`` uses seed 1). It is a small model of synthetic
