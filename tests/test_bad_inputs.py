@@ -25,9 +25,8 @@ from typing import Any, NamedTuple
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_tiny_images
+from _helpers import HARMONIZERS, make, make_tiny_images
 from sklearn.exceptions import NotFittedError
-from test_contract import HARMONIZERS, make
 
 from harmonix.cli import main
 

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from harmonix import IdentityHarmonizer
+from harmonix import HistogramMatchingHarmonizer, IdentityHarmonizer
 from harmonix.batch import output_paths, transform_files
 
 
@@ -44,11 +44,21 @@ def test_transform_files_checks_before_writing(model, tiny_nifti, tmp_path):
         transform_files(model, [tmp_path / "nope.nii.gz"], out, verbose=False)
 
 
-def test_transform_files_on_dask_cluster(model, tiny_nifti, tmp_path):
+def test_transform_files_on_dask_cluster_equals_the_serial_run(tiny, tiny_nifti, tmp_path):
     distributed = pytest.importorskip("distributed")
-    paths = tiny_nifti[0][:3]
+    imgs, sites, _, _ = tiny
+    hm = HistogramMatchingHarmonizer().fit(imgs, sites)  # changes every non-reference image
+    paths = tiny_nifti[0]
+    serial = transform_files(hm, paths, tmp_path / "serial", n_jobs=1, verbose=False)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
         with distributed.Client(cluster), joblib.parallel_backend("dask"):
-            written = transform_files(model, paths, tmp_path / "d", n_jobs=2, verbose=False)
-    assert [p.exists() for p in written] == [True] * 3
+            written = transform_files(hm, paths, tmp_path / "d", n_jobs=2, verbose=False)
+    assert [p.name for p in written] == [p.name for p in serial]
+    changed = 0
+    for src, a, b in zip(paths, serial, written):
+        one, two = nib.load(a), nib.load(b)
+        np.testing.assert_array_equal(two.get_fdata(), one.get_fdata())
+        np.testing.assert_array_equal(two.affine, one.affine)
+        changed += not np.allclose(one.get_fdata(), nib.load(src).get_fdata())
+    assert changed >= 2 * len(paths) // 3  # the images really were harmonized

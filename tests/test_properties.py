@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import harmonix
-from harmonix.base import BaseHarmonizer
 from harmonix.io import as_collection
 
 FAST = [
@@ -81,10 +80,3 @@ def test_coercion_is_idempotent_and_lossless(imgs):
     np.testing.assert_array_equal(np.stack(list(listed)), imgs)
     assert isinstance(coll.wrap(list(imgs)), np.ndarray)
     assert isinstance(listed.wrap(list(imgs)), list)
-
-
-def test_all_exported_harmonizers_are_estimators():
-    for name in harmonix.__all__:
-        obj = getattr(harmonix, name)
-        if isinstance(obj, type) and issubclass(obj, BaseHarmonizer):
-            assert callable(obj.fit) and callable(obj.transform)

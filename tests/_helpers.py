@@ -1,0 +1,80 @@
+"""Support shared by several test modules (import it as ``from _helpers import ...``).
+
+Test modules import what they share from here, never from each other or from conftest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import harmonix
+from harmonix.base import BaseHarmonizer
+
+N_SITES = 3
+N_SUBJECTS = 3
+SHAPE = (12, 14, 12)
+
+
+def make_tiny_images(
+    shape=SHAPE, n_subjects=N_SUBJECTS, n_sites=N_SITES, seed=0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Blob-shaped 'brains' with per-site gain/offset; background exactly 0.
+
+    Returns imgs (n, i, j, k) float32, sites, ages, subjects (site-major order).
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    brain = radius < 0.8
+    anat = [
+        (1.0 + 0.5 * np.cos(3 * radius + s) + 0.1 * rng.standard_normal(shape)) * brain
+        for s in range(n_subjects)
+    ]
+    imgs, sites, ages, subjects = [], [], [], []
+    for k in range(n_sites):
+        gain, offset = 1.0 + 0.3 * k, 0.2 * k
+        for s in range(n_subjects):
+            img = (gain * anat[s] + offset) * brain + 0.02 * rng.standard_normal(shape) * brain
+            imgs.append(np.where(brain, np.abs(img) + 0.05, 0.0))
+            sites.append(f"site{k}")
+            ages.append(30.0 + 10 * s)
+            subjects.append(f"sub{s}")
+    return (
+        np.stack(imgs).astype(np.float32),
+        np.array(sites),
+        np.array(ages),
+        np.array(subjects),
+    )
+
+
+#: Settings that make each method fast enough for the contract and bad-input suites.
+FAST_PARAMS: dict[str, dict] = {
+    "IGUANeHarmonizer": {
+        "n_epochs": 1,
+        "steps_per_epoch": 1,
+        "base_width": 2,
+        "random_state": 0,
+    },
+}
+
+#: Every harmonizer class :mod:`harmonix` exports; methods added later are picked up here.
+HARMONIZERS = sorted(
+    (
+        obj
+        for name in harmonix.__all__
+        if isinstance(obj := getattr(harmonix, name), type)
+        and issubclass(obj, BaseHarmonizer)
+        and obj is not BaseHarmonizer
+    ),
+    key=lambda c: c.__name__,
+)
+
+
+def make(cls: type, **extra) -> BaseHarmonizer:
+    """An instance of ``cls`` with its fast test settings (and ``extra`` parameters)."""
+    return cls(**{**FAST_PARAMS.get(cls.__name__, {}), **extra})
+
+
+def transform_kwargs(cls: type, sites, ages) -> dict:
+    """The metadata ``cls.transform`` needs: sites and ages for methods that model sites."""
+    return {"sites": sites, "ages": ages} if cls._needs_sites else {}
