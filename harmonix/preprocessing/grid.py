@@ -115,13 +115,17 @@ def _bbox(brain: np.ndarray) -> list[tuple[int, int]]:
     return box
 
 
-def _plan(shape: tuple[int, ...], target: tuple[int, ...], brain: np.ndarray) -> GridChange | None:
+def _plan(
+    shape: tuple[int, ...], target: tuple[int, ...], brain: np.ndarray, center: str
+) -> GridChange | None:
     offsets = []
     for n_in, n_out, (lo, hi) in zip(shape, target, _bbox(brain)):
         if hi - lo + 1 > n_out:
             return None
-        centered = (n_in - n_out) // 2
-        offsets.append(int(np.clip(centered, hi + 1 - n_out, lo)))
+        if center == "brain":
+            offsets.append((lo + hi + 1 - n_out) // 2)
+        else:
+            offsets.append(int(np.clip((n_in - n_out) // 2, hi + 1 - n_out, lo)))
     return GridChange(tuple(shape), tuple(target), tuple(offsets))
 
 
@@ -131,11 +135,14 @@ def crop_or_pad(
     *,
     brain: np.ndarray | None = None,
     fallback_shape: tuple[int, int, int] | None = IGUANE_FALLBACK_SHAPE,
+    center: str = "volume",
 ) -> tuple[np.ndarray, GridChange]:
     """Crop and/or pad an image to ``target_shape`` without cutting brain voxels.
 
-    The window is centred on the volume and shifted only as far as needed to keep the
-    brain inside. If the brain does not fit, ``fallback_shape`` is tried.
+    By default the window is centred on the volume and shifted only as far as needed to
+    keep the brain inside; ``center="brain"`` centres it on the brain's bounding box (as
+    the original IGUANe preprocessing does). If the brain does not fit,
+    ``fallback_shape`` is tried.
 
     Parameters
     ----------
@@ -144,6 +151,8 @@ def crop_or_pad(
     brain : ndarray of bool, default=None
         Voxels that must be kept; default ``data != 0``.
     fallback_shape : tuple of 3 int or None, default=(176, 208, 176)
+    center : {"volume", "brain"}, default="volume"
+        What the window is centred on.
 
     Returns
     -------
@@ -154,13 +163,15 @@ def crop_or_pad(
     data = np.asarray(data)
     if data.ndim != 3:
         raise ValueError(f"Expected a 3-D image, got shape {data.shape}.")
+    if center not in ("volume", "brain"):
+        raise ValueError(f"center must be 'volume' or 'brain', got {center!r}.")
     brain = data != 0 if brain is None else brain
     if not brain.any():
         raise ValueError("The image has no brain voxels; cannot place it on the grid.")
     for shape in (target_shape, fallback_shape):
         if shape is None:
             continue
-        change = _plan(data.shape, tuple(shape), brain)
+        change = _plan(data.shape, tuple(shape), brain, center)
         if change is not None:
             return change.apply(data), change
     raise ValueError(

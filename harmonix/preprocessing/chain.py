@@ -1,0 +1,469 @@
+"""From a raw T1 scan to an IGUANe-ready image, and back to the scan's own space.
+
+The chain follows the original IGUANe preprocessing (``all_in_one.py``) with pip-only
+tools: reorientation to the standard orientation, brain extraction (deepbet), N4 bias
+correction inside that mask (SimpleITK), 6-dof rigid registration to the ICBM152 2009a T1
+on the FSL 1 mm grid (SimpleITK), brain median → 500, crop to 160×192×160 centred on the
+brain (176×208×176 if the brain does not fit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from harmonix.io import atomic_write, load_img
+from harmonix.preprocessing import qc as _qc
+from harmonix.preprocessing.grid import IGUANE_FALLBACK_SHAPE, IGUANE_SHAPE, crop_or_pad
+from harmonix.preprocessing.steps import (
+    extract_brain,
+    n4_correct,
+    register_rigid,
+    reorient_to_standard,
+)
+from harmonix.preprocessing.template import FSL_AFFINE, FSL_SHAPE, load_template, resample
+
+__all__ = ["PreprocessResult", "T1Preprocessor", "TemplateTransform", "to_native"]
+
+logger = logging.getLogger(__name__)
+
+#: Smallest brain mask accepted (ml): below it the image is taken for a non-brain volume.
+MIN_BRAIN_ML = 100.0
+#: Smallest image side accepted, in voxels.
+MIN_SIDE = 16
+
+
+def _matrix(value: Any) -> np.ndarray:
+    out = np.array(value, dtype=np.float64)
+    out.flags.writeable = False
+    return out
+
+
+@dataclass(frozen=True)
+class TemplateTransform:
+    """Where a preprocessed image came from: enough to map images both ways.
+
+    Attributes
+    ----------
+    matrix : ndarray of shape (4, 4)
+        Rigid map from template world points to the scan's world points (RAS, mm).
+    native_shape : tuple of int
+        Shape of the input scan.
+    native_affine : ndarray of shape (4, 4)
+        Voxel-to-world affine of the input scan.
+    template_shape : tuple of int
+        Shape of the preprocessed image (160×192×160, or 176×208×176).
+    template_affine : ndarray of shape (4, 4)
+        Its voxel-to-world (MNI, mm) affine.
+    scale : float
+        Intensity factor applied by the median normalization (brain median → 500).
+    """
+
+    matrix: np.ndarray
+    native_shape: tuple[int, ...]
+    native_affine: np.ndarray
+    template_shape: tuple[int, ...]
+    template_affine: np.ndarray
+    scale: float
+
+    def __post_init__(self) -> None:
+        for name in ("matrix", "native_affine", "template_affine"):
+            object.__setattr__(self, name, _matrix(getattr(self, name)))
+        for name in ("native_shape", "template_shape"):
+            object.__setattr__(self, name, tuple(int(n) for n in getattr(self, name)))
+        object.__setattr__(self, "scale", float(self.scale))
+
+    def to_template(self, img: Any, *, order: int = 1) -> nib.Nifti1Image:
+        """Resample an image on the scan's grid (or any grid) onto the template grid.
+
+        Parameters
+        ----------
+        img : str, path-like or nibabel image
+            An image in the scan's world space.
+        order : int, default=1
+            Interpolation order (0 for labels and masks).
+
+        Returns
+        -------
+        nibabel.Nifti1Image
+        """
+        img = load_img(img)
+        data = resample(img.get_fdata(dtype=np.float32), img.affine, self.template_affine,
+                        self.template_shape, world=self.matrix, order=order)
+        return nib.Nifti1Image(data, self.template_affine)
+
+    def to_native(
+        self, img: Any, *, order: int = 1, mask: Any = None, rescale: bool = False
+    ) -> nib.Nifti1Image:
+        """Map an image in template space (e.g. a harmonized one) back onto the scan's grid.
+
+        Parameters
+        ----------
+        img : str, path-like or nibabel image
+            An image in template (MNI) space, on any grid; its affine places it.
+        order : int, default=1
+            Interpolation order (0 for labels and masks).
+        mask : str, path-like or nibabel image, optional
+            A brain mask on the scan's grid (the chain's ``native_mask``): voxels outside
+            it are set to 0.
+        rescale : bool, default=False
+            Undo the median normalization (divide by :attr:`scale`), so intensities are
+            on the bias-corrected scan's scale.
+
+        Returns
+        -------
+        nibabel.Nifti1Image
+            On the scan's grid, with its affine.
+        """
+        img = load_img(img)
+        data = resample(img.get_fdata(dtype=np.float32), img.affine, self.native_affine,
+                        self.native_shape, world=np.linalg.inv(self.matrix), order=order)
+        if mask is not None:
+            mask_img = load_img(mask)
+            if tuple(mask_img.shape) != self.native_shape:
+                raise ValueError(
+                    f"The mask has shape {mask_img.shape} but the scan {self.native_shape}; "
+                    "pass the native_mask written with this transform."
+                )
+            data[np.asarray(mask_img.dataobj) == 0] = 0.0
+        if rescale:
+            data /= np.float32(self.scale)
+        return nib.Nifti1Image(data, self.native_affine)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (see :meth:`from_dict`)."""
+        return {
+            "matrix": self.matrix.tolist(),
+            "native_shape": list(self.native_shape),
+            "native_affine": self.native_affine.tolist(),
+            "template_shape": list(self.template_shape),
+            "template_affine": self.template_affine.tolist(),
+            "scale": self.scale,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TemplateTransform:
+        """Rebuild a transform from :meth:`to_dict`'s output (or a ``*_prep.json`` file's
+        ``"transform"`` entry)."""
+        names = ("matrix", "native_shape", "native_affine", "template_shape",
+                 "template_affine", "scale")
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise ValueError(f"Not a harmonix transform: keys {missing} are missing.")
+        return cls(**{n: values[n] for n in names})
+
+    @classmethod
+    def load(cls, path: str | Path) -> TemplateTransform:
+        """Read the transform from a ``*_prep.json`` file written by the chain."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Transform file not found: '{path}'.")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"'{path}' is not a JSON transform file ({exc}).") from exc
+        return cls.from_dict(values.get("transform", values))
+
+
+def to_native(
+    img: Any,
+    transform: TemplateTransform | str | Path,
+    *,
+    mask: Any = None,
+    rescale: bool = False,
+    order: int = 1,
+) -> nib.Nifti1Image:
+    """Map a harmonized (template-space) image back to the subject's native space.
+
+    Parameters
+    ----------
+    img : str, path-like or nibabel image
+        E.g. an output of ``IGUANeHarmonizer.transform`` on a preprocessed image.
+    transform : TemplateTransform or path to a ``*_prep.json`` file
+        The chain's transform for that subject.
+    mask : str, path-like or nibabel image, optional
+        The native brain mask (``*_native_mask.nii.gz``); voxels outside it become 0.
+    rescale : bool, default=False
+        Undo the median normalization.
+    order : int, default=1
+        Interpolation order.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        On the input scan's grid.
+    """
+    if not isinstance(transform, TemplateTransform):
+        transform = TemplateTransform.load(transform)
+    return transform.to_native(img, order=order, mask=mask, rescale=rescale)
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    """What the chain returns for one scan.
+
+    Attributes
+    ----------
+    image : nibabel.Nifti1Image
+        The IGUANe-ready image: skull-stripped, bias-corrected, rigidly registered to MNI
+        1 mm, brain median 500, background 0, cropped to 160×192×160.
+    mask : nibabel.Nifti1Image
+        Its brain mask (uint8), same grid.
+    native_mask : nibabel.Nifti1Image
+        The brain mask on the input scan's grid (uint8).
+    transform : TemplateTransform
+        Template ↔ native mapping (see :func:`to_native`).
+    qc : dict
+        QC numbers: ``mask_volume_ml``, ``template_ncc`` (normalized cross-correlation with
+        the template inside its brain mask), ``template_dice`` (brain mask vs template
+        mask), ``brain_median`` (before scaling); ``flags`` lists the failed checks.
+    timings : dict
+        Seconds per stage.
+    """
+
+    image: nib.Nifti1Image
+    mask: nib.Nifti1Image
+    native_mask: nib.Nifti1Image
+    transform: TemplateTransform
+    qc: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def save(self, out_dir: str | Path, stem: str, *, qc_png: bool = True) -> dict[str, Path]:
+        """Write the outputs under ``out_dir``, each file atomically.
+
+        Files: ``{stem}_native_mask.nii.gz``, ``{stem}_prep.json`` (transform, QC numbers,
+        timings), ``{stem}_qc.png`` and, last, ``{stem}_prep.nii.gz``: when the image
+        exists, every other file does.
+
+        Parameters
+        ----------
+        out_dir : str or path-like
+        stem : str
+            File name stem (e.g. the input's name without ``.nii.gz``).
+        qc_png : bool, default=True
+            Also draw the QC figure.
+
+        Returns
+        -------
+        dict of str to pathlib.Path
+            ``image``, ``native_mask``, ``json`` and (if drawn) ``png``.
+        """
+        paths = output_paths(out_dir, stem)
+        with atomic_write(paths["native_mask"]) as tmp:
+            nib.save(self.native_mask, tmp)
+        with atomic_write(paths["json"]) as tmp:
+            tmp.write_text(json.dumps(
+                {"transform": self.transform.to_dict(), "qc": self.qc, "timings": self.timings},
+                indent=1,
+            ))
+        if qc_png:
+            _qc.save_qc_png(self.image, self.mask, paths["png"], title=stem)
+        else:
+            paths.pop("png")
+        with atomic_write(paths["image"]) as tmp:
+            nib.save(self.image, tmp)
+        return paths
+
+
+def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
+    """The files :meth:`PreprocessResult.save` writes for ``stem``."""
+    out_dir = Path(out_dir)
+    return {
+        "native_mask": out_dir / f"{stem}_native_mask.nii.gz",
+        "json": out_dir / f"{stem}_prep.json",
+        "png": out_dir / f"{stem}_qc.png",
+        "image": out_dir / f"{stem}_prep.nii.gz",
+    }
+
+
+def _check_scan(img: Any) -> nib.Nifti1Image:
+    """Load a scan and refuse what the chain cannot process, saying why."""
+    img = load_img(img)  # paths or images; 2-D and 4-D (n > 1) are refused there
+    data = img.get_fdata(dtype=np.float32)
+    if min(data.shape) < MIN_SIDE:
+        raise ValueError(
+            f"The scan has shape {data.shape}; a head image needs at least {MIN_SIDE} voxels "
+            "per side. Is it a single slice or a thumbnail?"
+        )
+    if not np.all(np.isfinite(data)):
+        raise ValueError("The scan has NaN or infinite voxels; fix or re-export it.")
+    low, high = float(data.min()), float(data.max())
+    if high <= 0:
+        raise ValueError("The scan is empty (no positive voxel); check the file.")
+    if high == low:
+        raise ValueError(f"The scan is constant (every voxel {high:g}); check the file.")
+    return nib.Nifti1Image(np.maximum(data, 0.0), img.affine, img.header)
+
+
+class T1Preprocessor:
+    """The raw T1 → IGUANe-ready chain, applied one scan at a time.
+
+    Parameters
+    ----------
+    brain_extractor : "deepbet" or callable, default="deepbet"
+        ``"deepbet"`` runs deepbet on the CPU; a callable ``f(data, affine) -> mask``
+        (bool array of ``data``'s shape) replaces it, e.g. with an existing mask.
+    n4 : bool, default=True
+        Run N4 bias correction inside the brain mask.
+    target_shape : tuple of 3 int, default=(160, 192, 160)
+        Output grid, centred on the brain.
+    fallback_shape : tuple of 3 int or None, default=(176, 208, 176)
+        Used when the brain does not fit in ``target_shape``.
+    median : float, default=500
+        Brain median after normalization.
+    n_threads : int, optional
+        Threads for SimpleITK and torch (default: their defaults).
+    random_state : int, default=0
+        Seed of the registration metric's voxel sampling.
+
+    Examples
+    --------
+    >>> from harmonix.preprocessing import T1Preprocessor
+    >>> result = T1Preprocessor().run("sub-01_T1w.nii.gz")  # doctest: +SKIP
+    >>> result.image.shape, result.qc["flags"]  # doctest: +SKIP
+    ((160, 192, 160), [])
+    """
+
+    def __init__(
+        self,
+        *,
+        brain_extractor: str | Callable[[np.ndarray, np.ndarray], np.ndarray] = "deepbet",
+        n4: bool = True,
+        target_shape: tuple[int, int, int] = IGUANE_SHAPE,
+        fallback_shape: tuple[int, int, int] | None = IGUANE_FALLBACK_SHAPE,
+        median: float = 500.0,
+        n_threads: int | None = None,
+        random_state: int = 0,
+    ) -> None:
+        self.brain_extractor = brain_extractor
+        self.n4 = n4
+        self.target_shape = target_shape
+        self.fallback_shape = fallback_shape
+        self.median = median
+        self.n_threads = n_threads
+        self.random_state = random_state
+
+    def __repr__(self) -> str:
+        extractor = self.brain_extractor
+        name = extractor if isinstance(extractor, str) else getattr(extractor, "__name__", "f")
+        return f"T1Preprocessor(brain_extractor={name!r}, n4={self.n4})"
+
+    def _extract(self, data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        if callable(self.brain_extractor):
+            mask = np.asarray(self.brain_extractor(data, affine))
+            if mask.shape != data.shape:
+                raise ValueError(
+                    f"brain_extractor returned shape {mask.shape} for an image of shape "
+                    f"{data.shape}; it must return a mask of the image's shape."
+                )
+            return mask.astype(bool)
+        if self.brain_extractor != "deepbet":
+            raise ValueError(
+                f"brain_extractor must be 'deepbet' or a callable, got {self.brain_extractor!r}."
+            )
+        if self.n_threads is not None:
+            import torch
+
+            torch.set_num_threads(int(self.n_threads))
+        return extract_brain(data, affine)
+
+    def run(self, img: Any) -> PreprocessResult:
+        """Preprocess one scan.
+
+        Parameters
+        ----------
+        img : str, path-like or nibabel image
+            A full-head (or skull-stripped) 3-D T1-weighted scan, any orientation and
+            voxel size.
+
+        Returns
+        -------
+        PreprocessResult
+
+        Raises
+        ------
+        ValueError
+            If the scan is 2-D, 4-D with several volumes, smaller than 16 voxels a side,
+            empty, constant or non-finite, or no brain is found in it.
+        ImportError
+            If deepbet or SimpleITK is missing (``pip install "harmonix[preprocess]"``).
+        """
+        times: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            times[name] = round(now - clock, 3)
+            clock = now
+
+        scan = _check_scan(img)
+        std = reorient_to_standard(scan)
+        data, affine = std.get_fdata(dtype=np.float32), std.affine
+        lap("reorient")
+        mask = self._extract(data, affine)
+        voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+        volume = float(mask.sum()) * voxel_ml
+        if volume < MIN_BRAIN_ML:
+            raise ValueError(
+                f"No brain found in the scan (brain mask {volume:.0f} ml, expected > "
+                f"{MIN_BRAIN_ML:.0f} ml): is it a T1-weighted head image?"
+            )
+        lap("brain_extraction")
+        if self.n4:
+            data = n4_correct(data, affine, mask, n_threads=self.n_threads)
+        brain = np.where(mask, data, 0.0).astype(np.float32)
+        lap("n4")
+        template = load_template()
+        matrix = register_rigid(brain, affine, template.data, template.affine,
+                                random_state=self.random_state, n_threads=self.n_threads)
+        lap("registration")
+        moved = resample(brain, affine, FSL_AFFINE, FSL_SHAPE, world=matrix)
+        moved_mask = resample(mask.astype(np.float32), affine, FSL_AFFINE, FSL_SHAPE,
+                              world=matrix) > 0.5
+        if not moved_mask.any():
+            raise ValueError("The brain left the template grid after registration; check "
+                             "the scan's affine (voxel sizes and orientation).")
+        moved = np.where(moved_mask, np.maximum(moved, 0.0), 0.0).astype(np.float32)
+        brain_median = float(np.median(moved[moved_mask]))
+        if brain_median <= 0:
+            raise ValueError("The brain's median intensity is 0; is the scan a T1 image?")
+        scale = float(self.median) / brain_median
+        moved *= np.float32(scale)
+        numbers = _qc.qc_numbers(moved, moved_mask, template, volume)
+        cropped, change = crop_or_pad(moved, self.target_shape, brain=moved_mask,
+                                      fallback_shape=self.fallback_shape, center="brain")
+        shift = np.eye(4)
+        shift[:3, 3] = change.offsets
+        out_affine = FSL_AFFINE @ shift
+        lap("resample")
+        transform = TemplateTransform(matrix, scan.shape, scan.affine, cropped.shape,
+                                      out_affine, scale)
+        back = nib.orientations.ornt_transform(
+            nib.io_orientation(affine), nib.io_orientation(scan.affine)
+        )
+        native_mask = nib.orientations.apply_orientation(mask, back).astype(np.uint8)
+        numbers["brain_median"] = brain_median
+        numbers["flags"] = _qc.flags(numbers)
+        if numbers["flags"]:
+            logger.warning("QC flags: %s", ", ".join(numbers["flags"]))
+        header = nib.Nifti1Header()
+        header.set_data_dtype(np.float32)
+        return PreprocessResult(
+            image=nib.Nifti1Image(cropped, out_affine, header),
+            mask=nib.Nifti1Image(change.apply(moved_mask.astype(np.uint8)), out_affine),
+            native_mask=nib.Nifti1Image(native_mask, scan.affine),
+            transform=transform,
+            qc=numbers,
+            timings=times,
+        )
+
+    __call__ = run

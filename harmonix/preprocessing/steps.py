@@ -1,0 +1,231 @@
+"""The steps of the raw T1 chain: reorientation, brain extraction, N4, rigid registration.
+
+Each step is a plain function on arrays and affines (world coordinates in mm, RAS+ like
+nibabel), so it can be tested, timed and replaced on its own. SimpleITK (N4, registration)
+and deepbet (brain extraction) are imported when a step runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import nibabel as nib
+import numpy as np
+
+from harmonix.preprocessing._optional import require
+
+__all__ = [
+    "reorient_to_standard",
+    "extract_brain",
+    "n4_correct",
+    "register_rigid",
+]
+
+# ITK's world is LPS, nibabel's RAS: flip the first two world axes.
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def reorient_to_standard(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    """Reorder and flip voxel axes to the closest RAS+ orientation (no interpolation).
+
+    This is nibabel's equivalent of ``fslreorient2std``: voxels are permuted and flipped,
+    world coordinates are unchanged (FSL stores the result LAS, nibabel RAS; both place
+    every voxel at the same point in mm).
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image
+        A 3-D image.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+    """
+    return nib.as_closest_canonical(img)
+
+
+def _sitk_image(data: np.ndarray, affine: np.ndarray):
+    """A SimpleITK image with the same voxels and world placement (RAS affine -> LPS)."""
+    sitk = require("SimpleITK", "N4 bias correction and registration")
+    affine = _LPS @ np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data, np.float32).T))
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(affine[:3, 3].tolist())
+    image.SetDirection((affine[:3, :3] / spacing).ravel().tolist())
+    return image
+
+
+def _set_threads(n_threads: int | None) -> None:
+    if n_threads is not None:
+        sitk = require("SimpleITK", "N4 bias correction and registration")
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n_threads))
+
+
+@functools.lru_cache(maxsize=1)
+def _deepbet_model():
+    deepbet = require("deepbet", "Brain extraction")
+    return deepbet.BrainExtraction(no_gpu=True)
+
+
+def extract_brain(data: np.ndarray, affine: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
+    """Brain mask of a full-head T1 with deepbet (CPU; weights ship in its wheel).
+
+    Parameters
+    ----------
+    data : ndarray of shape (i, j, k)
+        The head, best in RAS+ voxel order (see :func:`reorient_to_standard`).
+    affine : ndarray of shape (4, 4)
+        Its voxel-to-world affine.
+    threshold : float, default=0.5
+        Threshold on deepbet's brain probability.
+
+    Returns
+    -------
+    ndarray of bool, same shape
+        The largest connected brain component, holes filled. Empty when deepbet finds no
+        brain.
+    """
+    model = _deepbet_model()
+    x = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(
+        np.asarray(data, dtype=np.float32), affine)).dataobj, dtype=np.float32)
+    try:
+        prob = model.run_model(x.copy())
+        mask = model.postprocess((prob > threshold).astype(np.float32), 0) > 0
+    except (AssertionError, ValueError):  # deepbet asserts when it finds no foreground
+        mask = np.zeros(x.shape, dtype=bool)
+    back = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt("RAS"), nib.io_orientation(affine)
+    )
+    return nib.orientations.apply_orientation(mask, back).astype(bool)
+
+
+def n4_correct(
+    data: np.ndarray,
+    affine: np.ndarray,
+    mask: np.ndarray,
+    *,
+    shrink: int = 4,
+    iterations: Sequence[int] = (50, 50, 30),
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """N4 bias-field correction (SimpleITK) estimated inside a brain mask.
+
+    The field is fitted on an image shrunk by ``shrink`` and applied at full resolution.
+
+    Parameters
+    ----------
+    data : ndarray of shape (i, j, k)
+        The image (non-negative intensities).
+    affine : ndarray of shape (4, 4)
+    mask : ndarray of bool, same shape
+        Voxels that drive the fit (the brain).
+    shrink : int, default=4
+        Down-sampling factor for the fit.
+    iterations : sequence of int, default=(50, 50, 30)
+        Iterations per fitting level (one entry per level).
+    n_threads : int, optional
+        SimpleITK threads (default: all cores).
+
+    Returns
+    -------
+    ndarray of float32
+        ``data`` divided by the estimated bias field, everywhere in the volume.
+    """
+    sitk = require("SimpleITK", "N4 bias correction")
+    _set_threads(n_threads)
+    data = np.asarray(data, dtype=np.float32)
+    floor = np.float32(max(float(np.percentile(data[mask], 1)), 1e-3) * 1e-2)
+    image = _sitk_image(np.maximum(data, floor), affine)
+    mask_img = sitk.Cast(_sitk_image(mask.astype(np.float32), affine), sitk.sitkUInt8)
+    small = sitk.Shrink(image, [int(shrink)] * 3)
+    small_mask = sitk.Shrink(mask_img, [int(shrink)] * 3)
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([int(i) for i in iterations])
+    n4.Execute(small, small_mask)
+    log_field = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(image)).T
+    return (data / np.exp(log_field)).astype(np.float32)
+
+
+def _transform_matrix(transform) -> np.ndarray:
+    """4x4 RAS matrix of an ITK matrix-offset transform (fixed world -> moving world)."""
+    m = np.asarray(transform.GetMatrix(), dtype=np.float64).reshape(3, 3)
+    center = np.asarray(transform.GetCenter(), dtype=np.float64)
+    shift = np.asarray(transform.GetTranslation(), dtype=np.float64)
+    lps = np.eye(4)
+    lps[:3, :3] = m
+    lps[:3, 3] = shift + center - m @ center
+    return _LPS @ lps @ _LPS
+
+
+def register_rigid(
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    fixed: np.ndarray,
+    fixed_affine: np.ndarray,
+    *,
+    shrink: Sequence[int] = (4, 2),
+    smooth_mm: Sequence[float] = (3.0, 1.5),
+    iterations: int = 100,
+    sampling: float = 0.2,
+    random_state: int = 0,
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """6-dof rigid registration (SimpleITK, Mattes mutual information, multi-resolution).
+
+    Both images should be skull-stripped (background 0). The start aligns their centres
+    of mass.
+
+    Parameters
+    ----------
+    moving, fixed : ndarray of shape (i, j, k)
+        The subject's brain and the template brain.
+    moving_affine, fixed_affine : ndarray of shape (4, 4)
+        Their voxel-to-world affines.
+    shrink : sequence of int, default=(4, 2)
+        Down-sampling factor of each level. Adding a full-resolution level ``1`` doubles
+        the time and moved the result by 0.14 mm on average on the test head.
+    smooth_mm : sequence of float, default=(3, 1.5)
+        Gaussian smoothing (mm) of each level.
+    iterations : int, default=100
+        Maximum optimizer iterations per level.
+    sampling : float, default=0.2
+        Fraction of fixed-image voxels sampled by the metric.
+    random_state : int, default=0
+        Seed of the metric's sampling (same inputs, same result).
+    n_threads : int, optional
+        SimpleITK threads (default: all cores).
+
+    Returns
+    -------
+    ndarray of shape (4, 4)
+        Maps template (fixed) world points to subject (moving) world points, in RAS mm.
+    """
+    sitk = require("SimpleITK", "Rigid registration")
+    _set_threads(n_threads)
+    fixed_img = _sitk_image(fixed, fixed_affine)
+    moving_img = _sitk_image(moving, moving_affine)
+    start = sitk.CenteredTransformInitializer(
+        fixed_img, moving_img, sitk.Euler3DTransform(),
+        sitk.CenteredTransformInitializerFilter.MOMENTS,
+    )
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(float(sampling), int(random_state))
+    reg.SetMetricFixedMask(sitk.Cast(_sitk_image(fixed > 0, fixed_affine), sitk.sitkUInt8))
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-3, numberOfIterations=int(iterations),
+        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6,
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([int(s) for s in shrink])
+    reg.SetSmoothingSigmasPerLevel([float(s) for s in smooth_mm])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    reg.SetInitialTransform(start, inPlace=False)
+    result = reg.Execute(fixed_img, moving_img)
+    if hasattr(result, "GetNthTransform"):  # a composite holding the one rigid transform
+        result = result.GetNthTransform(0)
+    return _transform_matrix(sitk.Euler3DTransform(result))
