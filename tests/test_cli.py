@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from harmonix.cli import main
+from harmonix.io import read_manifest
+from harmonix.persistence import load_model
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,13 @@ def test_fit_then_transform_manifest(dataset_dir, tmp_path, method):
     res = nib.load(out / src.name.replace(".nii.gz", "_harmonized.nii.gz"))
     np.testing.assert_allclose(res.affine, nib.load(src).affine)
     assert (res.get_fdata()[nib.load(src).get_fdata() == 0] == 0).all()
+    # the file holds what the library computes with the saved model
+    man = read_manifest(manifest)
+    i = [p.resolve() for p in man.paths].index(src.resolve())
+    fitted = load_model(model)
+    kw = {"sites": man.sites[i:i + 1], "ages": man.ages[i:i + 1]} if method == "combat" else {}
+    expected = fitted.transform([src], **kw)[0].get_fdata()
+    np.testing.assert_allclose(res.get_fdata(), expected, rtol=1e-6)
 
 
 def test_transform_inputs_parallel_and_no_overwrite(dataset_dir, tmp_path, capsys):
