@@ -3,7 +3,7 @@
 One forward pass of the IGUANe generator on one volume, at the paper's size (160x192x160,
 1 mm) and at the 2 mm size (91x109x91 zero-padded to 96x112x96), CPU only:
 
-- ``keras``: the generator built in tf-keras (:mod:`harmonix.iguane.keras_reference`, the same
+- ``keras``: the generator built in tf-keras (``tests/keras_reference.py``, the same
   architecture as the original), called through ``tf.function`` (the fastest way to call it:
   eager calls are about 35 % slower; ``Model.predict`` is the same speed);
 - ``harmonix``: :func:`harmonix.iguane.inference.harmonize_volume` (the fused pass);
@@ -61,6 +61,7 @@ import numpy as np
 from _common import cpu_model
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # keras_reference: test and benchmark support
 SIZES = {"1mm": (160, 192, 160), "2mm": (96, 112, 96)}
 #: Accuracy checks against float64 (and bf16 on CPUs without native bf16, where it is
 #: emulated and very slow) run on the central 64^3 crop of the 2 mm volume: PyTorch's float64
@@ -160,7 +161,7 @@ def _make_input(size: str) -> np.ndarray:
 
 def prepare(workdir: Path, sizes: list[str]) -> None:
     """Write random Keras weights (``weights.h5``) and one input volume per size."""
-    from harmonix.iguane.keras_reference import build_keras_generator, random_keras_weights
+    from keras_reference import build_keras_generator, random_keras_weights
 
     model = build_keras_generator()
     model.set_weights(random_keras_weights(model, np.random.default_rng(WEIGHT_SEED)))
@@ -180,8 +181,7 @@ def make_runner(variant: str, workdir: Path, size: str):
     weights = workdir / "weights.h5"
     if variant == "keras":
         import tensorflow as tf
-
-        from harmonix.iguane.keras_reference import build_keras_generator
+        from keras_reference import build_keras_generator
 
         model = build_keras_generator()
         model.load_weights(str(weights))

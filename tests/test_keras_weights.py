@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from keras_reference import build_keras_generator, random_keras_weights
 
-from harmonix.iguane.keras_reference import build_keras_generator, random_keras_weights
 from harmonix.iguane.keras_weights import load_keras_generator_weights
 from harmonix.iguane.networks import Generator3D
 

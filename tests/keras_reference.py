@@ -4,11 +4,11 @@ Written from the architecture description, not from the original code: blocks ar
 ``Sequential`` models (convolution, ReLU, instance norm by the mean absolute deviation),
 so that ``save_weights`` to a ``.h5`` file gives the layout of the official
 ``iguane_weights.h5``. The parity test (``tests/test_keras_weights.py``) and the speed
-benchmark against the TensorFlow original (``benchmarks/bench_iguane_inference.py``) both
-build it here.
+benchmark against the TensorFlow original (``benchmarks/bench_iguane_inference.py``, which
+puts ``tests/`` on its import path) both build it here.
 
-Needs ``tensorflow`` and ``tf-keras`` (``pip install "harmonix[keras]"``); harmonix
-itself never imports this module.
+Test and benchmark support, not part of the installed package. Needs ``tensorflow`` and
+``tf-keras`` (``pip install "harmonix[keras]"``).
 """
 
 from __future__ import annotations
