@@ -2,11 +2,19 @@
 
 :mod:`harmonix.preprocessing.grid` holds the light helpers IGUANe uses on images that are
 already in MNI space (median normalization, crop/pad with an exact inverse). The chain
-that starts from a raw scanner T1 lives in :mod:`harmonix.preprocessing.chain`; it needs
+that starts from a raw scanner T1 (:class:`T1Preprocessor`, :func:`preprocess_manifest`,
+and :func:`to_native` for the way back) lives in :mod:`harmonix.preprocessing.chain`; it needs
 the optional dependencies of ``pip install "harmonix[preprocess]"`` (deepbet, SimpleITK),
 imported only when a chain runs.
 """
 
+from harmonix.preprocessing.chain import (
+    PreprocessResult,
+    T1Preprocessor,
+    TemplateTransform,
+    to_native,
+)
+from harmonix.preprocessing.files import preprocess_files, preprocess_manifest
 from harmonix.preprocessing.grid import (
     IGUANE_FALLBACK_SHAPE,
     IGUANE_SHAPE,
@@ -16,6 +24,7 @@ from harmonix.preprocessing.grid import (
     pad_to_multiple,
     restore_grid,
 )
+from harmonix.preprocessing.simulate import move_scan, rigid_matrix
 
 __all__ = [
     "IGUANE_SHAPE",
@@ -25,4 +34,12 @@ __all__ = [
     "median_normalize",
     "pad_to_multiple",
     "restore_grid",
+    "PreprocessResult",
+    "T1Preprocessor",
+    "TemplateTransform",
+    "to_native",
+    "preprocess_files",
+    "preprocess_manifest",
+    "move_scan",
+    "rigid_matrix",
 ]
