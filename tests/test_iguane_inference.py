@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harmonix.iguane import networks
-from harmonix.iguane.inference import cpu_supports_bf16, harmonize_volume, resolve_amp_dtype
+from harmonix.iguane.inference import harmonize_volume
 from harmonix.iguane.networks import Generator3D, MADInstanceNorm3d, _conv3d, _relu_mad_norm_
 
 CL = torch.channels_last_3d
@@ -339,18 +339,3 @@ def test_harmonize_volume_rejects_bad_input():
         harmonize_volume(torch.nn.Identity(), bad)
     with pytest.raises(ValueError, match="amp_dtype"):
         harmonize_volume(g, np.zeros((16, 16, 16), np.float32), amp_dtype="half")
-
-
-def test_resolve_amp_dtype(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_amp_dtype(None, cuda) is None
-    assert resolve_amp_dtype("auto", cuda) is torch.float16
-    assert resolve_amp_dtype("bfloat16", cpu) is torch.bfloat16
-    assert resolve_amp_dtype(torch.float16, cuda) is torch.float16
-    monkeypatch.setattr("harmonix.iguane.inference.cpu_supports_bf16", lambda: False)
-    assert resolve_amp_dtype("auto", cpu) is None
-    monkeypatch.setattr("harmonix.iguane.inference.cpu_supports_bf16", lambda: True)
-    assert resolve_amp_dtype("auto", cpu) is torch.bfloat16
-    with pytest.raises(ValueError, match="amp_dtype"):
-        resolve_amp_dtype(torch.float32, cpu)
-    assert isinstance(cpu_supports_bf16(), bool)

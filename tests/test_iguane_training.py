@@ -266,13 +266,6 @@ def test_crop_patch_contains_center_and_pads():
 
 
 # -- device ------------------------------------------------------------------------------
-def test_resolve_device():
-    assert T.resolve_device("cpu").type == "cpu"
-    assert T.resolve_device("auto").type in ("cpu", "cuda")
-    with pytest.raises(ValueError, match="device"):
-        T.resolve_device("tpu")
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_raises():
     with pytest.raises(ValueError, match="CUDA is not available"):

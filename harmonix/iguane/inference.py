@@ -6,16 +6,15 @@ array. It runs the generator's fused pass (see :meth:`Generator3D.forward
 <harmonix.iguane.networks.Generator3D.forward>`) under :func:`torch.inference_mode`, with
 channels-last feature maps, oneDNN convolutions on CPU and, optionally, mixed precision.
 
-Speed and memory on a 2-core CPU, one 160×192×160 volume in float32 (see
-``benchmarks/results/iguane_inference.md``): about half the time of the TensorFlow original
-(and 0.75 of a plain PyTorch pass), with a peak of about 1.2 GB in all (the original: about
-3.9 GB). The output equals the plain float32 pass within about 1e-4 on the network scale.
+Speed and memory, against the TensorFlow original and a plain PyTorch pass, are measured in
+``benchmarks/results/iguane_inference.md``. The output equals the plain float32 pass within
+about 1e-4 on the network scale.
 
 Threads: PyTorch uses one thread per physical core by default. On a machine shared with
 other busy processes, OpenMP's statically split parallel regions wait for descheduled
 threads, and ``num_threads=1`` can be faster than all cores.
 
-Two process-wide settings make CPU inference another 10–15 % faster, because a forward pass
+Two process-wide settings make CPU inference faster (see the same results), because a pass
 allocates about 1 GB of fresh feature maps whose pages the kernel otherwise faults in 4 kB
 at a time; set them in the environment before Python starts (harmonix never changes them):
 ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch asks for transparent huge pages) or glibc's
@@ -31,74 +30,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from harmonix.iguane.devices import cpu_supports_bf16, resolve_amp_dtype
 from harmonix.iguane.networks import SIZE_MULTIPLE, Generator3D
 
 __all__ = ["cpu_supports_bf16", "harmonize_volume", "resolve_amp_dtype"]
-
-_AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bfloat16 convolutions natively (AVX512-BF16 or AMX).
-
-    Returns
-    -------
-    bool
-        ``True`` when PyTorch reports ``avx512_bf16`` or ``amx_bf16``. Without them,
-        bfloat16 autocast on CPU works but is emulated and slower than float32.
-    """
-    get = getattr(torch.cpu, "get_capabilities", None)
-    if get is None:  # pragma: no cover - older PyTorch
-        return False
-    try:
-        caps = get()
-    except Exception:  # pragma: no cover - defensive: capability probing must not fail
-        return False
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
-
-
-def resolve_amp_dtype(
-    amp_dtype: str | torch.dtype | None, device: torch.device
-) -> torch.dtype | None:
-    """The autocast dtype to use on ``device``, or ``None`` for full precision.
-
-    Parameters
-    ----------
-    amp_dtype : {None, "auto", "bfloat16", "float16"} or torch.dtype
-        ``None``: no autocast (float32 everywhere). ``"auto"``: float16 on CUDA, bfloat16 on a
-        CPU that computes it natively (:func:`cpu_supports_bf16`), otherwise ``None``.
-    device : torch.device
-        The device the generator runs on.
-
-    Returns
-    -------
-    torch.dtype or None
-
-    Raises
-    ------
-    ValueError
-        If ``amp_dtype`` is not one of the accepted values.
-    """
-    if amp_dtype is None:
-        return None
-    if isinstance(amp_dtype, torch.dtype):
-        if amp_dtype not in (torch.bfloat16, torch.float16):
-            raise ValueError(
-                f"amp_dtype must be torch.bfloat16 or torch.float16, got {amp_dtype}."
-            )
-        return amp_dtype
-    if amp_dtype == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        if device.type == "cpu" and cpu_supports_bf16():
-            return torch.bfloat16
-        return None
-    if amp_dtype in _AMP_DTYPES:
-        return _AMP_DTYPES[amp_dtype]
-    raise ValueError(
-        f"amp_dtype must be None, 'auto', 'bfloat16' or 'float16', got {amp_dtype!r}."
-    )
-
 
 @contextlib.contextmanager
 def _num_threads(n: int | None) -> Iterator[None]:

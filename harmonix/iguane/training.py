@@ -82,6 +82,7 @@ from harmonix.iguane.data import (
     network_input,
     random_brain_voxel,
 )
+from harmonix.iguane.devices import autocast_dtype, resolve_device
 from harmonix.iguane.distributed import DistributedContext, setup_distributed
 from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D
 from harmonix.iguane.selection import QUANTILE_LEVELS, Scoring, SiteDistance
@@ -139,37 +140,6 @@ class TrainResult:
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a :class:`torch.device`.
-
-    Raises
-    ------
-    ValueError
-        If the name is unknown, or CUDA is asked for but not available.
-    """
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}."
-        ) from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={device!r} but CUDA is not available on this machine; use "
-                "device='cpu' or device='auto'."
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist."
-            )
-    elif dev.type != "cpu":
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}.")
-    return dev
-
-
 def _seed_sequence(random_state: Any) -> np.random.SeedSequence:
     if isinstance(random_state, np.random.SeedSequence):
         return random_state
@@ -331,13 +301,9 @@ class _Trainer:
             for o in self.opt_disc
         ]
 
-        use_amp = config.mixed_precision
-        if use_amp is None:
-            use_amp = device.type == "cuda"
-        dtype_name = config.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
-        self.amp = bool(use_amp)
-        self.amp_dtype = getattr(torch, dtype_name)
-        scale = self.amp and self.amp_dtype == torch.float16
+        #: The autocast dtype, None for full precision.
+        self.amp_dtype = autocast_dtype(config.mixed_precision, device, config.amp_dtype)
+        scale = self.amp_dtype == torch.float16
         self.scaler_disc = torch.amp.GradScaler(device.type, enabled=scale)
         self.scaler_gen = torch.amp.GradScaler(device.type, enabled=scale)
 
@@ -469,7 +435,9 @@ class _Trainer:
 
     # -- one step ------------------------------------------------------------------------
     def _autocast(self) -> Any:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+        amp = self.amp_dtype
+        enabled = amp is not None
+        return torch.autocast(self.device.type, dtype=amp or torch.bfloat16, enabled=enabled)
 
     def _update_discriminators(self, k: int, site: Hashable) -> torch.Tensor:
         n = self.config.disc_pairs * self.config.batch_size
