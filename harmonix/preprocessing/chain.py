@@ -47,7 +47,7 @@ def _matrix(value: Any) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TemplateTransform:
     """Where a preprocessed image came from: enough to map images both ways.
 
@@ -80,6 +80,13 @@ class TemplateTransform:
         for name in ("native_shape", "template_shape"):
             object.__setattr__(self, name, tuple(int(n) for n in getattr(self, name)))
         object.__setattr__(self, "scale", float(self.scale))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TemplateTransform):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
 
     def to_template(self, img: Any, *, order: int = 1) -> nib.Nifti1Image:
         """Resample an image on the scan's grid (or any grid) onto the template grid.

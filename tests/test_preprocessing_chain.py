@@ -1,0 +1,375 @@
+"""The raw T1 chain on a synthetic head: geometry, the way back, QC, bad inputs, files.
+
+The head is a skull shell around a ``make_multisite`` brain, moved by a known rigid
+transform onto a permuted, flipped, anisotropic grid. A threshold brain extractor stands
+in for deepbet (tested on a real head in test_preprocessing_ch2.py), so only SimpleITK is
+needed here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from harmonix.cli import main
+from harmonix.datasets import make_multisite
+from harmonix.io import read_manifest
+from harmonix.preprocessing import (
+    PreprocessResult,
+    T1Preprocessor,
+    TemplateTransform,
+    crop_or_pad,
+    move_scan,
+    preprocess_files,
+    restore_grid,
+    rigid_matrix,
+    to_native,
+)
+from harmonix.preprocessing._optional import require
+from harmonix.preprocessing.qc import QC_LIMITS, flag_outliers, flags
+from harmonix.preprocessing.template import FSL_AFFINE
+
+MOVE = rigid_matrix((8.0, -6.0, 11.0), (12.0, -15.0, 9.0))
+GRID = {"zooms": (2.2, 2.0, 2.4), "axcodes": ("P", "I", "R")}
+
+
+def skull_extractor(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Brain = inside the bright skull shell, not skull, not background."""
+    skull = data > 0.6 * data.max()
+    inside = ndimage.binary_fill_holes(ndimage.binary_closing(skull, iterations=2))
+    brain = inside & ~ndimage.binary_dilation(skull, iterations=1) & (data > 0)
+    labels, n = ndimage.label(brain)
+    if n == 0:
+        return brain
+    sizes = ndimage.sum(brain, labels, range(1, n + 1))
+    return labels == 1 + int(np.argmax(sizes))
+
+
+def _synthetic_head() -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    ds = make_multisite(n_subjects=1, n_sites=2, resolution=2.0, random_state=0)
+    pad = 8
+    brain = np.pad(ds.imgs[0], pad).astype(np.float32)
+    mask = np.pad(ds.masks[0], pad)
+    affine = ds.affine.copy()
+    affine[:3, 3] -= ds.affine[:3, :3] @ np.full(3, pad)
+    median = float(np.median(brain[mask]))
+    dist = ndimage.distance_transform_edt(~mask) * 2.0  # mm
+    head = np.where(mask, brain, 0.0)
+    head[(dist > 4) & (dist <= 10)] = 2.5 * median  # skull
+    head[(dist > 10) & (dist <= 14)] = 0.7 * median  # scalp
+    return (nib.Nifti1Image(head.astype(np.float32), affine),
+            nib.Nifti1Image(mask.astype(np.float32), affine))
+
+
+@pytest.fixture(scope="module")
+def moved():
+    """The moved head, its moved brain mask (gold) and the chain's result."""
+    pytest.importorskip("SimpleITK")
+    head, mask = _synthetic_head()
+    moved_head = move_scan(head, MOVE, **GRID)
+    gold = move_scan(mask, MOVE, order=1, **GRID).get_fdata() > 0.5
+    result = T1Preprocessor(brain_extractor=skull_extractor).run(moved_head)
+    return moved_head, gold, result
+
+
+# -- the chain on a moved synthetic head ---------------------------------------------------
+def test_output_grid_intensities_and_qc(moved):
+    _, _, result = moved
+    img = result.image
+    assert img.shape == (160, 192, 160)
+    assert img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(img.affine[:3, :3], FSL_AFFINE[:3, :3])
+    # the crop is a whole-voxel shift of the FSL grid
+    offset = np.linalg.solve(FSL_AFFINE, img.affine)[:3, 3]
+    np.testing.assert_allclose(offset, np.round(offset), atol=1e-9)
+    data = img.get_fdata()
+    brain = np.asarray(result.mask.dataobj) > 0
+    assert np.median(data[brain]) == pytest.approx(500.0, rel=1e-3)
+    assert (data[~brain] == 0).all() and (data >= 0).all()
+    # the window is centred on the brain
+    box = [np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != ax)))
+           for ax in range(3)]
+    for n, idx in zip(img.shape, box):
+        assert abs((idx[0] + idx[-1] + 1) / 2 - n / 2) <= 1
+    assert result.qc["flags"] == []
+    assert result.qc["template_dice"] > 0.9
+    assert set(result.timings) == {"reorient", "brain_extraction", "n4", "registration",
+                                   "resample"}
+
+
+def test_registration_recovers_the_move(moved):
+    _, _, result = moved
+    # the synthetic brain lies in MNI space: template -> native is the move itself
+    brain = np.argwhere(np.asarray(result.mask.dataobj) > 0)[::20]
+    points = result.image.affine @ np.c_[brain, np.ones(len(brain))].T
+    error = np.linalg.norm((result.transform.matrix @ points - MOVE @ points)[:3], axis=0)
+    assert error.mean() < 1.5, error.mean()  # mm; the subject differs from the template
+    assert error.max() < 3.0, error.max()
+
+
+def test_native_mask_lies_on_the_input_grid(moved):
+    head, gold, result = moved
+    native = result.native_mask
+    assert native.shape == head.shape
+    np.testing.assert_allclose(native.affine, head.affine)
+    mask = native.get_fdata() > 0
+    dice = 2 * (mask & gold).sum() / (mask.sum() + gold.sum())
+    assert dice > 0.95, dice
+    assert result.qc["mask_volume_ml"] == pytest.approx(
+        mask.sum() * np.prod(GRID["zooms"]) / 1000, rel=1e-3)
+
+
+def test_way_back_to_native_space(moved, tmp_path):
+    head, _, result = moved
+    back = to_native(result.image, result.transform, mask=result.native_mask)
+    assert back.shape == head.shape
+    np.testing.assert_allclose(back.affine, head.affine)
+    inside = (result.native_mask.get_fdata() > 0) & (back.get_fdata() > 0)
+    r = np.corrcoef(back.get_fdata()[inside], head.get_fdata()[inside])[0, 1]
+    assert r >= 0.95, r
+    outside = result.native_mask.get_fdata() == 0
+    assert (back.get_fdata()[outside] == 0).all()
+    rescaled = result.transform.to_native(result.image, rescale=True)
+    np.testing.assert_allclose(rescaled.get_fdata() * result.transform.scale,
+                               result.transform.to_native(result.image).get_fdata(),
+                               rtol=1e-4, atol=1e-3)
+    # from files, as the CLI writes them
+    paths = result.save(tmp_path, "sub")
+    again = to_native(paths["image"], paths["json"], mask=paths["native_mask"])
+    np.testing.assert_allclose(again.get_fdata(), back.get_fdata(), atol=1e-3)
+
+
+def test_to_template_inverts_to_native(moved):
+    head, _, result = moved
+    there = result.transform.to_template(head)
+    assert there.shape == result.image.shape
+    brain = np.asarray(result.mask.dataobj) > 0
+    r = np.corrcoef(there.get_fdata()[brain], result.image.get_fdata()[brain])[0, 1]
+    assert r > 0.95, r
+    with pytest.raises(ValueError, match="native_mask"):
+        result.transform.to_native(result.image, mask=result.mask)
+
+
+def test_save_writes_every_file_and_the_transform_round_trips(moved, tmp_path):
+    _, _, result = moved
+    paths = result.save(tmp_path / "out", "sub-01")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["sub-01_prep.nii.gz", "sub-01_native_mask.nii.gz", "sub-01_prep.json",
+         "sub-01_qc.png"])
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(paths["json"].read_text())
+    assert saved["qc"]["template_ncc"] == result.qc["template_ncc"]
+    back = TemplateTransform.load(paths["json"])
+    np.testing.assert_allclose(back.matrix, result.transform.matrix)
+    assert back == TemplateTransform.from_dict(result.transform.to_dict())
+    assert nib.load(paths["image"]).shape == (160, 192, 160)
+
+
+# -- bad input ---------------------------------------------------------------------------
+def _img(data: np.ndarray) -> nib.Nifti1Image:
+    return nib.Nifti1Image(np.asarray(data, dtype=np.float32), np.diag([2.0, 2, 2, 1]))
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (np.ones((40, 40)), "3-D"),
+        (np.ones((40, 40, 40, 2)), "3-D"),
+        (np.zeros((40, 40, 40)), "empty"),
+        (np.full((40, 40, 40), 7.0), "constant"),
+        (np.ones((40, 40, 3)), "at least 16"),
+        (np.where(np.eye(40, dtype=bool)[..., None], np.nan, 1.0) * np.ones((40, 40, 40)),
+         "NaN"),
+        (np.random.default_rng(0).random((48, 48, 48)), "No brain found"),
+    ],
+    ids=["2d", "4d", "empty", "constant", "tiny", "nan", "noise"],
+)
+def test_bad_scans_raise_clear_errors(data, match, tmp_path):
+    chain = T1Preprocessor(brain_extractor=skull_extractor)
+    with pytest.raises(ValueError, match=match):
+        chain.run(_img(data))
+    path = tmp_path / "scan.nii.gz"
+    nib.save(_img(data), path)
+    table = preprocess_files([path], tmp_path / "out", preprocessor=chain, verbose=False)
+    assert table.loc[0, "status"] == "failed"
+    assert match.lower() in table.loc[0, "error"].lower()
+    assert list((tmp_path / "out").iterdir()) == []  # nothing half-written
+
+
+def test_single_volume_4d_is_accepted():
+    data = np.zeros((40, 40, 40, 1), np.float32)
+    with pytest.raises(ValueError, match="No brain found"):  # got past the shape check
+        T1Preprocessor(brain_extractor=skull_extractor).run(_img(data + 1.0 + (
+            np.arange(40)[:, None, None, None] > 20)))
+
+
+def test_bad_brain_extractor():
+    img = _img(np.random.default_rng(0).random((32, 32, 32)) + 1)
+    with pytest.raises(ValueError, match="mask of the image's shape"):
+        T1Preprocessor(brain_extractor=lambda d, a: np.ones((2, 2, 2), bool)).run(img)
+    with pytest.raises(ValueError, match="'deepbet' or a callable"):
+        T1Preprocessor(brain_extractor="bet").run(img)
+
+
+def test_missing_extra_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)
+    with pytest.raises(ImportError, match=r'pip install "harmonix\[preprocess\]"'):
+        require("SimpleITK", "Rigid registration")
+
+
+# -- QC ----------------------------------------------------------------------------------
+def test_flags_use_the_limits():
+    good = {"mask_volume_ml": 1400.0, "template_ncc": 0.6, "template_dice": 0.95}
+    assert flags(good) == []
+    assert flags({**good, "mask_volume_ml": 300.0}) == ["mask_volume_ml<800"]
+    assert flags({**good, "template_ncc": 0.1}) == ["template_ncc<0.45"]
+    assert set(QC_LIMITS) == set(good)
+
+
+def test_batch_outliers_are_flagged():
+    table = pd.DataFrame({
+        "mask_volume_ml": [1400, 1420, 1380, 1410, 1390, 1405, 2000],
+        "template_ncc": [0.60, 0.61, 0.62, 0.60, 0.59, 0.61, 0.60],
+        "template_dice": [0.95] * 7,
+        "flags": [""] * 6 + ["x"],
+    })
+    out = flag_outliers(table)
+    assert out["flagged"].tolist() == [False] * 6 + [True]
+    assert out.loc[6, "flags"] == "x;mask_volume_ml outlier"
+    assert not flag_outliers(table.iloc[:4])["flagged"].any()  # too few to judge
+
+
+def test_crop_centred_on_brain():
+    img = np.zeros((182, 218, 182), np.float32)
+    img[10:110, 30:150, 40:120] = 1.0
+    out, change = crop_or_pad(img, center="brain")
+    assert out.shape == (160, 192, 160) and out.sum() == img.sum()
+    assert change.offsets == (-20, -6, 0)
+    np.testing.assert_array_equal(restore_grid(out, change), img)
+    with pytest.raises(ValueError, match="center"):
+        crop_or_pad(img, center="middle")
+
+
+# -- files and the CLI (a fake chain: the plumbing, not the images) -----------------------
+class FakePreprocessor(T1Preprocessor):
+    """Returns the scan itself as the result; empty scans fail."""
+
+    calls = 0
+
+    def run(self, img):
+        FakePreprocessor.calls += 1
+        img = nib.load(img)
+        data = img.get_fdata(dtype=np.float32)
+        if data.max() == 0:
+            raise ValueError("The scan is empty (no positive voxel); check the file.")
+        mask = nib.Nifti1Image((data > 0).astype(np.uint8), img.affine)
+        qc = {"mask_volume_ml": float(data.sum()), "template_ncc": 0.6,
+              "template_dice": 0.95}
+        qc["flags"] = flags(qc)
+        eye = np.eye(4)
+        return PreprocessResult(
+            nib.Nifti1Image(data, img.affine), mask, mask,
+            TemplateTransform(eye, data.shape, img.affine, data.shape, img.affine, 1.0),
+            qc, {"all": 0.0})
+
+
+def _raw_dataset(tmp_path, volumes=(1400, 1410, 1390, 1405, 1395, 3000), empty=1):
+    rows = []
+    for i, volume in enumerate(volumes):
+        data = np.zeros((20, 20, 20), np.float32)
+        data[5:15, 5:15, 5:15] = volume / 1000.0
+        nib.save(_img(data), tmp_path / f"sub-{i}.nii.gz")
+        rows.append((f"sub-{i}.nii.gz", "A" if i % 2 else "B", 20.0 + i))
+    for j in range(empty):
+        nib.save(_img(np.zeros((20, 20, 20))), tmp_path / f"bad-{j}.nii")
+        rows.append((f"bad-{j}.nii", "A", 50.0))
+    pd.DataFrame(rows, columns=["path", "site", "age"]).to_csv(tmp_path / "raw.csv",
+                                                                 index=False)
+    return tmp_path / "raw.csv"
+
+
+@pytest.fixture
+def fake_chain(monkeypatch):
+    import harmonix.preprocessing as prep
+    import harmonix.preprocessing._optional as optional
+
+    monkeypatch.setattr(prep, "T1Preprocessor", FakePreprocessor)
+    monkeypatch.setattr(optional, "require", lambda module, purpose: None)
+    FakePreprocessor.calls = 0
+
+
+def test_cli_preprocess_writes_outputs_prints_flags_and_resumes(fake_chain, tmp_path, capsys):
+    raw = _raw_dataset(tmp_path)
+    out = tmp_path / "prep"
+    assert main(["preprocess", "--manifest", str(raw), "--out", str(out), "--quiet"]) == 1
+    printed = capsys.readouterr().out
+    assert "QC flagged:" in printed and "sub-5.nii.gz: mask_volume_ml>2300" in printed
+    assert "failed:" in printed and "bad-0.nii: The scan is empty" in printed
+    assert "sub-0.nii.gz" not in printed
+    man = read_manifest(out / "manifest.csv")
+    assert [p.name for p in man.paths] == [f"sub-{i}_prep.nii.gz" for i in range(6)]
+    assert man.sites.tolist() == ["B", "A", "B", "A", "B", "A"]
+    np.testing.assert_allclose(man.ages, 20.0 + np.arange(6))
+    qc = pd.read_csv(out / "qc.csv")
+    assert qc["status"].tolist() == ["done"] * 6 + ["failed"]
+    assert not any(p.name.startswith("bad-0") for p in out.iterdir())
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no temporary left
+    assert FakePreprocessor.calls == 7
+    # resume: finished scans are skipped, the failed one is tried again
+    stamp = (out / "sub-0_prep.nii.gz").stat().st_mtime_ns
+    assert main(["preprocess", "--manifest", str(raw), "--out", str(out), "-q"]) == 1
+    assert FakePreprocessor.calls == 8
+    assert (out / "sub-0_prep.nii.gz").stat().st_mtime_ns == stamp
+    qc = pd.read_csv(out / "qc.csv")
+    assert qc["status"].tolist() == ["skipped"] * 6 + ["failed"]
+    assert qc.loc[5, "flagged"]  # flags survive a resume
+    assert "QC flagged:" in capsys.readouterr().out
+    # an interrupted scan (no image yet) is redone
+    (out / "sub-1_prep.nii.gz").unlink()
+    main(["preprocess", "--manifest", str(raw), "--out", str(out), "-q"])
+    assert pd.read_csv(out / "qc.csv").loc[1, "status"] == "done"
+
+
+def test_cli_preprocess_parallel_and_overwrite(fake_chain, tmp_path):
+    raw = _raw_dataset(tmp_path, volumes=(1400, 1500), empty=0)
+    out = tmp_path / "prep"
+    assert main(["preprocess", "--manifest", str(raw), "--out", str(out), "-q",
+                 "--n-jobs", "2", "--no-qc-png"]) == 0
+    assert not list(out.glob("*.png"))
+    assert main(["preprocess", "--manifest", str(raw), "--out", str(out), "-q",
+                 "--overwrite"]) == 0
+    assert pd.read_csv(out / "qc.csv")["status"].tolist() == ["done", "done"]
+    assert len(list(out.glob("*_qc.png"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--manifest", "{tmp}/absent.csv"], "Manifest not found"),
+        (["--manifest", "{tmp}/nosite.csv"], "lacks column"),
+        (["--manifest", "{tmp}/raw.csv", "--n-jobs", "0"], "--n-jobs"),
+    ],
+    ids=["missing-manifest", "no-site-column", "zero-jobs"],
+)
+def test_cli_preprocess_errors(fake_chain, tmp_path, capsys, args, message):
+    _raw_dataset(tmp_path, volumes=(1400,), empty=0)
+    pd.DataFrame({"path": ["sub-0.nii.gz"]}).to_csv(tmp_path / "nosite.csv", index=False)
+    argv = ["preprocess", "--out", str(tmp_path / "prep")]
+    argv += [a.format(tmp=tmp_path) for a in args]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("harmonix preprocess: error:") and message in err
+
+
+def test_cli_preprocess_without_the_extra(tmp_path, capsys, monkeypatch):
+    raw = _raw_dataset(tmp_path, volumes=(1400,), empty=0)
+    monkeypatch.setitem(sys.modules, "deepbet", None)
+    assert main(["preprocess", "--manifest", str(raw), "--out", str(tmp_path / "p")]) == 1
+    assert 'pip install "harmonix[preprocess]"' in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
