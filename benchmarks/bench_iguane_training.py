@@ -6,7 +6,7 @@ updates and one joint generator update (IGUANE.md, "Training"). The script train
 time by the number of site-steps (the first step, which includes one-off set-up, is timed
 separately). Each CPU configuration is timed in alternating rounds (medians reported):
 with harmonix's
-convolutions (:class:`harmonix.iguane.networks.Conv3d`, which always takes oneDNN on CPU)
+convolutions (:class:`harmonix.iguane.networks.OneDNNConv3d`, which always takes oneDNN on CPU)
 and with PyTorch's stock ``nn.Conv3d`` dispatch, which sends one-volume batches of thin
 maps to a slow reference kernel. Results: ``benchmarks/results/iguane_training.md``.
 
@@ -47,12 +47,12 @@ def _seconds_per_site_step(imgs, sites, n_sources: int, steps: int, **params) ->
 @contextlib.contextmanager
 def _stock_conv3d():
     """harmonix's Conv3d dispatching like ``torch.nn.Conv3d`` (PyTorch's heuristic)."""
-    ours = networks.Conv3d.forward
-    networks.Conv3d.forward = torch.nn.Conv3d.forward
+    ours = networks.OneDNNConv3d.forward
+    networks.OneDNNConv3d.forward = torch.nn.Conv3d.forward
     try:
         yield
     finally:
-        networks.Conv3d.forward = ours
+        networks.OneDNNConv3d.forward = ours
 
 
 def main() -> None:

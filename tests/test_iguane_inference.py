@@ -1,4 +1,5 @@
-"""Tests of the fused inference pass of the IGUANe generator and of harmonize_volume."""
+"""Tests of the fused inference pass of the IGUANe generator (harmonix.iguane.fused_inference)
+and of harmonize_volume (harmonix.iguane.inference)."""
 
 import copy
 
@@ -6,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from harmonix.iguane import networks
+from harmonix.iguane import fused_inference
+from harmonix.iguane.fused_inference import conv3d, relu_mad_norm_
 from harmonix.iguane.inference import harmonize_volume
-from harmonix.iguane.networks import Generator3D, MADInstanceNorm3d, _conv3d, _relu_mad_norm_
+from harmonix.iguane.networks import Generator3D, MADInstanceNorm3d
 
 CL = torch.channels_last_3d
 #: float32 fused pass against the float32 plain pass (observed <= 1.3e-4 at 32^3, where the
@@ -115,7 +117,7 @@ def test_batch_and_several_input_channels():
 def test_full_resolution_slabs_equal_plain(monkeypatch, slab_bytes, shape, batch, in_channels):
     # slabs of 2 slices (1 at half resolution), of a few slices, and one slab; float64 so
     # that any indexing error in the halos shows up as a large difference
-    monkeypatch.setattr(networks, "_CPU_SLAB_BYTES", slab_bytes)
+    monkeypatch.setattr(fused_inference, "_CPU_SLAB_BYTES", slab_bytes)
     g = _generator(base_width=3, in_channels=in_channels, dtype=torch.float64)
     x = torch.randn(batch, in_channels, *shape, dtype=torch.float64)
     plain, fused = _both(g, x)
@@ -128,16 +130,16 @@ def test_conv3d_helper_matches_functional_conv():
     b = torch.randn(5)
     expected = torch.nn.functional.conv3d(x, w, b, padding=(0, 1, 0))
     with torch.inference_mode():
-        y = _conv3d(x, w, b, (0, 1, 0))
+        y = conv3d(x, w, b, (0, 1, 0))
         assert y.is_contiguous(memory_format=CL)
         assert torch.allclose(y, expected, atol=1e-5)
         w2 = torch.randn(4, 3, 4, 4, 4)
-        y2 = _conv3d(x, w2, None, (1, 1, 1), stride=2)
+        y2 = conv3d(x, w2, None, (1, 1, 1), stride=2)
         assert torch.allclose(y2, torch.nn.functional.conv3d(x, w2, None, 2, 1), atol=1e-5)
         # autocast and float64 take the functional path
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert _conv3d(x, w, b, (0, 1, 0)).dtype == torch.bfloat16
-        assert _conv3d(x.double(), w.double(), b.double(), (0, 1, 0)).dtype == torch.float64
+            assert conv3d(x, w, b, (0, 1, 0)).dtype == torch.bfloat16
+        assert conv3d(x.double(), w.double(), b.double(), (0, 1, 0)).dtype == torch.float64
 
 
 def test_channels_last_module_and_input():
@@ -240,7 +242,7 @@ def _norm(c, dtype=torch.float32):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("chunk_bytes", [64, 1 << 30])
 def test_fused_norm_matches_module(monkeypatch, channels_last, chunk_bytes):
-    monkeypatch.setattr(networks, "_CPU_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(fused_inference, "_CPU_CHUNK_BYTES", chunk_bytes)
     norm = _norm(3)
     x = torch.randn(2, 3, 5, 6, 7) * 2 + 1
     if channels_last:
@@ -248,7 +250,7 @@ def test_fused_norm_matches_module(monkeypatch, channels_last, chunk_bytes):
     expected = norm(torch.relu(x))
     with torch.inference_mode():
         xi = x.clone()
-        y = _relu_mad_norm_(xi, norm)
+        y = relu_mad_norm_(xi, norm)
     assert y.data_ptr() == xi.data_ptr()  # in place
     assert torch.allclose(y, expected, atol=1e-5, rtol=1e-5)
 
@@ -259,13 +261,13 @@ def test_fused_norm_writes_into_a_concatenation_buffer():
     buf = torch.full((1, 8, 6, 6, 6), 7.0).to(memory_format=CL)
     expected = norm(torch.relu(x))
     with torch.inference_mode():
-        _relu_mad_norm_(x.clone(), norm, out=buf[:, :4])
+        relu_mad_norm_(x.clone(), norm, out=buf[:, :4])
     assert torch.allclose(buf[:, :4], expected, atol=1e-5)
     assert torch.all(buf[:, 4:] == 7.0)
     # an output laid out differently still gets the right values
     other = torch.zeros(1, 4, 6, 6, 6)
     with torch.inference_mode():
-        _relu_mad_norm_(x.clone(), norm, out=other)
+        relu_mad_norm_(x.clone(), norm, out=other)
     assert torch.allclose(other, expected, atol=1e-5)
 
 
@@ -274,7 +276,7 @@ def test_fused_norm_statistics_in_float32_for_bf16():
     x = (torch.randn(1, 2, 8, 8, 8) * 3 + 100).to(torch.bfloat16)
     expected = norm(torch.relu(x))  # float32 statistics, cast back
     with torch.inference_mode():
-        y = _relu_mad_norm_(x.clone(), norm)
+        y = relu_mad_norm_(x.clone(), norm)
     assert y.dtype == torch.bfloat16
     # one bf16 rounding of the same float32 values, up to summation order
     assert (y.float() - expected.float()).abs().max() <= 2 * 2**-8 * expected.abs().max()
@@ -284,7 +286,7 @@ def test_fused_norm_float64():
     norm = _norm(2, torch.float64)
     x = torch.randn(1, 2, 6, 6, 6, dtype=torch.float64) * 1e-3 + 1.0
     with torch.inference_mode():
-        y = _relu_mad_norm_(x.clone(), norm)
+        y = relu_mad_norm_(x.clone(), norm)
     assert torch.allclose(y, norm(torch.relu(x)), atol=1e-12, rtol=0)
 
 

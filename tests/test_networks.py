@@ -101,7 +101,7 @@ def test_layers_in_order_cover_every_parameter_once():
     ids = [id(p) for m in layers for p in m.parameters()]
     assert sorted(ids) == sorted(id(p) for p in g.parameters())
     kinds = [type(m).__name__ for m in layers]
-    assert kinds[:4] == ["Conv3d", "MADInstanceNorm3d", "Conv3d", "MADInstanceNorm3d"]
+    assert kinds[:4] == ["OneDNNConv3d", "MADInstanceNorm3d"] * 2
     assert kinds[18:20] == ["ConvTranspose3d", "MADInstanceNorm3d"]
     assert layers[2].stride == (2, 2, 2) and layers[4].stride == (1, 1, 1)
     assert layers[-1] is g.out_conv
@@ -267,11 +267,11 @@ def test_mad_norm_rejects_wrong_channels():
 
 
 def test_onednn_conv3d_matches_torch_conv3d_with_gradients():
-    from harmonix.iguane.networks import Conv3d
+    from harmonix.iguane.networks import OneDNNConv3d
 
     torch.manual_seed(0)
     for kwargs in (dict(kernel_size=3, padding=1), dict(kernel_size=4, stride=2, padding=1)):
-        ours = Conv3d(2, 4, **kwargs)
+        ours = OneDNNConv3d(2, 4, **kwargs)
         ref = torch.nn.Conv3d(2, 4, **kwargs)
         ref.load_state_dict(ours.state_dict())
         for dtype in (torch.float32, torch.float64):  # float64 falls back to nn.Conv3d
@@ -286,3 +286,10 @@ def test_onednn_conv3d_matches_torch_conv3d_with_gradients():
             w_ours = torch.autograd.grad(ours(x).square().sum(), ours.weight)[0]
             w_ref = torch.autograd.grad(ref(x).square().sum(), ref.weight)[0]
             torch.testing.assert_close(w_ours, w_ref, rtol=10 * tol, atol=10 * tol)
+
+
+def test_old_conv3d_name_is_a_deprecated_alias():
+    from harmonix.iguane import networks
+
+    with pytest.warns(DeprecationWarning, match="OneDNNConv3d"):
+        assert networks.Conv3d is networks.OneDNNConv3d

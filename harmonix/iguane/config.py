@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from harmonix.iguane.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
+from harmonix.iguane.networks import SIZE_MULTIPLE
 
 __all__ = ["CPU_RECIPE", "LR_SCHEDULES", "TrainConfig", "check_int"]
 
@@ -157,10 +158,10 @@ class TrainConfig:
                 patch = tuple(int(p) for p in patch)  # type: ignore[union-attr]
             except TypeError:
                 patch = ()
-            if len(patch) != 3 or any(p < 16 or p % 16 for p in patch):
+            if len(patch) != 3 or any(p < SIZE_MULTIPLE or p % SIZE_MULTIPLE for p in patch):
                 raise ValueError(
-                    f"patch_size must be None, an int or 3 ints, each a multiple of 16 "
-                    f"(e.g. 32 or 64), got {self.patch_size!r}."
+                    f"patch_size must be None, an int or 3 ints, each a multiple of "
+                    f"{SIZE_MULTIPLE} (e.g. 32 or 64), got {self.patch_size!r}."
                 )
             object.__setattr__(self, "patch_size", patch)
         for name in ("learning_rate", "adam_eps", "age_bin_width"):

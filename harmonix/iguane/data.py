@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harmonix.iguane.networks import SIZE_MULTIPLE  # the generator halves sizes 4 times
 from harmonix.preprocessing import (
     IGUANE_FALLBACK_SHAPE,
     IGUANE_SHAPE,
@@ -66,8 +67,6 @@ __all__ = [
 
 #: Brain median after IGUANe's median normalization; network scale is ``x / 500 - 1``.
 NETWORK_SCALE = 500.0
-#: The generator halves sizes four times: network inputs are multiples of 16.
-SIZE_MULTIPLE = 16
 
 
 # --------------------------------------------------------------------------------------
