@@ -17,22 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from _iguane_helpers import TINY_TRAINING
 
 from harmonix.iguane import data as D
 from harmonix.iguane import training as T
 
 #: Per-process batch of the distributed run; the single-process equivalent doubles it.
-CONFIG = dict(
-    n_epochs=1,
-    steps_per_epoch=4,
-    base_width=2,
-    disc_pairs=1,
-    batch_size=1,
-    val_fraction=0.25,
-    val_every=2,
-    checkpoint_every=1,
-    augment=True,
-)
+CONFIG = {**TINY_TRAINING, "batch_size": 1, "val_fraction": 0.25, "augment": True}
 SEED = 3
 REFERENCE = "site0"
 

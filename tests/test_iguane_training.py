@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from _iguane_helpers import TINY_TRAINING, blob_volumes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,31 +19,8 @@ from harmonix.iguane import training as T
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _volumes(n_per_site=3, sites=("ref", "a"), shape=(16, 16, 16), seed=0):
-    """Network-ready blobs: per-site contrast, background -1."""
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
-    radius = np.sqrt((grid**2).sum(0))
-    brain = radius < 0.85
-    vols, labels, ages = [], [], []
-    for k, site in enumerate(sites):
-        for j in range(n_per_site):
-            img = (1 + 0.5 * np.cos(4 * radius + j)) ** (1 + 0.3 * k) + 0.05 * rng.random(shape)
-            prepared = D.prepare_volume(np.where(brain, img, 0).astype(np.float32))
-            vols.append((prepared.x, prepared.mask))
-            labels.append(site)
-            ages.append(20.0 + 10 * j)
-    return vols, np.array(labels), np.array(ages)
-
-
-FAST = dict(
-    n_epochs=1,
-    steps_per_epoch=4,
-    base_width=2,
-    disc_pairs=1,
-    val_every=2,
-    checkpoint_every=1,
-)
+_volumes = blob_volumes
+FAST = TINY_TRAINING
 
 
 # -- losses --------------------------------------------------------------------------------
@@ -314,28 +292,16 @@ def test_train_history_validation_and_global_rng(tmp_path):
 def test_four_steps_equal_two_plus_resume_plus_two(tmp_path):
     vols, sites, ages = _volumes()
     config = T.TrainConfig(**{**FAST, "augment": True})
-    full = T.train(vols, sites, "ref", ages, config, checkpoint_dir=tmp_path / "a", random_state=7)
-    first = T.train(
-        vols,
-        sites,
-        "ref",
-        ages,
-        config,
-        checkpoint_dir=tmp_path / "b",
-        max_steps=2,
-        random_state=7,
-    )
+
+    def run(folder: str, **kwargs) -> T.TrainResult:
+        folder = tmp_path / folder
+        return T.train(vols, sites, "ref", ages, config, checkpoint_dir=folder, **kwargs)
+
+    full = run("a", random_state=7)
+    first = run("b", max_steps=2, random_state=7)
     assert first.step == 2 and not first.completed
-    resumed = T.train(
-        vols,
-        sites,
-        "ref",
-        ages,
-        config,
-        checkpoint_dir=tmp_path / "b",
-        resume=True,
-        random_state=123,  # ignored: every random state comes from the checkpoint
-    )
+    # every random state comes from the checkpoint: random_state is ignored
+    resumed = run("b", resume=True, random_state=123)
     assert resumed.step == 4 and resumed.completed
     assert resumed.history == full.history
     _states_equal(full.generator.state_dict(), resumed.generator.state_dict())

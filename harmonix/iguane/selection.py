@@ -28,15 +28,30 @@ scale, background -1).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["QUANTILE_LEVELS", "Scoring", "SiteDistance"]
+if TYPE_CHECKING:
+    from harmonix.iguane.distributed import DistributedContext
+
+__all__ = [
+    "QUANTILE_LEVELS",
+    "CheckpointSelection",
+    "Scoring",
+    "SiteDistance",
+    "record_score",
+    "validation_split",
+]
 
 #: Quantile levels of the intensity-distribution part (0.5 %, 1.5 %, ..., 99.5 %).
 QUANTILE_LEVELS = (np.arange(100) + 0.5) / 100.0
+
+#: ``harmonize(x, mask) -> y``: a generator on one volume, network scale in and out.
+Harmonize = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Volumes = Sequence[tuple[np.ndarray, np.ndarray]]
 
 #: ``scoring(harmonize, volumes, sites) -> float`` (higher is better).
 Scoring = Callable[
@@ -140,3 +155,120 @@ class SiteDistance:
         """The score of a generator: minus the mean distance of its outputs (a ``Scoring``)."""
         dists = [self.distance(harmonize(x, m), m) for x, m in volumes]
         return -float(np.mean(dists)) if dists else float("nan")
+
+
+def validation_split(
+    sites: np.ndarray, reference_site: Hashable, fraction: float, rng: np.random.Generator
+) -> list[int]:
+    """Held-out images: ``round(fraction * n)`` of each source site, keeping one to train.
+
+    Parameters
+    ----------
+    sites : ndarray
+        Site of every image.
+    reference_site : hashable
+        Its images are never held out.
+    fraction : float
+        ``val_fraction``; 0 holds out nothing.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    list of int
+        Sorted image indices. With tiny data (no site gives an image at this fraction) one
+        image of the largest source site that has at least two.
+    """
+    if fraction <= 0:
+        return []
+    held: list[int] = []
+    sizes = {}
+    for site in sorted(set(sites.tolist()) - {reference_site}, key=lambda s: (str(type(s)), s)):
+        idx = np.flatnonzero(sites == site)
+        sizes[site] = idx
+        n_val = min(int(round(fraction * len(idx))), len(idx) - 1)
+        if n_val > 0:
+            held.extend(rng.permutation(idx)[:n_val].tolist())
+    if not held:  # tiny data: hold out one image of the largest site that can spare one
+        site = max(sizes, key=lambda s: len(sizes[s]))
+        if len(sizes[site]) >= 2:
+            held.append(int(rng.choice(sizes[site])))
+    return sorted(int(i) for i in held)
+
+
+def record_score(history: dict[str, Any], step: int, score: float) -> bool:
+    """Append a validation score to ``history``; whether it is the best so far.
+
+    ``history`` holds ``val_step``, ``val_score`` (lists), ``best_step`` and
+    ``best_score``; ties go to the later step and NaN scores are never the best.
+    """
+    history["val_step"].append(step)
+    history["val_score"].append(score)
+    best = history["best_score"]
+    if (best is None and not math.isnan(score)) or (best is not None and score >= best):
+        history["best_score"], history["best_step"] = score, step
+        return True
+    return False
+
+
+class CheckpointSelection:
+    """The score of a generator on the held-out images of a training.
+
+    Parameters
+    ----------
+    volumes : sequence of (x, mask)
+        All images of the training, network scale (background -1).
+    sites : ndarray
+        Site of every image.
+    indices : sequence of int
+        The held-out images.
+    scoring : Scoring, default=None
+        A user score; None: :class:`SiteDistance` (call :meth:`fit_reference` first).
+    context : DistributedContext, default=None
+        In a distributed training the default score's images are shared out over the
+        processes and the sums added; a user ``scoring`` runs whole on every process.
+    """
+
+    def __init__(
+        self,
+        volumes: Volumes,
+        sites: np.ndarray,
+        indices: Sequence[int],
+        scoring: Scoring | None = None,
+        context: DistributedContext | None = None,
+    ) -> None:
+        self.volumes = volumes
+        self.sites = sites
+        self.indices = list(indices)
+        self.scoring = scoring
+        self.context = context
+        self.site_distance = SiteDistance()
+
+    def _total(self, values: np.ndarray) -> np.ndarray:
+        """Sum of ``values`` over processes (``values`` itself in a single process)."""
+        return values if self.context is None else self.context.sum(values)
+
+    def _mine(self, indices: Sequence[int]) -> list[int]:
+        """The images this process scores (all of them in a single process)."""
+        return list(indices) if self.context is None else self.context.shard(list(indices))
+
+    def fit_reference(self, indices: Sequence[int]) -> None:
+        """Reference statistics of the default score from the images ``indices``."""
+        sums = self.site_distance.sums([self.volumes[i] for i in self._mine(indices)])
+        self.site_distance.fit_sums(self._total(sums))
+
+    def score(self, harmonize: Harmonize | None) -> float:
+        """Score (higher is better) of ``harmonize`` on the held-out images.
+
+        ``None`` scores the unharmonized images (the baseline).
+        """
+        fn = harmonize if harmonize is not None else (lambda x, mask: np.asarray(x))
+        indices = self.indices
+        if self.scoring is not None:
+            volumes = [self.volumes[i] for i in indices]
+            return float(self.scoring(fn, volumes, [self.sites[i] for i in indices]))
+        dists = [
+            self.site_distance.distance(fn(*self.volumes[i]), self.volumes[i][1])
+            for i in self._mine(indices)
+        ]
+        total = self._total(np.array([float(np.sum(dists))]))[0]
+        return -float(total) / len(indices)

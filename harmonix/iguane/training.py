@@ -4,24 +4,29 @@
 :mod:`harmonix.iguane.losses` and the sampling of :mod:`harmonix.iguane.data` the way the
 original implementation does:
 
-- one forward generator shared by all source sites; per source site a backward generator
-  and two discriminators (one judging reference images against forward(source), one
-  judging source images against backward(reference));
+- one generator *to the reference* site shared by all source sites; per source site a
+  generator *to the source* site and two discriminators (one judging reference images
+  against to_reference(source), one judging source images against to_source(reference));
 - Adam (``beta1=0.9``, ``beta2=0.999``, ``eps=1e-7``) per network with a learning rate
-  decayed linearly from ``learning_rate`` to ``final_learning_rate``; the forward generator
-  is stepped once per site per step, so its schedule is ``n_sources`` times longer;
+  decayed linearly from ``learning_rate`` to ``final_learning_rate``; the generator to the
+  reference is stepped once per site per step, so its schedule is ``n_sources`` times
+  longer;
 - one step visits the source sites in a shuffled order; for each site: one update of its
   two discriminators (``disc_pairs * batch_size`` real and as many generated volumes
-  each, from pairs not shared between the two), then one joint update of the forward and
-  the site's backward generator on fresh pairs.
+  each, from pairs not shared between the two), then one joint update of the generator to
+  the reference and the site's generator to the source on fresh pairs.
+
+The settings are a :class:`~harmonix.iguane.config.TrainConfig`; the networks, optimizers
+and the update step are held by :class:`harmonix.iguane.trainer.Trainer`; this module holds
+the loop: validation, checkpoints and the result.
 
 Validation (checkpoint selection)
     A fraction ``val_fraction`` of every source site's images is held out of training.
-    Every ``val_every`` steps and at the end, the forward generator harmonizes each
+    Every ``val_every`` steps and at the end, the generator to the reference harmonizes each
     held-out image (whole volume, no augmentation) and is scored, higher being better (see
     :mod:`harmonix.iguane.selection`: by default minus the distance of the harmonized
     images to the reference site's intensity distribution and regional intensity profile;
-    or a ``scoring`` callable). The best-scoring forward generator is returned, ties going
+    or a ``scoring`` callable). The best-scoring generator is returned, ties going
     to the later one. ``history["val_baseline"]`` holds the score of the unharmonized
     held-out images. Without held-out images the last weights are returned.
 
@@ -51,19 +56,16 @@ Randomness
 from __future__ import annotations
 
 import copy
-import gc
 import logging
-import math
 import os
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from harmonix._version import __version__
 from harmonix.iguane.checkpoints import (
@@ -75,18 +77,18 @@ from harmonix.iguane.checkpoints import (
     read_resume_state,
 )
 from harmonix.iguane.config import TrainConfig, check_int
-from harmonix.iguane.data import (
-    SitePairSampler,
-    augment,
-    crop_patch,
-    network_input,
-    random_brain_voxel,
-)
-from harmonix.iguane.devices import autocast_dtype, resolve_device
+from harmonix.iguane.data import SitePairSampler
+from harmonix.iguane.devices import resolve_device
 from harmonix.iguane.distributed import DistributedContext, setup_distributed
-from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D
-from harmonix.iguane.selection import QUANTILE_LEVELS, Scoring, SiteDistance
-from harmonix.iguane.updates import DiscriminatorStep, GeneratorStep, masked
+from harmonix.iguane.networks import Generator3D, glorot_init
+from harmonix.iguane.selection import (
+    QUANTILE_LEVELS,
+    CheckpointSelection,
+    Scoring,
+    record_score,
+    validation_split,
+)
+from harmonix.iguane.trainer import Trainer, clone_state, lr_factor
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -94,6 +96,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "load_checkpoint",
+    "lr_factor",
     "resolve_device",
     "train",
 ]
@@ -103,6 +106,18 @@ logger = logging.getLogger(__name__)
 Volumes = Sequence[tuple[np.ndarray, np.ndarray]]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "init_weights":
+        warnings.warn(
+            "harmonix.iguane.training.init_weights is deprecated; use "
+            "harmonix.iguane.networks.glorot_init.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return glorot_init
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns.
@@ -110,8 +125,8 @@ class TrainResult:
     Attributes
     ----------
     generator : Generator3D
-        The selected forward generator (lowest validation score, or the last one), on CPU,
-        in eval mode.
+        The selected generator to the reference site (best validation score, or the last
+        one), on CPU, in eval mode.
     history : dict
         Per-step mean losses over source sites (``loss_discriminator``,
         ``loss_adversarial``, ``loss_cycle``, ``loss_identity``, ``loss_generator``; lists
@@ -137,9 +152,6 @@ class TrainResult:
     device: str = "cpu"
 
 
-# --------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------
 def _seed_sequence(random_state: Any) -> np.random.SeedSequence:
     if isinstance(random_state, np.random.SeedSequence):
         return random_state
@@ -152,452 +164,6 @@ def _seed_sequence(random_state: Any) -> np.random.SeedSequence:
     )
 
 
-def init_weights(module: nn.Module, generator: torch.Generator) -> None:
-    """Glorot-uniform weights and zero biases for every convolution, drawn from ``generator``.
-
-    The same initialization as the networks' own, but from a local random generator.
-    """
-    for m in module.modules():
-        if isinstance(m, nn.Conv3d | nn.ConvTranspose3d):
-            with torch.no_grad():
-                nn.init.xavier_uniform_(m.weight, generator=generator)
-                if m.bias is not None:
-                    m.bias.zero_()
-
-
-def lr_factor(schedule: str, total: int, ratio: float) -> Callable[[int], float]:
-    """Learning-rate multiplier at each scheduler step.
-
-    Parameters
-    ----------
-    schedule : {"linear", "constant_then_linear"}
-        See :class:`TrainConfig`.
-    total : int
-        Scheduler steps of the whole training.
-    ratio : float
-        ``final_learning_rate / learning_rate``: the multiplier reached at ``total``.
-
-    Returns
-    -------
-    callable
-        ``factor(step)``, 1 at step 0 and ``ratio`` from ``total`` on.
-    """
-    total = max(1, int(total))
-    start = total // 2 if schedule == "constant_then_linear" else 0
-
-    def factor(step: int) -> float:
-        done = min(max(step - start, 0), total - start) / max(total - start, 1)
-        return 1.0 + (ratio - 1.0) * done
-
-    return factor
-
-
-def _validation_split(
-    sites: np.ndarray, reference_site: Hashable, fraction: float, rng: np.random.Generator
-) -> list[int]:
-    """Held-out images: ``round(fraction * n)`` of each source site, keeping one to train."""
-    if fraction <= 0:
-        return []
-    held: list[int] = []
-    sizes = {}
-    for site in sorted(set(sites.tolist()) - {reference_site}, key=lambda s: (str(type(s)), s)):
-        idx = np.flatnonzero(sites == site)
-        sizes[site] = idx
-        n_val = min(int(round(fraction * len(idx))), len(idx) - 1)
-        if n_val > 0:
-            held.extend(rng.permutation(idx)[:n_val].tolist())
-    if not held:  # tiny data: hold out one image of the largest site that can spare one
-        site = max(sizes, key=lambda s: len(sizes[s]))
-        if len(sizes[site]) >= 2:
-            held.append(int(rng.choice(sizes[site])))
-    return sorted(int(i) for i in held)
-
-
-def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-# --------------------------------------------------------------------------------------
-# The trainer
-# --------------------------------------------------------------------------------------
-class _Trainer:
-    """All networks, optimizers and states of one IGUANe training."""
-
-    def __init__(
-        self,
-        config: TrainConfig,
-        volumes: Volumes,
-        sampler: SitePairSampler,
-        device: torch.device,
-        seeds: np.random.SeedSequence,
-        context: DistributedContext | None = None,
-        scoring: Scoring | None = None,
-    ) -> None:
-        self.config = config
-        self.context = context
-        self.scoring = scoring
-        self.site_distance = SiteDistance()
-        self.volumes = volumes
-        self.sampler = sampler
-        self.sources = list(sampler.source_sites)
-        self.device = device
-        n = len(self.sources)
-        init_seed, sample_seed = seeds.spawn(2)
-        self.torch_rng = torch.Generator().manual_seed(
-            int(init_seed.generate_state(1, np.uint64)[0] >> np.uint64(1))
-        )
-        self.rng = np.random.default_rng(sample_seed)
-
-        with torch.random.fork_rng(devices=[]):  # constructors draw from the global RNG
-            self.forward = Generator3D(config.base_width)
-            self.backward = nn.ModuleList(Generator3D(config.base_width) for _ in range(n))
-            dw = config.discriminator_width
-            self.disc_ref = nn.ModuleList(PatchDiscriminator3D(dw) for _ in range(n))
-            self.disc_src = nn.ModuleList(PatchDiscriminator3D(dw) for _ in range(n))
-        for module in (self.forward, self.backward, self.disc_ref, self.disc_src):
-            init_weights(module, self.torch_rng)
-            module.to(device)
-        #: Volumes are fed in the networks' dtype: float32, or float64 when the networks
-        #: were built under torch.set_default_dtype(torch.float64) (exactness checks).
-        self.dtype = next(self.forward.parameters()).dtype
-        if config.identity_init:
-            with torch.no_grad():
-                for gen in (self.forward, *self.backward):
-                    gen.out_conv.weight.zero_()
-                    gen.out_conv.bias.zero_()
-        self.disc_steps: list[nn.Module] = [
-            DiscriminatorStep(dr, ds) for dr, ds in zip(self.disc_ref, self.disc_src)
-        ]
-        self.gen_steps: list[nn.Module] = [
-            GeneratorStep(self.forward, bwd, dr, ds, config.cycle_weight, config.identity_weight)
-            for bwd, dr, ds in zip(self.backward, self.disc_ref, self.disc_src)
-        ]
-        if context is not None:
-            self.disc_steps = [context.wrap(m, device) for m in self.disc_steps]
-            self.gen_steps = [context.wrap(m, device) for m in self.gen_steps]
-
-        adam = {
-            "lr": config.learning_rate,
-            "betas": (config.beta1, config.beta2),
-            "eps": config.adam_eps,
-        }
-        ratio = config.final_learning_rate / config.learning_rate
-        self.opt_forward = torch.optim.Adam(self.forward.parameters(), **adam)
-        self.opt_backward = [torch.optim.Adam(g.parameters(), **adam) for g in self.backward]
-        self.opt_disc = [
-            torch.optim.Adam([*dr.parameters(), *ds.parameters()], **adam)
-            for dr, ds in zip(self.disc_ref, self.disc_src)
-        ]
-        steps, kind = config.n_steps, config.lr_schedule
-        self.sched_forward = torch.optim.lr_scheduler.LambdaLR(
-            self.opt_forward, lr_factor(kind, steps * n, ratio)
-        )
-        self.sched_backward = [
-            torch.optim.lr_scheduler.LambdaLR(o, lr_factor(kind, steps, ratio))
-            for o in self.opt_backward
-        ]
-        self.sched_disc = [
-            torch.optim.lr_scheduler.LambdaLR(o, lr_factor(kind, steps, ratio))
-            for o in self.opt_disc
-        ]
-
-        #: The autocast dtype, None for full precision.
-        self.amp_dtype = autocast_dtype(config.mixed_precision, device, config.amp_dtype)
-        scale = self.amp_dtype == torch.float16
-        self.scaler_disc = torch.amp.GradScaler(device.type, enabled=scale)
-        self.scaler_gen = torch.amp.GradScaler(device.type, enabled=scale)
-
-        self.step = 0
-        self.history: dict[str, Any] = {
-            "loss_discriminator": [],
-            "loss_adversarial": [],
-            "loss_cycle": [],
-            "loss_identity": [],
-            "loss_generator": [],
-            "val_step": [],
-            "val_score": [],
-            "val_baseline": None,
-            "best_step": None,
-            "best_score": None,
-        }
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def release_wrappers(self) -> None:
-        """Free the DistributedDataParallel wrappers (and their gradient buckets) now.
-
-        Left to the garbage collector, they may outlive the process group and be
-        destroyed at interpreter exit, when their communication threads can no longer
-        be shut down cleanly.
-        """
-        self.disc_steps, self.gen_steps = [], []
-        gc.collect()
-
-    # -- state ---------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "forward": self.forward.state_dict(),
-            "backward": [g.state_dict() for g in self.backward],
-            "disc_ref": [d.state_dict() for d in self.disc_ref],
-            "disc_src": [d.state_dict() for d in self.disc_src],
-            "opt_forward": self.opt_forward.state_dict(),
-            "opt_backward": [o.state_dict() for o in self.opt_backward],
-            "opt_disc": [o.state_dict() for o in self.opt_disc],
-            "sched_forward": self.sched_forward.state_dict(),
-            "sched_backward": [s.state_dict() for s in self.sched_backward],
-            "sched_disc": [s.state_dict() for s in self.sched_disc],
-            "scaler_disc": self.scaler_disc.state_dict(),
-            "scaler_gen": self.scaler_gen.state_dict(),
-            "numpy_rng": self.rng.bit_generator.state,
-            "torch_rng": self.torch_rng.get_state(),
-            "history": self.history,
-            "best_state": self.best_state,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.forward.load_state_dict(state["forward"])
-        for module, key in (
-            (self.backward, "backward"),
-            (self.disc_ref, "disc_ref"),
-            (self.disc_src, "disc_src"),
-        ):
-            for m, s in zip(module, state[key], strict=True):
-                m.load_state_dict(s)
-        self.opt_forward.load_state_dict(state["opt_forward"])
-        for objs, key in (
-            (self.opt_backward, "opt_backward"),
-            (self.opt_disc, "opt_disc"),
-            (self.sched_backward, "sched_backward"),
-            (self.sched_disc, "sched_disc"),
-        ):
-            for o, s in zip(objs, state[key], strict=True):
-                o.load_state_dict(s)
-        self.sched_forward.load_state_dict(state["sched_forward"])
-        for scaler, key in ((self.scaler_disc, "scaler_disc"), (self.scaler_gen, "scaler_gen")):
-            if scaler.is_enabled() and state[key]:
-                scaler.load_state_dict(state[key])
-        self.rng.bit_generator.state = state["numpy_rng"]
-        self.torch_rng.set_state(state["torch_rng"])
-        self.history = state["history"]
-        self.best_state = state["best_state"]
-
-    # -- data ----------------------------------------------------------------------------
-    def _volume(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x, mask = self.volumes[index]
-        x_t = torch.as_tensor(np.asarray(x), dtype=self.dtype, device=self.device)
-        m_t = torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device)
-        config = self.config
-        if config.augment:
-            x_t, m_t = augment(
-                x_t,
-                m_t,
-                rng,
-                rotation_probability=0.5 if config.rotation_degrees > 0 else 0.0,
-                max_angle=config.rotation_degrees,
-                max_shift=config.max_shift_voxels,
-            )
-        return x_t, m_t
-
-    def _draw(self, site: Hashable, n: int) -> list[tuple[tuple[int, int], int]]:
-        """``n`` pairs per process for ``site`` with their seeds; this process's block.
-
-        Every process draws the pairs of all processes (the sampling generator stays the
-        same everywhere) and keeps its own block of ``n``.
-        """
-        world = 1 if self.context is None else self.context.world_size
-        drawn = []
-        for _ in range(n * world):
-            pair = self.sampler.sample(site, self.rng)
-            drawn.append((pair, int(self.rng.integers(2**63))))
-        return drawn if self.context is None else self.context.block(drawn, n)
-
-    def _batch(self, pairs: Sequence[tuple[tuple[int, int], int]]) -> tuple[torch.Tensor, ...]:
-        """Load seeded pairs as (source x, source mask, reference x, reference mask)."""
-        src, ref = [], []
-        for (s_idx, r_idx), seed in pairs:
-            rng = np.random.default_rng(seed)
-            xs, ms = self._volume(s_idx, rng)
-            xr, mr = self._volume(r_idx, rng)
-            patch = self.config.patch_size
-            if patch is not None:
-                # one position per pair: a random source brain voxel, at the same relative
-                # position in the reference volume
-                center = random_brain_voxel(ms, rng)
-                ref_center = [
-                    int(round(c * nr / ns)) for c, nr, ns in zip(center, xr.shape, xs.shape)
-                ]
-                xs, ms = crop_patch(xs, ms, patch, center)
-                xr, mr = crop_patch(xr, mr, patch, ref_center)
-            src.append((xs, ms))
-            ref.append((xr, mr))
-        return (*_stack(src), *_stack(ref))
-
-    # -- one step ------------------------------------------------------------------------
-    def _autocast(self) -> Any:
-        amp = self.amp_dtype
-        enabled = amp is not None
-        return torch.autocast(self.device.type, dtype=amp or torch.bfloat16, enabled=enabled)
-
-    def _update_discriminators(self, k: int, site: Hashable) -> torch.Tensor:
-        n = self.config.disc_pairs * self.config.batch_size
-        xs, ms, xr, mr = self._batch(self._draw(site, n))  # for the source discriminator
-        xs2, ms2, xr2, mr2 = self._batch(self._draw(site, n))  # for the reference one
-        src_in, ref_in = network_input(xs, ms), network_input(xr, mr)
-        src2_in, ref2_in = network_input(xs2, ms2), network_input(xr2, mr2)
-        with torch.no_grad(), self._autocast():
-            fake_src = masked(self.backward[k](ref_in), mr)
-            fake_ref = masked(self.forward(src2_in), ms2)
-        with self._autocast():
-            loss = self.disc_steps[k](src_in, fake_src, ref2_in, fake_ref)
-        opt = self.opt_disc[k]
-        opt.zero_grad(set_to_none=True)
-        self.scaler_disc.scale(loss).backward()
-        self.scaler_disc.step(opt)
-        self.scaler_disc.update()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    def _update_generators(self, k: int, site: Hashable) -> tuple[torch.Tensor, ...]:
-        xs, ms, xr, mr = self._batch(self._draw(site, self.config.batch_size))
-        src, ref = network_input(xs, ms), network_input(xr, mr)
-        discs = (self.disc_ref[k], self.disc_src[k])
-        for d in discs:
-            d.requires_grad_(False)
-        try:
-            with self._autocast():
-                loss, adv, cyc, ident = self.gen_steps[k](src, ms, ref, mr)
-            self.opt_forward.zero_grad(set_to_none=True)
-            self.opt_backward[k].zero_grad(set_to_none=True)
-            self.scaler_gen.scale(loss).backward()
-            self.scaler_gen.step(self.opt_forward)
-            self.scaler_gen.step(self.opt_backward[k])
-            self.scaler_gen.update()
-            self.opt_forward.zero_grad(set_to_none=True)
-            self.opt_backward[k].zero_grad(set_to_none=True)
-        finally:
-            for d in discs:
-                d.requires_grad_(True)
-        return adv.detach(), cyc.detach(), ident.detach(), loss.detach()
-
-    @property
-    def warming_up(self) -> bool:
-        """Whether the next step is a discriminator warm-up step."""
-        return self.step < self.config.warmup_steps
-
-    def train_step(self) -> dict[str, float]:
-        """One step: every source site once, in a shuffled order.
-
-        During warm-up (the first ``config.warmup_steps`` steps) only the discriminators
-        are updated; generator losses are recorded as NaN.
-        """
-        for module in (self.forward, self.backward, self.disc_ref, self.disc_src):
-            module.train()
-        warmup = self.warming_up
-        order = self.rng.permutation(len(self.sources))
-        losses = []
-        for k in order.tolist():
-            site = self.sources[k]
-            d_loss = self._update_discriminators(k, site)
-            if warmup:
-                nan = torch.full((4,), float("nan"), dtype=d_loss.dtype, device=d_loss.device)
-                losses.append(torch.cat([d_loss.reshape(1), nan]))
-                continue
-            losses.append(torch.stack([d_loss, *self._update_generators(k, site)]))
-            with warnings.catch_warnings():
-                # a step skipped by the loss scaler (float16 overflow) makes torch warn
-                warnings.filterwarnings(
-                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
-                )
-                self.sched_forward.step()
-                self.sched_backward[k].step()
-                self.sched_disc[k].step()
-        mean = torch.stack(losses).double().mean(0).cpu().numpy()
-        if self.context is not None:  # each process's losses are means over its block
-            mean = self.context.sum(mean) / self.context.world_size
-        mean = mean.tolist()
-        names = (
-            "loss_discriminator",
-            "loss_adversarial",
-            "loss_cycle",
-            "loss_identity",
-            "loss_generator",
-        )
-        out = dict(zip(names, mean))
-        for name, value in out.items():
-            self.history[name].append(float(value))
-        self.step += 1
-        return out
-
-    # -- validation ----------------------------------------------------------------------
-    def _total(self, values: np.ndarray) -> np.ndarray:
-        """Sum of ``values`` over processes (``values`` itself in a single process)."""
-        return values if self.context is None else self.context.sum(values)
-
-    def _mine(self, indices: Sequence[int]) -> list[int]:
-        """The images this process scores (all of them in a single process)."""
-        return list(indices) if self.context is None else self.context.shard(list(indices))
-
-    def fit_reference(self, indices: Sequence[int]) -> None:
-        """Reference statistics of the default score from the images ``indices``."""
-        sums = self.site_distance.sums([self.volumes[i] for i in self._mine(indices)])
-        self.site_distance.fit_sums(self._total(sums))
-
-    def _harmonizer(self, harmonize: bool) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        """``f(x, mask) -> y`` on the network scale (background -1), numpy in and out."""
-
-        def forward(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            if not harmonize:
-                return np.asarray(x)
-            x_t = torch.as_tensor(np.asarray(x), dtype=self.dtype, device=self.device)
-            m_t = torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device)
-            with torch.inference_mode(), self._autocast():
-                y = self.forward(network_input(x_t, m_t)[None, None])[0, 0]
-            y = torch.where(m_t, y.to(self.dtype), -torch.ones((), dtype=self.dtype))
-            return y.cpu().numpy()
-
-        return forward
-
-    def score(self, indices: Sequence[int], sites: np.ndarray, harmonize: bool) -> float:
-        """Score (higher is better) of the forward generator on the held-out ``indices``.
-
-        With ``harmonize=False``, the score of the unharmonized images.
-        """
-        self.forward.eval()
-        try:
-            fn = self._harmonizer(harmonize)
-            if self.scoring is not None:
-                volumes = [self.volumes[i] for i in indices]
-                return float(self.scoring(fn, volumes, [sites[i] for i in indices]))
-            dists = [
-                self.site_distance.distance(fn(*self.volumes[i]), self.volumes[i][1])
-                for i in self._mine(indices)
-            ]
-            total = self._total(np.array([float(np.sum(dists))]))[0]
-            return -float(total) / len(indices)
-        finally:
-            self.forward.train()
-
-
-def _stack(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch volumes as (N, 1, D, H, W), padding to a common shape with background."""
-    shape = tuple(max(x.shape[d] for x, _ in items) for d in range(3))
-    xs, ms = [], []
-    for x, m in items:
-        pad = []
-        for d in reversed(range(3)):
-            pad += [0, shape[d] - x.shape[d]]
-        if any(pad):
-            x = torch.nn.functional.pad(x, pad, value=-1.0)
-            m = torch.nn.functional.pad(m, pad, value=False)
-        xs.append(x)
-        ms.append(m)
-    return torch.stack(xs)[:, None], torch.stack(ms)[:, None]
-
-
-# --------------------------------------------------------------------------------------
-# Public entry point
-# --------------------------------------------------------------------------------------
 def train(
     volumes: Volumes,
     sites: Sequence[Hashable],
@@ -614,7 +180,7 @@ def train(
     distributed: bool | None = None,
     scoring: Scoring | None = None,
 ) -> TrainResult:
-    """Train IGUANe's generators and discriminators; return the selected forward generator.
+    """Train IGUANe's generators and discriminators; return the selected generator.
 
     Parameters
     ----------
@@ -657,7 +223,7 @@ def train(
         all of them return the same result.
     scoring : callable, default=None
         ``scoring(harmonize, volumes, sites) -> float``, higher is better: the score of
-        the forward generator on the held-out images, used to select the returned
+        the generator to the reference on the held-out images, used to select the returned
         generator (see :mod:`harmonix.iguane.selection`). None: the default
         :class:`~harmonix.iguane.selection.SiteDistance` score, which sees intensity
         distributions and regional (spatial) differences to the reference site.
@@ -697,7 +263,7 @@ def train(
     if context is not None:  # one seed for all processes: process 0's
         entropy, spawn_key = context.broadcast((seeds.entropy, seeds.spawn_key))
         seeds = np.random.SeedSequence(entropy, spawn_key=spawn_key)
-    return _train(
+    run = _start(
         volumes,
         sites_arr,
         reference_site,
@@ -708,13 +274,105 @@ def train(
         dev,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
-        max_steps=max_steps,
         verbose=verbose,
         scoring=scoring,
     )
+    run.loop(config.total_steps if max_steps is None else min(config.total_steps, max_steps))
+    return run.result()
 
 
-def _train(
+@dataclass
+class _Run:
+    """One process's training: the trainer, the checkpoint selection and the checkpoint."""
+
+    trainer: Trainer
+    selection: CheckpointSelection
+    checkpoint_path: Path | None
+    run_id: str
+    context: DistributedContext | None
+    verbose: int
+
+    @property
+    def main(self) -> bool:
+        """Whether this is the process that writes checkpoints and reports progress."""
+        return self.context is None or self.context.is_main
+
+    def checkpoint(self) -> None:
+        """Write the whole training state (process 0 only)."""
+        if self.checkpoint_path is None or not self.main:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "harmonix_version": __version__,
+            "fingerprint": self.run_id,
+            "val_indices": list(self.selection.indices),
+            "trainer": self.trainer.state_dict(),
+        }
+        atomic_torch_save(state, self.checkpoint_path)
+
+    def score(self, harmonize: bool) -> float:
+        """Score of the generator to the reference (or of the unharmonized images)."""
+        generator = self.trainer.to_reference
+        generator.eval()
+        try:
+            return self.selection.score(self.trainer.harmonizer() if harmonize else None)
+        finally:
+            generator.train()
+
+    def validate(self) -> None:
+        """Score the generator, record the score and keep the weights if they are the best."""
+        trainer, hist = self.trainer, self.trainer.history
+        score = self.score(True)
+        if record_score(hist, trainer.step, score):
+            trainer.best_state = clone_state(trainer.to_reference)
+        log = logger.info if self.verbose and self.main else logger.debug
+        log(
+            "step %d: validation score %.4f (before harmonization %.4f, best %.4f at step %d)",
+            trainer.step,
+            score,
+            hist["val_baseline"],
+            hist["best_score"],
+            hist["best_step"],
+        )
+
+    def loop(self, stop: int) -> None:
+        """Train until step ``stop``, validating and checkpointing when due."""
+        trainer, config = self.trainer, self.trainer.config
+        total, warmup = config.total_steps, config.warmup_steps
+        validating = bool(self.selection.indices)
+        with _Progress(total, trainer.step, self.verbose if self.main else 0) as progress:
+            while trainer.step < stop:
+                losses = trainer.train_step()
+                done = trainer.step - warmup  # steps with generator updates
+                due = done > 0 and (done % config.val_every == 0 or trainer.step == total)
+                if validating and due:
+                    self.validate()
+                if trainer.step % config.checkpoint_every == 0 or trainer.step in (stop, total):
+                    self.checkpoint()
+                progress.update(losses, trainer.history["val_score"])
+        if self.context is not None:
+            trainer.release_wrappers()
+            self.context.barrier()  # the last checkpoint is written before any process returns
+
+    def result(self) -> TrainResult:
+        """The selected generator (the best one, or the last) and the history."""
+        trainer = self.trainer
+        with torch.random.fork_rng(devices=[]):
+            generator = Generator3D(trainer.config.base_width)
+        best = trainer.best_state
+        generator.load_state_dict(best if best is not None else clone_state(trainer.to_reference))
+        generator.eval()
+        return TrainResult(
+            generator=generator,
+            history=copy.deepcopy(trainer.history),
+            step=trainer.step,
+            completed=trainer.step >= trainer.config.total_steps,
+            val_indices=list(self.selection.indices),
+            device=str(trainer.device),
+        )
+
+
+def _start(
     volumes: Volumes,
     sites_arr: np.ndarray,
     reference_site: Hashable,
@@ -726,26 +384,27 @@ def _train(
     *,
     checkpoint_dir: str | os.PathLike | None,
     resume: bool,
-    max_steps: int | None,
     verbose: int,
     scoring: Scoring | None = None,
-) -> TrainResult:
-    """:func:`train` after argument checks, in one process of ``context`` (or alone)."""
+) -> _Run:
+    """:func:`train` after argument checks, up to the first step, in one process.
+
+    Holds out the validation images, builds the trainer (from the checkpoint when resuming)
+    and scores the unharmonized held-out images.
+    """
     n_images = len(volumes)
-    main = context is None or context.is_main
-    world = 1 if context is None else context.world_size
     split_seed, trainer_seed = seeds.spawn(2)
-    val_indices = _validation_split(
+    val_indices = validation_split(
         sites_arr, reference_site, config.val_fraction, np.random.default_rng(split_seed)
     )
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
-    run_id = fingerprint(config, sites_arr, reference_site, ages_arr, world)
+    run_id = fingerprint(config, sites_arr, reference_site, ages_arr, _world_size(context))
     if context is not None:
         context.check_same(f"{run_id}|{n_images}|{val_indices}", "data or settings")
     saved = read_resume_state(ckpt_path, run_id, context) if resume else None
     if saved is not None:
         val_indices = [int(i) for i in saved["val_indices"]]
-    elif resume and main:
+    elif resume and (context is None or context.is_main):
         logger.info("No checkpoint to resume from; training from scratch.")
 
     held = set(val_indices)
@@ -757,104 +416,52 @@ def _train(
         indices=train_indices,
         age_bin_width=config.age_bin_width,
     )
-    trainer = _Trainer(config, volumes, sampler, dev, trainer_seed, context, scoring)
+    trainer = Trainer(config, volumes, sampler, dev, trainer_seed, context)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
         logger.info("Resumed IGUANe training at step %d from '%s'.", trainer.step, ckpt_path)
         del saved
-
-    validating = bool(val_indices)
-    if validating:
+    selection = CheckpointSelection(volumes, sites_arr, val_indices, scoring, context)
+    run = _Run(trainer, selection, ckpt_path, run_id, context, verbose)
+    if val_indices:
         if scoring is None:
-            ref_idx = [i for i in train_indices if sites_arr[i] == reference_site]
-            trainer.fit_reference(ref_idx)
+            selection.fit_reference([i for i in train_indices if sites_arr[i] == reference_site])
         if trainer.history["val_baseline"] is None:
-            trainer.history["val_baseline"] = trainer.score(val_indices, sites_arr, False)
+            trainer.history["val_baseline"] = run.score(False)
+    return run
 
-    def checkpoint() -> None:
-        if ckpt_path is None or not main:
+
+def _world_size(context: DistributedContext | None) -> int:
+    return 1 if context is None else context.world_size
+
+
+class _Progress:
+    """A progress bar with running losses (a no-op unless ``verbose``)."""
+
+    def __init__(self, total: int, initial: int, verbose: int) -> None:
+        self.bar = None
+        self.recent: dict[str, list[float]] = {}
+        if verbose:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="IGUANe training", unit="step")
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, losses: dict[str, float], val_scores: Sequence[float]) -> None:
+        """One step done: show the means of the last 20 losses and the last score."""
+        if self.bar is None:
             return
-        atomic_torch_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "harmonix_version": __version__,
-                "fingerprint": run_id,
-                "val_indices": list(val_indices),
-                "trainer": trainer.state_dict(),
-            },
-            ckpt_path,
-        )
-
-    def validate() -> None:
-        score = trainer.score(val_indices, sites_arr, True)
-        hist = trainer.history
-        hist["val_step"].append(trainer.step)
-        hist["val_score"].append(score)
-        best = hist["best_score"]
-        if (best is None and not math.isnan(score)) or (best is not None and score >= best):
-            hist["best_score"], hist["best_step"] = score, trainer.step
-            trainer.best_state = _clone_state(trainer.forward)
-        log = logger.info if verbose and main else logger.debug
-        log(
-            "step %d: validation score %.4f (before harmonization %.4f, best %.4f at step %d)",
-            trainer.step,
-            score,
-            hist["val_baseline"],
-            hist["best_score"],
-            hist["best_step"],
-        )
-
-    total, warmup = config.total_steps, config.warmup_steps
-    stop = total if max_steps is None else min(total, max_steps)
-    progress = _progress(total, trainer.step, verbose if main else 0)
-    recent: dict[str, list[float]] = {}
-    try:
-        while trainer.step < stop:
-            losses = trainer.train_step()
-            done = trainer.step - warmup  # steps with generator updates
-            due = done > 0 and (done % config.val_every == 0 or trainer.step == total)
-            if validating and due:
-                validate()
-            if trainer.step % config.checkpoint_every == 0 or trainer.step in (stop, total):
-                checkpoint()
-            if progress is not None:
-                for name, value in losses.items():
-                    recent.setdefault(name, []).append(value)
-                    del recent[name][:-20]
-                postfix = {
-                    n.replace("loss_", "")[:5]: f"{np.mean(v):.3f}" for n, v in recent.items()
-                }
-                if trainer.history["val_score"]:
-                    postfix["val"] = f"{trainer.history['val_score'][-1]:.4f}"
-                progress.set_postfix(postfix, refresh=False)
-                progress.update(1)
-    finally:
-        if progress is not None:
-            progress.close()
-    if context is not None:
-        trainer.release_wrappers()
-        context.barrier()  # the last checkpoint is written before any process returns
-
-    with torch.random.fork_rng(devices=[]):
-        generator = Generator3D(config.base_width)
-    if trainer.best_state is not None:
-        generator.load_state_dict(trainer.best_state)
-    else:
-        generator.load_state_dict(_clone_state(trainer.forward))
-    generator.eval()
-    return TrainResult(
-        generator=generator,
-        history=copy.deepcopy(trainer.history),
-        step=trainer.step,
-        completed=trainer.step >= total,
-        val_indices=list(val_indices),
-        device=str(dev),
-    )
-
-
-def _progress(total: int, initial: int, verbose: int) -> Any:
-    if not verbose:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="IGUANe training", unit="step")
+        for name, value in losses.items():
+            self.recent.setdefault(name, []).append(value)
+            del self.recent[name][:-20]
+        postfix = {n.replace("loss_", "")[:5]: f"{np.mean(v):.3f}" for n, v in self.recent.items()}
+        if val_scores:
+            postfix["val"] = f"{val_scores[-1]:.4f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)

@@ -40,7 +40,7 @@ class DiscriminatorStep(nn.Module):
 
 
 class GeneratorStep(nn.Module):
-    """Joint loss of the forward generator and one site's backward generator.
+    """Joint loss of the generator to the reference site and one site's generator to it.
 
     The discriminators judge but are not trained here: they are kept in a tuple, so they
     are not sub-modules (and not part of a DistributedDataParallel wrapper of this step).
@@ -48,16 +48,16 @@ class GeneratorStep(nn.Module):
 
     def __init__(
         self,
-        fwd: nn.Module,
-        bwd: nn.Module,
+        to_reference: nn.Module,
+        to_source: nn.Module,
         disc_ref: nn.Module,
         disc_src: nn.Module,
         cycle_weight: float,
         identity_weight: float,
     ) -> None:
         super().__init__()
-        self.fwd = fwd
-        self.bwd = bwd
+        self.to_reference = to_reference
+        self.to_source = to_source
         self.discs = (disc_ref, disc_src)
         self.cycle_weight = cycle_weight
         self.identity_weight = identity_weight
@@ -65,15 +65,17 @@ class GeneratorStep(nn.Module):
     def forward(
         self, src: torch.Tensor, ms: torch.Tensor, ref: torch.Tensor, mr: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        fwd, bwd = self.fwd, self.bwd
+        to_ref, to_src = self.to_reference, self.to_source
         disc_ref, disc_src = self.discs
-        fake_ref = masked(fwd(src), ms)
-        fake_src = masked(bwd(ref), mr)
+        fake_ref = masked(to_ref(src), ms)
+        fake_src = masked(to_src(ref), mr)
         adv = generator_adversarial_loss(disc_ref(fake_ref)) + generator_adversarial_loss(
             disc_src(fake_src)
         )
-        cyc = cycle_loss(src, masked(bwd(fake_ref), ms), ref, masked(fwd(fake_src), mr))
-        ident = identity_loss(ref, masked(fwd(ref), mr)) + identity_loss(src, masked(bwd(src), ms))
+        cyc = cycle_loss(src, masked(to_src(fake_ref), ms), ref, masked(to_ref(fake_src), mr))
+        ident = identity_loss(ref, masked(to_ref(ref), mr)) + identity_loss(
+            src, masked(to_src(src), ms)
+        )
         loss = generator_loss(
             adv,
             cyc,

@@ -1,0 +1,35 @@
+"""Support shared by the IGUANe training tests and their torchrun worker (tests/ddp_worker.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harmonix.iguane import data as D
+
+#: A training of a few seconds: 4 steps of width-2 networks, validation every 2 steps and a
+#: checkpoint every step.
+TINY_TRAINING = dict(
+    n_epochs=1,
+    steps_per_epoch=4,
+    base_width=2,
+    disc_pairs=1,
+    val_every=2,
+    checkpoint_every=1,
+)
+
+
+def blob_volumes(n_per_site=3, sites=("ref", "a"), shape=(16, 16, 16), seed=0):
+    """Network-ready blobs: per-site contrast, background -1."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    brain = radius < 0.85
+    vols, labels, ages = [], [], []
+    for k, site in enumerate(sites):
+        for j in range(n_per_site):
+            img = (1 + 0.5 * np.cos(4 * radius + j)) ** (1 + 0.3 * k) + 0.05 * rng.random(shape)
+            prepared = D.prepare_volume(np.where(brain, img, 0).astype(np.float32))
+            vols.append((prepared.x, prepared.mask))
+            labels.append(site)
+            ages.append(20.0 + 10 * j)
+    return vols, np.array(labels), np.array(ages)

@@ -1,0 +1,85 @@
+"""The state and update step of one IGUANe training (harmonix.iguane.trainer)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from _iguane_helpers import TINY_TRAINING, blob_volumes
+
+from harmonix.iguane import training
+from harmonix.iguane.config import TrainConfig
+from harmonix.iguane.data import SitePairSampler
+from harmonix.iguane.networks import Generator3D, glorot_init
+from harmonix.iguane.trainer import LOSS_NAMES, Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: The keys of the checkpoint files written since the first release; files written then
+#: must load, so these names stay ("forward": the generator to the reference site,
+#: "backward": the generators to the source sites).
+CHECKPOINT_KEYS = {
+    "step",
+    "forward",
+    "backward",
+    "disc_ref",
+    "disc_src",
+    "opt_forward",
+    "opt_backward",
+    "opt_disc",
+    "sched_forward",
+    "sched_backward",
+    "sched_disc",
+    "scaler_disc",
+    "scaler_gen",
+    "numpy_rng",
+    "torch_rng",
+    "history",
+    "best_state",
+}
+
+
+def _trainer(seed: int = 0) -> Trainer:
+    vols, sites, ages = blob_volumes(sites=("ref", "a", "b"))
+    sampler = SitePairSampler(sites, "ref", ages)
+    config = TrainConfig(**TINY_TRAINING)
+    return Trainer(config, vols, sampler, torch.device("cpu"), np.random.SeedSequence(seed))
+
+
+def test_generators_are_named_for_their_direction():
+    trainer = _trainer()
+    assert isinstance(trainer.to_reference, Generator3D)
+    assert len(trainer.to_source) == len(trainer.disc_ref) == len(trainer.sources) == 2
+    before = [p.detach().clone() for p in trainer.to_reference.parameters()]
+    losses = trainer.train_step()
+    assert set(losses) == set(LOSS_NAMES) and all(np.isfinite(list(losses.values())))
+    # one step updates the generator to the reference once per source site
+    assert trainer.opt_to_reference.state_dict()["state"][0]["step"] == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.to_reference.parameters()))
+
+
+def test_state_keeps_the_checkpoint_file_keys_and_round_trips():
+    trainer = _trainer()
+    trainer.train_step()
+    state = trainer.state_dict()
+    assert set(state) == CHECKPOINT_KEYS
+    buffer = io.BytesIO()  # through a file, as a checkpoint (no tensor shared)
+    torch.save(state, buffer)
+    buffer.seek(0)
+    other = _trainer(seed=1)  # other weights and random states
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    for a, b in zip(trainer.to_source[1].parameters(), other.to_source[1].parameters()):
+        assert torch.equal(a, b)
+    assert trainer.train_step() == other.train_step()  # the same next step
+
+
+def test_init_weights_is_a_deprecated_alias_of_glorot_init():
+    with pytest.warns(DeprecationWarning, match="glorot_init"):
+        assert training.init_weights is glorot_init
+    a, b = Generator3D(2), Generator3D(2)
+    glorot_init(a, torch.Generator().manual_seed(3))
+    glorot_init(b, torch.Generator().manual_seed(3))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.count_nonzero(m.bias) == 0 for m in a.modules() if hasattr(m, "padding"))
