@@ -88,6 +88,6 @@ for q in [(1, 50, 99), percentiles, tuple(range(1, 100, 2))]:
     print(f"{len(q):2d} landmarks: traveling SSIM {ts:.3f}, truth SSIM {tr:.3f}")
 
 # %%
-# Histogram matching cannot undo spatially varying effects: the bias field of each
-# simulated site remains, which is why the scores stay below 1. See the benchmark
-# tutorial for a comparison with the other methods.
+# Histogram matching cannot undo spatially varying effects: each scan's residual bias, the
+# site's resolution (slice thickness) and the noise remain, which is why the scores stay
+# below 1. See the benchmark tutorial for a comparison with the other methods.
