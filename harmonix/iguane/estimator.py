@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -25,10 +26,12 @@ from harmonix.iguane.data import (
     from_network_scale,
     prepare_volume,
 )
+from harmonix.iguane.devices import autocast_dtype, resolve_device
 from harmonix.iguane.inference import harmonize_volume
+from harmonix.iguane.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
 from harmonix.iguane.networks import Generator3D
 from harmonix.iguane.normalization import InputNormalizer, correction_size, image_landmarks
-from harmonix.iguane.training import resolve_device, train
+from harmonix.iguane.training import train
 from harmonix.io import ImageCollection, as_collection
 from harmonix.persistence import to_plain
 from harmonix.preprocessing import IGUANE_SHAPE
@@ -273,8 +276,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
         lr_schedule: str = "linear",
         beta1: float = 0.9,
         warmup_steps: int = 0,
-        cycle_weight: float = 30.0,
-        identity_weight: float = 15.0,
+        cycle_weight: float = CYCLE_WEIGHT,
+        identity_weight: float = IDENTITY_WEIGHT,
         augment: bool = True,
         rotation_degrees: float = 10.0,
         shift_mm: float = 5.0,
@@ -339,31 +342,16 @@ class IGUANeHarmonizer(BaseHarmonizer):
 
     # -- fit -------------------------------------------------------------------------------
     def _train_config(self, voxel_size: tuple[float, float, float]) -> TrainConfig:
-        return TrainConfig(
-            n_epochs=self.n_epochs,
-            steps_per_epoch=self.steps_per_epoch,
-            base_width=self.base_width,
-            disc_base_width=self.disc_base_width,
-            patch_size=self.patch_size,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            final_learning_rate=self.final_learning_rate,
-            lr_schedule=self.lr_schedule,
-            beta1=self.beta1,
-            warmup_steps=self.warmup_steps,
-            cycle_weight=self.cycle_weight,
-            identity_weight=self.identity_weight,
-            augment=bool(self.augment),
-            rotation_degrees=self.rotation_degrees,
-            shift_mm=self.shift_mm,
+        """The :class:`TrainConfig` of this estimator's parameters (it validates them)."""
+        params = self.get_params(deep=False)
+        names = [f.name for f in dataclasses.fields(TrainConfig) if f.name in params]
+        shared = {name: params[name] for name in names}
+        shared.update(
             voxel_size=voxel_size,
+            augment=bool(self.augment),
             identity_init=bool(self.identity_init),
-            age_bin_width=self.age_bin_width,
-            val_fraction=self.val_fraction,
-            val_every=self.val_every,
-            checkpoint_every=self.checkpoint_every,
-            mixed_precision=self.mixed_precision,
         )
+        return TrainConfig(**shared)
 
     def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
         config = self._train_config(_voxel_size(self.voxel_size, imgs))  # validates them
@@ -428,7 +416,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         rest = [int(i) for i in np.flatnonzero(sites != self.reference_site_) if i not in skip]
         if len(rest) > _GUARD_SAMPLE:
             rest = [rest[int(k)] for k in np.linspace(0, len(rest) - 1, _GUARD_SAMPLE)]
-        amp = self._amp_dtype(device)
+        amp = autocast_dtype(self.mixed_precision, device)
         sizes = [
             correction_size(*_forward(self.generator_, loader[i], amp)) for i in held + rest
         ]
@@ -445,16 +433,6 @@ class IGUANeHarmonizer(BaseHarmonizer):
             self.ood_threshold_ = float("inf")
 
     # -- transform -------------------------------------------------------------------------
-    def _use_amp(self, device: torch.device) -> bool:
-        if self.mixed_precision is None:
-            return device.type == "cuda"
-        return bool(self.mixed_precision)
-
-    def _amp_dtype(self, device: torch.device) -> str | None:
-        if not self._use_amp(device):
-            return None
-        return "float16" if device.type == "cuda" else "bfloat16"
-
     def _normalizer(self) -> InputNormalizer:
         values = getattr(self, "input_normalization_", None)
         return InputNormalizer() if values is None else InputNormalizer.from_dict(values)
@@ -469,7 +447,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         if device.type != "cpu":
             generator = copy.deepcopy(generator).to(device)
         generator.eval()
-        amp_dtype = self._amp_dtype(device)
+        amp_dtype = autocast_dtype(self.mixed_precision, device)
         normalizer = self._normalizer()
         scale = float(self.reference_median_)
         typical = getattr(self, "typical_correction_", 0.0)
@@ -691,7 +669,7 @@ def _check_ood(action: Any, threshold: Any) -> None:
 
 
 def _forward(
-    generator: Generator3D, volume: tuple[np.ndarray, np.ndarray], amp_dtype: str | None
+    generator: Generator3D, volume: tuple[np.ndarray, np.ndarray], amp_dtype: torch.dtype | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x, y, mask)``: a prepared volume (background 0), its harmonization and mask."""
     x, mask = volume
