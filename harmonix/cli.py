@@ -1,4 +1,5 @@
-"""The ``harmonix`` command line: demo, make-dataset, preprocess, fit, transform, benchmark.
+"""The ``harmonix`` command line: demo, make-dataset, preprocess, to-native, fit, transform,
+benchmark.
 
 Every subcommand returns an exit code (0 success, 1 bad input or failure, 2 usage
 error) and prints a one-line error message instead of a traceback for user errors.
@@ -142,6 +143,19 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         sys.stdout.write(f"failed: {row.source}: {row.error}\n")
     sys.stdout.write(f"{manifest}\n")
     return 1 if counts.get("failed", 0) else 0
+
+
+def _cmd_to_native(args: argparse.Namespace) -> int:
+    from harmonix.io import save_img
+    from harmonix.preprocessing import to_native
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out} exists; pass --overwrite to replace it")
+    img = to_native(args.input, args.transform, mask=args.mask, rescale=args.rescale)
+    save_img(img, out, overwrite=args.overwrite)
+    sys.stdout.write(f"{out}\n")
+    return 0
 
 
 def _read_manifest(path: str) -> Any:
@@ -319,6 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-n4", action="store_true", help="skip N4 bias correction")
     p.add_argument("--no-qc-png", action="store_true", help="skip the QC figures")
     p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser(
+        "to-native",
+        help="map a template-space (e.g. harmonized) image back onto its raw scan's grid",
+    )
+    p.add_argument("--input", required=True, help="image in template space (NIfTI)")
+    p.add_argument("--transform", required=True, help="the scan's NAME_prep.json")
+    p.add_argument("--mask", help="the scan's NAME_native_mask.nii.gz (zero outside)")
+    p.add_argument("--rescale", action="store_true",
+                   help="undo the median normalization (bias-corrected scan's scale)")
+    p.add_argument("--out", required=True, help="output NIfTI file")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_to_native)
 
     p = sub.add_parser("make-dataset", help="write a synthetic NIfTI dataset and manifest")
     p.add_argument("--out", required=True, help="output folder")

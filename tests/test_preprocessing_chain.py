@@ -373,3 +373,30 @@ def test_cli_preprocess_without_the_extra(tmp_path, capsys, monkeypatch):
     assert main(["preprocess", "--manifest", str(raw), "--out", str(tmp_path / "p")]) == 1
     assert 'pip install "harmonix[preprocess]"' in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_cli_to_native(moved, tmp_path, capsys):
+    head, _, result = moved
+    paths = result.save(tmp_path / "prep", "sub", qc_png=False)
+    out = tmp_path / "native.nii.gz"
+    argv = ["to-native", "--input", str(paths["image"]), "--transform", str(paths["json"]),
+            "--mask", str(paths["native_mask"]), "--out", str(out)]
+    assert main(argv + ["--rescale"]) == 0
+    img = nib.load(out)
+    assert img.shape == head.shape
+    np.testing.assert_allclose(img.affine, head.affine, atol=1e-5)
+    expected = to_native(result.image, result.transform, mask=result.native_mask,
+                         rescale=True)
+    np.testing.assert_allclose(img.get_fdata(), expected.get_fdata(), atol=1e-3)
+    assert main(argv) == 1
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0
+    bad = argv[:3] + ["--transform", str(tmp_path / "absent.json")] + argv[5:]
+    bad[-1] = str(tmp_path / "other.nii.gz")
+    assert main(bad) == 1
+    assert "Transform file not found" in capsys.readouterr().err
+    assert not (tmp_path / "other.nii.gz").exists()
+    (tmp_path / "notjson.json").write_text("{")
+    bad[4] = str(tmp_path / "notjson.json")
+    assert main(bad) == 1
+    assert "not a JSON transform" in capsys.readouterr().err
