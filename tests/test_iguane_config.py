@@ -6,6 +6,7 @@ import ast
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harmonix.iguane import config as C
@@ -102,3 +103,12 @@ def test_no_import_cycle_in_iguane():
 
     for module in graph:
         visit(module, ())
+
+
+def test_size_triple_accepts_multiples_of_the_generator_size():
+    assert C.size_triple((32, 48, 16)) == (32, 48, 16)
+    assert C.size_triple([np.int64(160), 192, 160]) == (160, 192, 160)
+    assert C.size_triple(32, allow_int=True) == (32, 32, 32)
+    for bad in (32, (32, 32), (32, 32, 20), (0, 16, 16), (16, 16, None)):
+        assert C.size_triple(bad) is None, bad
+    assert C.size_triple(True, allow_int=True) is None

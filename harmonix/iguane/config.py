@@ -15,7 +15,7 @@ import numpy as np
 from harmonix.iguane.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
 from harmonix.iguane.networks import SIZE_MULTIPLE
 
-__all__ = ["CPU_RECIPE", "LR_SCHEDULES", "TrainConfig", "check_int"]
+__all__ = ["CPU_RECIPE", "LR_SCHEDULES", "TrainConfig", "check_int", "size_triple"]
 
 #: Learning-rate schedules of :class:`TrainConfig`.
 LR_SCHEDULES = ("linear", "constant_then_linear")
@@ -151,14 +151,8 @@ class TrainConfig:
         if self.disc_base_width is not None:
             check_int(self.disc_base_width, "disc_base_width", 1)
         if self.patch_size is not None:
-            patch = self.patch_size
-            if isinstance(patch, int | np.integer) and not isinstance(patch, bool):
-                patch = (int(patch),) * 3
-            try:
-                patch = tuple(int(p) for p in patch)  # type: ignore[union-attr]
-            except TypeError:
-                patch = ()
-            if len(patch) != 3 or any(p < SIZE_MULTIPLE or p % SIZE_MULTIPLE for p in patch):
+            patch = size_triple(self.patch_size, allow_int=True)
+            if patch is None:
                 raise ValueError(
                     f"patch_size must be None, an int or 3 ints, each a multiple of "
                     f"{SIZE_MULTIPLE} (e.g. 32 or 64), got {self.patch_size!r}."
@@ -210,6 +204,32 @@ def check_int(value: Any, name: str, minimum: int) -> None:
     """Raise ``ValueError`` unless ``value`` is an integer (not a bool) ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def size_triple(value: Any, *, allow_int: bool = False) -> tuple[int, int, int] | None:
+    """``value`` as 3 spatial sizes that the generator accepts, or None if it is not.
+
+    Parameters
+    ----------
+    value : sequence of 3 int, or int with ``allow_int``
+        Each size must be a positive multiple of
+        :data:`~harmonix.iguane.networks.SIZE_MULTIPLE`.
+    allow_int : bool, default=False
+        Accept one int for the 3 sizes.
+
+    Returns
+    -------
+    tuple of 3 int or None
+    """
+    if allow_int and isinstance(value, int | np.integer) and not isinstance(value, bool):
+        value = (int(value),) * 3
+    try:
+        sizes = tuple(int(v) for v in value)
+    except TypeError:
+        return None
+    if len(sizes) != 3 or any(v < SIZE_MULTIPLE or v % SIZE_MULTIPLE for v in sizes):
+        return None
+    return sizes  # type: ignore[return-value]
 
 
 def _check_number(value: Any, name: str, *, positive: bool) -> None:

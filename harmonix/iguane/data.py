@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harmonix._docs import docdict, fill_doc
 from harmonix.iguane.networks import SIZE_MULTIPLE  # the generator halves sizes 4 times
 from harmonix.preprocessing import (
     IGUANE_FALLBACK_SHAPE,
@@ -437,7 +438,14 @@ def _sort_key(label: Any) -> tuple[str, Any]:
 #: Axis planes a rotation may happen in (pairs of spatial axes).
 ROTATION_PLANES = ((0, 1), (0, 2), (1, 2))
 
+docdict["network_volume"] = """\
+x : torch.Tensor of shape (D, H, W)
+    Network-scale volume, background -1.
+mask : torch.Tensor of bool, shape (D, H, W)
+    Its brain mask."""
 
+
+@fill_doc
 def rotate_volume(
     x: torch.Tensor, mask: torch.Tensor, angle: float, plane: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -445,9 +453,7 @@ def rotate_volume(
 
     Parameters
     ----------
-    x : torch.Tensor of shape (D, H, W)
-        Network-scale intensities, background -1.
-    mask : torch.Tensor of bool, shape (D, H, W)
+    %(network_volume)s
     angle : float
         Angle in degrees.
     plane : tuple of 2 int
@@ -480,6 +486,7 @@ def rotate_volume(
     return torch.where(new_mask, value.clamp_min(-1.0), -torch.ones_like(value)), new_mask
 
 
+@fill_doc
 def shift_volume(
     x: torch.Tensor, mask: torch.Tensor, shifts: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -487,8 +494,7 @@ def shift_volume(
 
     Parameters
     ----------
-    x : torch.Tensor of shape (D, H, W)
-    mask : torch.Tensor of bool, shape (D, H, W)
+    %(network_volume)s
     shifts : sequence of 3 int
         Shift along each axis (positive moves content to higher indices).
 
@@ -510,6 +516,7 @@ def shift_volume(
     return out_x, out_m
 
 
+@fill_doc
 def augment(
     x: torch.Tensor,
     mask: torch.Tensor,
@@ -523,9 +530,7 @@ def augment(
 
     Parameters
     ----------
-    x : torch.Tensor of shape (D, H, W)
-        Network-scale volume, background -1.
-    mask : torch.Tensor of bool, shape (D, H, W)
+    %(network_volume)s
     rng : numpy.random.Generator
         Source of all random draws.
     rotation_probability : float, default=0.5

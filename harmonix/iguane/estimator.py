@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer
 from harmonix.iguane.checkpoints import atomic_torch_save, load_torch_file
-from harmonix.iguane.config import TrainConfig
+from harmonix.iguane.config import TrainConfig, size_triple
 from harmonix.iguane.data import (
     NETWORK_SCALE,
     SIZE_MULTIPLE,
@@ -691,13 +691,10 @@ def _voxel_size(value: Any, imgs: ImageCollection) -> tuple[float, float, float]
 def _check_input_shape(shape: Any) -> tuple[int, int, int] | None:
     if shape is None:
         return None
-    try:
-        out = tuple(int(s) for s in shape)
-    except TypeError:
-        out = ()
-    if len(out) != 3 or any(s < SIZE_MULTIPLE or s % SIZE_MULTIPLE for s in out):
+    out = size_triple(shape)
+    if out is None:
         raise ValueError(
             f"input_shape must be None or 3 multiples of {SIZE_MULTIPLE}, e.g. (160, 192, 160); "
             f"got {shape!r}."
         )
-    return out  # type: ignore[return-value]
+    return out

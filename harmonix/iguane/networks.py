@@ -21,13 +21,11 @@ pass.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harmonix.iguane._compat import deprecated_names
 from harmonix.iguane.fused_inference import generator_forward_fused, onednn_applies
 
 __all__ = [
@@ -45,18 +43,6 @@ _N_DOWN = 4
 SIZE_MULTIPLE = 2**_N_DOWN
 
 _SPATIAL_DIMS = (2, 3, 4)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Conv3d":
-        warnings.warn(
-            "harmonix.iguane.networks.Conv3d is deprecated (it shadowed torch.nn.Conv3d); "
-            "use harmonix.iguane.networks.OneDNNConv3d.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return OneDNNConv3d
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class OneDNNConv3d(nn.Conv3d):
@@ -439,3 +425,9 @@ class PatchDiscriminator3D(nn.Module):
         h = F.leaky_relu(self.norm2(self.conv2(h)), 0.2, inplace=True)
         h = F.leaky_relu(self.norm3(self.conv3(h)), 0.2, inplace=True)
         return self.out_conv(h)
+
+
+#: ``Conv3d``, the old name of :class:`OneDNNConv3d` (it shadowed ``torch.nn.Conv3d``).
+__getattr__ = deprecated_names(
+    __name__, {"Conv3d": ("harmonix.iguane.networks.OneDNNConv3d", OneDNNConv3d)}
+)

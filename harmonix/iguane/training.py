@@ -58,7 +58,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +67,7 @@ import numpy as np
 import torch
 
 from harmonix._version import __version__
+from harmonix.iguane._compat import deprecated_names
 from harmonix.iguane.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -106,16 +106,10 @@ logger = logging.getLogger(__name__)
 Volumes = Sequence[tuple[np.ndarray, np.ndarray]]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "init_weights":
-        warnings.warn(
-            "harmonix.iguane.training.init_weights is deprecated; use "
-            "harmonix.iguane.networks.glorot_init.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return glorot_init
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``init_weights``, the old name of :func:`harmonix.iguane.networks.glorot_init`.
+__getattr__ = deprecated_names(
+    __name__, {"init_weights": ("harmonix.iguane.networks.glorot_init", glorot_init)}
+)
 
 
 @dataclass
