@@ -10,9 +10,18 @@ Speed and memory, against the TensorFlow original and a plain PyTorch pass, are 
 ``benchmarks/results/iguane_inference.md``. The output equals the plain float32 pass within
 about 1e-4 on the network scale.
 
-Threads: PyTorch uses one thread per physical core by default. On a machine shared with
-other busy processes, OpenMP's statically split parallel regions wait for descheduled
-threads, and ``num_threads=1`` can be faster than all cores.
+Threads (:func:`inference_threads`): by default a call uses the cores that are idle when it
+starts, at least one and at most PyTorch's thread setting (one per physical core unless
+changed with :func:`torch.set_num_threads`). Idle cores are counted from the number of
+runnable tasks of the whole machine (``procs_running`` of ``/proc/stat``, sampled a few
+times within a millisecond or two, the median kept, the calling thread not counted), not
+from the load average: the load average lags by a minute and counts the caller's own
+earlier passes, so a loop of ``transform`` calls on an idle machine would see its own load
+and fall back to one thread. On an idle machine every core is used; with busy
+neighbours each of them takes a core away, because OpenMP splits the convolutions in equal
+static parts and a thread sharing a core with a busy process makes all the others wait for
+it. ``num_threads`` overrides the rule. Where ``/proc/stat`` cannot be read (not Linux),
+PyTorch's setting is used.
 
 Two process-wide settings make CPU inference faster (see the same results), because a pass
 allocates about 1 GB of fresh feature maps whose pages the kernel otherwise faults in 4 kB
@@ -25,7 +34,10 @@ kept for reuse; the process then keeps its peak memory).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -33,7 +45,84 @@ import torch
 from harmonix.iguane.devices import cpu_supports_bf16, resolve_amp_dtype
 from harmonix.iguane.networks import SIZE_MULTIPLE, Generator3D
 
-__all__ = ["cpu_supports_bf16", "harmonize_volume", "resolve_amp_dtype"]
+__all__ = ["cpu_supports_bf16", "harmonize_volume", "inference_threads", "resolve_amp_dtype"]
+
+#: Samples of the runnable-task count taken by :func:`inference_threads`, and the pause
+#: between two of them (seconds): about 2 ms in all, a thousandth of a full-size pass.
+_SAMPLES = 5
+_SAMPLE_PAUSE = 0.0005
+
+
+def _procs_running() -> int | None:
+    """Runnable tasks (threads) of the whole machine now, the caller included; None when
+    ``/proc/stat`` cannot be read."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"procs_running"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _usable_cores() -> tuple[int, int]:
+    """(cores this process may run on, online cores of the machine)."""
+    online = os.cpu_count() or 1
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        usable = online
+    return max(1, usable), max(usable, online)
+
+
+def inference_threads(
+    limit: int | None = None,
+    *,
+    read_running: Callable[[], int | None] = _procs_running,
+    cores: tuple[int, int] | None = None,
+) -> int:
+    """CPU threads for one inference pass: the cores idle now, at least 1, at most ``limit``.
+
+    Parameters
+    ----------
+    limit : int, optional
+        Most threads to use; by default :func:`torch.get_num_threads` (one per physical
+        core unless the user changed it).
+    read_running : callable, optional
+        Returns the number of runnable tasks of the machine, the calling thread included,
+        or None when unknown (then ``limit`` threads are used). For tests.
+    cores : (int, int), optional
+        Cores this process may run on and online cores of the machine; by default read
+        from the system. For tests.
+
+    Returns
+    -------
+    int
+        ``max(1, min(limit, usable - busy))``, where ``busy`` is the median over a few
+        samples of the runnable tasks other than the caller. When the process is pinned
+        to ``usable`` of the machine's ``online`` cores, ``busy`` is scaled by
+        ``usable / online`` (the tasks are assumed to be spread evenly).
+
+    Notes
+    -----
+    A CPU quota (cgroup ``cpu.max``) without pinning is not seen: set ``num_threads`` or
+    :func:`torch.set_num_threads` there.
+    """
+    limit = torch.get_num_threads() if limit is None else int(limit)
+    limit = max(1, limit)
+    samples = []
+    for i in range(_SAMPLES):
+        if i:
+            time.sleep(_SAMPLE_PAUSE)
+        running = read_running()
+        if running is None:
+            return limit
+        samples.append(max(0, running - 1))
+    usable, online = _usable_cores() if cores is None else cores
+    busy = statistics.median(samples) * usable / max(usable, online)
+    return max(1, min(limit, usable - int(round(busy))))
+
 
 @contextlib.contextmanager
 def _num_threads(n: int | None) -> Iterator[None]:
@@ -81,8 +170,8 @@ def harmonize_volume(
         about 3e-2 on average on the network scale (up to 0.6 in single voxels), so it is off
         by default.
     num_threads : int, optional
-        CPU threads for this call (restored afterwards); by default PyTorch's setting, which
-        is one per physical core.
+        CPU threads for this call (restored afterwards). By default (CPU only) the cores
+        idle when the call starts, at most PyTorch's setting (:func:`inference_threads`).
 
     Returns
     -------
@@ -124,6 +213,8 @@ def harmonize_volume(
         raise ValueError("x must be a floating-point array of finite values.")
     device = _module_device(generator)
     amp = resolve_amp_dtype(amp_dtype, device)
+    if num_threads is None and device.type == "cpu":
+        num_threads = inference_threads()
     param_dtype = next(generator.parameters()).dtype
     with (
         _num_threads(num_threads),

@@ -1,0 +1,74 @@
+"""The thread policy of IGUANe inference (harmonix.iguane.inference.inference_threads): its
+logic on scripted machine states, not timings."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from harmonix.iguane import inference
+from harmonix.iguane.inference import harmonize_volume, inference_threads
+from harmonix.iguane.networks import Generator3D
+
+
+def _reader(*values):
+    """A runnable-task reader returning ``values`` in turn (then the last one forever)."""
+    it = itertools.chain(values, itertools.repeat(values[-1]))
+    return lambda: next(it)
+
+
+@pytest.mark.parametrize(
+    ("running", "cores", "limit", "expected"),
+    [
+        (1, (2, 2), 2, 2),  # idle 2-core machine: only the caller runs -> both cores
+        (2, (2, 2), 2, 1),  # one busy neighbour -> one core left
+        (3, (2, 2), 2, 1),  # two busy neighbours -> still at least one thread
+        (9, (2, 2), 2, 1),  # heavily loaded
+        (1, (8, 8), 4, 4),  # idle, but the user limited PyTorch to 4 threads
+        (4, (8, 8), 8, 5),  # 3 busy neighbours on 8 cores
+        (1, (2, 2), 1, 1),  # torch.set_num_threads(1) is respected on an idle machine
+        (17, (4, 64), 4, 3),  # pinned to 4 of 64 cores: 16 busy tasks -> 1 on our cores
+    ],
+)
+def test_idle_cores_rule(running, cores, limit, expected):
+    assert inference_threads(limit, read_running=_reader(running), cores=cores) == expected
+
+
+def test_median_ignores_a_short_spike():
+    # a task that was runnable in one sample only does not take a core away
+    assert inference_threads(2, read_running=_reader(1, 5, 1, 1, 1), cores=(2, 2)) == 2
+    # a neighbour busy in most samples does
+    assert inference_threads(2, read_running=_reader(2, 2, 1, 2, 2), cores=(2, 2)) == 1
+
+
+def test_unknown_load_uses_the_limit():
+    assert inference_threads(2, read_running=lambda: None, cores=(2, 2)) == 2
+    assert inference_threads(read_running=lambda: None, cores=(2, 2)) == torch.get_num_threads()
+
+
+def test_reads_this_machine():
+    # on Linux /proc/stat is read; anywhere the answer is a valid thread count
+    n = inference_threads(64)
+    assert 1 <= n <= 64
+    running = inference._procs_running()
+    assert running is None or running >= 1  # the caller itself is runnable
+
+
+def test_harmonize_volume_uses_the_policy(monkeypatch):
+    seen = []
+    real = inference._num_threads
+
+    def spy(n):
+        seen.append(n)
+        return real(n)
+
+    monkeypatch.setattr(inference, "_num_threads", spy)
+    monkeypatch.setattr(inference, "inference_threads", lambda: 1)
+    g = Generator3D(base_width=2).eval()
+    x = np.zeros((16, 16, 16), np.float32)
+    before = torch.get_num_threads()
+    harmonize_volume(g, x)
+    harmonize_volume(g, x, num_threads=1)  # an explicit count bypasses the rule
+    assert seen == [1, 1]
+    assert torch.get_num_threads() == before
