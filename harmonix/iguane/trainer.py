@@ -18,14 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from harmonix.iguane.augmentation import augment, crop_patch, random_brain_voxel
 from harmonix.iguane.config import TrainConfig
-from harmonix.iguane.data import (
-    SitePairSampler,
-    augment,
-    crop_patch,
-    network_input,
-    random_brain_voxel,
-)
+from harmonix.iguane.data import SitePairSampler, network_input
 from harmonix.iguane.devices import autocast_dtype
 from harmonix.iguane.distributed import DistributedContext
 from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D, glorot_init
