@@ -358,6 +358,11 @@ def _draw_subject(anat: _Anatomy, rng: np.random.Generator, age: float) -> _Subj
 # --------------------------------------------------------------------------------------
 
 
+def _draw_contrast(rng: np.random.Generator) -> tuple[float, float, float]:
+    """GM/WM and CSF/WM ratios and texture gain of a site."""
+    return rng.uniform(*_GM_WM), rng.uniform(*_CSF_WM), rng.uniform(*_TEXTURE_GAIN)
+
+
 def _draw_curve(
     rng: np.random.Generator, r_gm: float, r_csf: float
 ) -> tuple[list[float], list[float]]:
@@ -381,36 +386,50 @@ def _inu_strength(inside: np.ndarray, inu: float) -> tuple[float, float]:
     return median, strength
 
 
-def _draw_site(
-    anat: _Anatomy, rng: np.random.Generator, name: str
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Draw one legacy site's parameters; return them and the bias field (float32 volume)."""
-    r_gm = rng.uniform(*_GM_WM)
-    r_csf = rng.uniform(*_CSF_WM)
-    gain = rng.uniform(*_TEXTURE_GAIN)
-    snr = rng.uniform(*_SNR_WM)
-    inu = rng.uniform(*_INU_RANGE)
-    blur = rng.uniform(*_BLUR_SIGMA_MM, size=3)
-    scale = math.exp(rng.uniform(math.log(_SCALE[0]), math.log(_SCALE[1])))
-    x, y = _draw_curve(rng, r_gm, r_csf)
-
-    # Bias field: smooth, zero-median field, exponentiated to the site's INU range.
+def _site_field(
+    anat: _Anatomy, rng: np.random.Generator, inu: float
+) -> tuple[np.ndarray, float]:
+    """A site's smooth log-bias shape (zero median in the template brain) and its gain."""
     coef = rng.standard_normal((_N_CONTROL_BIAS,) * 3)
     smooth = _bspline_field(coef, anat.mask.shape)
     median, strength = _inu_strength(smooth[anat.mask], inu)
     smooth -= median
-    bias = np.exp(strength * smooth).astype(np.float32)
+    return smooth, strength
 
-    noise = 1.0 / (snr * anat.resolution**1.5)
-    params = {
+
+def _contrast_params(name: str, r_gm: float, r_csf: float, gain: float, curve: tuple,
+                     inu: float, strength: float) -> dict[str, Any]:
+    """The parameters both styles share: contrast, curve knots and bias range."""
+    return {
         "name": name,
         "gm_wm": float(r_gm),
         "csf_wm": float(r_csf),
         "texture_gain": float(gain),
-        "curve_x": [float(v) for v in x],
-        "curve_y": [float(v) for v in y],
+        "curve_x": [float(v) for v in curve[0]],
+        "curve_y": [float(v) for v in curve[1]],
         "inu_range": float(inu),
         "bias_strength": float(strength),
+    }
+
+
+def _draw_site(
+    anat: _Anatomy, rng: np.random.Generator, name: str
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Draw one legacy site's parameters; return them and the bias field (float32 volume)."""
+    r_gm, r_csf, gain = _draw_contrast(rng)
+    snr = rng.uniform(*_SNR_WM)
+    inu = rng.uniform(*_INU_RANGE)
+    blur = rng.uniform(*_BLUR_SIGMA_MM, size=3)
+    scale = math.exp(rng.uniform(math.log(_SCALE[0]), math.log(_SCALE[1])))
+    curve = _draw_curve(rng, r_gm, r_csf)
+
+    # Bias field: smooth, zero-median field, exponentiated to the site's INU range.
+    smooth, strength = _site_field(anat, rng, inu)
+    bias = np.exp(strength * smooth).astype(np.float32)
+
+    noise = 1.0 / (snr * anat.resolution**1.5)
+    params = {
+        **_contrast_params(name, r_gm, r_csf, gain, curve, inu, strength),
         "snr_wm": float(snr),
         "noise_sigma": float(noise),
         "blur_sigma_mm": [float(v) for v in blur],
@@ -434,10 +453,8 @@ def _draw_site_preprocessed(
     anat: _Anatomy, rng: np.random.Generator, name: str
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Draw one preprocessed-style site; return its parameters and log bias (float32)."""
-    r_gm = rng.uniform(*_GM_WM)
-    r_csf = rng.uniform(*_CSF_WM)
-    gain = rng.uniform(*_TEXTURE_GAIN)
-    x, y = _draw_curve(rng, r_gm, r_csf)
+    r_gm, r_csf, gain = _draw_contrast(rng)
+    curve = _draw_curve(rng, r_gm, r_csf)
     snr = rng.uniform(*_SNR_WM)
     inplane = rng.uniform(*_INPLANE_MM)
     thickness = rng.uniform(*_SLICE_MM)
@@ -452,20 +469,10 @@ def _draw_site_preprocessed(
     blur = [0.5 * w for w in voxel]
     snr_grid = _grid_snr(snr, voxel, anat.resolution)
 
-    coef = rng.standard_normal((_N_CONTROL_BIAS,) * 3)
-    smooth = _bspline_field(coef, anat.mask.shape)
-    median, strength = _inu_strength(smooth[anat.mask], inu)
-    smooth -= median
+    smooth, strength = _site_field(anat, rng, inu)
     smooth *= np.float32(strength)
     params = {
-        "name": name,
-        "gm_wm": float(r_gm),
-        "csf_wm": float(r_csf),
-        "texture_gain": float(gain),
-        "curve_x": [float(v) for v in x],
-        "curve_y": [float(v) for v in y],
-        "inu_range": float(inu),
-        "bias_strength": float(strength),
+        **_contrast_params(name, r_gm, r_csf, gain, curve, inu, strength),
         "slice_axis": axis,
         "slice_thickness_mm": float(thickness),
         "inplane_mm": float(inplane),
