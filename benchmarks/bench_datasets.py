@@ -184,7 +184,7 @@ def effects(args: argparse.Namespace) -> int:
         "contrast, curve and scale always stay.",
         "",
         "| grid | style | effects | SSIM none | SSIM HM | per seed (none / HM) "
-        "| generation s (median) |",
+        "| generation wall s (median; shared machine, see load) |",
         "|---|---|---|---|---|---|---|",
     ]
     for res, style, name, none, hm, sec in rows:
