@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["build_keras_generator", "random_keras_weights"]
+__all__ = ["build_keras_generator", "mad_norm_layer", "random_keras_weights"]
 
 
 def _import_keras() -> tuple[Any, Any]:
@@ -30,6 +30,34 @@ def _import_keras() -> tuple[Any, Any]:
             'pip install "harmonix[keras]".'
         ) from exc
     return keras, tf
+
+
+def mad_norm_layer() -> type:
+    """The Keras layer of IGUANe's instance norm by the mean absolute deviation.
+
+    Returns
+    -------
+    type
+        A ``tf_keras.layers.Layer`` subclass with per-channel ``scale`` (ones) and
+        ``offset`` (zeros) weights, eps 1e-3, statistics over the 3 spatial axes of
+        ``NDHWC`` inputs.
+    """
+    keras, tf = _import_keras()
+
+    class MADNorm(keras.layers.Layer):
+        def build(self, input_shape):
+            self.scale = self.add_weight(name="scale", shape=input_shape[-1:], initializer="ones")
+            self.offset = self.add_weight(
+                name="offset", shape=input_shape[-1:], initializer="zeros"
+            )
+            super().build(input_shape)
+
+        def call(self, x):
+            dev = x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+            mad = tf.reduce_mean(tf.abs(dev), axis=[1, 2, 3], keepdims=True)
+            return self.scale * dev / (mad + 1e-3) + self.offset
+
+    return MADNorm
 
 
 def build_keras_generator(base_width: int = 16) -> Any:
@@ -45,21 +73,9 @@ def build_keras_generator(base_width: int = 16) -> Any:
     tf_keras.Model
         A model taking ``(N, D, H, W, 1)`` (``NDHWC``) volumes and returning the same shape.
     """
-    keras, tf = _import_keras()
+    keras, _ = _import_keras()
     layers = keras.layers
-
-    class MADNorm(layers.Layer):
-        def build(self, input_shape):
-            self.scale = self.add_weight(name="scale", shape=input_shape[-1:], initializer="ones")
-            self.offset = self.add_weight(
-                name="offset", shape=input_shape[-1:], initializer="zeros"
-            )
-            super().build(input_shape)
-
-        def call(self, x):
-            dev = x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-            mad = tf.reduce_mean(tf.abs(dev), axis=[1, 2, 3], keepdims=True)
-            return self.scale * dev / (mad + 1e-3) + self.offset
+    MADNorm = mad_norm_layer()
 
     def block(layer):
         return keras.Sequential([layer, layers.ReLU(), MADNorm()])
