@@ -121,9 +121,10 @@ class Trainer:
     Attributes
     ----------
     to_reference : Generator3D
-        The generator from any source site to the reference site (the one returned).
+        The generator from any source site to the reference site (the one returned; the
+        "forward" generator of the CycleGAN).
     to_source : torch.nn.ModuleList of Generator3D
-        Per source site, the generator from the reference site to it.
+        Per source site, the generator from the reference site to it (a "backward" one).
     disc_ref, disc_src : torch.nn.ModuleList of PatchDiscriminator3D
         Per source site, the discriminators of reference images (against
         ``to_reference(source)``) and of source images (against ``to_source[k](reference)``).
