@@ -400,3 +400,10 @@ def test_cli_to_native(moved, tmp_path, capsys):
     bad[4] = str(tmp_path / "notjson.json")
     assert main(bad) == 1
     assert "not a JSON transform" in capsys.readouterr().err
+
+
+def test_implausible_masks_are_refused():
+    img = _img(np.random.default_rng(0).random((160, 160, 160)) + 1)  # 2 mm voxels
+    whole = T1Preprocessor(brain_extractor=lambda d, a: np.ones(d.shape, bool))
+    with pytest.raises(ValueError, match=r"No brain found .*32768 ml, expected 100-3000"):
+        whole.run(img)

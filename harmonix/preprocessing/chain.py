@@ -35,8 +35,9 @@ __all__ = ["PreprocessResult", "T1Preprocessor", "TemplateTransform", "to_native
 
 logger = logging.getLogger(__name__)
 
-#: Smallest brain mask accepted (ml): below it the image is taken for a non-brain volume.
-MIN_BRAIN_ML = 100.0
+#: Brain mask volumes accepted (ml): outside, the image is taken for a non-brain volume
+#: (deepbet finds nothing in some, and a mask filling the field of view in others).
+BRAIN_ML_RANGE = (100.0, 3000.0)
 #: Smallest image side accepted, in voxels.
 MIN_SIDE = 16
 
@@ -399,7 +400,8 @@ class T1Preprocessor:
         ------
         ValueError
             If the scan is 2-D, 4-D with several volumes, smaller than 16 voxels a side,
-            empty, constant or non-finite, or no brain is found in it.
+            empty, constant or non-finite, or no brain is found in it (mask outside
+            100-3000 ml, or too large for the output grid after registration).
         ImportError
             If deepbet or SimpleITK is missing (``pip install "harmonix[preprocess]"``).
         """
@@ -419,10 +421,11 @@ class T1Preprocessor:
         mask = self._extract(data, affine)
         voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
         volume = float(mask.sum()) * voxel_ml
-        if volume < MIN_BRAIN_ML:
+        low, high = BRAIN_ML_RANGE
+        if not low <= volume <= high:
             raise ValueError(
-                f"No brain found in the scan (brain mask {volume:.0f} ml, expected > "
-                f"{MIN_BRAIN_ML:.0f} ml): is it a T1-weighted head image?"
+                f"No brain found in the scan (brain mask {volume:.0f} ml, expected "
+                f"{low:.0f}-{high:.0f} ml): is it a T1-weighted head image?"
             )
         lap("brain_extraction")
         if self.n4:
@@ -446,8 +449,14 @@ class T1Preprocessor:
         scale = float(self.median) / brain_median
         moved *= np.float32(scale)
         numbers = _qc.qc_numbers(moved, moved_mask, template, volume)
-        cropped, change = crop_or_pad(moved, self.target_shape, brain=moved_mask,
-                                      fallback_shape=self.fallback_shape, center="brain")
+        try:
+            cropped, change = crop_or_pad(moved, self.target_shape, brain=moved_mask,
+                                          fallback_shape=self.fallback_shape, center="brain")
+        except ValueError as exc:
+            raise ValueError(
+                f"The registered brain mask does not fit the output grid ({exc}); brain "
+                f"extraction or registration failed (QC: {numbers}). Check the scan."
+            ) from exc
         shift = np.eye(4)
         shift[:3, 3] = change.offsets
         out_affine = FSL_AFFINE @ shift
