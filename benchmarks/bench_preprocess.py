@@ -43,11 +43,11 @@ GOAL_S = 60.0
 
 
 class RSSSampler(threading.Thread):
-    """Samples the process's resident memory every 20 ms."""
+    """Samples the process's resident memory (MB) and CPU seconds every 20 ms."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, float, float]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -55,7 +55,8 @@ class RSSSampler(threading.Thread):
         while not self.stop.is_set():
             with open("/proc/self/statm") as fh:
                 rss = int(fh.read().split()[1]) * page / 2**20
-            self.samples.append((time.perf_counter(), rss))
+            cpu = sum(os.times()[:2])
+            self.samples.append((time.perf_counter(), rss, cpu))
             time.sleep(0.02)
 
 
@@ -65,8 +66,10 @@ def timed_run(chain: T1Preprocessor, img: nib.Nifti1Image, sampler: RSSSampler):
     total = time.perf_counter() - start
     rows, t = [], start
     for stage, seconds in result.timings.items():
-        peak = max((r for s, r in sampler.samples if t <= s <= t + seconds), default=np.nan)
-        rows.append((stage, seconds, peak))
+        inside = [(r, c) for s, r, c in sampler.samples if t <= s <= t + seconds]
+        peak = max((r for r, _ in inside), default=np.nan)
+        cpu = inside[-1][1] - inside[0][1] if len(inside) > 1 else np.nan
+        rows.append((stage, seconds, peak, cpu))
         t += seconds
     return result, total, rows
 
@@ -138,20 +141,27 @@ def main() -> None:
         "",
         "## Seconds and peak RSS per stage",
         "",
-        "| run | " + " | ".join(stage for stage, _, _ in runs[0][2]) + " | total s |",
+        "Wall seconds / process CPU seconds (all threads) / peak RSS. With other jobs on "
+        "the machine the wall time stretches; CPU seconds barely move, and on 2 idle cores "
+        "the wall time lies between CPU/2 and CPU.",
+        "",
+        "| run | " + " | ".join(row[0] for row in runs[0][2]) + " | total |",
         "|---|" + "---|" * (len(runs[0][2]) + 1),
     ]
     for i, (_, total, rows) in enumerate(runs):
         label = "first scan (loads deepbet, template)" if i == 0 else f"scan {i + 1}"
+        cpu = sum(c for *_, c in rows)
         lines.append(f"| {label} | " + " | ".join(
-            f"{s:.1f} s, {m:.0f} MB" for _, s, m in rows) + f" | {total:.1f} |")
+            f"{s:.1f} s / {c:.1f} s / {m:.0f} MB" for _, s, m, c in rows)
+            + f" | {total:.1f} s / {cpu:.1f} s |")
     warm = [total for _, total, _ in runs[1:]] or [runs[0][1]]
+    warm_cpu = [sum(row[3] for row in rows) for _, _, rows in runs[1:]] or [np.nan]
     lines += [
         "",
-        f"Goal ≤ {GOAL_S:.0f} s per scan: {'met' if max(warm) <= GOAL_S else 'NOT met'} "
-        f"({max(warm):.1f} s for a scan after the first; the load average above slows every "
-        "stage). The unmoved head took "
-        f"{orig_total:.1f} s.",
+        f"Goal ≤ {GOAL_S:.0f} s per scan: wall {max(warm):.1f} s for a scan after the first "
+        f"under the load above ({'met' if max(warm) <= GOAL_S else 'not met'}); "
+        f"{max(warm_cpu):.1f} CPU seconds, i.e. {max(warm_cpu) / 2:.0f}-{max(warm_cpu):.0f} s "
+        f"on 2 idle cores. The unmoved head took {orig_total:.1f} s wall.",
         "",
         "## Accuracy",
         "",

@@ -8,6 +8,7 @@ and deepbet (brain extraction) are imported when a step runs.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 
 import nibabel as nib
@@ -66,7 +67,9 @@ def _set_threads(n_threads: int | None) -> None:
 @functools.lru_cache(maxsize=1)
 def _deepbet_model():
     deepbet = require("deepbet", "Brain extraction")
-    return deepbet.BrainExtraction(no_gpu=True)
+    with warnings.catch_warnings():  # deepbet's TorchScript files: torch.jit.load warns
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")
+        return deepbet.BrainExtraction(no_gpu=True)
 
 
 def extract_brain(data: np.ndarray, affine: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
