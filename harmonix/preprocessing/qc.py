@@ -161,6 +161,7 @@ def save_qc_png(
     pathlib.Path
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
     from harmonix.preprocessing.template import load_template, resample
@@ -179,11 +180,11 @@ def save_qc_png(
         index[axis] = center[axis]
         ax = fig.add_subplot(1, 3, col + 1)
         ax.imshow(np.rot90(data[tuple(index)]), cmap="gray", vmin=0, vmax=vmax)
-        ax.contour(np.rot90(brain[tuple(index)].astype(float)), levels=[0.5], colors="red",
-                   linewidths=0.8)
         edges = np.ma.masked_where(~np.rot90(_edges(tdata[tuple(index)])), np.ones(
             np.rot90(data[tuple(index)]).shape))
-        ax.imshow(edges, cmap="cool", vmin=0, vmax=1, alpha=0.6, interpolation="nearest")
+        ax.imshow(edges, cmap=ListedColormap(["cyan"]), alpha=0.6, interpolation="nearest")
+        ax.contour(np.rot90(brain[tuple(index)].astype(float)), levels=[0.5], colors="red",
+                   linewidths=1.2)
         ax.set_axis_off()
     fig.suptitle(title or "preprocessing QC", fontsize=9)
     fig.tight_layout()
