@@ -22,6 +22,7 @@ import pandas as pd
 from harmonix import _combat_math as cm
 from harmonix._docs import fill_doc
 from harmonix.base import BaseHarmonizer
+from harmonix.exceptions import UnseenSiteError
 from harmonix.io import ImageCollection
 
 __all__ = ["ComBatHarmonizer"]
@@ -107,7 +108,8 @@ class ComBatHarmonizer(BaseHarmonizer):
         linearly instead of failing.
     unseen_site : {"error", "fit", "keep"}, default="error"
         What :meth:`transform` does with a site label not seen in :meth:`fit`:
-        ``"error"`` raises a ValueError naming the unseen and the known labels;
+        ``"error"`` raises :class:`~harmonix.exceptions.UnseenSiteError` (a ValueError)
+        naming the unseen and the known labels;
         ``"keep"`` returns those images unchanged (background still set to 0);
         ``"fit"`` estimates the new site's ``gamma``/``delta`` from the images of that
         site passed in the same call, under the learned covariate model, grand mean and
@@ -493,7 +495,7 @@ class ComBatHarmonizer(BaseHarmonizer):
                 f"unseen_site must be one of {list(_UNSEEN_POLICIES)}; got {policy!r}."
             )
         if unseen and policy == "error":
-            raise ValueError(
+            raise UnseenSiteError(
                 f"Site(s) {unseen} were not seen in fit (known sites: "
                 f"{self.sites_.tolist()}); ComBat has no parameters for them. Pass "
                 "unseen_site='fit' to estimate them from these images, unseen_site='keep' "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,25 +13,31 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from harmonix import IdentityHarmonizer
 from harmonix.base import BaseHarmonizer
-from harmonix.benchmark import (
-    METRICS,
+from harmonix.benchmark.biology import (
     brain_age_error,
-    distance_correlation_score,
+    brain_age_null_error,
     gm_age_correlation,
     gm_volumes,
+    within_site_correlation,
+)
+from harmonix.benchmark.bootstrap import bootstrap_ci, combine_intervals
+from harmonix.benchmark.cost import measure_cost
+from harmonix.benchmark.metrics import (
+    METRICS,
+    distance_correlation_score,
     masked_ssim,
-    measure_cost,
-    plot_metrics,
-    plot_slices,
-    robust_range,
-    robust_scale,
-    run_benchmark,
-    site_predictability,
-    summarize,
-    to_markdown,
     traveling_subject_ssim_score,
     truth_ssim_score,
 )
+from harmonix.benchmark.report import plot_metrics, plot_slices, summarize, to_markdown
+from harmonix.benchmark.runner import oracle_outputs, run_benchmark
+from harmonix.benchmark.scale import robust_range, robust_scale
+from harmonix.benchmark.site import (
+    site_histogram_error,
+    site_predictability,
+    site_predictability_error,
+)
+from harmonix.exceptions import UnseenSiteError
 
 SHAPE = (14, 14, 14)
 
@@ -43,26 +50,37 @@ def _sphere(shape=SHAPE, radius=6.0):
     return np.sqrt((grid**2).sum(0)) <= radius
 
 
-def _subject(rng, mask, atrophy=0.0):
-    """A 3-tissue 'brain': CSF 0.3, GM 0.6, WM 1.0; a fraction ``atrophy`` of GM -> CSF."""
+def _subject(rng, mask, atrophy=0.0, gm_spread=0.0):
+    """A 3-tissue 'brain': CSF 0.3, GM 0.6, WM 1.0; a fraction ``atrophy`` of GM -> CSF.
+
+    ``gm_spread``: the GM share varies between subjects by up to this much (0: fixed).
+    """
     field = ndimage.gaussian_filter(rng.standard_normal(mask.shape), 1.5)
-    lo, hi = np.quantile(field[mask], [0.25, 0.6])
+    top = 0.6 + (gm_spread * rng.uniform(-1, 1) if gm_spread else 0.0)
+    lo, hi = np.quantile(field[mask], [0.25, top])
     tissue = np.where(field < lo, 0.3, np.where(field < hi, 0.6, 1.0))
     gm = tissue == 0.6
     tissue[gm & (rng.random(mask.shape) < atrophy)] = 0.3
     return np.where(mask, tissue, 0.0)
 
 
-def _toy(n_subjects=10, scales=(1.0, 1.0, 1.0), noise=0.02, atrophy_rate=0.0, seed=0):
-    """Traveling subjects: subject j at site s = scales[s] * (anatomy_j + noise)."""
+def _toy(n_subjects=10, scales=(1.0, 1.0, 1.0), noise=0.02, atrophy_rate=0.0, seed=0,
+         gm_levels=None, gm_spread=0.0):
+    """Traveling subjects: subject j at site s = scales[s] * (anatomy_j + noise).
+
+    ``gm_levels[s]``: GM intensity at site s instead of 0.6 (a contrast change).
+    """
     rng = np.random.default_rng(seed)
     mask = _sphere()
     ages = rng.uniform(20, 80, n_subjects)
-    anat = [_subject(rng, mask, atrophy_rate * (a - 20)) for a in ages]
+    anat = [_subject(rng, mask, atrophy_rate * (a - 20), gm_spread) for a in ages]
     imgs, sites, subjects, img_ages = [], [], [], []
     for s, c in enumerate(scales):
         for j in range(n_subjects):
-            img = c * (anat[j] + noise * rng.standard_normal(SHAPE))
+            anatomy = anat[j]
+            if gm_levels is not None:
+                anatomy = np.where(anatomy == 0.6, gm_levels[s], anatomy)
+            img = c * (anatomy + noise * rng.standard_normal(SHAPE))
             imgs.append(np.where(mask, np.maximum(img, 1e-3), 0.0))
             sites.append(f"s{s}")
             subjects.append(f"sub{j}")
@@ -89,7 +107,7 @@ class SiteScaler(BaseHarmonizer):
 
     def _transform_one(self, data, brain, site, age):
         if str(site) not in self.scale_:
-            raise ValueError(f"Site {site!r} was not seen in fit (unseen site).")
+            raise UnseenSiteError(f"Site {site!r} was not seen in fit (unseen site).")
         return data / self.scale_[str(site)]
 
 
@@ -188,65 +206,126 @@ def test_distance_correlation_is_one_for_affine_maps():
     assert np.isnan(distance_correlation_score(ds.imgs[:2], ds.imgs[:2], ds.sites[:2], ds.mask))
 
 
-def test_site_predictability_pure_site_shift():
+def test_site_histogram_error_pure_site_shift():
     ds = _toy(n_subjects=12, scales=(1.0, 1.4, 2.0), seed=3)
-    before = site_predictability(ds.imgs, ds.sites, ds.mask, ds.subjects, random_state=0)
+    before = site_histogram_error(ds.imgs, ds.sites, ds.mask, ds.subjects, random_state=0)
     assert before > 0.9
     harmonized = SiteScaler().fit_transform(ds.imgs, ds.sites)
-    after = site_predictability(harmonized, ds.sites, ds.mask, ds.subjects, random_state=0)
+    after = site_histogram_error(harmonized, ds.sites, ds.mask, ds.subjects, random_state=0)
     assert after < 0.6  # chance = 1/3
     assert after < before - 0.3
+    with pytest.warns(DeprecationWarning, match="site_histogram_error"):
+        old = site_predictability(ds.imgs, ds.sites, ds.mask, ds.subjects, random_state=0)
+    assert old == before
 
 
-def test_brain_age_error_small_with_planted_signal():
-    rng = np.random.default_rng(0)
-    mask = _sphere()
-    n = 40
-    ages = rng.uniform(20, 80, n)
-    subjects = np.arange(n)
-    base = np.where(mask, 1.0, 0.0)
-    region = mask & (np.indices(SHAPE)[0] < 7)
-    imgs = []
-    for a in ages:
-        img = base + 0.05 * rng.standard_normal(SHAPE)
-        img[region] -= 0.006 * (a - 20)  # intensity declines with age in one half
-        imgs.append(np.where(mask, img, 0.0))
-    imgs = np.asarray(imgs, np.float32)
-    mae = brain_age_error(imgs, ages, mask, subjects, random_state=0)
-    chance = brain_age_error(imgs, rng.permutation(ages), mask, subjects, random_state=0)
-    assert mae < 4.0
-    assert mae < chance / 2
+def test_site_predictability_error_sees_contrast_not_scale():
+    # sites differ by their GM intensity (a contrast change) and by a global scale
+    ds = _toy(n_subjects=12, scales=(1.0, 1.4, 2.0), gm_levels=(0.5, 0.6, 0.7), seed=3)
+    shifted = site_predictability_error(ds.imgs, ds.sites, ds.mask, ds.subjects,
+                                        random_state=0)
+    assert shifted > 0.9
+    # a global scale alone is invisible after the per-image median normalization
+    scale_only = _toy(n_subjects=12, scales=(1.0, 1.4, 2.0), seed=3)
+    assert site_predictability_error(scale_only.imgs, scale_only.sites, scale_only.mask,
+                                     scale_only.subjects, random_state=0) < 0.6
+    # the oracle: each subject's first-site image at every site -> chance (1/3)
+    oracle = np.concatenate([ds.imgs[:12]] * 3)
+    assert site_predictability_error(oracle, ds.sites, ds.mask, ds.subjects,
+                                     random_state=0) == pytest.approx(1 / 3, abs=0.1)
+
+
+def test_brain_age_error_beats_null_with_planted_atrophy():
+    ds = _toy(n_subjects=40, scales=(1.0,), atrophy_rate=0.008, seed=4)
+    mae = brain_age_error(ds.imgs, ds.ages, ds.mask, ds.subjects, random_state=0)
+    null = brain_age_null_error(ds.ages, ds.subjects, random_state=0)
+    assert 10 < null < 20  # ages uniform in 20-80: about 15 years
+    assert mae < 0.7 * null
+    shuffled = brain_age_error(ds.imgs, np.random.default_rng(1).permutation(ds.ages),
+                               ds.mask, ds.subjects, random_state=0)
+    assert shuffled > 0.8 * null  # no signal: no better than the null model
+    # the null model by hand: with one fold per subject it predicts the others' mean
+    loo = np.mean([abs(a - np.delete(ds.ages, i).mean()) for i, a in enumerate(ds.ages)])
+    assert brain_age_null_error(ds.ages, n_splits=40) == pytest.approx(loo)
     # train on the first half, test on the second (the "unseen" protocol)
+    n = len(ds.ages)
     train = np.arange(n) < n // 2
     groups = np.r_[np.arange(n // 2), np.arange(n // 2)]
-    assert brain_age_error(imgs, ages, mask, groups, train=train, random_state=0) < 6.0
+    assert brain_age_error(ds.imgs, ds.ages, ds.mask, groups, train=train,
+                           random_state=0) < 15
     with pytest.raises(ValueError, match="ages"):
-        brain_age_error(imgs, ages[:-1], mask)
+        brain_age_error(ds.imgs, ds.ages[:-1], ds.mask)
 
 
-def test_gm_age_correlation_detects_planted_atrophy():
+def _true_gm(ds):
+    return np.array([(np.isclose(t, 0.6) & ds.mask).sum() for t in ds.truth])
+
+
+def test_gm_age_correlation_follows_true_volumes():
     ds = _toy(n_subjects=15, scales=(1.0,), atrophy_rate=0.006, seed=2)
     vols = gm_volumes(ds.imgs, ds.mask)
-    truth_vols = [(np.isclose(t, 0.6) & ds.mask).sum() for t in ds.truth]
-    assert np.corrcoef(vols, truth_vols)[0, 1] > 0.95
-    assert gm_age_correlation(ds.imgs, ds.ages, ds.mask) < -0.8
-    # units do not matter (per-image segmentation)
-    assert gm_age_correlation(10 * ds.imgs + 1, ds.ages, ds.mask) == pytest.approx(
-        gm_age_correlation(ds.imgs, ds.ages, ds.mask)
-    )
-    flat = _toy(n_subjects=15, scales=(1.0,), atrophy_rate=0.0, seed=2)
+    assert np.corrcoef(vols, _true_gm(ds))[0, 1] > 0.95
+    r_true = np.corrcoef(_true_gm(ds), ds.ages)[0, 1]
+    assert r_true < -0.8
+    assert gm_age_correlation(ds.imgs, ds.ages, ds.mask) == pytest.approx(r_true, abs=0.1)
+    # no atrophy: the measure follows the (age-unrelated) true volumes, finds no decline
+    flat = _toy(n_subjects=15, scales=(1.0,), atrophy_rate=0.0, seed=2, gm_spread=0.1)
+    assert np.corrcoef(gm_volumes(flat.imgs, flat.mask), _true_gm(flat))[0, 1] > 0.95
+    r_flat_true = np.corrcoef(_true_gm(flat), flat.ages)[0, 1]
     r_flat = gm_age_correlation(flat.imgs, flat.ages, flat.mask)
-    assert np.isnan(r_flat) or abs(r_flat) < 0.6  # no atrophy: no (or constant) decline
+    assert r_flat == pytest.approx(r_flat_true, abs=0.1)
+    assert abs(r_flat) < abs(r_true) - 0.3
+
+
+def test_gm_volumes_robust_to_units_and_monotone_remaps():
+    ds = _toy(n_subjects=6, scales=(1.0,), atrophy_rate=0.006, seed=2)
+    vols = gm_volumes(ds.imgs, ds.mask)
+    np.testing.assert_allclose(gm_volumes(10 * ds.imgs + 1, ds.mask), vols, rtol=1e-4)
+    remapped = np.where(ds.mask, ds.imgs ** 0.7, 0.0)  # increasing, nonlinear contrast
+    np.testing.assert_allclose(gm_volumes(remapped, ds.mask), vols, rtol=0.03)
+
+
+def test_within_site_correlation_ignores_site_offsets():
+    rng = np.random.default_rng(0)
+    ages = np.tile(rng.uniform(20, 80, 30), 2)
+    sites = np.repeat(["a", "b"], 30)
+    volumes = -ages + rng.normal(0, 5, 60) + np.where(sites == "b", 200.0, 0.0)
+    per_site = within_site_correlation(volumes, ages, sites)
+    expected = np.tanh(np.mean([np.arctanh(np.corrcoef(volumes[sites == s],
+                                                       ages[sites == s])[0, 1])
+                                for s in "ab"]))
+    assert per_site == pytest.approx(expected)
+    assert per_site < -0.9
+    assert within_site_correlation(volumes, ages) > -0.3  # the offset dilutes pooled r
+
+
+def test_bootstrap_ci_has_the_known_spread():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 2.0, 400)
+    lo, hi = bootstrap_ci(lambda i: x[i].mean(), np.arange(400), random_state=0)
+    expected = 2 * 1.96 * x.std() / np.sqrt(400)  # normal theory for a mean
+    assert hi - lo == pytest.approx(expected, rel=0.15)
+    assert lo < x.mean() < hi
+    # 100 subjects with 4 identical images each: 100 independent values, not 400
+    y = np.repeat(x[:100], 4)
+    glo, ghi = bootstrap_ci(lambda i: y[i].mean(), np.repeat(np.arange(100), 4),
+                            random_state=0)
+    assert ghi - glo == pytest.approx(2 * 1.96 * x[:100].std() / 10, rel=0.15)
+    assert np.isnan(bootstrap_ci(lambda i: y[i].mean(), np.zeros(400))[0])  # one subject
+    # per-run intervals -> interval of the mean of two independent runs: half / sqrt(2)
+    lo2, hi2 = combine_intervals([1.0, 3.0], [0.0, 2.0], [2.0, 4.0])
+    assert (lo2, hi2) == pytest.approx((2.0 - 1 / np.sqrt(2), 2.0 + 1 / np.sqrt(2)))
 
 
 def test_measure_cost_records_time_and_memory():
     def allocate():
         a = np.ones(50_000_000 // 8)
+        time.sleep(0.2)
         return float(a.sum())
 
     result, seconds, peak_mb = measure_cost(allocate)
     assert result == 50_000_000 // 8
-    assert seconds >= 0
+    assert 0.2 <= seconds < 2.0
     assert peak_mb > 30
 
 
@@ -262,6 +341,15 @@ def tiny():
     return make_multisite(n_subjects=4, n_sites=3, resolution=4, random_state=0)
 
 
+class RefusingScaler(SiteScaler):
+    """Refuses unseen sites with a plain ValueError: a failure, not a declared refusal."""
+
+    def _transform_one(self, data, brain, site, age):
+        if str(site) not in self.scale_:
+            raise ValueError(f"Site {site!r} is unseen.")
+        return data / self.scale_[str(site)]
+
+
 @pytest.fixture(scope="module")
 def results(tiny):
     harmonizers = {
@@ -269,29 +357,65 @@ def results(tiny):
         "scaler": SiteScaler(),
         "plain": PlainScaler(),
     }
-    return run_benchmark(harmonizers, tiny, random_state=0, return_outputs=True)
+    return run_benchmark(harmonizers, tiny, random_state=0, oracle=True, n_boot=200,
+                         return_outputs=True)
+
+
+SCORED = [m for m in METRICS if not m.endswith(("_seconds", "_mb"))]
 
 
 def test_run_benchmark_tidy_frame(results, tiny):
     df, outputs = results
-    assert list(df.columns) == ["method", "protocol", "metric", "value", "reason"]
+    assert list(df.columns) == ["method", "protocol", "metric", "value", "ci_low", "ci_high",
+                                "reason"]
     assert set(df["protocol"]) == {"seen", "unseen"}
     assert set(df["metric"]) == set(METRICS)
-    assert len(df) == 3 * 2 * len(METRICS)
-    seen = df[(df.protocol == "seen")]
+    assert len(df) == 4 * 2 * len(METRICS)
+    seen = df[(df.protocol == "seen") & (df.method != "oracle")]
     assert seen["value"].notna().all(), seen[seen["value"].isna()]
-    none = df[(df.method == "none") & (df.protocol == "seen")].set_index("metric")["value"]
-    assert none["distance_correlation_score"] == pytest.approx(1.0)
-    assert 0 < none["traveling_ssim_score"] < 1
+    none = df[(df.method == "none") & (df.protocol == "seen")].set_index("metric")
+    assert none.loc["distance_correlation_score", "value"] == pytest.approx(1.0)
+    assert 0 < none.loc["traveling_subject_ssim_score", "value"] < 1
+    assert none.loc["site_chance_level", "value"] == pytest.approx(1 / 2)  # 2 seen sites
+    # every scored value but the chance level lies inside its bootstrap interval
+    scored = df[df.metric.isin(SCORED) & (df.metric != "site_chance_level")
+                & df["value"].notna()]
+    assert (scored["ci_low"] <= scored["value"] + 1e-9).all()
+    assert (scored["value"] <= scored["ci_high"] + 1e-9).all()
+    assert (scored["ci_high"] > scored["ci_low"]).any()
     # an affine map of the identity output scores the same image metrics
     plain = df[(df.method == "plain") & (df.protocol == "seen")].set_index("metric")["value"]
-    for m in ("traveling_ssim_score", "truth_ssim_score", "distance_correlation_score"):
-        assert plain[m] == pytest.approx(none[m], abs=1e-4)
-    assert set(outputs) == {"none", "scaler", "plain"}
+    for m in ("traveling_subject_ssim_score", "truth_ssim_score",
+              "distance_correlation_score", "site_predictability_error", "brain_age_error"):
+        assert plain[m] == pytest.approx(none.loc[m, "value"], abs=1e-4)
+    assert set(outputs) == {"none", "scaler", "plain", "oracle"}
     np.testing.assert_allclose(outputs["none"], tiny.imgs)
 
 
-def test_run_benchmark_unseen_refusal_gives_nan_with_reason(results):
+def test_oracle_reaches_the_ceiling(results, tiny):
+    df, outputs = results
+    ref = np.flatnonzero(tiny.sites == tiny.reference_site)
+    np.testing.assert_array_equal(outputs["oracle"], np.concatenate([tiny.imgs[ref]] * 3))
+    np.testing.assert_array_equal(oracle_outputs(tiny), outputs["oracle"])
+    for protocol in ("seen", "unseen"):
+        sub = df[df.protocol == protocol]
+        get = sub.set_index(["method", "metric"])["value"]
+        assert get["oracle", "traveling_subject_ssim_score"] == pytest.approx(1.0)
+        for m in ("site_predictability_error", "site_histogram_error"):
+            # identical images at every site: no better than chance
+            assert get["oracle", m] <= get["oracle", "site_chance_level"] + 1e-9
+            assert get["none", m] > get["oracle", m]
+        for m in ("traveling_subject_ssim_score", "truth_ssim_score"):
+            assert get["oracle", m] >= max(get[k, m] for k in ("none", "plain"))
+        assert get["oracle", "truth_ssim_score"] < 1  # the truth has no bias or noise
+        costs = sub[(sub.method == "oracle") & sub.metric.str.endswith(("_seconds", "_mb"))]
+        assert costs["value"].isna().all() and costs["reason"].str.contains("oracle").all()
+    with pytest.raises(ValueError, match="reference_site"):
+        oracle_outputs(SimpleNamespace(imgs=tiny.imgs, sites=tiny.sites,
+                                       subjects=tiny.subjects, mask=tiny.mask))
+
+
+def test_run_benchmark_unseen_refusal_gives_nan_with_reason(results, tiny):
     df, outputs = results
     unseen = df[(df.method == "scaler") & (df.protocol == "unseen")]
     costs = {"fit_seconds", "fit_peak_mb"}
@@ -303,6 +427,11 @@ def test_run_benchmark_unseen_refusal_gives_nan_with_reason(results):
     ok = df[(df.method == "none") & (df.protocol == "unseen")]
     assert ok["value"].notna().all()
     assert (ok["reason"] == "").all()
+    # the refusal is recognized by its type, not by its message
+    other = run_benchmark({"refusing": RefusingScaler()}, tiny, metrics=["fit_seconds",
+                          "truth_ssim_score"], n_boot=0)
+    reason = other[(other.protocol == "unseen") & (other.metric == "truth_ssim_score")]
+    assert reason["reason"].str.startswith("transform (unseen) failed: ValueError").all()
 
 
 def test_run_benchmark_other_errors_are_recorded_or_raised(tiny, caplog):
@@ -310,11 +439,11 @@ def test_run_benchmark_other_errors_are_recorded_or_raised(tiny, caplog):
         df = run_benchmark(
             {"broken": BrokenHarmonizer()},
             tiny,
-            metrics=["traveling_ssim_score", "fit_seconds"],
+            metrics=["traveling_subject_ssim_score", "fit_seconds"],
             test_sites=[],
         )
     assert set(df["protocol"]) == {"seen"}
-    row = df[df.metric == "traveling_ssim_score"].iloc[0]
+    row = df[df.metric == "traveling_subject_ssim_score"].iloc[0]
     assert np.isnan(row["value"]) and "RuntimeError: boom" in row["reason"]
     assert np.isfinite(df[df.metric == "fit_seconds"]["value"]).all()
     assert any("boom" in r.getMessage() for r in caplog.records)
@@ -342,30 +471,60 @@ def test_run_benchmark_validates_arguments(tiny):
 
 def test_summarize_and_markdown(results, tiny):
     df, _ = results
-    df2 = run_benchmark(
-        {"none": IdentityHarmonizer(), "scaler": SiteScaler()},
-        tiny,
-        random_state=1,
-        metrics=["fit_seconds", "site_predictability"],
-    )
+    with pytest.warns(DeprecationWarning, match="site_histogram_error"):
+        df2 = run_benchmark(
+            {"none": IdentityHarmonizer(), "scaler": SiteScaler()},
+            tiny,
+            random_state=1,
+            n_boot=200,
+            metrics=["fit_seconds", "site_predictability"],  # former name still accepted
+        )
+    assert set(df2.metric) == {"fit_seconds", "site_histogram_error"}
     summary = summarize([df, df2])
-    assert list(summary.columns) == ["method", "protocol", "metric", "mean", "sd", "n",
-                                     "reason"]
+    assert list(summary.columns) == ["method", "protocol", "metric", "mean", "sd", "ci_low",
+                                     "ci_high", "n", "reason"]
     row = summary[(summary.method == "none") & (summary.metric == "fit_seconds")
                   & (summary.protocol == "seen")].iloc[0]
     assert row["n"] == 2 and np.isfinite(row["sd"])
     plain = summary[(summary.method == "plain") & (summary.metric == "fit_seconds")
                     & (summary.protocol == "seen")].iloc[0]
     assert plain["n"] == 1 and np.isnan(plain["sd"])
+    # two runs' intervals combine into a narrower interval of their mean
+    key = ["method", "protocol", "metric"]
+    pair = df.merge(df2, on=key, suffixes=("_1", "_2"))
+    pair = pair[pair["ci_low_1"].notna() & pair["ci_low_2"].notna()].iloc[0]
+    got = summary.set_index(key).loc[tuple(pair[key])]
+    expected = combine_intervals([pair["value_1"], pair["value_2"]],
+                                 [pair["ci_low_1"], pair["ci_low_2"]],
+                                 [pair["ci_high_1"], pair["ci_high_2"]])
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx(expected)
     md = to_markdown(summary)
     assert "### Seen sites" in md and "### Unseen sites" in md
-    assert "traveling_ssim_score ↑" in md and "brain_age_error ↓" in md
+    assert "traveling_subject_ssim_score ↑" in md and "brain_age_error ↓" in md
+    assert "gm_age_correlation → true" in md
     assert " ± " in md
     assert "n/a [1]" in md and "cannot harmonize unseen sites" in md
-    md_single = to_markdown(df, metrics=["traveling_ssim_score"], legend=False)
+    assert "Reference values (the same for every method): `site_chance_level` 0.500" in md
+    assert "| site_chance_level" not in md  # references are listed, not columns
+    md_single = to_markdown(df, metrics=["traveling_subject_ssim_score"], legend=False)
     assert " ± " not in md_single and md_single.count("| none |") == 2
     with pytest.raises(ValueError, match="at least one"):
         summarize([])
+
+
+def test_markdown_marks_intervals_that_do_not_overlap_none():
+    import pandas as pd
+
+    rows = [("none", 0.50, 0.45, 0.55), ("far", 0.90, 0.85, 0.95), ("near", 0.56, 0.52, 0.60)]
+    df = pd.DataFrame([{"method": m, "protocol": "seen", "metric": "truth_ssim_score",
+                        "value": v, "ci_low": lo, "ci_high": hi, "reason": ""}
+                       for m, v, lo, hi in rows])
+    md = to_markdown(df)
+    assert "| far | 0.900 [0.850, 0.950] * |" in md
+    assert "| near | 0.560 [0.520, 0.600] |" in md
+    assert "| none | 0.500 [0.450, 0.550] |" in md
+    assert "does not overlap that of `none`" in md
+    assert " * " not in to_markdown(df, baseline=None)
 
 
 def test_plots_write_png(results, tiny, tmp_path):
@@ -382,12 +541,16 @@ def test_plots_write_png(results, tiny, tmp_path):
 
 
 def test_metrics_registry_directions():
-    assert all(d in ("higher", "lower") for d, _ in METRICS.values())
+    from harmonix.benchmark import metrics as metrics_module
+
+    assert all(d in ("higher", "lower", "target", "reference") for d, _ in METRICS.values())
     for name, (direction, _) in METRICS.items():
         if name.endswith("_score"):
             assert direction == "higher"
         if name.endswith("_error"):
-            assert direction == "lower"
+            assert direction in ("lower", "reference")
+        if direction in ("higher", "lower") and not name.endswith(("_seconds", "_mb")):
+            assert callable(getattr(metrics_module, name)), name  # key = function name
 
 
 def test_dataset_from_manifest(tiny, tmp_path):
@@ -401,7 +564,7 @@ def test_dataset_from_manifest(tiny, tmp_path):
     np.testing.assert_array_equal(ds.mask, tiny.mask)
     np.testing.assert_array_equal(ds.subjects, tiny.subjects)
     df = run_benchmark({"none": IdentityHarmonizer()}, ds,
-                       metrics=["traveling_ssim_score", "truth_ssim_score"])
+                       metrics=["traveling_subject_ssim_score", "truth_ssim_score"])
     truth = df[df.metric == "truth_ssim_score"]
     assert truth["value"].isna().all() and (truth["reason"] == "dataset has no truth").all()
-    assert df[df.metric == "traveling_ssim_score"]["value"].notna().all()
+    assert df[df.metric == "traveling_subject_ssim_score"]["value"].notna().all()

@@ -2,55 +2,74 @@
 
 >>> from harmonix.benchmark import run_benchmark, summarize, to_markdown
 >>> df = run_benchmark({"none": IdentityHarmonizer(), "HM": HistogramMatchingHarmonizer()},
-...                    make_multisite(resolution=4), random_state=0)  # doctest: +SKIP
+...                    make_multisite(resolution=4), oracle=True,
+...                    random_state=0)  # doctest: +SKIP
 >>> print(to_markdown(df))  # doctest: +SKIP
 
-:func:`run_benchmark` returns a tidy DataFrame (``method, protocol, metric, value,
-reason``); the metric functions of :mod:`harmonix.benchmark.metrics` work on plain arrays.
+:func:`run_benchmark` returns a tidy DataFrame (``method, protocol, metric, value, ci_low,
+ci_high, reason``); the metric functions of :mod:`harmonix.benchmark.metrics` work on
+plain arrays; :mod:`harmonix.benchmark.report` renders tables and figures.
 """
 
+from harmonix.benchmark.bootstrap import bootstrap_ci, combine_intervals
+from harmonix.benchmark.data import BenchmarkDataset, dataset_from_manifest
 from harmonix.benchmark.metrics import (
+    METRIC_ALIASES,
     METRICS,
+    Tissues,
     brain_age_error,
+    brain_age_null_error,
     distance_correlation_score,
     gm_age_correlation,
     gm_volumes,
     masked_ssim,
     measure_cost,
+    resolve_metric_names,
     robust_range,
     robust_scale,
+    segment_tissues,
+    site_chance_level,
+    site_histogram_error,
     site_predictability,
+    site_predictability_error,
     traveling_subject_ssim_score,
     truth_ssim_score,
+    within_site_correlation,
 )
-from harmonix.benchmark.runner import (
-    BenchmarkDataset,
-    dataset_from_manifest,
-    plot_metrics,
-    plot_slices,
-    run_benchmark,
-    summarize,
-    to_markdown,
-)
+from harmonix.benchmark.report import plot_metrics, plot_slices, summarize, to_markdown
+from harmonix.benchmark.runner import ORACLE, oracle_outputs, run_benchmark
 
 __all__ = [
+    "METRIC_ALIASES",
     "METRICS",
+    "ORACLE",
     "BenchmarkDataset",
+    "bootstrap_ci",
     "brain_age_error",
+    "brain_age_null_error",
+    "combine_intervals",
     "dataset_from_manifest",
     "distance_correlation_score",
     "gm_age_correlation",
     "gm_volumes",
     "masked_ssim",
     "measure_cost",
+    "oracle_outputs",
     "plot_metrics",
     "plot_slices",
+    "resolve_metric_names",
     "robust_range",
     "robust_scale",
     "run_benchmark",
+    "segment_tissues",
+    "site_chance_level",
+    "site_histogram_error",
     "site_predictability",
+    "site_predictability_error",
     "summarize",
+    "Tissues",
     "to_markdown",
     "traveling_subject_ssim_score",
     "truth_ssim_score",
+    "within_site_correlation",
 ]

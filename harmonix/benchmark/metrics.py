@@ -2,9 +2,17 @@
 
 Every metric takes plain arrays: images ``(n_images, i, j, k)``, one brain ``mask``
 ``(i, j, k)`` shared by all images (e.g. the voxels inside every subject's brain), and
-per-image labels (sites, subjects, ages). Names say the direction: ``*_score`` is higher
-is better, ``*_error`` lower is better; :data:`METRICS` lists every metric the benchmark
-reports with its direction.
+per-image labels (sites, subjects, ages). Each metric's key in :data:`METRICS` is the name
+of its function, and the name says the direction: ``*_score`` is higher is better,
+``*_error`` lower is better. :data:`METRICS` also lists *reference* values shown beside
+them (chance level, the null brain-age model, the correlation of the true GM volumes with
+age) and ``gm_age_correlation``, whose target is ``true_gm_age_correlation``.
+
+This module holds the image-similarity metrics and re-exports the others: site
+predictability (:mod:`harmonix.benchmark.site`), brain age and GM volume
+(:mod:`harmonix.benchmark.biology`, on the segmentation of
+:mod:`harmonix.benchmark.tissue`), cost (:mod:`harmonix.benchmark.cost`) and the common
+scale (:mod:`harmonix.benchmark.scale`).
 
 The common intensity scale
 --------------------------
@@ -25,74 +33,110 @@ uses ``data_range=1``.
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-import tracemalloc
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Iterable
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 from scipy import stats
-from skimage.measure import block_reduce
 from skimage.metrics import structural_similarity
-from sklearn.base import clone
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score, mean_absolute_error
-from sklearn.model_selection import (
-    GroupKFold,
-    KFold,
-    StratifiedGroupKFold,
-    StratifiedKFold,
+
+from harmonix.benchmark.biology import (
+    brain_age_error,
+    brain_age_null_error,
+    gm_age_correlation,
+    gm_volumes,
+    pearson,
+    within_site_correlation,
 )
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from harmonix.benchmark.cost import measure_cost
+from harmonix.benchmark.scale import (
+    QUANTILES,
+    _as_labels,
+    _as_mask,
+    robust_range,
+    robust_scale,
+)
+from harmonix.benchmark.site import (
+    site_chance_level,
+    site_histogram_error,
+    site_predictability,
+    site_predictability_error,
+)
+from harmonix.benchmark.tissue import Tissues, segment_tissues
 
 __all__ = [
     "METRICS",
+    "METRIC_ALIASES",
+    "QUANTILES",
+    "Tissues",
     "brain_age_error",
+    "brain_age_null_error",
     "distance_correlation_score",
     "gm_age_correlation",
     "gm_volumes",
     "masked_ssim",
     "measure_cost",
+    "resolve_metric_names",
     "robust_range",
     "robust_scale",
+    "segment_tissues",
+    "site_chance_level",
+    "site_histogram_error",
     "site_predictability",
+    "site_predictability_error",
     "traveling_subject_ssim_score",
     "truth_ssim_score",
+    "within_site_correlation",
 ]
 
-#: Percentiles of the brain voxels mapped to 0 and 1 by :func:`robust_scale`.
-QUANTILES = (0.5, 99.5)
-
-#: Every metric reported by :func:`harmonix.benchmark.run_benchmark`:
-#: name -> (direction, one-line description). Direction is ``"higher"`` or ``"lower"``.
+#: Every value reported by :func:`harmonix.benchmark.run_benchmark`:
+#: name -> (direction, one-line description). Direction: ``"higher"`` or ``"lower"`` is
+#: better, ``"target"`` (closer to the reference named in the description is better) or
+#: ``"reference"`` (not a score of the method: a value to read the others against).
 METRICS: dict[str, tuple[str, str]] = {
-    "traveling_ssim_score": (
+    "traveling_subject_ssim_score": (
         "higher",
         "3-D SSIM in the mask between one subject's harmonized images at different sites",
     ),
     "truth_ssim_score": (
         "higher",
-        "3-D SSIM in the mask between each harmonized image and its clean reference rendering",
+        "3-D SSIM in the mask between each harmonized image and its clean rendering at the "
+        "reference site (no bias field or noise: even the oracle scores below 1)",
     ),
     "distance_correlation_score": (
         "higher",
         "Spearman correlation of within-site inter-subject distances before vs after",
     ),
-    "site_predictability": (
+    "site_predictability_error": (
         "lower",
-        "balanced accuracy of a subject-grouped CV site classifier (chance = 1/n_sites)",
+        "balanced accuracy of a subject-grouped CV site classifier on tissue-class median "
+        "intensities (per-image median/IQR standardized); floor: the oracle's, ~chance",
     ),
+    "site_histogram_error": (
+        "lower",
+        "balanced accuracy of a subject-grouped CV site classifier on 64-bin histograms "
+        "(also sees noise and blur)",
+    ),
+    "site_chance_level": ("reference", "chance level of the site classifiers (1/n_sites)"),
     "brain_age_error": (
         "lower",
-        "subject-grouped CV mean absolute error (years) of a Ridge brain-age model",
+        "subject-grouped CV mean absolute error (years) of a ridge brain-age model on "
+        "regional tissue fractions",
+    ),
+    "brain_age_null_error": (
+        "reference",
+        "mean absolute error (years) of predicting the training folds' mean age",
     ),
     "gm_age_correlation": (
-        "lower",
-        "Pearson r of GM volume (3-class k-means) with age; more negative = atrophy kept",
+        "target",
+        "within-site Pearson r of the segmented GM volume with age; best when equal to "
+        "true_gm_age_correlation",
+    ),
+    "true_gm_age_correlation": (
+        "reference",
+        "the same correlation for the true GM volumes of the data set",
     ),
     "fit_seconds": ("lower", "wall-clock seconds of fit"),
     "fit_peak_mb": ("lower", "peak memory increase during fit (MB, see measure_cost)"),
@@ -100,120 +144,39 @@ METRICS: dict[str, tuple[str, str]] = {
     "transform_peak_mb": ("lower", "peak memory increase during transform (MB)"),
 }
 
-
-# ----------------------------------------------------------------------------------------
-# Input checks and the common intensity scale
-# ----------------------------------------------------------------------------------------
-def _as_images(imgs: Any, name: str = "imgs") -> np.ndarray:
-    if isinstance(imgs, np.ndarray):
-        arr = imgs
-    else:
-        try:
-            arr = np.stack([np.asarray(a) for a in imgs])
-        except ValueError as exc:
-            raise ValueError(f"{name}: all images must have the same shape ({exc}).") from exc
-    if arr.ndim != 4:
-        raise ValueError(
-            f"{name} must be a 4-D array (n_images, i, j, k) or a list of 3-D arrays; "
-            f"got shape {arr.shape}."
-        )
-    arr = np.asarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contain NaN or infinite voxels; metrics need finite images.")
-    return arr
+#: Former metric names, still accepted (with a DeprecationWarning) where names are passed.
+METRIC_ALIASES: dict[str, str] = {
+    "traveling_ssim_score": "traveling_subject_ssim_score",
+    "site_predictability": "site_histogram_error",
+}
 
 
-def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
-    arr = np.asarray(mask)
-    if arr.shape != tuple(shape):
-        raise ValueError(
-            f"mask has shape {arr.shape} but the images are {tuple(shape)}; pass a 3-D mask "
-            "on the image grid."
-        )
-    arr = arr != 0
-    if not arr.any():
-        raise ValueError("mask is empty; pass a brain mask with at least one voxel.")
-    return arr
-
-
-def _as_labels(labels: Any, n: int, name: str) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1 or len(arr) != n:
-        raise ValueError(f"{name} must have one entry per image ({n}); got shape {arr.shape}.")
-    return arr
-
-
-def robust_range(
-    imgs: Any, mask: Any, *, quantiles: tuple[float, float] = QUANTILES
-) -> tuple[float, float]:
-    """Pooled robust intensity range of a set of images (see :func:`robust_scale`).
+def resolve_metric_names(names: Iterable[str] | str) -> list[str]:
+    """Current names of ``names``, mapping the former ones (:data:`METRIC_ALIASES`).
 
     Parameters
     ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Images on one grid.
-    mask : ndarray of shape (i, j, k)
-        Brain mask (non-zero = brain).
-    quantiles : tuple of float, default=(0.5, 99.5)
-        Percentiles (0-100) of all voxels inside the mask, pooled over the images.
+    names : str or iterable of str
+        Metric names, current or former.
 
     Returns
     -------
-    (float, float)
-        The values that :func:`robust_scale` maps to 0 and 1.
+    list of str
+        Current names, in the given order (unknown names are returned unchanged).
     """
-    arr = _as_images(imgs)
-    m = _as_mask(mask, arr.shape[1:])
-    lo, hi = np.percentile(arr[:, m], quantiles)
-    return float(lo), float(hi)
-
-
-def robust_scale(
-    imgs: Any,
-    mask: Any,
-    *,
-    value_range: tuple[float, float] | None = None,
-    quantiles: tuple[float, float] = QUANTILES,
-) -> np.ndarray:
-    """Map a set of images to ``[0, 1]`` with one pooled, robust affine map.
-
-    The pooled ``quantiles[0]``-th percentile of all voxels inside ``mask`` (over every
-    image, :func:`robust_range`) goes to 0 and the pooled ``quantiles[1]``-th to 1; values
-    are clipped to ``[0, 1]`` and voxels outside the mask set to 0. Because the map is
-    shared, relative differences between the images are kept; because it is affine and
-    fitted on the images, the units a method outputs in do not matter (scaling every image
-    by ``a > 0`` and adding ``b`` gives the same result).
-
-    Parameters
-    ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Images on one grid.
-    mask : ndarray of shape (i, j, k)
-        Brain mask (non-zero = brain).
-    value_range : tuple of float, default=None
-        ``(low, high)`` mapped to 0 and 1, e.g. the :func:`robust_range` of a method's
-        outputs on the training sites, to put other outputs of the same method on the
-        same scale. Default: the robust range of ``imgs``.
-    quantiles : tuple of float, default=(0.5, 99.5)
-        Percentiles (0-100) mapped to 0 and 1 when ``value_range`` is None.
-
-    Returns
-    -------
-    ndarray of shape (n_images, i, j, k), float32
-        Scaled images.
-    """
-    arr = _as_images(imgs)
-    m = _as_mask(mask, arr.shape[1:])
-    if value_range is None:
-        lo, hi = robust_range(arr, m, quantiles=quantiles)
-    else:
-        lo, hi = (float(v) for v in value_range)
-    span = hi - lo
-    if not span > 0:
-        span = max(abs(hi), 1.0)  # constant images: keep them finite
-    out = (arr - np.float32(lo)) / np.float32(span)
-    np.clip(out, 0.0, 1.0, out=out)
-    out[:, ~m] = 0.0
+    if isinstance(names, str):
+        names = [names]
+    out = []
+    for name in names:
+        if name in METRIC_ALIASES:
+            warnings.warn(
+                f"The metric {name!r} was renamed {METRIC_ALIASES[name]!r}; the old name "
+                "will be removed in a future release.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            name = METRIC_ALIASES[name]
+        out.append(name)
     return out
 
 
@@ -344,7 +307,8 @@ def truth_ssim_score(
     value_range: tuple[float, float] | None = None,
     truth_range: tuple[float, float] | None = None,
     win_size: int = 7,
-) -> float:
+    return_values: bool = False,
+) -> float | tuple[float, np.ndarray]:
     """SSIM of each harmonized image against its ground truth, averaged over images.
 
     ``imgs`` and ``truth`` are each put on one scale by :func:`robust_scale` (separately:
@@ -367,28 +331,101 @@ def truth_ssim_score(
         The same for ``truth``.
     win_size : int, default=7
         SSIM window.
+    return_values : bool, default=False
+        Also return the SSIM of each image.
 
     Returns
     -------
-    float
+    float or (float, ndarray)
         Mean SSIM over images.
+
+    Notes
+    -----
+    The truth has the reference site's contrast, curve, blur and scale, but no bias field
+    or noise, so it is not what any scan looks like: a perfect mapping to the reference
+    site (each subject's own reference-site scan, the benchmark's oracle) scores below 1,
+    and a method that also smooths noise can score above it. Use it to rank how close
+    methods get to the reference *contrast*; the traveling-subject SSIM judges the site
+    effect itself.
     """
     a = robust_scale(imgs, mask, value_range=value_range)
     t = robust_scale(truth, mask, value_range=truth_range)
     if a.shape != t.shape:
         raise ValueError(f"imgs {a.shape} and truth {t.shape} must have the same shape.")
     m = _as_mask(mask, a.shape[1:])
-    return float(np.mean([masked_ssim(x, y, m, win_size=win_size) for x, y in zip(a, t)]))
+    values = np.array([masked_ssim(x, y, m, win_size=win_size) for x, y in zip(a, t)])
+    score = float(values.mean())
+    return (score, values) if return_values else score
 
 
 # ----------------------------------------------------------------------------------------
 # Inter-subject distances
 # ----------------------------------------------------------------------------------------
-def _pairwise_mad(arr: np.ndarray, m: np.ndarray) -> np.ndarray:
+def _distance_matrix(arr: np.ndarray, m: np.ndarray) -> np.ndarray:
     vox = arr[:, m]
-    return np.array(
-        [np.abs(vox[i] - vox[j]).mean() for i, j in combinations(range(len(vox)), 2)]
-    )
+    d = np.zeros((len(vox), len(vox)))
+    for i, j in combinations(range(len(vox)), 2):
+        d[i, j] = d[j, i] = np.abs(vox[i] - vox[j]).mean()
+    return d
+
+
+def site_distances(
+    before: Any,
+    after: Any,
+    sites: Any,
+    mask: Any,
+    *,
+    before_range: tuple[float, float] | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> dict[Any, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Inter-subject distances within each site, before and after harmonization.
+
+    Returns ``{site: (index, d_before, d_after)}`` for the sites with at least 3 images:
+    the images' indices and their mean-absolute-difference matrices on the common scale
+    (see :func:`distance_correlation_score`).
+    """
+    b = robust_scale(before, mask, value_range=before_range)
+    a = robust_scale(after, mask, value_range=value_range)
+    if a.shape != b.shape:
+        raise ValueError(f"before {b.shape} and after {a.shape} must have the same shape.")
+    sites = _as_labels(sites, len(a), "sites")
+    m = _as_mask(mask, a.shape[1:])
+    out = {}
+    for site in dict.fromkeys(sites.tolist()):
+        idx = np.flatnonzero(sites == site)
+        if len(idx) >= 3:
+            out[site] = (idx, _distance_matrix(b[idx], m), _distance_matrix(a[idx], m))
+    return out
+
+
+def distance_correlation_from(
+    distances: dict[Any, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    method: str = "spearman",
+    keep: np.ndarray | None = None,
+) -> float:
+    """:func:`distance_correlation_score` from :func:`site_distances`.
+
+    ``keep`` (image indices, repeats allowed, e.g. a bootstrap sample) restricts the pairs
+    to those between two different draws of kept images; pairs of an image with itself
+    are left out.
+    """
+    values = []
+    for idx, db, da in distances.values():
+        pos = np.arange(len(idx))
+        if keep is not None:
+            where = {v: k for k, v in enumerate(idx.tolist())}
+            pos = np.array([where[i] for i in np.asarray(keep).tolist() if i in where], int)
+        ii, jj = np.triu_indices(len(pos), 1)
+        ii, jj = pos[ii], pos[jj]
+        ii, jj = ii[ii != jj], jj[ii != jj]
+        if len(ii) < 3 or np.ptp(db[ii, jj]) == 0 or np.ptp(da[ii, jj]) == 0:
+            continue  # constant distances: undefined
+        x, y = db[ii, jj], da[ii, jj]
+        if method == "spearman":
+            x, y = stats.rankdata(x), stats.rankdata(y)
+        values.append(pearson(x, y))
+    return float(np.mean(values)) if values else float("nan")
 
 
 def distance_correlation_score(
@@ -435,423 +472,6 @@ def distance_correlation_score(
     """
     if method not in ("spearman", "pearson"):
         raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}.")
-    b = robust_scale(before, mask, value_range=before_range)
-    a = robust_scale(after, mask, value_range=value_range)
-    if a.shape != b.shape:
-        raise ValueError(f"before {b.shape} and after {a.shape} must have the same shape.")
-    sites = _as_labels(sites, len(a), "sites")
-    m = _as_mask(mask, a.shape[1:])
-    corr = stats.spearmanr if method == "spearman" else stats.pearsonr
-    values = []
-    for site in dict.fromkeys(sites.tolist()):
-        idx = np.flatnonzero(sites == site)
-        if len(idx) < 3:
-            continue
-        db, da = _pairwise_mad(b[idx], m), _pairwise_mad(a[idx], m)
-        if np.ptp(db) == 0 or np.ptp(da) == 0:  # constant distances: undefined
-            continue
-        values.append(float(corr(db, da)[0]))
-    return float(np.mean(values)) if values else float("nan")
-
-
-# ----------------------------------------------------------------------------------------
-# Site predictability
-# ----------------------------------------------------------------------------------------
-def _histograms(scaled: np.ndarray, m: np.ndarray, n_bins: int) -> np.ndarray:
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    feats = np.empty((len(scaled), n_bins))
-    for i, img in enumerate(scaled):
-        counts, _ = np.histogram(img[m], bins=edges)
-        feats[i] = counts / counts.sum()
-    return feats
-
-
-def _grouped_splits(
-    y_strat: np.ndarray | None,
-    groups: np.ndarray | None,
-    n_splits: int,
-    random_state: Any,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    n = len(y_strat) if y_strat is not None else len(groups)
-    x = np.zeros((n, 1))
-    seed = None if random_state is None else np.random.default_rng(random_state).integers(2**31)
-    if groups is not None:
-        n_splits = min(n_splits, len(np.unique(groups)))
-        if n_splits < 2:
-            raise ValueError("Cross-validation needs at least 2 subjects (groups).")
-        if y_strat is not None:
-            cv = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
-            return list(cv.split(x, y_strat, groups))
-        return list(GroupKFold(n_splits, shuffle=True, random_state=seed).split(x, groups=groups))
-    if y_strat is not None:
-        n_splits = min(n_splits, int(np.unique(y_strat, return_counts=True)[1].min()))
-        if n_splits < 2:
-            raise ValueError("Cross-validation needs at least 2 images per site.")
-        return list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(x, y_strat))
-    n_splits = min(n_splits, n)
-    return list(KFold(n_splits, shuffle=True, random_state=seed).split(x))
-
-
-def site_predictability(
-    imgs: Any,
-    sites: Any,
-    mask: Any,
-    groups: Any = None,
-    *,
-    n_bins: int = 64,
-    n_splits: int = 5,
-    value_range: tuple[float, float] | None = None,
-    random_state: Any = None,
-) -> float:
-    """How well can a classifier tell the site from the intensity histogram? Lower is better.
-
-    Features: the 64-bin normalized histogram of each image's voxels inside the mask, on
-    the common scale of :func:`robust_scale` (so a site's global scale is visible).
-    Classifier: standardization + logistic regression. Cross-validation: stratified by
-    site and grouped by subject (a subject's images at other sites never help predict its
-    own), predictions pooled over folds. Chance is ``1 / n_sites``.
-
-    Parameters
-    ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Harmonized images.
-    sites : array-like of shape (n_images,)
-        Site labels (the target).
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
-    groups : array-like of shape (n_images,), default=None
-        Subject of each image; folds never split a subject.
-    n_bins : int, default=64
-        Histogram bins on ``[0, 1]``.
-    n_splits : int, default=5
-        Folds (reduced to the number of subjects when fewer).
-    value_range : tuple of float, default=None
-        Intensity range mapped to ``[0, 1]`` (:func:`robust_scale`); default: the pooled
-        robust range of ``imgs``.
-    random_state : int, numpy Generator or None, default=None
-        Seeds the fold shuffling.
-
-    Returns
-    -------
-    float
-        Balanced accuracy of the pooled out-of-fold predictions.
-    """
-    arr = robust_scale(imgs, mask, value_range=value_range)
-    y = _as_labels(sites, len(arr), "sites").astype(str)
-    if len(np.unique(y)) < 2:
-        raise ValueError("site_predictability needs images from at least 2 sites.")
-    g = None if groups is None else _as_labels(groups, len(arr), "groups")
-    X = _histograms(arr, _as_mask(mask, arr.shape[1:]), n_bins)
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
-    pred = np.empty_like(y)
-    for train, test in _grouped_splits(y, g, n_splits, random_state):
-        if len(np.unique(y[train])) < 2:
-            pred[test] = y[train][0]
-            continue
-        pred[test] = clone(model).fit(X[train], y[train]).predict(X[test])
-    return float(balanced_accuracy_score(y, pred))
-
-
-# ----------------------------------------------------------------------------------------
-# Biology: brain age and grey-matter volume
-# ----------------------------------------------------------------------------------------
-def _downsample_factor(n_voxels: int, target: int = 4000) -> int:
-    return max(1, int(round((n_voxels / target) ** (1.0 / 3.0))))
-
-
-def _brain_age_features(scaled: np.ndarray, m: np.ndarray, factor: int) -> np.ndarray:
-    if factor == 1:
-        return scaled[:, m].astype(np.float64)
-    block = (factor,) * 3
-    keep = block_reduce(m.astype(np.float32), block, np.mean) > 0.5
-    feats = [block_reduce(img, block, np.mean)[keep] for img in scaled]
-    return np.asarray(feats, dtype=np.float64)
-
-
-def _ridge_path(
-    X: np.ndarray, y: np.ndarray, X_test: np.ndarray, alphas: np.ndarray
-) -> np.ndarray:
-    """Ridge predictions (intercept unpenalized) for several penalties, via one SVD.
-
-    Returns an array of shape (n_test, n_alphas).
-    """
-    x_mean, y_mean = X.mean(axis=0), y.mean()
-    u, s, vt = np.linalg.svd(X - x_mean, full_matrices=False)
-    uty = u.T @ (y - y_mean)
-    shrink = s[:, None] / (s[:, None] ** 2 + alphas[None, :])  # (k, n_alphas)
-    proj = (X_test - x_mean) @ vt.T  # (n_test, k)
-    return y_mean + proj @ (shrink * uty[:, None])
-
-
-def _select_alpha(X: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: np.ndarray) -> float:
-    """Penalty with the lowest subject-grouped CV mean absolute error (3 folds)."""
-    n_groups = len(np.unique(groups))
-    if n_groups < 2 or len(alphas) == 1:
-        return float(np.median(alphas))
-    errors = np.zeros(len(alphas))
-    for tr, te in GroupKFold(min(3, n_groups)).split(X, y, groups):
-        errors += np.abs(_ridge_path(X[tr], y[tr], X[te], alphas) - y[te, None]).sum(axis=0)
-    return float(alphas[int(np.argmin(errors))])
-
-
-def brain_age_error(
-    imgs: Any,
-    ages: Any,
-    mask: Any,
-    groups: Any = None,
-    *,
-    train: Any = None,
-    n_splits: int = 5,
-    downsample: int | None = None,
-    alphas: Sequence[float] = tuple(np.logspace(-2, 5, 8)),
-    value_range: tuple[float, float] | None = None,
-    random_state: Any = None,
-) -> float:
-    """Cross-validated brain-age mean absolute error (years). Lower is better.
-
-    Images are put on one scale (:func:`robust_scale`), block-averaged by ``downsample``
-    (voxels mostly inside the mask kept) and fed to a Ridge regression (closed form by
-    SVD) whose penalty is chosen by an inner 3-fold subject-grouped CV (mean absolute
-    error). Predictions are clipped to the training ages' range, so an image far from
-    anything seen in training (e.g. an unharmonized site on another intensity scale) costs
-    at most the age range instead of an unbounded extrapolation. Outer folds are grouped by
-    subject: a test subject is never in the training set, even scanned at another site.
-
-    With ``train``, the model learns only from the ``train`` images of the training
-    subjects and is tested on the other images of the held-out subjects (e.g. learn on
-    harmonized seen sites, test on harmonized unseen sites).
-
-    Parameters
-    ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Harmonized images.
-    ages : array-like of shape (n_images,)
-        Target ages.
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
-    groups : array-like of shape (n_images,), default=None
-        Subject of each image.
-    train : array-like of bool, shape (n_images,), default=None
-        Images the model may learn from; the others are the test images. All images play
-        both roles by default.
-    n_splits : int, default=5
-        Outer folds (reduced to the number of subjects when fewer).
-    downsample : int, default=None
-        Block size; by default the smallest integer bringing the mask to about 4,000
-        features (2 at 4 mm, 4 at 2 mm for the MNI brain).
-    alphas : sequence of float, default=10**-2 ... 10**5
-        Ridge penalties searched by the inner CV.
-    value_range : tuple of float, default=None
-        Intensity range mapped to ``[0, 1]`` (:func:`robust_scale`); default: the pooled
-        robust range of ``imgs``.
-    random_state : int, numpy Generator or None, default=None
-        Seeds the fold shuffling.
-
-    Returns
-    -------
-    float
-        Mean absolute error over all test predictions.
-    """
-    arr = robust_scale(imgs, mask, value_range=value_range)
-    n = len(arr)
-    y = np.asarray(ages, dtype=np.float64)
-    if y.shape != (n,) or not np.isfinite(y).all():
-        raise ValueError(f"ages must be {n} finite numbers, one per image.")
-    g = np.arange(n) if groups is None else _as_labels(groups, n, "groups")
-    is_train = np.ones(n, bool) if train is None else _as_labels(train, n, "train").astype(bool)
-    is_test = ~is_train if train is not None else np.ones(n, bool)
-    if not is_train.any() or not is_test.any():
-        raise ValueError("brain_age_error needs at least one training and one test image.")
-    m = _as_mask(mask, arr.shape[1:])
-    factor = downsample or _downsample_factor(int(m.sum()))
-    X = _brain_age_features(arr, m, factor)
-    alphas = np.asarray(alphas, dtype=np.float64)
-    truth, pred = [], []
-    for tr, te in _grouped_splits(None, g, n_splits, random_state):
-        tr, te = tr[is_train[tr]], te[is_test[te]]
-        if len(tr) == 0 or len(te) == 0:
-            continue
-        alpha = _select_alpha(X[tr], y[tr], g[tr], alphas)
-        truth.append(y[te])
-        fold_pred = _ridge_path(X[tr], y[tr], X[te], np.array([alpha]))[:, 0]
-        pred.append(np.clip(fold_pred, y[tr].min(), y[tr].max()))
-    if not truth:
-        raise ValueError("No fold had both training and test images; check groups/train.")
-    return float(mean_absolute_error(np.concatenate(truth), np.concatenate(pred)))
-
-
-def _kmeans_1d(values: np.ndarray, n_classes: int = 3, max_iter: int = 100) -> np.ndarray:
-    """Lloyd's k-means on 1-D data; returns the sorted class thresholds."""
-    x = np.sort(values)
-    csum = np.concatenate([[0.0], np.cumsum(x)])
-    centers = np.quantile(x, (np.arange(n_classes) + 0.5) / n_classes)
-    cuts = np.zeros(n_classes - 1, dtype=np.int64)
-    for it in range(max_iter):
-        thresholds = (centers[:-1] + centers[1:]) / 2
-        new_cuts = np.searchsorted(x, thresholds, side="right")
-        if it > 0 and np.array_equal(new_cuts, cuts):
-            break
-        cuts = new_cuts
-        bounds = np.concatenate([[0], cuts, [len(x)]])
-        counts = np.diff(bounds)
-        sums = csum[bounds[1:]] - csum[bounds[:-1]]
-        centers = np.where(counts > 0, sums / np.maximum(counts, 1), centers)
-    return (centers[:-1] + centers[1:]) / 2
-
-
-def gm_volumes(imgs: Any, mask: Any, *, voxel_volume: float = 1.0) -> np.ndarray:
-    """Grey-matter volume of each image from a 3-class intensity segmentation.
-
-    The voxels inside the mask of each image are clustered into 3 classes by 1-D k-means
-    (Lloyd's algorithm on the intensities, initialized at the 1/6, 1/2 and 5/6
-    quantiles); grey matter is the middle class (T1: CSF < GM < WM). The segmentation is
-    per image, so the result does not depend on the image's intensity units.
-
-    Intensity alone separates tissues only when the contrast allows it: with a weak GM/WM
-    contrast (GM/WM intensity ratio above about 0.8) or heavy partial volume (4 mm
-    voxels) the middle class mixes tissues and the volume can even move opposite to the
-    true GM volume. Compare with the same measure on ground-truth images.
-
-    Parameters
-    ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Images.
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
-    voxel_volume : float, default=1.0
-        Volume of one voxel (e.g. mm^3); 1 gives voxel counts.
-
-    Returns
-    -------
-    ndarray of shape (n_images,)
-        GM volume of each image (NaN for an image with fewer than 3 distinct values).
-    """
-    arr = _as_images(imgs)
-    m = _as_mask(mask, arr.shape[1:])
-    out = np.empty(len(arr))
-    for i, img in enumerate(arr):
-        vals = img[m].astype(np.float64)
-        if np.unique(np.quantile(vals, [1 / 6, 1 / 2, 5 / 6])).size < 3:
-            out[i] = np.nan
-            continue
-        low, high = _kmeans_1d(vals)
-        out[i] = np.count_nonzero((vals > low) & (vals <= high)) * voxel_volume
-    return out
-
-
-def gm_age_correlation(imgs: Any, ages: Any, mask: Any) -> float:
-    """Pearson correlation of GM volume (:func:`gm_volumes`) with age.
-
-    Grey matter shrinks with age, so the expected value is negative; a harmonization that
-    keeps the biology keeps it as negative as in the unharmonized (or ground-truth)
-    images.
-
-    Parameters
-    ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Images.
-    ages : array-like of shape (n_images,)
-        Ages.
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
-
-    Returns
-    -------
-    float
-        Pearson r (NaN when volumes or ages are constant).
-    """
-    vols = gm_volumes(imgs, mask)
-    y = np.asarray(ages, dtype=np.float64)
-    if y.shape != vols.shape:
-        raise ValueError(f"ages must have one entry per image ({len(vols)}).")
-    ok = np.isfinite(vols)
-    if ok.sum() < 3 or np.ptp(vols[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return float("nan")
-    return float(stats.pearsonr(vols[ok], y[ok])[0])
-
-
-# ----------------------------------------------------------------------------------------
-# Cost
-# ----------------------------------------------------------------------------------------
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-class _PeakRSS:
-    """Sample the resident set size in a thread; ``peak`` = max - value at start."""
-
-    def __init__(self, interval: float = 0.005):
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> _PeakRSS:
-        self._start = _rss_bytes() or 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            rss = _rss_bytes()
-            if rss is not None:
-                self.peak = max(self.peak, rss - self._start)
-            self._stop.wait(self.interval)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        rss = _rss_bytes()
-        if rss is not None:
-            self.peak = max(self.peak, rss - self._start)
-
-
-def measure_cost(func: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float, float]:
-    """Call ``func(*args, **kwargs)``, timing it and recording its peak memory.
-
-    Memory is the peak **resident set size above its value at the call's start**, sampled
-    every 5 ms from ``/proc/self/statm`` (Linux; it includes PyTorch and other native
-    allocations). Memory the process already held and reuses does not count, so the value
-    is a lower bound of the memory the call needs. Where ``/proc`` is absent (macOS,
-    Windows), :mod:`tracemalloc`'s peak of Python and NumPy allocations is used instead.
-
-    Parameters
-    ----------
-    func : callable
-        What to run.
-    *args, **kwargs
-        Its arguments.
-
-    Returns
-    -------
-    result : object
-        What ``func`` returned.
-    seconds : float
-        Wall-clock duration.
-    peak_mb : float
-        Peak memory increase in MB (10**6 bytes).
-    """
-    if _rss_bytes() is not None:
-        with _PeakRSS() as probe:
-            t0 = time.perf_counter()
-            result = func(*args, **kwargs)
-            seconds = time.perf_counter() - t0
-        return result, seconds, probe.peak / 1e6
-    tracing = tracemalloc.is_tracing()
-    if not tracing:
-        tracemalloc.start()
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    try:
-        t0 = time.perf_counter()
-        result = func(*args, **kwargs)
-        seconds = time.perf_counter() - t0
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        if not tracing:
-            tracemalloc.stop()
-    return result, seconds, max(peak, 0) / 1e6
+    distances = site_distances(before, after, sites, mask, before_range=before_range,
+                               value_range=value_range)
+    return distance_correlation_from(distances, method=method)

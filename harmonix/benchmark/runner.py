@@ -1,20 +1,20 @@
 """Run every harmonizer on one data set and score it with the common metrics.
 
 :func:`run_benchmark` fits each harmonizer on the training sites and scores its outputs on
-those sites ("seen" protocol) and on held-out sites ("unseen" protocol); it returns a
-tidy :class:`pandas.DataFrame`. :func:`summarize` aggregates several runs (seeds) into
-mean ± sd, :func:`to_markdown` renders tables, :func:`plot_metrics` and
-:func:`plot_slices` draw figures (matplotlib, no display needed).
+those sites ("seen" protocol) and on held-out sites ("unseen" protocol), optionally with
+an *oracle* row giving the ceiling of every metric; it returns a tidy
+:class:`pandas.DataFrame` with a 95 % bootstrap interval (subjects resampled) for every
+value. Summaries, tables and figures live in :mod:`harmonix.benchmark.report` (also
+importable from here, where they used to be).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from os import PathLike
-from pathlib import Path
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,22 +22,34 @@ import pandas as pd
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
+from harmonix.benchmark.biology import brain_age_predictions, within_site_correlation
+from harmonix.benchmark.bootstrap import bootstrap_ci
+from harmonix.benchmark.cost import measure_cost
+from harmonix.benchmark.data import (
+    BenchmarkDataset,
+    DataArrays,
+    dataset_arrays,
+    dataset_from_manifest,
+)
 from harmonix.benchmark.metrics import (
     METRICS,
-    brain_age_error,
-    distance_correlation_score,
-    gm_age_correlation,
-    measure_cost,
-    robust_range,
-    robust_scale,
-    site_predictability,
+    distance_correlation_from,
+    resolve_metric_names,
+    site_distances,
     traveling_subject_ssim_score,
     truth_ssim_score,
 )
+from harmonix.benchmark.report import plot_metrics, plot_slices, summarize, to_markdown
+from harmonix.benchmark.scale import robust_range, robust_scale
+from harmonix.benchmark.site import balanced_accuracy, site_features, site_predictions
+from harmonix.benchmark.tissue import Tissues, segment_tissues
+from harmonix.exceptions import UnseenSiteError
 
 __all__ = [
+    "ORACLE",
     "BenchmarkDataset",
     "dataset_from_manifest",
+    "oracle_outputs",
     "plot_metrics",
     "plot_slices",
     "run_benchmark",
@@ -47,139 +59,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("seen", "unseen")
-_COLUMNS = ["method", "protocol", "metric", "value", "reason"]
+#: Name of the oracle row (see :func:`oracle_outputs`).
+ORACLE = "oracle"
+COLUMNS = ["method", "protocol", "metric", "value", "ci_low", "ci_high", "reason"]
 _COST_METRICS = ("fit_seconds", "fit_peak_mb", "transform_seconds", "transform_peak_mb")
+_NO_CI = (np.nan, np.nan)
 
 
 # ----------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------
-def _dataset_arrays(dataset: Any) -> dict[str, Any]:
-    missing = [a for a in ("imgs", "sites", "subjects", "mask") if not hasattr(dataset, a)]
-    if missing:
-        raise ValueError(
-            f"dataset lacks attribute(s) {missing}; pass harmonix.datasets.make_multisite(...) "
-            "or an object with imgs, sites, subjects, mask (and optionally ages, truth)."
-        )
-    imgs = np.asarray(dataset.imgs)
-    if imgs.ndim != 4:
-        raise ValueError(f"dataset.imgs must be (n_images, i, j, k); got shape {imgs.shape}.")
-    n = len(imgs)
-    sites = np.asarray(dataset.sites)
-    subjects = np.asarray(dataset.subjects)
-    ages = getattr(dataset, "ages", None)
-    ages = None if ages is None else np.asarray(ages, dtype=np.float64)
-    truth = getattr(dataset, "truth", None)
-    for name, arr in (("sites", sites), ("subjects", subjects), ("ages", ages)):
-        if arr is not None and arr.shape != (n,):
-            raise ValueError(f"dataset.{name} must have one entry per image ({n}).")
-    if truth is not None and np.shape(truth) != imgs.shape:
-        raise ValueError("dataset.truth must have the shape of dataset.imgs.")
-    mask = np.asarray(dataset.mask) != 0
-    if mask.shape != imgs.shape[1:]:
-        raise ValueError(f"dataset.mask must have shape {imgs.shape[1:]}, got {mask.shape}.")
-    return {
-        "imgs": imgs,
-        "sites": sites,
-        "subjects": subjects,
-        "ages": ages,
-        "truth": truth,
-        "mask": mask,
-        "reference": getattr(dataset, "reference_site", None),
-    }
-
-
-@dataclass(frozen=True, repr=False, eq=False)
-class BenchmarkDataset:
-    """Images and labels for :func:`run_benchmark` (see :func:`dataset_from_manifest`).
-
-    Attributes
-    ----------
-    imgs : ndarray of shape (n, i, j, k), float32
-    sites : ndarray of shape (n,)
-    subjects : ndarray of shape (n,)
-        Subject labels (one per image when the manifest has none).
-    ages : ndarray of shape (n,) or None
-    mask : ndarray of shape (i, j, k), bool
-        Voxels non-zero in every image.
-    affine : ndarray of shape (4, 4)
-        Affine of the first image.
-    truth : None
-        No ground truth for real data.
-    reference_site : None
-    """
-
-    imgs: np.ndarray
-    sites: np.ndarray
-    subjects: np.ndarray
-    ages: np.ndarray | None
-    mask: np.ndarray
-    affine: np.ndarray
-    truth: None = None
-    reference_site: Any = None
-
-    def __len__(self) -> int:
-        return int(self.imgs.shape[0])
-
-    def __repr__(self) -> str:
-        return (
-            f"BenchmarkDataset(n_images={len(self)}, n_sites={len(set(self.sites.tolist()))}, "
-            f"shape={'x'.join(map(str, self.imgs.shape[1:]))})"
-        )
-
-
-def dataset_from_manifest(manifest: Any) -> BenchmarkDataset:
-    """Load the images of a manifest into a data set :func:`run_benchmark` accepts.
-
-    The benchmark scores images in memory, so every image is loaded (float32) and all must
-    share one grid (e.g. registered to MNI space).
-
-    Parameters
-    ----------
-    manifest : harmonix.io.Manifest, str or path-like
-        A manifest (:func:`harmonix.io.read_manifest`) or the path of its CSV, with columns
-        ``path, site`` and optionally ``age`` and ``subject`` (traveling-subject metrics
-        need subjects scanned at several sites).
-
-    Returns
-    -------
-    BenchmarkDataset
-        With ``mask`` the voxels non-zero in every image and no ground truth.
-    """
-    from harmonix.io import Manifest, as_collection, load_img, read_manifest
-
-    man = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-    coll = as_collection(list(man.paths))
-    shapes = {coll.shape(i) for i in range(len(coll))}
-    if len(shapes) != 1:
-        raise ValueError(
-            f"The benchmark needs all images on one grid; found shapes {sorted(shapes)}. "
-            "Resample them to a common space first."
-        )
-    imgs = np.stack([coll[i] for i in range(len(coll))]).astype(np.float32, copy=False)
-    mask = (imgs != 0).all(axis=0)
-    if not mask.any():
-        raise ValueError("The images share no non-zero voxel; check that they are aligned.")
-    subjects = (
-        np.asarray(man.subjects)
-        if man.subjects is not None
-        else np.array([f"img{i}" for i in range(len(imgs))])
-    )
-    return BenchmarkDataset(
-        imgs=imgs,
-        sites=np.asarray(man.sites),
-        subjects=subjects,
-        ages=None if man.ages is None else np.asarray(man.ages, dtype=np.float64),
-        mask=mask,
-        affine=np.asarray(load_img(man.paths[0]).affine),
-    )
-
-
-def _site_order(sites: np.ndarray) -> list[Any]:
-    return list(dict.fromkeys(sites.tolist()))
-
-
 def _check_test_sites(test_sites: Any, labels: list[Any], reference: Any) -> list[Any]:
     if test_sites is None:
         candidates = [s for s in labels if s != reference]
@@ -207,8 +96,7 @@ def _check_test_sites(test_sites: Any, labels: list[Any], reference: Any) -> lis
 def _check_metrics(metrics: Any) -> list[str]:
     if metrics is None:
         return list(METRICS)
-    if isinstance(metrics, str):
-        metrics = [metrics]
+    metrics = resolve_metric_names(metrics)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"Unknown metric(s) {unknown}; choose among {list(METRICS)}.")
@@ -243,16 +131,99 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"
 
 
-def _is_unseen_refusal(exc: BaseException, test_sites: list[Any]) -> bool:
-    if not isinstance(exc, ValueError):
-        return False
-    msg = str(exc).lower()
-    return "unseen" in msg or any(str(s).lower() in msg for s in test_sites)
+
+def oracle_outputs(dataset: Any) -> np.ndarray:
+    """The oracle's "harmonized" images: each subject's own scan at the reference site.
+
+    With traveling subjects, a perfect harmonization to the reference site would turn
+    every scan of a subject into that subject's reference-site scan; using the real scan
+    gives the ceiling of every metric that compares images (traveling-subject SSIM 1, site
+    predictability at chance...).
+
+    Parameters
+    ----------
+    dataset : MultisiteDataset or object
+        With ``imgs``, ``subjects``, ``sites``, ``mask`` and ``reference_site``; every
+        subject must have an image at the reference site.
+
+    Returns
+    -------
+    ndarray of shape (n_images, i, j, k), float32
+        Image ``k`` is the reference-site image of subject ``subjects[k]``.
+    """
+    data = dataset if isinstance(dataset, DataArrays) else dataset_arrays(dataset)
+    if data.reference is None:
+        raise ValueError("The oracle needs dataset.reference_site; this data set has none.")
+    at_ref = {s: i for i, s in enumerate(data.subjects.tolist())
+              if data.sites[i] == data.reference}
+    missing = sorted({str(s) for s in data.subjects.tolist() if s not in at_ref})
+    if missing:
+        raise ValueError(f"The oracle needs every subject scanned at the reference site "
+                         f"{data.reference!r}; missing: {missing[:5]}.")
+    return np.asarray(data.imgs[[at_ref[s] for s in data.subjects.tolist()]], np.float32)
 
 
 # ----------------------------------------------------------------------------------------
 # run_benchmark
 # ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Plan:
+    """What every method's run shares: the data, the split, the metrics and the seeds."""
+
+    data: DataArrays
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    metrics: list[str]
+    protocols: list[str]
+    method_seed: int
+    metric_seed: int
+    raise_errors: bool
+    n_boot: int
+
+    def index(self, protocol: str) -> np.ndarray:
+        return self.train_idx if protocol == "seen" else self.test_idx
+
+
+@dataclass
+class _Run:
+    """One method's run: its rows, outputs per protocol and the caches its metrics share."""
+
+    name: str
+    plan: _Plan
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    value_range: tuple[float, float] | None = None
+    cache: dict[Any, Any] = field(default_factory=dict)
+    _tissues: dict[str, Tissues] = field(default_factory=dict)
+
+    def add(self, protocol: str, metric: str, value: float, ci: tuple[float, float] = _NO_CI,
+            reason: str = "") -> None:
+        if metric in self.plan.metrics:
+            self.rows.append({"method": self.name, "protocol": protocol, "metric": metric,
+                              "value": float(value), "ci_low": float(ci[0]),
+                              "ci_high": float(ci[1]), "reason": reason})
+
+    def fail(self, protocols: Iterable[str], reason: str) -> None:
+        done = {(r["protocol"], r["metric"]) for r in self.rows}
+        for p in protocols:
+            for metric in self.plan.metrics:
+                if (p, metric) not in done:
+                    self.add(p, metric, np.nan, reason=reason)
+
+    def unexpected(self, stage: str, exc: BaseException) -> str:
+        if self.plan.raise_errors:
+            raise exc
+        logger.warning("benchmark: %s failed in %s: %s", self.name, stage, _describe(exc))
+        return f"{stage} failed: {_describe(exc)}"
+
+    def tissues(self, protocol: str) -> Tissues:
+        if protocol not in self._tissues:
+            scaled = robust_scale(self.outputs[protocol], self.plan.data.mask,
+                                  value_range=self.value_range)
+            self._tissues[protocol] = segment_tissues(scaled, self.plan.data.mask)
+        return self._tissues[protocol]
+
+
 def run_benchmark(
     harmonizers: Mapping[str, Any],
     dataset: Any,
@@ -260,6 +231,8 @@ def run_benchmark(
     test_sites: Any = None,
     random_state: int | np.random.Generator | None = None,
     metrics: Iterable[str] | None = None,
+    oracle: bool = False,
+    n_boot: int = 1000,
     verbose: bool = False,
     raise_errors: bool = False,
     return_outputs: bool = False,
@@ -279,24 +252,37 @@ def run_benchmark(
     ============================ ==========================================================
     metric                       seen / unseen
     ============================ ==========================================================
-    traveling_ssim_score         pairs of seen images / pairs with an unseen image (its
+    traveling_subject_ssim_score pairs of seen images / pairs with an unseen image (its
                                  subject at any other site, seen or unseen)
     truth_ssim_score             seen / unseen images vs ``dataset.truth``
     distance_correlation_score   within each seen / unseen site, before vs after
-    site_predictability          seen images (chance 1/n_train_sites) / all images
-                                 (chance 1/n_sites)
-    brain_age_error              CV on seen images / trained on seen images of training
-                                 subjects, tested on unseen images of held-out subjects
-    gm_age_correlation           seen / unseen images
+    site_predictability_error,   seen images (chance 1/n_train_sites) / all images
+    site_histogram_error,        (chance 1/n_sites)
+    site_chance_level
+    brain_age_error,             CV on seen images / trained on seen images of training
+    brain_age_null_error         subjects, tested on unseen images of held-out subjects
+    gm_age_correlation           within each seen / unseen site, averaged
+    true_gm_age_correlation      the same with the true GM volumes (``dataset.gm``)
     fit_seconds, fit_peak_mb     the one fit (same value in both protocols)
     transform_seconds (/image),  transform of the seen / unseen images
     transform_peak_mb
     ============================ ==========================================================
 
-    A method that refuses unseen sites (a ``ValueError`` naming an unseen site or saying
-    "unseen", e.g. ``ComBatHarmonizer(unseen_site="error")``) gets NaN unseen values with
-    that reason. Any other exception (in fit, transform or a metric) gives NaN values with
-    the reason and a logged warning, unless ``raise_errors=True``, which re-raises it.
+    Every value comes with a 95 % bootstrap interval (``ci_low``, ``ci_high``): subjects
+    are resampled with replacement ``n_boot`` times and the value recomputed from the
+    per-image (per-pair, per-prediction) results; cross-validated models are not refitted
+    (:mod:`harmonix.benchmark.bootstrap`). Costs and the chance level have no interval.
+
+    With ``oracle=True``, a row named ``"oracle"`` scores each subject's own scan at the
+    reference site as the harmonized image of all its scans (:func:`oracle_outputs`): the
+    ceiling of the image metrics. It is not a method, so it has no costs; its
+    ``truth_ssim_score`` is below 1 because the truth has no bias field or noise.
+
+    A method that refuses unseen sites by raising
+    :class:`~harmonix.exceptions.UnseenSiteError` (e.g.
+    ``ComBatHarmonizer(unseen_site="error")``) gets NaN unseen values with that reason.
+    Any other exception (in fit, transform or a metric) gives NaN values with the reason
+    and a logged warning, unless ``raise_errors=True``, which re-raises it.
 
     Image metrics see one intensity scale per method: the
     :func:`~harmonix.benchmark.metrics.robust_range` of its outputs for the training
@@ -307,20 +293,26 @@ def run_benchmark(
     ----------
     harmonizers : mapping of str to estimator
         Display name -> harmonizer (``fit(imgs, sites, ages)`` / ``transform(imgs, ...)``);
-        each is cloned, never modified.
+        each is cloned, never modified. May be empty when ``oracle=True``.
     dataset : MultisiteDataset or object
         Needs ``imgs`` (n, i, j, k), ``sites``, ``subjects`` and ``mask`` (common brain
-        mask); ``ages`` (for the biology metrics and fitting) and ``truth`` (for
-        ``truth_ssim_score``) are used when present, ``reference_site`` when choosing the
+        mask); ``ages`` (for the biology metrics and fitting), ``truth`` (for
+        ``truth_ssim_score``) and ``gm`` (true GM maps, for ``true_gm_age_correlation``)
+        are used when present, ``reference_site`` for the oracle and when choosing the
         default held-out site.
     test_sites : label or sequence of labels, default=None
         Sites held out of fit. ``None``: the last site that is not the reference site when
         there are at least 3 sites, else none. ``[]``: no unseen protocol.
     random_state : int, numpy Generator or None, default=None
-        Seeds the metrics' cross-validation folds, and every harmonizer whose
-        ``random_state`` parameter is None (all methods get the same seed).
+        Seeds the metrics' cross-validation folds and bootstrap, and every harmonizer
+        whose ``random_state`` parameter is None (all methods get the same seed).
     metrics : iterable of str, default=None
-        Subset of :data:`~harmonix.benchmark.metrics.METRICS` to compute (default: all).
+        Subset of :data:`~harmonix.benchmark.metrics.METRICS` to compute (default: all;
+        former names such as ``"traveling_ssim_score"`` are accepted with a warning).
+    oracle : bool, default=False
+        Add the oracle row.
+    n_boot : int, default=1000
+        Bootstrap samples per value (0: no intervals).
     verbose : bool, default=False
         Show a progress bar (tqdm) and log progress at INFO level.
     raise_errors : bool, default=False
@@ -332,8 +324,8 @@ def run_benchmark(
     Returns
     -------
     pandas.DataFrame or (DataFrame, dict)
-        Tidy results with columns ``method, protocol, metric, value, reason`` (``reason``
-        is ``""`` when the value was computed).
+        Tidy results with columns ``method, protocol, metric, value, ci_low, ci_high,
+        reason`` (``reason`` is ``""`` when the value was computed).
 
     Notes
     -----
@@ -348,519 +340,288 @@ def run_benchmark(
     >>> from harmonix import IdentityHarmonizer
     >>> from harmonix.datasets import make_multisite
     >>> ds = make_multisite(n_subjects=4, n_sites=3, resolution=4, random_state=0)
-    >>> df = run_benchmark({"none": IdentityHarmonizer()}, ds, random_state=0)  # doctest: +SKIP
+    >>> df = run_benchmark({"none": IdentityHarmonizer()}, ds, oracle=True,
+    ...                    random_state=0)  # doctest: +SKIP
     """
-    data = _dataset_arrays(dataset)
-    if not isinstance(harmonizers, Mapping) or not harmonizers:
+    data = dataset_arrays(dataset)
+    if not isinstance(harmonizers, Mapping) or not (harmonizers or oracle):
         raise ValueError("harmonizers must be a non-empty dict {name: estimator}.")
-    labels = _site_order(data["sites"])
-    test = _check_test_sites(test_sites, labels, data["reference"])
-    wanted = _check_metrics(metrics)
-    is_test = np.isin(data["sites"], test) if test else np.zeros(len(data["sites"]), bool)
-    train_idx, test_idx = np.flatnonzero(~is_test), np.flatnonzero(is_test)
-    protocols = ["seen", "unseen"] if len(test_idx) else ["seen"]
+    if oracle and ORACLE in harmonizers:
+        raise ValueError(f"{ORACLE!r} is the oracle row's name; rename that harmonizer.")
+    labels = list(dict.fromkeys(data.sites.tolist()))
+    test = _check_test_sites(test_sites, labels, data.reference)
+    is_test = np.isin(data.sites, test) if test else np.zeros(len(data.sites), bool)
     rng = np.random.default_rng(random_state)
     method_seed, metric_seed = (int(s) for s in rng.integers(0, 2**31 - 1, size=2))
-
-    rows: list[dict[str, Any]] = []
-    outputs: dict[str, np.ndarray] = {}
-    items = list(harmonizers.items())
+    plan = _Plan(
+        data=data,
+        train_idx=np.flatnonzero(~is_test),
+        test_idx=np.flatnonzero(is_test),
+        metrics=_check_metrics(metrics),
+        protocols=["seen", "unseen"] if is_test.any() else ["seen"],
+        method_seed=method_seed,
+        metric_seed=metric_seed,
+        raise_errors=raise_errors,
+        n_boot=int(n_boot),
+    )
+    oracle_imgs = oracle_outputs(data) if oracle else None
+    runs: list[_Run] = []
+    items = list(harmonizers.items()) + ([(ORACLE, None)] if oracle else [])
     for name, estimator in tqdm(items, desc="harmonizers", disable=not verbose):
         if verbose:
             logger.info("benchmark: %s", name)
-        res, out = _run_one(
-            str(name), estimator, data, train_idx, test_idx, test, wanted, protocols,
-            method_seed, metric_seed, raise_errors, return_outputs,
-        )
-        rows.extend(res)
-        if return_outputs:
-            outputs[str(name)] = out
-    df = pd.DataFrame(rows, columns=_COLUMNS)
-    df["value"] = df["value"].astype(float)
-    return (df, outputs) if return_outputs else df
+        run = _Run(str(name), plan)
+        if estimator is None:
+            _run_oracle(run, oracle_imgs)
+        else:
+            _run_method(run, estimator)
+        _score(run)
+        runs.append(run)
+    df = pd.DataFrame([r for run in runs for r in run.rows], columns=COLUMNS)
+    df[["value", "ci_low", "ci_high"]] = df[["value", "ci_low", "ci_high"]].astype(float)
+    if not return_outputs:
+        return df
+    outputs = {}
+    for run in runs:
+        full = np.full(data.imgs.shape, np.nan, np.float32)
+        for protocol, out in run.outputs.items():
+            full[plan.index(protocol)] = out
+        outputs[run.name] = full
+    return df, outputs
 
 
-def _run_one(
-    name: str,
-    estimator: Any,
-    data: dict[str, Any],
-    train_idx: np.ndarray,
-    test_idx: np.ndarray,
-    test_sites: list[Any],
-    wanted: list[str],
-    protocols: list[str],
-    method_seed: int,
-    metric_seed: int,
-    raise_errors: bool,
-    keep_outputs: bool,
-) -> tuple[list[dict[str, Any]], np.ndarray | None]:
-    imgs, sites, ages = data["imgs"], data["sites"], data["ages"]
-    shape = imgs.shape[1:]
-    rows: list[dict[str, Any]] = []
+def _run_oracle(run: _Run, oracle_imgs: np.ndarray) -> None:
+    for protocol in run.plan.protocols:
+        run.outputs[protocol] = oracle_imgs[run.plan.index(protocol)]
+        for metric in _COST_METRICS:
+            run.add(protocol, metric, np.nan, reason="the oracle is not a method: no cost")
 
-    def add(protocol: str, metric: str, value: float, reason: str = "") -> None:
-        if metric in wanted:
-            rows.append(
-                {"method": name, "protocol": protocol, "metric": metric,
-                 "value": float(value), "reason": reason}
-            )
 
-    def fail_all(protocol_list: Sequence[str], reason: str) -> None:
-        for p in protocol_list:
-            for metric in wanted:
-                if not any(r["protocol"] == p and r["metric"] == metric for r in rows):
-                    add(p, metric, np.nan, reason)
-
-    def unexpected(stage: str, exc: BaseException) -> str:
-        if raise_errors:
-            raise exc
-        logger.warning("benchmark: %s failed in %s: %s", name, stage, _describe(exc))
-        return f"{stage} failed: {_describe(exc)}"
-
-    full = np.full(imgs.shape, np.nan, np.float32) if keep_outputs else None
+def _run_method(run: _Run, estimator: Any) -> None:
+    plan, data = run.plan, run.plan.data
     try:
         est = clone(estimator)
         params = est.get_params(deep=False) if hasattr(est, "get_params") else {}
         if "random_state" in params and params["random_state"] is None:
-            est.set_params(random_state=method_seed)
-        fit_args: tuple[Any, ...] = (imgs[train_idx], sites[train_idx])
-        if ages is not None and _accepts(est.fit, "ages"):
-            fit_args += (ages[train_idx],)
+            est.set_params(random_state=plan.method_seed)
+        fit_args: tuple[Any, ...] = (data.imgs[plan.train_idx], data.sites[plan.train_idx])
+        if data.ages is not None and _accepts(est.fit, "ages"):
+            fit_args += (data.ages[plan.train_idx],)
         _, fit_s, fit_mb = measure_cost(est.fit, *fit_args)
     except Exception as exc:
-        fail_all(protocols, unexpected("fit", exc))
-        return rows, full
-
-    results: dict[str, np.ndarray] = {}
-    for protocol, idx in (("seen", train_idx), ("unseen", test_idx)):
-        if protocol not in protocols:
-            continue
-        add(protocol, "fit_seconds", fit_s)
-        add(protocol, "fit_peak_mb", fit_mb)
+        run.fail(plan.protocols, run.unexpected("fit", exc))
+        return
+    for protocol in plan.protocols:
+        idx = plan.index(protocol)
+        run.add(protocol, "fit_seconds", fit_s)
+        run.add(protocol, "fit_peak_mb", fit_mb)
         kwargs: dict[str, Any] = {}
         if _accepts(est.transform, "sites"):
-            kwargs["sites"] = sites[idx]
-        if ages is not None and _accepts(est.transform, "ages"):
-            kwargs["ages"] = ages[idx]
+            kwargs["sites"] = data.sites[idx]
+        if data.ages is not None and _accepts(est.transform, "ages"):
+            kwargs["ages"] = data.ages[idx]
         try:
-            out, tr_s, tr_mb = measure_cost(est.transform, imgs[idx], **kwargs)
-            results[protocol] = _as_output(out, len(idx), shape)
-        except Exception as exc:
-            if protocol == "unseen" and _is_unseen_refusal(exc, test_sites):
-                reason = f"cannot harmonize unseen sites ({_describe(exc)})"
-                logger.info("benchmark: %s: %s", name, reason)
-            else:
-                reason = unexpected(f"transform ({protocol})", exc)
-            fail_all([protocol], reason)
+            out, tr_s, tr_mb = measure_cost(est.transform, data.imgs[idx], **kwargs)
+            run.outputs[protocol] = _as_output(out, len(idx), data.imgs.shape[1:])
+        except UnseenSiteError as exc:
+            reason = f"cannot harmonize unseen sites ({_describe(exc)})"
+            logger.info("benchmark: %s: %s", run.name, reason)
+            run.fail([protocol], reason)
             continue
-        add(protocol, "transform_seconds", tr_s / max(len(idx), 1))
-        add(protocol, "transform_peak_mb", tr_mb)
-        if keep_outputs:
-            full[idx] = results[protocol]
+        except Exception as exc:
+            run.fail([protocol], run.unexpected(f"transform ({protocol})", exc))
+            continue
+        run.add(protocol, "transform_seconds", tr_s / max(len(idx), 1))
+        run.add(protocol, "transform_peak_mb", tr_mb)
 
+
+def _score(run: _Run) -> None:
+    """Every non-cost metric of every protocol the method produced outputs for."""
+    if not run.outputs:
+        return
     # One intensity scale per method: fitted on its outputs for the training sites and
     # applied to all its outputs, so unseen-site outputs are judged in the same units.
-    ranges: dict[str, Any] = {}
-    if results:
-        ranges["out"] = robust_range(results.get("seen", results.get("unseen")), data["mask"])
-    for protocol in results:
-        for metric in wanted:
+    first = run.outputs.get("seen", next(iter(run.outputs.values())))
+    run.value_range = robust_range(first, run.plan.data.mask)
+    for protocol in list(run.outputs):
+        for metric in run.plan.metrics:
             if metric in _COST_METRICS:
                 continue
             try:
-                value, reason = _compute(metric, protocol, results, data, train_idx,
-                                         test_idx, metric_seed, ranges)
+                value, ci, reason = _METRIC_FUNCS[metric](run, protocol)
             except Exception as exc:
-                value, reason = np.nan, unexpected(f"metric {metric} ({protocol})", exc)
-            add(protocol, metric, value, reason)
-    return rows, full
+                value, ci, reason = np.nan, _NO_CI, run.unexpected(
+                    f"metric {metric} ({protocol})", exc)
+            run.add(protocol, metric, value, ci, reason)
 
 
-def _compute(
-    metric: str,
-    protocol: str,
-    results: dict[str, np.ndarray],
-    data: dict[str, Any],
-    train_idx: np.ndarray,
-    test_idx: np.ndarray,
-    seed: int,
-    ranges: dict[str, Any],
-) -> tuple[float, str]:
-    mask, sites, subjects, ages = data["mask"], data["sites"], data["subjects"], data["ages"]
-    idx = train_idx if protocol == "seen" else test_idx
-    out = results[protocol]
-    vr = ranges["out"]
-    value: float
-    if metric == "traveling_ssim_score":
-        if protocol == "seen":
-            value = traveling_subject_ssim_score(out, subjects[idx], sites[idx], mask,
-                                                 value_range=vr)
+# ----------------------------------------------------------------------------------------
+# One function per metric: (run, protocol) -> (value, (ci_low, ci_high), reason)
+# ----------------------------------------------------------------------------------------
+_Result = tuple[float, tuple[float, float], str]
+_MISSING_SEEN: _Result = (np.nan, _NO_CI, "needs the seen-site outputs, which failed")
+
+
+def _ci(run: _Run, statistic: Callable[[np.ndarray], float], groups: np.ndarray
+        ) -> tuple[float, float]:
+    if run.plan.n_boot <= 0:
+        return _NO_CI
+    with warnings.catch_warnings():  # degenerate resamples (one class, constant values)
+        warnings.simplefilter("ignore")
+        return bootstrap_ci(statistic, groups, n_boot=run.plan.n_boot,
+                            random_state=run.plan.metric_seed)
+
+
+def _pooled(run: _Run, protocol: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Dataset indices of the images a pooled metric reads, and which are training images.
+
+    Seen: the training images. Unseen: the training images followed by the unseen ones
+    (``train`` marks the former).
+    """
+    plan = run.plan
+    if protocol == "seen":
+        return plan.train_idx, None
+    ix = np.concatenate([plan.train_idx, plan.test_idx])
+    return ix, np.r_[np.ones(len(plan.train_idx), bool), np.zeros(len(plan.test_idx), bool)]
+
+
+def _pooled_outputs(run: _Run, protocol: str) -> np.ndarray:
+    if protocol == "seen":
+        return run.outputs["seen"]
+    return np.concatenate([run.outputs["seen"], run.outputs["unseen"]])
+
+
+def _pooled_tissues(run: _Run, protocol: str) -> Tissues:
+    if protocol == "seen":
+        return run.tissues("seen")
+    a, b = run.tissues("seen"), run.tissues("unseen")
+    return Tissues(*(np.concatenate([getattr(a, f), getattr(b, f)])
+                     for f in ("fractions", "labels", "normalized")), mask=a.mask)
+
+
+def _traveling(run: _Run, protocol: str) -> _Result:
+    if "seen" not in run.outputs:
+        return _MISSING_SEEN
+    d = run.plan.data
+    ix, train = _pooled(run, protocol)
+    value, pairs = traveling_subject_ssim_score(
+        _pooled_outputs(run, protocol), d.subjects[ix], d.sites[ix], d.mask,
+        include=None if train is None else ~train, value_range=run.value_range,
+        return_pairs=True,
+    )
+    if np.isnan(value):
+        return value, _NO_CI, "no subject has images at two sites"
+    vals = np.array([p[2] for p in pairs])
+    groups = d.subjects[ix][[p[0] for p in pairs]]
+    return value, _ci(run, lambda k: float(vals[k].mean()), groups), ""
+
+
+def _truth(run: _Run, protocol: str) -> _Result:
+    d, idx = run.plan.data, run.plan.index(protocol)
+    if d.truth is None:
+        return np.nan, _NO_CI, "dataset has no truth"
+    truth = np.asarray(d.truth)
+    value, vals = truth_ssim_score(
+        run.outputs[protocol], truth[idx], d.mask, value_range=run.value_range,
+        truth_range=robust_range(truth[run.plan.train_idx], d.mask), return_values=True,
+    )
+    return value, _ci(run, lambda k: float(vals[k].mean()), d.subjects[idx]), ""
+
+
+def _distances(run: _Run, protocol: str) -> _Result:
+    # within-site and scale-free: each set on its own pooled range (no clipping of a
+    # differently scaled unseen site)
+    d, idx = run.plan.data, run.plan.index(protocol)
+    dist = site_distances(d.imgs[idx], run.outputs[protocol], d.sites[idx], d.mask)
+    value = distance_correlation_from(dist)
+    if np.isnan(value):
+        return value, _NO_CI, "needs >= 3 subjects in a site"
+    return value, _ci(run, lambda k: distance_correlation_from(dist, keep=k),
+                      d.subjects[idx]), ""
+
+
+def _site_metric(kind: str) -> Callable[[_Run, str], _Result]:
+    def compute(run: _Run, protocol: str) -> _Result:
+        if "seen" not in run.outputs:
+            return _MISSING_SEEN
+        d = run.plan.data
+        ix, _ = _pooled(run, protocol)
+        if kind == "tissue":
+            X = site_features(None, d.mask, tissues=_pooled_tissues(run, protocol))
         else:
-            if "seen" not in results:
-                return np.nan, "needs the seen-site outputs, which failed"
-            both = np.concatenate([results["seen"], out])
-            all_idx = np.concatenate([train_idx, test_idx])
-            include = np.r_[np.zeros(len(train_idx), bool), np.ones(len(test_idx), bool)]
-            value = traveling_subject_ssim_score(
-                both, subjects[all_idx], sites[all_idx], mask, include=include, value_range=vr
+            X = site_features(_pooled_outputs(run, protocol), d.mask, kind=kind,
+                              value_range=run.value_range)
+        y, pred = site_predictions(X, d.sites[ix], d.subjects[ix],
+                                   random_state=run.plan.metric_seed)
+        value = balanced_accuracy(y, pred)
+        return value, _ci(run, lambda k: balanced_accuracy(y[k], pred[k]),
+                          d.subjects[ix]), ""
+
+    return compute
+
+
+def _chance(run: _Run, protocol: str) -> _Result:
+    ix, _ = _pooled(run, protocol)
+    return 1.0 / len(np.unique(run.plan.data.sites[ix])), _NO_CI, ""
+
+
+def _brain_age(null: bool) -> Callable[[_Run, str], _Result]:
+    def compute(run: _Run, protocol: str) -> _Result:
+        d = run.plan.data
+        if d.ages is None:
+            return np.nan, _NO_CI, "dataset has no ages"
+        if "seen" not in run.outputs:
+            return _MISSING_SEEN
+        ix, train = _pooled(run, protocol)
+        key = ("brain_age", protocol)
+        if key not in run.cache:
+            run.cache[key] = brain_age_predictions(
+                None, d.ages[ix], d.mask, d.subjects[ix], train=train,
+                tissues=_pooled_tissues(run, protocol), random_state=run.plan.metric_seed,
             )
-        reason = "no subject has images at two sites" if np.isnan(value) else ""
-        return value, reason
-    if metric == "truth_ssim_score":
-        if data["truth"] is None:
-            return np.nan, "dataset has no truth"
-        if "truth" not in ranges:
-            ranges["truth"] = robust_range(np.asarray(data["truth"])[train_idx], mask)
-        return truth_ssim_score(out, np.asarray(data["truth"])[idx], mask, value_range=vr,
-                                truth_range=ranges["truth"]), ""
-    if metric == "distance_correlation_score":
-        # within-site and scale-free: each set on its own pooled range (no clipping of a
-        # differently scaled unseen site)
-        value = distance_correlation_score(data["imgs"][idx], out, sites[idx], mask)
-        return value, ("needs >= 3 subjects in a site" if np.isnan(value) else "")
-    if metric == "site_predictability":
-        if protocol == "seen":
-            return site_predictability(out, sites[idx], mask, subjects[idx],
-                                       value_range=vr, random_state=seed), ""
-        if "seen" not in results:
-            return np.nan, "needs the seen-site outputs, which failed"
-        both = np.concatenate([results["seen"], out])
-        all_idx = np.concatenate([train_idx, test_idx])
-        return site_predictability(both, sites[all_idx], mask, subjects[all_idx],
-                                   value_range=vr, random_state=seed), ""
-    if ages is None:
-        return np.nan, "dataset has no ages"
-    if metric == "brain_age_error":
-        if protocol == "seen":
-            return brain_age_error(out, ages[idx], mask, subjects[idx], value_range=vr,
-                                   random_state=seed), ""
-        if "seen" not in results:
-            return np.nan, "needs the seen-site outputs, which failed"
-        both = np.concatenate([results["seen"], out])
-        all_idx = np.concatenate([train_idx, test_idx])
-        train = np.r_[np.ones(len(train_idx), bool), np.zeros(len(test_idx), bool)]
-        return brain_age_error(both, ages[all_idx], mask, subjects[all_idx], train=train,
-                               value_range=vr, random_state=seed), ""
-    if metric == "gm_age_correlation":
-        value = gm_age_correlation(out, ages[idx], mask)
-        return value, ("GM volume or age is constant" if np.isnan(value) else "")
-    raise ValueError(f"Unknown metric {metric!r}.")  # pragma: no cover
+        p = run.cache[key]
+        err = np.abs((p.null if null else p.predicted) - p.age)
+        return float(err.mean()), _ci(run, lambda k: float(err[k].mean()),
+                                      d.subjects[ix][p.index]), ""
+
+    return compute
 
 
-# ----------------------------------------------------------------------------------------
-# Aggregation and reports
-# ----------------------------------------------------------------------------------------
-def summarize(dfs: pd.DataFrame | Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Aggregate several benchmark runs (e.g. seeds) into mean ± sd.
-
-    Parameters
-    ----------
-    dfs : DataFrame or sequence of DataFrames
-        Results of :func:`run_benchmark`: one frame per run, or one frame holding several
-        runs (rows with the same method, protocol and metric are aggregated).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``method, protocol, metric, mean, sd, n, reason``: mean and sample standard
-        deviation (ddof=1; NaN for a single value) over the runs with a finite value, ``n``
-        the number of such runs, ``reason`` the distinct reasons of the missing ones.
-    """
-    frames = [dfs] if isinstance(dfs, pd.DataFrame) else list(dfs)
-    if not frames:
-        raise ValueError("summarize needs at least one result DataFrame.")
-    df = pd.concat(frames, ignore_index=True)
-    missing = {"method", "protocol", "metric", "value"} - set(df.columns)
-    if missing:
-        raise ValueError(f"Not a run_benchmark result: columns {sorted(missing)} are missing.")
-    if "reason" not in df.columns:
-        df["reason"] = ""
-    out = []
-    for (method, protocol, metric), g in df.groupby(
-        ["method", "protocol", "metric"], sort=False
-    ):
-        vals = g["value"].to_numpy(dtype=float)
-        ok = vals[np.isfinite(vals)]
-        reasons = [r for r in dict.fromkeys(g["reason"].fillna("").astype(str)) if r]
-        out.append({
-            "method": method,
-            "protocol": protocol,
-            "metric": metric,
-            "mean": float(ok.mean()) if len(ok) else np.nan,
-            "sd": float(ok.std(ddof=1)) if len(ok) > 1 else np.nan,
-            "n": len(ok),
-            "reason": "; ".join(reasons),
-        })
-    return pd.DataFrame(out, columns=["method", "protocol", "metric", "mean", "sd", "n",
-                                      "reason"])
+def _age_correlation(run: _Run, protocol: str, volumes: np.ndarray) -> _Result:
+    d, idx = run.plan.data, run.plan.index(protocol)
+    ages, sites = d.ages[idx], d.sites[idx]
+    value = within_site_correlation(volumes, ages, sites)
+    if np.isnan(value):
+        return value, _NO_CI, "GM volume or age is constant"
+    return value, _ci(run, lambda k: within_site_correlation(volumes[k], ages[k], sites[k]),
+                      d.subjects[idx]), ""
 
 
-def _arrow(metric: str) -> str:
-    direction = METRICS.get(metric, ("", ""))[0]
-    return {"higher": "↑", "lower": "↓"}.get(direction, "")
+def _gm_age(run: _Run, protocol: str) -> _Result:
+    if run.plan.data.ages is None:
+        return np.nan, _NO_CI, "dataset has no ages"
+    return _age_correlation(run, protocol, run.tissues(protocol).volumes()[:, 1])
 
 
-def _decimals(value: float) -> int:
-    a = abs(value)
-    if a >= 100 or a == 0:
-        return 0
-    if a >= 10:
-        return 1
-    if a >= 1:
-        return 2
-    return max(3, int(-np.floor(np.log10(a))) + 1)
+def _true_gm_age(run: _Run, protocol: str) -> _Result:
+    d = run.plan.data
+    if d.ages is None:
+        return np.nan, _NO_CI, "dataset has no ages"
+    true = d.true_gm_volumes()
+    if true is None:
+        return np.nan, _NO_CI, "dataset has no true GM maps"
+    return _age_correlation(run, protocol, true[run.plan.index(protocol)])
 
 
-def _fmt(mean: float, sd: float | None) -> str:
-    d = _decimals(mean)
-    text = f"{mean:.{d}f}"
-    if sd is not None and np.isfinite(sd):
-        text += f" ± {sd:.{d}f}"
-    return text
-
-
-def _ordered(values: Iterable[Any], order: Sequence[Any]) -> list[Any]:
-    seen = list(dict.fromkeys(values))
-    return [v for v in order if v in seen] + [v for v in seen if v not in order]
-
-
-def to_markdown(
-    df: pd.DataFrame,
-    *,
-    metrics: Sequence[str] | None = None,
-    legend: bool = True,
-) -> str:
-    """Render benchmark results as Markdown tables, one per protocol.
-
-    Rows are methods, columns metrics with an arrow saying whether higher (↑) or lower
-    (↓) is better. Values missing for a reason show ``n/a`` with a numbered note.
-
-    Parameters
-    ----------
-    df : DataFrame
-        Output of :func:`run_benchmark` (one run: values) or :func:`summarize` (several
-        runs: cells read ``mean ± sd``).
-    metrics : sequence of str, default=None
-        Columns to show, in order (default: every metric present).
-    legend : bool, default=True
-        Append a list of the metrics with their descriptions.
-
-    Returns
-    -------
-    str
-        Markdown text.
-    """
-    summary = "mean" in df.columns
-    value_col = "mean" if summary else "value"
-    cols = list(metrics) if metrics is not None else _ordered(df["metric"], list(METRICS))
-    lines: list[str] = []
-    notes: dict[str, int] = {}
-    for protocol in _ordered(df["protocol"], PROTOCOLS):
-        sub = df[df["protocol"] == protocol]
-        title = {"seen": "Seen sites (harmonizers fitted on them)",
-                 "unseen": "Unseen sites (held out of fit)"}.get(protocol, str(protocol))
-        lines += [f"### {title}", ""]
-        lines.append("| method | " + " | ".join(f"{m} {_arrow(m)}" for m in cols) + " |")
-        lines.append("|---|" + "---:|" * len(cols))
-        for method in _ordered(sub["method"], []):
-            cells = []
-            for metric in cols:
-                hit = sub[(sub["method"] == method) & (sub["metric"] == metric)]
-                if hit.empty:
-                    cells.append("")
-                    continue
-                row = hit.iloc[0]
-                value = float(row[value_col])
-                reason = str(row.get("reason", "") or "")
-                if np.isfinite(value):
-                    sd = float(row["sd"]) if summary else None
-                    cells.append(_fmt(value, sd))
-                else:
-                    if reason:
-                        key = reason
-                        notes.setdefault(key, len(notes) + 1)
-                        cells.append(f"n/a [{notes[key]}]")
-                    else:
-                        cells.append("n/a")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
-    if notes:
-        lines += ["Notes:", ""]
-        lines += [f"[{i}] {reason}  " for reason, i in notes.items()]
-        lines.append("")
-    if legend:
-        lines += ["Metrics (↑ higher is better, ↓ lower is better):", ""]
-        for m in cols:
-            if m in METRICS:
-                lines.append(f"- `{m}` {_arrow(m)}: {METRICS[m][1]}")
-        if summary:
-            n = int(df["n"].max()) if len(df) else 0
-            lines.append(f"- cells: mean ± sd over up to {n} runs")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plot_metrics(
-    df: pd.DataFrame,
-    path: str | PathLike,
-    *,
-    metrics: Sequence[str] | None = None,
-    dpi: int = 100,
-) -> Path:
-    """Bar charts: one panel per metric, one bar per method and protocol.
-
-    Parameters
-    ----------
-    df : DataFrame
-        Output of :func:`run_benchmark` or :func:`summarize` (then error bars show ± sd).
-    path : str or path-like
-        PNG file to write (its folder is created).
-    metrics : sequence of str, default=None
-        Panels to draw (default: every metric present).
-    dpi : int, default=100
-        Resolution.
-
-    Returns
-    -------
-    pathlib.Path
-        The written file.
-    """
-    from matplotlib.figure import Figure  # Agg canvas: no display, no pyplot state
-
-    summary = "mean" in df.columns
-    value_col = "mean" if summary else "value"
-    cols = list(metrics) if metrics is not None else _ordered(df["metric"], list(METRICS))
-    if not cols:
-        raise ValueError("Nothing to plot: the DataFrame has no metric rows.")
-    methods = _ordered(df["method"], [])
-    protocols = _ordered(df["protocol"], PROTOCOLS)
-    ncols = min(4, len(cols))
-    nrows = int(np.ceil(len(cols) / ncols))
-    fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows + 0.4))
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.93, bottom=0.12, wspace=0.3, hspace=0.75)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    width = 0.8 / len(protocols)
-    x = np.arange(len(methods))
-    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
-    for k, metric in enumerate(cols):
-        ax = axes.flat[k]
-        for p, protocol in enumerate(protocols):
-            sub = df[(df["metric"] == metric) & (df["protocol"] == protocol)]
-            vals, errs = [], []
-            for method in methods:
-                hit = sub[sub["method"] == method]
-                vals.append(float(hit[value_col].iloc[0]) if len(hit) else np.nan)
-                errs.append(float(hit["sd"].iloc[0]) if summary and len(hit) else np.nan)
-            vals_a = np.asarray(vals)
-            errs_a = np.nan_to_num(np.asarray(errs))
-            pos = x - 0.4 + width * (p + 0.5)
-            ax.bar(pos, np.nan_to_num(vals_a), width, yerr=errs_a if summary else None,
-                   color=colors[p % len(colors)], label=protocol, capsize=2)
-            for xi, v in zip(pos, vals_a):
-                if not np.isfinite(v):
-                    ax.text(xi, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
-        ax.set_title(f"{metric} {_arrow(metric)}", fontsize=9)
-        ax.set_xticks(x, methods, rotation=30, ha="right", fontsize=8)
-        ax.tick_params(axis="y", labelsize=8)
-        ax.axhline(0, color="black", linewidth=0.5)
-    for ax in list(axes.flat)[len(cols):]:
-        ax.set_visible(False)
-    if len(protocols) > 1:
-        axes.flat[0].legend(fontsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
-
-
-def plot_slices(
-    outputs: Mapping[str, Any],
-    dataset: Any,
-    subject: Any,
-    path: str | PathLike,
-    *,
-    sites: Sequence[Any] | None = None,
-    axis: int = 2,
-    index: int | None = None,
-    test_sites: Sequence[Any] | None = None,
-    dpi: int = 100,
-) -> Path:
-    """One slice of one subject at several sites: input, each method and the truth.
-
-    Each row (the raw input, each method's output, then ``dataset.truth`` when present) is
-    displayed on the common scale of :func:`~harmonix.benchmark.metrics.robust_scale`
-    fitted on that row's images, so a site's remaining intensity difference shows.
-
-    Parameters
-    ----------
-    outputs : mapping of str to ndarray of shape (n_images, i, j, k)
-        Harmonized images of every dataset image, in dataset order (as returned by
-        ``run_benchmark(..., return_outputs=True)``); NaN images are shown as n/a.
-    dataset : MultisiteDataset or object
-        With ``imgs``, ``sites``, ``subjects``, ``mask`` (and optionally ``truth``).
-    subject : label
-        Subject to show.
-    path : str or path-like
-        PNG file to write.
-    sites : sequence of labels, default=None
-        Columns (default: every site where the subject was scanned).
-    axis : int, default=2
-        Axis orthogonal to the slice (2 = axial on the MNI grids).
-    index : int, default=None
-        Slice index (default: middle of the brain mask along ``axis``).
-    test_sites : sequence of labels, default=None
-        Sites to mark "(unseen)" in the column titles.
-    dpi : int, default=100
-
-    Returns
-    -------
-    pathlib.Path
-        The written file.
-    """
-    from matplotlib.figure import Figure
-
-    data = _dataset_arrays(dataset)
-    rows_idx = np.flatnonzero(data["subjects"] == subject)
-    if not len(rows_idx):
-        raise ValueError(f"Subject {subject!r} is not in the dataset.")
-    by_site = {data["sites"][i]: i for i in rows_idx}
-    columns = list(sites) if sites is not None else _site_order(data["sites"][rows_idx])
-    absent = [s for s in columns if s not in by_site]
-    if absent:
-        raise ValueError(f"Subject {subject!r} has no image at site(s) {absent}.")
-    idx = [by_site[s] for s in columns]
-    mask = data["mask"]
-    if index is None:
-        where = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        index = int((where.min() + where.max()) // 2)
-    panels: list[tuple[str, Any]] = [("input", data["imgs"])]
-    panels += [(str(k), v) for k, v in outputs.items()]
-    if data["truth"] is not None:
-        panels.append(("truth", data["truth"]))
-    unseen = set(test_sites or [])
-    fig = Figure(figsize=(2.0 * len(columns) + 0.6, 2.2 * len(panels)), layout="constrained")
-    axes = fig.subplots(len(panels), len(columns), squeeze=False)
-    for r, (label, images) in enumerate(panels):
-        arr = np.asarray(images)[idx].astype(np.float32)
-        ok = np.isfinite(arr).all(axis=(1, 2, 3))
-        shown = np.zeros_like(arr)
-        if ok.any():
-            shown[ok] = robust_scale(arr[ok], mask)
-        for c, site in enumerate(columns):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if ok[c]:
-                ax.imshow(np.rot90(np.take(shown[c], index, axis=axis)), cmap="gray",
-                          vmin=0, vmax=1, interpolation="nearest")
-            else:
-                ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
-            if r == 0:
-                ax.set_title(f"{site}{' (unseen)' if site in unseen else ''}", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=9)
-    fig.suptitle(f"subject {subject}", fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+_METRIC_FUNCS: dict[str, Callable[[_Run, str], _Result]] = {
+    "traveling_subject_ssim_score": _traveling,
+    "truth_ssim_score": _truth,
+    "distance_correlation_score": _distances,
+    "site_predictability_error": _site_metric("tissue"),
+    "site_histogram_error": _site_metric("histogram"),
+    "site_chance_level": _chance,
+    "brain_age_error": _brain_age(null=False),
+    "brain_age_null_error": _brain_age(null=True),
+    "gm_age_correlation": _gm_age,
+    "true_gm_age_correlation": _true_gm_age,
+}

@@ -1,0 +1,154 @@
+"""Data sets the benchmark scores: checks of their arrays and NIfTI manifests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BenchmarkDataset", "dataset_from_manifest"]
+
+
+@dataclass(frozen=True, eq=False)
+class DataArrays:
+    """The checked arrays of a data set (what the runner and the figures read)."""
+
+    imgs: np.ndarray
+    sites: np.ndarray
+    subjects: np.ndarray
+    ages: np.ndarray | None
+    truth: Any
+    gm: Any
+    mask: np.ndarray
+    reference: Any
+
+    def true_gm_volumes(self) -> np.ndarray | None:
+        """Sum of each image's true GM map (``dataset.gm``), or None without one."""
+        if self.gm is None:
+            return None
+        return np.asarray(self.gm, dtype=np.float64).reshape(len(self.imgs), -1).sum(axis=1)
+
+
+def dataset_arrays(dataset: Any) -> DataArrays:
+    """Check a data set's attributes and return them as arrays."""
+    missing = [a for a in ("imgs", "sites", "subjects", "mask") if not hasattr(dataset, a)]
+    if missing:
+        raise ValueError(
+            f"dataset lacks attribute(s) {missing}; pass harmonix.datasets.make_multisite(...) "
+            "or an object with imgs, sites, subjects, mask (and optionally ages, truth, gm)."
+        )
+    imgs = np.asarray(dataset.imgs)
+    if imgs.ndim != 4:
+        raise ValueError(f"dataset.imgs must be (n_images, i, j, k); got shape {imgs.shape}.")
+    n = len(imgs)
+    sites = np.asarray(dataset.sites)
+    subjects = np.asarray(dataset.subjects)
+    ages = getattr(dataset, "ages", None)
+    ages = None if ages is None else np.asarray(ages, dtype=np.float64)
+    truth = getattr(dataset, "truth", None)
+    gm = getattr(dataset, "gm", None)
+    for name, arr in (("sites", sites), ("subjects", subjects), ("ages", ages)):
+        if arr is not None and arr.shape != (n,):
+            raise ValueError(f"dataset.{name} must have one entry per image ({n}).")
+    if truth is not None and np.shape(truth) != imgs.shape:
+        raise ValueError("dataset.truth must have the shape of dataset.imgs.")
+    if gm is not None and np.shape(gm) != imgs.shape:
+        raise ValueError("dataset.gm (true GM maps) must have the shape of dataset.imgs.")
+    mask = np.asarray(dataset.mask) != 0
+    if mask.shape != imgs.shape[1:]:
+        raise ValueError(f"dataset.mask must have shape {imgs.shape[1:]}, got {mask.shape}.")
+    return DataArrays(imgs, sites, subjects, ages, truth, gm, mask,
+                      getattr(dataset, "reference_site", None))
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class BenchmarkDataset:
+    """Images and labels for :func:`run_benchmark` (see :func:`dataset_from_manifest`).
+
+    Attributes
+    ----------
+    imgs : ndarray of shape (n, i, j, k), float32
+    sites : ndarray of shape (n,)
+    subjects : ndarray of shape (n,)
+        Subject labels (one per image when the manifest has none).
+    ages : ndarray of shape (n,) or None
+    mask : ndarray of shape (i, j, k), bool
+        Voxels non-zero in every image.
+    affine : ndarray of shape (4, 4)
+        Affine of the first image.
+    truth : None
+        No ground truth for real data.
+    reference_site : None
+    """
+
+    imgs: np.ndarray
+    sites: np.ndarray
+    subjects: np.ndarray
+    ages: np.ndarray | None
+    mask: np.ndarray
+    affine: np.ndarray
+    truth: None = None
+    reference_site: Any = None
+
+    def __len__(self) -> int:
+        return int(self.imgs.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"BenchmarkDataset(n_images={len(self)}, n_sites={len(set(self.sites.tolist()))}, "
+            f"shape={'x'.join(map(str, self.imgs.shape[1:]))})"
+        )
+
+
+def dataset_from_manifest(manifest: Any) -> BenchmarkDataset:
+    """Load the images of a manifest into a data set :func:`run_benchmark` accepts.
+
+    The benchmark scores images in memory, so every image is loaded (float32) and all must
+    share one grid (e.g. registered to MNI space).
+
+    Parameters
+    ----------
+    manifest : harmonix.io.Manifest, str or path-like
+        A manifest (:func:`harmonix.io.read_manifest`) or the path of its CSV, with columns
+        ``path, site`` and optionally ``age`` and ``subject`` (traveling-subject metrics
+        need subjects scanned at several sites).
+
+    Returns
+    -------
+    BenchmarkDataset
+        With ``mask`` the voxels non-zero in every image and no ground truth.
+    """
+    from harmonix.io import Manifest, as_collection, load_img, read_manifest
+
+    man = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    coll = as_collection(list(man.paths))
+    shapes = {coll.shape(i) for i in range(len(coll))}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"The benchmark needs all images on one grid; found shapes {sorted(shapes)}. "
+            "Resample them to a common space first."
+        )
+    imgs = np.stack([coll[i] for i in range(len(coll))]).astype(np.float32, copy=False)
+    mask = (imgs != 0).all(axis=0)
+    if not mask.any():
+        raise ValueError("The images share no non-zero voxel; check that they are aligned.")
+    subjects = (
+        np.asarray(man.subjects)
+        if man.subjects is not None
+        else np.array([f"img{i}" for i in range(len(imgs))])
+    )
+    return BenchmarkDataset(
+        imgs=imgs,
+        sites=np.asarray(man.sites),
+        subjects=subjects,
+        ages=None if man.ages is None else np.asarray(man.ages, dtype=np.float64),
+        mask=mask,
+        affine=np.asarray(load_img(man.paths[0]).affine),
+    )
+
+
+def _site_order(sites: np.ndarray) -> list[Any]:
+    return list(dict.fromkeys(sites.tolist()))
+
+

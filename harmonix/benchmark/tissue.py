@@ -1,0 +1,177 @@
+"""A contrast-robust three-tissue segmentation for the biology metrics and site features.
+
+:func:`segment_tissues` splits the brain voxels of each image into CSF, grey matter (GM)
+and white matter (WM) with partial volumes, per image, so that the result does not depend
+on the image's intensity units or (within limits) its contrast:
+
+1. the image is divided by its median inside the mask (shifted first if the median is
+   not positive, e.g. z-scores);
+2. optionally (``n_bias > 0``), a smooth multiplicative bias is removed: the voxels are
+   classified by 1-D k-means (three classes, T1 order CSF < GM < WM), the ratio of each WM
+   voxel to the WM centre is averaged in blocks and smoothed (normalized convolution) into
+   a field, and the image is divided by it. Off by default: on the simulated sites the
+   field also absorbed part of the regional atrophy it should measure (GM-age r of one
+   site fell from -0.69 to -0.07 at 2 mm), while the inputs are N4-corrected anyway;
+3. final k-means centres ``c < g < w``; each voxel is a mixture of the two classes whose
+   centres surround its intensity ``v`` (partial volume): GM fraction
+   ``(v - c) / (g - c)`` below ``g`` and ``(w - v) / (w - g)`` above, clipped to
+   ``[0, 1]``; the rest is CSF below ``g`` and WM above.
+
+The GM volume is the sum of the GM fractions. Because classes are found per image and the
+fractions interpolate between the image's own class centres, an increasing intensity remap
+moves the volume little; a remap that squeezes the CSF-GM range (a strongly nonlinear
+contrast curve) still biases it, and no intensity-only method avoids that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from skimage.measure import block_reduce
+
+from harmonix.benchmark.scale import _as_images, _as_mask
+
+__all__ = ["Tissues", "segment_tissues"]
+
+#: Tissue order of :class:`Tissues` arrays.
+TISSUES = ("csf", "gm", "wm")
+
+
+@dataclass(frozen=True)
+class Tissues:
+    """Result of :func:`segment_tissues` for ``n`` images and the ``v`` voxels of a mask.
+
+    Attributes
+    ----------
+    fractions : ndarray of shape (n, 3, v), float32
+        CSF, GM and WM partial-volume fractions of each mask voxel (they sum to 1).
+    labels : ndarray of shape (n, v), int8
+        Hard class of each voxel (0 CSF, 1 GM, 2 WM).
+    normalized : ndarray of shape (n, v), float32
+        The voxels robustly standardized per image: minus the image's median inside the
+        mask, divided by its interquartile range (no bias correction). Unlike a division
+        by the median, this is unchanged by any increasing affine map of the image, so it
+        also serves outputs in z-score units (WhiteStripe), whose median is near 0.
+    mask : ndarray of shape (i, j, k), bool
+        The mask the voxels come from.
+    """
+
+    fractions: np.ndarray
+    labels: np.ndarray
+    normalized: np.ndarray
+    mask: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def volumes(self) -> np.ndarray:
+        """Volume (voxel count) of each tissue: ndarray of shape (n, 3)."""
+        return self.fractions.sum(axis=2, dtype=np.float64)
+
+    def subset(self, idx: Any) -> Tissues:
+        """The segmentations of images ``idx`` (an index array or boolean mask)."""
+        return Tissues(self.fractions[idx], self.labels[idx], self.normalized[idx], self.mask)
+
+
+def _kmeans_1d(values: np.ndarray, n_classes: int = 3, max_iter: int = 100) -> np.ndarray:
+    """Lloyd's k-means on 1-D data; returns the sorted class centres."""
+    x = np.sort(values)
+    csum = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+    centers = np.quantile(x, (np.arange(n_classes) + 0.5) / n_classes)
+    cuts = np.zeros(n_classes - 1, dtype=np.int64)
+    for it in range(max_iter):
+        thresholds = (centers[:-1] + centers[1:]) / 2
+        new_cuts = np.searchsorted(x, thresholds, side="right")
+        if it > 0 and np.array_equal(new_cuts, cuts):
+            break
+        cuts = new_cuts
+        bounds = np.concatenate([[0], cuts, [len(x)]])
+        counts = np.diff(bounds)
+        sums = csum[bounds[1:]] - csum[bounds[:-1]]
+        centers = np.where(counts > 0, sums / np.maximum(counts, 1), centers)
+    return centers
+
+
+def _smooth_field(values: np.ndarray, weight: np.ndarray, block: int, sigma: float) -> np.ndarray:
+    """Normalized-convolution smoothing of ``values`` where ``weight``, on a block grid."""
+    shape = values.shape
+    num = block_reduce(np.where(weight, values, 0.0), (block,) * 3, np.sum)
+    den = block_reduce(weight.astype(np.float64), (block,) * 3, np.sum)
+    num = ndimage.gaussian_filter(num, sigma, mode="nearest")
+    den = ndimage.gaussian_filter(den, sigma, mode="nearest")
+    low = num / np.maximum(den, 1e-6 * max(float(den.max()), 1e-12))
+    up = ndimage.zoom(low, [s / n for s, n in zip(np.array(shape) + (-np.array(shape)) % block,
+                                                  low.shape)], order=1, mode="nearest")
+    return up[: shape[0], : shape[1], : shape[2]]
+
+
+def _segment_one(img: np.ndarray, m: np.ndarray, n_bias: int, block: int, sigma: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vals = img[m].astype(np.float64)
+    q25, med, q75 = np.quantile(vals, [0.25, 0.5, 0.75])
+    norm = (vals - med) / (q75 - q25 if q75 > q25 else 1.0)
+    v = vals / med if med > 0 else vals - med + 1.0
+    x = np.zeros(img.shape)
+    for it in range(n_bias + 1):
+        centers = _kmeans_1d(v)
+        labels = np.digitize(v, (centers[:-1] + centers[1:]) / 2)
+        if it == n_bias or not (np.diff(centers) > 0).all() or centers[0] <= 0:
+            break
+        x[m] = v / centers[labels]
+        tissue = np.zeros(img.shape, bool)
+        tissue[m] = labels == 2  # WM only: GM intensities carry the atrophy to be measured
+        field = _smooth_field(x, tissue, block, sigma)[m]
+        field = np.where(field > 0.2, field, 1.0)
+        v = v / field
+    c, g, w = centers
+    gm = np.zeros_like(v)
+    if c < g < w:
+        gm = np.where(v <= g, (v - c) / (g - c), (w - v) / (w - g))
+    np.clip(gm, 0.0, 1.0, out=gm)
+    rest = 1.0 - gm
+    fractions = np.stack([np.where(v <= g, rest, 0.0), gm, np.where(v > g, rest, 0.0)])
+    return fractions.astype(np.float32), labels.astype(np.int8), norm.astype(np.float32)
+
+
+def segment_tissues(
+    imgs: Any,
+    mask: Any,
+    *,
+    n_bias: int = 0,
+    bias_blocks: int = 12,
+) -> Tissues:
+    """Three-tissue partial-volume segmentation of each image (see the module docstring).
+
+    Parameters
+    ----------
+    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
+        T1-weighted images (CSF darker than GM, GM darker than WM).
+    mask : ndarray of shape (i, j, k)
+        Brain mask.
+    n_bias : int, default=0
+        Bias-correction iterations (0: none).
+    bias_blocks : int, default=12
+        The bias field is estimated on a grid of about ``bias_blocks`` blocks along the
+        longest axis of the image (about 15 mm on an MNI grid) and smoothed with a
+        one-block Gaussian.
+
+    Returns
+    -------
+    Tissues
+        Fractions, hard labels and standardized intensities of the mask voxels.
+    """
+    arr = _as_images(imgs)
+    m = _as_mask(mask, arr.shape[1:])
+    if int(n_bias) < 0 or int(bias_blocks) < 1:
+        raise ValueError("n_bias must be >= 0 and bias_blocks >= 1.")
+    block = max(1, int(round(max(m.shape) / int(bias_blocks))))
+    parts = [_segment_one(img, m, int(n_bias), block, 1.0) for img in arr]
+    return Tissues(
+        fractions=np.stack([p[0] for p in parts]),
+        labels=np.stack([p[1] for p in parts]),
+        normalized=np.stack([p[2] for p in parts]),
+        mask=m,
+    )
