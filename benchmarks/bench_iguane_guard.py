@@ -1,62 +1,147 @@
-"""Stress test of IGUANe models on harsh unseen sites: per-image SSIM vs HM and the guard.
+"""Stress tests of IGUANe models on unseen inputs unlike their training: SSIM vs HM, the guard.
 
 For each (seed, model) pair: ``make_multisite(8, 5, resolution=4, random_state=seed,
-style="legacy")`` (the data the models were trained on)
-gives the training sites (site0-3) HM is fitted on and the subjects; ``make_family_b(...,
-strength="harsh")`` scans them at 4 sites with strong effects of other kinds (gamma
-0.3-3, 4-7 mm slices, 80-150 % linear bias, 6-12 % Gaussian noise). Each image's SSIM to
-its subject's reference-site image (both harmonized by the method) is compared between
-IGUANe and HM, beside ``distribution_distance`` and the model's ``ood_threshold_``.
+style="legacy")`` (the data the models were trained on) gives the training sites (site0-3)
+HM is fitted on and the subjects. Two kinds of unseen inputs are scored:
+
+- ``harsh``: ``make_family_b(..., strength="harsh")`` scans the subjects at 4 sites with
+  strong effects of other kinds (gamma 0.3-3, 4-7 mm slices, 80-150 % linear bias, 6-12 %
+  Gaussian noise);
+- ``artifacts``: the unseen site4 scans damaged in ways no training site shows, each kind
+  given as a new site: contrast inverted (a T2-like image), a ghost (half the image added
+  again shifted by a quarter of the field of view), blur (Gaussian, sigma 1.5 voxels = 6 mm),
+  strong noise (sigma 25 % of the brain median, magnitude), three dark lesions (8 mm radius,
+  30 % intensity), stripes (intensity modulated by 60 % along one axis).
+
+Each image's SSIM to its subject's reference-site image (both harmonized by the method) is
+compared between IGUANe and HM and no harmonization, beside ``distribution_distance`` and
+the model's ``ood_threshold_``.
 
 Models: files saved by ``IGUANeHarmonizer.save`` after training on the same seed as in
-``bench_iguane_learning.py`` (the shipped model is seed 0's)::
+``bench_iguane_learning.py --save-models DIR`` (the shipped model is seed 0's)::
 
-    python benchmarks/bench_iguane_guard.py --seed-models 0=harmonix/data/iguane_cpu_demo.pt
+    python benchmarks/bench_iguane_guard.py --seed-models 0=harmonix/data/iguane_cpu_demo.pt \\
+        1=models/seed1.pt 2=models/seed2.pt
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_iguane_learning import Scorer
+from bench_iguane_learning import Scorer, per_image_ssim
 from site_family_b import make_family_b
 
 from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
+from harmonix.benchmark.metrics import robust_range
 from harmonix.datasets import make_multisite
+
+
+def _lesions(rng: np.random.Generator, mask: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    def damage(x: np.ndarray) -> np.ndarray:
+        y = x.copy()
+        inside = np.argwhere(mask)
+        grid = np.indices(x.shape)
+        for _ in range(3):
+            centre = inside[rng.integers(len(inside))]
+            dist = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(0))
+            y[dist < 2] *= 0.3
+        return y
+
+    return damage
+
+
+def artifact_kinds(imgs: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> dict:
+    """The damaged versions of ``imgs`` (see the module docstring), background kept at 0."""
+    top = float(np.percentile(imgs[:, mask], 99.5))
+    median = float(np.median(imgs[:, mask]))
+    axis0 = np.indices(imgs.shape[1:])[0]
+    kinds = {
+        "inverted": lambda x: 1.05 * top - x,
+        "ghost": lambda x: x + 0.5 * np.roll(x, x.shape[1] // 4, axis=1),
+        "blur": lambda x: ndimage.gaussian_filter(x, 1.5),
+        "noise": lambda x: np.abs(x + rng.normal(0.0, 0.25 * median, x.shape)),
+        "lesions": _lesions(rng, mask),
+        "stripes": lambda x: x * (1 + 0.6 * np.sin(axis0 / 1.5)),
+    }
+    out = {}
+    for name, damage in kinds.items():
+        damaged = np.stack([damage(x) for x in imgs]).astype(np.float32)
+        damaged[:, ~mask] = 0
+        damaged[:, mask] = np.maximum(damaged[:, mask], 1e-3 * median)
+        out[name] = damaged
+    return out
+
+
+def harsh(seed: int, est: IGUANeHarmonizer, ds, score: Scorer, hm) -> None:
+    b = make_family_b(ds, n_sites=4, random_state=seed + 50, strength="harsh")
+    score = Scorer(ds, b, ds.site_names[-1])
+    ri = score(est.transform(ds.imgs, ds.sites), est.transform(b.imgs, b.sites))
+    rh = score(hm.transform(ds.imgs), hm.transform(b.imgs))
+    dist = est.distribution_distance(b.imgs, b.sites)
+    mine, ref = np.array(ri["per_image_b"]), np.array(rh["per_image_b"])
+    below, flagged = mine < ref, dist > est.ood_threshold_
+    print(
+        f"seed {seed} harsh: traveling SSIM IGUANe {ri['ssim_family_b']:.3f}, HM "
+        f"{rh['ssim_family_b']:.3f}; images below HM {below.sum()}/{len(mine)}, flagged "
+        f"{flagged.sum()}, below and flagged {(below & flagged).sum()}; threshold "
+        f"{est.ood_threshold_:.2f}, distances {dist.min():.2f}-{dist.max():.2f}",
+        flush=True,
+    )
+
+
+def artifacts(seed: int, est: IGUANeHarmonizer, ds, score: Scorer, hm) -> None:
+    tr, unseen, mask = score.train, score.unseen, ds.mask
+    ref = [score.ref_index[s] for s in ds.subjects[unseen]]
+    ref_i = est.transform(ds.imgs[ref], ds.sites[ref])
+    ref_h = hm.transform(ds.imgs[ref])
+    vr_i = robust_range(est.transform(ds.imgs[tr], ds.sites[tr]), mask)
+    vr_h = robust_range(hm.transform(ds.imgs[tr]), mask)
+    vr_n = robust_range(ds.imgs[tr], mask)
+    rng = np.random.default_rng(seed)
+    kinds = {"clean": ds.imgs[unseen], **artifact_kinds(ds.imgs[unseen], mask, rng)}
+    print(f"seed {seed} artifacts (per-image SSIM to the reference-site scan, 8 images):")
+    print("| kind | IGUANe | HM | none | below HM | below none | flagged | distances |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, imgs in kinds.items():
+        sites = np.full(len(imgs), f"new-{name}")
+        mine = per_image_ssim(est.transform(imgs, sites), ref_i, mask, vr_i)
+        by_hm = per_image_ssim(hm.transform(imgs), ref_h, mask, vr_h)
+        none = per_image_ssim(imgs, ds.imgs[ref], mask, vr_n)
+        dist = est.distribution_distance(imgs, sites)
+        print(
+            f"| {name} | {mine.mean():.3f} | {by_hm.mean():.3f} | {none.mean():.3f} | "
+            f"{(mine < by_hm).sum()} | {(mine < none).sum()} | "
+            f"{(dist > est.ood_threshold_).sum()} | {dist.min():.2f}-{dist.max():.2f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed-models", nargs="+", required=True, metavar="SEED=PATH")
+    p.add_argument("--tests", nargs="+", choices=("harsh", "artifacts"),
+                   default=["harsh", "artifacts"])
     args = p.parse_args()
     torch.set_num_threads(2)
     for item in args.seed_models:
         seed_text, _, path = item.partition("=")
         seed = int(seed_text)
         ds = make_multisite(8, 5, resolution=4, random_state=seed, style="legacy")
-        b = make_family_b(ds, n_sites=4, random_state=seed + 50, strength="harsh")
-        score = Scorer(ds, b, ds.site_names[-1])
+        score = Scorer(ds, ds, ds.site_names[-1])
         est = IGUANeHarmonizer.load(path).set_params(ood_action="ignore")
         hm = HistogramMatchingHarmonizer(reference_site=ds.reference_site)
         hm.fit(ds.imgs[score.train], ds.sites[score.train])
-        ri = score(est.transform(ds.imgs, ds.sites), est.transform(b.imgs, b.sites))
-        rh = score(hm.transform(ds.imgs), hm.transform(b.imgs))
-        dist = est.distribution_distance(b.imgs, b.sites)
-        mine, ref = np.array(ri["per_image_b"]), np.array(rh["per_image_b"])
-        below, flagged = mine < ref, dist > est.ood_threshold_
-        print(
-            f"seed {seed}: harsh-B traveling SSIM IGUANe {ri['ssim_family_b']:.3f}, HM "
-            f"{rh['ssim_family_b']:.3f}; images below HM {below.sum()}/{len(mine)}, flagged "
-            f"{flagged.sum()}, below and flagged {(below & flagged).sum()}; threshold "
-            f"{est.ood_threshold_:.2f}, distances {dist.min():.2f}-{dist.max():.2f}"
-        )
+        for test in args.tests:
+            (harsh if test == "harsh" else artifacts)(seed, est, ds, score, hm)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--save-models", default=None, metavar="DIR",
                    help="save each seed's final model as DIR/seed<N>.pt "
                    "(for bench_iguane_guard.py)")
+    p.add_argument("--rescore", default=None, metavar="DIR",
+                   help="with --report: score again the baselines and the final models "
+                   "saved as DIR/seed<N>.pt (curves and timings kept), rewrite the JSONL, "
+                   "then write the report")
     return p.parse_args()
 
 
@@ -125,6 +129,35 @@ class Scorer:
             s: i for i, s in enumerate(ds.subjects) if ds.sites[i] == ds.reference_site
         }
 
+    def oracle(self, out_a: np.ndarray) -> np.ndarray:
+        """Each A image replaced by its subject's reference-site image in ``out_a``."""
+        return np.stack([out_a[self.ref_index[s]] for s in self.ds.subjects])
+
+    def baselines(self) -> dict[str, dict]:
+        """Scores of none, HM, WS (fitted on the training images) and the oracle.
+
+        The oracle harmonizes every image into its subject's reference-site scan: the
+        ceiling of the SSIM scores, and what a perfect harmonization does to the distance
+        correlation (between-subject differences as the reference scanner sees them).
+        """
+        ds, ds_b, tr = self.ds, self.b, self.train
+        rows = {}
+        for name, factory in (
+            ("none", None),
+            ("HM", HistogramMatchingHarmonizer),
+            ("WS", WhiteStripeHarmonizer),
+        ):
+            if factory is None:
+                out_a, out_b = ds.imgs, ds_b.imgs
+            else:
+                h = factory(reference_site=ds.reference_site).fit(ds.imgs[tr], ds.sites[tr])
+                out_a, out_b = h.transform(ds.imgs), h.transform(ds_b.imgs)
+            rows[name] = self(out_a, out_b)
+        oracle_a = self.oracle(ds.imgs)
+        oracle_b = np.stack([ds.imgs[self.ref_index[s]] for s in ds_b.subjects])
+        rows["oracle"] = self(oracle_a, oracle_b)
+        return rows
+
     def __call__(self, out_a: np.ndarray, out_b: np.ndarray) -> dict[str, float]:
         ds, b = self.ds, self.b
         vr = robust_range(out_a[self.train], ds.mask)
@@ -143,6 +176,12 @@ class Scorer:
             )
         res["distance_corr_unseen"] = distance_correlation_score(
             ds.imgs[self.unseen], out_a[self.unseen], ds.sites[self.unseen], ds.mask
+        )
+        res["distance_corr_oracle_unseen"] = distance_correlation_score(
+            self.oracle(ds.imgs)[self.unseen], out_a[self.unseen], ds.sites[self.unseen], ds.mask
+        )
+        res["gm_age_r_true_unseen"] = float(
+            np.corrcoef(ds.gm_volume[self.unseen], ds.ages[self.unseen])[0, 1]
         )
         res["gm_age_r_unseen"] = gm_age_correlation(
             out_a[self.unseen], ds.ages[self.unseen], ds.mask
@@ -198,26 +237,54 @@ def start_point(ds, ds_b, score: Scorer, params: dict) -> dict:
     return res
 
 
-def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
+def make_data(seed: int, args: argparse.Namespace) -> Scorer:
+    """The A data set, the B sites and their scorer for one seed."""
     ds = make_multisite(
         args.n_subjects, args.n_sites, resolution=4, random_state=seed, style="legacy"
     )
     ds_b = make_family_b(ds, n_sites=args.n_sites_b, random_state=seed)
-    unseen = ds.site_names[-1]
-    score = Scorer(ds, ds_b, unseen)
-    tr = score.train
-    rows: dict = {"seed": seed, "baselines": {}, "curve": []}
-    for name, factory in (
-        ("none", None),
-        ("HM", HistogramMatchingHarmonizer),
-        ("WS", WhiteStripeHarmonizer),
-    ):
-        if factory is None:
-            out_a, out_b = ds.imgs, ds_b.imgs
-        else:
-            h = factory(reference_site=ds.reference_site).fit(ds.imgs[tr], ds.sites[tr])
-            out_a, out_b = h.transform(ds.imgs), h.transform(ds_b.imgs)
-        rows["baselines"][name] = score(out_a, out_b)
+    return Scorer(ds, ds_b, ds.site_names[-1])
+
+
+def final_rows(est: IGUANeHarmonizer, score: Scorer) -> dict:
+    """Scores and guard distances of a trained model (the selected checkpoint)."""
+    ds, ds_b = score.ds, score.b
+    final = score(est.transform(ds.imgs, ds.sites), est.transform(ds_b.imgs, ds_b.sites))
+    final["best_step"] = est.history_["best_step"]
+    return {
+        "final": final,
+        "guard_b": est.distribution_distance(ds_b.imgs, ds_b.sites).tolist(),
+        "guard_unseen": est.distribution_distance(
+            ds.imgs[score.unseen], ds.sites[score.unseen]
+        ).tolist(),
+        "guard_threshold": est.ood_threshold_,
+    }
+
+
+def rescore(jsonl: Path, models: Path, args: argparse.Namespace) -> None:
+    """Recompute baselines and final scores of earlier runs from their saved models.
+
+    The learning curves and timings of each run are kept; its ``baselines`` (with the
+    oracle) and ``final`` rows are scored again with today's metrics, from the model saved
+    by ``--save-models`` (``models/seed<N>.pt``). The JSON-lines file is rewritten.
+    """
+    runs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    for run in runs:
+        score = make_data(run["seed"], args)
+        est = IGUANeHarmonizer.load(models / f"seed{run['seed']}.pt")
+        est.set_params(ood_action="ignore")
+        run["baselines"] = score.baselines()
+        run.update(final_rows(est, score))
+        print(f"seed {run['seed']} rescored", flush=True)
+    tmp = jsonl.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(run) + "\n" for run in runs))
+    tmp.replace(jsonl)
+
+
+def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
+    score = make_data(seed, args)
+    ds, ds_b, tr = score.ds, score.b, score.train
+    rows: dict = {"seed": seed, "baselines": score.baselines(), "curve": []}
 
     if params.get("identity_init"):
         rows["curve"].append(start_point(ds, ds_b, score, params))
@@ -264,14 +331,7 @@ def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
     if args.save_models:
         Path(args.save_models).mkdir(parents=True, exist_ok=True)
         est.save(Path(args.save_models) / f"seed{seed}.pt")
-    final_a, final_b = est.transform(ds.imgs, ds.sites), est.transform(ds_b.imgs, ds_b.sites)
-    rows["final"] = score(final_a, final_b)
-    rows["final"]["best_step"] = est.history_["best_step"]
-    rows["guard_b"] = est.distribution_distance(ds_b.imgs, ds_b.sites).tolist()
-    rows["guard_unseen"] = est.distribution_distance(
-        ds.imgs[score.unseen], ds.sites[score.unseen]
-    ).tolist()
-    rows["guard_threshold"] = est.ood_threshold_
+    rows.update(final_rows(est, score))
     return rows
 
 
@@ -293,6 +353,57 @@ def _guard_rows(run: dict) -> tuple[int, int, int, int]:
                 below += 1
                 flagged_below += flag
     return below, flagged_below, flagged, total
+
+
+def biology_table(runs: list[dict]) -> list[str]:
+    """Distance correlations and age-GM correlations on the unseen A site, with the oracle."""
+    methods = ("none", "HM", "WS", "IGUANe", "oracle")
+    if not all("oracle" in r["baselines"] for r in runs):
+        return []
+
+    def row(r: dict) -> dict[str, dict]:
+        return {**r["baselines"], "IGUANe": r["final"]}
+
+    def cells(values: dict, key: str, names=methods) -> str:
+        return " / ".join(f"{values[m][key]:.3f}" for m in names)
+
+    lines = [
+        "",
+        "## Between-subject differences and biology (unseen A site)",
+        "",
+        "Distance correlation (Spearman, over the 28 subject pairs of the unseen site): of "
+        "the pairwise distances after harmonization with those *before* (the input), and with "
+        "those of the same subjects' reference-site scans (*oracle distances*: how the "
+        "reference scanner sees the differences). The oracle row harmonizes each image into "
+        "its subject's reference-site scan: a perfect harmonization. Age-GM r: Pearson "
+        "correlation of age with the GM volume measured on the images "
+        "(`gm_age_correlation`), beside the true GM volumes of the simulation.",
+        "",
+        "| seed | dist. corr to input: " + " / ".join(methods)
+        + " | dist. corr to oracle distances: " + " / ".join(methods[:4])
+        + " | age-GM r: true / " + " / ".join(methods) + " |",
+        "|---|---|---|---|",
+    ]
+    for r in runs:
+        v = row(r)
+        lines.append(
+            f"| {r['seed']} | {cells(v, 'distance_corr_unseen')} | "
+            f"{cells(v, 'distance_corr_oracle_unseen', methods[:4])} | "
+            f"{r['baselines']['none']['gm_age_r_true_unseen']:.3f} / "
+            f"{cells(v, 'gm_age_r_unseen')} |"
+        )
+    mean = {
+        m: {k: _mean([row(r)[m][k] for r in runs]) for k in (
+            "distance_corr_unseen", "distance_corr_oracle_unseen", "gm_age_r_unseen",
+            "gm_age_r_true_unseen")}
+        for m in methods
+    }
+    lines.append(
+        f"| mean | {cells(mean, 'distance_corr_unseen')} | "
+        f"{cells(mean, 'distance_corr_oracle_unseen', methods[:4])} | "
+        f"{mean['none']['gm_age_r_true_unseen']:.3f} / {cells(mean, 'gm_age_r_unseen')} |"
+    )
+    return lines
 
 
 def write_report(runs: list[dict], out: Path, notes: list[str]) -> None:
@@ -364,6 +475,7 @@ def write_report(runs: list[dict], out: Path, notes: list[str]) -> None:
             f"| {r['seed']} | {r['guard_threshold']:.2f} | {below} | {fb} | {flagged} | "
             f"{total} |"
         )
+    lines += biology_table(runs)
     lines += [
         "",
         "## Learning curves (current generator every eval step)",
@@ -421,6 +533,9 @@ def write_report(runs: list[dict], out: Path, notes: list[str]) -> None:
 def main() -> None:
     args = parse_args()
     if args.report:
+        if args.rescore:
+            torch.set_num_threads(args.threads)
+            rescore(Path(args.report), Path(args.rescore), args)
         runs = [json.loads(line) for line in Path(args.report).read_text().splitlines()]
         notes_path = Path(args.out).with_suffix(".notes.md")
         notes = notes_path.read_text().splitlines() if notes_path.exists() else []
