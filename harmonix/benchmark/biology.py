@@ -21,6 +21,7 @@ import numpy as np
 from skimage.measure import block_reduce
 from sklearn.model_selection import GroupKFold
 
+from harmonix._docs import fill_doc
 from harmonix.benchmark._folds import grouped_splits
 from harmonix.benchmark.scale import _as_labels, _as_mask, robust_scale
 from harmonix.benchmark.tissue import Tissues, segment_tissues
@@ -95,7 +96,7 @@ def _tissue_age_features(tissues: Tissues, regions: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class BrainAgePredictions:
-    """Out-of-fold predictions of :func:`brain_age_predictions`.
+    """Out-of-fold predictions of :func:`brain_age_error` (``return_predictions=True``).
 
     Attributes
     ----------
@@ -115,7 +116,10 @@ class BrainAgePredictions:
     null: np.ndarray
 
 
-def brain_age_predictions(
+
+
+@fill_doc
+def brain_age_error(
     imgs: Any,
     ages: Any,
     mask: Any,
@@ -130,8 +134,59 @@ def brain_age_predictions(
     value_range: tuple[float, float] | None = None,
     random_state: Any = None,
     tissues: Tissues | None = None,
-) -> BrainAgePredictions:
-    """Out-of-fold brain-age predictions; see :func:`brain_age_error` for the parameters."""
+    return_predictions: bool = False,
+) -> float | tuple[float, BrainAgePredictions]:
+    """Cross-validated brain-age mean absolute error (years). Lower is better.
+
+    Features (``features="tissue"``): the mean CSF and GM fractions of
+    :func:`~harmonix.benchmark.tissue.segment_tissues` in blocks of a grid of about
+    ``regions`` blocks along the longest axis, plus the global CSF, GM and WM fractions;
+    they are standardized on each training fold and fed to a ridge regression (closed form
+    by SVD) whose penalty is chosen by an inner 3-fold subject-grouped CV. Predictions are
+    clipped to the training ages' range. Outer folds are grouped by subject: a test subject
+    is never in the training set, even scanned at another site. ``features="voxels"``
+    uses block-averaged intensities on the common scale instead (the model of harmonix
+    0.1, which did not beat the null model on the synthetic sites).
+
+    With ``train``, the model learns only from the ``train`` images of the training
+    subjects and is tested on the other images of the held-out subjects (e.g. learn on
+    harmonized seen sites, test on harmonized unseen sites). Compare the result with
+    :func:`brain_age_null_error` on the same folds.
+
+    Parameters
+    ----------
+    %(bm_harmonized)s
+    ages : array-like of shape (n_images,)
+        Target ages.
+    %(bm_mask2)s
+    groups : array-like of shape (n_images,), default=None
+        Subject of each image.
+    train : array-like of bool, shape (n_images,), default=None
+        Images the model may learn from; the others are the test images. All images play
+        both roles by default.
+    n_splits : int, default=5
+        Outer folds (reduced to the number of subjects when fewer).
+    features : {"tissue", "voxels"}, default="tissue"
+        Regional tissue fractions, or block-averaged intensities.
+    regions : int, default=6
+        Blocks along the longest image axis for the regional fractions.
+    downsample : int, default=None
+        Block size of ``features="voxels"`` (default: about 4,000 features).
+    alphas : sequence of float, default=10**-3 ... 10**5
+        Ridge penalties searched by the inner CV.
+    value_range : tuple of float, default=None
+        Intensity range mapped to ``[0, 1]`` (:func:`~harmonix.benchmark.robust_scale`)
+        before segmenting; default: the pooled robust range of ``imgs``.
+    %(bm_fold_seed)s
+    %(bm_tissues)s
+    return_predictions : bool, default=False
+        Also return the out-of-fold predictions (:class:`BrainAgePredictions`).
+
+    Returns
+    -------
+    float or (float, BrainAgePredictions)
+        Mean absolute error over all test predictions.
+    """
     if features not in ("tissue", "voxels"):
         raise ValueError(f"features must be 'tissue' or 'voxels', got {features!r}.")
     if tissues is None or features == "voxels":
@@ -168,84 +223,9 @@ def brain_age_predictions(
         parts.append((te, y[te], pred, np.full(len(te), y[tr].mean())))
     if not parts:
         raise ValueError("No fold had both training and test images; check groups/train.")
-    return BrainAgePredictions(*(np.concatenate([p[k] for p in parts]) for k in range(4)))
-
-
-def brain_age_error(
-    imgs: Any,
-    ages: Any,
-    mask: Any,
-    groups: Any = None,
-    *,
-    train: Any = None,
-    n_splits: int = 5,
-    features: str = "tissue",
-    regions: int = 6,
-    downsample: int | None = None,
-    alphas: Sequence[float] = tuple(np.logspace(-3, 5, 9)),
-    value_range: tuple[float, float] | None = None,
-    random_state: Any = None,
-    tissues: Tissues | None = None,
-) -> float:
-    """Cross-validated brain-age mean absolute error (years). Lower is better.
-
-    Features (``features="tissue"``): the mean CSF and GM fractions of
-    :func:`~harmonix.benchmark.tissue.segment_tissues` in blocks of a grid of about
-    ``regions`` blocks along the longest axis, plus the global CSF, GM and WM fractions;
-    they are standardized on each training fold and fed to a ridge regression (closed form
-    by SVD) whose penalty is chosen by an inner 3-fold subject-grouped CV. Predictions are
-    clipped to the training ages' range. Outer folds are grouped by subject: a test subject
-    is never in the training set, even scanned at another site. ``features="voxels"``
-    uses block-averaged intensities on the common scale instead (the model of harmonix
-    0.1, which did not beat the null model on the synthetic sites).
-
-    With ``train``, the model learns only from the ``train`` images of the training
-    subjects and is tested on the other images of the held-out subjects (e.g. learn on
-    harmonized seen sites, test on harmonized unseen sites). Compare the result with
-    :func:`brain_age_null_error` on the same folds.
-
-    Parameters
-    ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Harmonized images.
-    ages : array-like of shape (n_images,)
-        Target ages.
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
-    groups : array-like of shape (n_images,), default=None
-        Subject of each image.
-    train : array-like of bool, shape (n_images,), default=None
-        Images the model may learn from; the others are the test images. All images play
-        both roles by default.
-    n_splits : int, default=5
-        Outer folds (reduced to the number of subjects when fewer).
-    features : {"tissue", "voxels"}, default="tissue"
-        Regional tissue fractions, or block-averaged intensities.
-    regions : int, default=6
-        Blocks along the longest image axis for the regional fractions.
-    downsample : int, default=None
-        Block size of ``features="voxels"`` (default: about 4,000 features).
-    alphas : sequence of float, default=10**-3 ... 10**5
-        Ridge penalties searched by the inner CV.
-    value_range : tuple of float, default=None
-        Intensity range mapped to ``[0, 1]`` (:func:`~harmonix.benchmark.robust_scale`)
-        before segmenting; default: the pooled robust range of ``imgs``.
-    random_state : int, numpy Generator or None, default=None
-        Seeds the fold shuffling.
-    tissues : Tissues, default=None
-        A segmentation of ``imgs`` already computed (then ``imgs`` is not read).
-
-    Returns
-    -------
-    float
-        Mean absolute error over all test predictions.
-    """
-    p = brain_age_predictions(
-        imgs, ages, mask, groups, train=train, n_splits=n_splits, features=features,
-        regions=regions, downsample=downsample, alphas=alphas, value_range=value_range,
-        random_state=random_state, tissues=tissues,
-    )
-    return float(np.mean(np.abs(p.predicted - p.age)))
+    p = BrainAgePredictions(*(np.concatenate([p[k] for p in parts]) for k in range(4)))
+    mae = float(np.mean(np.abs(p.predicted - p.age)))
+    return (mae, p) if return_predictions else mae
 
 
 def brain_age_null_error(
@@ -289,6 +269,7 @@ def brain_age_null_error(
     return float(np.mean(np.concatenate(errors)))
 
 
+@fill_doc
 def gm_volumes(
     imgs: Any, mask: Any, *, voxel_volume: float = 1.0, tissues: Tissues | None = None
 ) -> np.ndarray:
@@ -306,12 +287,10 @@ def gm_volumes(
     ----------
     imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
         Images (T1 contrast: CSF < GM < WM).
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
+    %(bm_mask2)s
     voxel_volume : float, default=1.0
         Volume of one voxel (e.g. mm^3); 1 gives voxel counts.
-    tissues : Tissues, default=None
-        A segmentation of ``imgs`` already computed (then ``imgs`` is not read).
+    %(bm_tissues)s
 
     Returns
     -------
@@ -368,6 +347,7 @@ def within_site_correlation(x: Any, y: Any, sites: Any = None) -> float:
     return _fisher_mean(values)
 
 
+@fill_doc
 def gm_age_correlation(
     imgs: Any, ages: Any, mask: Any, sites: Any = None, *, tissues: Tissues | None = None
 ) -> float:
@@ -385,8 +365,7 @@ def gm_age_correlation(
         Images.
     ages : array-like of shape (n_images,)
         Ages.
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
+    %(bm_mask2)s
     sites : array-like of shape (n_images,), default=None
         Site of each image (default: one pooled correlation).
     tissues : Tissues, default=None

@@ -42,6 +42,7 @@ import numpy as np
 from scipy import stats
 from skimage.metrics import structural_similarity
 
+from harmonix._docs import fill_doc
 from harmonix.benchmark.biology import (
     brain_age_error,
     brain_age_null_error,
@@ -237,6 +238,7 @@ def masked_ssim(
     return float(smap[m[box]].mean())
 
 
+@fill_doc
 def traveling_subject_ssim_score(
     imgs: Any,
     subjects: Any,
@@ -257,8 +259,7 @@ def traveling_subject_ssim_score(
 
     Parameters
     ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Harmonized images.
+    %(bm_harmonized)s
     subjects : array-like of shape (n_images,)
         Subject of each image.
     sites : array-like of shape (n_images,)
@@ -299,6 +300,7 @@ def traveling_subject_ssim_score(
     return (score, pairs) if return_pairs else score
 
 
+@fill_doc
 def truth_ssim_score(
     imgs: Any,
     truth: Any,
@@ -317,13 +319,11 @@ def truth_ssim_score(
 
     Parameters
     ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Harmonized images.
+    %(bm_harmonized)s
     truth : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
         The ideal output of each image (e.g. the subject rendered clean at the reference
         site, ``make_multisite(...).truth``).
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
+    %(bm_mask2)s
     value_range : tuple of float, default=None
         Intensity range mapped to ``[0, 1]`` (:func:`robust_scale`); default: the pooled
         robust range of ``imgs``.
@@ -428,6 +428,7 @@ def distance_correlation_from(
     return float(np.mean(values)) if values else float("nan")
 
 
+@fill_doc
 def distance_correlation_score(
     before: Any,
     after: Any,
@@ -456,8 +457,7 @@ def distance_correlation_score(
         The same images after harmonization, in the same order.
     sites : array-like of shape (n_images,)
         Site of each image.
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
+    %(bm_mask2)s
     method : {"spearman", "pearson"}, default="spearman"
         Rank correlation (robust to a monotone change of the distance scale) or linear.
     before_range, value_range : tuple of float, default=None

@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
-from harmonix.benchmark.biology import brain_age_predictions, within_site_correlation
+from harmonix.benchmark.biology import brain_age_error, within_site_correlation
 from harmonix.benchmark.bootstrap import bootstrap_ci
 from harmonix.benchmark.cost import measure_cost
 from harmonix.benchmark.data import (
@@ -575,10 +575,11 @@ def _brain_age(null: bool) -> Callable[[_Run, str], _Result]:
         ix, train = _pooled(run, protocol)
         key = ("brain_age", protocol)
         if key not in run.cache:
-            run.cache[key] = brain_age_predictions(
+            run.cache[key] = brain_age_error(
                 None, d.ages[ix], d.mask, d.subjects[ix], train=train,
                 tissues=_pooled_tissues(run, protocol), random_state=run.plan.metric_seed,
-            )
+                return_predictions=True,
+            )[1]
         p = run.cache[key]
         err = np.abs((p.null if null else p.predicted) - p.age)
         return float(err.mean()), _ci(run, lambda k: float(err[k].mean()),

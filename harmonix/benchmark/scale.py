@@ -9,7 +9,49 @@ from typing import Any
 
 import numpy as np
 
+from harmonix._docs import docdict, fill_doc
+
 __all__ = ["QUANTILES", "robust_range", "robust_scale"]
+
+# Parameters documented once for the benchmark's functions (harmonix._docs.fill_doc).
+docdict["bm_harmonized"] = """\
+imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
+    Harmonized images."""
+
+docdict["bm_images"] = """\
+imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
+    Images on one grid."""
+
+docdict["bm_mask"] = """\
+mask : ndarray of shape (i, j, k)
+    Brain mask (non-zero = brain)."""
+
+docdict["bm_mask2"] = """\
+mask : ndarray of shape (i, j, k)
+    Brain mask."""
+
+docdict["bm_groups"] = """\
+groups : array-like of shape (n_images,), default=None
+    Subject of each image; folds never split a subject."""
+
+docdict["bm_site_target"] = """\
+sites : array-like of shape (n_images,)
+    Site labels (the target)."""
+
+docdict["bm_site_inputs"] = "\n".join(
+    docdict[k] for k in ("bm_harmonized", "bm_site_target", "bm_mask2", "bm_groups")
+)
+docdict["bm_n_splits"] = """\
+n_splits : int, default=5
+    Folds (reduced to the number of subjects when fewer)."""
+
+docdict["bm_fold_seed"] = """\
+random_state : int, numpy Generator or None, default=None
+    Seeds the fold shuffling."""
+
+docdict["bm_tissues"] = """\
+tissues : Tissues, default=None
+    A segmentation of ``imgs`` already computed (then ``imgs`` is not read)."""
 
 #: Percentiles of the brain voxels mapped to 0 and 1 by :func:`robust_scale`.
 QUANTILES = (0.5, 99.5)
@@ -54,6 +96,7 @@ def _as_labels(labels: Any, n: int, name: str) -> np.ndarray:
     return arr
 
 
+@fill_doc
 def robust_range(
     imgs: Any, mask: Any, *, quantiles: tuple[float, float] = QUANTILES
 ) -> tuple[float, float]:
@@ -61,10 +104,8 @@ def robust_range(
 
     Parameters
     ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Images on one grid.
-    mask : ndarray of shape (i, j, k)
-        Brain mask (non-zero = brain).
+    %(bm_images)s
+    %(bm_mask)s
     quantiles : tuple of float, default=(0.5, 99.5)
         Percentiles (0-100) of all voxels inside the mask, pooled over the images.
 
@@ -79,6 +120,7 @@ def robust_range(
     return float(lo), float(hi)
 
 
+@fill_doc
 def robust_scale(
     imgs: Any,
     mask: Any,
@@ -97,10 +139,8 @@ def robust_scale(
 
     Parameters
     ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Images on one grid.
-    mask : ndarray of shape (i, j, k)
-        Brain mask (non-zero = brain).
+    %(bm_images)s
+    %(bm_mask)s
     value_range : tuple of float, default=None
         ``(low, high)`` mapped to 0 and 1, e.g. the :func:`robust_range` of a method's
         outputs on the training sites, to put other outputs of the same method on the

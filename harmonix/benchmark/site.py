@@ -23,6 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from harmonix._docs import fill_doc
 from harmonix.benchmark._folds import grouped_splits
 from harmonix.benchmark.scale import _as_labels, _as_mask, robust_scale
 from harmonix.benchmark.tissue import Tissues, segment_tissues
@@ -120,10 +121,10 @@ def site_features(
 ) -> np.ndarray:
     """Per-image features of :func:`site_predictability_error` or :func:`site_histogram_error`.
 
-    ``kind="tissue"``: the ``quantiles`` of each tissue class's intensities, standardized
-    per image by the median and interquartile range (:func:`~harmonix.benchmark.tissue.segment_tissues`) and, when
-    ``regions > 0``, the mean normalized intensity of ``regions ** 3`` blocks of the mask's
-    bounding box. ``kind="histogram"``: the
+    ``kind="tissue"``: the ``quantiles`` of each tissue class's intensities
+    (:func:`~harmonix.benchmark.tissue.segment_tissues`), standardized per image by the
+    median and interquartile range, and, when ``regions > 0``, the mean standardized
+    intensity of ``regions ** 3`` blocks of the mask's bounding box. ``kind="histogram"``: the
     ``n_bins``-bin normalized histogram on the common scale (:func:`robust_scale`).
     """
     if kind == "histogram":
@@ -136,6 +137,7 @@ def site_features(
     return _tissue_features(tissues, np.asarray(quantiles, dtype=float), regions)
 
 
+@fill_doc
 def site_predictability_error(
     imgs: Any,
     sites: Any,
@@ -158,7 +160,7 @@ def site_predictability_error(
     contrast) and optionally the mean of ``regions ** 3`` blocks of the mask (the site's
     bias field) describe it. With more features the classifier saturates: on the 2 mm
     synthetic sites, no harmonization, HM and WhiteStripe all score 1.0 with the 10-90th
-    percentiles and octant means, while the class medians give none 1.0, HM 0.89.
+    percentiles and octant means, while the class medians give none 1.0, HM 0.85.
     Classifier:
     standardization + logistic regression; cross-validation stratified by site and grouped
     by subject, predictions pooled over folds. Chance is ``1 / n_sites``; an image set
@@ -166,26 +168,16 @@ def site_predictability_error(
 
     Parameters
     ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Harmonized images.
-    sites : array-like of shape (n_images,)
-        Site labels (the target).
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
-    groups : array-like of shape (n_images,), default=None
-        Subject of each image; folds never split a subject.
+    %(bm_site_inputs)s
     quantiles : sequence of float, default=(0.5,)
         Quantiles (0-1) of each tissue class's normalized intensities.
     regions : int, default=0
         Blocks per axis for regional mean intensities (0: none; 2: octants).
-    n_splits : int, default=5
-        Folds (reduced to the number of subjects when fewer).
+    %(bm_n_splits)s
     value_range : tuple of float, default=None
         Intensity range mapped to ``[0, 1]`` (:func:`robust_scale`) before segmenting.
-    random_state : int, numpy Generator or None, default=None
-        Seeds the fold shuffling.
-    tissues : Tissues, default=None
-        A segmentation of ``imgs`` already computed (then ``imgs`` is not read).
+    %(bm_fold_seed)s
+    %(bm_tissues)s
 
     Returns
     -------
@@ -198,6 +190,7 @@ def site_predictability_error(
     return balanced_accuracy(y, pred)
 
 
+@fill_doc
 def site_histogram_error(
     imgs: Any,
     sites: Any,
@@ -218,23 +211,14 @@ def site_histogram_error(
 
     Parameters
     ----------
-    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
-        Harmonized images.
-    sites : array-like of shape (n_images,)
-        Site labels (the target).
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
-    groups : array-like of shape (n_images,), default=None
-        Subject of each image; folds never split a subject.
+    %(bm_site_inputs)s
     n_bins : int, default=64
         Histogram bins on ``[0, 1]``.
-    n_splits : int, default=5
-        Folds (reduced to the number of subjects when fewer).
+    %(bm_n_splits)s
     value_range : tuple of float, default=None
         Intensity range mapped to ``[0, 1]`` (:func:`robust_scale`); default: the pooled
         robust range of ``imgs``.
-    random_state : int, numpy Generator or None, default=None
-        Seeds the fold shuffling.
+    %(bm_fold_seed)s
 
     Returns
     -------

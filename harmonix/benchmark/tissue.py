@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import block_reduce
 
+from harmonix._docs import fill_doc
 from harmonix.benchmark.scale import _as_images, _as_mask
 
 __all__ = ["Tissues", "segment_tissues"]
@@ -136,6 +137,7 @@ def _segment_one(img: np.ndarray, m: np.ndarray, n_bias: int, block: int, sigma:
     return fractions.astype(np.float32), labels.astype(np.int8), norm.astype(np.float32)
 
 
+@fill_doc
 def segment_tissues(
     imgs: Any,
     mask: Any,
@@ -149,8 +151,7 @@ def segment_tissues(
     ----------
     imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
         T1-weighted images (CSF darker than GM, GM darker than WM).
-    mask : ndarray of shape (i, j, k)
-        Brain mask.
+    %(bm_mask2)s
     n_bias : int, default=0
         Bias-correction iterations (0: none).
     bias_blocks : int, default=12
