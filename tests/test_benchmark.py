@@ -434,6 +434,17 @@ def test_run_benchmark_unseen_refusal_gives_nan_with_reason(results, tiny):
     assert reason["reason"].str.startswith("transform (unseen) failed: ValueError").all()
 
 
+def test_combat_refuses_unseen_sites_with_unseen_site_error():
+    from harmonix.combat import ComBatHarmonizer
+
+    ds = _toy(n_subjects=4, scales=(1.0, 1.5, 2.0))
+    seen = ds.sites != "s2"
+    model = ComBatHarmonizer().fit(ds.imgs[seen], ds.sites[seen])
+    with pytest.raises(UnseenSiteError, match="s2"):
+        model.transform(ds.imgs[~seen], sites=ds.sites[~seen])
+    assert issubclass(UnseenSiteError, ValueError)  # callers catching ValueError still work
+
+
 def test_run_benchmark_other_errors_are_recorded_or_raised(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="harmonix.benchmark"):
         df = run_benchmark(
