@@ -1,115 +1,527 @@
-"""Seconds per IGUANe site-step on CPU: the CPU configuration and the paper's full size.
+"""Training throughput of IGUANe on CPU: harmonix against a TensorFlow site-step and the limit.
 
-A *site-step* is one source site's share of a training step: its two discriminator
-updates and one joint generator update (IGUANE.md, "Training"). The script trains with
-``IGUANeHarmonizer`` for a few steps on ``make_multisite`` data and divides the training
-time by the number of site-steps (the first step, which includes one-off set-up, is timed
-separately). Each CPU configuration is timed in alternating rounds (medians reported):
-with harmonix's
-convolutions (:class:`harmonix.iguane.networks.OneDNNConv3d`, which always takes oneDNN on CPU)
-and with PyTorch's stock ``nn.Conv3d`` dispatch, which sends one-volume batches of thin
-maps to a slow reference kernel. Results: ``benchmarks/results/iguane_training.md``.
+For each configuration (``--configs``):
 
-Run: ``python benchmarks/bench_iguane_training.py [--full-steps 1]`` (the full-size case
-needs a few minutes per site-step on 2 CPU cores; it is the reason CPU users train small).
+- ``recipe``: the CPU recipe's networks (:data:`harmonix.iguane.CPU_RECIPE`: generators of
+  width 4, discriminators of width 16) on whole 4 mm volumes (48×64×48);
+- ``w16``: the published widths (16 / 64) on the same volumes;
+- ``full``: the published widths on one whole 160×192×160 volume (slow: one round);
+
+it reports seconds per *site-step* (one source site's two discriminator updates on 2 real +
+2 generated volumes and one joint generator update, see ``tf_iguane_step.py``), the
+convolution work of a site-step counted from the layer shapes (forward and backward, see
+:func:`site_step_gflop`), the GFLOP/s achieved, and the same machine's oneDNN conv3d
+throughput (:func:`conv_limit`, forward + backward of a well-shaped 3×3×3 layer) as the
+limit.
+
+Variants, each in its own worker process, timed in alternating rounds (medians):
+
+- ``harmonix``: :func:`harmonix.iguane.training.train` with its defaults (PyTorch's
+  threads); a site-step is timed between two updates of the discriminators'
+  optimizer (an optimizer step hook), so data handling and bookkeeping count;
+- ``harmonix idle-core threads``: the same with ``torch.set_num_threads`` set before every
+  site-step by the inference thread policy
+  (:func:`harmonix.iguane.inference.inference_threads`: the cores idle then), which is
+  what a training thread policy in the trainer would do;
+- ``tf``: ``tf_iguane_step.TFSiteStep`` with TensorFlow's defaults (on CPUs without
+  AVX512-VNNI/BF16/AMX, such as AVX2-only ones, TensorFlow does *not* use oneDNN by
+  default);
+- ``tf onednn``: the same with ``TF_ENABLE_ONEDNN_OPTS=1`` (TensorFlow's fastest setting
+  here). The ratio to TensorFlow is taken against the faster of the two.
+
+``--busy N`` starts N busy background processes (pure Python loops) for the whole timing
+and stops them at the end; the load average is recorded before and after.
+``--profile`` adds torch.profiler tables of harmonix's site-steps (CPU recipe).
+
+Run (TensorFlow lives in the benchmark environment, see ``bench_iguane_inference.py``)::
+
+    .venv-bench/bin/python benchmarks/bench_iguane_training.py --configs recipe w16 full
+
+Results: ``benchmarks/results/iguane_training.md`` (``--out``; ``--append`` adds the
+section to the file instead of replacing it).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from harmonix import IGUANeHarmonizer, make_multisite
-from harmonix.iguane import networks
-from harmonix.preprocessing import crop_or_pad
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import cpu_model  # noqa: E402
+from tf_iguane_step import synthetic_volume  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "iguane_training.md"
+RESULTS = HERE / "results" / "iguane_training.md"
+CONFIGS = {
+    "recipe": dict(label="CPU recipe: width 4 / disc 16, 48×64×48", width=4, disc=16,
+                   shape=(48, 64, 48)),
+    "w16": dict(label="width 16 / disc 64, 48×64×48", width=16, disc=64, shape=(48, 64, 48)),
+    "full": dict(label="width 16 / disc 64, 160×192×160", width=16, disc=64,
+                 shape=(160, 192, 160)),
+}
+VARIANTS = ("harmonix", "harmonix idle-core threads", "tf", "tf onednn")
+#: TensorFlow's default (Eigen) kernels take tens of seconds per site-step here: only on
+#: request (``--variants``).
+DEFAULT_VARIANTS = ("harmonix", "harmonix idle-core threads", "tf onednn")
+RATIO_GOAL = 0.7
+LIMIT_GOAL = 0.5
 
 
-def _seconds_per_site_step(imgs, sites, n_sources: int, steps: int, **params) -> float:
-    times = []
-    for n in (1, 1 + steps):  # difference of two runs removes the set-up cost
-        est = IGUANeHarmonizer(n_epochs=1, steps_per_epoch=n, val_fraction=0.0,
-                               augment=True, random_state=0, **params)
-        start = time.perf_counter()
-        est.fit(imgs, sites)
-        times.append(time.perf_counter() - start)
-    return (times[1] - times[0]) / (steps * n_sources)
+def _loadavg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-@contextlib.contextmanager
-def _stock_conv3d():
-    """harmonix's Conv3d dispatching like ``torch.nn.Conv3d`` (PyTorch's heuristic)."""
-    ours = networks.OneDNNConv3d.forward
-    networks.OneDNNConv3d.forward = torch.nn.Conv3d.forward
+# -- work counted from the layer shapes ----------------------------------------------------
+def _conv_gflop_per_layer(module, shape: tuple) -> list[float]:
+    """Forward GFLOP (2 per multiply-add) of each convolution call of ``module`` on one
+    ``(1, 1, *shape)`` volume, in call order (plain pass, autograd on)."""
+    import torch
+    from torch import nn
+
+    flops: list[float] = []
+
+    def hook(m, inp, out):
+        k = int(np.prod(m.kernel_size))
+        if isinstance(m, nn.ConvTranspose3d):  # every input voxel meets the whole kernel
+            n = inp[0].numel() // inp[0].shape[1]
+        else:
+            n = out.numel() // out.shape[1]
+        flops.append(2.0 * n * m.in_channels * m.out_channels * k / m.groups / 1e9)
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in module.modules()
+        if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)
+    ]
     try:
-        yield
+        with torch.enable_grad():
+            module(torch.zeros(1, 1, *shape))
     finally:
-        networks.OneDNNConv3d.forward = ours
+        for h in handles:
+            h.remove()
+    return flops
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="steps for the CPU configs")
-    parser.add_argument("--full-steps", type=int, default=1, help="steps at full size (0: skip)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
-    args = parser.parse_args()
+def site_step_gflop(width: int, disc: int, shape: tuple) -> dict[str, float]:
+    """Convolution GFLOP of one site-step (forward + backward), from the layer shapes.
 
-    rows = []
-    ds = make_multisite(n_subjects=4, n_sites=3, resolution=4, random_state=0)
-    configs = [
-        ("CPU config (demo): width 4, 32³ patches, 4 mm", dict(base_width=4, patch_size=32,
-                                                               identity_init=True)),
-        ("width 4, whole 4 mm volume (48×64×48)", dict(base_width=4, identity_init=True)),
-        ("width 8, 32³ patches, 4 mm", dict(base_width=8, patch_size=32, identity_init=True)),
-    ]
-    for name, params in configs:
-        ours, theirs = [], []
-        for _ in range(args.rounds):  # alternating rounds, medians
-            ours.append(_seconds_per_site_step(ds.imgs, ds.sites, 2, args.steps, **params))
-            with _stock_conv3d():
-                theirs.append(_seconds_per_site_step(ds.imgs, ds.sites, 2, args.steps, **params))
-        s, stock = float(np.median(ours)), float(np.median(theirs))
-        rows.append((name, s, stock))
-        print(f"{name}: {s:.2f} s per site-step (stock nn.Conv3d {stock:.2f})", flush=True)
-    if args.full_steps:
-        full = make_multisite(n_subjects=1, n_sites=2, resolution=1, random_state=0)
-        vols = np.stack([crop_or_pad(v)[0] for v in full.imgs])  # 160×192×160
-        s = _seconds_per_site_step(vols, full.sites, 1, args.full_steps, base_width=16)
-        rows.append(("paper: width 16, whole 160×192×160 volume", s, None))
-        print(f"full size: {s:.1f} s per site-step", flush=True)
+    With G (D) the forward work of a generator (discriminator) on one volume and G1 (D1)
+    that of its first convolution: the discriminator update runs 2 generators on 2 volumes
+    without gradients (4G), 2 discriminators on 4 volumes each (8D) and their backward
+    pass: weight gradients (8D) and input gradients of every layer but the first
+    (8D - 8D1). The generator update runs 6 generator passes (to the reference and to the
+    source, cycles, identities) with weight and input gradients (6G + 6G + 6G - 4G1: four
+    of them start from data, which needs no gradient) and 2 discriminator passes with
+    input gradients only (2D + 2D). Total ``22G - 4G1 + 28D - 8D1``.
+    """
+    from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D
 
+    g = _conv_gflop_per_layer(Generator3D(width), shape)
+    d = _conv_gflop_per_layer(PatchDiscriminator3D(disc), shape)
+    G, G1, D, D1 = sum(g), g[0], sum(d), d[0]
+    return {
+        "generator_forward": G,
+        "discriminator_forward": D,
+        "site_step": 22 * G - 4 * G1 + 28 * D - 8 * D1,
+    }
+
+
+def conv_limit(repeats: int = 3) -> dict[str, float]:
+    """This machine's oneDNN conv3d throughput (GFLOP/s, PyTorch's default threads).
+
+    3×3×3 convolutions, channels-last float32
+    (:class:`harmonix.iguane.networks.OneDNNConv3d`), 32 → 32 channels on 48×64×48 and
+    64 → 64 channels on 24×32×24: forward alone, and forward + backward (input and weight
+    gradients, 3× the forward work); the better shape's median of ``repeats`` runs.
+    """
+    import torch
+
+    from harmonix.iguane.networks import OneDNNConv3d
+
+    out: dict[str, float] = {"threads": torch.get_num_threads(), "forward": 0.0,
+                             "forward_backward": 0.0}
+    for c, shape in ((32, (48, 64, 48)), (64, (24, 32, 24))):
+        conv = OneDNNConv3d(c, c, 3, padding=1).to(memory_format=torch.channels_last_3d)
+        x = torch.randn(1, c, *shape).contiguous(memory_format=torch.channels_last_3d)
+        gflop = 2.0 * x[0, 0].numel() * c * c * 27 / 1e9
+
+        def fwd(conv=conv, x=x):
+            with torch.no_grad():
+                conv(x)
+
+        def fwd_bwd(conv=conv, x=x):
+            xi = x.detach().requires_grad_(True)
+            conv(xi).sum().backward()
+            conv.zero_grad(set_to_none=True)
+
+        for name, fn, work in (("forward", fwd, gflop), ("forward_backward", fwd_bwd, 3 * gflop)):
+            fn()
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            out[name] = max(out[name], work / statistics.median(ts))
+    return out
+
+
+# -- workers ---------------------------------------------------------------------------------
+def _reply(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _volumes(shape: tuple, n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` synthetic volumes on the network scale with background -1, and masks."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x, m = synthetic_volume(shape, rng)
+        x[~m] = -1.0
+        out.append((x, m))
+    return out
+
+
+def harmonix_worker(cfg: dict, idle_threads: bool, profile: int = 0) -> None:
+    """Train with harmonix; pause at every site-step boundary and wait for orders."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from harmonix.iguane.config import TrainConfig
+    from harmonix.iguane.inference import inference_threads
+    from harmonix.iguane.training import train
+
+    limit = torch.get_num_threads()
+    if idle_threads:
+        torch.set_num_threads(inference_threads(limit))
+    vols = _volumes(cfg["shape"], 4)
+    sites = ["ref", "ref", "src", "src"]
+    config = TrainConfig(
+        n_epochs=1, steps_per_epoch=100_000, base_width=cfg["width"],
+        disc_base_width=cfg["disc"], patch_size=None, augment=False, identity_init=True,
+        val_fraction=0.0, warmup_steps=0,
+    )
+    state: dict = {"disc_opt": None, "last": None, "times": [], "want": 1, "prof": None,
+                   "used": set()}
+
+    def orders() -> None:
+        """Report the finished site-steps; take the next order (blocks)."""
+        if state["prof"] is not None:
+            state["prof"].__exit__(None, None, None)
+            table = state["prof"].key_averages().table(
+                sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=44
+            )
+            _reply({"times": state["times"], "profile": table,
+                    "groups": _profile_groups(state["prof"])})
+            state["prof"] = None
+        else:
+            used = "/".join(str(n) for n in sorted(state["used"]))
+            _reply({"times": state["times"], "threads": used})
+        state["used"] = set()
+        line = sys.stdin.readline().split()
+        if not line or line[0] != "run":
+            sys.stdout.flush()
+            os._exit(0)
+        state["want"], state["times"] = int(line[1]), []
+        if len(line) > 2 and line[2] == "profile":
+            from torch.profiler import ProfilerActivity, profile
+
+            state["prof"] = profile(activities=[ProfilerActivity.CPU])
+            state["prof"].__enter__()
+
+    def hook(opt, args, kwargs) -> None:
+        if state["disc_opt"] is None:
+            state["disc_opt"] = opt  # the first optimizer stepped is the discriminators'
+        if opt is not state["disc_opt"]:
+            return
+        now = time.perf_counter()
+        if state["last"] is not None:
+            state["times"].append(now - state["last"])
+        if len(state["times"]) >= state["want"]:
+            orders()
+            now = time.perf_counter()
+        if idle_threads:  # the policy applied at every site-step (about 2 ms, timed)
+            torch.set_num_threads(inference_threads(limit))
+        state["used"].add(torch.get_num_threads())
+        state["last"] = now
+
+    register_optimizer_step_post_hook(hook)
+    train(vols, sites, "ref", config=config, device="cpu", random_state=0)
+
+
+def _profile_groups(prof) -> dict[str, float]:
+    """Self CPU seconds by kind of operation."""
+    groups: dict[str, float] = {}
+    rules = (
+        ("convolution forward", ("mkldnn_convolution", "_convolution", "conv_transpose",
+                                 "slow_conv")),
+        ("convolution backward", ("convolution_backward", "mkldnn_convolution_backward",
+                                  "ConvolutionBackward")),
+        ("MAD norm and elementwise", ("mean", "sub", "abs", "addcmul", "div", "add", "mul",
+                                      "relu", "leaky_relu", "threshold", "sgn", "sign",
+                                      "where", "tanh", "clamp", "neg", "pow", "square",
+                                      "sum", "Backward")),
+        ("optimizer (Adam)", ("_foreach", "adam", "lerp", "addcdiv", "sqrt")),
+        ("copies and allocation", ("copy_", "empty", "fill_", "zero_", "zeros", "cat",
+                                   "pad", "contiguous", "to", "clone", "stack")),
+    )
+    for evt in prof.key_averages():
+        name = evt.key
+        secs = evt.self_cpu_time_total / 1e6
+        group = "other (dispatch, autograd engine, Python)"
+        for gname, keys in rules:
+            if any(k.lower() in name.lower() for k in keys):
+                group = gname
+                break
+        groups[group] = groups.get(group, 0.0) + secs
+    return groups
+
+
+def tf_worker(cfg: dict) -> None:
+    """TensorFlow site-steps on orders."""
+    from tf_iguane_step import TFSiteStep
+
+    step = TFSiteStep(cfg["width"], cfg["disc"], cfg["shape"])
+    t0 = time.perf_counter()
+    step()
+    _reply({"times": [time.perf_counter() - t0]})
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] != "run":
+            break
+        times = []
+        for _ in range(int(words[1])):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        _reply({"times": times})
+
+
+# -- orchestration ---------------------------------------------------------------------------
+def _spawn(variant: str, config: str, python: str) -> subprocess.Popen:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    if variant == "tf onednn":
+        env["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    elif variant == "tf":
+        env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    return subprocess.Popen(
+        [python, str(Path(__file__).resolve()), "--worker", variant, "--config", config],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _ask(p: subprocess.Popen, order: str) -> dict:
+    p.stdin.write(order + "\n")
+    p.stdin.flush()
+    line = p.stdout.readline()
+    if not line:
+        raise RuntimeError(f"worker died (exit {p.wait()})")
+    return json.loads(line)
+
+
+def _tf_available(python: str) -> bool:
+    probe = subprocess.run([python, "-c", "import tensorflow, tf_keras"], capture_output=True,
+                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return probe.returncode == 0
+
+
+def time_config(name: str, variants: list[str], rounds: int, steps: int, python: str) -> dict:
+    """Alternating rounds of ``steps`` site-steps per variant; every site-step time kept."""
+    procs, times, info = {}, {v: [] for v in variants}, {}
+    try:
+        for v in variants:  # started (and warmed up) one at a time
+            procs[v] = _spawn(v, name, python)
+            first = json.loads(procs[v].stdout.readline())
+            info[v] = {"first_s": first["times"][0] if first["times"] else None}
+        for r in range(rounds):
+            k = r % len(variants)
+            for v in variants[k:] + variants[:k]:
+                reply = _ask(procs[v], f"run {steps}")
+                times[v] += reply["times"]
+                info[v]["threads"] = reply.get("threads")
+            print(f"  {name} round {r + 1}/{rounds}: "
+                  + ", ".join(f"{v} {statistics.median(times[v][-steps:]):.2f}s"
+                              for v in variants)
+                  + f" (load {_loadavg()})", flush=True)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                try:
+                    p.stdin.write("stop\n")
+                    p.stdin.close()
+                except OSError:
+                    pass
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    return {"times": times, "info": info}
+
+
+def profile_harmonix(name: str, steps: int, python: str) -> dict:
+    p = _spawn("harmonix", name, python)
+    try:
+        json.loads(p.stdout.readline())
+        _ask(p, "run 1")  # one more warm-up site-step
+        return _ask(p, f"run {steps} profile")
+    finally:
+        if p.poll() is None:
+            p.stdin.write("stop\n")
+            p.stdin.close()
+            p.wait(timeout=60)
+
+
+def start_busy(n: int) -> list[subprocess.Popen]:
+    """``n`` busy background processes (pure Python loops), stopped by the caller."""
+    code = "while True:\n    pass\n"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+
+def stop_busy(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def render(results: dict, limit: dict, args, load: tuple[str, str], tf_ok: bool) -> list[str]:
+    import torch
+
+    busy = f"{args.busy} busy background process(es) started by the script" if args.busy else \
+        "no background process started by the script"
     lines = [
-        "# IGUANe training speed on CPU (seconds per site-step)",
+        f"## {'Loaded' if args.busy else 'Idle'} run: {busy}",
         "",
-        f"Produced by `python benchmarks/bench_iguane_training.py`. {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python "
-        f"{platform.python_version()}, load average at the end {os.getloadavg()[0]:.1f} "
-        "(with other jobs on the machine absolute times are upper bounds; the stock/harmonix "
-        "ratio comes from the same run).",
+        f"Written by `benchmarks/bench_iguane_training.py --configs {' '.join(args.configs)}"
+        f"{f' --busy {args.busy}' if args.busy else ''}` on {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
-        "| configuration | s / site-step | with stock nn.Conv3d | speed-up | paper schedule "
-        "(200 k site-steps for 10 sites) |",
-        "|---|---:|---:|---:|---:|",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; Python "
+        f"{platform.python_version()}, PyTorch {torch.__version__}",
+        f"- load average (1, 5, 15 min) at start: {load[0]}; at end: {load[1]}"
+        + ("" if float(load[0].split()[0]) < 1.5 else
+           " (**loaded machine: absolute times are upper bounds**)"),
+        f"- {args.rounds} alternating rounds of {args.steps} site-steps per variant (full size: "
+        "1 round of 1), medians over all site-steps; one source site; float32",
+        f"- limit: oneDNN conv3d (3×3×3, 32→32 channels at 48×64×48 or 64→64 at 24×32×24, "
+        f"channels-last, {limit['threads']} threads, the better one) forward "
+        f"{limit['forward']:.0f} GFLOP/s, forward + "
+        f"backward {limit['forward_backward']:.0f} GFLOP/s (the training limit below)",
+        "",
+        "| configuration | conv GFLOP / site-step | variant | threads | s / site-step | "
+        "GFLOP/s | % of limit | ratio to TF (faster setting) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for name, s, stock in rows:
-        other = "" if stock is None else f"{stock:.2f} | {stock / s:.2f}x"
-        lines.append(f"| {name} | {s:.2f} | {other or ' | '} | {s * 200_000 / 3600:,.0f} h |")
-    lines += [
+    verdicts = []
+    for name, res in results.items():
+        gf = res["gflop"]["site_step"]
+        med = {v: statistics.median(ts) for v, ts in res["times"].items() if ts}
+        tfs = [med[v] for v in ("tf", "tf onednn") if v in med]
+        tf_best = min(tfs) if tfs else None
+        for v, s in med.items():
+            ratio = f"{s / tf_best:.2f}" if tf_best else "n/a"
+            th = res["info"][v].get("threads")
+            lines.append(
+                f"| {CONFIGS[name]['label']} | {gf:.1f} | {v} | {th if th else 'default'} | "
+                f"{s:.2f} | {gf / s:.1f} | {100 * gf / s / limit['forward_backward']:.0f} % "
+                f"| {ratio} |"
+            )
+        if "harmonix" in med:
+            share = gf / med["harmonix"] / limit["forward_backward"]
+            verdict = (f"- {CONFIGS[name]['label']}: harmonix at {100 * share:.0f} % of the "
+                       f"limit (goal ≥ {100 * LIMIT_GOAL:.0f} % for the CPU recipe)")
+            if tf_best:
+                r = med["harmonix"] / tf_best
+                verdict += (f"; harmonix / TF = {r:.2f} (goal ≤ {RATIO_GOAL}: "
+                            f"{'met' if r <= RATIO_GOAL else 'NOT met'})")
+            verdicts.append(verdict)
+    lines += ["", *verdicts]
+    if not tf_ok:
+        lines += ["", "TensorFlow was not importable: no TF columns (run with .venv-bench)."]
+    lines += ["", "Convolution work (forward, GFLOP per volume): " + "; ".join(
+        f"{CONFIGS[n]['label']}: generator {r['gflop']['generator_forward']:.2f}, "
+        f"discriminator {r['gflop']['discriminator_forward']:.2f}" for n, r in results.items()
+    ) + ". A site-step is `22G - 4G1 + 28D - 8D1` (see `site_step_gflop`)."]
+    return lines
+
+
+def render_profile(prof: dict, steps: int, load: str) -> list[str]:
+    total = sum(prof["groups"].values())
+    lines = [
+        "## Where harmonix's time goes (CPU recipe, torch.profiler)",
         "",
-        "The paper's schedule (100 epochs × 200 steps × N source sites) is a GPU job; on CPU "
-        "use `base_width=4, patch_size=32, identity_init=True` and as many steps as time "
-        "allows. The comparison benchmark (compare_methods.md) shows what such a short run "
-        "achieves; `identity_init` keeps short runs from damaging images.",
+        f"{steps} site-steps after warm-up, PyTorch's default threads, load average {load}"
+        + ("" if float(load.split()[0]) < 1.5 else " (loaded)")
+        + f"; median site-step {statistics.median(prof['times']):.2f} s under the profiler.",
+        "",
+        "| kind of operation | self CPU s | share |",
+        "|---|---:|---:|",
     ]
-    RESULTS.write_text("\n".join(lines) + "\n")
+    for g, s in sorted(prof["groups"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {g} | {s:.2f} | {100 * s / total:.0f} % |")
+    lines += ["", "```", prof["profile"].rstrip(), "```"]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["recipe", "w16"])
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=3, help="site-steps per variant and round")
+    ap.add_argument("--busy", type=int, default=0, help="busy background processes to start")
+    ap.add_argument("--profile", type=int, default=0, help="profile this many site-steps")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--append", action="store_true")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        cfg = CONFIGS[args.config]
+        if args.worker.startswith("tf"):
+            return tf_worker(cfg)
+        return harmonix_worker(cfg, args.worker == "harmonix idle-core threads")
+
+    python = sys.executable
+    tf_ok = _tf_available(python)
+    variants = [v for v in args.variants if tf_ok or not v.startswith("tf")]
+    busy = start_busy(args.busy)
+    try:
+        time.sleep(5 if args.busy else 0)
+        load_start = _loadavg()
+        limit = conv_limit()
+        print(f"limit: {limit}", flush=True)
+        results = {}
+        for name in args.configs:
+            full = name == "full"
+            results[name] = time_config(
+                name, variants, 1 if full else args.rounds, 1 if full else args.steps, python
+            )
+            cfg = CONFIGS[name]
+            results[name]["gflop"] = site_step_gflop(cfg["width"], cfg["disc"], cfg["shape"])
+        prof = profile_harmonix("recipe", args.profile, python) if args.profile else None
+        load_end = _loadavg()
+    finally:
+        stop_busy(busy)
+    lines = render(results, limit, args, (load_start, load_end), tf_ok)
+    if prof is not None:
+        lines += ["", *render_profile(prof, args.profile, load_end)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.append and args.out.exists():
+        args.out.write_text(args.out.read_text().rstrip("\n") + "\n\n" + text)
+    else:
+        header = ["# IGUANe training throughput on CPU (seconds per site-step)", ""]
+        args.out.write_text("\n".join(header) + "\n" + text)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

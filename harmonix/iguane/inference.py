@@ -13,9 +13,9 @@ about 1e-4 on the network scale.
 Threads (:func:`inference_threads`): by default a call uses the cores that are idle when it
 starts, at least one and at most PyTorch's thread setting (one per physical core unless
 changed with :func:`torch.set_num_threads`). Idle cores are counted from the number of
-runnable tasks of the whole machine (``procs_running`` of ``/proc/stat``, sampled a few
-times within a millisecond or two, the median kept, the calling thread not counted), not
-from the load average: the load average lags by a minute and counts the caller's own
+runnable tasks of the other processes (``procs_running`` of ``/proc/stat`` less this
+process's runnable threads, sampled a few times within a millisecond or two, the median
+kept), not from the load average: the load average lags by a minute and counts the caller's own
 earlier passes, so a loop of ``transform`` calls on an idle machine would see its own load
 and fall back to one thread. On an idle machine every core is used; with busy
 neighbours each of them takes a core away, because OpenMP splits the convolutions in equal
@@ -54,16 +54,34 @@ _SAMPLE_PAUSE = 0.0005
 
 
 def _procs_running() -> int | None:
-    """Runnable tasks (threads) of the whole machine now, the caller included; None when
-    ``/proc/stat`` cannot be read."""
+    """Runnable tasks (threads) of other processes now, plus one for the caller; None when
+    ``/proc`` cannot be read.
+
+    ``procs_running`` of ``/proc/stat`` counts every runnable thread of the machine; the
+    runnable threads of this process (state ``R`` in ``/proc/self/task/*/stat``, e.g.
+    OpenMP workers still spinning after a parallel region) are taken off, the caller is
+    counted back once.
+    """
     try:
         with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"procs_running"):
-                    return int(line.split()[1])
+            running = next(
+                (int(line.split()[1]) for line in f if line.startswith(b"procs_running")), None
+            )
+        if running is None:
+            return None
+        own = 0
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:  # the thread ended meanwhile
+                continue
+            # the state follows the command name, which is in parentheses
+            if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"R":
+                own += 1
     except (OSError, ValueError, IndexError):
         return None
-    return None
+    return max(1, running - own + 1)
 
 
 def _usable_cores() -> tuple[int, int]:
