@@ -17,6 +17,9 @@ One forward pass of the IGUANe generator on one volume, at the paper's size (160
   check; timed with ``--variants``);
 - ``harmonix 1 thread`` / ``harmonix all cores``: the fused pass with ``num_threads=1`` /
   PyTorch's thread count (``--variants``);
+- ``harmonix mt norms``: the defaults, but the fused normalizations run on the call's
+  threads instead of one (``fused_inference._single_intraop_thread`` replaced by a no-op;
+  ``--variants``), to see what the single-threaded norms cost on an idle machine;
 - ``harmonix bf16``: the fused pass under bfloat16 autocast (``--variants``, and only when
   the CPU has native bfloat16; its error is reported with ``--accuracy``).
 
@@ -54,6 +57,7 @@ rounds of timing per size and phase, ``--sizes 2mm`` for a quick run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -80,12 +84,20 @@ SPEED_GOAL = 1.0  # harmonix / Keras time ratio at most this
 IDLE_GOAL = 0.8  # harmonix / Keras time ratio at most this on an idle machine
 MEMORY_GOAL_MB = 1200.0  # harmonix peak RSS for one full-size volume
 TIMED = ("keras", "keras onednn", "harmonix")
-VARIANTS = (*TIMED, "harmonix plain", "harmonix 1 thread", "harmonix all cores", "harmonix bf16")
+VARIANTS = (
+    *TIMED,
+    "harmonix mt norms",
+    "harmonix plain",
+    "harmonix 1 thread",
+    "harmonix all cores",
+    "harmonix bf16",
+)
 KERAS = ("keras", "keras onednn")
 LABELS = {
     "keras": "Keras (TensorFlow defaults)",
     "keras onednn": "Keras (TF_ENABLE_ONEDNN_OPTS=1)",
     "harmonix all cores": "harmonix (fused), all cores",
+    "harmonix mt norms": "harmonix (fused), norms on all threads",
     "harmonix": "harmonix (fused)",
     "harmonix plain": "harmonix plain pass",
     "harmonix 1 thread": "harmonix (fused), 1 thread",
@@ -214,6 +226,11 @@ def make_runner(variant: str, workdir: Path, size: str):
         return lambda: harmonize_volume(gen, x)
     if variant == "harmonix 1 thread":
         return lambda: harmonize_volume(gen, x, num_threads=1)
+    if variant == "harmonix mt norms":  # the fused norms on the call's threads, not on one
+        from harmonix.iguane import fused_inference
+
+        fused_inference._single_intraop_thread = lambda device_type: contextlib.nullcontext()
+        return lambda: harmonize_volume(gen, x)
     if variant == "harmonix all cores":
         n = torch.get_num_threads()
         return lambda: harmonize_volume(gen, x, num_threads=n)
@@ -439,8 +456,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"timing {size} {SIZES[size]}...", flush=True)
             results[size] = time_variants(workdir, size, timed, args.repeats, phases)
             mem = {}
-            measured = [v for v in ("harmonix plain", *timed) if not v.startswith("harmonix ")]
-            for v in dict.fromkeys(["harmonix plain", *measured]):
+            # the plain pass is the output reference; one Keras variant for its memory
+            measured = ["harmonix plain", *[v for v in ("harmonix", "keras onednn") if v in timed]]
+            for v in measured:
                 print(f"  memory/output {size}: {v}", flush=True)
                 mem[v] = measure_memory(workdir, size, v)
             results[size]["memory"] = mem

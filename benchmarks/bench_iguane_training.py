@@ -29,8 +29,9 @@ Variants, each in its own worker process, timed in alternating rounds (medians):
 - ``tf onednn``: the same with ``TF_ENABLE_ONEDNN_OPTS=1`` (TensorFlow's fastest setting
   here). The ratio to TensorFlow is taken against the faster of the two.
 
-``--busy N`` starts N busy background processes (pure Python loops) for the whole timing
-and stops them at the end; the load average is recorded before and after.
+``--busy N`` adds a second phase with the same workers: N busy background processes (pure
+Python loops) started by the script and stopped at the end of the phase; the load average
+is recorded before and after each phase.
 ``--profile`` adds torch.profiler tables of harmonix's site-steps (CPU recipe).
 
 Run (TensorFlow lives in the benchmark environment, see ``bench_iguane_inference.py``)::
@@ -74,6 +75,38 @@ VARIANTS = ("harmonix", "harmonix idle-core threads", "tf", "tf onednn")
 DEFAULT_VARIANTS = ("harmonix", "harmonix idle-core threads", "tf onednn")
 RATIO_GOAL = 0.7
 LIMIT_GOAL = 0.5
+#: What the profiles of this script (and ONEDNN_VERBOSE=1 runs) showed; written under the
+#: measured tables.
+NOTES = [
+    "## Reading (where the time goes, what would help)",
+    "",
+    "- **Threads under load.** With one busy neighbour on 2 cores, PyTorch's 2 OpenMP threads "
+    "wait at every statically split parallel region for the thread that shares a core with "
+    "it; TensorFlow's work-stealing pool degrades far less. A width-4 generator forward + "
+    "backward (48×64×48) took 2.49 s with 2 threads and 0.74 s with 1 thread at load 8. "
+    "The 'harmonix idle-core threads' rows set `torch.set_num_threads(inference_threads())` "
+    "before every site-step (the inference policy, about 2 ms); the same two lines in "
+    "`Trainer.train_step` (set, then restore) would give every training that behaviour.",
+    "- **Thin channels.** On AVX2, oneDNN has no JIT weight-gradient kernel for the thin "
+    "full-resolution layers of a width-4 generator (4 output channels): they take "
+    "`x64:gemm:jit` (im2col + sgemm). ONEDNN_VERBOSE, 1 thread: the 8→4 3×3×3 convolution "
+    "at 48×64×48 takes 195 ms for its weight gradient against 66-82 ms forward and 33-57 ms "
+    "for the input gradient; the thin layers' weight gradients are about half of the "
+    "convolution time of a width-4 generator step. Channels-last tensors switch forward and "
+    "input gradient to the faster `brg_conv` kernels (about 20 %) but not the weight "
+    "gradient. This, not Python overhead, is why the CPU recipe stays far below the limit "
+    "of a well-shaped layer.",
+    "- **MAD norm.** In training the norm is ~10 autograd operations (sub, abs, mean, sgn, "
+    "mul, div, ...) each a pass over the map: about a third of the self CPU time in the "
+    "profile. A fused `torch.autograd.Function` with the closed-form backward "
+    "`gx = a - mean(a)`, `a = s·g - c·sign(d)`, `c = s/(m+eps)·mean(g·d)`, `s = γ/(m+eps)`, "
+    "`d = x - mean(x)`, `m = mean(|d|)` (plus `dγ = Σ g·d/(m+eps)`, `dβ = Σ g`) needs three "
+    "passes forward and three backward.",
+    "- **TensorFlow's defaults.** On this AVX2 CPU TensorFlow does not enable oneDNN by "
+    "default (only on CPUs with AVX512-VNNI/BF16/AMX); its Eigen kernels took ~55 s per "
+    "width-4 site-step at load 8 against ~5 s with `TF_ENABLE_ONEDNN_OPTS=1`. The ratios "
+    "are taken against the faster setting.",
+]
 
 
 def _loadavg() -> str:
@@ -334,24 +367,39 @@ def _tf_available(python: str) -> bool:
     return probe.returncode == 0
 
 
-def time_config(name: str, variants: list[str], rounds: int, steps: int, python: str) -> dict:
-    """Alternating rounds of ``steps`` site-steps per variant; every site-step time kept."""
-    procs, times, info = {}, {v: [] for v in variants}, {}
+def time_config(
+    name: str, variants: list[str], rounds: int, steps: int, python: str, phases: list[int]
+) -> dict:
+    """Alternating rounds of ``steps`` site-steps per variant, for each phase (a number of
+    busy background processes started for it); every site-step time kept."""
+    procs, info, out = {}, {}, {}
     try:
         for v in variants:  # started (and warmed up) one at a time
             procs[v] = _spawn(v, name, python)
             first = json.loads(procs[v].stdout.readline())
             info[v] = {"first_s": first["times"][0] if first["times"] else None}
-        for r in range(rounds):
-            k = r % len(variants)
-            for v in variants[k:] + variants[:k]:
-                reply = _ask(procs[v], f"run {steps}")
-                times[v] += reply["times"]
-                info[v]["threads"] = reply.get("threads")
-            print(f"  {name} round {r + 1}/{rounds}: "
-                  + ", ".join(f"{v} {statistics.median(times[v][-steps:]):.2f}s"
-                              for v in variants)
-                  + f" (load {_loadavg()})", flush=True)
+        for busy in phases:
+            background = start_busy(busy)
+            try:
+                if busy:
+                    time.sleep(5)
+                load_start = _loadavg()
+                times: dict[str, list[float]] = {v: [] for v in variants}
+                threads: dict[str, str] = {}
+                for r in range(rounds):
+                    k = r % len(variants)
+                    for v in variants[k:] + variants[:k]:
+                        reply = _ask(procs[v], f"run {steps}")
+                        times[v] += reply["times"]
+                        threads[v] = reply.get("threads") or "default"
+                    print(f"  {name} busy={busy} round {r + 1}/{rounds}: "
+                          + ", ".join(f"{v} {statistics.median(times[v][-steps:]):.2f}s"
+                                      for v in variants)
+                          + f" (load {_loadavg()})", flush=True)
+                out[busy] = {"times": times, "threads": threads,
+                             "load": (load_start, _loadavg())}
+            finally:
+                stop_busy(background)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -364,7 +412,7 @@ def time_config(name: str, variants: list[str], rounds: int, steps: int, python:
                     p.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     p.kill()
-    return {"times": times, "info": info}
+    return {"phases": out, "info": info}
 
 
 def profile_harmonix(name: str, steps: int, python: str) -> dict:
@@ -395,60 +443,65 @@ def stop_busy(procs: list[subprocess.Popen]) -> None:
 def render(results: dict, limit: dict, args, load: tuple[str, str], tf_ok: bool) -> list[str]:
     import torch
 
-    busy = f"{args.busy} busy background process(es) started by the script" if args.busy else \
-        "no background process started by the script"
+    command = (f"--configs {' '.join(args.configs)} --rounds {args.rounds} --steps {args.steps}"
+               + (f" --busy {args.busy}" if args.busy else ""))
     lines = [
-        f"## {'Loaded' if args.busy else 'Idle'} run: {busy}",
+        f"## Measured: {', '.join(CONFIGS[n]['label'] for n in args.configs)}",
         "",
-        f"Written by `benchmarks/bench_iguane_training.py --configs {' '.join(args.configs)}"
-        f"{f' --busy {args.busy}' if args.busy else ''}` on {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"Written by `benchmarks/bench_iguane_training.py {command}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; Python "
         f"{platform.python_version()}, PyTorch {torch.__version__}",
-        f"- load average (1, 5, 15 min) at start: {load[0]}; at end: {load[1]}"
-        + ("" if float(load[0].split()[0]) < 1.5 else
-           " (**loaded machine: absolute times are upper bounds**)"),
-        f"- {args.rounds} alternating rounds of {args.steps} site-steps per variant (full size: "
-        "1 round of 1), medians over all site-steps; one source site; float32",
+        f"- load average (1, 5, 15 min) at start: {load[0]}; at end: {load[1]}",
+        f"- {args.rounds} alternating rounds of {args.steps} site-steps per variant and phase "
+        "(full size: 1 round of 1), medians over all site-steps; one source site; float32",
         f"- limit: oneDNN conv3d (3×3×3, 32→32 channels at 48×64×48 or 64→64 at 24×32×24, "
-        f"channels-last, {limit['threads']} threads, the better one) forward "
-        f"{limit['forward']:.0f} GFLOP/s, forward + "
-        f"backward {limit['forward_backward']:.0f} GFLOP/s (the training limit below)",
+        f"channels-last, {limit['threads']} threads, the better one; measured at load "
+        f"{limit['load']}) forward {limit['forward']:.0f} GFLOP/s, forward + backward "
+        f"{limit['forward_backward']:.0f} GFLOP/s (the training limit below)",
         "",
-        "| configuration | conv GFLOP / site-step | variant | threads | s / site-step | "
-        "GFLOP/s | % of limit | ratio to TF (faster setting) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| configuration | phase (load average before / after) | conv GFLOP / site-step "
+        "| variant | threads | s / site-step | GFLOP/s | % of limit | ratio to TF |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     verdicts = []
     for name, res in results.items():
         gf = res["gflop"]["site_step"]
-        med = {v: statistics.median(ts) for v, ts in res["times"].items() if ts}
-        tfs = [med[v] for v in ("tf", "tf onednn") if v in med]
-        tf_best = min(tfs) if tfs else None
-        for v, s in med.items():
-            ratio = f"{s / tf_best:.2f}" if tf_best else "n/a"
-            th = res["info"][v].get("threads")
-            lines.append(
-                f"| {CONFIGS[name]['label']} | {gf:.1f} | {v} | {th if th else 'default'} | "
-                f"{s:.2f} | {gf / s:.1f} | {100 * gf / s / limit['forward_backward']:.0f} % "
-                f"| {ratio} |"
-            )
-        if "harmonix" in med:
-            share = gf / med["harmonix"] / limit["forward_backward"]
-            verdict = (f"- {CONFIGS[name]['label']}: harmonix at {100 * share:.0f} % of the "
-                       f"limit (goal ≥ {100 * LIMIT_GOAL:.0f} % for the CPU recipe)")
-            if tf_best:
-                r = med["harmonix"] / tf_best
-                verdict += (f"; harmonix / TF = {r:.2f} (goal ≤ {RATIO_GOAL}: "
-                            f"{'met' if r <= RATIO_GOAL else 'NOT met'})")
-            verdicts.append(verdict)
+        for busy, ph in res["phases"].items():
+            first = float(ph["load"][0].split()[0])
+            phase = (f"{busy} busy background process(es)" if busy else
+                     "idle" if first < 1.5 else "nothing added, machine busy")
+            phase += f" ({ph['load'][0].split()[0]} / {ph['load'][1].split()[0]})"
+            med = {v: statistics.median(ts) for v, ts in ph["times"].items() if ts}
+            tfs = [med[v] for v in ("tf", "tf onednn") if v in med]
+            tf_best = min(tfs) if tfs else None
+            for v, sec in med.items():
+                ratio = f"{sec / tf_best:.2f}" if tf_best else "n/a"
+                lines.append(
+                    f"| {CONFIGS[name]['label']} | {phase} | {gf:.1f} | {v} | "
+                    f"{ph['threads'].get(v, 'default')} | {sec:.2f} | {gf / sec:.1f} | "
+                    f"{100 * gf / sec / limit['forward_backward']:.0f} % | {ratio} |"
+                )
+            for v in ("harmonix", "harmonix idle-core threads"):
+                if v not in med:
+                    continue
+                share = gf / med[v] / limit["forward_backward"]
+                verdict = (f"- {CONFIGS[name]['label']}, {phase}, {v}: "
+                           f"{100 * share:.0f} % of the limit")
+                if tf_best:
+                    r = med[v] / tf_best
+                    verdict += (f"; / TF = {r:.2f} (goal ≤ {RATIO_GOAL}: "
+                                f"{'met' if r <= RATIO_GOAL else 'NOT met'})")
+                verdicts.append(verdict)
     lines += ["", *verdicts]
     if not tf_ok:
         lines += ["", "TensorFlow was not importable: no TF columns (run with .venv-bench)."]
     lines += ["", "Convolution work (forward, GFLOP per volume): " + "; ".join(
         f"{CONFIGS[n]['label']}: generator {r['gflop']['generator_forward']:.2f}, "
         f"discriminator {r['gflop']['discriminator_forward']:.2f}" for n, r in results.items()
-    ) + ". A site-step is `22G - 4G1 + 28D - 8D1` (see `site_step_gflop`)."]
+    ) + ". A site-step is `22G - 4G1 + 28D - 8D1` (see `site_step_gflop`). The limit is "
+        "what oneDNN reaches on a well-shaped layer; thin layers (1 to 8 channels) cannot."]
     return lines
 
 
@@ -476,7 +529,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3, help="site-steps per variant and round")
-    ap.add_argument("--busy", type=int, default=0, help="busy background processes to start")
+    ap.add_argument("--busy", type=int, default=0,
+                    help="also time with this many busy background processes")
     ap.add_argument("--profile", type=int, default=0, help="profile this many site-steps")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--append", action="store_true")
@@ -493,24 +547,22 @@ def main(argv: list[str] | None = None) -> None:
     python = sys.executable
     tf_ok = _tf_available(python)
     variants = [v for v in args.variants if tf_ok or not v.startswith("tf")]
-    busy = start_busy(args.busy)
-    try:
-        time.sleep(5 if args.busy else 0)
-        load_start = _loadavg()
-        limit = conv_limit()
-        print(f"limit: {limit}", flush=True)
-        results = {}
-        for name in args.configs:
-            full = name == "full"
-            results[name] = time_config(
-                name, variants, 1 if full else args.rounds, 1 if full else args.steps, python
-            )
-            cfg = CONFIGS[name]
-            results[name]["gflop"] = site_step_gflop(cfg["width"], cfg["disc"], cfg["shape"])
-        prof = profile_harmonix("recipe", args.profile, python) if args.profile else None
-        load_end = _loadavg()
-    finally:
-        stop_busy(busy)
+    phases = [0] + ([args.busy] if args.busy else [])
+    load_start = _loadavg()
+    limit = conv_limit()
+    limit["load"] = _loadavg().split()[0]
+    print(f"limit: {limit}", flush=True)
+    results = {}
+    for name in args.configs:
+        full = name == "full"
+        results[name] = time_config(
+            name, variants, 1 if full else args.rounds, 1 if full else args.steps, python,
+            [0] if full else phases,
+        )
+        cfg = CONFIGS[name]
+        results[name]["gflop"] = site_step_gflop(cfg["width"], cfg["disc"], cfg["shape"])
+    prof = profile_harmonix("recipe", args.profile, python) if args.profile else None
+    load_end = _loadavg()
     lines = render(results, limit, args, (load_start, load_end), tf_ok)
     if prof is not None:
         lines += ["", *render_profile(prof, args.profile, load_end)]
@@ -520,7 +572,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(args.out.read_text().rstrip("\n") + "\n\n" + text)
     else:
         header = ["# IGUANe training throughput on CPU (seconds per site-step)", ""]
-        args.out.write_text("\n".join(header) + "\n" + text)
+        args.out.write_text("\n".join(header) + "\n" + text + "\n" + "\n".join(NOTES) + "\n")
     print(f"wrote {args.out}")
 
 

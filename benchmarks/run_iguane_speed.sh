@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Headline speed numbers of IGUANe on CPU (issue #13), in one command, on an IDLE machine.
+#
+#   benchmarks/run_iguane_speed.sh            # about 8-10 minutes on an idle 2-core machine
+#
+# Writes, with the load average before and after every phase:
+#   benchmarks/results/iguane_inference.md  one 160x192x160 volume, harmonix vs Keras/TF
+#       (TF defaults and TF_ENABLE_ONEDNN_OPTS=1), idle, then with 2 busy background
+#       processes started by the script; peak RSS; max abs diff to the plain float32 pass
+#   benchmarks/results/iguane_training.md   seconds per site-step, counted conv GFLOP,
+#       GFLOP/s, oneDNN conv3d limit, harmonix vs the TF site-step (tf_iguane_step.py),
+#       CPU recipe and width 16 on 48x64x48, idle then with 1 busy background process;
+#       torch.profiler table of the CPU recipe
+# The full-size training site-step (160x192x160) is not part of the 10 minutes; run it
+# separately (about 4-6 minutes idle):
+#   .venv-bench/bin/python benchmarks/bench_iguane_training.py --configs full \
+#       --variants harmonix "tf onednn" --append
+#
+# Needs the benchmark environment (.venv-bench: harmonix installed editable, tensorflow,
+# tf-keras, h5py, nilearn); PY=... selects another interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv-bench/bin/python}
+export TF_CPP_MIN_LOG_LEVEL=2 CUDA_VISIBLE_DEVICES=
+
+load=$(cut -d' ' -f1 /proc/loadavg)
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+if ! awk -v l="$load" 'BEGIN { exit !(l < 1.5) }'; then
+    echo "WARNING: the machine is not idle (1-minute load $load >= 1.5): the 'idle' phases" \
+         "will be marked as loaded in the results." >&2
+fi
+start=$(date +%s)
+"$PY" benchmarks/bench_iguane_inference.py --sizes 1mm --repeats 3 --busy 2 \
+    --variants keras "keras onednn" harmonix "harmonix mt norms"
+"$PY" benchmarks/bench_iguane_training.py --configs recipe w16 --rounds 2 --steps 2 \
+    --busy 1 --profile 2
+echo "done in $(( $(date +%s) - start )) s; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
