@@ -4,9 +4,12 @@
 #   benchmarks/run_iguane_speed.sh            # about 8-10 minutes on an idle 2-core machine
 #
 # Writes, with the load average before and after every phase:
-#   benchmarks/results/iguane_inference.md  one 160x192x160 volume, harmonix vs Keras/TF
-#       (TF defaults and TF_ENABLE_ONEDNN_OPTS=1), idle, then with 2 busy background
-#       processes started by the script; peak RSS; max abs diff to the plain float32 pass
+#   benchmarks/results/iguane_inference.md  one 160x192x160 volume, harmonix (its default
+#       thread policy, and 1 thread / all cores / multithreaded norms beside it) vs Keras in
+#       TF with TF_ENABLE_ONEDNN_OPTS=1 (TF's faster setting on AVX2 CPUs, default threads),
+#       idle, then with 2 busy background processes started by the script; peak RSS; max
+#       abs diff to the plain float32 pass. (TF's default, Eigen, is about 2x slower here:
+#       add "keras" to --variants to time it too, several minutes more.)
 #   benchmarks/results/iguane_training.md   seconds per site-step, counted conv GFLOP,
 #       GFLOP/s, oneDNN conv3d limit, harmonix vs the TF site-step (tf_iguane_step.py),
 #       CPU recipe and width 16 on 48x64x48, idle then with 1 busy background process;
@@ -31,7 +34,8 @@ if ! awk -v l="$load" 'BEGIN { exit !(l < 1.5) }'; then
 fi
 start=$(date +%s)
 "$PY" benchmarks/bench_iguane_inference.py --sizes 1mm --repeats 3 --busy 2 \
-    --variants keras "keras onednn" harmonix "harmonix mt norms"
+    --variants "keras onednn" harmonix "harmonix 1 thread" "harmonix all cores" \
+    "harmonix mt norms"
 "$PY" benchmarks/bench_iguane_training.py --configs recipe w16 --rounds 2 --steps 2 \
     --busy 1 --profile 2
 echo "done in $(( $(date +%s) - start )) s; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -23,8 +23,10 @@ def _reader(*values):
     [
         (1, (2, 2), 2, 2),  # idle 2-core machine: only the caller runs -> both cores
         (2, (2, 2), 2, 1),  # one busy neighbour -> one core left
-        (3, (2, 2), 2, 1),  # two busy neighbours -> still at least one thread
-        (9, (2, 2), 2, 1),  # heavily loaded
+        (3, (2, 2), 2, 2),  # two busy neighbours: every core shared -> fair share of both
+        (9, (2, 2), 2, 2),  # heavily loaded: the same
+        (2, (4, 4), 4, 3),  # one busy neighbour on 4 cores
+        (4, (4, 4), 4, 1),  # three busy neighbours on 4 cores -> the one free core
         (1, (8, 8), 4, 4),  # idle, but the user limited PyTorch to 4 threads
         (4, (8, 8), 8, 5),  # 3 busy neighbours on 8 cores
         (1, (2, 2), 1, 1),  # torch.set_num_threads(1) is respected on an idle machine

@@ -17,10 +17,13 @@ runnable tasks of the other processes (``procs_running`` of ``/proc/stat`` less 
 process's runnable threads, sampled a few times within a millisecond or two, the median
 kept), not from the load average: the load average lags by a minute and counts the caller's own
 earlier passes, so a loop of ``transform`` calls on an idle machine would see its own load
-and fall back to one thread. On an idle machine every core is used; with busy
-neighbours each of them takes a core away, because OpenMP splits the convolutions in equal
-static parts and a thread sharing a core with a busy process makes all the others wait for
-it. ``num_threads`` overrides the rule. Where ``/proc/stat`` cannot be read (not Linux),
+and fall back to one thread. On an idle machine every core is used. With fewer busy
+neighbours than cores each of them takes a core away: OpenMP splits the work in equal
+static parts, and a thread sharing a core with a busy process would make the threads on
+free cores wait for it. With at least as many busy neighbours as cores every core is
+shared anyway; the threads then progress at the same pace and the scheduler gives each of
+them its share of a core, so all cores are used again (one thread would get a single
+share). ``num_threads`` overrides the rule. Where ``/proc/stat`` cannot be read (not Linux),
 PyTorch's setting is used.
 
 Two process-wide settings make CPU inference faster (see the same results), because a pass
@@ -117,10 +120,11 @@ def inference_threads(
     Returns
     -------
     int
-        ``max(1, min(limit, usable - busy))``, where ``busy`` is the median over a few
-        samples of the runnable tasks other than the caller. When the process is pinned
-        to ``usable`` of the machine's ``online`` cores, ``busy`` is scaled by
-        ``usable / online`` (the tasks are assumed to be spread evenly).
+        ``max(1, min(limit, usable - busy))`` while ``busy < usable``, and ``limit`` once
+        ``busy >= usable``, where ``busy`` is the median over a few samples of the runnable
+        tasks of other processes. When the process is pinned to ``usable`` of the
+        machine's ``online`` cores, ``busy`` is scaled by ``usable / online`` (the tasks
+        are assumed to be spread evenly).
 
     Notes
     -----
@@ -138,8 +142,10 @@ def inference_threads(
             return limit
         samples.append(max(0, running - 1))
     usable, online = _usable_cores() if cores is None else cores
-    busy = statistics.median(samples) * usable / max(usable, online)
-    return max(1, min(limit, usable - int(round(busy))))
+    busy = int(round(statistics.median(samples) * usable / max(usable, online)))
+    if busy >= usable:  # every core is shared anyway: the scheduler's fair share favours
+        return limit  # one thread per core (each gets its slice of every core)
+    return max(1, min(limit, usable - busy))
 
 
 @contextlib.contextmanager
