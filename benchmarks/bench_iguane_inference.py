@@ -121,6 +121,16 @@ NOTES = [
     "runnable tasks of the machine, not the lagging load average); with busy neighbours, "
     "OpenMP's statically split parallel regions would wait for a thread sharing a core "
     "with one of them. TensorFlow keeps its default thread pools.",
+    "- Where the time goes (torch.profiler, harmonix fused pass at 96x112x96, 2 threads, "
+    "load ~9, 2026-11-29): oneDNN convolutions 59 % of the self CPU time (22 calls), "
+    "transposed convolutions 17 % (7 calls, inside aten::_convolution), copies 13 % (425 "
+    "calls: slab assembly and the concatenation buffers; 6 % on one thread), the norm "
+    "passes (sub, sum, clamp, addcmul, abs) about 9 %. The convolutions set the pace; "
+    "the thread count decides how much of the machine they get.",
+    "- TensorFlow's defaults: on CPUs without AVX512-VNNI/BF16/AMX (this AVX2 machine) "
+    "TensorFlow does not enable oneDNN and runs Eigen kernels, about 2x slower than with "
+    "`TF_ENABLE_ONEDNN_OPTS=1` (96x112x96 at load ~7: 12.1 s against 6.1 s); the ratio is "
+    "taken against the faster Keras variant timed.",
     "- Peak RSS includes the interpreter and the libraries (about 0.4 GB for harmonix with "
     "PyTorch, 0.75 GB for TensorFlow).",
 ]
