@@ -81,6 +81,9 @@ SIZES = {"1mm": (160, 192, 160), "2mm": (96, 112, 96)}
 CROP = "crop64"
 CROP_SHAPE = (64, 64, 64)
 SPEED_GOAL = 1.0  # harmonix / Keras time ratio at most this
+#: Convolution work of one generator pass at 160x192x160 (2 FLOP per multiply-add, counted
+#: from the layer shapes; every layer scales with the number of voxels).
+GFLOP_1MM = 404.3
 IDLE_GOAL = 0.8  # harmonix / Keras time ratio at most this on an idle machine
 MEMORY_GOAL_MB = 1200.0  # harmonix peak RSS for one full-size volume
 TIMED = ("keras", "keras onednn", "harmonix")
@@ -530,8 +533,8 @@ def render(
         "## Time per volume",
         "",
         "| size | phase | load average before / after | variant | median (s) | min (s) "
-        "| ratio to the faster Keras |",
-        "|---|---|---|---|---:|---:|---:|",
+        "| conv GFLOP/s | ratio to the faster Keras |",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
     verdicts = []
     for size, res in results.items():
@@ -542,10 +545,11 @@ def render(
             k = min(keras) if keras else float("nan")
             for v, ts in times.items():
                 med = statistics.median(ts)
+                gflop = GFLOP_1MM * float(np.prod(SIZES[size])) / float(np.prod(SIZES["1mm"]))
                 lines.append(
                     f"| {SIZES[size][0]}x{SIZES[size][1]}x{SIZES[size][2]} | {label} "
                     f"| {load[0]} / {load[1]} | {LABELS[v]} | {med:.2f} | {min(ts):.2f} "
-                    f"| {med / k:.2f} |"
+                    f"| {gflop / med:.0f} | {med / k:.2f} |"
                 )
             if "harmonix" in times and keras:
                 ratio = statistics.median(times["harmonix"]) / k
