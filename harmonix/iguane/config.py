@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from harmonix._docs import fill_doc
+from harmonix.iguane import _paramdocs  # noqa: F401  (the shared parameter docs)
 from harmonix.iguane.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
 from harmonix.iguane.networks import SIZE_MULTIPLE
 
@@ -20,75 +22,40 @@ __all__ = ["CPU_RECIPE", "LR_SCHEDULES", "TrainConfig", "check_int", "size_tripl
 #: Learning-rate schedules of :class:`TrainConfig`.
 LR_SCHEDULES = ("linear", "constant_then_linear")
 
+@fill_doc
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of IGUANe training; defaults are the published settings.
 
     Parameters
     ----------
-    n_epochs : int, default=100
-    steps_per_epoch : int, default=200
-        One step updates every source site once (see
-        :func:`harmonix.iguane.training.train`).
-    base_width : int, default=16
-        Channels of the generators' first level (16: the published 6.5 M-parameter
-        network). Smaller widths (4-8) make CPU training practical.
-    disc_base_width : int, default=None
-        Channels of the discriminators' first convolution; None means ``4 * base_width``
-        (64, the published discriminator, for ``base_width=16``).
-    patch_size : int or tuple of 3 int, default=None
-        Train on random crops of this size (multiples of 16, each containing a brain voxel
-        at a random position) instead of whole volumes. Inference always uses whole
-        volumes (the networks are fully convolutional).
-    batch_size : int, default=1
-        Pairs per generator update (per process in a distributed training, see
-        :mod:`harmonix.iguane.distributed`); discriminators see
-        ``disc_pairs * batch_size`` real and as many generated volumes per update.
+    %(iguane_n_epochs)s
+    %(iguane_steps_per_epoch)s
+    %(iguane_base_width)s
+    %(iguane_disc_base_width)s
+    %(iguane_patch_size)s
+    %(iguane_batch_size)s
     disc_pairs : int, default=2
         See ``batch_size`` (2 in the original).
     learning_rate, final_learning_rate : float, default=2e-4, 2e-5
         Start and end of the learning-rate schedule (``final_learning_rate`` may be 0).
-    lr_schedule : {"linear", "constant_then_linear"}, default="linear"
-        "linear": decay linearly from ``learning_rate`` to ``final_learning_rate`` over
-        the whole training (the original). "constant_then_linear": keep
-        ``learning_rate`` for the first half, then decay linearly to
-        ``final_learning_rate`` (CycleGAN's schedule, usually with 0 at the end).
+    %(iguane_lr_schedule)s
     beta1, beta2, adam_eps : float, default=0.9, 0.999, 1e-7
         Adam parameters (CycleGAN practice is ``beta1=0.5``).
-    warmup_steps : int, default=0
-        Steps of discriminator updates alone (each source site's two discriminators once
-        per step, against the initial generators) before the first generator update. They
-        come before the ``n_epochs * steps_per_epoch`` steps and do not advance the
-        learning-rate schedules.
+    %(iguane_warmup_steps)s
     cycle_weight, identity_weight : float, default=30, 15
         Loss weights.
-    augment : bool, default=True
-        Random rotation and shift of training volumes (see
-        :func:`harmonix.iguane.data.augment`); False turns both off.
-    rotation_degrees : float, default=10
-        With ``augment``: a rotation (p=0.5) by up to this angle in one random axis plane;
-        0 turns rotations off.
-    shift_mm : float, default=5
-        With ``augment``: a shift of each axis by a whole number of voxels of at most this
-        many millimetres (±5 voxels of 1 mm in the original); 0 turns shifts off.
+    %(iguane_augment)s
+    %(iguane_rotation_degrees)s
+    %(iguane_shift_mm)s
     voxel_size : tuple of 3 float, default=(1, 1, 1)
         Voxel size of the training volumes in mm (converts ``shift_mm`` to voxels).
-    identity_init : bool, default=False
-        Start every generator as the identity map by zeroing its last (1×1×1)
-        convolution, instead of the original's Glorot initialization, whose random
-        residual changes images a lot until training has undone it. Helps short trainings
-        (e.g. on CPU); the published training does not use it.
-    age_bin_width : float, default=5
-        Years per bin of the age-balanced sampling (used when ages are given).
-    val_fraction : float, default=0.1
-        Fraction of each source site's images held out for validation.
-    val_every : int, default=1000
-        Validate every this many steps (the original: every 5 epochs of 200 steps), and at
-        the end.
-    checkpoint_every : int, default=200
-        Write a checkpoint every this many steps (when a checkpoint folder is given).
-    mixed_precision : bool, default=None
-        Run the networks under :func:`torch.autocast`; None means on CUDA only.
+    %(iguane_identity_init)s
+    %(iguane_age_bin_width)s
+    %(iguane_val_fraction)s
+    %(iguane_val_every)s
+    %(iguane_checkpoint_every)s
+    %(iguane_mixed_precision)s
     amp_dtype : {"float16", "bfloat16"}, default=None
         Autocast dtype; None means float16 on CUDA (with loss scaling) and bfloat16 on CPU.
     """

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
+from harmonix._docs import fill_doc
 from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer
+from harmonix.iguane import _paramdocs  # noqa: F401  (the shared parameter docs)
 from harmonix.iguane.checkpoints import atomic_torch_save, load_torch_file
 from harmonix.iguane.config import TrainConfig, size_triple
 from harmonix.iguane.data import (
@@ -54,6 +56,7 @@ _MODEL_FORMAT = "harmonix.IGUANeHarmonizer/1"
 OFFICIAL_REFERENCE_SITE = "SALD"
 
 
+@fill_doc
 class IGUANeHarmonizer(BaseHarmonizer):
     """IGUANe: a 3-D many-to-one CycleGAN that maps images of any site to a reference site.
 
@@ -68,58 +71,33 @@ class IGUANeHarmonizer(BaseHarmonizer):
     ----------
     reference_site : hashable, default=None
         Target site; None picks the site with the most images.
-    n_epochs : int, default=100
-    steps_per_epoch : int, default=200
-        One step updates every source site once.
-    base_width : int, default=16
-        Channels of the generators' first level (16: the published 6.5 M-parameter
-        network).
-    disc_base_width : int, default=None
-        Channels of the discriminators' first convolution; None: ``4 * base_width`` (64,
-        the published discriminator).
-    patch_size : int or tuple of 3 int, default=None
-        Train on random crops (multiples of 16, each containing brain) instead of whole
-        volumes; inference always uses whole volumes.
-    batch_size : int, default=1
-        Pairs per generator update (discriminators see twice as many).
+    %(iguane_n_epochs)s
+    %(iguane_steps_per_epoch)s
+    %(iguane_base_width)s
+    %(iguane_disc_base_width)s
+    %(iguane_patch_size)s
+    %(iguane_batch_size)s
     learning_rate, final_learning_rate : float, default=2e-4, 2e-5
         Adam learning rate at the start and at the end of the schedule.
-    lr_schedule : {"linear", "constant_then_linear"}, default="linear"
-        "linear": linear decay over the whole training (the published schedule);
-        "constant_then_linear": constant for the first half, then linear decay (CycleGAN).
+    %(iguane_lr_schedule)s
     beta1 : float, default=0.9
         Adam's first-moment decay (0.9 in the original, 0.5 in CycleGAN practice).
-    warmup_steps : int, default=0
-        Steps of discriminator updates alone before the first generator update (each
-        source site's discriminators once per step); added to the
-        ``n_epochs * steps_per_epoch`` training steps.
+    %(iguane_warmup_steps)s
     cycle_weight, identity_weight : float, default=30, 15
         Weights of the cycle-consistency and identity losses.
-    augment : bool, default=True
-        Random rotations and shifts of training volumes; False turns both off.
-    rotation_degrees : float, default=10
-        Rotations (p=0.5) by up to this angle in a random axis plane; 0: none.
-    shift_mm : float, default=5
-        Shifts of each axis by whole voxels, at most this many millimetres (±5 mm, as the
-        original's ±5 voxels of 1 mm); 0: none.
+    %(iguane_augment)s
+    %(iguane_rotation_degrees)s
+    %(iguane_shift_mm)s
     voxel_size : float or tuple of 3 float, default=None
         Voxel size of the images in mm, to convert ``shift_mm`` to voxels. None: read from
         the first image's NIfTI header, or 1 mm for arrays.
-    identity_init : bool, default=False
-        Start the generators as the identity map (last convolution zeroed) instead of the
-        published random initialization; helps short trainings such as CPU ones.
-    age_bin_width : float, default=5
-        With ``ages`` in fit, (source, reference) pairs are drawn from common age bins of
-        this width (years).
-    val_fraction : float, default=0.1
-        Fraction of each source site's images held out to select the best forward
-        generator (0: keep the last one); see Notes.
-    val_every : int, default=1000
-        Validate every this many steps (and at the end).
+    %(iguane_identity_init)s
+    %(iguane_age_bin_width)s
+    %(iguane_val_fraction)s
+    %(iguane_val_every)s
     checkpoint_dir : str or path-like, default=None
         Folder for a training checkpoint (atomic writes); None: no checkpoint.
-    checkpoint_every : int, default=200
-        Steps between checkpoints.
+    %(iguane_checkpoint_every)s
     resume : bool, default=False
         Continue an interrupted training from the checkpoint in ``checkpoint_dir`` (with
         the same parameters and data); starts from scratch if there is none.
@@ -132,9 +110,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
     device : {"auto", "cpu", "cuda"}, default="auto"
         Where the networks run ("auto": CUDA if available). "cuda" without CUDA raises a
         ValueError.
-    mixed_precision : bool, default=None
-        Run the networks under :func:`torch.autocast` (float16 with loss scaling on CUDA,
-        bfloat16 on CPU); None means on CUDA only.
+    %(iguane_mixed_precision)s
     random_state : int, numpy.random.Generator or None, default=None
         Seeds the held-out split, initialization, sampling and augmentation (local
         generators; global seeds are never touched). Runs are reproducible on CPU.
