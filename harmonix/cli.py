@@ -110,6 +110,7 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
         n_sites=args.n_sites,
         resolution=args.resolution,
         random_state=args.seed,
+        style=args.style,
     )
     manifest = write_nifti_dataset(ds, args.out)
     logger.info("wrote %d images and %s", len(ds), manifest)
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-sites", type=int, default=4)
     p.add_argument("--resolution", type=float, default=2.0, choices=[1.0, 2.0, 4.0])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--style", default="preprocessed", choices=["preprocessed", "legacy"],
+                   help="site effects of preprocessed scans (default) or the older "
+                   "simulation (see harmonix.datasets.make_multisite)")
     p.set_defaults(func=_cmd_make_dataset)
 
     p = sub.add_parser(

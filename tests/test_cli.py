@@ -30,6 +30,18 @@ def test_make_dataset_writes_manifest(dataset_dir):
     assert nib.load(first).ndim == 3
 
 
+@pytest.mark.parametrize("style", ["preprocessed", "legacy"])
+def test_make_dataset_style(tmp_path, style):
+    from harmonix.datasets import make_multisite
+
+    assert main(["--quiet", "make-dataset", "--out", str(tmp_path), "--n-subjects", "2",
+                 "--n-sites", "2", "--resolution", "4", "--style", style]) == 0
+    manifest = read_manifest(tmp_path / "manifest.csv")
+    ds = make_multisite(2, 2, resolution=4, random_state=0, style=style)
+    written = np.stack([np.asanyarray(nib.load(p).dataobj) for p in manifest.paths])
+    np.testing.assert_allclose(written, ds.imgs, rtol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["hm", "ws", "combat", "none"])
 def test_fit_then_transform_manifest(dataset_dir, tmp_path, method):
     model = tmp_path / "model.npz"
