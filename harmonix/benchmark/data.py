@@ -22,9 +22,13 @@ class DataArrays:
     gm: Any
     mask: np.ndarray
     reference: Any
+    gm_volume: np.ndarray | None = None
 
     def true_gm_volumes(self) -> np.ndarray | None:
-        """Sum of each image's true GM map (``dataset.gm``), or None without one."""
+        """True GM volume of each image: ``dataset.gm_volume``, else the sum of each true
+        GM map (``dataset.gm``); None without either."""
+        if self.gm_volume is not None:
+            return self.gm_volume
         if self.gm is None:
             return None
         return np.asarray(self.gm, dtype=np.float64).reshape(len(self.imgs), -1).sum(axis=1)
@@ -58,8 +62,13 @@ def dataset_arrays(dataset: Any) -> DataArrays:
     mask = np.asarray(dataset.mask) != 0
     if mask.shape != imgs.shape[1:]:
         raise ValueError(f"dataset.mask must have shape {imgs.shape[1:]}, got {mask.shape}.")
+    gm_volume = getattr(dataset, "gm_volume", None)
+    if gm_volume is not None:
+        gm_volume = np.asarray(gm_volume, dtype=np.float64)
+        if gm_volume.shape != (n,):
+            raise ValueError(f"dataset.gm_volume must have one entry per image ({n}).")
     return DataArrays(imgs, sites, subjects, ages, truth, gm, mask,
-                      getattr(dataset, "reference_site", None))
+                      getattr(dataset, "reference_site", None), gm_volume)
 
 
 @dataclass(frozen=True, repr=False, eq=False)

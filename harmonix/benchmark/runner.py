@@ -218,7 +218,8 @@ def run_benchmark(
     dataset : MultisiteDataset or object
         Needs ``imgs`` (n, i, j, k), ``sites``, ``subjects`` and ``mask`` (common brain
         mask); ``ages`` (for the biology metrics and fitting), ``truth`` (for
-        ``truth_ssim_score``) and ``gm`` (true GM maps, for ``true_gm_age_correlation``)
+        ``truth_ssim_score``) and ``gm_volume`` or ``gm`` (true GM volumes or maps, for
+        ``true_gm_age_correlation``)
         are used when present, ``reference_site`` for the oracle and when choosing the
         default held-out site.
     test_sites : label or sequence of labels, default=None
