@@ -283,7 +283,9 @@ def harmonix_worker(cfg: dict, idle_threads: bool, profile: int = 0) -> None:
             orders()
             now = time.perf_counter()
         if idle_threads:  # the policy applied at every site-step (about 2 ms, timed)
-            torch.set_num_threads(inference_threads(limit))
+            n = inference_threads(limit)
+            if n != torch.get_num_threads():
+                torch.set_num_threads(n)
         state["used"].add(torch.get_num_threads())
         state["last"] = now
 
