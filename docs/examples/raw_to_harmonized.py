@@ -4,7 +4,7 @@ From raw T1 scans to harmonized images, and back to each scan's own space
 
 .. note::
    This tutorial is **not executed** when the documentation is built: preprocessing a
-   full-resolution scan takes about a minute on two CPU cores, and IGUANe's published
+   full-resolution scan takes 30-45 s on two CPU cores, and IGUANe's published
    weights cannot be downloaded here. Its code is complete; run it as a script on your
    own scans.
 
