@@ -21,8 +21,9 @@ Variants, each in its own worker process, timed in alternating rounds (medians):
   optimizer (an optimizer step hook), so data handling and bookkeeping count;
 - ``harmonix idle-core threads``: the same with ``torch.set_num_threads`` set before every
   site-step by the inference thread policy
-  (:func:`harmonix.iguane.inference.inference_threads`: the cores idle then), which is
-  what a training thread policy in the trainer would do;
+  (:func:`harmonix.iguane.inference.inference_threads` with ``fair_share=False``: the
+  cores idle then, at least one), which is what a training thread policy in the trainer
+  would do;
 - ``tf``: ``tf_iguane_step.TFSiteStep`` with TensorFlow's defaults (on CPUs without
   AVX512-VNNI/BF16/AMX, such as AVX2-only ones, TensorFlow does *not* use oneDNN by
   default);
@@ -84,9 +85,12 @@ NOTES = [
     "wait at every statically split parallel region for the thread that shares a core with "
     "it; TensorFlow's work-stealing pool degrades far less. A width-4 generator forward + "
     "backward (48×64×48) took 2.49 s with 2 threads and 0.74 s with 1 thread at load 8. "
-    "The 'harmonix idle-core threads' rows set `torch.set_num_threads(inference_threads())` "
-    "before every site-step (the inference policy, about 2 ms); the same two lines in "
-    "`Trainer.train_step` (set, then restore) would give every training that behaviour.",
+    "The same collapse with many busy neighbours: a width-4 generator forward + backward "
+    "alternating 1 and 2 threads at load ~6 took 0.43-0.50 s with 1 thread and 5.3 s "
+    "with 2. The 'harmonix idle-core threads' rows set "
+    "`torch.set_num_threads(inference_threads(fair_share=False))` before every site-step "
+    "(the free cores, at least one; about 2 ms); the same lines in `Trainer.train_step` "
+    "(set, then restore) would give every training that behaviour.",
     "- **Thin channels.** On AVX2, oneDNN has no JIT weight-gradient kernel for the thin "
     "full-resolution layers of a width-4 generator (4 output channels): they take "
     "`x64:gemm:jit` (im2col + sgemm). ONEDNN_VERBOSE, 1 thread: the 8→4 3×3×3 convolution "
@@ -235,7 +239,7 @@ def harmonix_worker(cfg: dict, idle_threads: bool, profile: int = 0) -> None:
 
     limit = torch.get_num_threads()
     if idle_threads:
-        torch.set_num_threads(inference_threads(limit))
+        torch.set_num_threads(inference_threads(limit, fair_share=False))
     vols = _volumes(cfg["shape"], 4)
     sites = ["ref", "ref", "src", "src"]
     config = TrainConfig(
@@ -283,7 +287,7 @@ def harmonix_worker(cfg: dict, idle_threads: bool, profile: int = 0) -> None:
             orders()
             now = time.perf_counter()
         if idle_threads:  # the policy applied at every site-step (about 2 ms, timed)
-            n = inference_threads(limit)
+            n = inference_threads(limit, fair_share=False)
             if n != torch.get_num_threads():
                 torch.set_num_threads(n)
         state["used"].add(torch.get_num_threads())

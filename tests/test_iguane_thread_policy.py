@@ -37,6 +37,13 @@ def test_idle_cores_rule(running, cores, limit, expected):
     assert inference_threads(limit, read_running=_reader(running), cores=cores) == expected
 
 
+def test_without_fair_share_every_core_shared_means_one_thread():
+    for running in (3, 9):
+        n = inference_threads(2, fair_share=False, read_running=_reader(running), cores=(2, 2))
+        assert n == 1
+    assert inference_threads(2, fair_share=False, read_running=_reader(1), cores=(2, 2)) == 2
+
+
 def test_median_ignores_a_short_spike():
     # a task that was runnable in one sample only does not take a core away
     assert inference_threads(2, read_running=_reader(1, 5, 1, 1, 1), cores=(2, 2)) == 2

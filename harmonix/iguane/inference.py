@@ -100,6 +100,7 @@ def _usable_cores() -> tuple[int, int]:
 def inference_threads(
     limit: int | None = None,
     *,
+    fair_share: bool = True,
     read_running: Callable[[], int | None] = _procs_running,
     cores: tuple[int, int] | None = None,
 ) -> int:
@@ -110,6 +111,12 @@ def inference_threads(
     limit : int, optional
         Most threads to use; by default :func:`torch.get_num_threads` (one per physical
         core unless the user changed it).
+    fair_share : bool, default=True
+        What to do when every core is shared with busy neighbours: use ``limit`` threads
+        (True: the scheduler gives each thread its share of a core, right for the few long
+        parallel regions of the fused inference pass) or one (False: right for work made
+        of many small parallel regions, such as a training step, where every OpenMP
+        barrier waits for a descheduled thread).
     read_running : callable, optional
         Returns the number of runnable tasks of the machine, the calling thread included,
         or None when unknown (then ``limit`` threads are used). For tests.
@@ -120,8 +127,8 @@ def inference_threads(
     Returns
     -------
     int
-        ``max(1, min(limit, usable - busy))`` while ``busy < usable``, and ``limit`` once
-        ``busy >= usable``, where ``busy`` is the median over a few samples of the runnable
+        ``max(1, min(limit, usable - busy))``, except ``limit`` when ``busy >= usable``
+        and ``fair_share``, where ``busy`` is the median over a few samples of the runnable
         tasks of other processes. When the process is pinned to ``usable`` of the
         machine's ``online`` cores, ``busy`` is scaled by ``usable / online`` (the tasks
         are assumed to be spread evenly).
@@ -143,8 +150,8 @@ def inference_threads(
         samples.append(max(0, running - 1))
     usable, online = _usable_cores() if cores is None else cores
     busy = int(round(statistics.median(samples) * usable / max(usable, online)))
-    if busy >= usable:  # every core is shared anyway: the scheduler's fair share favours
-        return limit  # one thread per core (each gets its slice of every core)
+    if busy >= usable and fair_share:  # every core is shared anyway: the scheduler's fair
+        return limit  # share favours one thread per core (each gets its slice of a core)
     return max(1, min(limit, usable - busy))
 
 
