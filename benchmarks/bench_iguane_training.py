@@ -258,7 +258,8 @@ def harmonix_worker(cfg: dict, idle_threads: bool, profile: int = 0) -> None:
                 sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=44
             )
             _reply({"times": state["times"], "profile": table,
-                    "groups": _profile_groups(state["prof"])})
+                    "groups": _profile_groups(state["prof"]),
+                    "threads": "/".join(str(n) for n in sorted(state["used"]))})
             state["prof"] = None
         else:
             used = "/".join(str(n) for n in sorted(state["used"]))
@@ -422,7 +423,10 @@ def time_config(
 
 
 def profile_harmonix(name: str, steps: int, python: str) -> dict:
-    p = _spawn("harmonix", name, python)
+    """torch.profiler tables of ``steps`` site-steps, threads by the idle-core policy (on an
+    idle machine PyTorch's default; on a busy one the profile then shows the work rather
+    than OpenMP threads waiting for each other)."""
+    p = _spawn("harmonix idle-core threads", name, python)
     try:
         json.loads(p.stdout.readline())
         _ask(p, "run 1")  # one more warm-up site-step
@@ -516,7 +520,8 @@ def render_profile(prof: dict, steps: int, load: str) -> list[str]:
     lines = [
         "## Where harmonix's time goes (CPU recipe, torch.profiler)",
         "",
-        f"{steps} site-steps after warm-up, PyTorch's default threads, load average {load}"
+        f"{steps} site-steps after warm-up, threads by the idle-core policy "
+        f"({prof.get('threads', '?')}), load average {load}"
         + ("" if float(load.split()[0]) < 1.5 else " (loaded)")
         + f"; median site-step {statistics.median(prof['times']):.2f} s under the profiler.",
         "",
