@@ -161,6 +161,8 @@ def test_autocast_code_path_on_cpu(amp_dtype):
         pytest.skip(f"{amp_dtype} autocast unsupported on this CPU build: {exc}")
     assert np.isfinite(result.history["loss_generator"]).all()
     assert np.isfinite(result.history["val_score"]).all()
+    for name, value in result.generator.state_dict().items():
+        assert torch.isfinite(value).all(), name
 
 
 def test_same_seed_same_result_and_progress_bar(capsys):

@@ -293,3 +293,44 @@ def test_old_conv3d_name_is_a_deprecated_alias():
 
     with pytest.warns(DeprecationWarning, match="OneDNNConv3d"):
         assert networks.Conv3d is networks.OneDNNConv3d
+
+
+# -- CPU bfloat16: oneDNN's strided single-voxel convolution bug (pytorch#169688) ---------
+def test_bf16_single_voxel_rule():
+    from harmonix.iguane.fused_inference import bf16_single_voxel_output
+
+    w = torch.zeros(4, 4, 3, 3, 3)
+    x = torch.zeros(1, 4, 2, 2, 2)
+    # float32 outside autocast: never
+    assert not bf16_single_voxel_output(x, w, (2, 2, 2), (1, 1, 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bf16_single_voxel_output(x, w, (2, 2, 2), (1, 1, 1))  # 2 -> 1, stride 2
+        assert not bf16_single_voxel_output(x, w, (1, 1, 1), (1, 1, 1))  # stride 1
+        big = torch.zeros(1, 4, 8, 8, 8)
+        assert not bf16_single_voxel_output(big, w, (2, 2, 2), (1, 1, 1))  # 8 -> 4
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not bf16_single_voxel_output(x, w, (2, 2, 2), (1, 1, 1))
+    assert bf16_single_voxel_output(x.bfloat16(), w.bfloat16(), (2, 2, 2), (1, 1, 1))
+
+
+def test_generator_under_cpu_bf16_autocast_runs_single_voxel_convs_in_float32():
+    gen = Generator3D(base_width=4)
+    dtypes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            dtypes[name] = (tuple(output.shape[2:]), output.dtype, module.stride)
+        return hook
+
+    for name, module in gen.named_modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.register_forward_hook(record(name))
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gen(x)
+    assert torch.isfinite(y).all()
+    single = [n for n, (shape, _, stride) in dtypes.items() if min(shape) == 1 and max(stride) > 1]
+    assert single, "a 16^3 input must reach a one-voxel strided level"
+    for name, (shape, dtype, stride) in dtypes.items():
+        expected = torch.float32 if name in single else torch.bfloat16
+        assert dtype == expected, (name, shape, stride, dtype)

@@ -182,7 +182,54 @@ def conv3d(
             )
         except RuntimeError:  # pragma: no cover - unexpected oneDNN limitation
             pass
+    if bf16_single_voxel_output(x, weight, [stride] * 3, padding):
+        return conv3d_float32(x, weight, bias, stride=stride, padding=padding)
     return F.conv3d(x, weight, bias, stride=stride, padding=padding)
+
+
+def bf16_single_voxel_output(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, ...] | list[int],
+    padding: tuple[int, ...] | list[int],
+    dilation: tuple[int, ...] | list[int] = (1, 1, 1),
+) -> bool:
+    """Whether a CPU bfloat16 convolution would hit oneDNN's single-voxel strided bug.
+
+    On CPUs with native bfloat16 (avx512_bf16, AMX), the oneDNN bundled with PyTorch
+    computes wrong bfloat16 3-D convolutions when an output axis has size 1 and the
+    stride is above 1 (pytorch/pytorch#169688): training a generator on volumes whose
+    coarsest level is one voxel wide then gives NaN after the first update. Such
+    convolutions are computed in float32 instead (their output is tiny, so the cost is
+    nil). True when ``x`` is on the CPU, the convolution runs in bfloat16 (a bfloat16
+    input or CPU autocast to bfloat16), some stride is above 1 and the output has an
+    axis of size 1.
+    """
+    if x.device.type != "cpu" or x.dim() != 5:
+        return False
+    autocast_bf16 = (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+    if not (autocast_bf16 or x.dtype == torch.bfloat16 or weight.dtype == torch.bfloat16):
+        return False
+    if max(stride) <= 1:
+        return False
+    kernel = weight.shape[2:]
+    out = [
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation)
+    ]
+    return min(out) == 1
+
+
+def conv3d_float32(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, **kwargs: object
+) -> torch.Tensor:
+    """``F.conv3d`` in float32 with CPU autocast off (see :func:`bf16_single_voxel_output`)."""
+    with torch.autocast("cpu", enabled=False):
+        return F.conv3d(
+            x.float(), weight.float(), None if bias is None else bias.float(), **kwargs
+        )
 
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:

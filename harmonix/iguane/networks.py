@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from harmonix.iguane._compat import deprecated_names
-from harmonix.iguane.fused_inference import generator_forward_fused, onednn_applies
+from harmonix.iguane.fused_inference import (
+    bf16_single_voxel_output,
+    conv3d_float32,
+    generator_forward_fused,
+    onednn_applies,
+)
 
 __all__ = [
     "SIZE_MULTIPLE",
@@ -51,7 +56,9 @@ class OneDNNConv3d(nn.Conv3d):
     PyTorch's heuristic sends one-volume batches of thin maps to its reference kernel,
     whose backward pass is slow; forcing oneDNN makes CPU training updates faster (see
     ``benchmarks/bench_iguane_training.py``). Same parameters and outputs as ``nn.Conv3d``
-    (to float32 rounding); any other case (autocast, float64, GPUs) is ``nn.Conv3d``'s.
+    (to float32 rounding); any other case (autocast, float64, GPUs) is ``nn.Conv3d``'s,
+    except CPU bfloat16 convolutions with a strided single-voxel output, computed in
+    float32 (:func:`~harmonix.iguane.fused_inference.bf16_single_voxel_output`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,6 +75,17 @@ class OneDNNConv3d(nn.Conv3d):
                 list(self.stride),
                 list(self.dilation),
                 self.groups,
+            )
+        if (
+            isinstance(self.padding, tuple | list)
+            and self.padding_mode == "zeros"
+            and bf16_single_voxel_output(
+                x, self.weight, self.stride, self.padding, self.dilation
+            )
+        ):
+            return conv3d_float32(
+                x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                dilation=self.dilation, groups=self.groups,
             )
         return super().forward(x)
 
