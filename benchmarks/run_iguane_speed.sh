@@ -10,13 +10,13 @@
 #       idle, then with 2 busy background processes started by the script; peak RSS; max
 #       abs diff to the plain float32 pass. (TF's default, Eigen, is about 2x slower here:
 #       add "keras" to --variants to time it too, several minutes more.)
-#   benchmarks/results/iguane_training.md   seconds per site-step, counted conv GFLOP,
+#   benchmarks/results/iguane_training_speed.md   seconds per site-step, counted conv GFLOP,
 #       GFLOP/s, oneDNN conv3d limit, harmonix vs the TF site-step (tf_iguane_step.py),
 #       CPU recipe and width 16 on 48x64x48, idle then with 1 busy background process;
 #       torch.profiler table of the CPU recipe
 # The full-size training site-step (160x192x160) is not part of the 10 minutes; run it
 # separately (about 4-6 minutes idle):
-#   .venv-bench/bin/python benchmarks/bench_iguane_training.py --configs full \
+#   .venv-bench/bin/python benchmarks/bench_iguane_training_speed.py --configs full \
 #       --variants harmonix "tf onednn" --append
 #
 # Needs the benchmark environment (.venv-bench: harmonix installed editable, tensorflow,
@@ -36,6 +36,6 @@ start=$(date +%s)
 "$PY" benchmarks/bench_iguane_inference.py --sizes 1mm --repeats 3 --busy 2 \
     --variants "keras onednn" harmonix "harmonix 1 thread" "harmonix all cores" \
     "harmonix mt norms"
-"$PY" benchmarks/bench_iguane_training.py --configs recipe w16 --rounds 2 --steps 2 \
+"$PY" benchmarks/bench_iguane_training_speed.py --configs recipe w16 --rounds 2 --steps 2 \
     --busy 1 --profile 2
 echo "done in $(( $(date +%s) - start )) s; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

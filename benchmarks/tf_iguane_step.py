@@ -2,7 +2,7 @@
 
 Written from the facts in ``shared/IGUANE.md`` (not from the original code) so that
 harmonix's training speed can be compared with a TensorFlow implementation on the same
-machine (``benchmarks/bench_iguane_training.py``). A *site-step* is one source site's share
+machine (``benchmarks/bench_iguane_training_speed.py``). A *site-step* is one source site's share
 of a training step:
 
 1. one update of the site's two discriminators: the generator to the source site makes 2

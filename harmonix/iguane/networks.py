@@ -55,7 +55,7 @@ class OneDNNConv3d(nn.Conv3d):
 
     PyTorch's heuristic sends one-volume batches of thin maps to its reference kernel,
     whose backward pass is slow; forcing oneDNN makes CPU training updates faster (see
-    ``benchmarks/bench_iguane_training.py``). Same parameters and outputs as ``nn.Conv3d``
+    ``benchmarks/bench_iguane_training_speed.py``). Same parameters and outputs as ``nn.Conv3d``
     (to float32 rounding); any other case (autocast, float64, GPUs) is ``nn.Conv3d``'s,
     except CPU bfloat16 convolutions with a strided single-voxel output, computed in
     float32 (:func:`~harmonix.iguane.fused_inference.bf16_single_voxel_output`).

@@ -37,9 +37,9 @@ is recorded before and after each phase.
 
 Run (TensorFlow lives in the benchmark environment, see ``bench_iguane_inference.py``)::
 
-    .venv-bench/bin/python benchmarks/bench_iguane_training.py --configs recipe w16 full
+    .venv-bench/bin/python benchmarks/bench_iguane_training_speed.py --configs recipe w16 full
 
-Results: ``benchmarks/results/iguane_training.md`` (``--out``; ``--append`` adds the
+Results: ``benchmarks/results/iguane_training_speed.md`` (``--out``; ``--append`` adds the
 section to the file instead of replacing it).
 """
 
@@ -62,7 +62,7 @@ sys.path.insert(0, str(HERE))
 from _common import cpu_model  # noqa: E402
 from tf_iguane_step import synthetic_volume  # noqa: E402
 
-RESULTS = HERE / "results" / "iguane_training.md"
+RESULTS = HERE / "results" / "iguane_training_speed.md"
 CONFIGS = {
     "recipe": dict(label="CPU recipe: width 4 / disc 16, 48×64×48", width=4, disc=16,
                    shape=(48, 64, 48)),
@@ -462,7 +462,7 @@ def render(results: dict, limit: dict, args, load: tuple[str, str], tf_ok: bool)
     lines = [
         f"## Measured: {', '.join(CONFIGS[n]['label'] for n in args.configs)}",
         "",
-        f"Written by `benchmarks/bench_iguane_training.py {command}` on "
+        f"Written by `benchmarks/bench_iguane_training_speed.py {command}` on "
         f"{time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; Python "
