@@ -195,8 +195,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-
-
 def fmt(x: float | None, spec: str = ".0f") -> str:
     return "n/a" if x is None else format(x, spec)
 

@@ -261,8 +261,6 @@ def _versions() -> dict:
     }
 
 
-
-
 def _report(r: dict, versions: dict, load: tuple, out: pathlib.Path) -> str:
     gen, ours, smooth, nh, app, gam = (
         r["generate"],

@@ -53,8 +53,6 @@ GOAL_S = 15.0
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-
-
 def _thread_limit():
     try:
         from threadpoolctl import threadpool_limits
@@ -137,8 +135,7 @@ def effects(args: argparse.Namespace) -> int:
         hm = HistogramMatchingHarmonizer(reference_site=ds.reference_site)
         out = hm.fit(ds.imgs, ds.sites).transform(ds.imgs)
         return tuple(
-            traveling_subject_ssim_score(x, ds.subjects, ds.sites, ds.mask)
-            for x in (ds.imgs, out)
+            traveling_subject_ssim_score(x, ds.subjects, ds.sites, ds.mask) for x in (ds.imgs, out)
         )
 
     for res in (2, 4):  # template loading is not generation time
@@ -153,7 +150,10 @@ def effects(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             with _ablation(datasets, ABLATIONS[name]):
                 ds = datasets.make_multisite(
-                    args.effects_subjects, args.n_sites, resolution=res, random_state=seed,
+                    args.effects_subjects,
+                    args.n_sites,
+                    resolution=res,
+                    random_state=seed,
                     style=style,
                 )
             secs.append(time.perf_counter() - start)

@@ -63,13 +63,17 @@ def worker(steps: int, batch_size: int, threads: int, out: pathlib.Path) -> None
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        out.write_text(json.dumps({
-            "seconds": seconds,
-            "steps": result.step,
-            "pairs_per_update": batch_size * world,
-            "n_sources": len(set(ds.sites.tolist())) - 1,
-            "final_generator_loss": float(np.mean(result.history["loss_generator"][-3:])),
-        }))
+        out.write_text(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "steps": result.step,
+                    "pairs_per_update": batch_size * world,
+                    "n_sources": len(set(ds.sites.tolist())) - 1,
+                    "final_generator_loss": float(np.mean(result.history["loss_generator"][-3:])),
+                }
+            )
+        )
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> None:
@@ -81,8 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "results" / "iguane_ddp.md")
-    parser.add_argument("--worker", nargs=4, metavar=("STEPS", "BATCH", "THREADS", "JSON"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("STEPS", "BATCH", "THREADS", "JSON"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.worker:
         steps, batch, threads, out = args.worker
@@ -111,8 +116,17 @@ def main(argv: list[str] | None = None) -> None:
             if procs is None:
                 _run([sys.executable, *tail], run_env)
             else:
-                _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                      f"--nproc_per_node={procs}", *tail], run_env)
+                _run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "torch.distributed.run",
+                        "--standalone",
+                        f"--nproc_per_node={procs}",
+                        *tail,
+                    ],
+                    run_env,
+                )
             results.append((name, json.loads(out.read_text())))
             print(f"{name}: {results[-1][1]['seconds']:.1f} s", flush=True)
     load_end = os.getloadavg()

@@ -128,8 +128,9 @@ def artifacts(seed: int, est: IGUANeHarmonizer, ds, score: Scorer, hm) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed-models", nargs="+", required=True, metavar="SEED=PATH")
-    p.add_argument("--tests", nargs="+", choices=("harsh", "artifacts"),
-                   default=["harsh", "artifacts"])
+    p.add_argument(
+        "--tests", nargs="+", choices=("harsh", "artifacts"), default=["harsh", "artifacts"]
+    )
     args = p.parse_args()
     torch.set_num_threads(2)
     for item in args.seed_models:

@@ -150,8 +150,6 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-
-
 def _loadavg() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -435,10 +433,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["1mm", "2mm"])
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(TIMED))
-    ap.add_argument("--busy", type=int, default=0,
-                    help="also time with this many busy background processes")
-    ap.add_argument("--accuracy", action="store_true",
-                    help="differences to float64 (and bf16) on a 64^3 crop (slow)")
+    ap.add_argument(
+        "--busy", type=int, default=0, help="also time with this many busy background processes"
+    )
+    ap.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="differences to float64 (and bf16) on a 64^3 crop (slow)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "iguane_inference.md")
     ap.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -484,8 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         crop_diffs = {}
         if args.accuracy:
             print(f"accuracy on the {CROP} {CROP_SHAPE}...", flush=True)
-            accuracy = ("keras", "harmonix", "harmonix plain", "harmonix bf16",
-                        "harmonix float64")
+            accuracy = ("keras", "harmonix", "harmonix plain", "harmonix bf16", "harmonix float64")
             for v in accuracy:
                 measure_memory(workdir, CROP, v)
             for v in accuracy[:-1]:

@@ -92,13 +92,20 @@ def parse_args() -> argparse.Namespace:
         help="only write the results file and figure from a JSON-lines file of earlier runs",
     )
     p.add_argument("--out", default="benchmarks/results/iguane_learning.md")
-    p.add_argument("--save-models", default=None, metavar="DIR",
-                   help="save each seed's final model as DIR/seed<N>.pt "
-                   "(for bench_iguane_guard.py)")
-    p.add_argument("--rescore", default=None, metavar="DIR",
-                   help="with --report: score again the baselines and the final models "
-                   "saved as DIR/seed<N>.pt (curves and timings kept), rewrite the JSONL, "
-                   "then write the report")
+    p.add_argument(
+        "--save-models",
+        default=None,
+        metavar="DIR",
+        help="save each seed's final model as DIR/seed<N>.pt (for bench_iguane_guard.py)",
+    )
+    p.add_argument(
+        "--rescore",
+        default=None,
+        metavar="DIR",
+        help="with --report: score again the baselines and the final models "
+        "saved as DIR/seed<N>.pt (curves and timings kept), rewrite the JSONL, "
+        "then write the report",
+    )
     return p.parse_args()
 
 
@@ -231,9 +238,14 @@ def start_point(ds, ds_b, score: Scorer, params: dict) -> dict:
     model.input_normalization_ = norm.to_dict()
     model.ood_action = "ignore"
     res = score(model.transform(ds.imgs, ds.sites), model.transform(ds_b.imgs, ds_b.sites))
-    res.update(step=params["warmup_steps"], seconds=float("nan"), val_score=None,
-               loss_discriminator=float("nan"), loss_generator=float("nan"),
-               loss_adversarial=float("nan"))
+    res.update(
+        step=params["warmup_steps"],
+        seconds=float("nan"),
+        val_score=None,
+        loss_discriminator=float("nan"),
+        loss_generator=float("nan"),
+        loss_adversarial=float("nan"),
+    )
     return res
 
 
@@ -379,9 +391,13 @@ def biology_table(runs: list[dict]) -> list[str]:
         "correlation of age with the GM volume measured on the images "
         "(`gm_age_correlation`), beside the true GM volumes of the simulation.",
         "",
-        "| seed | dist. corr to input: " + " / ".join(methods)
-        + " | dist. corr to oracle distances: " + " / ".join(methods[:4])
-        + " | age-GM r: true / " + " / ".join(methods) + " |",
+        "| seed | dist. corr to input: "
+        + " / ".join(methods)
+        + " | dist. corr to oracle distances: "
+        + " / ".join(methods[:4])
+        + " | age-GM r: true / "
+        + " / ".join(methods)
+        + " |",
         "|---|---|---|---|",
     ]
     for r in runs:
@@ -393,9 +409,15 @@ def biology_table(runs: list[dict]) -> list[str]:
             f"{cells(v, 'gm_age_r_unseen')} |"
         )
     mean = {
-        m: {k: _mean([row(r)[m][k] for r in runs]) for k in (
-            "distance_corr_unseen", "distance_corr_oracle_unseen", "gm_age_r_unseen",
-            "gm_age_r_true_unseen")}
+        m: {
+            k: _mean([row(r)[m][k] for r in runs])
+            for k in (
+                "distance_corr_unseen",
+                "distance_corr_oracle_unseen",
+                "gm_age_r_unseen",
+                "gm_age_r_true_unseen",
+            )
+        }
         for m in methods
     }
     lines.append(
@@ -472,8 +494,7 @@ def write_report(runs: list[dict], out: Path, notes: list[str]) -> None:
     for r in runs:
         below, fb, flagged, total = _guard_rows(r)
         lines.append(
-            f"| {r['seed']} | {r['guard_threshold']:.2f} | {below} | {fb} | {flagged} | "
-            f"{total} |"
+            f"| {r['seed']} | {r['guard_threshold']:.2f} | {below} | {fb} | {flagged} | {total} |"
         )
     lines += biology_table(runs)
     lines += [
@@ -484,8 +505,10 @@ def write_report(runs: list[dict], out: Path, notes: list[str]) -> None:
         "are still the identity, so IGUANe returns its per-site histogram-matched inputs.",
         "",
     ]
-    lines += ["| seed | step | s | unseen | seen | B | dist. corr | val score | D loss | adv |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| seed | step | s | unseen | seen | B | dist. corr | val score | D loss | adv |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         for c in r["curve"]:
             val = "" if c["val_score"] is None else f"{c['val_score']:.4f}"
@@ -501,27 +524,48 @@ def write_report(runs: list[dict], out: Path, notes: list[str]) -> None:
     out.write_text("\n".join(lines))
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    panels = (("ssim_unseen", "unseen A site"), ("ssim_seen", "seen source sites"),
-              ("ssim_family_b", "family B sites (unseen)"))
+    panels = (
+        ("ssim_unseen", "unseen A site"),
+        ("ssim_seen", "seen source sites"),
+        ("ssim_family_b", "family B sites (unseen)"),
+    )
     colors = {"none": "0.6", "HM": "tab:orange", "WS": "tab:green"}
     for ax, (key, title) in zip(axes, panels):
         for r in runs:
             steps = [c["step"] for c in r["curve"]]
-            ax.plot(steps, [c[key] for c in r["curve"]], "o-", color="tab:blue", ms=3,
-                    label="IGUANe" if r is runs[0] else None)
+            ax.plot(
+                steps,
+                [c[key] for c in r["curve"]],
+                "o-",
+                color="tab:blue",
+                ms=3,
+                label="IGUANe" if r is runs[0] else None,
+            )
         for m, col in colors.items():
-            ax.axhline(_mean([r["baselines"][m][key] for r in runs]), color=col, ls="--",
-                       label=f"{m} (mean)")
+            ax.axhline(
+                _mean([r["baselines"][m][key] for r in runs]),
+                color=col,
+                ls="--",
+                label=f"{m} (mean)",
+            )
         ax.set_title(f"traveling SSIM, {title}")
         ax.set_xlabel("step")
     axes[0].legend(fontsize=8)
     ax = axes[3]
     for r in runs:
         steps = [c["step"] for c in r["curve"]]
-        ax.plot(steps, [c["loss_discriminator"] for c in r["curve"]], color="tab:red",
-                label="D loss" if r is runs[0] else None)
-        ax.plot(steps, [c["loss_adversarial"] for c in r["curve"]], color="tab:purple",
-                label="G adversarial" if r is runs[0] else None)
+        ax.plot(
+            steps,
+            [c["loss_discriminator"] for c in r["curve"]],
+            color="tab:red",
+            label="D loss" if r is runs[0] else None,
+        )
+        ax.plot(
+            steps,
+            [c["loss_adversarial"] for c in r["curve"]],
+            color="tab:purple",
+            label="G adversarial" if r is runs[0] else None,
+        )
     ax.set_title("losses (mean over the preceding steps)")
     ax.set_xlabel("step")
     ax.legend(fontsize=8)

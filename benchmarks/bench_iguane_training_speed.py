@@ -64,11 +64,13 @@ from tf_iguane_step import synthetic_volume  # noqa: E402
 
 RESULTS = HERE / "results" / "iguane_training_speed.md"
 CONFIGS = {
-    "recipe": dict(label="CPU recipe: width 4 / disc 16, 48×64×48", width=4, disc=16,
-                   shape=(48, 64, 48)),
+    "recipe": dict(
+        label="CPU recipe: width 4 / disc 16, 48×64×48", width=4, disc=16, shape=(48, 64, 48)
+    ),
     "w16": dict(label="width 16 / disc 64, 48×64×48", width=16, disc=64, shape=(48, 64, 48)),
-    "full": dict(label="width 16 / disc 64, 160×192×160", width=16, disc=64,
-                 shape=(160, 192, 160)),
+    "full": dict(
+        label="width 16 / disc 64, 160×192×160", width=16, disc=64, shape=(160, 192, 160)
+    ),
 }
 VARIANTS = ("harmonix", "harmonix idle-core threads", "tf", "tf onednn")
 #: TensorFlow's default (Eigen) kernels take tens of seconds per site-step here: only on
@@ -188,8 +190,11 @@ def conv_limit(repeats: int = 3) -> dict[str, float]:
 
     from harmonix.iguane.networks import OneDNNConv3d
 
-    out: dict[str, float] = {"threads": torch.get_num_threads(), "forward": 0.0,
-                             "forward_backward": 0.0}
+    out: dict[str, float] = {
+        "threads": torch.get_num_threads(),
+        "forward": 0.0,
+        "forward_backward": 0.0,
+    }
     for c, shape in ((32, (48, 64, 48)), (64, (24, 32, 24))):
         conv = OneDNNConv3d(c, c, 3, padding=1).to(memory_format=torch.channels_last_3d)
         x = torch.randn(1, c, *shape).contiguous(memory_format=torch.channels_last_3d)
@@ -247,23 +252,42 @@ def harmonix_worker(cfg: dict, idle_threads: bool, profile: int = 0) -> None:
     vols = _volumes(cfg["shape"], 4)
     sites = ["ref", "ref", "src", "src"]
     config = TrainConfig(
-        n_epochs=1, steps_per_epoch=100_000, base_width=cfg["width"],
-        disc_base_width=cfg["disc"], patch_size=None, augment=False, identity_init=True,
-        val_fraction=0.0, warmup_steps=0,
+        n_epochs=1,
+        steps_per_epoch=100_000,
+        base_width=cfg["width"],
+        disc_base_width=cfg["disc"],
+        patch_size=None,
+        augment=False,
+        identity_init=True,
+        val_fraction=0.0,
+        warmup_steps=0,
     )
-    state: dict = {"disc_opt": None, "last": None, "times": [], "want": 1, "prof": None,
-                   "used": set()}
+    state: dict = {
+        "disc_opt": None,
+        "last": None,
+        "times": [],
+        "want": 1,
+        "prof": None,
+        "used": set(),
+    }
 
     def orders() -> None:
         """Report the finished site-steps; take the next order (blocks)."""
         if state["prof"] is not None:
             state["prof"].__exit__(None, None, None)
-            table = state["prof"].key_averages().table(
-                sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=44
+            table = (
+                state["prof"]
+                .key_averages()
+                .table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=44)
             )
-            _reply({"times": state["times"], "profile": table,
+            _reply(
+                {
+                    "times": state["times"],
+                    "profile": table,
                     "groups": _profile_groups(state["prof"]),
-                    "threads": "/".join(str(n) for n in sorted(state["used"]))})
+                    "threads": "/".join(str(n) for n in sorted(state["used"])),
+                }
+            )
             state["prof"] = None
         else:
             used = "/".join(str(n) for n in sorted(state["used"]))
@@ -306,17 +330,56 @@ def _profile_groups(prof) -> dict[str, float]:
     """Self CPU seconds by kind of operation."""
     groups: dict[str, float] = {}
     rules = (
-        ("convolution forward", ("mkldnn_convolution", "_convolution", "conv_transpose",
-                                 "slow_conv")),
-        ("convolution backward", ("convolution_backward", "mkldnn_convolution_backward",
-                                  "ConvolutionBackward")),
-        ("MAD norm and elementwise", ("mean", "sub", "abs", "addcmul", "div", "add", "mul",
-                                      "relu", "leaky_relu", "threshold", "sgn", "sign",
-                                      "where", "tanh", "clamp", "neg", "pow", "square",
-                                      "sum", "Backward")),
+        (
+            "convolution forward",
+            ("mkldnn_convolution", "_convolution", "conv_transpose", "slow_conv"),
+        ),
+        (
+            "convolution backward",
+            ("convolution_backward", "mkldnn_convolution_backward", "ConvolutionBackward"),
+        ),
+        (
+            "MAD norm and elementwise",
+            (
+                "mean",
+                "sub",
+                "abs",
+                "addcmul",
+                "div",
+                "add",
+                "mul",
+                "relu",
+                "leaky_relu",
+                "threshold",
+                "sgn",
+                "sign",
+                "where",
+                "tanh",
+                "clamp",
+                "neg",
+                "pow",
+                "square",
+                "sum",
+                "Backward",
+            ),
+        ),
         ("optimizer (Adam)", ("_foreach", "adam", "lerp", "addcdiv", "sqrt")),
-        ("copies and allocation", ("copy_", "empty", "fill_", "zero_", "zeros", "cat",
-                                   "pad", "contiguous", "to", "clone", "stack")),
+        (
+            "copies and allocation",
+            (
+                "copy_",
+                "empty",
+                "fill_",
+                "zero_",
+                "zeros",
+                "cat",
+                "pad",
+                "contiguous",
+                "to",
+                "clone",
+                "stack",
+            ),
+        ),
     )
     for evt in prof.key_averages():
         name = evt.key
@@ -359,7 +422,10 @@ def _spawn(variant: str, config: str, python: str) -> subprocess.Popen:
         env.pop("TF_ENABLE_ONEDNN_OPTS", None)
     return subprocess.Popen(
         [python, str(Path(__file__).resolve()), "--worker", variant, "--config", config],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -373,8 +439,11 @@ def _ask(p: subprocess.Popen, order: str) -> dict:
 
 
 def _tf_available(python: str) -> bool:
-    probe = subprocess.run([python, "-c", "import tensorflow, tf_keras"], capture_output=True,
-                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    probe = subprocess.run(
+        [python, "-c", "import tensorflow, tf_keras"],
+        capture_output=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     return probe.returncode == 0
 
 
@@ -403,12 +472,15 @@ def time_config(
                         reply = _ask(procs[v], f"run {steps}")
                         times[v] += reply["times"]
                         threads[v] = reply.get("threads") or "default"
-                    print(f"  {name} busy={busy} round {r + 1}/{rounds}: "
-                          + ", ".join(f"{v} {statistics.median(times[v][-steps:]):.2f}s"
-                                      for v in variants)
-                          + f" (load {_loadavg()})", flush=True)
-                out[busy] = {"times": times, "threads": threads,
-                             "load": (load_start, _loadavg())}
+                    print(
+                        f"  {name} busy={busy} round {r + 1}/{rounds}: "
+                        + ", ".join(
+                            f"{v} {statistics.median(times[v][-steps:]):.2f}s" for v in variants
+                        )
+                        + f" (load {_loadavg()})",
+                        flush=True,
+                    )
+                out[busy] = {"times": times, "threads": threads, "load": (load_start, _loadavg())}
             finally:
                 stop_busy(background)
     finally:
@@ -457,8 +529,9 @@ def stop_busy(procs: list[subprocess.Popen]) -> None:
 def render(results: dict, limit: dict, args, load: tuple[str, str], tf_ok: bool) -> list[str]:
     import torch
 
-    command = (f"--configs {' '.join(args.configs)} --rounds {args.rounds} --steps {args.steps}"
-               + (f" --busy {args.busy}" if args.busy else ""))
+    command = f"--configs {' '.join(args.configs)} --rounds {args.rounds} --steps {args.steps}" + (
+        f" --busy {args.busy}" if args.busy else ""
+    )
     lines = [
         f"## Measured: {', '.join(CONFIGS[n]['label'] for n in args.configs)}",
         "",
@@ -484,8 +557,13 @@ def render(results: dict, limit: dict, args, load: tuple[str, str], tf_ok: bool)
         gf = res["gflop"]["site_step"]
         for busy, ph in res["phases"].items():
             first = float(ph["load"][0].split()[0])
-            phase = (f"{busy} busy background process(es)" if busy else
-                     "idle" if first < 1.5 else "nothing added, machine busy")
+            phase = (
+                f"{busy} busy background process(es)"
+                if busy
+                else "idle"
+                if first < 1.5
+                else "nothing added, machine busy"
+            )
             phase += f" ({ph['load'][0].split()[0]} / {ph['load'][1].split()[0]})"
             med = {v: statistics.median(ts) for v, ts in ph["times"].items() if ts}
             tfs = [med[v] for v in ("tf", "tf onednn") if v in med]
@@ -501,21 +579,30 @@ def render(results: dict, limit: dict, args, load: tuple[str, str], tf_ok: bool)
                 if v not in med:
                     continue
                 share = gf / med[v] / limit["forward_backward"]
-                verdict = (f"- {CONFIGS[name]['label']}, {phase}, {v}: "
-                           f"{100 * share:.0f} % of the limit")
+                verdict = (
+                    f"- {CONFIGS[name]['label']}, {phase}, {v}: {100 * share:.0f} % of the limit"
+                )
                 if tf_best:
                     r = med[v] / tf_best
-                    verdict += (f"; / TF = {r:.2f} (goal ≤ {RATIO_GOAL}: "
-                                f"{'met' if r <= RATIO_GOAL else 'NOT met'})")
+                    verdict += (
+                        f"; / TF = {r:.2f} (goal ≤ {RATIO_GOAL}: "
+                        f"{'met' if r <= RATIO_GOAL else 'NOT met'})"
+                    )
                 verdicts.append(verdict)
     lines += ["", *verdicts]
     if not tf_ok:
         lines += ["", "TensorFlow was not importable: no TF columns (run with .venv-bench)."]
-    lines += ["", "Convolution work (forward, GFLOP per volume): " + "; ".join(
-        f"{CONFIGS[n]['label']}: generator {r['gflop']['generator_forward']:.2f}, "
-        f"discriminator {r['gflop']['discriminator_forward']:.2f}" for n, r in results.items()
-    ) + ". A site-step is `22G - 4G1 + 28D - 8D1` (see `site_step_gflop`). The limit is "
-        "what oneDNN reaches on a well-shaped layer; thin layers (1 to 8 channels) cannot."]
+    lines += [
+        "",
+        "Convolution work (forward, GFLOP per volume): "
+        + "; ".join(
+            f"{CONFIGS[n]['label']}: generator {r['gflop']['generator_forward']:.2f}, "
+            f"discriminator {r['gflop']['discriminator_forward']:.2f}"
+            for n, r in results.items()
+        )
+        + ". A site-step is `22G - 4G1 + 28D - 8D1` (see `site_step_gflop`). The limit is "
+        "what oneDNN reaches on a well-shaped layer; thin layers (1 to 8 channels) cannot.",
+    ]
     return lines
 
 
@@ -544,8 +631,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3, help="site-steps per variant and round")
-    ap.add_argument("--busy", type=int, default=0,
-                    help="also time with this many busy background processes")
+    ap.add_argument(
+        "--busy", type=int, default=0, help="also time with this many busy background processes"
+    )
     ap.add_argument("--profile", type=int, default=0, help="profile this many site-steps")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--append", action="store_true")
@@ -571,7 +659,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.configs:
         full = name == "full"
         results[name] = time_config(
-            name, variants, 1 if full else args.rounds, 1 if full else args.steps, python,
+            name,
+            variants,
+            1 if full else args.rounds,
+            1 if full else args.steps,
+            python,
             [0] if full else phases,
         )
         cfg = CONFIGS[name]

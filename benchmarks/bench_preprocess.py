@@ -103,7 +103,8 @@ def main() -> None:
         print(f"moved head run {i}: {runs[-1][1]:.1f} s")
     orig, orig_total, _ = timed_run(chain, head, sampler)
     noise_img = nib.Nifti1Image(
-        np.random.default_rng(0).random(moved.shape).astype(np.float32) * 100, moved.affine)
+        np.random.default_rng(0).random(moved.shape).astype(np.float32) * 100, moved.affine
+    )
     try:
         noise = chain.run(noise_img)
         noise_line = f"QC flags {noise.qc['flags']} (mask {noise.qc['mask_volume_ml']} ml)"
@@ -115,8 +116,7 @@ def main() -> None:
     native = result.native_mask.get_fdata() > 0
     dice = 2 * (native & gold).sum() / (native.sum() + gold.sum())
     template = load_template()
-    consistency = spread_mm(result.transform.matrix, MOVE @ orig.transform.matrix,
-                            template.mask)
+    consistency = spread_mm(result.transform.matrix, MOVE @ orig.transform.matrix, template.mask)
     vs_move = spread_mm(result.transform.matrix, MOVE, template.mask)
     bet_mni = resample(bet.get_fdata(dtype=np.float32), bet.affine, FSL_AFFINE, FSL_SHAPE)
     ncc_bet = qc_numbers(bet_mni, bet_mni > 0, template, 0.0)["template_ncc"]
@@ -151,9 +151,11 @@ def main() -> None:
     for i, (_, total, rows) in enumerate(runs):
         label = "first scan (loads deepbet, template)" if i == 0 else f"scan {i + 1}"
         cpu = sum(c for *_, c in rows)
-        lines.append(f"| {label} | " + " | ".join(
-            f"{s:.1f} s / {c:.1f} s / {m:.0f} MB" for _, s, m, c in rows)
-            + f" | {total:.1f} s / {cpu:.1f} s |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{s:.1f} s / {c:.1f} s / {m:.0f} MB" for _, s, m, c in rows)
+            + f" | {total:.1f} s / {cpu:.1f} s |"
+        )
     warm = [total for _, total, _ in runs[1:]] or [runs[0][1]]
     warm_cpu = [sum(row[3] for row in rows) for _, _, rows in runs[1:]] or [np.nan]
     lines += [

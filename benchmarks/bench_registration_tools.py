@@ -68,18 +68,28 @@ def run_sitk(head: nib.Nifti1Image, mask: np.ndarray, template) -> dict:
     corrected = n4_correct(data, head.affine, mask)
     t_n4 = time.perf_counter() - t
     t = time.perf_counter()
-    matrix = register_rigid(np.where(mask, corrected, 0).astype(np.float32), head.affine,
-                            template.data, template.affine)
+    matrix = register_rigid(
+        np.where(mask, corrected, 0).astype(np.float32),
+        head.affine,
+        template.data,
+        template.affine,
+    )
     return {"n4": t_n4, "registration": time.perf_counter() - t, "matrix": matrix}
 
 
-def run_ants(python: str, head: nib.Nifti1Image, mask: np.ndarray, template_path: str,
-             tmp: str) -> dict:
+def run_ants(
+    python: str, head: nib.Nifti1Image, mask: np.ndarray, template_path: str, tmp: str
+) -> dict:
     nib.save(head, f"{tmp}/head.nii.gz")
     nib.save(nib.Nifti1Image(mask.astype(np.float32), head.affine), f"{tmp}/mask.nii.gz")
     env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(os.cpu_count()))
-    out = subprocess.run([python, "-c", ANTS_CODE, f"{tmp}/head.nii.gz", f"{tmp}/mask.nii.gz",
-                          template_path], check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [python, "-c", ANTS_CODE, f"{tmp}/head.nii.gz", f"{tmp}/mask.nii.gz", template_path],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     values = json.loads(out.stdout.strip().splitlines()[-1])
     values["matrix"] = ants_matrix(values.pop("parameters"), values.pop("center"))
     return values
@@ -99,8 +109,10 @@ def main() -> None:
     gold = nib.Nifti1Image((bet.get_fdata() > 0).astype(np.float32), bet.affine)
     cases = {
         "unmoved": (head, gold.get_fdata() > 0),
-        "moved": (move_scan(head, MOVE, **GRID),
-                  move_scan(gold, MOVE, order=1, **GRID).get_fdata() > 0.5),
+        "moved": (
+            move_scan(head, MOVE, **GRID),
+            move_scan(gold, MOVE, order=1, **GRID).get_fdata() > 0.5,
+        ),
     }
     template = load_template()
     results: dict[str, dict[str, dict]] = {"SimpleITK": {}, "ANTsPy": {}}
@@ -110,8 +122,13 @@ def main() -> None:
         for name, (img, mask) in cases.items():
             results["SimpleITK"][name] = run_sitk(img, mask, template)
             results["ANTsPy"][name] = run_ants(args.ants_python, img, mask, template_path, tmp)
-            print(name, {k: {m: round(v[name][m], 1) for m in ("n4", "registration")}
-                         for k, v in results.items()})
+            print(
+                name,
+                {
+                    k: {m: round(v[name][m], 1) for m in ("n4", "registration")}
+                    for k, v in results.items()
+                },
+            )
     lines = [
         "# N4 + rigid registration: SimpleITK vs ANTsPy (moved Colin27, BET mask)",
         "",
@@ -128,12 +145,18 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for tool, runs in results.items():
-        mean, high = spread_mm(runs["moved"]["matrix"], MOVE @ runs["unmoved"]["matrix"],
-                               template.mask)
-        lines.append(f"| {tool} | {runs['moved']['n4']:.1f} | "
-                     f"{runs['moved']['registration']:.1f} | {mean:.2f} | {high:.2f} |")
-    between, between_max = spread_mm(results["SimpleITK"]["moved"]["matrix"],
-                                     results["ANTsPy"]["moved"]["matrix"], template.mask)
+        mean, high = spread_mm(
+            runs["moved"]["matrix"], MOVE @ runs["unmoved"]["matrix"], template.mask
+        )
+        lines.append(
+            f"| {tool} | {runs['moved']['n4']:.1f} | "
+            f"{runs['moved']['registration']:.1f} | {mean:.2f} | {high:.2f} |"
+        )
+    between, between_max = spread_mm(
+        results["SimpleITK"]["moved"]["matrix"],
+        results["ANTsPy"]["moved"]["matrix"],
+        template.mask,
+    )
     lines += [
         "",
         f"SimpleITK and ANTsPy results on the moved head differ by {between:.2f} mm on "

@@ -67,7 +67,10 @@ print(manifest)
 
 def _child(code: str, *args: str, stdin: str = "") -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True,
+        [sys.executable, "-c", code, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -76,8 +79,9 @@ def _child(code: str, *args: str, stdin: str = "") -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,1000")
-    parser.add_argument("--combat-subjects", type=int, default=100,
-                        help="subjects per site (×5 sites)")
+    parser.add_argument(
+        "--combat-subjects", type=int, default=100, help="subjects per site (×5 sites)"
+    )
     args = parser.parse_args()
 
     lines = [
@@ -91,10 +95,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_path = tmp / "hm.npz"
-        manifest = subprocess.run(
-            [sys.executable, "-c", CHILD_PREPARE, "10", "0", str(tmp / "data"), str(model_path)],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
+        manifest = (
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    CHILD_PREPARE,
+                    "10",
+                    "0",
+                    str(tmp / "data"),
+                    str(model_path),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         with open(manifest) as f:
             rows = f.read().splitlines()[1:]
         sources = [Path(manifest).parent / row.split(",")[0] for row in rows]
@@ -114,21 +132,33 @@ def main() -> None:
         ]
         peaks = []
         for n in sizes:
-            res = _child(CHILD_TRANSFORM, str(model_path), str(tmp / f"out{n}"),
-                         stdin=json.dumps(paths[:n]))
+            res = _child(
+                CHILD_TRANSFORM, str(model_path), str(tmp / f"out{n}"), stdin=json.dumps(paths[:n])
+            )
             peaks.append(res["peak_mb"])
-            lines.append(f"| {n} | {res['seconds']:.1f} | {res['seconds'] / n:.3f} | "
-                         f"{res['peak_mb']:.0f} |")
+            lines.append(
+                f"| {n} | {res['seconds']:.1f} | {res['seconds'] / n:.3f} | {res['peak_mb']:.0f} |"
+            )
         growth = peaks[-1] - peaks[0]
-        lines += ["", f"Peak RSS grows by {growth:.0f} MB from {sizes[0]} to {sizes[-1]} files "
-                  f"({'flat' if growth < 50 else 'NOT flat'}).", ""]
+        lines += [
+            "",
+            f"Peak RSS grows by {growth:.0f} MB from {sizes[0]} to {sizes[-1]} files "
+            f"({'flat' if growth < 50 else 'NOT flat'}).",
+            "",
+        ]
 
         n_sub = args.combat_subjects
         t = time.perf_counter()
-        big_manifest = subprocess.run(
-            [sys.executable, "-c", CHILD_PREPARE, str(n_sub), "1", str(tmp / "big"), "-"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
+        big_manifest = (
+            subprocess.run(
+                [sys.executable, "-c", CHILD_PREPARE, str(n_sub), "1", str(tmp / "big"), "-"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         gen_s = time.perf_counter() - t
         res = _child(CHILD_COMBAT, str(big_manifest))
         lines += [

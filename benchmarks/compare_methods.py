@@ -109,35 +109,73 @@ def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--resolution", type=int, default=2, choices=[1, 2, 4],
-                   help="voxel size in mm of the simulated images (default 2)")
-    p.add_argument("--n-subjects", type=int, default=20,
-                   help="subjects, scanned at every site (default 20)")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=2,
+        choices=[1, 2, 4],
+        help="voxel size in mm of the simulated images (default 2)",
+    )
+    p.add_argument(
+        "--n-subjects", type=int, default=20, help="subjects, scanned at every site (default 20)"
+    )
     p.add_argument("--n-sites", type=int, default=4, help="sites (default 4)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                   help="one simulated data set and benchmark per seed (default 0-4)")
-    p.add_argument("--n-boot", type=int, default=1000,
-                   help="bootstrap samples per value for the 95 %% intervals (default 1000)")
-    p.add_argument("--test-sites", nargs="*", default=None,
-                   help="sites held out of fit (default: the last site)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 3, 4],
+        help="one simulated data set and benchmark per seed (default 0-4)",
+    )
+    p.add_argument(
+        "--n-boot",
+        type=int,
+        default=1000,
+        help="bootstrap samples per value for the 95 %% intervals (default 1000)",
+    )
+    p.add_argument(
+        "--test-sites",
+        nargs="*",
+        default=None,
+        help="sites held out of fit (default: the last site)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results", help="output folder")
     p.add_argument("--no-iguane", action="store_true", help="skip IGUANe")
     p.add_argument("--iguane-epochs", type=int, default=1)
-    p.add_argument("--iguane-steps", type=int, default=200,
-                   help="IGUANe training steps per epoch (each updates every source site)")
-    p.add_argument("--iguane-width", type=int, default=4,
-                   help="IGUANe generator base width (published: 16)")
-    p.add_argument("--iguane-patch", type=int, default=32,
-                   help="IGUANe training patch size (multiple of 16; 0: whole volumes)")
-    p.add_argument("--iguane-val-fraction", type=float, default=0.0,
-                   help="held-out fraction for IGUANe's model selection (default 0: last)")
+    p.add_argument(
+        "--iguane-steps",
+        type=int,
+        default=200,
+        help="IGUANe training steps per epoch (each updates every source site)",
+    )
+    p.add_argument(
+        "--iguane-width", type=int, default=4, help="IGUANe generator base width (published: 16)"
+    )
+    p.add_argument(
+        "--iguane-patch",
+        type=int,
+        default=32,
+        help="IGUANe training patch size (multiple of 16; 0: whole volumes)",
+    )
+    p.add_argument(
+        "--iguane-val-fraction",
+        type=float,
+        default=0.0,
+        help="held-out fraction for IGUANe's model selection (default 0: last)",
+    )
     p.add_argument("--iguane-val-every", type=int, default=1000)
-    p.add_argument("--iguane-random-init", action="store_true",
-                   help="the paper's random initialization instead of identity_init (which "
-                   "starts the generators at the identity: better for short CPU runs)")
-    p.add_argument("--iguane-pretrained", action="store_true",
-                   help="use the shipped 4 mm CPU model instead of training one (4 mm data, "
-                   "seeds other than 0)")
+    p.add_argument(
+        "--iguane-random-init",
+        action="store_true",
+        help="the paper's random initialization instead of identity_init (which "
+        "starts the generators at the identity: better for short CPU runs)",
+    )
+    p.add_argument(
+        "--iguane-pretrained",
+        action="store_true",
+        help="use the shipped 4 mm CPU model instead of training one (4 mm data, "
+        "seeds other than 0)",
+    )
     p.add_argument("--device", default="auto", help="IGUANe device: auto, cpu or cuda")
     p.add_argument("--verbose", action="store_true", help="progress bars and INFO logs")
     return p.parse_args(argv)
@@ -147,8 +185,11 @@ def _getter(summary: pd.DataFrame):
     """``get(method, metric, protocol, column="mean")`` on the aggregated results."""
 
     def get(method: str, metric: str, protocol: str = "unseen", column: str = "mean") -> float:
-        hit = summary[(summary.method == method) & (summary.metric == metric)
-                      & (summary.protocol == protocol)]
+        hit = summary[
+            (summary.method == method)
+            & (summary.metric == metric)
+            & (summary.protocol == protocol)
+        ]
         return float(hit[column].iloc[0]) if len(hit) else float("nan")
 
     return get
@@ -165,38 +206,54 @@ def metric_goal_lines(summary: pd.DataFrame) -> list[str]:
     none_sp = get("none", "site_predictability_error", "seen")
     chance = get("none", "site_chance_level", "seen")
     oracle_sp = get("oracle", "site_predictability_error", "seen")
-    lines.append(f"- Site predictability (seen) of no harmonization ≥ 0.9: "
-                 f"{_verdict(none_sp >= 0.9)} ({none_sp:.3f}); oracle within 0.1 of chance "
-                 f"{chance:.3f}: {_verdict(abs(oracle_sp - chance) <= 0.1)} ({oracle_sp:.3f}).")
+    lines.append(
+        f"- Site predictability (seen) of no harmonization ≥ 0.9: "
+        f"{_verdict(none_sp >= 0.9)} ({none_sp:.3f}); oracle within 0.1 of chance "
+        f"{chance:.3f}: {_verdict(abs(oracle_sp - chance) <= 0.1)} ({oracle_sp:.3f})."
+    )
     apart = []
     for method in sorted(set(summary.method) - {"none", "oracle"}):
         for protocol in ("seen", "unseen"):
-            for metric in (m for m, (d, _) in METRICS.items() if d in ("higher", "lower")
-                           and not m.endswith(("_seconds", "_mb"))):
-                a = (get(method, metric, protocol, "ci_low"), get(method, metric, protocol,
-                                                                  "ci_high"))
-                b = (get("none", metric, protocol, "ci_low"), get("none", metric, protocol,
-                                                                  "ci_high"))
+            for metric in (
+                m
+                for m, (d, _) in METRICS.items()
+                if d in ("higher", "lower") and not m.endswith(("_seconds", "_mb"))
+            ):
+                a = (
+                    get(method, metric, protocol, "ci_low"),
+                    get(method, metric, protocol, "ci_high"),
+                )
+                b = (
+                    get("none", metric, protocol, "ci_low"),
+                    get("none", metric, protocol, "ci_high"),
+                )
                 if all(np.isfinite(v) for v in (*a, *b)) and (a[1] < b[0] or b[1] < a[0]):
                     apart.append(f"{method} {metric} ({protocol})")
-    lines.append(f"- At least one method differs from no harmonization by more than both "
-                 f"intervals: {_verdict(bool(apart))} ({'; '.join(apart[:8]) or 'none'}"
-                 f"{'...' if len(apart) > 8 else ''}).")
-    mae, null = get("none", "brain_age_error", "seen"), get("none", "brain_age_null_error",
-                                                            "seen")
-    lines.append(f"- Brain-age MAE of no harmonization (seen) ≤ 0.7 × null: "
-                 f"{_verdict(mae <= 0.7 * null)} ({mae:.2f} y vs null {null:.2f} y, "
-                 f"ratio {mae / null:.2f}).")
-    r, r_true = get("none", "gm_age_correlation", "seen"), get("none",
-                                                              "true_gm_age_correlation",
-                                                              "seen")
-    lines.append(f"- GM-age r of no harmonization (seen) within 0.1 of the true-volume r: "
-                 f"{_verdict(abs(r - r_true) <= 0.1)} ({r:.3f} vs {r_true:.3f}).")
+    lines.append(
+        f"- At least one method differs from no harmonization by more than both "
+        f"intervals: {_verdict(bool(apart))} ({'; '.join(apart[:8]) or 'none'}"
+        f"{'...' if len(apart) > 8 else ''})."
+    )
+    mae, null = get("none", "brain_age_error", "seen"), get("none", "brain_age_null_error", "seen")
+    lines.append(
+        f"- Brain-age MAE of no harmonization (seen) ≤ 0.7 × null: "
+        f"{_verdict(mae <= 0.7 * null)} ({mae:.2f} y vs null {null:.2f} y, "
+        f"ratio {mae / null:.2f})."
+    )
+    r, r_true = (
+        get("none", "gm_age_correlation", "seen"),
+        get("none", "true_gm_age_correlation", "seen"),
+    )
+    lines.append(
+        f"- GM-age r of no harmonization (seen) within 0.1 of the true-volume r: "
+        f"{_verdict(abs(r - r_true) <= 0.1)} ({r:.3f} vs {r_true:.3f})."
+    )
     below = []
     for protocol in ("seen", "unseen"):
         for metric, (direction, _) in METRICS.items():
             if direction not in ("higher", "lower", "target") or metric.endswith(
-                    ("_seconds", "_mb")):
+                ("_seconds", "_mb")
+            ):
                 continue
             o = get("oracle", metric, protocol)
             for method in sorted(set(summary.method) - {"oracle"}):
@@ -210,8 +267,11 @@ def metric_goal_lines(summary: pd.DataFrame) -> list[str]:
                     worse = o < v if direction == "higher" else o > v
                 if worse:
                     below.append(f"{metric} ({protocol}) below {method}")
-    lines.append(f"- Oracle at or above every method on every metric: {_verdict(not below)}"
-                 + (f" (exceptions: {'; '.join(below)})" if below else "") + ".")
+    lines.append(
+        f"- Oracle at or above every method on every metric: {_verdict(not below)}"
+        + (f" (exceptions: {'; '.join(below)})" if below else "")
+        + "."
+    )
     return lines
 
 
@@ -225,34 +285,44 @@ def goal_lines(summary: pd.DataFrame) -> list[str]:
     others = {m: get(m, "traveling_subject_ssim_score") for m in ("HM", "WS", "none")}
     ok = all(ig > v for v in others.values() if np.isfinite(v))
     txt = ", ".join(f"{m} {v:.3f}" for m, v in others.items())
-    lines.append(f"- Unseen-site traveling SSIM, IGUANe above HM, WS and none: "
-                 f"{_verdict(ok)} (IGUANe {ig:.3f}; {txt}).")
+    lines.append(
+        f"- Unseen-site traveling SSIM, IGUANe above HM, WS and none: "
+        f"{_verdict(ok)} (IGUANe {ig:.3f}; {txt})."
+    )
     ig_t = get("IGUANe", "truth_ssim_score")
     others_t = {m: get(m, "truth_ssim_score") for m in ("HM", "WS", "none", "oracle")}
     txt = ", ".join(f"{m} {v:.3f}" for m, v in others_t.items())
-    lines.append(f"- (Also reported) unseen-site SSIM to the ground truth: IGUANe {ig_t:.3f}; "
-                 f"{txt}.")
+    lines.append(
+        f"- (Also reported) unseen-site SSIM to the ground truth: IGUANe {ig_t:.3f}; {txt}."
+    )
     for protocol in ("unseen", "seen"):
         a = get("IGUANe", "site_predictability_error", protocol)
         b = get("HM", "site_predictability_error", protocol)
-        lines.append(f"- Site predictability ({protocol}), IGUANe ≤ HM: {_verdict(a <= b)} "
-                     f"(IGUANe {a:.3f}, HM {b:.3f}).")
+        lines.append(
+            f"- Site predictability ({protocol}), IGUANe ≤ HM: {_verdict(a <= b)} "
+            f"(IGUANe {a:.3f}, HM {b:.3f})."
+        )
     for protocol in ("unseen", "seen"):
         d = get("IGUANe", "distance_correlation_score", protocol)
-        lines.append(f"- Inter-subject distance correlation ({protocol}) ≥ 0.9 for IGUANe: "
-                     f"{_verdict(d >= 0.9)} ({d:.3f}).")
+        lines.append(
+            f"- Inter-subject distance correlation ({protocol}) ≥ 0.9 for IGUANe: "
+            f"{_verdict(d >= 0.9)} ({d:.3f})."
+        )
     for protocol in ("unseen", "seen"):
-        a, b = get("IGUANe", "brain_age_error", protocol), get("none", "brain_age_error",
-                                                               protocol)
-        lines.append(f"- Brain-age MAE ({protocol}), IGUANe no worse than none: "
-                     f"{_verdict(a <= b)} (IGUANe {a:.2f} y, none {b:.2f} y).")
+        a, b = get("IGUANe", "brain_age_error", protocol), get("none", "brain_age_error", protocol)
+        lines.append(
+            f"- Brain-age MAE ({protocol}), IGUANe no worse than none: "
+            f"{_verdict(a <= b)} (IGUANe {a:.2f} y, none {b:.2f} y)."
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     t_start, cpu_start = time.perf_counter(), time.process_time()
     runs, notes = [], []
@@ -262,9 +332,16 @@ def main(argv: list[str] | None = None) -> int:
         ds = make_multisite(args.n_subjects, args.n_sites, args.resolution, random_state=seed)
         methods, notes = build_methods(args, ds.reference_site)
         test_sites = args.test_sites if args.test_sites is not None else [ds.site_names[-1]]
-        res = run_benchmark(methods, ds, test_sites=test_sites, random_state=seed,
-                            oracle=True, n_boot=args.n_boot, verbose=args.verbose,
-                            return_outputs=(k == 0))
+        res = run_benchmark(
+            methods,
+            ds,
+            test_sites=test_sites,
+            random_state=seed,
+            oracle=True,
+            n_boot=args.n_boot,
+            verbose=args.verbose,
+            return_outputs=(k == 0),
+        )
         if k == 0:
             df, outputs = res
             first = (ds, outputs, test_sites)
@@ -283,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs)
     metrics_png = plot_metrics(summary, args.out / "compare_methods_metrics.png")
     ds, outputs, test_sites = first
-    slices_png = plot_slices(outputs, ds, ds.subjects[0], args.out / "compare_methods_slices.png",
-                             test_sites=test_sites)
+    slices_png = plot_slices(
+        outputs, ds, ds.subjects[0], args.out / "compare_methods_slices.png", test_sites=test_sites
+    )
 
     cmd = " ".join(["python", "benchmarks/compare_methods.py", *(argv or sys.argv[1:])])
     n_sites = args.n_sites
@@ -297,15 +375,22 @@ def main(argv: list[str] | None = None) -> int:
         "scanned at every site. Held-out (unseen) site(s): "
         f"{', '.join(map(str, test_sites))}; reference site: {ds.reference_site}.  ",
         f"Methods: {', '.join(outputs)}. IGUANe config: "
-        + ("the shipped CPU model (see the note below)." if args.iguane_pretrained
-           and "IGUANe" in outputs else "")
-        + (f"base_width={args.iguane_width}, {args.iguane_epochs} epoch(s) x "
-           f"{args.iguane_steps} steps, patch_size={args.iguane_patch}, "
-           f"val_fraction={args.iguane_val_fraction}, "
-           f"identity_init={not args.iguane_random_init}, device={args.device} "
-           "(a CPU-sized model, far from the published 16-width, 100 x 200-step training)."
-           if "IGUANe" in outputs and not args.iguane_pretrained
-           else "" if "IGUANe" in outputs else "not run.")
+        + (
+            "the shipped CPU model (see the note below)."
+            if args.iguane_pretrained and "IGUANe" in outputs
+            else ""
+        )
+        + (
+            f"base_width={args.iguane_width}, {args.iguane_epochs} epoch(s) x "
+            f"{args.iguane_steps} steps, patch_size={args.iguane_patch}, "
+            f"val_fraction={args.iguane_val_fraction}, "
+            f"identity_init={not args.iguane_random_init}, device={args.device} "
+            "(a CPU-sized model, far from the published 16-width, 100 x 200-step training)."
+            if "IGUANe" in outputs and not args.iguane_pretrained
+            else ""
+            if "IGUANe" in outputs
+            else "not run."
+        )
         + "  ",
         f"Machine: {platform.machine()}, {platform.system()}, {os.cpu_count()} CPU(s); total "
         f"wall time {total / 60:.1f} min, process CPU time {cpu / 60:.1f} min (1-min load "

@@ -61,8 +61,9 @@ def _draw_site(rng: np.random.Generator, name: str, strength: str = "default") -
     }
 
 
-def _render(clean: np.ndarray, brain: np.ndarray, params: dict, resolution: float,
-            rng: np.random.Generator) -> np.ndarray:
+def _render(
+    clean: np.ndarray, brain: np.ndarray, params: dict, resolution: float, rng: np.random.Generator
+) -> np.ndarray:
     vals = clean / np.percentile(clean[brain], 99)
     vals = np.clip(vals, 0.0, None) ** params["gamma"]
     coords = np.stack(np.meshgrid(*[np.arange(n) for n in clean.shape], indexing="ij"), -1)

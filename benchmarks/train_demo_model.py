@@ -41,9 +41,7 @@ def main() -> None:
     p.add_argument("--checkpoint-dir", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    ds = make_multisite(
-        n_subjects=8, n_sites=5, resolution=4, random_state=SEED, style="legacy"
-    )
+    ds = make_multisite(n_subjects=8, n_sites=5, resolution=4, random_state=SEED, style="legacy")
     train = ds.sites != UNSEEN
     est = IGUANeHarmonizer(
         reference_site="site0",

@@ -113,8 +113,9 @@ def fill_doc(obj: T) -> T:
 
     def block(match: re.Match) -> str:
         indent = match.group(1)
-        return "\n".join(indent + line if line else line
-                         for line in _entry(match.group(2), owner).splitlines())
+        return "\n".join(
+            indent + line if line else line for line in _entry(match.group(2), owner).splitlines()
+        )
 
     doc = _BLOCK.sub(block, doc)
     obj.__doc__ = _INLINE.sub(lambda m: _entry(m.group(1), owner), doc)

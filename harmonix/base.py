@@ -259,8 +259,7 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         if sites is None and self._needs_sites:
             raise ValueError(
-                f"{type(self).__name__}.transform needs the site of each image: "
-                "pass sites=[...]."
+                f"{type(self).__name__}.transform needs the site of each image: pass sites=[...]."
             )
         sites = None if sites is None else check_sites(sites, n_images)
         ages = check_ages(ages, n_images)
@@ -317,11 +316,13 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         if ref is None:
             return labels[int(np.argmax(counts))] if self._none_is_largest_site else None
         if ref not in labels.tolist():
-            fix = ("pick one of them or None (the largest site)" if self._none_is_largest_site
-                   else "pick one of them, or None to harmonize to the pooled grand mean")
+            fix = (
+                "pick one of them or None (the largest site)"
+                if self._none_is_largest_site
+                else "pick one of them, or None to harmonize to the pooled grand mean"
+            )
             raise ValueError(
-                f"reference_site={ref!r} is not among the training sites {labels.tolist()}; "
-                f"{fix}."
+                f"reference_site={ref!r} is not among the training sites {labels.tolist()}; {fix}."
             )
         return labels[labels.tolist().index(ref)]
 

@@ -130,14 +130,22 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     if args.n_jobs == 0:
         raise CLIError("--n-jobs must be a positive number of workers, or -1 for all cores")
     manifest, qc = preprocess_manifest(
-        args.manifest, args.out, preprocessor=T1Preprocessor(n4=not args.no_n4),
-        n_jobs=args.n_jobs, overwrite=args.overwrite, qc_png=not args.no_qc_png,
+        args.manifest,
+        args.out,
+        preprocessor=T1Preprocessor(n4=not args.no_n4),
+        n_jobs=args.n_jobs,
+        overwrite=args.overwrite,
+        qc_png=not args.no_qc_png,
         verbose=not args.quiet,
     )
     counts = qc["status"].value_counts()
-    logger.info("preprocessed %d, skipped %d (already done), failed %d; QC table %s",
-                counts.get("done", 0), counts.get("skipped", 0), counts.get("failed", 0),
-                Path(args.out) / "qc.csv")
+    logger.info(
+        "preprocessed %d, skipped %d (already done), failed %d; QC table %s",
+        counts.get("done", 0),
+        counts.get("skipped", 0),
+        counts.get("failed", 0),
+        Path(args.out) / "qc.csv",
+    )
     for row in qc[qc["flagged"]].itertuples():
         sys.stdout.write(f"QC flagged: {row.source}: {row.flags}\n")
     for row in qc[qc["status"] == "failed"].itertuples():
@@ -180,8 +188,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if _process_rank() != 0:  # under torchrun every process holds the same model
         return 0
     est.save(out)
-    logger.info("fitted %s on %d images in %.1f s", type(est).__name__, len(man),
-                time.perf_counter() - start)
+    logger.info(
+        "fitted %s on %d images in %.1f s",
+        type(est).__name__,
+        len(man),
+        time.perf_counter() - start,
+    )
     sys.stdout.write(f"{out}\n")
     return 0
 
@@ -206,9 +218,16 @@ def _cmd_transform(args: argparse.Namespace) -> int:
     if getattr(model, "_needs_sites", False) and sites is None:
         raise CLIError(f"{type(model).__name__} needs each image's site: use --manifest or --site")
     written = transform_files(
-        model, paths, args.out, sites=sites, ages=ages, suffix=args.suffix,
-        n_jobs=args.n_jobs, overwrite=args.overwrite,
-        overwrite_inputs=args.overwrite_inputs, verbose=not args.quiet,
+        model,
+        paths,
+        args.out,
+        sites=sites,
+        ages=ages,
+        suffix=args.suffix,
+        n_jobs=args.n_jobs,
+        overwrite=args.overwrite,
+        overwrite_inputs=args.overwrite_inputs,
+        verbose=not args.quiet,
     )
     logger.info("wrote %d images to %s", len(written), args.out)
     return 0
@@ -242,8 +261,15 @@ def _run_and_report(
             continue
         params = dict(IGUANE_CPU_PARAMS, random_state=seed) if m == "iguane" else {}
         harmonizers[m] = make_harmonizer(m, params)
-    df = run_benchmark(harmonizers, ds, test_sites=test_sites, random_state=seed,
-                       oracle=oracle, n_boot=n_boot, verbose=not quiet)
+    df = run_benchmark(
+        harmonizers,
+        ds,
+        test_sites=test_sites,
+        random_state=seed,
+        oracle=oracle,
+        n_boot=n_boot,
+        verbose=not quiet,
+    )
     out.mkdir(parents=True, exist_ok=True)
     table = to_markdown(df)
     (out / "benchmark.md").write_text(table + "\n")
@@ -266,27 +292,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from harmonix.datasets import make_multisite
 
     start = time.perf_counter()
-    ds = make_multisite(n_subjects=args.n_subjects, n_sites=5, resolution=args.resolution,
-                        random_state=args.seed)
+    ds = make_multisite(
+        n_subjects=args.n_subjects, n_sites=5, resolution=args.resolution, random_state=args.seed
+    )
     test_site = [s for s in np.unique(ds.sites) if s != ds.reference_site][-1]
-    logger.info("demo: %d synthetic images from 5 sites; %s held out as an unseen site",
-                len(ds), test_site)
+    logger.info(
+        "demo: %d synthetic images from 5 sites; %s held out as an unseen site", len(ds), test_site
+    )
     methods = [m for m in METHODS if m != "iguane" or not args.no_iguane]
     pretrained = args.resolution == 4.0
     if "iguane" in methods and pretrained and args.seed == 0:
-        logger.warning("demo: seed 0's sites 0-3 are the shipped IGUANe model's training "
-                       "sites; use another seed to see it on new sites")
+        logger.warning(
+            "demo: seed 0's sites 0-3 are the shipped IGUANe model's training "
+            "sites; use another seed to see it on new sites"
+        )
     if "iguane" in methods:
         logger.info(
             "demo: IGUANe is %s",
             "the shipped 4 mm CPU model (trained on other synthetic sites, so every demo "
-            "site is new to it)" if pretrained else
-            "a tiny training (the shipped model is for 4 mm images)",
+            "site is new to it)"
+            if pretrained
+            else "a tiny training (the shipped model is for 4 mm images)",
         )
     # the oracle row (each subject's reference-site scan) gives the ceiling of every metric;
     # 200 bootstrap samples keep the demo's intervals cheap
-    code = _run_and_report(ds, methods, Path(args.out), [test_site], args.seed, args.quiet,
-                           pretrained_iguane=pretrained, oracle=True, n_boot=200)
+    code = _run_and_report(
+        ds,
+        methods,
+        Path(args.out),
+        [test_site],
+        args.seed,
+        args.quiet,
+        pretrained_iguane=pretrained,
+        oracle=True,
+        n_boot=200,
+    )
     logger.info("demo finished in %.0f s; results in %s", time.perf_counter() - start, args.out)
     return code
 
@@ -302,7 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     # the global options are accepted after the subcommand too (harmonix demo --quiet)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+        "--quiet",
+        "-q",
+        action="store_true",
+        default=argparse.SUPPRESS,
         help="no progress output",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -317,8 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="harmonix-demo", help="output folder")
     p.add_argument("--n-subjects", type=int, default=8)
     p.add_argument("--resolution", type=float, default=4.0, choices=[1.0, 2.0, 4.0])
-    p.add_argument("--seed", type=int, default=1,
-                   help="data seed (the shipped IGUANe model was trained on seed 0's sites)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="data seed (the shipped IGUANe model was trained on seed 0's sites)",
+    )
     p.add_argument("--no-iguane", action="store_true", help="skip IGUANe training")
     p.set_defaults(func=_cmd_demo)
 
@@ -346,8 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="image in template space (NIfTI)")
     p.add_argument("--transform", required=True, help="the scan's NAME_prep.json")
     p.add_argument("--mask", help="the scan's NAME_native_mask.nii.gz (zero outside)")
-    p.add_argument("--rescale", action="store_true",
-                   help="undo the median normalization (bias-corrected scan's scale)")
+    p.add_argument(
+        "--rescale",
+        action="store_true",
+        help="undo the median normalization (bias-corrected scan's scale)",
+    )
     p.add_argument("--out", required=True, help="output NIfTI file")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_to_native)
@@ -358,9 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-sites", type=int, default=4)
     p.add_argument("--resolution", type=float, default=2.0, choices=[1.0, 2.0, 4.0])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--style", default="preprocessed", choices=["preprocessed", "legacy"],
-                   help="site effects of preprocessed scans (default) or the older "
-                   "simulation (see harmonix.datasets.make_multisite)")
+    p.add_argument(
+        "--style",
+        default="preprocessed",
+        choices=["preprocessed", "legacy"],
+        help="site effects of preprocessed scans (default) or the older "
+        "simulation (see harmonix.datasets.make_multisite)",
+    )
     p.set_defaults(func=_cmd_make_dataset)
 
     p = sub.add_parser(
@@ -373,8 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     p.add_argument("--manifest", required=True, help="CSV with path,site[,age,subject]")
     p.add_argument("--out", required=True, help="model file (.npz; .pt for iguane)")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                   help="constructor parameter, repeatable (e.g. --param reference_site=A)")
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="constructor parameter, repeatable (e.g. --param reference_site=A)",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_fit)
 
@@ -389,14 +447,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suffix", default="_harmonized", help="added to output file names")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel workers (joblib)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--overwrite-inputs", action="store_true",
-                   help="allow an output to replace its input file")
+    p.add_argument(
+        "--overwrite-inputs", action="store_true", help="allow an output to replace its input file"
+    )
     p.set_defaults(func=_cmd_transform)
 
     p = sub.add_parser("benchmark", help="score methods on a manifest with common metrics")
     p.add_argument("--manifest", required=True, help="CSV with path,site,age,subject")
-    p.add_argument("--methods", default="none,hm,ws,combat",
-                   help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument(
+        "--methods",
+        default="none,hm,ws,combat",
+        help=f"comma-separated, from {', '.join(METHODS)}",
+    )
     p.add_argument("--test-sites", help="comma-separated sites held out as unseen")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
@@ -422,8 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help / usage errors
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s"
+    )
     try:
         return int(args.func(args))
     except (CLIError, ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:

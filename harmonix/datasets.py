@@ -386,9 +386,7 @@ def _inu_strength(inside: np.ndarray, inu: float) -> tuple[float, float]:
     return median, strength
 
 
-def _site_field(
-    anat: _Anatomy, rng: np.random.Generator, inu: float
-) -> tuple[np.ndarray, float]:
+def _site_field(anat: _Anatomy, rng: np.random.Generator, inu: float) -> tuple[np.ndarray, float]:
     """A site's smooth log-bias shape (zero median in the template brain) and its gain."""
     coef = rng.standard_normal((_N_CONTROL_BIAS,) * 3)
     smooth = _bspline_field(coef, anat.mask.shape)
@@ -397,8 +395,9 @@ def _site_field(
     return smooth, strength
 
 
-def _contrast_params(name: str, r_gm: float, r_csf: float, gain: float, curve: tuple,
-                     inu: float, strength: float) -> dict[str, Any]:
+def _contrast_params(
+    name: str, r_gm: float, r_csf: float, gain: float, curve: tuple, inu: float, strength: float
+) -> dict[str, Any]:
     """The parameters both styles share: contrast, curve knots and bias range."""
     return {
         "name": name,

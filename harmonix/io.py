@@ -74,9 +74,7 @@ def load_img(img: PathLike | nib.spatialimages.SpatialImage) -> nib.Nifti1Image:
     elif isinstance(img, nib.spatialimages.SpatialImage):
         out, source = img, "the given image"
     else:
-        raise TypeError(
-            f"Expected a path or a nibabel image, got {type(img).__name__}."
-        )
+        raise TypeError(f"Expected a path or a nibabel image, got {type(img).__name__}.")
     if not isinstance(out, nib.Nifti1Image):
         out = nib.Nifti1Image(np.asanyarray(out.dataobj), out.affine)
     shape = out.shape
@@ -315,9 +313,7 @@ def read_manifest(csv: PathLike, *, check_files: bool = True) -> Manifest:
         absent = [str(p) for p in paths if not p.is_file()]
         if absent:
             more = f" (and {len(absent) - 3} more)" if len(absent) > 3 else ""
-            raise FileNotFoundError(
-                f"Manifest '{csv}' lists missing file(s): {absent[:3]}{more}."
-            )
+            raise FileNotFoundError(f"Manifest '{csv}' lists missing file(s): {absent[:3]}{more}.")
     ages = None
     if "age" in df.columns:
         ages = pd.to_numeric(df["age"], errors="coerce").to_numpy(dtype=np.float64)
@@ -347,8 +343,7 @@ class ImageCollection(Sequence):
             return
         if _is_pathlike(imgs) or isinstance(imgs, nib.spatialimages.SpatialImage):
             raise ValueError(
-                "Expected a collection of images but got a single image; wrap it in a list: "
-                "[img]."
+                "Expected a collection of images but got a single image; wrap it in a list: [img]."
             )
         if isinstance(imgs, np.ndarray):
             if imgs.ndim == 3:
@@ -403,9 +398,7 @@ class ImageCollection(Sequence):
         else:
             data = np.asarray(self._items[index])
             if data.ndim != 3:
-                raise ValueError(
-                    f"Image {index} has shape {data.shape}; every image must be 3-D."
-                )
+                raise ValueError(f"Image {index} has shape {data.shape}; every image must be 3-D.")
             if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
                 raise TypeError(f"Image {index} has non-real dtype {data.dtype}.")
             data = data.astype(np.float32, copy=False)

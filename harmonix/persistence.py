@@ -191,13 +191,13 @@ def load_estimator(path: str | os.PathLike, expected: type | None = None) -> Any
         arrays = {k: data[k] for k in data.files if k != _META}
     for key, value in arrays.items():
         if key.startswith("param:"):
-            params[key[len("param:"):]] = value
+            params[key[len("param:") :]] = value
     est = cls(**params)
     for name, value in meta["fitted"].items():
         setattr(est, name, _from_json(value))
     for key, value in arrays.items():
         if key.startswith(_ARRAY_PREFIX):
-            setattr(est, key[len(_ARRAY_PREFIX):], value)
+            setattr(est, key[len(_ARRAY_PREFIX) :], value)
     est._saved_version = meta["version"]
     return est
 

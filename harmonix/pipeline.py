@@ -95,9 +95,7 @@ class HarmonizerStep(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         return self._format(self.harmonizer_.transform(X, sites, ages))
 
-    def fit_transform(
-        self, X: Any, y: Any = None, *, sites: Any = None, ages: Any = None
-    ) -> Any:
+    def fit_transform(self, X: Any, y: Any = None, *, sites: Any = None, ages: Any = None) -> Any:
         """Fit, then transform ``X``; see :meth:`fit` and :meth:`transform`."""
         self._fit(X, sites, ages)
         return self._format(self.harmonizer_.transform(X, sites, ages))

@@ -164,61 +164,140 @@ ESTIMATOR_CASES = [
     # -- fit -----------------------------------------------------------------------------
     Case("nan-voxel", "fit", _with_voxel(np.nan), raises(ValueError, "NaN or infinite")),
     Case("inf-voxel", "fit", _with_voxel(np.inf), raises(ValueError, "NaN or infinite")),
-    Case("2-d-images", "fit", lambda d, t: d._replace(imgs=[i[0] for i in d.imgs]),
-         raises(ValueError, "every image must be 3-D")),
-    Case("5-d-array", "fit", lambda d, t: d._replace(imgs=d.imgs[None]),
-         raises(ValueError, "4-D")),
-    Case("one-image-not-a-list", "fit", lambda d, t: d._replace(imgs=d.imgs[0]),
-         raises(ValueError, "wrap it in a list|pass imgs")),
-    Case("dict-of-images", "fit", lambda d, t: d._replace(imgs=dict(enumerate(d.imgs))),
-         raises(TypeError, "Unsupported image container")),
-    Case("fewer-sites-than-images", "fit", lambda d, t: d._replace(sites=d.sites[:-1]),
-         raises(ValueError, "one label per image")),
-    Case("fewer-ages-than-images", "fit", lambda d, t: d._replace(ages=d.ages[:-1]),
-         raises(ValueError, "one age per image")),
-    Case("nan-age", "fit", lambda d, t: d._replace(ages=np.r_[np.nan, d.ages[1:]]),
-         raises(ValueError, "finite age")),
-    Case("one-site", "fit", lambda d, t: d._replace(sites=["a"] * len(d.sites)),
-         raises(ValueError, "at least 2 sites")),
-    Case("unknown-reference-site", "fit", _clean,
-         raises(ValueError, "not among the training sites"),
-         params={"reference_site": "nowhere"}, applies=_has_param("reference_site")),
-    Case("empty-mask", "fit", _clean, raises(ValueError, "mask is empty"),
-         params=lambda d: {"mask": np.zeros(d.imgs.shape[1:], bool)},
-         applies=_has_param("mask")),
+    Case(
+        "2-d-images",
+        "fit",
+        lambda d, t: d._replace(imgs=[i[0] for i in d.imgs]),
+        raises(ValueError, "every image must be 3-D"),
+    ),
+    Case(
+        "5-d-array", "fit", lambda d, t: d._replace(imgs=d.imgs[None]), raises(ValueError, "4-D")
+    ),
+    Case(
+        "one-image-not-a-list",
+        "fit",
+        lambda d, t: d._replace(imgs=d.imgs[0]),
+        raises(ValueError, "wrap it in a list|pass imgs"),
+    ),
+    Case(
+        "dict-of-images",
+        "fit",
+        lambda d, t: d._replace(imgs=dict(enumerate(d.imgs))),
+        raises(TypeError, "Unsupported image container"),
+    ),
+    Case(
+        "fewer-sites-than-images",
+        "fit",
+        lambda d, t: d._replace(sites=d.sites[:-1]),
+        raises(ValueError, "one label per image"),
+    ),
+    Case(
+        "fewer-ages-than-images",
+        "fit",
+        lambda d, t: d._replace(ages=d.ages[:-1]),
+        raises(ValueError, "one age per image"),
+    ),
+    Case(
+        "nan-age",
+        "fit",
+        lambda d, t: d._replace(ages=np.r_[np.nan, d.ages[1:]]),
+        raises(ValueError, "finite age"),
+    ),
+    Case(
+        "one-site",
+        "fit",
+        lambda d, t: d._replace(sites=["a"] * len(d.sites)),
+        raises(ValueError, "at least 2 sites"),
+    ),
+    Case(
+        "unknown-reference-site",
+        "fit",
+        _clean,
+        raises(ValueError, "not among the training sites"),
+        params={"reference_site": "nowhere"},
+        applies=_has_param("reference_site"),
+    ),
+    Case(
+        "empty-mask",
+        "fit",
+        _clean,
+        raises(ValueError, "mask is empty"),
+        params=lambda d: {"mask": np.zeros(d.imgs.shape[1:], bool)},
+        applies=_has_param("mask"),
+    ),
     Case("all-zero-image", "fit", _all_zero, raises(ValueError, "no brain voxels")),
-    Case("int16-images", "fit", lambda d, t: d._replace(imgs=np.round(d.imgs * 100)
-                                                       .astype(np.int16)), harmonized),
-    Case("float64-images", "fit", lambda d, t: d._replace(imgs=d.imgs.astype(np.float64)),
-         harmonized),
+    Case(
+        "int16-images",
+        "fit",
+        lambda d, t: d._replace(imgs=np.round(d.imgs * 100).astype(np.int16)),
+        harmonized,
+    ),
+    Case(
+        "float64-images",
+        "fit",
+        lambda d, t: d._replace(imgs=d.imgs.astype(np.float64)),
+        harmonized,
+    ),
     Case("4-d-nifti", "fit", _files_with(_four_d), raises(ValueError, "4-D")),
     Case("4-d-nifti-one-frame", "fit", _files_with(_four_d_one_frame), harmonized),
     Case("not-a-nifti", "fit", _files_with(_garbage), raises(ValueError, "NIfTI")),
-    Case("truncated-nifti", "fit", _files_with(_truncated),
-         raises(ValueError, "truncated|corrupt")),
+    Case(
+        "truncated-nifti", "fit", _files_with(_truncated), raises(ValueError, "truncated|corrupt")
+    ),
     Case("nan-in-nifti", "fit", _files_with(_nan_file), raises(ValueError, "NaN or infinite")),
     Case("missing-file", "fit", _files_with(_missing), raises(FileNotFoundError, "not found")),
     # -- transform -------------------------------------------------------------------------
     Case("nan-voxel", "transform", _with_voxel(np.nan), raises(ValueError, "NaN or infinite")),
-    Case("2-d-images", "transform", lambda d, t: d._replace(imgs=[i[0] for i in d.imgs]),
-         raises(ValueError, "every image must be 3-D")),
-    Case("shape-differs-from-fit", "transform",
-         lambda d, t: d._replace(imgs=np.pad(d.imgs, ((0, 0), (0, 2), (0, 0), (0, 0)))),
-         _shape_differs),
-    Case("fewer-sites-than-images", "transform", lambda d, t: d._replace(sites=d.sites[:1]),
-         raises(ValueError, "one label per image")),
-    Case("fewer-ages-than-images", "transform", lambda d, t: d._replace(ages=d.ages[:1]),
-         raises(ValueError, "one age per image")),
-    Case("unseen-site", "transform", lambda d, t: d._replace(sites=["new"] * len(d.sites)),
-         _unseen_site),
+    Case(
+        "2-d-images",
+        "transform",
+        lambda d, t: d._replace(imgs=[i[0] for i in d.imgs]),
+        raises(ValueError, "every image must be 3-D"),
+    ),
+    Case(
+        "shape-differs-from-fit",
+        "transform",
+        lambda d, t: d._replace(imgs=np.pad(d.imgs, ((0, 0), (0, 2), (0, 0), (0, 0)))),
+        _shape_differs,
+    ),
+    Case(
+        "fewer-sites-than-images",
+        "transform",
+        lambda d, t: d._replace(sites=d.sites[:1]),
+        raises(ValueError, "one label per image"),
+    ),
+    Case(
+        "fewer-ages-than-images",
+        "transform",
+        lambda d, t: d._replace(ages=d.ages[:1]),
+        raises(ValueError, "one age per image"),
+    ),
+    Case(
+        "unseen-site",
+        "transform",
+        lambda d, t: d._replace(sites=["new"] * len(d.sites)),
+        _unseen_site,
+    ),
     Case("all-zero-image", "transform", _all_zero, raises(ValueError, "no brain voxels")),
-    Case("int16-images", "transform",
-         lambda d, t: d._replace(imgs=np.round(d.imgs * 100).astype(np.int16)), harmonized),
-    Case("float64-images", "transform",
-         lambda d, t: d._replace(imgs=d.imgs.astype(np.float64)), harmonized),
+    Case(
+        "int16-images",
+        "transform",
+        lambda d, t: d._replace(imgs=np.round(d.imgs * 100).astype(np.int16)),
+        harmonized,
+    ),
+    Case(
+        "float64-images",
+        "transform",
+        lambda d, t: d._replace(imgs=d.imgs.astype(np.float64)),
+        harmonized,
+    ),
     Case("4-d-nifti", "transform", _files_with(_four_d), raises(ValueError, "4-D")),
-    Case("truncated-nifti", "transform", _files_with(_truncated),
-         raises(ValueError, "truncated|corrupt")),
+    Case(
+        "truncated-nifti",
+        "transform",
+        _files_with(_truncated),
+        raises(ValueError, "truncated|corrupt"),
+    ),
 ]
 
 
@@ -333,20 +412,52 @@ def cli_data(tmp_path_factory) -> dict[str, Path]:
     """A synthetic dataset, bad files beside it, and fitted HM and ComBat models."""
     root = tmp_path_factory.mktemp("cli")
     data = root / "data"
-    assert main(["--quiet", "make-dataset", "--out", str(data), "--n-subjects", "2",
-                 "--n-sites", "3", "--resolution", "4"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "make-dataset",
+                "--out",
+                str(data),
+                "--n-subjects",
+                "2",
+                "--n-sites",
+                "3",
+                "--resolution",
+                "4",
+            ]
+        )
+        == 0
+    )
     manifest = data / "manifest.csv"
     files = {"root": root, "data": data, "manifest": manifest}
     for method in ("hm", "combat"):
         files[method] = root / f"{method}.npz"
-        assert main(["-q", "fit", "--method", method, "--manifest", str(manifest),
-                     "--out", str(files[method])]) == 0
+        assert (
+            main(
+                [
+                    "-q",
+                    "fit",
+                    "--method",
+                    method,
+                    "--manifest",
+                    str(manifest),
+                    "--out",
+                    str(files[method]),
+                ]
+            )
+            == 0
+        )
     first = sorted(data.rglob("*.nii.gz"))[0]
     img = nib.load(first)
     bad = root / "bad"
     bad.mkdir()
-    for name, replace in (("four_d", _four_d), ("truncated", _truncated),
-                          ("garbage", _garbage), ("nan", _nan_file)):
+    for name, replace in (
+        ("four_d", _four_d),
+        ("truncated", _truncated),
+        ("garbage", _garbage),
+        ("nan", _nan_file),
+    ):
         path = bad / f"{name}.nii.gz"
         path.write_bytes(first.read_bytes())
         replace(path, np.asarray(img.dataobj, dtype=np.float32))
@@ -376,14 +487,25 @@ def cli_data(tmp_path_factory) -> dict[str, Path]:
 
 
 def _fit(method: str, manifest: str, *extra: str) -> Callable[[dict], list[str]]:
-    return lambda f: ["fit", "--method", method, "--manifest", str(f[manifest]),
-                      "--out", str(f["model_out"]), *extra]
+    return lambda f: [
+        "fit",
+        "--method",
+        method,
+        "--manifest",
+        str(f[manifest]),
+        "--out",
+        str(f["model_out"]),
+        *extra,
+    ]
 
 
 def _transform(model: str, *source: str) -> Callable[[dict], list[str]]:
     def argv(f: dict) -> list[str]:
-        src = ["--manifest", str(f[source[1]])] if source[0] == "manifest" else [
-            "--input", *(str(f[s]) for s in source[1:])]
+        src = (
+            ["--manifest", str(f[source[1]])]
+            if source[0] == "manifest"
+            else ["--input", *(str(f[s]) for s in source[1:])]
+        )
         return ["transform", "--model", str(f[model]), *src, "--out", str(f["img_out"])]
 
     return argv
@@ -392,8 +514,11 @@ def _transform(model: str, *source: str) -> Callable[[dict], list[str]]:
 CLI_CASES = [
     ("unknown-method", _fit("magic", "manifest"), "unknown method"),
     ("unknown-parameter", _fit("hm", "manifest", "--param", "nonsense=1"), "unknown parameter"),
-    ("manifest-not-found", lambda f: _fit("hm", "manifest")(f) + ["--manifest", "none.csv"],
-     "not found"),
+    (
+        "manifest-not-found",
+        lambda f: _fit("hm", "manifest")(f) + ["--manifest", "none.csv"],
+        "not found",
+    ),
     ("manifest-without-path-column", _fit("hm", "no_path_column"), "path"),
     ("manifest-with-missing-files", _fit("hm", "missing_files"), "missing file"),
     ("manifest-with-bad-age", _fit("combat", "bad_age"), "age"),
@@ -404,23 +529,53 @@ CLI_CASES = [
     ("transform-not-a-nifti", _transform("hm", "input", "first", "garbage"), "NIfTI"),
     ("transform-4-d-nifti", _transform("hm", "input", "four_d"), "4-D"),
     ("transform-combat-without-sites", _transform("combat", "input", "first"), "site"),
-    ("transform-combat-unseen-site", _transform("combat", "manifest", "unseen_site"),
-     "not seen in fit"),
-    ("transform-combat-without-ages", _transform("combat", "manifest", "no_ages"),
-     "fitted with ages"),
-    ("model-not-found", lambda f: ["transform", "--model", str(f["root"] / "none.npz"),
-                                   "--input", str(f["first"]), "--out", str(f["img_out"])],
-     "not found"),
-    ("output-would-replace-input", lambda f: ["transform", "--model", str(f["hm"]), "--input",
-                                              str(f["first"]), "--out",
-                                              str(f["first"].parent), "--suffix", ""],
-     "overwrite an input"),
+    (
+        "transform-combat-unseen-site",
+        _transform("combat", "manifest", "unseen_site"),
+        "not seen in fit",
+    ),
+    (
+        "transform-combat-without-ages",
+        _transform("combat", "manifest", "no_ages"),
+        "fitted with ages",
+    ),
+    (
+        "model-not-found",
+        lambda f: [
+            "transform",
+            "--model",
+            str(f["root"] / "none.npz"),
+            "--input",
+            str(f["first"]),
+            "--out",
+            str(f["img_out"]),
+        ],
+        "not found",
+    ),
+    (
+        "output-would-replace-input",
+        lambda f: [
+            "transform",
+            "--model",
+            str(f["hm"]),
+            "--input",
+            str(f["first"]),
+            "--out",
+            str(f["first"].parent),
+            "--suffix",
+            "",
+        ],
+        "overwrite an input",
+    ),
 ]
 
 
 def _tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize(("argv", "message"), [pytest.param(a, m, id=i) for i, a, m in CLI_CASES])
@@ -440,8 +595,16 @@ def test_cli_failure_midway_leaves_only_complete_outputs(cli_data, capsys, tmp_p
     good = sorted(cli_data["data"].rglob("*.nii.gz"))[:2]
     inputs = [*good, cli_data["truncated"]]
     out = tmp_path / "imgs"
-    argv = ["-q", "transform", "--model", str(cli_data["hm"]), "--input",
-            *map(str, inputs), "--out", str(out)]
+    argv = [
+        "-q",
+        "transform",
+        "--model",
+        str(cli_data["hm"]),
+        "--input",
+        *map(str, inputs),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 1
     assert "truncated.nii.gz" in capsys.readouterr().err
     written = sorted(p.name for p in out.iterdir())

@@ -22,8 +22,7 @@ def test_transform_files_parallel(model, tiny_nifti, tmp_path):
     written = transform_files(model, paths, tmp_path / "out", n_jobs=2, verbose=False)
     assert written == output_paths(paths, tmp_path / "out")
     for src, dst in zip(paths, written):
-        np.testing.assert_allclose(nib.load(dst).get_fdata(), nib.load(src).get_fdata(),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(nib.load(dst).get_fdata(), nib.load(src).get_fdata(), rtol=1e-6)
         np.testing.assert_allclose(nib.load(dst).affine, nib.load(src).affine)
 
 
@@ -50,8 +49,9 @@ def test_transform_files_on_dask_cluster_equals_the_serial_run(tiny, tiny_nifti,
     hm = HistogramMatchingHarmonizer().fit(imgs, sites)  # changes every non-reference image
     paths = tiny_nifti[0]
     serial = transform_files(hm, paths, tmp_path / "serial", n_jobs=1, verbose=False)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
         with distributed.Client(cluster), joblib.parallel_backend("dask"):
             written = transform_files(hm, paths, tmp_path / "d", n_jobs=2, verbose=False)
     assert [p.name for p in written] == [p.name for p in serial]

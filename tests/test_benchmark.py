@@ -64,8 +64,15 @@ def _subject(rng, mask, atrophy=0.0, gm_spread=0.0):
     return np.where(mask, tissue, 0.0)
 
 
-def _toy(n_subjects=10, scales=(1.0, 1.0, 1.0), noise=0.02, atrophy_rate=0.0, seed=0,
-         gm_levels=None, gm_spread=0.0):
+def _toy(
+    n_subjects=10,
+    scales=(1.0, 1.0, 1.0),
+    noise=0.02,
+    atrophy_rate=0.0,
+    seed=0,
+    gm_levels=None,
+    gm_spread=0.0,
+):
     """Traveling subjects: subject j at site s = scales[s] * (anatomy_j + noise).
 
     ``gm_levels[s]``: GM intensity at site s instead of 0.6 (a contrast change).
@@ -222,17 +229,21 @@ def test_site_histogram_error_pure_site_shift():
 def test_site_predictability_error_sees_contrast_not_scale():
     # sites differ by their GM intensity (a contrast change) and by a global scale
     ds = _toy(n_subjects=12, scales=(1.0, 1.4, 2.0), gm_levels=(0.5, 0.6, 0.7), seed=3)
-    shifted = site_predictability_error(ds.imgs, ds.sites, ds.mask, ds.subjects,
-                                        random_state=0)
+    shifted = site_predictability_error(ds.imgs, ds.sites, ds.mask, ds.subjects, random_state=0)
     assert shifted > 0.9
     # a global scale alone is invisible after the per-image median normalization
     scale_only = _toy(n_subjects=12, scales=(1.0, 1.4, 2.0), seed=3)
-    assert site_predictability_error(scale_only.imgs, scale_only.sites, scale_only.mask,
-                                     scale_only.subjects, random_state=0) < 0.6
+    assert (
+        site_predictability_error(
+            scale_only.imgs, scale_only.sites, scale_only.mask, scale_only.subjects, random_state=0
+        )
+        < 0.6
+    )
     # the oracle: each subject's first-site image at every site -> chance (1/3)
     oracle = np.concatenate([ds.imgs[:12]] * 3)
-    assert site_predictability_error(oracle, ds.sites, ds.mask, ds.subjects,
-                                     random_state=0) == pytest.approx(1 / 3, abs=0.1)
+    assert site_predictability_error(
+        oracle, ds.sites, ds.mask, ds.subjects, random_state=0
+    ) == pytest.approx(1 / 3, abs=0.1)
 
 
 def test_brain_age_error_beats_null_with_planted_atrophy():
@@ -241,8 +252,13 @@ def test_brain_age_error_beats_null_with_planted_atrophy():
     null = brain_age_null_error(ds.ages, ds.subjects, random_state=0)
     assert 10 < null < 20  # ages uniform in 20-80: about 15 years
     assert mae < 0.7 * null
-    shuffled = brain_age_error(ds.imgs, np.random.default_rng(1).permutation(ds.ages),
-                               ds.mask, ds.subjects, random_state=0)
+    shuffled = brain_age_error(
+        ds.imgs,
+        np.random.default_rng(1).permutation(ds.ages),
+        ds.mask,
+        ds.subjects,
+        random_state=0,
+    )
     assert shuffled > 0.8 * null  # no signal: no better than the null model
     # the null model by hand: with one fold per subject it predicts the others' mean
     loo = np.mean([abs(a - np.delete(ds.ages, i).mean()) for i, a in enumerate(ds.ages)])
@@ -251,8 +267,7 @@ def test_brain_age_error_beats_null_with_planted_atrophy():
     n = len(ds.ages)
     train = np.arange(n) < n // 2
     groups = np.r_[np.arange(n // 2), np.arange(n // 2)]
-    assert brain_age_error(ds.imgs, ds.ages, ds.mask, groups, train=train,
-                           random_state=0) < 15
+    assert brain_age_error(ds.imgs, ds.ages, ds.mask, groups, train=train, random_state=0) < 15
     with pytest.raises(ValueError, match="ages"):
         brain_age_error(ds.imgs, ds.ages[:-1], ds.mask)
 
@@ -281,7 +296,7 @@ def test_gm_volumes_robust_to_units_and_monotone_remaps():
     ds = _toy(n_subjects=6, scales=(1.0,), atrophy_rate=0.006, seed=2)
     vols = gm_volumes(ds.imgs, ds.mask)
     np.testing.assert_allclose(gm_volumes(10 * ds.imgs + 1, ds.mask), vols, rtol=1e-4)
-    remapped = np.where(ds.mask, ds.imgs ** 0.7, 0.0)  # increasing, nonlinear contrast
+    remapped = np.where(ds.mask, ds.imgs**0.7, 0.0)  # increasing, nonlinear contrast
     np.testing.assert_allclose(gm_volumes(remapped, ds.mask), vols, rtol=0.03)
 
 
@@ -291,9 +306,11 @@ def test_within_site_correlation_ignores_site_offsets():
     sites = np.repeat(["a", "b"], 30)
     volumes = -ages + rng.normal(0, 5, 60) + np.where(sites == "b", 200.0, 0.0)
     per_site = within_site_correlation(volumes, ages, sites)
-    expected = np.tanh(np.mean([np.arctanh(np.corrcoef(volumes[sites == s],
-                                                       ages[sites == s])[0, 1])
-                                for s in "ab"]))
+    expected = np.tanh(
+        np.mean(
+            [np.arctanh(np.corrcoef(volumes[sites == s], ages[sites == s])[0, 1]) for s in "ab"]
+        )
+    )
     assert per_site == pytest.approx(expected)
     assert per_site < -0.9
     assert within_site_correlation(volumes, ages) > -0.3  # the offset dilutes pooled r
@@ -308,8 +325,7 @@ def test_bootstrap_ci_has_the_known_spread():
     assert lo < x.mean() < hi
     # 100 subjects with 4 identical images each: 100 independent values, not 400
     y = np.repeat(x[:100], 4)
-    glo, ghi = bootstrap_ci(lambda i: y[i].mean(), np.repeat(np.arange(100), 4),
-                            random_state=0)
+    glo, ghi = bootstrap_ci(lambda i: y[i].mean(), np.repeat(np.arange(100), 4), random_state=0)
     assert ghi - glo == pytest.approx(2 * 1.96 * x[:100].std() / 10, rel=0.15)
     assert np.isnan(bootstrap_ci(lambda i: y[i].mean(), np.zeros(400))[0])  # one subject
     # per-run intervals -> interval of the mean of two independent runs: half / sqrt(2)
@@ -357,8 +373,9 @@ def results(tiny):
         "scaler": SiteScaler(),
         "plain": PlainScaler(),
     }
-    return run_benchmark(harmonizers, tiny, random_state=0, oracle=True, n_boot=200,
-                         return_outputs=True)
+    return run_benchmark(
+        harmonizers, tiny, random_state=0, oracle=True, n_boot=200, return_outputs=True
+    )
 
 
 SCORED = [m for m in METRICS if not m.endswith(("_seconds", "_mb"))]
@@ -366,8 +383,15 @@ SCORED = [m for m in METRICS if not m.endswith(("_seconds", "_mb"))]
 
 def test_run_benchmark_tidy_frame(results, tiny):
     df, outputs = results
-    assert list(df.columns) == ["method", "protocol", "metric", "value", "ci_low", "ci_high",
-                                "reason"]
+    assert list(df.columns) == [
+        "method",
+        "protocol",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+        "reason",
+    ]
     assert set(df["protocol"]) == {"seen", "unseen"}
     assert set(df["metric"]) == set(METRICS)
     assert len(df) == 4 * 2 * len(METRICS)
@@ -378,15 +402,19 @@ def test_run_benchmark_tidy_frame(results, tiny):
     assert 0 < none.loc["traveling_subject_ssim_score", "value"] < 1
     assert none.loc["site_chance_level", "value"] == pytest.approx(1 / 2)  # 2 seen sites
     # every scored value but the chance level lies inside its bootstrap interval
-    scored = df[df.metric.isin(SCORED) & (df.metric != "site_chance_level")
-                & df["value"].notna()]
+    scored = df[df.metric.isin(SCORED) & (df.metric != "site_chance_level") & df["value"].notna()]
     assert (scored["ci_low"] <= scored["value"] + 1e-9).all()
     assert (scored["value"] <= scored["ci_high"] + 1e-9).all()
     assert (scored["ci_high"] > scored["ci_low"]).any()
     # an affine map of the identity output scores the same image metrics
     plain = df[(df.method == "plain") & (df.protocol == "seen")].set_index("metric")["value"]
-    for m in ("traveling_subject_ssim_score", "truth_ssim_score",
-              "distance_correlation_score", "site_predictability_error", "brain_age_error"):
+    for m in (
+        "traveling_subject_ssim_score",
+        "truth_ssim_score",
+        "distance_correlation_score",
+        "site_predictability_error",
+        "brain_age_error",
+    ):
         assert plain[m] == pytest.approx(none.loc[m, "value"], abs=1e-4)
     assert set(outputs) == {"none", "scaler", "plain", "oracle"}
     np.testing.assert_allclose(outputs["none"], tiny.imgs)
@@ -411,8 +439,11 @@ def test_oracle_reaches_the_ceiling(results, tiny):
         costs = sub[(sub.method == "oracle") & sub.metric.str.endswith(("_seconds", "_mb"))]
         assert costs["value"].isna().all() and costs["reason"].str.contains("oracle").all()
     with pytest.raises(ValueError, match="reference_site"):
-        oracle_outputs(SimpleNamespace(imgs=tiny.imgs, sites=tiny.sites,
-                                       subjects=tiny.subjects, mask=tiny.mask))
+        oracle_outputs(
+            SimpleNamespace(
+                imgs=tiny.imgs, sites=tiny.sites, subjects=tiny.subjects, mask=tiny.mask
+            )
+        )
 
 
 def test_run_benchmark_unseen_refusal_gives_nan_with_reason(results, tiny):
@@ -428,8 +459,9 @@ def test_run_benchmark_unseen_refusal_gives_nan_with_reason(results, tiny):
     assert ok["value"].notna().all()
     assert (ok["reason"] == "").all()
     # the refusal is recognized by its type, not by its message
-    other = run_benchmark({"refusing": RefusingScaler()}, tiny, metrics=["fit_seconds",
-                          "truth_ssim_score"], n_boot=0)
+    other = run_benchmark(
+        {"refusing": RefusingScaler()}, tiny, metrics=["fit_seconds", "truth_ssim_score"], n_boot=0
+    )
     reason = other[(other.protocol == "unseen") & (other.metric == "truth_ssim_score")]
     assert reason["reason"].str.startswith("transform (unseen) failed: ValueError").all()
 
@@ -492,22 +524,39 @@ def test_summarize_and_markdown(results, tiny):
         )
     assert set(df2.metric) == {"fit_seconds", "site_histogram_error"}
     summary = summarize([df, df2])
-    assert list(summary.columns) == ["method", "protocol", "metric", "mean", "sd", "ci_low",
-                                     "ci_high", "n", "reason"]
-    row = summary[(summary.method == "none") & (summary.metric == "fit_seconds")
-                  & (summary.protocol == "seen")].iloc[0]
+    assert list(summary.columns) == [
+        "method",
+        "protocol",
+        "metric",
+        "mean",
+        "sd",
+        "ci_low",
+        "ci_high",
+        "n",
+        "reason",
+    ]
+    row = summary[
+        (summary.method == "none")
+        & (summary.metric == "fit_seconds")
+        & (summary.protocol == "seen")
+    ].iloc[0]
     assert row["n"] == 2 and np.isfinite(row["sd"])
-    plain = summary[(summary.method == "plain") & (summary.metric == "fit_seconds")
-                    & (summary.protocol == "seen")].iloc[0]
+    plain = summary[
+        (summary.method == "plain")
+        & (summary.metric == "fit_seconds")
+        & (summary.protocol == "seen")
+    ].iloc[0]
     assert plain["n"] == 1 and np.isnan(plain["sd"])
     # two runs' intervals combine into a narrower interval of their mean
     key = ["method", "protocol", "metric"]
     pair = df.merge(df2, on=key, suffixes=("_1", "_2"))
     pair = pair[pair["ci_low_1"].notna() & pair["ci_low_2"].notna()].iloc[0]
     got = summary.set_index(key).loc[tuple(pair[key])]
-    expected = combine_intervals([pair["value_1"], pair["value_2"]],
-                                 [pair["ci_low_1"], pair["ci_low_2"]],
-                                 [pair["ci_high_1"], pair["ci_high_2"]])
+    expected = combine_intervals(
+        [pair["value_1"], pair["value_2"]],
+        [pair["ci_low_1"], pair["ci_low_2"]],
+        [pair["ci_high_1"], pair["ci_high_2"]],
+    )
     assert (got["ci_low"], got["ci_high"]) == pytest.approx(expected)
     md = to_markdown(summary)
     assert "### Seen sites" in md and "### Unseen sites" in md
@@ -527,9 +576,20 @@ def test_markdown_marks_intervals_that_do_not_overlap_none():
     import pandas as pd
 
     rows = [("none", 0.50, 0.45, 0.55), ("far", 0.90, 0.85, 0.95), ("near", 0.56, 0.52, 0.60)]
-    df = pd.DataFrame([{"method": m, "protocol": "seen", "metric": "truth_ssim_score",
-                        "value": v, "ci_low": lo, "ci_high": hi, "reason": ""}
-                       for m, v, lo, hi in rows])
+    df = pd.DataFrame(
+        [
+            {
+                "method": m,
+                "protocol": "seen",
+                "metric": "truth_ssim_score",
+                "value": v,
+                "ci_low": lo,
+                "ci_high": hi,
+                "reason": "",
+            }
+            for m, v, lo, hi in rows
+        ]
+    )
     md = to_markdown(df)
     assert "| far | 0.900 [0.850, 0.950] * |" in md
     assert "| near | 0.560 [0.520, 0.600] |" in md
@@ -543,8 +603,9 @@ def test_plots_write_png(results, tiny, tmp_path):
     png = b"\x89PNG"
     p1 = plot_metrics(df, tmp_path / "metrics.png")
     p2 = plot_metrics(summarize([df, df]), tmp_path / "sub" / "summary.png")
-    p3 = plot_slices(outputs, tiny, tiny.subjects[0], tmp_path / "slices.png",
-                     test_sites=[tiny.sites[-1]])
+    p3 = plot_slices(
+        outputs, tiny, tiny.subjects[0], tmp_path / "slices.png", test_sites=[tiny.sites[-1]]
+    )
     for p in (p1, p2, p3):
         assert p.read_bytes()[:4] == png and p.stat().st_size > 1000
     with pytest.raises(ValueError, match="not in the dataset"):
@@ -574,8 +635,11 @@ def test_dataset_from_manifest(tiny, tmp_path):
     np.testing.assert_array_equal(ds.imgs, tiny.imgs)
     np.testing.assert_array_equal(ds.mask, tiny.mask)
     np.testing.assert_array_equal(ds.subjects, tiny.subjects)
-    df = run_benchmark({"none": IdentityHarmonizer()}, ds,
-                       metrics=["traveling_subject_ssim_score", "truth_ssim_score"])
+    df = run_benchmark(
+        {"none": IdentityHarmonizer()},
+        ds,
+        metrics=["traveling_subject_ssim_score", "truth_ssim_score"],
+    )
     truth = df[df.metric == "truth_ssim_score"]
     assert truth["value"].isna().all() and (truth["reason"] == "dataset has no truth").all()
     assert df[df.metric == "traveling_subject_ssim_score"]["value"].notna().all()

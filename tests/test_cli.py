@@ -16,8 +16,23 @@ from harmonix.persistence import load_model
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    assert main(["--quiet", "make-dataset", "--out", str(out), "--n-subjects", "3",
-                 "--n-sites", "3", "--resolution", "4"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "make-dataset",
+                "--out",
+                str(out),
+                "--n-subjects",
+                "3",
+                "--n-sites",
+                "3",
+                "--resolution",
+                "4",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -34,8 +49,25 @@ def test_make_dataset_writes_manifest(dataset_dir):
 def test_make_dataset_style(tmp_path, style):
     from harmonix.datasets import make_multisite
 
-    assert main(["--quiet", "make-dataset", "--out", str(tmp_path), "--n-subjects", "2",
-                 "--n-sites", "2", "--resolution", "4", "--style", style]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "make-dataset",
+                "--out",
+                str(tmp_path),
+                "--n-subjects",
+                "2",
+                "--n-sites",
+                "2",
+                "--resolution",
+                "4",
+                "--style",
+                style,
+            ]
+        )
+        == 0
+    )
     manifest = read_manifest(tmp_path / "manifest.csv")
     ds = make_multisite(2, 2, resolution=4, random_state=0, style=style)
     written = np.stack([np.asanyarray(nib.load(p).dataobj) for p in manifest.paths])
@@ -46,12 +78,15 @@ def test_make_dataset_style(tmp_path, style):
 def test_fit_then_transform_manifest(dataset_dir, tmp_path, method):
     model = tmp_path / "model.npz"
     manifest = str(dataset_dir / "manifest.csv")
-    assert main(["-q", "fit", "--method", method, "--manifest", manifest,
-                 "--out", str(model)]) == 0
+    assert (
+        main(["-q", "fit", "--method", method, "--manifest", manifest, "--out", str(model)]) == 0
+    )
     assert model.exists()
     out = tmp_path / "out"
-    assert main(["-q", "transform", "--model", str(model), "--manifest", manifest,
-                 "--out", str(out)]) == 0
+    assert (
+        main(["-q", "transform", "--model", str(model), "--manifest", manifest, "--out", str(out)])
+        == 0
+    )
     files = sorted(out.glob("*_harmonized.nii.gz"))
     assert len(files) == 9
     src = sorted(dataset_dir.rglob("*.nii.gz"))[0]
@@ -62,7 +97,7 @@ def test_fit_then_transform_manifest(dataset_dir, tmp_path, method):
     man = read_manifest(manifest)
     i = [p.resolve() for p in man.paths].index(src.resolve())
     fitted = load_model(model)
-    kw = {"sites": man.sites[i:i + 1], "ages": man.ages[i:i + 1]} if method == "combat" else {}
+    kw = {"sites": man.sites[i : i + 1], "ages": man.ages[i : i + 1]} if method == "combat" else {}
     expected = fitted.transform([src], **kw)[0].get_fdata()
     np.testing.assert_allclose(res.get_fdata(), expected, rtol=1e-6)
 
@@ -70,8 +105,23 @@ def test_fit_then_transform_manifest(dataset_dir, tmp_path, method):
 def test_transform_inputs_parallel_and_no_overwrite(dataset_dir, tmp_path, capsys):
     model = tmp_path / "hm.npz"
     manifest = str(dataset_dir / "manifest.csv")
-    assert main(["-q", "fit", "--method", "hm", "--manifest", manifest, "--out", str(model),
-                 "--param", "percentiles=(2, 50, 98)"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "fit",
+                "--method",
+                "hm",
+                "--manifest",
+                manifest,
+                "--out",
+                str(model),
+                "--param",
+                "percentiles=(2, 50, 98)",
+            ]
+        )
+        == 0
+    )
     inputs = [str(p) for p in sorted(dataset_dir.rglob("*.nii.gz"))[:3]]
     out = tmp_path / "o"
     args = ["-q", "transform", "--model", str(model), "--input", *inputs, "--out", str(out)]
@@ -81,21 +131,64 @@ def test_transform_inputs_parallel_and_no_overwrite(dataset_dir, tmp_path, capsy
     assert "exists" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
     # writing next to the inputs with an empty suffix would replace them
-    assert main(["-q", "transform", "--model", str(model), "--input", inputs[0], "--out",
-                 str(Path(inputs[0]).parent), "--suffix", ""]) == 1
+    assert (
+        main(
+            [
+                "-q",
+                "transform",
+                "--model",
+                str(model),
+                "--input",
+                inputs[0],
+                "--out",
+                str(Path(inputs[0]).parent),
+                "--suffix",
+                "",
+            ]
+        )
+        == 1
+    )
     assert "overwrite an input" in capsys.readouterr().err
     assert list(out.glob(".*")) == []  # no temporary files left
 
 
 def test_benchmark_subcommand(dataset_dir, tmp_path):
     out = tmp_path / "bench"
-    assert main(["-q", "benchmark", "--manifest", str(dataset_dir / "manifest.csv"),
-                 "--methods", "none,hm", "--test-sites", "site2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "benchmark",
+                "--manifest",
+                str(dataset_dir / "manifest.csv"),
+                "--methods",
+                "none,hm",
+                "--test-sites",
+                "site2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = (out / "benchmark.md").read_text()
     assert "HM" in table or "hm" in table
     assert (out / "metrics.png").stat().st_size > 0
-    assert main(["-q", "benchmark", "--manifest", str(dataset_dir / "manifest.csv"),
-                 "--methods", "none,magic", "--out", str(out)]) == 1
+    assert (
+        main(
+            [
+                "-q",
+                "benchmark",
+                "--manifest",
+                str(dataset_dir / "manifest.csv"),
+                "--methods",
+                "none,magic",
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
 
 
 def test_demo_without_iguane(tmp_path, capsys):
@@ -107,22 +200,52 @@ def test_demo_without_iguane(tmp_path, capsys):
     assert (out / "benchmark.md").exists() and (out / "metrics.png").exists()
 
 
-def test_model_name_as_given_to_fit_and_quiet_after_the_subcommand(dataset_dir, tmp_path,
-                                                                    capsys):
+def test_model_name_as_given_to_fit_and_quiet_after_the_subcommand(dataset_dir, tmp_path, capsys):
     manifest = str(dataset_dir / "manifest.csv")
     model = tmp_path / "model"  # fit adds .npz
-    assert main(["fit", "--method", "hm", "--manifest", manifest, "--out", str(model),
-                 "--quiet"]) == 0
+    assert (
+        main(["fit", "--method", "hm", "--manifest", manifest, "--out", str(model), "--quiet"])
+        == 0
+    )
     assert (tmp_path / "model.npz").exists() and not model.exists()
     out = tmp_path / "out"
-    assert main(["transform", "--model", str(model), "--manifest", manifest,
-                 "--out", str(out), "-q"]) == 0
+    assert (
+        main(["transform", "--model", str(model), "--manifest", manifest, "--out", str(out), "-q"])
+        == 0
+    )
     assert len(list(out.glob("*_harmonized.nii.gz"))) == 9
     capsys.readouterr()
     (tmp_path / "model.pt").write_bytes(b"")  # two candidates: ambiguous, clear error
-    assert main(["transform", "--model", str(model), "--manifest", manifest,
-                 "--out", str(out), "--overwrite", "-q"]) == 1
+    assert (
+        main(
+            [
+                "transform",
+                "--model",
+                str(model),
+                "--manifest",
+                manifest,
+                "--out",
+                str(out),
+                "--overwrite",
+                "-q",
+            ]
+        )
+        == 1
+    )
     assert "name the model file with its suffix" in capsys.readouterr().err
-    assert main(["transform", "--model", str(tmp_path / "nothing"), "--manifest", manifest,
-                 "--out", str(out), "-q"]) == 1
+    assert (
+        main(
+            [
+                "transform",
+                "--model",
+                str(tmp_path / "nothing"),
+                "--manifest",
+                manifest,
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 1
+    )
     assert "model file not found" in capsys.readouterr().err.lower()

@@ -128,8 +128,10 @@ def test_no_reference_means_pooled_grand_mean(data):
     imgs, sites, ages = data
     h = ComBatHarmonizer().fit(imgs, sites, ages)
     assert h.reference_site_ is None
-    with pytest.raises(ValueError, match="not among the training sites.*or None to harmonize "
-                       "to the pooled grand mean"):
+    with pytest.raises(
+        ValueError,
+        match="not among the training sites.*or None to harmonize to the pooled grand mean",
+    ):
         ComBatHarmonizer(reference_site="nowhere").fit(imgs, sites, ages)
 
 

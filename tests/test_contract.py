@@ -53,8 +53,11 @@ def test_fit_and_transform_take_the_users_positional_call(cls):
     transform = inspect.signature(cls.transform).parameters
     assert list(transform)[:4] == ["self", "imgs", "sites", "ages"]
     assert transform["sites"].default is None and transform["ages"].default is None
-    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in [*fit.values(), *transform.values()]
-               if p.name in ("imgs", "sites", "ages"))
+    assert all(
+        p.kind is p.POSITIONAL_OR_KEYWORD
+        for p in [*fit.values(), *transform.values()]
+        if p.name in ("imgs", "sites", "ages")
+    )
 
 
 # -- scikit-learn API checks that do not need 2-D data -------------------------------------
@@ -179,8 +182,10 @@ def test_mask_sets_outside_to_zero(cls, tiny):
     imgs, sites, ages, _ = tiny
     mask = np.zeros(imgs.shape[1:], bool)
     mask[2:10, 2:12, 2:10] = True
-    out = make(cls, mask=mask).fit(imgs, sites, ages).transform(
-        imgs, **transform_kwargs(cls, sites, ages)
+    out = (
+        make(cls, mask=mask)
+        .fit(imgs, sites, ages)
+        .transform(imgs, **transform_kwargs(cls, sites, ages))
     )
     assert (out[:, ~mask] == 0).all()
 

@@ -47,19 +47,41 @@ def _sha(a: np.ndarray) -> str:
 LEGACY_CASES = [
     (
         {"n_subjects": 3, "n_sites": 3, "resolution": 4, "random_state": 0},
-        {"imgs": "cfd063798a739c21", "truth": "fb2b49028d597370", "gm": "bdb9b04fe19a85d4",
-         "masks": "9c811cc8db343e60", "ages": "2cb9a6fe74eb00fe"},
+        {
+            "imgs": "cfd063798a739c21",
+            "truth": "fb2b49028d597370",
+            "gm": "bdb9b04fe19a85d4",
+            "masks": "9c811cc8db343e60",
+            "ages": "2cb9a6fe74eb00fe",
+        },
     ),
     (
-        {"n_subjects": 2, "n_sites": 2, "resolution": 4, "random_state": 7,
-         "reference_site": "b", "site_names": ["a", "b"], "age_range": (30, 60)},
-        {"imgs": "772dff806edd4279", "truth": "30f2f5b73e30a4c4", "gm": "1b06be7f708d9b75",
-         "masks": "c6d3b62b28194328", "ages": "d7c25f9b200e9b1d"},
+        {
+            "n_subjects": 2,
+            "n_sites": 2,
+            "resolution": 4,
+            "random_state": 7,
+            "reference_site": "b",
+            "site_names": ["a", "b"],
+            "age_range": (30, 60),
+        },
+        {
+            "imgs": "772dff806edd4279",
+            "truth": "30f2f5b73e30a4c4",
+            "gm": "1b06be7f708d9b75",
+            "masks": "c6d3b62b28194328",
+            "ages": "d7c25f9b200e9b1d",
+        },
     ),
     (
         {"n_subjects": 2, "n_sites": 2, "resolution": 2, "random_state": 1},
-        {"imgs": "d7247ce2fad307a9", "truth": "efc306dcb9bc66b9", "gm": "6a2dc48e572aa314",
-         "masks": "86ac2a58a656bf0d", "ages": "76be8940fbe09159"},
+        {
+            "imgs": "d7247ce2fad307a9",
+            "truth": "efc306dcb9bc66b9",
+            "gm": "6a2dc48e572aa314",
+            "masks": "86ac2a58a656bf0d",
+            "ages": "76be8940fbe09159",
+        },
     ),
 ]
 

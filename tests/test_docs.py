@@ -47,8 +47,10 @@ def test_no_docstring_keeps_a_placeholder():
     assert left == []
 
 
-@pytest.mark.parametrize("cls", [HistogramMatchingHarmonizer, WhiteStripeHarmonizer,
-                                 ComBatHarmonizer, IdentityHarmonizer])
+@pytest.mark.parametrize(
+    "cls",
+    [HistogramMatchingHarmonizer, WhiteStripeHarmonizer, ComBatHarmonizer, IdentityHarmonizer],
+)
 def test_the_shared_mask_text_is_in_every_harmonizer(cls):
     mask_doc = "\n".join("    " + line for line in docdict["mask"].splitlines())
     assert mask_doc in cls.__doc__
@@ -70,6 +72,7 @@ def test_the_shared_brain_text_is_in_every_data_brain_function(func):
 def test_fill_doc_indents_like_the_placeholder_and_names_unknown_entries():
     docdict["_test_entry"] = "x : int\n    The x.\n\n    More."
     try:
+
         def method():
             """Do.
 
@@ -81,8 +84,12 @@ def test_fill_doc_indents_like_the_placeholder_and_names_unknown_entries():
 
         fill_doc(method)
         lines = method.__doc__.splitlines()
-        assert lines[4:8] == ["            x : int", "                The x.", "",
-                              "                More."]
+        assert lines[4:8] == [
+            "            x : int",
+            "                The x.",
+            "",
+            "                More.",
+        ]
         assert "inline x : int" in method.__doc__
 
         def broken():

@@ -149,11 +149,25 @@ def test_cli_fit_under_torchrun_saves_one_model(tmp_path):
         save_img(img, path, affine=np.eye(4))
         rows.append(f"{path},{site},{age}")
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
-    params = ["n_epochs=1", "steps_per_epoch=2", "base_width=2", "val_fraction=0.0",
-              "reference_site='site0'", "random_state=0"]
+    params = [
+        "n_epochs=1",
+        "steps_per_epoch=2",
+        "base_width=2",
+        "val_fraction=0.0",
+        "reference_site='site0'",
+        "random_state=0",
+    ]
     proc = _torchrun(
-        "-m", "harmonix", "--quiet", "fit", "--method", "iguane",
-        "--manifest", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "model.pt"),
+        "-m",
+        "harmonix",
+        "--quiet",
+        "fit",
+        "--method",
+        "iguane",
+        "--manifest",
+        str(tmp_path / "manifest.csv"),
+        "--out",
+        str(tmp_path / "model.pt"),
         *[f"--param={p}" for p in params],
         cwd=tmp_path,
     )

@@ -57,9 +57,16 @@ def test_sigkill_then_resume(tmp_path):
     assert 4 <= saved_step < N_STEPS
 
     imgs, sites, ages, _ = make_tiny_images(shape=(16, 16, 16))
-    est = IGUANeHarmonizer(n_epochs=1, steps_per_epoch=N_STEPS, base_width=2,
-                           val_fraction=0.0, checkpoint_dir=ckpt_dir, checkpoint_every=2,
-                           resume=True, random_state=0).fit(imgs, sites, ages)
+    est = IGUANeHarmonizer(
+        n_epochs=1,
+        steps_per_epoch=N_STEPS,
+        base_width=2,
+        val_fraction=0.0,
+        checkpoint_dir=ckpt_dir,
+        checkpoint_every=2,
+        resume=True,
+        random_state=0,
+    ).fit(imgs, sites, ages)
     assert T.load_checkpoint(ckpt)["trainer"]["step"] == N_STEPS
     # the resumed run continued from the checkpoint: the loss history covers every step once
     assert len(est.history_["loss_generator"]) == N_STEPS

@@ -68,8 +68,16 @@ def test_schedules_and_beta1_reach_the_optimizers(tmp_path):
         checkpoint_every=1,
     )
     for stop, expected in ((2, 1e-3), (3, 0.5e-3), (4, 0.0)):
-        T.train(_volumes(imgs), sites, "site0", config=config, checkpoint_dir=tmp_path,
-                resume=True, max_steps=stop, random_state=0)
+        T.train(
+            _volumes(imgs),
+            sites,
+            "site0",
+            config=config,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            max_steps=stop,
+            random_state=0,
+        )
         state = load_checkpoint(tmp_path / CHECKPOINT_NAME)["trainer"]
         for opt in (state["opt_forward"], *state["opt_backward"], *state["opt_disc"]):
             assert opt["param_groups"][0]["betas"][0] == 0.5
@@ -94,13 +102,13 @@ def test_augment_respects_per_axis_shift_bounds():
     x[4:8, 4:8, 4:8] = 0.5
     mask = x > -1
     for seed in range(30):
-        _, m = D.augment(x, mask, np.random.default_rng(seed), rotation_probability=0.0,
-                         max_shift=(2, 0, 1))
+        _, m = D.augment(
+            x, mask, np.random.default_rng(seed), rotation_probability=0.0, max_shift=(2, 0, 1)
+        )
         idx = np.argwhere(m.numpy())
         lo = idx.min(0) - 4
         assert abs(lo[0]) <= 2 and lo[1] == 0 and abs(lo[2]) <= 1
-    same, m = D.augment(x, mask, np.random.default_rng(0), rotation_probability=0.0,
-                        max_shift=0)
+    same, m = D.augment(x, mask, np.random.default_rng(0), rotation_probability=0.0, max_shift=0)
     assert torch.equal(same, x) and torch.equal(m, mask)
 
 
@@ -126,25 +134,37 @@ def test_warmup_updates_discriminators_only(tmp_path):
     imgs, sites = _blobs()
     config = T.TrainConfig(**TINY, disc_pairs=1, warmup_steps=3, checkpoint_every=1)
     vols = _volumes(imgs)
-    T.train(vols, sites, "site0", config=config, checkpoint_dir=tmp_path, max_steps=1,
-            random_state=0)
+    T.train(
+        vols, sites, "site0", config=config, checkpoint_dir=tmp_path, max_steps=1, random_state=0
+    )
     first = load_checkpoint(tmp_path / CHECKPOINT_NAME)["trainer"]
-    T.train(vols, sites, "site0", config=config, checkpoint_dir=tmp_path, resume=True,
-            max_steps=3, random_state=0)
+    T.train(
+        vols,
+        sites,
+        "site0",
+        config=config,
+        checkpoint_dir=tmp_path,
+        resume=True,
+        max_steps=3,
+        random_state=0,
+    )
     warm = load_checkpoint(tmp_path / CHECKPOINT_NAME)["trainer"]
     for key in first["forward"]:  # generators untouched during warm-up
         assert torch.equal(first["forward"][key], warm["forward"][key])
         assert torch.equal(first["backward"][0][key], warm["backward"][0][key])
-    moved = [not torch.equal(first["disc_ref"][0][k], warm["disc_ref"][0][k])
-             for k in first["disc_ref"][0]]
+    moved = [
+        not torch.equal(first["disc_ref"][0][k], warm["disc_ref"][0][k])
+        for k in first["disc_ref"][0]
+    ]
     assert any(moved)  # discriminators trained
     hist = warm["history"]
     assert len(hist["loss_discriminator"]) == 3 and np.isfinite(hist["loss_discriminator"]).all()
     assert np.isnan(hist["loss_generator"]).all() and hist["val_step"] == []
     # the generators' learning rate has not started decaying
     assert warm["sched_forward"]["last_epoch"] == 0
-    result = T.train(vols, sites, "site0", config=config, checkpoint_dir=tmp_path,
-                     resume=True, random_state=0)
+    result = T.train(
+        vols, sites, "site0", config=config, checkpoint_dir=tmp_path, resume=True, random_state=0
+    )
     assert result.step == 5 and result.completed
     assert np.isfinite(result.history["loss_generator"][3:]).all()
     assert result.history["val_step"] == [4, 5]
@@ -157,21 +177,42 @@ def test_warmed_up_discriminator_separates_two_contrasts(tmp_path):
     train_idx = [0, 1, 2, 3, 8, 9, 10, 11]
     test_idx = [4, 5, 6, 7, 12, 13, 14, 15]
     config = T.TrainConfig(
-        n_epochs=1, steps_per_epoch=1, warmup_steps=80, base_width=2, disc_base_width=8,
-        disc_pairs=1, identity_init=True, augment=False, beta1=0.5, learning_rate=1e-3,
-        val_fraction=0.0, checkpoint_every=80,
+        n_epochs=1,
+        steps_per_epoch=1,
+        warmup_steps=80,
+        base_width=2,
+        disc_base_width=8,
+        disc_pairs=1,
+        identity_init=True,
+        augment=False,
+        beta1=0.5,
+        learning_rate=1e-3,
+        val_fraction=0.0,
+        checkpoint_every=80,
     )
     vols = _volumes(imgs)
-    T.train([vols[i] for i in train_idx], sites[train_idx], "site0", config=config,
-            checkpoint_dir=tmp_path, max_steps=80, random_state=0)
+    T.train(
+        [vols[i] for i in train_idx],
+        sites[train_idx],
+        "site0",
+        config=config,
+        checkpoint_dir=tmp_path,
+        max_steps=80,
+        random_state=0,
+    )
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)["trainer"]
     disc = PatchDiscriminator3D(8)
     disc.load_state_dict(state["disc_ref"][0])
     disc.eval()
     with torch.no_grad():
         scores = [
-            float(disc(D.network_input(torch.from_numpy(vols[i][0]),
-                                       torch.from_numpy(vols[i][1]))[None, None]).mean())
+            float(
+                disc(
+                    D.network_input(torch.from_numpy(vols[i][0]), torch.from_numpy(vols[i][1]))[
+                        None, None
+                    ]
+                ).mean()
+            )
             for i in test_idx
         ]
     real, fake = np.array(scores[:4]), np.array(scores[4:])  # held-out ref / other site
@@ -201,8 +242,9 @@ def test_scoring_callable_and_ties_go_to_the_later_checkpoint():
     assert calls and all(lab == ["site1"] * n for n, lab in calls)
 
     scores = iter([3.0, 2.0, 1.0, 0.0])
-    result = T.train(vols, sites, "site0", config=config,
-                     scoring=lambda *a: next(scores), random_state=0)
+    result = T.train(
+        vols, sites, "site0", config=config, scoring=lambda *a: next(scores), random_state=0
+    )
     assert result.history["val_baseline"] == 3.0 and result.history["best_step"] == 1
 
 
@@ -228,9 +270,14 @@ def test_default_score_sees_a_bias_field_that_histograms_miss():
 # -- histogram normalization and the guard -------------------------------------------------------
 def test_histogram_normalization_with_identity_generator_is_histogram_matching():
     imgs, sites = _blobs()
-    est = IGUANeHarmonizer(reference_site="site0", input_normalization="histogram",
-                           identity_init=True, random_state=0, device="cpu",
-                           **{**TINY, "learning_rate": 1e-12, "final_learning_rate": 1e-12})
+    est = IGUANeHarmonizer(
+        reference_site="site0",
+        input_normalization="histogram",
+        identity_init=True,
+        random_state=0,
+        device="cpu",
+        **{**TINY, "learning_rate": 1e-12, "final_learning_rate": 1e-12},
+    )
     est.fit(imgs, sites)
     with torch.no_grad():  # exactly the identity
         est.generator_.out_conv.weight.zero_()
@@ -241,10 +288,12 @@ def test_histogram_normalization_with_identity_generator_is_histogram_matching()
     # with site labels, one map per site: from the site's mean landmarks to the standard
     q = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
     lms = np.stack([compute_landmarks(x, x != 0, q) for x in imgs])
-    expected = np.stack([
-        apply_landmarks(x, lms[sites == s].mean(0), hm.standard_landmarks_, x != 0)
-        for x, s in zip(imgs, sites)
-    ])
+    expected = np.stack(
+        [
+            apply_landmarks(x, lms[sites == s].mean(0), hm.standard_landmarks_, x != 0)
+            for x, s in zip(imgs, sites)
+        ]
+    )
     np.testing.assert_allclose(est.transform(imgs, sites), expected, rtol=1e-4, atol=1e-3)
     # a site unseen in fit is pooled over its images in the call
     new = imgs[3:6] * 1.7
@@ -259,8 +308,13 @@ def test_histogram_normalization_with_identity_generator_is_histogram_matching()
 
 def test_guard_distances_threshold_warning_and_fallback(tmp_path):
     imgs, sites = _blobs(n_per_site=4)
-    est = IGUANeHarmonizer(reference_site="site0", input_normalization="histogram",
-                           random_state=0, device="cpu", **TINY)
+    est = IGUANeHarmonizer(
+        reference_site="site0",
+        input_normalization="histogram",
+        random_state=0,
+        device="cpu",
+        **TINY,
+    )
     est.fit(imgs, sites)
     assert est.training_corrections_.size >= 1 and est.typical_correction_ > 0
     d = est.distribution_distance(imgs[sites == "site1"])
@@ -307,15 +361,21 @@ def test_pretrained_wrapper_loads_instead_of_training(tmp_path):
     from harmonix.iguane.pretrained import PretrainedIGUANe
 
     imgs, sites = _blobs()
-    model = IGUANeHarmonizer(reference_site="site0", input_normalization="histogram",
-                             random_state=0, device="cpu", **TINY).fit(imgs, sites)
+    model = IGUANeHarmonizer(
+        reference_site="site0",
+        input_normalization="histogram",
+        random_state=0,
+        device="cpu",
+        **TINY,
+    ).fit(imgs, sites)
     model.save(tmp_path / "m.pt")
     wrapper = clone(PretrainedIGUANe(tmp_path / "m.pt"))
     wrapper.fit(imgs[:2] * 3.0, ["a", "b"])  # any data: nothing is trained
     for key, value in model.generator_.state_dict().items():
         assert torch.equal(wrapper.model_.generator_.state_dict()[key], value)
-    np.testing.assert_allclose(wrapper.transform(imgs, sites), model.transform(imgs, sites),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        wrapper.transform(imgs, sites), model.transform(imgs, sites), rtol=1e-5, atol=1e-4
+    )
     with pytest.raises(FileNotFoundError):
         PretrainedIGUANe(tmp_path / "missing.pt").fit(imgs, sites)
 
@@ -335,8 +395,13 @@ def test_pretrained_wrapper_keeps_new_sites_apart_from_training_sites(tmp_path):
     from harmonix.iguane.pretrained import PretrainedIGUANe
 
     imgs, sites = _blobs()
-    model = IGUANeHarmonizer(reference_site="site0", input_normalization="histogram",
-                             random_state=0, device="cpu", **TINY).fit(imgs, sites)
+    model = IGUANeHarmonizer(
+        reference_site="site0",
+        input_normalization="histogram",
+        random_state=0,
+        device="cpu",
+        **TINY,
+    ).fit(imgs, sites)
     model.save(tmp_path / "m.pt")
     other = imgs * np.linspace(0.5, 2.0, len(imgs))[:, None, None, None]  # other "site1"
     wrapper = PretrainedIGUANe(tmp_path / "m.pt").fit(other, sites)

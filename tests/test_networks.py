@@ -320,6 +320,7 @@ def test_generator_under_cpu_bf16_autocast_runs_single_voxel_convs_in_float32():
     def record(name):
         def hook(module, inputs, output):
             dtypes[name] = (tuple(output.shape[2:]), output.dtype, module.stride)
+
         return hook
 
     for name, module in gen.named_modules():

@@ -150,7 +150,9 @@ def test_to_plain_serves_both_model_formats(tmp_path):
     value = {1: (np.int64(2), np.float32(0.5)), "a": np.arange(3), "p": tmp_path / "m.nii"}
     as_json = to_plain(value)
     assert json.loads(json.dumps(as_json)) == {
-        "1": [2, 0.5], "a": {"__ndarray_list__": [0, 1, 2]}, "p": str(tmp_path / "m.nii")
+        "1": [2, 0.5],
+        "a": {"__ndarray_list__": [0, 1, 2]},
+        "p": str(tmp_path / "m.nii"),
     }
     for target, expected in (("json", TypeError), ("torch", None)):
         for unsaveable in (np.random.default_rng(0), len):

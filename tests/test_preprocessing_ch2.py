@@ -82,7 +82,8 @@ def test_way_back_matches_the_skull_stripped_input(ch2):
 def test_noise_volume_is_refused_or_flagged(ch2):
     moved = ch2[0]
     noise = nib.Nifti1Image(
-        np.random.default_rng(0).random(moved.shape).astype(np.float32) * 100, moved.affine)
+        np.random.default_rng(0).random(moved.shape).astype(np.float32) * 100, moved.affine
+    )
     try:
         result = T1Preprocessor().run(noise)
     except ValueError as exc:

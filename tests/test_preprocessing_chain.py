@@ -63,8 +63,10 @@ def _synthetic_head() -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     head = np.where(mask, brain, 0.0)
     head[(dist > 4) & (dist <= 10)] = 2.5 * median  # skull
     head[(dist > 10) & (dist <= 14)] = 0.7 * median  # scalp
-    return (nib.Nifti1Image(head.astype(np.float32), affine),
-            nib.Nifti1Image(mask.astype(np.float32), affine))
+    return (
+        nib.Nifti1Image(head.astype(np.float32), affine),
+        nib.Nifti1Image(mask.astype(np.float32), affine),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +95,20 @@ def test_output_grid_intensities_and_qc(moved):
     assert np.median(data[brain]) == pytest.approx(500.0, rel=1e-3)
     assert (data[~brain] == 0).all() and (data >= 0).all()
     # the window is centred on the brain
-    box = [np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != ax)))
-           for ax in range(3)]
+    box = [
+        np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)
+    ]
     for n, idx in zip(img.shape, box):
         assert abs((idx[0] + idx[-1] + 1) / 2 - n / 2) <= 1
     assert result.qc["flags"] == []
     assert result.qc["template_dice"] > 0.9
-    assert set(result.timings) == {"reorient", "brain_extraction", "n4", "registration",
-                                   "resample"}
+    assert set(result.timings) == {
+        "reorient",
+        "brain_extraction",
+        "n4",
+        "registration",
+        "resample",
+    }
 
 
 def test_registration_recovers_the_move(moved):
@@ -122,7 +130,8 @@ def test_native_mask_lies_on_the_input_grid(moved):
     dice = 2 * (mask & gold).sum() / (mask.sum() + gold.sum())
     assert dice > 0.95, dice
     assert result.qc["mask_volume_ml"] == pytest.approx(
-        mask.sum() * np.prod(GRID["zooms"]) / 1000, rel=1e-3)
+        mask.sum() * np.prod(GRID["zooms"]) / 1000, rel=1e-3
+    )
 
 
 def test_way_back_to_native_space(moved, tmp_path):
@@ -136,9 +145,12 @@ def test_way_back_to_native_space(moved, tmp_path):
     outside = result.native_mask.get_fdata() == 0
     assert (back.get_fdata()[outside] == 0).all()
     rescaled = result.transform.to_native(result.image, rescale=True)
-    np.testing.assert_allclose(rescaled.get_fdata() * result.transform.scale,
-                               result.transform.to_native(result.image).get_fdata(),
-                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        rescaled.get_fdata() * result.transform.scale,
+        result.transform.to_native(result.image).get_fdata(),
+        rtol=1e-4,
+        atol=1e-3,
+    )
     # from files, as the CLI writes them
     paths = result.save(tmp_path, "sub")
     again = to_native(paths["image"], paths["json"], mask=paths["native_mask"])
@@ -160,8 +172,8 @@ def test_save_writes_every_file_and_the_transform_round_trips(moved, tmp_path):
     _, _, result = moved
     paths = result.save(tmp_path / "out", "sub-01")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        ["sub-01_prep.nii.gz", "sub-01_native_mask.nii.gz", "sub-01_prep.json",
-         "sub-01_qc.png"])
+        ["sub-01_prep.nii.gz", "sub-01_native_mask.nii.gz", "sub-01_prep.json", "sub-01_qc.png"]
+    )
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads(paths["json"].read_text())
     assert saved["qc"]["template_ncc"] == result.qc["template_ncc"]
@@ -184,8 +196,7 @@ def _img(data: np.ndarray) -> nib.Nifti1Image:
         (np.zeros((40, 40, 40)), "empty"),
         (np.full((40, 40, 40), 7.0), "constant"),
         (np.ones((40, 40, 3)), "at least 16"),
-        (np.where(np.eye(40, dtype=bool)[..., None], np.nan, 1.0) * np.ones((40, 40, 40)),
-         "NaN"),
+        (np.where(np.eye(40, dtype=bool)[..., None], np.nan, 1.0) * np.ones((40, 40, 40)), "NaN"),
         (np.random.default_rng(0).random((48, 48, 48)), "No brain found"),
     ],
     ids=["2d", "4d", "empty", "constant", "tiny", "nan", "noise"],
@@ -205,8 +216,9 @@ def test_bad_scans_raise_clear_errors(data, match, tmp_path):
 def test_single_volume_4d_is_accepted():
     data = np.zeros((40, 40, 40, 1), np.float32)
     with pytest.raises(ValueError, match="No brain found"):  # got past the shape check
-        T1Preprocessor(brain_extractor=skull_extractor).run(_img(data + 1.0 + (
-            np.arange(40)[:, None, None, None] > 20)))
+        T1Preprocessor(brain_extractor=skull_extractor).run(
+            _img(data + 1.0 + (np.arange(40)[:, None, None, None] > 20))
+        )
 
 
 def test_bad_brain_extractor():
@@ -233,12 +245,14 @@ def test_flags_use_the_limits():
 
 
 def test_batch_outliers_are_flagged():
-    table = pd.DataFrame({
-        "mask_volume_ml": [1400, 1420, 1380, 1410, 1390, 1405, 2000],
-        "template_ncc": [0.60, 0.61, 0.62, 0.60, 0.59, 0.61, 0.60],
-        "template_dice": [0.95] * 7,
-        "flags": [""] * 6 + ["x"],
-    })
+    table = pd.DataFrame(
+        {
+            "mask_volume_ml": [1400, 1420, 1380, 1410, 1390, 1405, 2000],
+            "template_ncc": [0.60, 0.61, 0.62, 0.60, 0.59, 0.61, 0.60],
+            "template_dice": [0.95] * 7,
+            "flags": [""] * 6 + ["x"],
+        }
+    )
     out = flag_outliers(table)
     assert out["flagged"].tolist() == [False] * 6 + [True]
     assert out.loc[6, "flags"] == "x;mask_volume_ml outlier"
@@ -269,14 +283,17 @@ class FakePreprocessor(T1Preprocessor):
         if data.max() == 0:
             raise ValueError("The scan is empty (no positive voxel); check the file.")
         mask = nib.Nifti1Image((data > 0).astype(np.uint8), img.affine)
-        qc = {"mask_volume_ml": float(data.sum()), "template_ncc": 0.6,
-              "template_dice": 0.95}
+        qc = {"mask_volume_ml": float(data.sum()), "template_ncc": 0.6, "template_dice": 0.95}
         qc["flags"] = flags(qc)
         eye = np.eye(4)
         return PreprocessResult(
-            nib.Nifti1Image(data, img.affine), mask, mask,
+            nib.Nifti1Image(data, img.affine),
+            mask,
+            mask,
             TemplateTransform(eye, data.shape, img.affine, data.shape, img.affine, 1.0),
-            qc, {"all": 0.0})
+            qc,
+            {"all": 0.0},
+        )
 
 
 def _raw_dataset(tmp_path, volumes=(1400, 1410, 1390, 1405, 1395, 3000), empty=1):
@@ -289,8 +306,7 @@ def _raw_dataset(tmp_path, volumes=(1400, 1410, 1390, 1405, 1395, 3000), empty=1
     for j in range(empty):
         nib.save(_img(np.zeros((20, 20, 20))), tmp_path / f"bad-{j}.nii")
         rows.append((f"bad-{j}.nii", "A", 50.0))
-    pd.DataFrame(rows, columns=["path", "site", "age"]).to_csv(tmp_path / "raw.csv",
-                                                                 index=False)
+    pd.DataFrame(rows, columns=["path", "site", "age"]).to_csv(tmp_path / "raw.csv", index=False)
     return tmp_path / "raw.csv"
 
 
@@ -339,11 +355,26 @@ def test_cli_preprocess_writes_outputs_prints_flags_and_resumes(fake_chain, tmp_
 def test_cli_preprocess_parallel_and_overwrite(fake_chain, tmp_path):
     raw = _raw_dataset(tmp_path, volumes=(1400, 1500), empty=0)
     out = tmp_path / "prep"
-    assert main(["preprocess", "--manifest", str(raw), "--out", str(out), "-q",
-                 "--n-jobs", "2", "--no-qc-png"]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--manifest",
+                str(raw),
+                "--out",
+                str(out),
+                "-q",
+                "--n-jobs",
+                "2",
+                "--no-qc-png",
+            ]
+        )
+        == 0
+    )
     assert not list(out.glob("*.png"))
-    assert main(["preprocess", "--manifest", str(raw), "--out", str(out), "-q",
-                 "--overwrite"]) == 0
+    assert (
+        main(["preprocess", "--manifest", str(raw), "--out", str(out), "-q", "--overwrite"]) == 0
+    )
     assert pd.read_csv(out / "qc.csv")["status"].tolist() == ["done", "done"]
     assert len(list(out.glob("*_qc.png"))) == 2
 
@@ -379,14 +410,22 @@ def test_cli_to_native(moved, tmp_path, capsys):
     head, _, result = moved
     paths = result.save(tmp_path / "prep", "sub", qc_png=False)
     out = tmp_path / "native.nii.gz"
-    argv = ["to-native", "--input", str(paths["image"]), "--transform", str(paths["json"]),
-            "--mask", str(paths["native_mask"]), "--out", str(out)]
+    argv = [
+        "to-native",
+        "--input",
+        str(paths["image"]),
+        "--transform",
+        str(paths["json"]),
+        "--mask",
+        str(paths["native_mask"]),
+        "--out",
+        str(out),
+    ]
     assert main(argv + ["--rescale"]) == 0
     img = nib.load(out)
     assert img.shape == head.shape
     np.testing.assert_allclose(img.affine, head.affine, atol=1e-5)
-    expected = to_native(result.image, result.transform, mask=result.native_mask,
-                         rescale=True)
+    expected = to_native(result.image, result.transform, mask=result.native_mask, rescale=True)
     np.testing.assert_allclose(img.get_fdata(), expected.get_fdata(), atol=1e-3)
     assert main(argv) == 1
     assert "exists; pass --overwrite" in capsys.readouterr().err

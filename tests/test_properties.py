@@ -67,8 +67,13 @@ def test_output_mirrors_input(data, form, cls_index):
 
 
 @settings(max_examples=50, deadline=None)
-@given(imgs=hnp.arrays(np.float32, st.tuples(st.integers(1, 4), *[st.integers(1, 5)] * 3),
-                       elements=st.floats(-5, 5, width=32)))
+@given(
+    imgs=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 4), *[st.integers(1, 5)] * 3),
+        elements=st.floats(-5, 5, width=32),
+    )
+)
 def test_coercion_is_idempotent_and_lossless(imgs):
     coll = as_collection(imgs)
     assert as_collection(coll) is coll

@@ -32,17 +32,17 @@ print(len(paths), "images from", len(set(manifest.sites)), "sites")
 # The defaults are the published settings; set the reference site, the grid and the
 # device, and a checkpoint folder so that an interrupted training can resume.
 iguane = IGUANeHarmonizer(
-    reference_site="SALD",            # a large site with a wide age range
-    input_shape=(160, 192, 160),      # crop/pad 1 mm MNI images like the original
-    device="cuda",                    # a ValueError if PyTorch sees no GPU
-    mixed_precision=True,             # float16 autocast with loss scaling
+    reference_site="SALD",  # a large site with a wide age range
+    input_shape=(160, 192, 160),  # crop/pad 1 mm MNI images like the original
+    device="cuda",  # a ValueError if PyTorch sees no GPU
+    mixed_precision=True,  # float16 autocast with loss scaling
     checkpoint_dir="iguane_checkpoints",
-    checkpoint_every=200,             # about once per epoch
-    val_fraction=0.1,                 # held-out images select the best generator
-    val_every=1000,                   # every 5 epochs, as in the original
-    cache_size=32,                    # prepared volumes kept in memory
+    checkpoint_every=200,  # about once per epoch
+    val_fraction=0.1,  # held-out images select the best generator
+    val_every=1000,  # every 5 epochs, as in the original
+    cache_size=32,  # prepared volumes kept in memory
     random_state=0,
-    verbose=1,                        # progress bar with running losses
+    verbose=1,  # progress bar with running losses
 )
 
 # %%

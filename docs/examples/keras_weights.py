@@ -23,9 +23,9 @@ from harmonix import IGUANeHarmonizer
 
 iguane = IGUANeHarmonizer.from_keras_weights(
     "iguane_weights.h5",
-    device="auto",          # CUDA when available, else CPU (a few seconds per volume)
+    device="auto",  # CUDA when available, else CPU (a few seconds per volume)
 )
-print(iguane.reference_site_)               # "SALD"
+print(iguane.reference_site_)  # "SALD"
 print(sum(p.numel() for p in iguane.generator_.parameters()))  # 6,532,098
 
 # %%

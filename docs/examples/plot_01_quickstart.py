@@ -35,8 +35,13 @@ def show_subject(imgs, title, subject="sub-00", vmax=None):
     fig, axes = plt.subplots(1, 4, figsize=(8, 2.6), layout="constrained")
     for ax, site in zip(axes, np.unique(ds.sites)):
         i = np.flatnonzero((ds.subjects == subject) & (ds.sites == site))[0]
-        ax.imshow(imgs[i][:, :, 23].T, cmap="gray", origin="lower", vmin=0,
-                  vmax=vmax if vmax is not None else np.percentile(imgs[i], 99.5))
+        ax.imshow(
+            imgs[i][:, :, 23].T,
+            cmap="gray",
+            origin="lower",
+            vmin=0,
+            vmax=vmax if vmax is not None else np.percentile(imgs[i], 99.5),
+        )
         ax.set_title(site, fontsize=9)
         ax.axis("off")
     fig.suptitle(title)
@@ -54,8 +59,14 @@ def plot_histograms(imgs, title, ax):
     for site in np.unique(ds.sites):
         i = np.flatnonzero((ds.subjects == "sub-00") & (ds.sites == site))[0]
         values = imgs[i][imgs[i] != 0]
-        ax.hist(values / np.median(values), bins=80, range=(0, 2), histtype="step",
-                label=site, density=True)
+        ax.hist(
+            values / np.median(values),
+            bins=80,
+            range=(0, 2),
+            histtype="step",
+            label=site,
+            density=True,
+        )
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("intensity / brain median")
 
@@ -80,8 +91,9 @@ print(type(harmonized), harmonized.shape, harmonized.dtype)
 # %%
 # The output mirrors the input (a 4-D float32 array here) and the background stays 0.
 # Now one display range fits every site:
-show_subject(harmonized, "Histogram matching (one display range)",
-             vmax=np.percentile(harmonized, 99.5))
+show_subject(
+    harmonized, "Histogram matching (one display range)", vmax=np.percentile(harmonized, 99.5)
+)
 
 fig, ax = plt.subplots(figsize=(5, 3), layout="constrained")
 plot_histograms(harmonized, "Harmonized, subject sub-00", ax)

@@ -67,8 +67,9 @@ harmonized = hm.transform(ds.imgs)
 for ax, imgs, title in [(axes[0], ds.imgs, "raw"), (axes[1], harmonized, "harmonized")]:
     for s, i in first.items():
         v = imgs[i][imgs[i] != 0]
-        ax.hist(v, bins=80, range=(0, np.percentile(v, 99.9)), histtype="step",
-                density=True, label=s)
+        ax.hist(
+            v, bins=80, range=(0, np.percentile(v, 99.9)), histtype="step", density=True, label=s
+        )
     ax.set_title(f"sub-00, {title}", fontsize=10)
 axes[0].legend(fontsize=8)
 

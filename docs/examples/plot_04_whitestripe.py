@@ -68,8 +68,9 @@ fig, axes = plt.subplots(1, 2, figsize=(8, 3), layout="constrained", sharey=True
 for ax, imgs, title in [(axes[0], harmonized, "WhiteStripe"), (axes[1], hm_out, "HM")]:
     for s, i in first.items():
         v = imgs[i][imgs[i] != 0]
-        ax.hist(v, bins=80, range=(0, np.percentile(v, 99.9)), histtype="step",
-                density=True, label=s)
+        ax.hist(
+            v, bins=80, range=(0, np.percentile(v, 99.9)), histtype="step", density=True, label=s
+        )
     ax.set_title(title, fontsize=10)
 axes[0].legend(fontsize=8)
 

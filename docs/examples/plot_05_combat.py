@@ -46,8 +46,9 @@ in_slice = np.zeros(combat.voxel_mask_.shape, bool)
 in_slice[:, :, 23] = True
 in_slice = in_slice[combat.voxel_mask_]
 effects = {"gamma": combat.gamma_star_, "log2(delta)": np.log2(combat.delta_star_)}
-fig, axes = plt.subplots(2, len(combat.sites_), figsize=(2.5 * len(combat.sites_), 4.8),
-                         layout="constrained")
+fig, axes = plt.subplots(
+    2, len(combat.sites_), figsize=(2.5 * len(combat.sites_), 4.8), layout="constrained"
+)
 for row, (label, values) in enumerate(effects.items()):
     lim = np.abs(values).max()
     for k, site in enumerate(combat.sites_):

@@ -88,8 +88,10 @@ axes[1].axhline(history["val_baseline"], color="gray", ls="--", label="unharmoni
 axes[1].set_xlabel("step")
 axes[1].set_title("validation score (higher is better)", fontsize=9)
 axes[1].legend(fontsize=7)
-print(f"best step {history['best_step']}: score {history['best_score']:.5f}, "
-      f"baseline {history['val_baseline']:.5f}")
+print(
+    f"best step {history['best_step']}: score {history['best_score']:.5f}, "
+    f"baseline {history['val_baseline']:.5f}"
+)
 
 # %%
 # Harmonize seen and unseen sites
@@ -99,8 +101,12 @@ print(f"best step {history['best_step']}: score {history['best_score']:.5f}, "
 # input, is on the reference site's intensity scale (``reference_median_``) and keeps the
 # background at 0.
 harmonized = iguane.transform(ds.imgs)
-print(harmonized.shape, harmonized.dtype, "background still 0:",
-      bool((harmonized[ds.imgs == 0] == 0).all()))
+print(
+    harmonized.shape,
+    harmonized.dtype,
+    "background still 0:",
+    bool((harmonized[ds.imgs == 0] == 0).all()),
+)
 
 # %%
 # Each image is median-normalized before the network and brought to the reference site's
@@ -123,10 +129,16 @@ fig, axes = plt.subplots(2, 3, figsize=(7, 5), layout="constrained")
 for col, site in enumerate(["site0", "site1", "site2"]):
     i = np.flatnonzero((ds.subjects == "sub-00") & (ds.sites == site))[0]
     for row, (imgs, label) in enumerate([(ds.imgs, "input"), (harmonized, "IGUANe")]):
-        axes[row, col].imshow(imgs[i][:, :, 23].T, cmap="gray", origin="lower",
-                              vmin=0, vmax=np.percentile(imgs[i], 99.5))
-        axes[row, col].set_title(f"{label}, {site}" + (" (unseen)" if site == "site2" else ""),
-                                 fontsize=8)
+        axes[row, col].imshow(
+            imgs[i][:, :, 23].T,
+            cmap="gray",
+            origin="lower",
+            vmin=0,
+            vmax=np.percentile(imgs[i], 99.5),
+        )
+        axes[row, col].set_title(
+            f"{label}, {site}" + (" (unseen)" if site == "site2" else ""), fontsize=8
+        )
         axes[row, col].axis("off")
 
 # %%
@@ -170,8 +182,9 @@ outputs = {
     "IGUANe (shipped)": model.transform(new.imgs, sites=new.sites),
 }
 for name, out in outputs.items():
-    ssim = traveling_subject_ssim_score(out, new.subjects, new.sites, new.mask,
-                                        value_range=robust_range(out, new.mask))
+    ssim = traveling_subject_ssim_score(
+        out, new.subjects, new.sites, new.mask, value_range=robust_range(out, new.mask)
+    )
     print(f"{name:17s} traveling SSIM {ssim:.3f}")
 
 # %%
@@ -179,8 +192,7 @@ for name, out in outputs.items():
 # images like its held-out training images; ``transform`` warns above
 # ``ood_threshold_``).
 distance = model.distribution_distance(new.imgs, sites=new.sites)
-print(f"distances {distance.min():.2f}-{distance.max():.2f}, "
-      f"threshold {model.ood_threshold_:.2f}")
+print(f"distances {distance.min():.2f}-{distance.max():.2f}, threshold {model.ood_threshold_:.2f}")
 
 # %%
 # Going further

@@ -43,7 +43,12 @@ harmonizers = {
 # row (each subject's own reference-site scan) gives the ceiling of every metric, and
 # every value has a 95 % bootstrap interval over subjects (``ci_low``, ``ci_high``).
 df, outputs = run_benchmark(
-    harmonizers, ds, test_sites=["site3"], oracle=True, n_boot=200, random_state=0,
+    harmonizers,
+    ds,
+    test_sites=["site3"],
+    oracle=True,
+    n_boot=200,
+    random_state=0,
     return_outputs=True,
 )
 print(df.head(8).to_string())
@@ -73,9 +78,14 @@ from pathlib import Path
 
 tmp = Path(tempfile.mkdtemp(prefix="harmonix-bench-"))
 metrics_png = plot_metrics(
-    df, tmp / "metrics.png",
-    metrics=["traveling_subject_ssim_score", "truth_ssim_score", "site_predictability_error",
-             "brain_age_error"],
+    df,
+    tmp / "metrics.png",
+    metrics=[
+        "traveling_subject_ssim_score",
+        "truth_ssim_score",
+        "site_predictability_error",
+        "brain_age_error",
+    ],
 )
 slices_png = plot_slices(outputs, ds, "sub-00", tmp / "slices.png", test_sites=["site3"])
 

@@ -58,7 +58,10 @@ for name, harmonizer in [
     ("histogram matching", HistogramMatchingHarmonizer()),
 ]:
     result = cross_validate(
-        brain_age_pipeline(harmonizer), X, ages, cv=cv,
+        brain_age_pipeline(harmonizer),
+        X,
+        ages,
+        cv=cv,
         params={"sites": sites, "groups": subjects},
         scoring="neg_mean_absolute_error",
     )

@@ -49,9 +49,9 @@ images back onto each raw scan's grid. Install the optional dependencies once::
 from harmonix.preprocessing import T1Preprocessor
 
 result = T1Preprocessor().run("raw/sub-01_T1w.nii.gz")
-print(result.image.shape)    # (160, 192, 160)
-print(result.qc)             # mask_volume_ml, template_ncc, template_dice, ..., flags
-print(result.timings)        # seconds per stage
+print(result.image.shape)  # (160, 192, 160)
+print(result.qc)  # mask_volume_ml, template_ncc, template_dice, ..., flags
+print(result.timings)  # seconds per stage
 paths = result.save("prep", "sub-01_T1w")  # what the command writes
 
 # %%

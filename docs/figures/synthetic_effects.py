@@ -54,21 +54,31 @@ def bias_figure(anat, subjects) -> None:
     legacy_params, legacy_bias = hd._draw_site(anat, np.random.default_rng(4), "s")
     fig, axes = plt.subplots(1, 5, figsize=(13, 3.2), layout="constrained")
     kw = {"cmap": "RdBu_r", "vmin": 0.8, "vmax": 1.2}
-    _show(axes[0], np.where(anat.mask, np.exp(log_bias), np.nan)[:, :, AXIAL],
-          "site component\n(same for every scan)", **kw)
+    _show(
+        axes[0],
+        np.where(anat.mask, np.exp(log_bias), np.nan)[:, :, AXIAL],
+        "site component\n(same for every scan)",
+        **kw,
+    )
     totals = []
     for k, subj in enumerate(subjects):
         bias, inu = hd._scan_bias(log_bias, subj, np.random.default_rng(10 + k))
         vol = _volume(anat, subj, bias)
         vol[vol == 0] = np.nan
         totals.append(vol)
-        _show(axes[1 + k], vol[:, :, AXIAL], f"subject {k}: total bias\n(scan range {inu:.2f})",
-              **kw)
-    _show(axes[3], (totals[0] / totals[1])[:, :, AXIAL],
-          "subject 0 / subject 1\n(what a site model misses)", **kw)
+        _show(
+            axes[1 + k], vol[:, :, AXIAL], f"subject {k}: total bias\n(scan range {inu:.2f})", **kw
+        )
+    _show(
+        axes[3],
+        (totals[0] / totals[1])[:, :, AXIAL],
+        "subject 0 / subject 1\n(what a site model misses)",
+        **kw,
+    )
     im = axes[4].imshow(np.rot90(np.where(anat.mask, legacy_bias, np.nan)[:, :, AXIAL]), **kw)
-    axes[4].set_title(f"legacy: one site field\n(range {legacy_params['inu_range']:.2f})",
-                      fontsize=9)
+    axes[4].set_title(
+        f"legacy: one site field\n(range {legacy_params['inu_range']:.2f})", fontsize=9
+    )
     axes[4].axis("off")
     fig.colorbar(im, ax=axes, shrink=0.8, label="multiplicative bias")
     fig.savefig(HERE / "synthetic_bias.png", dpi=90)
@@ -91,8 +101,14 @@ def resolution_figure(anat, subj) -> None:
         imgs.append((title, img))
     diff = imgs[1][1] - imgs[0][1]
     lim = np.percentile(np.abs(diff), 99.5)
-    _show(axes[3], diff[20:72, CORONAL, 30:82], "3 mm slices - 1 mm\n(lost along z only)",
-          cmap="RdBu_r", vmin=-lim, vmax=lim)
+    _show(
+        axes[3],
+        diff[20:72, CORONAL, 30:82],
+        "3 mm slices - 1 mm\n(lost along z only)",
+        cmap="RdBu_r",
+        vmin=-lim,
+        vmax=lim,
+    )
     z = np.arange(anat.mask.shape[2]) * RES + hd._ORIGIN[2]
     for title, img in imgs:
         axes[4].plot(z, img[45, CORONAL, :], label=title)
@@ -110,8 +126,9 @@ def noise_figure(anat, subj) -> None:
     for res, style in ((1, ":"), (2, "-"), (4, "--")):
         for a, colour in ((0.8, "C0"), (1.4, "C1")):
             snr = [hd._grid_snr(18.5, [a, a, t], res) for t in thickness]
-            axes[0].plot(thickness, snr, style, color=colour,
-                         label=f"{res} mm grid, {a} mm in-plane")
+            axes[0].plot(
+                thickness, snr, style, color=colour, label=f"{res} mm grid, {a} mm in-plane"
+            )
     axes[0].set_xlabel("slice thickness (mm)")
     axes[0].set_ylabel("WM SNR on the grid (snr_wm = 18.5)")
     axes[0].set_yscale("log")
@@ -134,8 +151,9 @@ def contrast_figure() -> None:
     xs = np.linspace(0.0, 1.4, 200)
     for p in ds.site_params:
         lut = hd._curve_lut(p)
-        axes[0].plot(xs, np.interp(xs, np.linspace(0, hd._CURVE_XMAX, lut.size), lut),
-                     label=p["name"])
+        axes[0].plot(
+            xs, np.interp(xs, np.linspace(0, hd._CURVE_XMAX, lut.size), lut), label=p["name"]
+        )
     axes[0].set_xlabel("tissue model WM + r_gm GM + r_csf CSF")
     axes[0].set_ylabel("intensity (WM = 1)")
     axes[0].legend(fontsize=7)
@@ -143,8 +161,13 @@ def contrast_figure() -> None:
     for s, ax in enumerate(axes[1:]):
         p = ds.site_params[s]
         img = ds.imgs[s][:, :, AXIAL]
-        _show(ax, img, f"{p['name']}: GM/WM {p['gm_wm']:.2f}\nvoxel "
-              + "x".join(f"{v:.1f}" for v in p["voxel_mm"]), vmax=np.percentile(img, 99.5))
+        _show(
+            ax,
+            img,
+            f"{p['name']}: GM/WM {p['gm_wm']:.2f}\nvoxel "
+            + "x".join(f"{v:.1f}" for v in p["voxel_mm"]),
+            vmax=np.percentile(img, 99.5),
+        )
     fig.savefig(HERE / "synthetic_contrast.png", dpi=90)
     plt.close(fig)
 

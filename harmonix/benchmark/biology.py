@@ -74,7 +74,6 @@ def _select_alpha(X: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: np.n
     return float(alphas[int(np.argmin(errors))])
 
 
-
 def _tissue_age_features(tissues: Tissues, regions: int) -> np.ndarray:
     """Regional CSF and GM fractions on a block grid, plus global tissue fractions."""
     m = tissues.mask
@@ -114,8 +113,6 @@ class BrainAgePredictions:
     age: np.ndarray
     predicted: np.ndarray
     null: np.ndarray
-
-
 
 
 @fill_doc
@@ -218,8 +215,9 @@ def brain_age_error(
         sd[sd == 0] = 1.0
         Xtr, Xte = (X[tr] - mu) / sd, (X[te] - mu) / sd
         alpha = _select_alpha(Xtr, y[tr], g[tr], alphas)
-        pred = np.clip(_ridge_path(Xtr, y[tr], Xte, np.array([alpha]))[:, 0],
-                       y[tr].min(), y[tr].max())
+        pred = np.clip(
+            _ridge_path(Xtr, y[tr], Xte, np.array([alpha]))[:, 0], y[tr].min(), y[tr].max()
+        )
         parts.append((te, y[te], pred, np.full(len(te), y[tr].mean())))
     if not parts:
         raise ValueError("No fold had both training and test images; check groups/train.")

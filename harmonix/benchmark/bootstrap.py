@@ -69,7 +69,7 @@ def bootstrap_ci(
         return float("nan"), float("nan")
     order = np.argsort(inverse, kind="stable")
     starts = np.searchsorted(inverse[order], np.arange(n_groups + 1))
-    members = [order[starts[k]:starts[k + 1]] for k in range(n_groups)]
+    members = [order[starts[k] : starts[k + 1]] for k in range(n_groups)]
     rng = np.random.default_rng(random_state)
     values = []
     for _ in range(int(n_boot)):

@@ -67,8 +67,17 @@ def dataset_arrays(dataset: Any) -> DataArrays:
         gm_volume = np.asarray(gm_volume, dtype=np.float64)
         if gm_volume.shape != (n,):
             raise ValueError(f"dataset.gm_volume must have one entry per image ({n}).")
-    return DataArrays(imgs, sites, subjects, ages, truth, gm, mask,
-                      getattr(dataset, "reference_site", None), gm_volume)
+    return DataArrays(
+        imgs,
+        sites,
+        subjects,
+        ages,
+        truth,
+        gm,
+        mask,
+        getattr(dataset, "reference_site", None),
+        gm_volume,
+    )
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -159,5 +168,3 @@ def dataset_from_manifest(manifest: Any) -> BenchmarkDataset:
 
 def _site_order(sites: np.ndarray) -> list[Any]:
     return list(dict.fromkeys(sites.tolist()))
-
-

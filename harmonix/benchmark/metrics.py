@@ -472,6 +472,7 @@ def distance_correlation_score(
     """
     if method not in ("spearman", "pearson"):
         raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}.")
-    distances = site_distances(before, after, sites, mask, before_range=before_range,
-                               value_range=value_range)
+    distances = site_distances(
+        before, after, sites, mask, before_range=before_range, value_range=value_range
+    )
     return distance_correlation_from(distances, method=method)

@@ -25,8 +25,17 @@ from harmonix.benchmark.scale import robust_scale
 __all__ = ["plot_metrics", "plot_slices", "summarize", "to_markdown"]
 
 PROTOCOLS = ("seen", "unseen")
-SUMMARY_COLUMNS = ["method", "protocol", "metric", "mean", "sd", "ci_low", "ci_high", "n",
-                   "reason"]
+SUMMARY_COLUMNS = [
+    "method",
+    "protocol",
+    "metric",
+    "mean",
+    "sd",
+    "ci_low",
+    "ci_high",
+    "n",
+    "reason",
+]
 
 
 def summarize(dfs: pd.DataFrame | Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -59,26 +68,26 @@ def summarize(dfs: pd.DataFrame | Sequence[pd.DataFrame]) -> pd.DataFrame:
     if "reason" not in df.columns:
         df["reason"] = ""
     out = []
-    for (method, protocol, metric), g in df.groupby(
-        ["method", "protocol", "metric"], sort=False
-    ):
+    for (method, protocol, metric), g in df.groupby(["method", "protocol", "metric"], sort=False):
         vals = g["value"].to_numpy(dtype=float)
         ok = vals[np.isfinite(vals)]
         reasons = [r for r in dict.fromkeys(g["reason"].fillna("").astype(str)) if r]
         lo = g["ci_low"].to_numpy(dtype=float) if "ci_low" in g else np.full(len(g), np.nan)
         hi = g["ci_high"].to_numpy(dtype=float) if "ci_high" in g else np.full(len(g), np.nan)
         ci = combine_intervals(vals, lo, hi)
-        out.append({
-            "method": method,
-            "protocol": protocol,
-            "metric": metric,
-            "mean": float(ok.mean()) if len(ok) else np.nan,
-            "sd": float(ok.std(ddof=1)) if len(ok) > 1 else np.nan,
-            "ci_low": ci[0],
-            "ci_high": ci[1],
-            "n": len(ok),
-            "reason": "; ".join(reasons),
-        })
+        out.append(
+            {
+                "method": method,
+                "protocol": protocol,
+                "metric": metric,
+                "mean": float(ok.mean()) if len(ok) else np.nan,
+                "sd": float(ok.std(ddof=1)) if len(ok) > 1 else np.nan,
+                "ci_low": ci[0],
+                "ci_high": ci[1],
+                "n": len(ok),
+                "reason": "; ".join(reasons),
+            }
+        )
     return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
 
 
@@ -112,7 +121,6 @@ def _fmt(mean: float, sd: float | None) -> str:
 def _ordered(values: Iterable[Any], order: Sequence[Any]) -> list[Any]:
     seen = list(dict.fromkeys(values))
     return [v for v in order if v in seen] + [v for v in seen if v not in order]
-
 
 
 def _cell_values(row: pd.Series, summary: bool) -> tuple[float, float | None, float, float]:
@@ -188,8 +196,10 @@ def to_markdown(
     marked = False
     for protocol in _ordered(df["protocol"], PROTOCOLS):
         sub = df[df["protocol"] == protocol]
-        title = {"seen": "Seen sites (harmonizers fitted on them)",
-                 "unseen": "Unseen sites (held out of fit)"}.get(protocol, str(protocol))
+        title = {
+            "seen": "Seen sites (harmonizers fitted on them)",
+            "unseen": "Unseen sites (held out of fit)",
+        }.get(protocol, str(protocol))
         lines += [f"### {title}", ""]
         lines.append("| method | " + " | ".join(f"{m} {_arrow(m)}" for m in cols) + " |")
         lines.append("|---|" + "---:|" * len(cols))
@@ -239,15 +249,20 @@ def to_markdown(
         lines += [f"[{i}] {reason}  " for reason, i in notes.items()]
         lines.append("")
     if legend:
-        lines += ["Metrics (↑ higher is better, ↓ lower is better, → true: closest to the "
-                  "true value is best):", ""]
+        lines += [
+            "Metrics (↑ higher is better, ↓ lower is better, → true: closest to the "
+            "true value is best):",
+            "",
+        ]
         for m in [*cols, *(m for m in METRICS if _direction(m) == "reference")]:
             if m in METRICS:
                 lines.append(f"- `{m}` {_arrow(m)}: {METRICS[m][1]}")
         if summary:
             n = int(df["n"].max()) if len(df) else 0
-            lines.append(f"- cells: mean ± sd over up to {n} runs [95 % interval of the mean, "
-                         "subjects resampled within each run]")
+            lines.append(
+                f"- cells: mean ± sd over up to {n} runs [95 % interval of the mean, "
+                "subjects resampled within each run]"
+            )
         else:
             lines.append("- cells: value [95 % bootstrap interval, subjects resampled]")
         if marked:
@@ -312,8 +327,15 @@ def plot_metrics(
             vals_a = np.asarray(vals)
             errs_a = np.nan_to_num(np.asarray(errs).T)
             pos = x - 0.4 + width * (p + 0.5)
-            ax.bar(pos, np.nan_to_num(vals_a), width, yerr=errs_a,
-                   color=colors[p % len(colors)], label=protocol, capsize=2)
+            ax.bar(
+                pos,
+                np.nan_to_num(vals_a),
+                width,
+                yerr=errs_a,
+                color=colors[p % len(colors)],
+                label=protocol,
+                capsize=2,
+            )
             for xi, v in zip(pos, vals_a):
                 if not np.isfinite(v):
                     ax.text(xi, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
@@ -321,7 +343,7 @@ def plot_metrics(
         ax.set_xticks(x, methods, rotation=30, ha="right", fontsize=8)
         ax.tick_params(axis="y", labelsize=8)
         ax.axhline(0, color="black", linewidth=0.5)
-    for ax in list(axes.flat)[len(cols):]:
+    for ax in list(axes.flat)[len(cols) :]:
         ax.set_visible(False)
     if len(protocols) > 1:
         axes.flat[0].legend(fontsize=7)
@@ -409,8 +431,13 @@ def plot_slices(
             ax.set_xticks([])
             ax.set_yticks([])
             if ok[c]:
-                ax.imshow(np.rot90(np.take(shown[c], index, axis=axis)), cmap="gray",
-                          vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(
+                    np.rot90(np.take(shown[c], index, axis=axis)),
+                    cmap="gray",
+                    vmin=0,
+                    vmax=1,
+                    interpolation="nearest",
+                )
             else:
                 ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
             if r == 0:

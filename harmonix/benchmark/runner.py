@@ -110,7 +110,6 @@ def _as_output(out: Any, n: int, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-
 def oracle_outputs(dataset: Any) -> np.ndarray:
     """The oracle's "harmonized" images: each subject's own scan at the reference site.
 
@@ -133,12 +132,15 @@ def oracle_outputs(dataset: Any) -> np.ndarray:
     data = dataset if isinstance(dataset, DataArrays) else dataset_arrays(dataset)
     if data.reference is None:
         raise ValueError("The oracle needs dataset.reference_site; this data set has none.")
-    at_ref = {s: i for i, s in enumerate(data.subjects.tolist())
-              if data.sites[i] == data.reference}
+    at_ref = {
+        s: i for i, s in enumerate(data.subjects.tolist()) if data.sites[i] == data.reference
+    }
     missing = sorted({str(s) for s in data.subjects.tolist() if s not in at_ref})
     if missing:
-        raise ValueError(f"The oracle needs every subject scanned at the reference site "
-                         f"{data.reference!r}; missing: {missing[:5]}.")
+        raise ValueError(
+            f"The oracle needs every subject scanned at the reference site "
+            f"{data.reference!r}; missing: {missing[:5]}."
+        )
     return np.asarray(data.imgs[[at_ref[s] for s in data.subjects.tolist()]], np.float32)
 
 

@@ -75,12 +75,26 @@ class MethodRun:
     cache: dict[Any, Any] = field(default_factory=dict)
     _tissues: dict[str, Tissues] = field(default_factory=dict)
 
-    def add(self, protocol: str, metric: str, value: float, ci: tuple[float, float] = _NO_CI,
-            reason: str = "") -> None:
+    def add(
+        self,
+        protocol: str,
+        metric: str,
+        value: float,
+        ci: tuple[float, float] = _NO_CI,
+        reason: str = "",
+    ) -> None:
         if metric in self.plan.metrics:
-            self.rows.append({"method": self.name, "protocol": protocol, "metric": metric,
-                              "value": float(value), "ci_low": float(ci[0]),
-                              "ci_high": float(ci[1]), "reason": reason})
+            self.rows.append(
+                {
+                    "method": self.name,
+                    "protocol": protocol,
+                    "metric": metric,
+                    "value": float(value),
+                    "ci_low": float(ci[0]),
+                    "ci_high": float(ci[1]),
+                    "reason": reason,
+                }
+            )
 
     def fail(self, protocols: Iterable[str], reason: str) -> None:
         done = {(r["protocol"], r["metric"]) for r in self.rows}
@@ -97,8 +111,9 @@ class MethodRun:
 
     def tissues(self, protocol: str) -> Tissues:
         if protocol not in self._tissues:
-            scaled = robust_scale(self.outputs[protocol], self.plan.data.mask,
-                                  value_range=self.value_range)
+            scaled = robust_scale(
+                self.outputs[protocol], self.plan.data.mask, value_range=self.value_range
+            )
             self._tissues[protocol] = segment_tissues(scaled, self.plan.data.mask)
         return self._tissues[protocol]
 
@@ -118,8 +133,11 @@ def score(run: MethodRun) -> None:
             try:
                 value, ci, reason = METRIC_FUNCS[metric](run, protocol)
             except Exception as exc:
-                value, ci, reason = np.nan, _NO_CI, run.unexpected(
-                    f"metric {metric} ({protocol})", exc)
+                value, ci, reason = (
+                    np.nan,
+                    _NO_CI,
+                    run.unexpected(f"metric {metric} ({protocol})", exc),
+                )
             run.add(protocol, metric, value, ci, reason)
 
 
@@ -130,14 +148,16 @@ _Result = tuple[float, tuple[float, float], str]
 _MISSING_SEEN: _Result = (np.nan, _NO_CI, "needs the seen-site outputs, which failed")
 
 
-def _ci(run: MethodRun, statistic: Callable[[np.ndarray], float], groups: np.ndarray
-        ) -> tuple[float, float]:
+def _ci(
+    run: MethodRun, statistic: Callable[[np.ndarray], float], groups: np.ndarray
+) -> tuple[float, float]:
     if run.plan.n_boot <= 0:
         return _NO_CI
     with warnings.catch_warnings():  # degenerate resamples (one class, constant values)
         warnings.simplefilter("ignore")
-        return bootstrap_ci(statistic, groups, n_boot=run.plan.n_boot,
-                            random_state=run.plan.metric_seed)
+        return bootstrap_ci(
+            statistic, groups, n_boot=run.plan.n_boot, random_state=run.plan.metric_seed
+        )
 
 
 def _pooled(run: MethodRun, protocol: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -163,8 +183,13 @@ def _pooled_tissues(run: MethodRun, protocol: str) -> Tissues:
     if protocol == "seen":
         return run.tissues("seen")
     a, b = run.tissues("seen"), run.tissues("unseen")
-    return Tissues(*(np.concatenate([getattr(a, f), getattr(b, f)])
-                     for f in ("fractions", "labels", "normalized")), mask=a.mask)
+    return Tissues(
+        *(
+            np.concatenate([getattr(a, f), getattr(b, f)])
+            for f in ("fractions", "labels", "normalized")
+        ),
+        mask=a.mask,
+    )
 
 
 def _traveling(run: MethodRun, protocol: str) -> _Result:
@@ -173,8 +198,12 @@ def _traveling(run: MethodRun, protocol: str) -> _Result:
     d = run.plan.data
     ix, train = _pooled(run, protocol)
     value, pairs = traveling_subject_ssim_score(
-        _pooled_outputs(run, protocol), d.subjects[ix], d.sites[ix], d.mask,
-        include=None if train is None else ~train, value_range=run.value_range,
+        _pooled_outputs(run, protocol),
+        d.subjects[ix],
+        d.sites[ix],
+        d.mask,
+        include=None if train is None else ~train,
+        value_range=run.value_range,
         return_pairs=True,
     )
     if np.isnan(value):
@@ -190,8 +219,12 @@ def _truth(run: MethodRun, protocol: str) -> _Result:
         return np.nan, _NO_CI, "dataset has no truth"
     truth = np.asarray(d.truth)
     value, vals = truth_ssim_score(
-        run.outputs[protocol], truth[idx], d.mask, value_range=run.value_range,
-        truth_range=robust_range(truth[run.plan.train_idx], d.mask), return_values=True,
+        run.outputs[protocol],
+        truth[idx],
+        d.mask,
+        value_range=run.value_range,
+        truth_range=robust_range(truth[run.plan.train_idx], d.mask),
+        return_values=True,
     )
     return value, _ci(run, lambda k: float(vals[k].mean()), d.subjects[idx]), ""
 
@@ -204,8 +237,7 @@ def _distances(run: MethodRun, protocol: str) -> _Result:
     value = distance_correlation_from(dist)
     if np.isnan(value):
         return value, _NO_CI, "needs >= 3 subjects in a site"
-    return value, _ci(run, lambda k: distance_correlation_from(dist, keep=k),
-                      d.subjects[idx]), ""
+    return value, _ci(run, lambda k: distance_correlation_from(dist, keep=k), d.subjects[idx]), ""
 
 
 def _site_metric(kind: str) -> Callable[[MethodRun, str], _Result]:
@@ -217,13 +249,14 @@ def _site_metric(kind: str) -> Callable[[MethodRun, str], _Result]:
         if kind == "tissue":
             X = site_features(None, d.mask, tissues=_pooled_tissues(run, protocol))
         else:
-            X = site_features(_pooled_outputs(run, protocol), d.mask, kind=kind,
-                              value_range=run.value_range)
-        y, pred = site_predictions(X, d.sites[ix], d.subjects[ix],
-                                   random_state=run.plan.metric_seed)
+            X = site_features(
+                _pooled_outputs(run, protocol), d.mask, kind=kind, value_range=run.value_range
+            )
+        y, pred = site_predictions(
+            X, d.sites[ix], d.subjects[ix], random_state=run.plan.metric_seed
+        )
         value = balanced_accuracy(y, pred)
-        return value, _ci(run, lambda k: balanced_accuracy(y[k], pred[k]),
-                          d.subjects[ix]), ""
+        return value, _ci(run, lambda k: balanced_accuracy(y[k], pred[k]), d.subjects[ix]), ""
 
     return compute
 
@@ -244,14 +277,22 @@ def _brain_age(null: bool) -> Callable[[MethodRun, str], _Result]:
         key = ("brain_age", protocol)
         if key not in run.cache:
             run.cache[key] = brain_age_error(
-                None, d.ages[ix], d.mask, d.subjects[ix], train=train,
-                tissues=_pooled_tissues(run, protocol), random_state=run.plan.metric_seed,
+                None,
+                d.ages[ix],
+                d.mask,
+                d.subjects[ix],
+                train=train,
+                tissues=_pooled_tissues(run, protocol),
+                random_state=run.plan.metric_seed,
                 return_predictions=True,
             )[1]
         p = run.cache[key]
         err = np.abs((p.null if null else p.predicted) - p.age)
-        return float(err.mean()), _ci(run, lambda k: float(err[k].mean()),
-                                      d.subjects[ix][p.index]), ""
+        return (
+            float(err.mean()),
+            _ci(run, lambda k: float(err[k].mean()), d.subjects[ix][p.index]),
+            "",
+        )
 
     return compute
 
@@ -262,8 +303,13 @@ def _age_correlation(run: MethodRun, protocol: str, volumes: np.ndarray) -> _Res
     value = within_site_correlation(volumes, ages, sites)
     if np.isnan(value):
         return value, _NO_CI, "GM volume or age is constant"
-    return value, _ci(run, lambda k: within_site_correlation(volumes[k], ages[k], sites[k]),
-                      d.subjects[idx]), ""
+    return (
+        value,
+        _ci(
+            run, lambda k: within_site_correlation(volumes[k], ages[k], sites[k]), d.subjects[idx]
+        ),
+        "",
+    )
 
 
 def _gm_age(run: MethodRun, protocol: str) -> _Result:

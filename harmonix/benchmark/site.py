@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 
-
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     """Mean over the classes present in ``y`` of the fraction predicted right (fast).
 
@@ -62,12 +61,10 @@ def _histograms(scaled: np.ndarray, m: np.ndarray, n_bins: int) -> np.ndarray:
     return feats
 
 
-
 def _tissue_features(tissues: Tissues, quantiles: Any, regions: int) -> np.ndarray:
     """Class quantiles of normalized intensity and regional mean normalized intensity."""
     m = tissues.mask
-    bbox = [np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != ax)))
-            for ax in range(3)]
+    bbox = [np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     coords = np.nonzero(m)
     region = np.zeros(int(m.sum()), np.int64)
     for ax, idx in enumerate(bbox):
@@ -184,8 +181,9 @@ def site_predictability_error(
     float
         Balanced accuracy of the pooled out-of-fold predictions.
     """
-    X = site_features(imgs, mask, quantiles=quantiles, regions=regions,
-                      value_range=value_range, tissues=tissues)
+    X = site_features(
+        imgs, mask, quantiles=quantiles, regions=regions, value_range=value_range, tissues=tissues
+    )
     y, pred = site_predictions(X, sites, groups, n_splits=n_splits, random_state=random_state)
     return balanced_accuracy(y, pred)
 

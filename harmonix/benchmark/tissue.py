@@ -104,13 +104,18 @@ def _smooth_field(values: np.ndarray, weight: np.ndarray, block: int, sigma: flo
     num = ndimage.gaussian_filter(num, sigma, mode="nearest")
     den = ndimage.gaussian_filter(den, sigma, mode="nearest")
     low = num / np.maximum(den, 1e-6 * max(float(den.max()), 1e-12))
-    up = ndimage.zoom(low, [s / n for s, n in zip(np.array(shape) + (-np.array(shape)) % block,
-                                                  low.shape)], order=1, mode="nearest")
+    up = ndimage.zoom(
+        low,
+        [s / n for s, n in zip(np.array(shape) + (-np.array(shape)) % block, low.shape)],
+        order=1,
+        mode="nearest",
+    )
     return up[: shape[0], : shape[1], : shape[2]]
 
 
-def _segment_one(img: np.ndarray, m: np.ndarray, n_bias: int, block: int, sigma: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _segment_one(
+    img: np.ndarray, m: np.ndarray, n_bias: int, block: int, sigma: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     vals = img[m].astype(np.float64)
     q25, med, q75 = np.quantile(vals, [0.25, 0.5, 0.75])
     norm = (vals - med) / (q75 - q25 if q75 > q25 else 1.0)

@@ -22,6 +22,7 @@ __all__ = ["CPU_RECIPE", "LR_SCHEDULES", "TrainConfig", "check_int", "size_tripl
 #: Learning-rate schedules of :class:`TrainConfig`.
 LR_SCHEDULES = ("linear", "constant_then_linear")
 
+
 @fill_doc
 @dataclass(frozen=True)
 class TrainConfig:

@@ -150,7 +150,6 @@ class DistributedContext:
         dist.barrier()
 
 
-
 #: Longest wait at exit for the other processes (seconds).
 EXIT_BARRIER_TIMEOUT_S = 60
 

@@ -51,6 +51,7 @@ _OOD_ACTIONS = ("warn", "fallback", "ignore")
 class OutOfDistributionWarning(UserWarning):
     """An image lies outside what an IGUANe model saw in training."""
 
+
 _MODEL_FORMAT = "harmonix.IGUANeHarmonizer/1"
 #: Reference site of the published IGUANe model.
 OFFICIAL_REFERENCE_SITE = "SALD"
@@ -393,9 +394,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         if len(rest) > _GUARD_SAMPLE:
             rest = [rest[int(k)] for k in np.linspace(0, len(rest) - 1, _GUARD_SAMPLE)]
         amp = autocast_dtype(self.mixed_precision, device)
-        sizes = [
-            correction_size(*_forward(self.generator_, loader[i], amp)) for i in held + rest
-        ]
+        sizes = [correction_size(*_forward(self.generator_, loader[i], amp)) for i in held + rest]
         self.training_corrections_ = np.asarray(sizes, dtype=np.float64)
         typical = float(np.median(self.training_corrections_)) if sizes else 0.0
         self.typical_correction_ = typical

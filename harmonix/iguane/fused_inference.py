@@ -439,6 +439,7 @@ def generator_forward_fused(gen: nn.Module, x: torch.Tensor) -> torch.Tensor:
     h = relu_mad_norm_(h, dec0.norm)
     return _output_fused(gen, h, x, slab)
 
+
 def _output_fused(
     gen: nn.Module, h: torch.Tensor, x: torch.Tensor, slab: int | None = None
 ) -> torch.Tensor:

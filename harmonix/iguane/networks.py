@@ -79,13 +79,16 @@ class OneDNNConv3d(nn.Conv3d):
         if (
             isinstance(self.padding, tuple | list)
             and self.padding_mode == "zeros"
-            and bf16_single_voxel_output(
-                x, self.weight, self.stride, self.padding, self.dilation
-            )
+            and bf16_single_voxel_output(x, self.weight, self.stride, self.padding, self.dilation)
         ):
             return conv3d_float32(
-                x, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                dilation=self.dilation, groups=self.groups,
+                x,
+                self.weight,
+                self.bias,
+                stride=self.stride,
+                padding=self.padding,
+                dilation=self.dilation,
+                groups=self.groups,
             )
         return super().forward(x)
 

@@ -28,9 +28,20 @@ from harmonix.preprocessing.simulate import move_scan, rigid_matrix
 
 __all__ = [
     # grid and intensity helpers
-    "IGUANE_SHAPE", "IGUANE_FALLBACK_SHAPE", "GridChange", "crop_or_pad",
-    "median_normalize", "pad_to_multiple", "restore_grid",
+    "IGUANE_SHAPE",
+    "IGUANE_FALLBACK_SHAPE",
+    "GridChange",
+    "crop_or_pad",
+    "median_normalize",
+    "pad_to_multiple",
+    "restore_grid",
     # the raw T1 chain and the way back
-    "T1Preprocessor", "PreprocessResult", "TemplateTransform", "to_native",
-    "preprocess_files", "preprocess_manifest", "move_scan", "rigid_matrix",
+    "T1Preprocessor",
+    "PreprocessResult",
+    "TemplateTransform",
+    "to_native",
+    "preprocess_files",
+    "preprocess_manifest",
+    "move_scan",
+    "rigid_matrix",
 ]

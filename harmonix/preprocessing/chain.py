@@ -104,8 +104,14 @@ class TemplateTransform:
         nibabel.Nifti1Image
         """
         img = load_img(img)
-        data = resample(img.get_fdata(dtype=np.float32), img.affine, self.template_affine,
-                        self.template_shape, world=self.matrix, order=order)
+        data = resample(
+            img.get_fdata(dtype=np.float32),
+            img.affine,
+            self.template_affine,
+            self.template_shape,
+            world=self.matrix,
+            order=order,
+        )
         return nib.Nifti1Image(data, self.template_affine)
 
     def to_native(
@@ -132,8 +138,14 @@ class TemplateTransform:
             On the scan's grid, with its affine.
         """
         img = load_img(img)
-        data = resample(img.get_fdata(dtype=np.float32), img.affine, self.native_affine,
-                        self.native_shape, world=np.linalg.inv(self.matrix), order=order)
+        data = resample(
+            img.get_fdata(dtype=np.float32),
+            img.affine,
+            self.native_affine,
+            self.native_shape,
+            world=np.linalg.inv(self.matrix),
+            order=order,
+        )
         if mask is not None:
             mask_img = load_img(mask)
             if tuple(mask_img.shape) != self.native_shape:
@@ -161,8 +173,14 @@ class TemplateTransform:
     def from_dict(cls, values: dict[str, Any]) -> TemplateTransform:
         """Rebuild a transform from :meth:`to_dict`'s output (or a ``*_prep.json`` file's
         ``"transform"`` entry)."""
-        names = ("matrix", "native_shape", "native_affine", "template_shape",
-                 "template_affine", "scale")
+        names = (
+            "matrix",
+            "native_shape",
+            "native_affine",
+            "template_shape",
+            "template_affine",
+            "scale",
+        )
         missing = [n for n in names if n not in values]
         if missing:
             raise ValueError(f"Not a harmonix transform: keys {missing} are missing.")
@@ -268,10 +286,16 @@ class PreprocessResult:
         with atomic_write(paths["native_mask"]) as tmp:
             nib.save(self.native_mask, tmp)
         with atomic_write(paths["json"]) as tmp:
-            tmp.write_text(json.dumps(
-                {"transform": self.transform.to_dict(), "qc": self.qc, "timings": self.timings},
-                indent=1,
-            ))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "transform": self.transform.to_dict(),
+                        "qc": self.qc,
+                        "timings": self.timings,
+                    },
+                    indent=1,
+                )
+            )
         if qc_png:
             _qc.save_qc_png(self.image, self.mask, paths["png"], title=stem)
         else:
@@ -433,15 +457,24 @@ class T1Preprocessor:
         brain = np.where(mask, data, 0.0).astype(np.float32)
         lap("n4")
         template = load_template()
-        matrix = register_rigid(brain, affine, template.data, template.affine,
-                                random_state=self.random_state, n_threads=self.n_threads)
+        matrix = register_rigid(
+            brain,
+            affine,
+            template.data,
+            template.affine,
+            random_state=self.random_state,
+            n_threads=self.n_threads,
+        )
         lap("registration")
         moved = resample(brain, affine, FSL_AFFINE, FSL_SHAPE, world=matrix)
-        moved_mask = resample(mask.astype(np.float32), affine, FSL_AFFINE, FSL_SHAPE,
-                              world=matrix) > 0.5
+        moved_mask = (
+            resample(mask.astype(np.float32), affine, FSL_AFFINE, FSL_SHAPE, world=matrix) > 0.5
+        )
         if not moved_mask.any():
-            raise ValueError("The brain left the template grid after registration; check "
-                             "the scan's affine (voxel sizes and orientation).")
+            raise ValueError(
+                "The brain left the template grid after registration; check "
+                "the scan's affine (voxel sizes and orientation)."
+            )
         moved = np.where(moved_mask, np.maximum(moved, 0.0), 0.0).astype(np.float32)
         brain_median = float(np.median(moved[moved_mask]))
         if brain_median <= 0:
@@ -450,8 +483,13 @@ class T1Preprocessor:
         moved *= np.float32(scale)
         numbers = _qc.qc_numbers(moved, moved_mask, template, volume)
         try:
-            cropped, change = crop_or_pad(moved, self.target_shape, brain=moved_mask,
-                                          fallback_shape=self.fallback_shape, center="brain")
+            cropped, change = crop_or_pad(
+                moved,
+                self.target_shape,
+                brain=moved_mask,
+                fallback_shape=self.fallback_shape,
+                center="brain",
+            )
         except ValueError as exc:
             raise ValueError(
                 f"The registered brain mask does not fit the output grid ({exc}); brain "
@@ -461,8 +499,9 @@ class T1Preprocessor:
         shift[:3, 3] = change.offsets
         out_affine = FSL_AFFINE @ shift
         lap("resample")
-        transform = TemplateTransform(matrix, scan.shape, scan.affine, cropped.shape,
-                                      out_affine, scale)
+        transform = TemplateTransform(
+            matrix, scan.shape, scan.affine, cropped.shape, out_affine, scale
+        )
         back = nib.orientations.ornt_transform(
             nib.io_orientation(affine), nib.io_orientation(scan.affine)
         )

@@ -32,8 +32,9 @@ def _stem(path: Path) -> str:
 def _done(out_dir: Path, stem: str) -> dict[str, Any] | None:
     """The saved QC of a finished scan, or None if it must be (re)done."""
     paths = output_paths(out_dir, stem)
-    if not (paths["image"].is_file() and paths["json"].is_file()
-            and paths["native_mask"].is_file()):
+    if not (
+        paths["image"].is_file() and paths["json"].is_file() and paths["native_mask"].is_file()
+    ):
         return None
     try:
         return json.loads(paths["json"].read_text()).get("qc", {})
@@ -41,8 +42,9 @@ def _done(out_dir: Path, stem: str) -> dict[str, Any] | None:
         return None
 
 
-def _one(preprocessor: T1Preprocessor, src: Path, out_dir: Path, stem: str,
-         qc_png: bool) -> dict[str, Any]:
+def _one(
+    preprocessor: T1Preprocessor, src: Path, out_dir: Path, stem: str, qc_png: bool
+) -> dict[str, Any]:
     try:
         result = preprocessor.run(src)
     except ValueError as exc:  # a bad scan: recorded, the batch goes on
@@ -101,8 +103,10 @@ def preprocess_files(
     stems = [_stem(p) for p in paths]
     if len(set(stems)) != len(stems):
         dup = sorted({s for s in stems if stems.count(s) > 1})
-        raise ValueError(f"Several inputs share the file name(s) {dup[:3]}; rename them so "
-                         "each output name is distinct.")
+        raise ValueError(
+            f"Several inputs share the file name(s) {dup[:3]}; rename them so "
+            "each output name is distinct."
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     preprocessor = T1Preprocessor() if preprocessor is None else preprocessor
@@ -119,18 +123,26 @@ def preprocess_files(
         else:
             todo.append(i)
     jobs = (delayed(_one)(preprocessor, paths[i], out_dir, stems[i], qc_png) for i in todo)
-    with tqdm(total=len(paths), initial=len(paths) - len(todo), desc="preprocessing",
-              unit="scan", disable=not verbose) as bar:
+    with tqdm(
+        total=len(paths),
+        initial=len(paths) - len(todo),
+        desc="preprocessing",
+        unit="scan",
+        disable=not verbose,
+    ) as bar:
         for i, row in zip(todo, Parallel(n_jobs=n_jobs, return_as="generator")(jobs)):
             rows[i] = row
             bar.update()
-    table = pd.DataFrame([{"source": str(p), "stem": s, **(r or {})}
-                          for p, s, r in zip(paths, stems, rows)])
+    table = pd.DataFrame(
+        [{"source": str(p), "stem": s, **(r or {})} for p, s, r in zip(paths, stems, rows)]
+    )
     for column in ("error", *QC_LIMITS):
         if column not in table.columns:
             table[column] = None
-    table["flags"] = [";".join(f) if isinstance(f, list) else ("" if pd.isna(f) else str(f))
-                      for f in table.get("flags", [""] * len(table))]
+    table["flags"] = [
+        ";".join(f) if isinstance(f, list) else ("" if pd.isna(f) else str(f))
+        for f in table.get("flags", [""] * len(table))
+    ]
     ok = table["status"] != "failed"
     table.loc[ok] = flag_outliers(table.loc[ok]).drop(columns="flagged")
     table["flagged"] = ok & (table["flags"] != "")

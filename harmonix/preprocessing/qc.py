@@ -62,8 +62,9 @@ def qc_numbers(
     }
 
 
-def flags(numbers: dict[str, Any], limits: dict[str, tuple[float, float]] | None = None
-          ) -> list[str]:
+def flags(
+    numbers: dict[str, Any], limits: dict[str, tuple[float, float]] | None = None
+) -> list[str]:
     """Names of the QC numbers outside their limits (:data:`QC_LIMITS`).
 
     Parameters
@@ -170,8 +171,11 @@ def save_qc_png(
     tdata = resample(template.data, template.affine, image.affine, image.shape)
     data = np.asarray(image.dataobj, dtype=np.float32)
     brain = np.asarray(mask.dataobj) > 0
-    center = [int(round(c)) for c in ndimage.center_of_mass(brain)] if brain.any() else [
-        n // 2 for n in data.shape]
+    center = (
+        [int(round(c)) for c in ndimage.center_of_mass(brain)]
+        if brain.any()
+        else [n // 2 for n in data.shape]
+    )
     vmax = float(np.percentile(data[brain], 99)) if brain.any() else 1.0
     fig = Figure(figsize=(9, 3.4), dpi=100)
     FigureCanvasAgg(fig)
@@ -180,11 +184,13 @@ def save_qc_png(
         index[axis] = center[axis]
         ax = fig.add_subplot(1, 3, col + 1)
         ax.imshow(np.rot90(data[tuple(index)]), cmap="gray", vmin=0, vmax=vmax)
-        edges = np.ma.masked_where(~np.rot90(_edges(tdata[tuple(index)])), np.ones(
-            np.rot90(data[tuple(index)]).shape))
+        edges = np.ma.masked_where(
+            ~np.rot90(_edges(tdata[tuple(index)])), np.ones(np.rot90(data[tuple(index)]).shape)
+        )
         ax.imshow(edges, cmap=ListedColormap(["cyan"]), alpha=0.6, interpolation="nearest")
-        ax.contour(np.rot90(brain[tuple(index)].astype(float)), levels=[0.5], colors="red",
-                   linewidths=1.2)
+        ax.contour(
+            np.rot90(brain[tuple(index)].astype(float)), levels=[0.5], colors="red", linewidths=1.2
+        )
         ax.set_axis_off()
     fig.suptitle(title or "preprocessing QC", fontsize=9)
     fig.tight_layout()

@@ -72,8 +72,14 @@ def move_scan(
     axes = np.zeros((3, 3))
     for voxel_axis, (world_axis, sign) in enumerate(ornt):
         axes[int(world_axis), voxel_axis] = sign * float(zooms[voxel_axis])
-    corners = np.array([[i, j, k, 1.0] for i in (0, img.shape[0] - 1)
-                        for j in (0, img.shape[1] - 1) for k in (0, img.shape[2] - 1)])
+    corners = np.array(
+        [
+            [i, j, k, 1.0]
+            for i in (0, img.shape[0] - 1)
+            for j in (0, img.shape[1] - 1)
+            for k in (0, img.shape[2] - 1)
+        ]
+    )
     world = (matrix @ img.affine @ corners.T)[:3]
     in_axes = np.linalg.solve(axes, world)  # corner coordinates in new voxel units
     low, high = np.floor(in_axes.min(axis=1)), np.ceil(in_axes.max(axis=1))
@@ -81,6 +87,12 @@ def move_scan(
     affine[:3, :3] = axes
     affine[:3, 3] = axes @ low
     shape = tuple(int(n) for n in high - low + 1)
-    data = resample(img.get_fdata(dtype=np.float32), img.affine, affine, shape,
-                    world=np.linalg.inv(matrix), order=order)
+    data = resample(
+        img.get_fdata(dtype=np.float32),
+        img.affine,
+        affine,
+        shape,
+        world=np.linalg.inv(matrix),
+        order=order,
+    )
     return nib.Nifti1Image(data, affine)

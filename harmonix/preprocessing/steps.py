@@ -91,8 +91,12 @@ def extract_brain(data: np.ndarray, affine: np.ndarray, *, threshold: float = 0.
         brain.
     """
     model = _deepbet_model()
-    x = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(
-        np.asarray(data, dtype=np.float32), affine)).dataobj, dtype=np.float32)
+    x = np.asarray(
+        nib.as_closest_canonical(
+            nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+        ).dataobj,
+        dtype=np.float32,
+    )
     try:
         prob = model.run_model(x.copy())
         mask = model.postprocess((prob > threshold).astype(np.float32), 0) > 0
@@ -210,7 +214,9 @@ def register_rigid(
     fixed_img = _sitk_image(fixed, fixed_affine)
     moving_img = _sitk_image(moving, moving_affine)
     start = sitk.CenteredTransformInitializer(
-        fixed_img, moving_img, sitk.Euler3DTransform(),
+        fixed_img,
+        moving_img,
+        sitk.Euler3DTransform(),
         sitk.CenteredTransformInitializerFilter.MOMENTS,
     )
     reg = sitk.ImageRegistrationMethod()
@@ -220,8 +226,11 @@ def register_rigid(
     reg.SetMetricFixedMask(sitk.Cast(_sitk_image(fixed > 0, fixed_affine), sitk.sitkUInt8))
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-3, numberOfIterations=int(iterations),
-        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6,
+        learningRate=1.0,
+        minStep=1e-3,
+        numberOfIterations=int(iterations),
+        relaxationFactor=0.5,
+        gradientMagnitudeTolerance=1e-6,
     )
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([int(s) for s in shrink])

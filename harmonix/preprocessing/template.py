@@ -97,8 +97,10 @@ def load_template() -> Template:
     t1 = nl_datasets.load_mni152_template(resolution=1)
     brain = nl_datasets.load_mni152_brain_mask(resolution=1)
     data = resample(np.asarray(t1.dataobj, dtype=np.float32), t1.affine, FSL_AFFINE, FSL_SHAPE)
-    mask = resample(np.asarray(brain.dataobj, dtype=np.float32), brain.affine, FSL_AFFINE,
-                    FSL_SHAPE) > 0.5
+    mask = (
+        resample(np.asarray(brain.dataobj, dtype=np.float32), brain.affine, FSL_AFFINE, FSL_SHAPE)
+        > 0.5
+    )
     mask = ndimage.binary_fill_holes(mask)
     data[~mask] = 0.0
     data *= np.float32(500.0 / np.median(data[mask]))
