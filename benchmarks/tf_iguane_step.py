@@ -49,22 +49,11 @@ def build_keras_discriminator(base_width: int = 64) -> Any:
     """
     import tensorflow as tf
     import tf_keras as keras
-    from keras_reference import build_keras_generator  # noqa: F401 - checks tf-keras
+    from keras_reference import mad_norm_layer
 
     layers = keras.layers
 
-    class MADNorm(layers.Layer):
-        def build(self, input_shape):
-            self.scale = self.add_weight(name="scale", shape=input_shape[-1:], initializer="ones")
-            self.offset = self.add_weight(
-                name="offset", shape=input_shape[-1:], initializer="zeros"
-            )
-            super().build(input_shape)
-
-        def call(self, x):
-            dev = x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-            mad = tf.reduce_mean(tf.abs(dev), axis=[1, 2, 3], keepdims=True)
-            return self.scale * dev / (mad + 1e-3) + self.offset
+    MADNorm = mad_norm_layer()  # the Keras MAD norm of the parity tests
 
     w = int(base_width)
     inputs = keras.Input(shape=(None, None, None, 1))

@@ -524,17 +524,8 @@ def test_summarize_and_markdown(results, tiny):
         )
     assert set(df2.metric) == {"fit_seconds", "site_histogram_error"}
     summary = summarize([df, df2])
-    assert list(summary.columns) == [
-        "method",
-        "protocol",
-        "metric",
-        "mean",
-        "sd",
-        "ci_low",
-        "ci_high",
-        "n",
-        "reason",
-    ]
+    expected = "method protocol metric mean sd ci_low ci_high n reason".split()
+    assert list(summary.columns) == expected
     row = summary[
         (summary.method == "none")
         & (summary.metric == "fit_seconds")
