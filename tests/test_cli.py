@@ -154,41 +154,12 @@ def test_transform_inputs_parallel_and_no_overwrite(dataset_dir, tmp_path, capsy
 
 def test_benchmark_subcommand(dataset_dir, tmp_path):
     out = tmp_path / "bench"
-    assert (
-        main(
-            [
-                "-q",
-                "benchmark",
-                "--manifest",
-                str(dataset_dir / "manifest.csv"),
-                "--methods",
-                "none,hm",
-                "--test-sites",
-                "site2",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    bench = ["-q", "benchmark", "--manifest", str(dataset_dir / "manifest.csv"), "--out", str(out)]
+    assert main([*bench, "--methods", "none,hm", "--test-sites", "site2"]) == 0
     table = (out / "benchmark.md").read_text()
     assert "HM" in table or "hm" in table
     assert (out / "metrics.png").stat().st_size > 0
-    assert (
-        main(
-            [
-                "-q",
-                "benchmark",
-                "--manifest",
-                str(dataset_dir / "manifest.csv"),
-                "--methods",
-                "none,magic",
-                "--out",
-                str(out),
-            ]
-        )
-        == 1
-    )
+    assert main([*bench, "--methods", "none,magic"]) == 1
 
 
 def test_demo_without_iguane(tmp_path, capsys):

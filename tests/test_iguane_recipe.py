@@ -355,11 +355,8 @@ def test_cpu_recipe_is_a_valid_parameter_set():
 
 
 # -- the shipped model -------------------------------------------------------------------------
-def test_pretrained_wrapper_loads_instead_of_training(tmp_path):
-    from sklearn.base import clone
-
-    from harmonix.iguane.pretrained import PretrainedIGUANe
-
+def _saved_tiny_model(path):
+    """Blob images, their sites and a tiny histogram-normalized model saved at ``path``."""
     imgs, sites = _blobs()
     model = IGUANeHarmonizer(
         reference_site="site0",
@@ -368,7 +365,16 @@ def test_pretrained_wrapper_loads_instead_of_training(tmp_path):
         device="cpu",
         **TINY,
     ).fit(imgs, sites)
-    model.save(tmp_path / "m.pt")
+    model.save(path)
+    return imgs, sites, model
+
+
+def test_pretrained_wrapper_loads_instead_of_training(tmp_path):
+    from sklearn.base import clone
+
+    from harmonix.iguane.pretrained import PretrainedIGUANe
+
+    imgs, sites, model = _saved_tiny_model(tmp_path / "m.pt")
     wrapper = clone(PretrainedIGUANe(tmp_path / "m.pt"))
     wrapper.fit(imgs[:2] * 3.0, ["a", "b"])  # any data: nothing is trained
     for key, value in model.generator_.state_dict().items():
@@ -394,15 +400,7 @@ def test_shipped_demo_model_is_a_cpu_recipe_model():
 def test_pretrained_wrapper_keeps_new_sites_apart_from_training_sites(tmp_path):
     from harmonix.iguane.pretrained import PretrainedIGUANe
 
-    imgs, sites = _blobs()
-    model = IGUANeHarmonizer(
-        reference_site="site0",
-        input_normalization="histogram",
-        random_state=0,
-        device="cpu",
-        **TINY,
-    ).fit(imgs, sites)
-    model.save(tmp_path / "m.pt")
+    imgs, sites, model = _saved_tiny_model(tmp_path / "m.pt")
     other = imgs * np.linspace(0.5, 2.0, len(imgs))[:, None, None, None]  # other "site1"
     wrapper = PretrainedIGUANe(tmp_path / "m.pt").fit(other, sites)
     # pooled over the given images of each label, not the model's stored site1 landmarks
