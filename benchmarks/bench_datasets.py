@@ -49,6 +49,8 @@ import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 from _common import cpu_model  # noqa: E402
 
+from harmonix.io import atomic_write  # noqa: E402
+
 GOAL_S = 15.0
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -326,9 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, args.out)
+    with atomic_write(args.out) as tmp:
+        pathlib.Path(tmp).write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
 
