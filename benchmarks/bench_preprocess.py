@@ -129,7 +129,7 @@ def main() -> None:
     lines = [
         "# Raw T1 preprocessing chain on a real head (Colin27, mricron-data)",
         "",
-        "`python benchmarks/bench_preprocess.py --data DIR` (2 cores shared with other jobs).",
+        "`python benchmarks/bench_preprocess.py --data DIR` (2 cores; load average below).",
         "Chain: reorient (nibabel) → deepbet (CPU) → N4 (SimpleITK, shrink 4, 50/50/30) → "
         "rigid Mattes-MI registration (SimpleITK, shrink 4/2) to ICBM152 2009a on the FSL "
         "182×218×182 grid → median 500 → brain-centred crop 160×192×160.",
