@@ -415,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         "to that target than the oracle; `traveling_subject_ssim_score` is the headline. "
         "The oracle's distance correlation compares the reference scans with the inputs of "
         "another site, so it is not a ceiling there. `gm_age_correlation` is measured by a "
-        "per-image partial-volume segmentation and should equal `true_gm_age_correlation` "
+        "partial-volume segmentation with tissue classes shared within each site "
+        "(`harmonix.benchmark.gm_volumes`) and should equal `true_gm_age_correlation` "
         "(the true GM volumes); `brain_age_null_error` is what predicting the mean age gives.",
         "",
         "## Metric checks",

@@ -37,6 +37,7 @@ from harmonix.benchmark.site import (
     site_predictability,
     site_predictability_error,
 )
+from harmonix.benchmark.tissue import segment_tissues
 from harmonix.exceptions import UnseenSiteError
 
 SHAPE = (14, 14, 14)
@@ -298,6 +299,53 @@ def test_gm_volumes_robust_to_units_and_monotone_remaps():
     np.testing.assert_allclose(gm_volumes(10 * ds.imgs + 1, ds.mask), vols, rtol=1e-4)
     remapped = np.where(ds.mask, ds.imgs**0.7, 0.0)  # increasing, nonlinear contrast
     np.testing.assert_allclose(gm_volumes(remapped, ds.mask), vols, rtol=0.03)
+
+
+def _partial_volume_sites(n_subjects=16, seed=0):
+    """Cortex made of GM-CSF mixtures: ageing darkens the GM peak instead of emptying it.
+
+    Each of 3000 cortical voxels holds GM fraction ``f`` (the rest CSF) with ``f`` drawn
+    in ``[1 - 0.6 * atrophy, 1]``; 2000 voxels are pure WM. Site ``b`` sees the linear
+    image through a concave curve (mixtures look like GM) and another scale.
+    """
+    rng = np.random.default_rng(seed)
+    ages = rng.uniform(20, 80, n_subjects)
+    mask = np.ones((10, 10, 50), bool)
+    imgs, true = [], []
+    for age in ages:
+        f = 1.0 - 0.6 * (age - 20) / 60 * rng.uniform(0.0, 1.0, 3000)
+        lin = np.concatenate([0.3 + 0.4 * f, np.ones(2000)])  # CSF 0.3, GM 0.7, WM 1
+        imgs.append((lin + 0.01 * rng.standard_normal(lin.size)).reshape(mask.shape))
+        true.append(f.sum())
+    linear = np.asarray(imgs)
+    curved = 500.0 * linear**0.5  # increasing, concave: brightens the mixtures
+    return SimpleNamespace(
+        imgs=np.concatenate([linear, curved]).astype(np.float32),
+        sites=np.repeat(["a", "b"], n_subjects),
+        ages=np.tile(ages, 2),
+        true=np.tile(true, 2),
+        mask=mask,
+    )
+
+
+def test_gm_volumes_share_classes_within_sites():
+    d = _partial_volume_sites()
+    n = len(d.ages) // 2
+    vols = gm_volumes(d.imgs, d.mask, d.sites)
+    for site in (slice(0, n), slice(n, None)):  # follows the truth at both contrasts
+        assert np.corrcoef(vols[site], d.true[site])[0, 1] > 0.95
+    r_true = within_site_correlation(d.true, d.ages, d.sites)
+    assert gm_age_correlation(d.imgs, d.ages, d.mask, d.sites) == pytest.approx(r_true, abs=0.05)
+    # per-image classes follow the darkening peak and lose much of the ageing signal
+    per_image = gm_volumes(d.imgs, d.mask, tissues=segment_tissues(d.imgs, d.mask))
+    for site in (slice(0, n), slice(n, None)):
+        assert np.corrcoef(per_image[site], d.true[site])[0, 1] < 0.85
+    # units: an increasing affine map per site changes nothing
+    gain = np.where(d.sites == "a", 3.0, 0.01)[:, None, None, None]
+    offset = np.where(d.sites == "a", -7.0, 2.0)[:, None, None, None]
+    np.testing.assert_allclose(
+        gm_volumes(gain * d.imgs + offset, d.mask, d.sites), vols, rtol=1e-5
+    )
 
 
 def test_within_site_correlation_ignores_site_offsets():

@@ -27,7 +27,7 @@ from harmonix.benchmark.metrics import (
 )
 from harmonix.benchmark.scale import robust_range, robust_scale
 from harmonix.benchmark.site import balanced_accuracy, site_features, site_predictions
-from harmonix.benchmark.tissue import Tissues, segment_tissues
+from harmonix.benchmark.tissue import Tissues, segment_tissues, site_gm_volumes
 
 __all__ = ["COST_METRICS", "METRIC_FUNCS", "MethodRun", "Plan", "describe", "score"]
 
@@ -315,7 +315,12 @@ def _age_correlation(run: MethodRun, protocol: str, volumes: np.ndarray) -> _Res
 def _gm_age(run: MethodRun, protocol: str) -> _Result:
     if run.plan.data.ages is None:
         return np.nan, _NO_CI, "dataset has no ages"
-    return _age_correlation(run, protocol, run.tissues(protocol).volumes()[:, 1])
+    key = ("gm_volumes", protocol)
+    if key not in run.cache:
+        d = run.plan.data
+        sites = d.sites[run.plan.index(protocol)]
+        run.cache[key] = site_gm_volumes(run.outputs[protocol], d.mask, sites)
+    return _age_correlation(run, protocol, run.cache[key])
 
 
 def _true_gm_age(run: MethodRun, protocol: str) -> _Result:

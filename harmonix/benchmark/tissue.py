@@ -17,10 +17,29 @@ on the image's intensity units or (within limits) its contrast:
    ``(v - c) / (g - c)`` below ``g`` and ``(w - v) / (w - g)`` above, clipped to
    ``[0, 1]``; the rest is CSF below ``g`` and WM above.
 
-The GM volume is the sum of the GM fractions. Because classes are found per image and the
-fractions interpolate between the image's own class centres, an increasing intensity remap
-moves the volume little; a remap that squeezes the CSF-GM range (a strongly nonlinear
-contrast curve) still biases it, and no intensity-only method avoids that.
+These per-image classes serve the site features and the brain-age features. They are not
+a GM volume measure: at 2 mm almost no voxel is pure GM, and atrophy shows as the GM
+peak of the histogram moving down towards CSF, which per-image class centres follow and
+cancel (on the simulated sites the GM-age correlation of some sites even changed sign).
+
+:func:`site_gm_volumes` measures GM volume for the biology metrics:
+
+1. each site's images are mapped to ``[0, 1]`` by one robust affine map, then every
+   image's voxels are divided by their upper quartile inside the mask. The upper
+   quartile lies among white-matter voxels, which ageing does not change, so it does
+   not move when GM voxels darken (a median would);
+2. the class centres ``c < g < w`` are found once per *site* (or group), by k-means on
+   the pooled voxels of its images, so that a darker GM peak in an older subject reads
+   as less GM instead of moving the centres with it;
+3. each image's GM volume is the sum of its partial-volume GM fractions as above.
+
+Within a site, this follows the true GM volume (on the simulated preprocessed sites at
+2 mm, over 5 seeds, the GM-age correlation averaged over three sites is -0.88 against
+-0.91 for the true volumes). Between sites the volumes differ by each site's contrast, so
+compare correlations within sites (:func:`~harmonix.benchmark.biology.within_site_correlation`).
+Where GM and WM are barely distinct (GM/WM ratio near 0.85 with a curve that brightens
+GM-WM mixtures), a voxel losing GM to CSF can read as a GM-WM mixture with more GM, and
+the correlation weakens: a limit of any measure from intensities alone.
 """
 
 from __future__ import annotations
@@ -33,9 +52,9 @@ from scipy import ndimage
 from skimage.measure import block_reduce
 
 from harmonix._docs import fill_doc
-from harmonix.benchmark.scale import _as_images, _as_mask
+from harmonix.benchmark.scale import _as_images, _as_labels, _as_mask, robust_scale
 
-__all__ = ["Tissues", "segment_tissues"]
+__all__ = ["Tissues", "segment_tissues", "site_gm_volumes"]
 
 #: Tissue order of :class:`Tissues` arrays.
 TISSUES = ("csf", "gm", "wm")
@@ -181,3 +200,61 @@ def segment_tissues(
         normalized=np.stack([p[2] for p in parts]),
         mask=m,
     )
+
+
+#: Voxels pooled per site for its class centres (a regular subsample beyond this).
+_MAX_POOLED = 2_000_000
+
+
+def _gm_fraction_sum(v: np.ndarray, centers: np.ndarray) -> float:
+    c, g, w = centers
+    if not c < g < w:
+        return float("nan")
+    gm = np.where(v <= g, (v - c) / (g - c), (w - v) / (w - g))
+    return float(np.clip(gm, 0.0, 1.0).sum(dtype=np.float64))
+
+
+@fill_doc
+def site_gm_volumes(imgs: Any, mask: Any, sites: Any = None) -> np.ndarray:
+    """GM volume (voxel count) of each image, with tissue classes shared within each site.
+
+    See the module docstring: each site's images mapped to ``[0, 1]`` by one robust affine
+    map (:func:`~harmonix.benchmark.scale.robust_scale`), then divided by their own upper
+    quartile inside the mask; CSF/GM/WM centres from the pooled voxels of the site; GM
+    volume the sum of partial-volume GM fractions. The result does not depend on a site's
+    units (an increasing affine map of all images of a site leaves it unchanged) and moves
+    little under an increasing remap of the intensities.
+
+    Parameters
+    ----------
+    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
+        T1-weighted images (CSF darker than GM, GM darker than WM).
+    %(bm_mask2)s
+    sites : array-like of shape (n_images,), default=None
+        Site (or any group sharing an acquisition) of each image; default: one group.
+
+    Returns
+    -------
+    ndarray of shape (n_images,), float64
+        GM volume in voxels; NaN for a group whose classes are not distinct.
+    """
+    arr = _as_images(imgs)
+    m = _as_mask(mask, arr.shape[1:])
+    groups = np.zeros(len(arr)) if sites is None else _as_labels(sites, len(arr), "sites")
+    volumes = np.full(len(arr), np.nan)
+    for group in dict.fromkeys(groups.tolist()):
+        idx = np.flatnonzero(groups == group)
+        # One affine map per site first (units, negative z-scores), then a scale per image.
+        values = []
+        for img in robust_scale(arr[idx], m):
+            v = img[m].astype(np.float64)
+            q = float(np.quantile(v, 0.75))
+            values.append(v / q if q > 0 else np.full_like(v, np.nan))
+        pooled = np.concatenate(values)
+        pooled = pooled[np.isfinite(pooled)]
+        if pooled.size < 3:
+            continue
+        step = max(1, pooled.size // _MAX_POOLED)
+        centers = _kmeans_1d(pooled[::step])
+        volumes[idx] = [_gm_fraction_sum(v, centers) for v in values]
+    return volumes
