@@ -43,6 +43,7 @@ from site_family_b import make_family_b
 from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
 from harmonix.benchmark.metrics import robust_range
 from harmonix.datasets import make_multisite
+from harmonix.iguane.guard import ContrastProfile, evenly
 
 
 def _lesions(rng: np.random.Generator, mask: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -81,19 +82,49 @@ def artifact_kinds(imgs: np.ndarray, mask: np.ndarray, rng: np.random.Generator)
     return out
 
 
+def calibrate_profile(est: IGUANeHarmonizer, ds, score: Scorer) -> None:
+    """Give a model saved before the profile guard its profile, as ``fit`` computes it.
+
+    Reference profile from (up to 32 of) the reference site's training images, threshold
+    from the held-out images and up to 32 other source-site training images; indices are
+    those of the training subset the model was fitted on.
+    """
+    if getattr(est, "reference_profile_", None) is not None:
+        return
+    imgs, sites = ds.imgs[score.train], ds.sites[score.train]
+    held = [int(i) for i in est.history_["val_indices"]]
+    rest = [i for i in np.flatnonzero(sites != est.reference_site_) if i not in set(held)]
+
+    def inputs(idx: list) -> list:
+        return [(x, p.mask) for p, _, x in est._network_inputs(imgs[idx], sites[idx])]
+
+    profile = ContrastProfile().fit(inputs(evenly(np.flatnonzero(sites == est.reference_site_))))
+    corr = [profile.correlation(x, m) for x, m in inputs(held + evenly(rest))]
+    est._set_guard(profile, est.training_corrections_, corr)
+
+
+def flags(est: IGUANeHarmonizer, imgs: np.ndarray, sites: np.ndarray) -> tuple:
+    """Guard distances, profile correlations and the images ``transform`` flags."""
+    dist = est.distribution_distance(imgs, sites)
+    corr = est.profile_correlation(imgs, sites)
+    return dist, corr, (dist > est.ood_threshold_) | (corr < est.profile_threshold_)
+
+
 def harsh(seed: int, est: IGUANeHarmonizer, ds, score: Scorer, hm) -> None:
     b = make_family_b(ds, n_sites=4, random_state=seed + 50, strength="harsh")
     score = Scorer(ds, b, ds.site_names[-1])
     ri = score(est.transform(ds.imgs, ds.sites), est.transform(b.imgs, b.sites))
     rh = score(hm.transform(ds.imgs), hm.transform(b.imgs))
-    dist = est.distribution_distance(b.imgs, b.sites)
+    dist, corr, flagged = flags(est, b.imgs, b.sites)
     mine, ref = np.array(ri["per_image_b"]), np.array(rh["per_image_b"])
-    below, flagged = mine < ref, dist > est.ood_threshold_
+    below = mine < ref
     print(
         f"seed {seed} harsh: traveling SSIM IGUANe {ri['ssim_family_b']:.3f}, HM "
         f"{rh['ssim_family_b']:.3f}; images below HM {below.sum()}/{len(mine)}, flagged "
         f"{flagged.sum()}, below and flagged {(below & flagged).sum()}; threshold "
-        f"{est.ood_threshold_:.2f}, distances {dist.min():.2f}-{dist.max():.2f}",
+        f"{est.ood_threshold_:.2f}, distances {dist.min():.2f}-{dist.max():.2f}; profile "
+        f"threshold {est.profile_threshold_:.3f}, correlations {corr.min():.3f}-"
+        f"{corr.max():.3f}",
         flush=True,
     )
 
@@ -109,18 +140,26 @@ def artifacts(seed: int, est: IGUANeHarmonizer, ds, score: Scorer, hm) -> None:
     rng = np.random.default_rng(seed)
     kinds = {"clean": ds.imgs[unseen], **artifact_kinds(ds.imgs[unseen], mask, rng)}
     print(f"seed {seed} artifacts (per-image SSIM to the reference-site scan, 8 images):")
-    print("| kind | IGUANe | HM | none | below HM | below none | flagged | distances |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"(profile threshold {est.profile_threshold_:.3f}; training correlations "
+        f"{est.training_profile_correlations_.min():.3f}-"
+        f"{est.training_profile_correlations_.max():.3f})"
+    )
+    print(
+        "| kind | IGUANe | HM | none | below HM | below none | flagged | distances | "
+        "profile corr. |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, imgs in kinds.items():
         sites = np.full(len(imgs), f"new-{name}")
         mine = per_image_ssim(est.transform(imgs, sites), ref_i, mask, vr_i)
         by_hm = per_image_ssim(hm.transform(imgs), ref_h, mask, vr_h)
         none = per_image_ssim(imgs, ds.imgs[ref], mask, vr_n)
-        dist = est.distribution_distance(imgs, sites)
+        dist, corr, flagged = flags(est, imgs, sites)
         print(
             f"| {name} | {mine.mean():.3f} | {by_hm.mean():.3f} | {none.mean():.3f} | "
-            f"{(mine < by_hm).sum()} | {(mine < none).sum()} | "
-            f"{(dist > est.ood_threshold_).sum()} | {dist.min():.2f}-{dist.max():.2f} |",
+            f"{(mine < by_hm).sum()} | {(mine < none).sum()} | {flagged.sum()} | "
+            f"{dist.min():.2f}-{dist.max():.2f} | {corr.min():.3f}-{corr.max():.3f} |",
             flush=True,
         )
 
@@ -139,6 +178,7 @@ def main() -> None:
         ds = make_multisite(8, 5, resolution=4, random_state=seed, style="legacy")
         score = Scorer(ds, ds, ds.site_names[-1])
         est = IGUANeHarmonizer.load(path).set_params(ood_action="ignore")
+        calibrate_profile(est, ds, score)
         hm = HistogramMatchingHarmonizer(reference_site=ds.reference_site)
         hm.fit(ds.imgs[score.train], ds.sites[score.train])
         for test in args.tests:

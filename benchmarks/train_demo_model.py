@@ -14,7 +14,9 @@ Run from the repository root::
     python benchmarks/train_demo_model.py [--checkpoint-dir DIR]
 
 With ``--checkpoint-dir`` the training state is kept there, and a finished or interrupted
-training in that folder is resumed instead of restarted.
+training in that folder is resumed instead of restarted. ``--add-profile-guard`` does not
+train: it gives a model saved before the contrast-profile guard existed the profile that
+``fit`` now computes (same calibration images), and saves it again (seconds).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+from bench_iguane_guard import calibrate_profile
+from bench_iguane_learning import Scorer
 
 from harmonix import IGUANeHarmonizer
 from harmonix.datasets import make_multisite
@@ -39,10 +43,17 @@ def main() -> None:
     p.add_argument("--out", default=str(DEMO_MODEL_PATH))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--add-profile-guard", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ds = make_multisite(n_subjects=8, n_sites=5, resolution=4, random_state=SEED, style="legacy")
     train = ds.sites != UNSEEN
+    if args.add_profile_guard:
+        est = IGUANeHarmonizer.load(args.out)
+        calibrate_profile(est, ds, Scorer(ds, ds, UNSEEN))
+        est.save(Path(args.out))
+        print(f"profile threshold {est.profile_threshold_:.3f}; wrote {args.out}")
+        return
     est = IGUANeHarmonizer(
         reference_site="site0",
         **CPU_RECIPE,

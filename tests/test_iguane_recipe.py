@@ -342,8 +342,37 @@ def test_guard_distances_threshold_warning_and_fallback(tmp_path):
     assert loaded.ood_threshold_ == est.ood_threshold_
     assert loaded.input_normalization_ == est.input_normalization_
     np.testing.assert_allclose(loaded.training_corrections_, est.training_corrections_)
+    np.testing.assert_array_equal(loaded.reference_profile_, est.reference_profile_)
+    assert loaded.profile_threshold_ == est.profile_threshold_
     with pytest.raises(ValueError, match="ood_action"):
         loaded.set_params(ood_action="drop").transform(imgs[:1])
+
+
+def test_guard_flags_an_inverted_contrast_by_its_regional_profile():
+    imgs, sites = _blobs(n_per_site=4)
+    est = IGUANeHarmonizer(
+        reference_site="site0", input_normalization="histogram", random_state=0, **TINY
+    ).fit(imgs, sites)
+    corr = est.training_profile_correlations_
+    assert corr.size >= 1 and corr.min() > 0.3  # toy anatomy differs a lot between images
+    assert est.profile_threshold_ == pytest.approx(1 - 1.5 * (1 - corr.min()))
+    seen = est.profile_correlation(imgs[sites == "site1"])
+    assert np.all(seen >= est.profile_threshold_)
+    # a T2-like image: the same anatomy with its contrast reversed inside the brain
+    brain = imgs[4] > 0
+    inverted = np.where(brain, imgs[4][brain].max() + imgs[4][brain].min() - imgs[4], 0.0)
+    assert est.profile_correlation(inverted[None])[0] < 0
+    # the size of the correction does not reveal it; the profile does
+    assert est.distribution_distance(inverted[None])[0] < est.ood_threshold_
+    with pytest.warns(OutOfDistributionWarning, match="1 of 2 image.*regional intensity"):
+        est.transform(np.stack([imgs[5], inverted]))
+    # a model without the profile (official weights, older files) is not flagged by it
+    for name in ("reference_profile_", "profile_threshold_"):
+        delattr(est, name)
+    assert np.isnan(est.profile_correlation(inverted[None])[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est.transform(inverted[None])
 
 
 def test_cpu_recipe_is_a_valid_parameter_set():

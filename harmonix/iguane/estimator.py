@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,12 +23,20 @@ from harmonix.iguane.config import TrainConfig, size_triple
 from harmonix.iguane.data import (
     NETWORK_SCALE,
     SIZE_MULTIPLE,
+    PreparedVolume,
     VolumeLoader,
     brain_median,
     from_network_scale,
     prepare_volume,
 )
 from harmonix.iguane.devices import autocast_dtype, resolve_device
+from harmonix.iguane.guard import (
+    ContrastProfile,
+    check_ood,
+    correction_threshold,
+    evenly,
+    profile_threshold,
+)
 from harmonix.iguane.inference import harmonize_volume
 from harmonix.iguane.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
 from harmonix.iguane.networks import Generator3D
@@ -39,13 +47,6 @@ from harmonix.persistence import to_plain
 from harmonix.preprocessing import IGUANE_SHAPE
 
 __all__ = ["IGUANeHarmonizer", "OutOfDistributionWarning"]
-
-#: Training images whose corrections calibrate the guard (besides the held-out ones).
-_GUARD_SAMPLE = 32
-#: Default ``ood_threshold_``: this many times the largest held-out/training correction
-#: (relative to the median one).
-_GUARD_MARGIN = 1.5
-_OOD_ACTIONS = ("warn", "fallback", "ignore")
 
 
 class OutOfDistributionWarning(UserWarning):
@@ -170,6 +171,14 @@ class IGUANeHarmonizer(BaseHarmonizer):
         Their median: :meth:`distribution_distance` is relative to it.
     ood_threshold_ : float
         Distance above which :meth:`transform` flags an image.
+    reference_profile_ : ndarray of shape (24, 24, 24)
+        Mean local contrast pattern of the reference site's training images (see
+        :class:`harmonix.iguane.guard.ContrastProfile`; NaN where they have no brain).
+    training_profile_correlations_ : ndarray
+        Correlations of the guard's training images' profiles with it.
+    profile_threshold_ : float
+        Profile correlation below which :meth:`transform` flags an image:
+        ``1 - 1.5 * (1 - min(training_profile_correlations_))``.
     history_ : dict
         Per-step mean losses over source sites (``loss_discriminator``,
         ``loss_adversarial``, ``loss_cycle``, ``loss_identity``, ``loss_generator``),
@@ -201,8 +210,10 @@ class IGUANeHarmonizer(BaseHarmonizer):
     **Out-of-distribution guard.** A generator trained on a few sites may change an
     image of an unlike site in unlike ways. :meth:`distribution_distance` compares the
     size of the generator's correction of an image with its corrections of held-out
-    training images; :meth:`transform` warns about images above ``ood_threshold_`` (see
-    ``ood_action``).
+    training images, and :meth:`profile_correlation` the image's regional intensity
+    profile with the reference site's (it catches another contrast, which the generator
+    may change no more than a T1); :meth:`transform` warns about images above
+    ``ood_threshold_`` or below ``profile_threshold_`` (see ``ood_action``).
 
     **Training on a CPU.** :data:`harmonix.iguane.CPU_RECIPE` holds parameters for whole
     4 mm volumes on 2 cores (``IGUANeHarmonizer(reference_site=..., **CPU_RECIPE)``);
@@ -334,7 +345,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         config = self._train_config(_voxel_size(self.voxel_size, imgs))  # validates them
         device = resolve_device(self.device)
         input_shape = _check_input_shape(self.input_shape)
-        _check_ood(self.ood_action, self.ood_threshold)
+        check_ood(self.ood_action, self.ood_threshold)
         if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int | np.integer):
             raise ValueError(f"cache_size must be an integer >= 0, got {self.cache_size!r}.")
         histogram = self.input_normalization == "histogram"
@@ -390,47 +401,72 @@ class IGUANeHarmonizer(BaseHarmonizer):
         # the guard: corrections on held-out images (and a sample of training images)
         held = list(result.val_indices)
         skip = set(held)
-        rest = [int(i) for i in np.flatnonzero(sites != self.reference_site_) if i not in skip]
-        if len(rest) > _GUARD_SAMPLE:
-            rest = [rest[int(k)] for k in np.linspace(0, len(rest) - 1, _GUARD_SAMPLE)]
+        rest = evenly([i for i in np.flatnonzero(sites != self.reference_site_) if i not in skip])
         amp = autocast_dtype(self.mixed_precision, device)
-        sizes = [correction_size(*_forward(self.generator_, loader[i], amp)) for i in held + rest]
+        profile = ContrastProfile().fit(loader[i] for i in evenly(reference))
+        sizes, corr = [], []
+        for i in held + rest:  # one volume at a time
+            volume = loader[i]
+            sizes.append(correction_size(*_forward(self.generator_, volume, amp)))
+            corr.append(profile.correlation(*volume))
+        self._set_guard(profile, sizes, corr)
+
+    def _set_guard(
+        self, profile: ContrastProfile, sizes: Sequence[float], correlations: Sequence[float]
+    ) -> None:
+        """The guard's fitted attributes from its calibration images (see
+        :mod:`harmonix.iguane.guard`)."""
         self.training_corrections_ = np.asarray(sizes, dtype=np.float64)
-        typical = float(np.median(self.training_corrections_)) if sizes else 0.0
-        self.typical_correction_ = typical
-        if self.ood_threshold is not None:
-            self.ood_threshold_ = float(self.ood_threshold)
-        elif sizes and typical > 0:
-            self.ood_threshold_ = float(
-                _GUARD_MARGIN * np.max(self.training_corrections_) / typical
-            )
-        else:
-            self.ood_threshold_ = float("inf")
+        self.typical_correction_, self.ood_threshold_ = correction_threshold(
+            sizes, self.ood_threshold
+        )
+        self.reference_profile_ = np.asarray(profile.reference, dtype=np.float64)
+        self.training_profile_correlations_, self.profile_threshold_ = profile_threshold(
+            correlations
+        )
+
+    def _contrast_profile(self) -> ContrastProfile | None:
+        reference = getattr(self, "reference_profile_", None)
+        if reference is None:
+            return None
+        profile = ContrastProfile()
+        profile.reference = np.asarray(reference, dtype=np.float64)
+        return profile
 
     # -- transform -------------------------------------------------------------------------
     def _normalizer(self) -> InputNormalizer:
         values = getattr(self, "input_normalization_", None)
         return InputNormalizer() if values is None else InputNormalizer.from_dict(values)
 
+    def _network_inputs(
+        self, imgs: ImageCollection, sites: np.ndarray | None = None
+    ) -> Iterator[tuple[PreparedVolume, np.ndarray, np.ndarray]]:
+        """Yield (prepared volume, brain mask, network input with background 0) per image,
+        normalized as in :meth:`transform`."""
+        input_shape = _check_input_shape(self.input_shape)
+        normalizer = self._normalizer()
+        site_lm = normalizer.site_landmarks_of(sites, lambda i: image_landmarks(imgs[i]))
+        for i, (data, brain) in enumerate(self._iter_brains(imgs)):  # one image at a time
+            normalized, median = normalizer(data, site_lm[i] if site_lm else None)
+            prepared = prepare_volume(normalized, median, input_shape=input_shape)
+            yield prepared, brain, np.where(prepared.mask, prepared.x, np.float32(0.0))
+
     def _harmonize_all(
         self, imgs: ImageCollection, sites: np.ndarray | None = None
-    ) -> Iterator[tuple[np.ndarray, Callable[[], np.ndarray], float]]:
-        """Yield (harmonized image, normalized input on demand, distance) per image."""
+    ) -> Iterator[tuple[np.ndarray, Callable[[], np.ndarray], float, float]]:
+        """Yield (harmonized image, normalized input on demand, distance, profile
+        correlation) per image."""
         device = resolve_device(self.device)
-        input_shape = _check_input_shape(self.input_shape)
         generator = self.generator_
         if device.type != "cpu":
             generator = copy.deepcopy(generator).to(device)
         generator.eval()
         amp_dtype = autocast_dtype(self.mixed_precision, device)
-        normalizer = self._normalizer()
         scale = float(self.reference_median_)
         typical = getattr(self, "typical_correction_", 0.0)
-        site_lm = normalizer.site_landmarks_of(sites, lambda i: image_landmarks(imgs[i]))
-        for i, (data, brain) in enumerate(self._iter_brains(imgs)):  # one image at a time
-            normalized, median = normalizer(data, site_lm[i] if site_lm else None)
-            prepared = prepare_volume(normalized, median, input_shape=input_shape)
-            x = np.where(prepared.mask, prepared.x, np.float32(0.0))  # background -> 0
+        profile = self._contrast_profile()
+        for prepared, brain, x in self._network_inputs(imgs, sites):
+            corr = float("nan") if profile is None else profile.correlation(x, prepared.mask)
             y = harmonize_volume(generator, x, amp_dtype=amp_dtype)
             size = correction_size(x, y, prepared.mask)
             distance = size / typical if typical > 0 else float("nan")
@@ -442,16 +478,17 @@ class IGUANeHarmonizer(BaseHarmonizer):
                 out[~brain] = 0.0
                 return out
 
-            yield result, plain, distance
+            yield result, plain, distance, corr
 
     def _transform(
         self, imgs: ImageCollection, sites: np.ndarray | None, ages: np.ndarray | None
     ) -> list[np.ndarray]:
-        _check_ood(self.ood_action, self.ood_threshold)
+        check_ood(self.ood_action, self.ood_threshold)
         threshold = getattr(self, "ood_threshold_", float("inf"))
+        min_corr = getattr(self, "profile_threshold_", -float("inf"))
         out, flagged = [], []
-        for i, (result, plain, distance) in enumerate(self._harmonize_all(imgs, sites)):
-            if distance > threshold:
+        for i, (result, plain, distance, corr) in enumerate(self._harmonize_all(imgs, sites)):
+            if distance > threshold or corr < min_corr:
                 flagged.append(i)
                 if self.ood_action == "fallback":
                     result = plain()
@@ -465,8 +502,11 @@ class IGUANeHarmonizer(BaseHarmonizer):
             warnings.warn(
                 f"{len(flagged)} of {len(out)} image(s) (indices {flagged[:20]}) lie outside "
                 f"what the model saw in training: the generator changed them more than "
-                f"{threshold:.2f} times its typical correction on held-out training images; "
-                f"{what} (see distribution_distance and ood_action).",
+                f"{threshold:.2f} times its typical correction on held-out training images, "
+                f"or their regional intensity profile correlates less than "
+                f"{min_corr:.2f} with the reference site's (another contrast, or not "
+                f"registered); {what} (see distribution_distance, profile_correlation and "
+                f"ood_action).",
                 OutOfDistributionWarning,
                 stacklevel=3,
             )
@@ -497,7 +537,45 @@ class IGUANeHarmonizer(BaseHarmonizer):
         check_is_fitted(self)
         collection = as_collection(imgs)
         sites, _ = self.check_transform_metadata(len(collection), sites)
-        return np.array([d for _, _, d in self._harmonize_all(collection, sites)])
+        return np.array([d for _, _, d, _ in self._harmonize_all(collection, sites)])
+
+    def profile_correlation(self, imgs: Any, sites: Any = None) -> np.ndarray:
+        """Correlation of each image's regional intensity profile with the reference site's.
+
+        The second half of the guard (:class:`harmonix.iguane.guard.ContrastProfile`):
+        the normalized network input is averaged in the cells of a 24-per-axis grid, the
+        log of the cell means is high-passed (smooth bias fields and global contrast
+        removed), and the pattern is correlated with the reference site's mean pattern
+        (``reference_profile_``): about 0.6-0.95 for a T1-weighted image registered like
+        the training images, whatever its site, and about -0.8 for an inverted (T2-like)
+        contrast, which the size of the generator's correction does not reveal. Images
+        below ``profile_threshold_`` are flagged by :meth:`transform`.
+
+        Parameters
+        ----------
+        imgs : 4-D array, list of 3-D arrays, or list of NIfTI paths / images
+            Images as for :meth:`transform`.
+        sites : array-like of shape (n_images,), default=None
+            Site labels, as for :meth:`transform`.
+
+        Returns
+        -------
+        ndarray of shape (n_images,)
+            NaN for a model fitted without the profile (e.g. official weights, or a model
+            saved before the profile guard existed).
+        """
+        check_is_fitted(self)
+        collection = as_collection(imgs)
+        sites, _ = self.check_transform_metadata(len(collection), sites)
+        profile = self._contrast_profile()
+        if profile is None:
+            return np.full(len(collection), np.nan)
+        return np.array(
+            [
+                profile.correlation(x, prepared.mask)
+                for prepared, _, x in self._network_inputs(collection, sites)
+            ]
+        )
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -632,15 +710,6 @@ class IGUANeHarmonizer(BaseHarmonizer):
 def _new_generator(base_width: int, in_channels: int = 1) -> Generator3D:
     with torch.random.fork_rng(devices=[]):  # keep the global RNG untouched
         return Generator3D(int(base_width), int(in_channels))
-
-
-def _check_ood(action: Any, threshold: Any) -> None:
-    if action not in _OOD_ACTIONS:
-        raise ValueError(f"ood_action must be one of {_OOD_ACTIONS}, got {action!r}.")
-    if threshold is not None and not (
-        isinstance(threshold, int | float) and not isinstance(threshold, bool) and threshold > 0
-    ):
-        raise ValueError(f"ood_threshold must be None or a positive number, got {threshold!r}.")
 
 
 def _forward(
