@@ -248,7 +248,7 @@ def metric_goal_lines(summary: pd.DataFrame) -> list[str]:
         f"- GM-age r of no harmonization (seen) within 0.1 of the true-volume r: "
         f"{_verdict(abs(r - r_true) <= 0.1)} ({r:.3f} vs {r_true:.3f})."
     )
-    below = []
+    below, tied = [], []
     for protocol in ("seen", "unseen"):
         for metric, (direction, _) in METRICS.items():
             if direction not in ("higher", "lower", "target") or metric.endswith(
@@ -256,6 +256,10 @@ def metric_goal_lines(summary: pd.DataFrame) -> list[str]:
             ):
                 continue
             o = get("oracle", metric, protocol)
+            o_ci = (
+                get("oracle", metric, protocol, "ci_low"),
+                get("oracle", metric, protocol, "ci_high"),
+            )
             for method in sorted(set(summary.method) - {"oracle"}):
                 v = get(method, metric, protocol)
                 if not (np.isfinite(o) and np.isfinite(v)):
@@ -265,11 +269,22 @@ def metric_goal_lines(summary: pd.DataFrame) -> list[str]:
                     worse = abs(o - t) > abs(v - t)
                 else:
                     worse = o < v if direction == "higher" else o > v
-                if worse:
+                if not worse:
+                    continue
+                v_ci = (
+                    get(method, metric, protocol, "ci_low"),
+                    get(method, metric, protocol, "ci_high"),
+                )
+                # "at" the method: the two 95 % intervals overlap
+                if o_ci[0] <= v_ci[1] and v_ci[0] <= o_ci[1]:
+                    tied.append(f"{metric} ({protocol}) vs {method}")
+                else:
                     below.append(f"{metric} ({protocol}) below {method}")
     lines.append(
-        f"- Oracle at or above every method on every metric: {_verdict(not below)}"
+        f"- Oracle at or above every method on every metric (at: intervals overlap): "
+        f"{_verdict(not below)}"
         + (f" (exceptions: {'; '.join(below)})" if below else "")
+        + (f"; lower but within the intervals: {'; '.join(tied)}" if tied else "")
         + "."
     )
     return lines
