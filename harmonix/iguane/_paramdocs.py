@@ -95,3 +95,15 @@ checkpoint_every : int, default=200
 docdict["iguane_mixed_precision"] = """\
 mixed_precision : bool, default=None
     Run the networks under :func:`torch.autocast`; None means on CUDA only."""
+
+docdict["iguane_guard_images"] = """\
+Parameters
+----------
+imgs : 4-D array, list of 3-D arrays, or list of NIfTI paths / images
+    Images as for :meth:`transform`.
+sites : array-like of shape (n_images,), default=None
+    Site labels, as for :meth:`transform`.
+
+Returns
+-------
+ndarray of shape (n_images,)"""

@@ -512,6 +512,14 @@ class IGUANeHarmonizer(BaseHarmonizer):
             )
         return out
 
+    def _fitted_inputs(self, imgs: Any, sites: Any) -> tuple[ImageCollection, np.ndarray | None]:
+        """Check the model is fitted; the images as a collection and the checked sites."""
+        check_is_fitted(self)
+        collection = as_collection(imgs)
+        sites, _ = self.check_transform_metadata(len(collection), sites)
+        return collection, sites
+
+    @fill_doc
     def distribution_distance(self, imgs: Any, sites: Any = None) -> np.ndarray:
         """How far each image lies from what the model saw in training.
 
@@ -522,23 +530,13 @@ class IGUANeHarmonizer(BaseHarmonizer):
         ``ood_threshold_`` get a warning from :meth:`transform` (or, with
         ``ood_action="fallback"``, are returned without the correction).
 
-        Parameters
-        ----------
-        imgs : 4-D array, list of 3-D arrays, or list of NIfTI paths / images
-            Images as for :meth:`transform`.
-        sites : array-like of shape (n_images,), default=None
-            Site labels, as for :meth:`transform`.
-
-        Returns
-        -------
-        ndarray of shape (n_images,)
+        %(iguane_guard_images)s
             NaN for a model without held-out corrections (e.g. official weights).
         """
-        check_is_fitted(self)
-        collection = as_collection(imgs)
-        sites, _ = self.check_transform_metadata(len(collection), sites)
+        collection, sites = self._fitted_inputs(imgs, sites)
         return np.array([d for _, _, d, _ in self._harmonize_all(collection, sites)])
 
+    @fill_doc
     def profile_correlation(self, imgs: Any, sites: Any = None) -> np.ndarray:
         """Correlation of each image's regional intensity profile with the reference site's.
 
@@ -551,22 +549,11 @@ class IGUANeHarmonizer(BaseHarmonizer):
         contrast, which the size of the generator's correction does not reveal. Images
         below ``profile_threshold_`` are flagged by :meth:`transform`.
 
-        Parameters
-        ----------
-        imgs : 4-D array, list of 3-D arrays, or list of NIfTI paths / images
-            Images as for :meth:`transform`.
-        sites : array-like of shape (n_images,), default=None
-            Site labels, as for :meth:`transform`.
-
-        Returns
-        -------
-        ndarray of shape (n_images,)
+        %(iguane_guard_images)s
             NaN for a model fitted without the profile (e.g. official weights, or a model
             saved before the profile guard existed).
         """
-        check_is_fitted(self)
-        collection = as_collection(imgs)
-        sites, _ = self.check_transform_metadata(len(collection), sites)
+        collection, sites = self._fitted_inputs(imgs, sites)
         profile = self._contrast_profile()
         if profile is None:
             return np.full(len(collection), np.nan)
