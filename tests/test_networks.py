@@ -102,7 +102,7 @@ def test_layers_in_order_cover_every_parameter_once():
     assert sorted(ids) == sorted(id(p) for p in g.parameters())
     kinds = [type(m).__name__ for m in layers]
     assert kinds[:4] == ["OneDNNConv3d", "MADInstanceNorm3d"] * 2
-    assert kinds[18:20] == ["ConvTranspose3d", "MADInstanceNorm3d"]
+    assert kinds[18:20] == ["OneDNNConvTranspose3d", "MADInstanceNorm3d"]
     assert layers[2].stride == (2, 2, 2) and layers[4].stride == (1, 1, 1)
     assert layers[-1] is g.out_conv
 

@@ -26,18 +26,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from harmonix.iguane._compat import deprecated_names
+from harmonix.iguane.conv_backward import conv3d_onednn, conv_transpose3d_onednn
 from harmonix.iguane.fused_inference import (
     bf16_single_voxel_output,
     conv3d_float32,
     generator_forward_fused,
     onednn_applies,
 )
+from harmonix.iguane.norm_autograd import mad_norm
 
 __all__ = [
     "SIZE_MULTIPLE",
     "Generator3D",
     "MADInstanceNorm3d",
     "OneDNNConv3d",
+    "OneDNNConvTranspose3d",
     "PatchDiscriminator3D",
     "glorot_init",
 ]
@@ -50,13 +53,38 @@ SIZE_MULTIPLE = 2**_N_DOWN
 _SPATIAL_DIMS = (2, 3, 4)
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is enabled for ``device_type`` (False for devices without it)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # e.g. the "meta" device
+        return False
+
+
+def _backward_on_onednn(conv: nn.Conv3d | nn.ConvTranspose3d) -> bool:
+    """Whether ``conv`` (on a CPU float32 input) takes the backward pass of
+    :mod:`harmonix.iguane.conv_backward`: with autograd on, for undilated, ungrouped
+    convolutions with zero padding below the kernel size and no output padding."""
+    return (
+        torch.is_grad_enabled()
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and all(d == 1 for d in conv.dilation)
+        and all(0 <= p < k for p, k in zip(conv.padding, conv.kernel_size))
+        and not any(conv.output_padding)
+    )
+
+
 class OneDNNConv3d(nn.Conv3d):
     """``nn.Conv3d`` that takes oneDNN for CPU float32 inputs, in training too.
 
     PyTorch's heuristic sends one-volume batches of thin maps to its reference kernel,
     whose backward pass is slow; forcing oneDNN makes CPU training updates faster (see
-    ``benchmarks/bench_iguane_training_speed.py``). Same parameters and outputs as ``nn.Conv3d``
-    (to float32 rounding); any other case (autocast, float64, GPUs) is ``nn.Conv3d``'s,
+    ``benchmarks/bench_iguane_training_speed.py``). With autograd on, the gradients are
+    computed by :func:`~harmonix.iguane.conv_backward.conv3d_onednn` (oneDNN on every
+    thread). Same parameters and outputs as ``nn.Conv3d`` (to float32 rounding); any other
+    case (autocast, float64, GPUs) is ``nn.Conv3d``'s,
     except CPU bfloat16 convolutions with a strided single-voxel output, computed in
     float32 (:func:`~harmonix.iguane.fused_inference.bf16_single_voxel_output`).
     """
@@ -67,6 +95,8 @@ class OneDNNConv3d(nn.Conv3d):
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
         ):
+            if _backward_on_onednn(self):
+                return conv3d_onednn(x, self.weight, self.bias, self.stride, self.padding)
             return torch.mkldnn_convolution(
                 x,
                 self.weight,
@@ -91,6 +121,22 @@ class OneDNNConv3d(nn.Conv3d):
                 groups=self.groups,
             )
         return super().forward(x)
+
+
+class OneDNNConvTranspose3d(nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` whose CPU float32 training gradients use every thread.
+
+    With autograd on, CPU float32 inputs outside autocast go through
+    :func:`~harmonix.iguane.conv_backward.conv_transpose3d_onednn`: the same forward
+    (oneDNN), and a weight gradient computed by oneDNN on two halves of the volume instead
+    of one single-threaded GEMM. Same parameters and outputs as ``nn.ConvTranspose3d``;
+    every other case is ``nn.ConvTranspose3d``'s.
+    """
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if output_size is None and onednn_applies(x, self.weight) and _backward_on_onednn(self):
+            return conv_transpose3d_onednn(x, self.weight, self.bias, self.stride, self.padding)
+        return super().forward(x, output_size)
 
 
 class MADInstanceNorm3d(nn.Module):
@@ -125,7 +171,9 @@ class MADInstanceNorm3d(nn.Module):
     -----
     The statistics and the affine transform are computed in float32 even under
     :func:`torch.autocast` or with a half-precision input (in float64 for a float64 input);
-    the result is returned in the input's dtype.
+    the result is returned in the input's dtype. With autograd on, float32/float64 inputs
+    outside autocast go through :func:`~harmonix.iguane.norm_autograd.mad_norm` (one
+    autograd node with a closed-form backward; same values).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-3) -> None:
@@ -156,6 +204,13 @@ class MADInstanceNorm3d(nn.Module):
                 f"MADInstanceNorm3d({self.num_features}) expects an input of shape "
                 f"(N, {self.num_features}, D, H, W), got {tuple(x.shape)}."
             )
+        if (
+            torch.is_grad_enabled()
+            and x.dtype in (torch.float32, torch.float64)
+            and self.weight.dtype == x.dtype
+            and not _autocast_on(x.device.type)
+        ):
+            return mad_norm(x, self.weight, self.bias, self.eps)
         with torch.autocast(device_type=x.device.type, enabled=False):
             # float32 for half precision, float64 stays float64; no copy for float32
             dtype = torch.promote_types(x.dtype, torch.float32)
@@ -192,7 +247,7 @@ def _down_block(channels: int) -> _ConvReLUNorm:
 
 
 def _up_block(in_channels: int, out_channels: int) -> _ConvReLUNorm:
-    return _ConvReLUNorm(nn.ConvTranspose3d(in_channels, out_channels, 4, stride=2, padding=1))
+    return _ConvReLUNorm(OneDNNConvTranspose3d(in_channels, out_channels, 4, stride=2, padding=1))
 
 
 def glorot_init(module: nn.Module, generator: torch.Generator | None = None) -> None:
