@@ -83,3 +83,58 @@ def test_init_weights_is_a_deprecated_alias_of_glorot_init():
     glorot_init(b, torch.Generator().manual_seed(3))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert all(torch.count_nonzero(m.bias) == 0 for m in a.modules() if hasattr(m, "padding"))
+
+
+def _threads_seen(trainer: Trainer, monkeypatch) -> list[int]:
+    seen: list[int] = []
+    update = Trainer._update_discriminators
+
+    def spy(self, k, site):
+        seen.append(torch.get_num_threads())
+        return update(self, k, site)
+
+    monkeypatch.setattr(Trainer, "_update_discriminators", spy)
+    trainer.train_step()
+    return seen
+
+
+def test_site_steps_run_on_the_idle_cores_and_restore_the_setting(monkeypatch):
+    from harmonix.iguane import trainer as trainer_module
+
+    asked = []
+
+    def policy(limit=None, *, fair_share=True):
+        asked.append(fair_share)
+        return 1  # as if one of the two cores were busy
+
+    monkeypatch.setattr(trainer_module, "inference_threads", policy)
+    trainer = _trainer()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _threads_seen(trainer, monkeypatch) == [1, 1]  # one per source site
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert asked == [False, False]  # training: one thread when every core is shared
+
+
+def test_cpu_threads_fixes_the_thread_count(monkeypatch):
+    from harmonix.iguane import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "inference_threads", lambda *a, **k: 99)
+    trainer = _trainer()
+    object.__setattr__(trainer.config, "cpu_threads", 2)  # frozen dataclass
+    assert _threads_seen(trainer, monkeypatch) == [2, 2]
+    assert torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="cpu_threads"):
+        TrainConfig(cpu_threads=0)
+
+
+def test_cpu_threads_is_not_part_of_the_checkpoint_settings():
+    from harmonix.iguane.checkpoints import fingerprint
+
+    sites = np.array(["ref", "a"])
+    a = fingerprint(TrainConfig(), sites, "ref", None)
+    assert fingerprint(TrainConfig(cpu_threads=3), sites, "ref", None) == a
+    assert fingerprint(TrainConfig(base_width=8), sites, "ref", None) != a

@@ -56,7 +56,8 @@ def fingerprint(
     Parameters
     ----------
     config : TrainConfig
-        The settings (``checkpoint_every`` is left out: it may change between sessions).
+        The settings (``checkpoint_every`` and ``cpu_threads`` are left out: they may
+        change between sessions).
     sites : ndarray
         Site of every image.
     reference_site : hashable
@@ -70,6 +71,7 @@ def fingerprint(
     """
     cfg = dataclasses.asdict(config)
     cfg.pop("checkpoint_every")
+    cfg.pop("cpu_threads")
     cfg["batch_size"] = config.batch_size * world_size  # the global batch of one update
     info = {
         "config": cfg,

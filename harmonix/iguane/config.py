@@ -59,6 +59,15 @@ class TrainConfig:
     %(iguane_mixed_precision)s
     amp_dtype : {"float16", "bfloat16"}, default=None
         Autocast dtype; None means float16 on CUDA (with loss scaling) and bfloat16 on CPU.
+    cpu_threads : int, default=None
+        CPU threads of the training. None: before every site-step, the cores idle at that
+        moment, at least 1 and at most :func:`torch.get_num_threads`
+        (:func:`~harmonix.iguane.inference.inference_threads` with
+        ``fair_share=False``): on a busy machine PyTorch's threads would wait at every
+        parallel region for a thread that shares its core (a training step 2-3x slower
+        with one busy neighbour on 2 cores). An int: that many threads throughout (float
+        rounding can depend on the thread count; fix it to repeat a training bit for bit
+        on a machine whose load varies). Not part of a checkpoint's settings.
     """
 
     n_epochs: int = 100
@@ -88,6 +97,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     mixed_precision: bool | None = None
     amp_dtype: str | None = None
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -101,6 +111,8 @@ class TrainConfig:
         ):
             check_int(getattr(self, name), name, 1)
         check_int(self.warmup_steps, "warmup_steps", 0)
+        if self.cpu_threads is not None:
+            check_int(self.cpu_threads, "cpu_threads", 1)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}."

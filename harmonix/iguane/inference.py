@@ -156,7 +156,12 @@ def inference_threads(
 
 
 @contextlib.contextmanager
-def _num_threads(n: int | None) -> Iterator[None]:
+def intraop_threads(n: int | None) -> Iterator[None]:
+    """Run the enclosed code with ``n`` intra-op CPU threads (None: leave the setting).
+
+    The previous :func:`torch.get_num_threads` is restored on exit; ``ValueError`` for
+    ``n < 1``.
+    """
     if n is None:
         yield
         return
@@ -248,7 +253,7 @@ def harmonize_volume(
         num_threads = inference_threads()
     param_dtype = next(generator.parameters()).dtype
     with (
-        _num_threads(num_threads),
+        intraop_threads(num_threads),
         torch.inference_mode(),
         torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None),
     ):

@@ -23,6 +23,7 @@ from harmonix.iguane.config import TrainConfig
 from harmonix.iguane.data import SitePairSampler, network_input
 from harmonix.iguane.devices import autocast_dtype
 from harmonix.iguane.distributed import DistributedContext
+from harmonix.iguane.inference import inference_threads, intraop_threads
 from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D, glorot_init
 from harmonix.iguane.updates import DiscriminatorStep, GeneratorStep, masked
 
@@ -417,6 +418,14 @@ class Trainer:
             self.sched_to_source[k].step()
             self.sched_disc[k].step()
 
+    def _site_step_threads(self) -> int | None:
+        """CPU threads of the next site-step (``config.cpu_threads``; None: no change)."""
+        if self.device.type != "cpu":
+            return None
+        if self.config.cpu_threads is not None:
+            return self.config.cpu_threads
+        return inference_threads(fair_share=False)
+
     @property
     def warming_up(self) -> bool:
         """Whether the next step is a discriminator warm-up step."""
@@ -441,12 +450,13 @@ class Trainer:
         losses = []
         for k in order.tolist():
             site = self.sources[k]
-            d_loss = self._update_discriminators(k, site)
-            if warmup:
-                nan = torch.full((4,), float("nan"), dtype=d_loss.dtype, device=d_loss.device)
-                losses.append(torch.cat([d_loss.reshape(1), nan]))
-                continue
-            losses.append(torch.stack([d_loss, *self._update_generators(k, site)]))
+            with intraop_threads(self._site_step_threads()):
+                d_loss = self._update_discriminators(k, site)
+                if warmup:
+                    nan = torch.full((4,), float("nan"), dtype=d_loss.dtype, device=d_loss.device)
+                    losses.append(torch.cat([d_loss.reshape(1), nan]))
+                    continue
+                losses.append(torch.stack([d_loss, *self._update_generators(k, site)]))
             self._step_schedules(k)
         mean = torch.stack(losses).double().mean(0).cpu().numpy()
         if self.context is not None:  # each process's losses are means over its block
