@@ -17,9 +17,9 @@ One forward pass of the IGUANe generator on one volume, at the paper's size (160
   check; timed with ``--variants``);
 - ``harmonix 1 thread`` / ``harmonix all cores``: the fused pass with ``num_threads=1`` /
   PyTorch's thread count (``--variants``);
-- ``harmonix mt norms``: the defaults, but the fused normalizations run on the call's
-  threads instead of one (``fused_inference._single_intraop_thread`` replaced by a no-op;
-  ``--variants``), to see what the single-threaded norms cost on an idle machine;
+- ``harmonix 1-thread norms``: the defaults, but the fused normalizations always on one
+  thread (the rule before ``harmonize_volume`` let them use the call's threads on an idle
+  machine; ``--variants``);
 - ``harmonix bf16``: the fused pass under bfloat16 autocast (``--variants``, and only when
   the CPU has native bfloat16; its error is reported with ``--accuracy``).
 
@@ -89,7 +89,7 @@ MEMORY_GOAL_MB = 1200.0  # harmonix peak RSS for one full-size volume
 TIMED = ("keras", "keras onednn", "harmonix")
 VARIANTS = (
     *TIMED,
-    "harmonix mt norms",
+    "harmonix 1-thread norms",
     "harmonix plain",
     "harmonix 1 thread",
     "harmonix all cores",
@@ -100,7 +100,7 @@ LABELS = {
     "keras": "Keras (TensorFlow defaults)",
     "keras onednn": "Keras (TF_ENABLE_ONEDNN_OPTS=1)",
     "harmonix all cores": "harmonix (fused), all cores",
-    "harmonix mt norms": "harmonix (fused), norms on all threads",
+    "harmonix 1-thread norms": "harmonix (fused), norms on 1 thread",
     "harmonix": "harmonix (fused)",
     "harmonix plain": "harmonix plain pass",
     "harmonix 1 thread": "harmonix (fused), 1 thread",
@@ -237,10 +237,10 @@ def make_runner(variant: str, workdir: Path, size: str):
         return lambda: harmonize_volume(gen, x)
     if variant == "harmonix 1 thread":
         return lambda: harmonize_volume(gen, x, num_threads=1)
-    if variant == "harmonix mt norms":  # the fused norms on the call's threads, not on one
-        from harmonix.iguane import fused_inference
+    if variant == "harmonix 1-thread norms":  # the fused norms on one thread, always
+        from harmonix.iguane import inference
 
-        fused_inference._single_intraop_thread = lambda device_type: contextlib.nullcontext()
+        inference.norms_on_call_threads = lambda enabled=True: contextlib.nullcontext()
         return lambda: harmonize_volume(gen, x)
     if variant == "harmonix all cores":
         n = torch.get_num_threads()

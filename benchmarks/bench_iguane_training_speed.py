@@ -16,14 +16,12 @@ limit.
 
 Variants, each in its own worker process, timed in alternating rounds (medians):
 
-- ``harmonix``: :func:`harmonix.iguane.training.train` with its defaults (PyTorch's
-  threads); a site-step is timed between two updates of the discriminators'
-  optimizer (an optimizer step hook), so data handling and bookkeeping count;
-- ``harmonix idle-core threads``: the same with ``torch.set_num_threads`` set before every
-  site-step by the inference thread policy
-  (:func:`harmonix.iguane.inference.inference_threads` with ``fair_share=False``: the
-  cores idle then, at least one), which is what a training thread policy in the trainer
-  would do;
+- ``harmonix``: :func:`harmonix.iguane.training.train` with its defaults (threads: the
+  cores idle before every site-step, ``TrainConfig.cpu_threads=None``); a site-step is
+  timed between two updates of the discriminators' optimizer (an optimizer step hook), so
+  data handling and bookkeeping count;
+- ``harmonix fixed threads``: the same with ``cpu_threads`` set to PyTorch's thread count
+  (all cores whatever the load: the behaviour before the thread policy);
 - ``tf``: ``tf_iguane_step.TFSiteStep`` with TensorFlow's defaults (on CPUs without
   AVX512-VNNI/BF16/AMX, such as AVX2-only ones, TensorFlow does *not* use oneDNN by
   default);
@@ -72,10 +70,10 @@ CONFIGS = {
         label="width 16 / disc 64, 160×192×160", width=16, disc=64, shape=(160, 192, 160)
     ),
 }
-VARIANTS = ("harmonix", "harmonix idle-core threads", "tf", "tf onednn")
+VARIANTS = ("harmonix", "harmonix fixed threads", "tf", "tf onednn")
 #: TensorFlow's default (Eigen) kernels take tens of seconds per site-step here: only on
 #: request (``--variants``).
-DEFAULT_VARIANTS = ("harmonix", "harmonix idle-core threads", "tf onednn")
+DEFAULT_VARIANTS = ("harmonix", "harmonix fixed threads", "tf onednn")
 RATIO_GOAL = 0.7
 LIMIT_GOAL = 0.5
 #: What the profiles of this script (and ONEDNN_VERBOSE=1 runs) showed; written under the
@@ -237,18 +235,23 @@ def _volumes(shape: tuple, n: int, seed: int = 0) -> list[tuple[np.ndarray, np.n
     return out
 
 
-def harmonix_worker(cfg: dict, idle_threads: bool, profile: int = 0) -> None:
+def harmonix_worker(cfg: dict, fixed_threads: bool, profile: int = 0) -> None:
     """Train with harmonix; pause at every site-step boundary and wait for orders."""
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from harmonix.iguane.config import TrainConfig
-    from harmonix.iguane.inference import inference_threads
+    from harmonix.iguane.trainer import Trainer
     from harmonix.iguane.training import train
 
-    limit = torch.get_num_threads()
-    if idle_threads:
-        torch.set_num_threads(inference_threads(limit, fair_share=False))
+    policy = Trainer._site_step_threads
+
+    def site_step_threads(self) -> int | None:  # record what the trainer chose
+        n = policy(self)
+        state["used"].add(torch.get_num_threads() if n is None else n)
+        return n
+
+    Trainer._site_step_threads = site_step_threads
     vols = _volumes(cfg["shape"], 4)
     sites = ["ref", "ref", "src", "src"]
     config = TrainConfig(
@@ -261,6 +264,7 @@ def harmonix_worker(cfg: dict, idle_threads: bool, profile: int = 0) -> None:
         identity_init=True,
         val_fraction=0.0,
         warmup_steps=0,
+        cpu_threads=torch.get_num_threads() if fixed_threads else None,
     )
     state: dict = {
         "disc_opt": None,
@@ -315,11 +319,6 @@ def harmonix_worker(cfg: dict, idle_threads: bool, profile: int = 0) -> None:
         if len(state["times"]) >= state["want"]:
             orders()
             now = time.perf_counter()
-        if idle_threads:  # the policy applied at every site-step (about 2 ms, timed)
-            n = inference_threads(limit, fair_share=False)
-            if n != torch.get_num_threads():
-                torch.set_num_threads(n)
-        state["used"].add(torch.get_num_threads())
         state["last"] = now
 
     register_optimizer_step_post_hook(hook)
@@ -499,10 +498,10 @@ def time_config(
 
 
 def profile_harmonix(name: str, steps: int, python: str) -> dict:
-    """torch.profiler tables of ``steps`` site-steps, threads by the idle-core policy (on an
-    idle machine PyTorch's default; on a busy one the profile then shows the work rather
-    than OpenMP threads waiting for each other)."""
-    p = _spawn("harmonix idle-core threads", name, python)
+    """torch.profiler tables of ``steps`` site-steps, harmonix's defaults (threads by the
+    trainer's policy: on a busy machine the profile then shows the work rather than OpenMP
+    threads waiting for each other)."""
+    p = _spawn("harmonix", name, python)
     try:
         json.loads(p.stdout.readline())
         _ask(p, "run 1")  # one more warm-up site-step
@@ -575,7 +574,7 @@ def render(results: dict, limit: dict, args, load: tuple[str, str], tf_ok: bool)
                     f"{ph['threads'].get(v, 'default')} | {sec:.2f} | {gf / sec:.1f} | "
                     f"{100 * gf / sec / limit['forward_backward']:.0f} % | {ratio} |"
                 )
-            for v in ("harmonix", "harmonix idle-core threads"):
+            for v in ("harmonix", "harmonix fixed threads"):
                 if v not in med:
                     continue
                 share = gf / med[v] / limit["forward_backward"]
@@ -611,7 +610,7 @@ def render_profile(prof: dict, steps: int, load: str) -> list[str]:
     lines = [
         "## Where harmonix's time goes (CPU recipe, torch.profiler)",
         "",
-        f"{steps} site-steps after warm-up, threads by the idle-core policy "
+        f"{steps} site-steps after warm-up, threads by the trainer's policy "
         f"({prof.get('threads', '?')}), load average {load}"
         + ("" if float(load.split()[0]) < 1.5 else " (loaded)")
         + f"; median site-step {statistics.median(prof['times']):.2f} s under the profiler.",
@@ -645,7 +644,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = CONFIGS[args.config]
         if args.worker.startswith("tf"):
             return tf_worker(cfg)
-        return harmonix_worker(cfg, args.worker == "harmonix idle-core threads")
+        return harmonix_worker(cfg, args.worker == "harmonix fixed threads")
 
     python = sys.executable
     tf_ok = _tf_available(python)

@@ -5,7 +5,7 @@
 #
 # Writes, with the load average before and after every phase:
 #   benchmarks/results/iguane_inference.md  one 160x192x160 volume, harmonix (its default
-#       thread policy, and 1 thread / all cores / multithreaded norms beside it) vs Keras in
+#       thread policy, and 1 thread / all cores / single-threaded norms beside it) vs Keras in
 #       TF with TF_ENABLE_ONEDNN_OPTS=1 (TF's faster setting on AVX2 CPUs, default threads),
 #       idle, then with 2 busy background processes started by the script; peak RSS; max
 #       abs diff to the plain float32 pass. (TF's default, Eigen, is about 2x slower here:
@@ -35,7 +35,7 @@ fi
 start=$(date +%s)
 "$PY" benchmarks/bench_iguane_inference.py --sizes 1mm --repeats 3 --busy 2 \
     --variants "keras onednn" harmonix "harmonix 1 thread" "harmonix all cores" \
-    "harmonix mt norms"
+    "harmonix 1-thread norms"
 "$PY" benchmarks/bench_iguane_training_speed.py --configs recipe w16 --rounds 2 --steps 2 \
     --busy 1 --profile 2
 echo "done in $(( $(date +%s) - start )) s; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -64,20 +64,62 @@ def test_reads_this_machine():
     assert running is None or running >= 1  # the caller itself is runnable
 
 
-def test_harmonize_volume_uses_the_policy(monkeypatch):
+def _spy_calls(monkeypatch) -> list[tuple[int | None, bool]]:
+    """(threads, norms on the call's threads) of every harmonize_volume call."""
+    from harmonix.iguane import fused_inference
+
     seen = []
-    real = inference._num_threads
+    real = inference.intraop_threads
 
     def spy(n):
-        seen.append(n)
+        seen.append((n, None))
         return real(n)
 
-    monkeypatch.setattr(inference, "_num_threads", spy)
-    monkeypatch.setattr(inference, "inference_threads", lambda: 1)
+    def record_norms(module, x):
+        n, _ = seen[-1]
+        seen[-1] = (n, not fused_inference._NORMS_SINGLE_THREAD.get())
+
+    monkeypatch.setattr(inference, "intraop_threads", spy)
     g = Generator3D(base_width=2).eval()
+    g.enc_convs[0].norm.register_forward_pre_hook(record_norms)
+    g.fused_inference = False  # the plain pass calls the norm modules (hook above)
+    return seen, g
+
+
+def test_harmonize_volume_uses_the_policy(monkeypatch):
+    seen, g = _spy_calls(monkeypatch)
+    monkeypatch.setattr(inference, "busy_neighbours", lambda: (1, 2))  # one core busy
     x = np.zeros((16, 16, 16), np.float32)
     before = torch.get_num_threads()
     harmonize_volume(g, x)
     harmonize_volume(g, x, num_threads=1)  # an explicit count bypasses the rule
-    assert seen == [1, 1]
+    assert [n for n, _ in seen] == [1, 1]
     assert torch.get_num_threads() == before
+
+
+def test_norms_use_the_call_threads_only_on_an_idle_machine(monkeypatch):
+    seen, g = _spy_calls(monkeypatch)
+    x = np.zeros((16, 16, 16), np.float32)
+    for load in ((0, 2), (1, 2), (3, 2), None):
+        monkeypatch.setattr(inference, "busy_neighbours", lambda load=load: load)
+        harmonize_volume(g, x)
+    harmonize_volume(g, x, num_threads=2)  # the caller's count: the default (one thread)
+    limit = torch.get_num_threads()
+    assert seen == [(limit, True), (1, False), (limit, False), (limit, False), (2, False)]
+
+
+def test_norms_on_call_threads_lifts_the_one_thread_rule():
+    from harmonix.iguane import fused_inference as fi
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with fi._single_intraop_thread("cpu"):
+            assert torch.get_num_threads() == 1
+        with fi.norms_on_call_threads(), fi._single_intraop_thread("cpu"):
+            assert torch.get_num_threads() == 2
+        with fi.norms_on_call_threads(False), fi._single_intraop_thread("cpu"):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -14,13 +14,20 @@ in :mod:`harmonix.iguane.networks`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["conv3d", "generator_forward_fused", "onednn_applies", "relu_mad_norm_"]
+__all__ = [
+    "conv3d",
+    "generator_forward_fused",
+    "norms_on_call_threads",
+    "onednn_applies",
+    "relu_mad_norm_",
+]
 
 _CL = torch.channels_last_3d
 
@@ -34,16 +41,44 @@ _CPU_CHUNK_BYTES = 2 << 20
 _CPU_SLAB_BYTES = 16 << 20
 
 
+#: Whether the fused normalizations run on one thread (see :func:`norms_on_call_threads`).
+_NORMS_SINGLE_THREAD: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "harmonix_norms_single_thread", default=True
+)
+
+
+@contextlib.contextmanager
+def norms_on_call_threads(enabled: bool = True) -> Iterator[None]:
+    """Let the fused normalizations of the enclosed passes use the call's threads.
+
+    By default they run on one thread (see :func:`_single_intraop_thread`); on an idle
+    machine the call's threads make a full-size pass about 5 % faster, on a busy one
+    they make it several times slower. :func:`~harmonix.iguane.inference.harmonize_volume`
+    enables this when it finds no busy neighbour.
+
+    Parameters
+    ----------
+    enabled : bool, default=True
+        False leaves the default (one thread).
+    """
+    token = _NORMS_SINGLE_THREAD.set(not enabled)
+    try:
+        yield
+    finally:
+        _NORMS_SINGLE_THREAD.reset(token)
+
+
 @contextlib.contextmanager
 def _single_intraop_thread(device_type: str) -> Iterator[None]:
-    """Run the enclosed CPU operations on the calling thread only.
+    """Run the enclosed CPU operations on the calling thread only (unless
+    :func:`norms_on_call_threads` is in effect).
 
     The fused normalization issues many small memory-bound operations; with several
     OpenMP threads each one ends in a barrier, and on a busy machine the spinning threads
     cost far more CPU time than they gain. ``torch.set_num_threads`` sets the OpenMP
     thread count of the calling thread; it is restored on exit.
     """
-    if device_type != "cpu":
+    if device_type != "cpu" or not _NORMS_SINGLE_THREAD.get():
         yield
         return
     before = torch.get_num_threads()
@@ -354,16 +389,17 @@ def _up_conv_slabs(conv: nn.ConvTranspose3d, src: torch.Tensor, slab: int) -> to
     """``conv(src)`` for a 4×4×4 transposed convolution with stride 2 and padding 1.
 
     Output slices ``2a .. 2b - 1`` depend on the input slices ``a - 1 .. b``; each slab of
-    ``slab`` input slices is convolved without depth padding and the matching output slices
-    are copied into the channels-last result.
+    ``slab`` input slices is taken with that halo (a zero slice beyond the volume's faces,
+    which adds nothing) and convolved with a depth padding of 3, which crops the result to
+    exactly those output slices: no output slice is computed twice.
     """
     n, _, d, h, w = src.shape
     result = None
     for a in range(0, d, slab):
         b = min(d, a + slab)
         lo, hi = max(a - 1, 0), min(b + 1, d)
-        piece = src[:, :, lo:hi].contiguous(memory_format=_CL)
-        out = F.conv_transpose3d(piece, conv.weight, conv.bias, stride=2, padding=(0, 1, 1))
+        piece = _depth_slab(src, lo, hi, int(a == 0), int(b == d))
+        out = F.conv_transpose3d(piece, conv.weight, conv.bias, stride=2, padding=(3, 1, 1))
         del piece
         if result is None:
             result = torch.empty(
@@ -372,9 +408,7 @@ def _up_conv_slabs(conv: nn.ConvTranspose3d, src: torch.Tensor, slab: int) -> to
                 device=src.device,
                 memory_format=_CL,
             )
-        # local output slice j is global slice j + 2 * lo - 1
-        first = 2 * (a - lo) + 1
-        result[:, :, 2 * a : 2 * b].copy_(out[:, :, first : first + 2 * (b - a)])
+        result[:, :, 2 * a : 2 * b].copy_(out)
     return result
 
 

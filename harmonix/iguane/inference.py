@@ -24,7 +24,10 @@ free cores wait for it. With at least as many busy neighbours as cores every cor
 shared anyway; the threads then progress at the same pace and the scheduler gives each of
 them its share of a core, so all cores are used again (one thread would get a single
 share). ``num_threads`` overrides the rule. Where ``/proc/stat`` cannot be read (not Linux),
-PyTorch's setting is used.
+PyTorch's setting is used. The fused pass runs its normalizations (many small
+memory-bound operations) on one thread, except when the call found no busy neighbour:
+then on the call's threads too (on a busy machine each of their barriers would wait for a
+descheduled thread; see :func:`~harmonix.iguane.fused_inference.norms_on_call_threads`).
 
 Two process-wide settings make CPU inference faster (see the same results), because a pass
 allocates about 1 GB of fresh feature maps whose pages the kernel otherwise faults in 4 kB
@@ -46,9 +49,17 @@ import numpy as np
 import torch
 
 from harmonix.iguane.devices import cpu_supports_bf16, resolve_amp_dtype
+from harmonix.iguane.fused_inference import norms_on_call_threads
 from harmonix.iguane.networks import SIZE_MULTIPLE, Generator3D
 
-__all__ = ["cpu_supports_bf16", "harmonize_volume", "inference_threads", "resolve_amp_dtype"]
+__all__ = [
+    "busy_neighbours",
+    "cpu_supports_bf16",
+    "harmonize_volume",
+    "inference_threads",
+    "intraop_threads",
+    "resolve_amp_dtype",
+]
 
 #: Samples of the runnable-task count taken by :func:`inference_threads`, and the pause
 #: between two of them (seconds): about 2 ms in all, a thousandth of a full-size pass.
@@ -139,17 +150,37 @@ def inference_threads(
     :func:`torch.set_num_threads` there.
     """
     limit = torch.get_num_threads() if limit is None else int(limit)
-    limit = max(1, limit)
+    return _threads_for(busy_neighbours(read_running, cores), max(1, limit), fair_share)
+
+
+def busy_neighbours(
+    read_running: Callable[[], int | None] = _procs_running,
+    cores: tuple[int, int] | None = None,
+) -> tuple[int, int] | None:
+    """Busy neighbours now and the cores this process may use, as ``(busy, usable)``.
+
+    ``busy`` is the median over a few samples of the runnable tasks of other processes,
+    scaled by ``usable / online`` when the process is pinned to ``usable`` of the
+    machine's ``online`` cores. None when the runnable tasks cannot be read. The arguments
+    are those of :func:`inference_threads`.
+    """
     samples = []
     for i in range(_SAMPLES):
         if i:
             time.sleep(_SAMPLE_PAUSE)
         running = read_running()
         if running is None:
-            return limit
+            return None
         samples.append(max(0, running - 1))
     usable, online = _usable_cores() if cores is None else cores
-    busy = int(round(statistics.median(samples) * usable / max(usable, online)))
+    return int(round(statistics.median(samples) * usable / max(usable, online))), usable
+
+
+def _threads_for(load: tuple[int, int] | None, limit: int, fair_share: bool) -> int:
+    """The rule of :func:`inference_threads` for ``load = (busy, usable)`` (None: unknown)."""
+    if load is None:
+        return limit
+    busy, usable = load
     if busy >= usable and fair_share:  # every core is shared anyway: the scheduler's fair
         return limit  # share favours one thread per core (each gets its slice of a core)
     return max(1, min(limit, usable - busy))
@@ -249,11 +280,15 @@ def harmonize_volume(
         raise ValueError("x must be a floating-point array of finite values.")
     device = _module_device(generator)
     amp = resolve_amp_dtype(amp_dtype, device)
+    norms_parallel = False
     if num_threads is None and device.type == "cpu":
-        num_threads = inference_threads()
+        load = busy_neighbours()
+        num_threads = _threads_for(load, torch.get_num_threads(), fair_share=True)
+        norms_parallel = load is not None and load[0] == 0  # an idle machine
     param_dtype = next(generator.parameters()).dtype
     with (
         intraop_threads(num_threads),
+        norms_on_call_threads(norms_parallel),
         torch.inference_mode(),
         torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None),
     ):
