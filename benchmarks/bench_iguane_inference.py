@@ -120,10 +120,27 @@ NOTES = [
     "- bfloat16 autocast moves the output by ~3e-2 on average (up to ~0.6 in single voxels), "
     "so it stays off by default; on CPUs without AVX512-BF16/AMX it is emulated and much "
     "slower than float32, so it is only timed where the CPU has it.",
-    "- Threads: harmonix uses the cores idle when a call starts (inference_threads: "
-    "runnable tasks of the machine, not the lagging load average); with busy neighbours, "
-    "OpenMP's statically split parallel regions would wait for a thread sharing a core "
-    "with one of them. TensorFlow keeps its default thread pools.",
+    "- Threads: with no busy neighbour when a call starts (inference_threads: runnable "
+    "tasks of the machine, not the lagging load average) harmonix uses every core, the "
+    "fused norms included; with busy neighbours it runs more threads than cores "
+    "(limit + 2 per busy task, at most 4x) and the norms on one thread. At 160x192x160 "
+    "with 2 busy processes on 2 cores: 2 threads 15.1 s, 4: 11.5 s, 6: 10.7 s, 8: 10.1 s "
+    "(Keras about 14 s under the same load); at 96x112x96 on the idle machine: 2 threads 1.48 s, "
+    "4: 1.59 s, 6: 1.52 s (no gain without neighbours). The scheduler is fair per thread, "
+    "so more threads get a larger share, and OpenMP's static split is then made of "
+    "smaller pieces. TensorFlow keeps its default (work-stealing) thread pools.",
+    "- What bounds the idle ratio: ONEDNN_VERBOSE on the fused pass at 160x192x160 (2 "
+    "threads, idle): the convolutions take 5.8 s of oneDNN execution, at 65-78 GFLOP/s on "
+    "the well-shaped layers, while sgemm peaks at 69 GFLOP/s on this CPU (2048^3): the "
+    "layers run at the machine's practical peak. 0.8x Keras (7.1-7.2 s) is 5.7 s, less "
+    "than the convolutions alone, and Keras runs the same oneDNN kernels. Fewer FLOPs "
+    "(Winograd F(2,3) in 3-D: 3.4x fewer multiplications) would need tile transforms that, "
+    "written with PyTorch operations, stream about 8x each layer's input through memory "
+    "(an estimated ~27 GB of traffic for the 32->16 full-resolution layer, which takes "
+    "2.1 s direct): not pursued.",
+    "- The full-resolution transposed convolution used to compute 14 output slices per 8 "
+    "kept (its slab halo: 0.94 s at 43 GFLOP/s); a depth padding of 3 crops each slab to "
+    "its own slices (1 mm pass 7.55 -> 7.18 s, same output).",
     "- Where the time goes (torch.profiler, harmonix fused pass at 96x112x96, 2 threads, "
     "load ~9, 2026-11-29): oneDNN convolutions 59 % of the self CPU time (22 calls), "
     "transposed convolutions 17 % (7 calls, inside aten::_convolution), copies 13 % (425 "

@@ -79,37 +79,43 @@ LIMIT_GOAL = 0.5
 #: What the profiles of this script (and ONEDNN_VERBOSE=1 runs) showed; written under the
 #: measured tables.
 NOTES = [
-    "## Reading (where the time goes, what would help)",
+    "## Reading (where the time goes, what was done, what remains)",
     "",
-    "- **Threads under load.** With one busy neighbour on 2 cores, PyTorch's 2 OpenMP threads "
-    "wait at every statically split parallel region for the thread that shares a core with "
-    "it; TensorFlow's work-stealing pool degrades far less. A width-4 generator forward + "
-    "backward (48×64×48) took 2.49 s with 2 threads and 0.74 s with 1 thread at load 8. "
-    "The same collapse with many busy neighbours: a width-4 generator forward + backward "
-    "alternating 1 and 2 threads at load ~6 took 0.43-0.50 s with 1 thread and 5.3 s "
-    "with 2. The 'harmonix idle-core threads' rows set "
-    "`torch.set_num_threads(inference_threads(fair_share=False))` before every site-step "
-    "(the free cores, at least one; about 2 ms); the same lines in `Trainer.train_step` "
-    "(set, then restore) would give every training that behaviour.",
-    "- **Thin channels.** On AVX2, oneDNN has no JIT weight-gradient kernel for the thin "
-    "full-resolution layers of a width-4 generator (4 output channels): they take "
-    "`x64:gemm:jit` (im2col + sgemm). ONEDNN_VERBOSE, 1 thread: the 8→4 3×3×3 convolution "
-    "at 48×64×48 takes 195 ms for its weight gradient against 66-82 ms forward and 33-57 ms "
-    "for the input gradient; the thin layers' weight gradients are about half of the "
-    "convolution time of a width-4 generator step. Channels-last tensors switch forward and "
-    "input gradient to the faster `brg_conv` kernels (about 20 %) but not the weight "
-    "gradient. This, not Python overhead, is why the CPU recipe stays far below the limit "
-    "of a well-shaped layer.",
-    "- **MAD norm and small operations.** With one thread (no OpenMP waits) they are "
-    "about 10 % of a CPU-recipe site-step (profile below: convolution backward 65 %, "
-    "forward 21 %); in a 2-thread profile on a busy machine they looked like a third, "
-    "because every small parallel operation then waits for a descheduled thread. A fused "
-    "`torch.autograd.Function` for the norm with the closed-form backward "
-    "`gx = a - mean(a)`, `a = s·g - c·sign(d)`, `c = s/(m+eps)·mean(g·d)`, `s = γ/(m+eps)`, "
-    "`d = x - mean(x)`, `m = mean(|d|)` (`dγ = Σ g·d/(m+eps)`, `dβ = Σ g`) was 1.6x faster "
-    "than the autograd of `MADInstanceNorm3d` in a prototype (forward + backward at "
-    "48×64×48, 1 thread: 4 channels 17.2 → 10.9 ms, 16 channels 64.7 → 40.9 ms; gradients "
-    "within 3e-6 of float64 autograd): a few per cent of a site-step.",
+    "- **Convolution gradients.** Autograd differentiates `torch.mkldnn_convolution` with "
+    "the generic `convolution_backward`, which picks its kernels again: one-volume batches "
+    "of thin maps (`C·D·H <= 20480`, every 3×3×3 layer of a width-4 generator below full "
+    "resolution) went to PyTorch's reference kernel, and oneDNN computed most weight "
+    "gradients as im2col + GEMM parallel over the batch only, i.e. on one thread. "
+    "`harmonix.iguane.conv_backward` computes the input gradient of stride-1 layers as a "
+    "oneDNN forward convolution with the flipped kernel and every weight gradient from the "
+    "two depth halves of the volume as a batch of two. Per layer (2 threads, idle): "
+    "16→32 at 24×32×24 input gradient 37.9 → 7.1 ms, weight gradient 25.5 → 11.6 ms; "
+    "8→4 at 48×64×48 weight gradient 26.4 → 12.9 ms; 32→16 at 48×64×48 weight gradient "
+    "174 → 98 ms; a 16→32 transposed convolution's weight gradient 53 → 25 ms. With the "
+    "norm below, one generator forward + backward at 48×64×48: width 4 258 → 147 ms, "
+    "width 16 993 → 862 ms (same gradients: tests/test_iguane_conv_backward.py).",
+    "- **MAD norm.** One autograd node with the closed-form backward "
+    "(`harmonix.iguane.norm_autograd`: `gx = a - mean(a)`, `a = γr·g - k·sign(d)`, "
+    "`k = γr²·mean(g·d)`): forward + backward 1.4-1.7x faster than autograd of the plain "
+    "norm (after an in-place ReLU, at 48×64×48: 4 channels 6.5 → 4.7 ms, 16 channels "
+    "16.4 → 9.8 ms); fusing the ReLU into the node was slower.",
+    "- **Threads.** By default (`TrainConfig.cpu_threads=None`) every site-step runs on "
+    "the cores idle when it starts, at least one (`inference_threads(fair_share=False)`). "
+    "With one busy process on 2 cores, CPU-recipe site-step: 1 thread 2.26 s, 2 threads "
+    "4.27 s, 4 threads 2.86 s, 6 threads 3.15 s: unlike inference, training (many small "
+    "parallel regions) does not gain from more threads than cores. The 'harmonix fixed "
+    "threads' rows keep PyTorch's count (the behaviour before). Setting the thread count, "
+    "even to its current value, restarts thread pools (1.43 → 1.65 s per site-step when "
+    "done at every site-step): the trainer leaves it alone when the answer is unchanged.",
+    "- **What remains.** Width 16: a site-step is 370.9 GFLOP of convolutions; at the "
+    "oneDNN limit of this machine (69-72 GFLOP/s forward + backward) that alone is "
+    "5.2-5.4 s, while 0.7x TensorFlow's 7.5-8.2 s is 5.3-5.7 s: the goal needs ~97 % of "
+    "the limit on every layer (TensorFlow reaches 66 %, harmonix 68 %). CPU recipe: thin "
+    "layers (1-8 channels) run at 10-26 GFLOP/s in oneDNN (the 8→4 3×3×3 forward at "
+    "48×64×48: 26 GFLOP/s; AVX2 kernels fill 8-wide vectors with 4 channels); oneDNN's "
+    "execution alone is about 0.8 s of a 1.4 s site-step (ONEDNN_VERBOSE), against about "
+    "1.0-1.1 s for 0.7x TensorFlow. The rest is the norms and elementwise operations "
+    "(~18 %), copies (~8 %), autograd and Python (~4 %).",
     "- **TensorFlow's defaults.** On this AVX2 CPU TensorFlow does not enable oneDNN by "
     "default (only on CPUs with AVX512-VNNI/BF16/AMX); its Eigen kernels took ~55 s per "
     "width-4 site-step at load 8 against ~5 s with `TF_ENABLE_ONEDNN_OPTS=1`. The ratios "

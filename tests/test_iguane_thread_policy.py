@@ -22,33 +22,34 @@ def _reader(*values):
     ("running", "cores", "limit", "expected"),
     [
         (1, (2, 2), 2, 2),  # idle 2-core machine: only the caller runs -> both cores
-        (2, (2, 2), 2, 1),  # one busy neighbour -> one core left
-        (3, (2, 2), 2, 2),  # two busy neighbours: every core shared -> fair share of both
-        (9, (2, 2), 2, 2),  # heavily loaded: the same
-        (2, (4, 4), 4, 3),  # one busy neighbour on 4 cores
-        (4, (4, 4), 4, 1),  # three busy neighbours on 4 cores -> the one free core
+        (2, (2, 2), 2, 4),  # one busy neighbour -> 2 more threads (a larger fair share)
+        (3, (2, 2), 2, 6),  # two busy neighbours
+        (9, (2, 2), 2, 8),  # heavily loaded: at most 4x the limit
+        (2, (4, 4), 4, 6),  # one busy neighbour on 4 cores
         (1, (8, 8), 4, 4),  # idle, but the user limited PyTorch to 4 threads
-        (4, (8, 8), 8, 5),  # 3 busy neighbours on 8 cores
+        (4, (8, 8), 4, 4),  # ... which stays the cap with busy neighbours
+        (4, (8, 8), 8, 14),  # 3 busy neighbours on 8 cores
         (1, (2, 2), 1, 1),  # torch.set_num_threads(1) is respected on an idle machine
-        (17, (4, 64), 4, 3),  # pinned to 4 of 64 cores: 16 busy tasks -> 1 on our cores
+        (17, (4, 64), 4, 6),  # pinned to 4 of 64 cores: 16 busy tasks -> 1 on our cores
     ],
 )
-def test_idle_cores_rule(running, cores, limit, expected):
+def test_thread_rule(running, cores, limit, expected):
     assert inference_threads(limit, read_running=_reader(running), cores=cores) == expected
 
 
-def test_without_fair_share_every_core_shared_means_one_thread():
-    for running in (3, 9):
+def test_without_fair_share_the_free_cores_at_least_one():
+    for running, expected in ((1, 2), (2, 1), (3, 1), (9, 1)):
         n = inference_threads(2, fair_share=False, read_running=_reader(running), cores=(2, 2))
-        assert n == 1
-    assert inference_threads(2, fair_share=False, read_running=_reader(1), cores=(2, 2)) == 2
+        assert n == expected
+    n = inference_threads(8, fair_share=False, read_running=_reader(4), cores=(8, 8))
+    assert n == 5  # 3 busy neighbours on 8 cores
 
 
 def test_median_ignores_a_short_spike():
-    # a task that was runnable in one sample only does not take a core away
+    # a task that was runnable in one sample only does not count
     assert inference_threads(2, read_running=_reader(1, 5, 1, 1, 1), cores=(2, 2)) == 2
     # a neighbour busy in most samples does
-    assert inference_threads(2, read_running=_reader(2, 2, 1, 2, 2), cores=(2, 2)) == 1
+    assert inference_threads(2, read_running=_reader(2, 2, 1, 2, 2), cores=(2, 2)) == 4
 
 
 def test_unknown_load_uses_the_limit():
@@ -91,21 +92,29 @@ def test_harmonize_volume_uses_the_policy(monkeypatch):
     monkeypatch.setattr(inference, "busy_neighbours", lambda: (1, 2))  # one core busy
     x = np.zeros((16, 16, 16), np.float32)
     before = torch.get_num_threads()
-    harmonize_volume(g, x)
-    harmonize_volume(g, x, num_threads=1)  # an explicit count bypasses the rule
-    assert [n for n, _ in seen] == [1, 1]
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)
+    try:
+        harmonize_volume(g, x)
+        harmonize_volume(g, x, num_threads=1)  # an explicit count bypasses the rule
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert [n for n, _ in seen] == [4, 1]  # one busy neighbour on 2 cores: 2 + 2 threads
 
 
 def test_norms_use_the_call_threads_only_on_an_idle_machine(monkeypatch):
     seen, g = _spy_calls(monkeypatch)
     x = np.zeros((16, 16, 16), np.float32)
-    for load in ((0, 2), (1, 2), (3, 2), None):
-        monkeypatch.setattr(inference, "busy_neighbours", lambda load=load: load)
-        harmonize_volume(g, x)
-    harmonize_volume(g, x, num_threads=2)  # the caller's count: the default (one thread)
-    limit = torch.get_num_threads()
-    assert seen == [(limit, True), (1, False), (limit, False), (limit, False), (2, False)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for load in ((0, 2), (1, 2), (3, 2), None):
+            monkeypatch.setattr(inference, "busy_neighbours", lambda load=load: load)
+            harmonize_volume(g, x)
+        harmonize_volume(g, x, num_threads=2)  # the caller's count: the default (one thread)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [(2, True), (4, False), (8, False), (2, False), (2, False)]
 
 
 def test_norms_on_call_threads_lifts_the_one_thread_rule():
