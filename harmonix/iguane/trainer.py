@@ -23,6 +23,7 @@ from harmonix.iguane.config import TrainConfig
 from harmonix.iguane.data import SitePairSampler, network_input
 from harmonix.iguane.devices import autocast_dtype
 from harmonix.iguane.distributed import DistributedContext
+from harmonix.iguane.fused_inference import norms_on_call_threads
 from harmonix.iguane.inference import inference_threads, intraop_threads
 from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D, glorot_init
 from harmonix.iguane.updates import DiscriminatorStep, GeneratorStep, masked
@@ -450,7 +451,9 @@ class Trainer:
         losses = []
         for k in order.tolist():
             site = self.sources[k]
-            with intraop_threads(self._site_step_threads()):
+            # norms of the no-grad generator passes on the site-step's threads: they are
+            # fewer than the free cores already
+            with intraop_threads(self._site_step_threads()), norms_on_call_threads():
                 d_loss = self._update_discriminators(k, site)
                 if warmup:
                     nan = torch.full((4,), float("nan"), dtype=d_loss.dtype, device=d_loss.device)
