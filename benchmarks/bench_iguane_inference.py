@@ -31,7 +31,9 @@ simulated brain (:func:`harmonix.datasets.make_multisite`) on the network scale.
 
 Timing: each variant lives in its own worker process (so that the libraries' thread pools
 never compete), warmed up by one call; the main process then asks the workers in turn,
-rotating the order every round, so that every variant sees the same machine load; medians
+rotating the order every round, so that every variant sees the same machine load, each
+request 0.5 s after the previous reply (``SETTLE``: spinning worker threads of the previous
+variant would look like busy neighbours to harmonix's thread rule); medians
 are reported, with the ratio harmonix / Keras. ``--busy N`` adds a second phase with the
 same workers: N busy background processes (pure Python loops) started by the script,
 stopped at the end; the load average is recorded before and after each phase. Memory: peak
@@ -84,6 +86,10 @@ SPEED_GOAL = 1.0  # harmonix / Keras time ratio at most this
 #: Convolution work of one generator pass at 160x192x160 (2 FLOP per multiply-add, counted
 #: from the layer shapes; every layer scales with the number of voxels).
 GFLOP_1MM = 404.3
+#: Pause before each timed request (seconds): TensorFlow's and OpenMP's worker threads
+#: spin for a while after a call; a harmonix call starting meanwhile would count the
+#: previous worker's threads as busy neighbours and size its threads for a loaded machine.
+SETTLE = 0.5
 IDLE_GOAL = 0.8  # harmonix / Keras time ratio at most this on an idle machine
 MEMORY_GOAL_MB = 1200.0  # harmonix peak RSS for one full-size volume
 TIMED = ("keras", "keras onednn", "harmonix")
@@ -301,14 +307,29 @@ def _versions(variant: str) -> str:
 def worker(variant: str, workdir: Path, size: str) -> None:
     """Timing worker: one warm-up call, then one timed call per ``run`` line on stdin."""
     run = make_runner(variant, workdir, size)
+    threads: list[int] = []
+    if variant not in KERAS:  # record the thread count of every harmonix call
+        from harmonix.iguane import inference
+
+        set_threads = inference.intraop_threads
+
+        def recording(n):
+            import torch
+
+            threads.append(torch.get_num_threads() if n is None else int(n))
+            return set_threads(n)
+
+        inference.intraop_threads = recording
     run()
     print(json.dumps({"ready": True, "versions": _versions(variant)}), flush=True)
     for line in sys.stdin:
         if line.strip() != "run":
             break
+        threads.clear()
         t0 = time.perf_counter()
         run()
-        print(json.dumps({"t": time.perf_counter() - t0}), flush=True)
+        reply = {"t": time.perf_counter() - t0, "threads": threads[-1] if threads else None}
+        print(json.dumps(reply), flush=True)
 
 
 def memory_child(variant: str, workdir: Path, size: str) -> None:
@@ -392,16 +413,24 @@ def time_variants(
                 if busy:
                     time.sleep(5)  # let the load show in the load average a little
                 times: dict[str, list[float]] = {v: [] for v in variants}
+                used: dict[str, int | None] = {}
                 load_start = _loadavg()
                 for rep in range(repeats):
                     k = rep % len(variants)
                     for v in variants[k:] + variants[:k]:
+                        time.sleep(SETTLE)  # the previous worker's thread pools go quiet
                         procs[v].stdin.write("run\n")
                         procs[v].stdin.flush()
-                        times[v].append(json.loads(procs[v].stdout.readline())["t"])
+                        reply = json.loads(procs[v].stdout.readline())
+                        times[v].append(reply["t"])
+                        used[v] = reply.get("threads")
                     print(
                         f"  {size} busy={busy} round {rep + 1}/{repeats}: "
-                        + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in variants)
+                        + ", ".join(
+                            f"{v} {times[v][-1]:.2f}s"
+                            + (f" ({used[v]} threads)" if used.get(v) else "")
+                            for v in variants
+                        )
                         + f" (load {_loadavg()})",
                         flush=True,
                     )

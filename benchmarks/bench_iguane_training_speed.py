@@ -14,7 +14,9 @@ convolution work of a site-step counted from the layer shapes (forward and backw
 throughput (:func:`conv_limit`, forward + backward of a well-shaped 3×3×3 layer) as the
 limit.
 
-Variants, each in its own worker process, timed in alternating rounds (medians):
+Variants, each in its own worker process, timed in alternating rounds (medians; each
+request 0.5 s after the previous reply, ``SETTLE``, so that the previous worker's spinning
+threads are not counted as busy neighbours by harmonix's thread rule):
 
 - ``harmonix``: :func:`harmonix.iguane.training.train` with its defaults (threads: the
   cores idle before every site-step, ``TrainConfig.cpu_threads=None``); a site-step is
@@ -74,6 +76,10 @@ VARIANTS = ("harmonix", "harmonix fixed threads", "tf", "tf onednn")
 #: TensorFlow's default (Eigen) kernels take tens of seconds per site-step here: only on
 #: request (``--variants``).
 DEFAULT_VARIANTS = ("harmonix", "harmonix fixed threads", "tf onednn")
+#: Pause before each timed request (seconds): TensorFlow's and OpenMP's worker threads
+#: spin for a while after a call; a harmonix call starting meanwhile would count the
+#: previous worker's threads as busy neighbours and size its threads for a loaded machine.
+SETTLE = 0.5
 RATIO_GOAL = 0.7
 LIMIT_GOAL = 0.5
 #: What the profiles of this script (and ONEDNN_VERBOSE=1 runs) showed; written under the
@@ -474,6 +480,7 @@ def time_config(
                 for r in range(rounds):
                     k = r % len(variants)
                     for v in variants[k:] + variants[:k]:
+                        time.sleep(SETTLE)  # the previous worker's thread pools go quiet
                         reply = _ask(procs[v], f"run {steps}")
                         times[v] += reply["times"]
                         threads[v] = reply.get("threads") or "default"

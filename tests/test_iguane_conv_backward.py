@@ -75,7 +75,7 @@ def test_conv3d_onednn_gradients_match_float64_autograd(cin, cout, shape, k, s, 
 
 
 @pytest.mark.parametrize(("cin", "cout", "shape"), [(8, 4, (6, 5, 4)), (1, 3, (5, 6, 7))])
-def test_conv_transpose3d_onednn_gradients_match_float64_autograd(cin, cout, shape):
+def test_transposed_conv3d_onednn_gradients_match_float64_autograd(cin, cout, shape):
     torch.manual_seed(1)
     x = torch.randn(1, cin, *shape)
     w = torch.randn(cin, cout, 4, 4, 4)
@@ -86,7 +86,7 @@ def test_conv_transpose3d_onednn_gradients_match_float64_autograd(cin, cout, sha
         return F.conv_transpose3d(x, w, b, stride=2, padding=1)
 
     def ours(x, w, b):
-        return cb.conv_transpose3d_onednn(x, w, b, (2, 2, 2), (1, 1, 1))
+        return cb.conv3d_onednn(x, w, b, (2, 2, 2), (1, 1, 1), transposed=True)
 
     for got, want in zip(_grads_32(ours, (x, w, b), grad), _grads_64(ref, (x, w, b), grad)):
         _assert_close_relative(got, want)

@@ -96,6 +96,17 @@ docdict["iguane_mixed_precision"] = """\
 mixed_precision : bool, default=None
     Run the networks under :func:`torch.autocast`; None means on CUDA only."""
 
+docdict["iguane_cpu_threads"] = """\
+cpu_threads : int, default=None
+    CPU threads of the training. None: before every site-step, the cores idle at that
+    moment, at least 1 and at most :func:`torch.get_num_threads`
+    (:func:`~harmonix.iguane.inference.inference_threads` with ``fair_share=False``): on a
+    busy machine PyTorch's threads would wait at every parallel region for a thread that
+    shares its core (a training step about 2x slower with one busy process on 2 cores).
+    An int: that many threads throughout (float rounding can depend on the thread count:
+    fix it to repeat a training bit for bit on a machine whose load varies). Not part of a
+    checkpoint's settings."""
+
 docdict["iguane_guard_images"] = """\
 Parameters
 ----------

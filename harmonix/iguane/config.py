@@ -59,15 +59,7 @@ class TrainConfig:
     %(iguane_mixed_precision)s
     amp_dtype : {"float16", "bfloat16"}, default=None
         Autocast dtype; None means float16 on CUDA (with loss scaling) and bfloat16 on CPU.
-    cpu_threads : int, default=None
-        CPU threads of the training. None: before every site-step, the cores idle at that
-        moment, at least 1 and at most :func:`torch.get_num_threads`
-        (:func:`~harmonix.iguane.inference.inference_threads` with
-        ``fair_share=False``): on a busy machine PyTorch's threads would wait at every
-        parallel region for a thread that shares its core (a training step 2-3x slower
-        with one busy neighbour on 2 cores). An int: that many threads throughout (float
-        rounding can depend on the thread count; fix it to repeat a training bit for bit
-        on a machine whose load varies). Not part of a checkpoint's settings.
+    %(iguane_cpu_threads)s
     """
 
     n_epochs: int = 100

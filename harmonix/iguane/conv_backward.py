@@ -11,7 +11,7 @@ one-volume batches:
   only: with one volume, on one thread (the 32→16 convolution of a width-16 generator at
   48×64×48: 174 ms, against 98 ms on two threads).
 
-:func:`conv3d_onednn` and :func:`conv_transpose3d_onednn` compute the same gradients with
+:func:`conv3d_onednn` (also transposed) computes the same gradients with
 oneDNN kernels that use every thread:
 
 - the input gradient of a stride-1 convolution as the forward convolution of the output
@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["conv3d_onednn", "conv_transpose3d_onednn", "input_gradient", "weight_gradient"]
+__all__ = ["conv3d_onednn", "input_gradient", "weight_gradient"]
 
 _ONES = [1, 1, 1]
 _ZEROS = [0, 0, 0]
@@ -178,46 +178,27 @@ def conv3d_onednn(
     bias: torch.Tensor | None,
     stride: Sequence[int],
     padding: Sequence[int],
+    *,
+    transposed: bool = False,
 ) -> torch.Tensor:
-    """Undilated, ungrouped 3-D convolution on oneDNN, forward and backward.
+    """Undilated, ungrouped (transposed) 3-D convolution with this module's backward pass.
 
     For CPU float32 tensors outside autocast (see
-    :func:`~harmonix.iguane.fused_inference.onednn_applies`) and zero padding of at most
-    ``k - 1`` per axis; the caller checks these conditions.
+    :func:`~harmonix.iguane.fused_inference.onednn_applies`), zero padding of at most
+    ``k - 1`` per axis and no output padding; the caller checks these conditions.
 
     Parameters
     ----------
     x : torch.Tensor of shape (N, C_in, D, H, W)
-    weight : torch.Tensor of shape (C_out, C_in, kD, kH, kW)
+    weight : torch.Tensor
+        ``(C_out, C_in, kD, kH, kW)``, or ``(C_in, C_out, kD, kH, kW)`` when transposed.
     bias : torch.Tensor of shape (C_out,) or None
     stride, padding : sequences of 3 ints
+    transposed : bool, default=False
+        A transposed convolution (``F.conv_transpose3d``) instead of ``F.conv3d``.
 
     Returns
     -------
     torch.Tensor of shape (N, C_out, D', H', W')
     """
-    return _OneDNNConv.apply(x, weight, bias, tuple(stride), tuple(padding), False)
-
-
-def conv_transpose3d_onednn(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: Sequence[int],
-    padding: Sequence[int],
-) -> torch.Tensor:
-    """Undilated, ungrouped transposed 3-D convolution with the weight gradient of this
-    module (no output padding; same conditions as :func:`conv3d_onednn`).
-
-    Parameters
-    ----------
-    x : torch.Tensor of shape (N, C_in, D, H, W)
-    weight : torch.Tensor of shape (C_in, C_out, kD, kH, kW)
-    bias : torch.Tensor of shape (C_out,) or None
-    stride, padding : sequences of 3 ints
-
-    Returns
-    -------
-    torch.Tensor of shape (N, C_out, D', H', W')
-    """
-    return _OneDNNConv.apply(x, weight, bias, tuple(stride), tuple(padding), True)
+    return _OneDNNConv.apply(x, weight, bias, tuple(stride), tuple(padding), bool(transposed))

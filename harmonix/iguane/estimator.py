@@ -113,9 +113,11 @@ class IGUANeHarmonizer(BaseHarmonizer):
         Where the networks run ("auto": CUDA if available). "cuda" without CUDA raises a
         ValueError.
     %(iguane_mixed_precision)s
+    %(iguane_cpu_threads)s
     random_state : int, numpy.random.Generator or None, default=None
         Seeds the held-out split, initialization, sampling and augmentation (local
-        generators; global seeds are never touched). Runs are reproducible on CPU.
+        generators; global seeds are never touched). Runs are reproducible on CPU (to the
+        last bit with a fixed ``cpu_threads`` where the machine's load varies).
     verbose : int, default=0
         Show a progress bar with running losses during fit.
     distributed : bool or None, default=None
@@ -281,6 +283,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         cache_size: int = 8,
         device: str = "auto",
         mixed_precision: bool | None = None,
+        cpu_threads: int | None = None,
         random_state: int | np.random.Generator | None = None,
         verbose: int = 0,
         distributed: bool | None = None,
@@ -319,6 +322,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         self.cache_size = cache_size
         self.device = device
         self.mixed_precision = mixed_precision
+        self.cpu_threads = cpu_threads
         self.random_state = random_state
         self.verbose = verbose
         self.distributed = distributed

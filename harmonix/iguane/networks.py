@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harmonix.iguane._compat import deprecated_names
-from harmonix.iguane.conv_backward import conv3d_onednn, conv_transpose3d_onednn
+from harmonix.iguane.conv_backward import conv3d_onednn
 from harmonix.iguane.fused_inference import (
     bf16_single_voxel_output,
     conv3d_float32,
@@ -127,7 +127,7 @@ class OneDNNConvTranspose3d(nn.ConvTranspose3d):
     """``nn.ConvTranspose3d`` whose CPU float32 training gradients use every thread.
 
     With autograd on, CPU float32 inputs outside autocast go through
-    :func:`~harmonix.iguane.conv_backward.conv_transpose3d_onednn`: the same forward
+    :func:`~harmonix.iguane.conv_backward.conv3d_onednn` (``transposed=True``): the same forward
     (oneDNN), and a weight gradient computed by oneDNN on two halves of the volume instead
     of one single-threaded GEMM. Same parameters and outputs as ``nn.ConvTranspose3d``;
     every other case is ``nn.ConvTranspose3d``'s.
@@ -135,7 +135,9 @@ class OneDNNConvTranspose3d(nn.ConvTranspose3d):
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is None and onednn_applies(x, self.weight) and _backward_on_onednn(self):
-            return conv_transpose3d_onednn(x, self.weight, self.bias, self.stride, self.padding)
+            return conv3d_onednn(
+                x, self.weight, self.bias, self.stride, self.padding, transposed=True
+            )
         return super().forward(x, output_size)
 
 
