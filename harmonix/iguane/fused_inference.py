@@ -54,7 +54,8 @@ def norms_on_call_threads(enabled: bool = True) -> Iterator[None]:
     By default they run on one thread (see :func:`_single_intraop_thread`); on an idle
     machine the call's threads make a full-size pass about 5 % faster, on a busy one
     they make it several times slower. :func:`~harmonix.iguane.inference.harmonize_volume`
-    enables this when it finds no busy neighbour.
+    enables this when it finds no busy neighbour, the trainer for its no-grad generator
+    passes (whose thread count already leaves busy cores out).
 
     Parameters
     ----------

@@ -128,7 +128,7 @@ def inference_threads(
         ``4·limit``), so that the scheduler, fair per thread, gives the pass a share
         of the machine closer to what an idle one would (measured at 160×192×160 with two
         busy processes on 2 cores: 15.1 s with 2 threads, 10.7 s with 6; TensorFlow's
-        work-stealing pool 14.2 s); but only when ``limit`` is at least the usable core
+        work-stealing pool about 14 s); but only when ``limit`` is at least the usable core
         count (a lower setting is the user's cap). False (training: many small parallel
         regions, where every OpenMP barrier waits for a descheduled thread): the free
         cores, at least one.

@@ -451,8 +451,8 @@ class Trainer:
         losses = []
         for k in order.tolist():
             site = self.sources[k]
-            # norms of the no-grad generator passes on the site-step's threads: they are
-            # fewer than the free cores already
+            # the no-grad generator passes may run their norms on the site-step's threads:
+            # the thread count already leaves out the cores of busy neighbours
             with intraop_threads(self._site_step_threads()), norms_on_call_threads():
                 d_loss = self._update_discriminators(k, site)
                 if warmup:
