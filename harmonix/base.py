@@ -8,7 +8,7 @@ and returns results in the form the input had.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from os import PathLike
 from typing import Any, ClassVar
 
@@ -17,44 +17,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from harmonix._docs import fill_doc
+from harmonix._labels import check_label, check_sites
 from harmonix.io import ImageCollection, as_collection, load_img
 
 __all__ = ["BaseHarmonizer", "IdentityHarmonizer", "check_sites", "check_ages"]
-
-
-def check_sites(sites: Any, n_images: int, *, name: str = "sites") -> np.ndarray:
-    """Validate site labels.
-
-    Parameters
-    ----------
-    sites : array-like of shape (n_images,)
-        Hashable labels, one per image.
-    n_images : int
-        Number of images they label.
-    name : str, default="sites"
-        Argument name used in error messages.
-
-    Returns
-    -------
-    ndarray of shape (n_images,)
-    """
-    if isinstance(sites, (str, bytes)) or np.ndim(sites) == 0:
-        raise ValueError(
-            f"{name} must be a sequence with one label per image, got {sites!r}; "
-            f"for one image pass [{sites!r}]."
-        )
-    arr = np.asarray(list(sites))
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, one label per image; got shape {arr.shape}.")
-    if len(arr) != n_images:
-        raise ValueError(
-            f"Got {n_images} images but {len(arr)} {name}; give exactly one label per image."
-        )
-    if arr.dtype.kind == "f" and np.isnan(arr).any():
-        raise ValueError(f"{name} contain NaN; every image needs a site label.")
-    if arr.dtype == object and any(s is None for s in arr):
-        raise ValueError(f"{name} contain None; every image needs a site label.")
-    return arr
 
 
 def check_ages(ages: Any, n_images: int) -> np.ndarray | None:
@@ -120,26 +86,99 @@ def brain_values(
     return values, brain
 
 
-def _as_mask(mask: Any) -> np.ndarray | None:
+def _given_statistics(value: Any) -> dict[str, Any]:
+    """``site_statistics`` given to transform, keyed by label text ({} for None)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"site_statistics must be the dict site_statistics() returned, got "
+            f"{type(value).__name__}."
+        )
+    return {check_label(k, "a site_statistics key"): v for k, v in value.items()}
+
+
+#: Two affines are the same grid when every entry agrees within this fraction of a voxel.
+_AFFINE_ATOL = 0.01
+
+
+def _same_affine(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two voxel-to-world affines describe the same grid (every entry within
+    ``_AFFINE_ATOL`` of the smaller voxel size)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    voxel = float(
+        min(np.linalg.norm(a[:3, :3], axis=0).min(), np.linalg.norm(b[:3, :3], axis=0).min())
+    )
+    return bool(np.all(np.abs(a - b) <= _AFFINE_ATOL * voxel))
+
+
+def _describe_affine(affine: np.ndarray) -> str:
+    import nibabel as nib
+
+    sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    try:
+        codes = "".join(nib.aff2axcodes(affine))
+    except Exception:  # a degenerate affine has no axis codes
+        codes = "?"
+    return f"orientation {codes}, voxels {'x'.join(f'{v:g}' for v in sizes)} mm"
+
+
+def _as_mask(mask: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The mask as a boolean array, and its affine when it is a NIfTI file or image."""
     if mask is None:
-        return None
+        return None, None
+    affine = None
     if isinstance(mask, (str, PathLike)) or hasattr(mask, "dataobj"):
-        mask = np.asanyarray(load_img(mask).dataobj)
+        img = load_img(mask)
+        affine = np.asarray(img.affine, dtype=np.float64)
+        mask = np.asanyarray(img.dataobj)
     arr = np.asarray(mask)
     if arr.ndim != 3:
         raise ValueError(f"mask must be a 3-D array or image; got shape {arr.shape}.")
     arr = arr != 0
     if not arr.any():
         raise ValueError("mask is empty (no non-zero voxel); pass a brain mask.")
-    return arr
+    return arr, affine
+
+
+def _training_affine(coll: ImageCollection, mask_affine: np.ndarray | None) -> np.ndarray | None:
+    """The affine the training images (NIfTI) and the mask (a NIfTI file) share, or None.
+
+    Raises
+    ------
+    ValueError
+        If two training images, or the mask and the images, have different affines.
+    """
+    affine = coll.affine(0)
+    for i in range(1, len(coll) if affine is not None else 0):
+        other = coll.affine(i)
+        if not _same_affine(other, affine):
+            raise ValueError(
+                f"{coll.describe(i)} has another affine than {coll.describe(0)} "
+                f"({_describe_affine(other)}, not {_describe_affine(affine)}) although "
+                "their shapes agree: a voxel-wise model needs every image on one grid, the "
+                "same voxel at the same place. Resample them onto one grid (e.g. "
+                "nilearn.image.resample_to_img) or fix their headers."
+            )
+    if mask_affine is not None and affine is not None and not _same_affine(mask_affine, affine):
+        raise ValueError(
+            f"The mask's affine ({_describe_affine(mask_affine)}) differs from the images' "
+            f"({_describe_affine(affine)}): resample the mask onto the images' grid."
+        )
+    return affine if affine is not None else mask_affine
 
 
 class BaseHarmonizer(TransformerMixin, BaseEstimator):
     """Base class of all harmonizers: validation, background and output handling.
 
     Subclasses implement ``_fit(imgs, sites, ages)`` and
-    ``_transform_one(data, brain, site, age)``; they may override ``_transform`` to
-    process a whole collection at once.
+    ``_transform_one(data, brain, site, age)``; they may override
+    ``_transform(imgs, sites, ages, stats)`` to process a whole collection at once.
+    Methods that pool the images of a site at transform time compute what they pool in
+    ``_site_statistics(imgs, sites, ages)`` (one streaming pass, a small value per site)
+    and read it from ``stats`` in ``_transform``; the public :meth:`site_statistics` and
+    ``transform(..., site_statistics=...)`` then let callers harmonize a site's images
+    a few at a time with the statistics of all of them.
 
     Notes
     -----
@@ -182,7 +221,7 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"Harmonization needs images from at least 2 sites; got only {labels.tolist()}."
             )
-        mask = _as_mask(getattr(self, "mask", None))
+        mask, mask_affine = _as_mask(getattr(self, "mask", None))
         shape = coll.shape(0)
         if self._fixed_shape or mask is not None:
             expected = mask.shape if mask is not None else shape
@@ -192,8 +231,12 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
                         f"Image {i} has shape {coll.shape(i)} but {expected} was expected: "
                         "resample all images (and the mask) to one grid."
                     )
+        grid_affine = None
+        if self._fixed_shape or mask is not None:
+            grid_affine = _training_affine(coll, mask_affine)
         reference = self._check_reference(labels, counts)
         self.mask_ = mask
+        self.affine_ = grid_affine
         self.sites_ = labels
         self.n_images_ = len(coll)
         self.image_shape_ = shape if self._fixed_shape else None
@@ -206,7 +249,14 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             raise
         return self
 
-    def transform(self, imgs: Any, sites: Any = None, ages: Any = None) -> Any:
+    def transform(
+        self,
+        imgs: Any,
+        sites: Any = None,
+        ages: Any = None,
+        *,
+        site_statistics: Mapping[Any, Any] | None = None,
+    ) -> Any:
         """Harmonize images.
 
         Parameters
@@ -214,9 +264,17 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         imgs : 4-D ndarray (n_images, i, j, k), list of 3-D arrays, or list of paths/images
             Images to harmonize.
         sites : array-like of shape (n_images,), default=None
-            Site labels; needed only by methods that model sites explicitly (ComBat).
+            Site labels (compared as text, see the user guide); needed by methods that
+            model sites explicitly (ComBat). Methods that pool a site's images (ComBat's
+            ``unseen_site="fit"``, IGUANe's per-site histogram map of a new site) pool the
+            images of each site passed in this call.
         ages : array-like of shape (n_images,), default=None
             Ages; needed only by methods fitted with an age covariate (ComBat).
+        site_statistics : mapping, default=None
+            What :meth:`site_statistics` returned for all the images of some sites: those
+            sites are harmonized with these statistics instead of the ones of the images
+            passed here, so that images can be harmonized a few at a time with the result
+            of one call on all of them.
 
         Returns
         -------
@@ -227,11 +285,100 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         coll = as_collection(imgs)
+        given = _given_statistics(site_statistics)
+        sites, ages = self.check_transform_metadata(len(coll), sites, ages, site_statistics=given)
+        self.check_grid(coll)
+        stats = self._statistics_for(coll, sites, ages, given)
+        return coll.wrap(self._transform(coll, sites, ages, stats))
+
+    def check_grid(self, imgs: Any) -> None:
+        """Compare the images' headers with the training grid, before any work.
+
+        Voxel-wise methods (ComBat, or any method given a ``mask``) record the affine of
+        their NIfTI training images (or of a NIfTI mask) in ``affine_``; a NIfTI image
+        with another affine is refused even when its shape agrees (the same scan stored
+        with its axes swapped, for instance). Arrays carry no affine and are checked by
+        their shape only. :meth:`transform` calls it first, and
+        :func:`harmonix.batch.transform_files` before writing anything.
+
+        Parameters
+        ----------
+        imgs : images accepted by :meth:`transform`
+
+        Raises
+        ------
+        ValueError
+            If an image's affine differs from ``affine_``.
+        """
+        check_is_fitted(self)
+        coll = as_collection(imgs)
+        if getattr(self, "affine_", None) is not None:
+            for i in range(len(coll)):
+                self._check_affine(coll, i)
+
+    def site_statistics(self, imgs: Any, sites: Any, ages: Any = None) -> dict[str, Any]:
+        """The per-site statistics :meth:`transform` derives from all the images of a site.
+
+        Most methods harmonize each image on its own and return ``{}``. Methods that pool
+        the images of a site at transform time return one entry per such site: ComBat
+        with ``unseen_site="fit"`` (the new sites' ``gamma``/``delta``) and IGUANe with
+        ``input_normalization="histogram"`` (the new sites' mean landmarks). Passing the
+        result to :meth:`transform` (``site_statistics=``) harmonizes any subset of these
+        images exactly as one call on all of them, holding one image at a time:
+        :func:`harmonix.batch.transform_files` and ``harmonix transform`` work that way.
+
+        Parameters
+        ----------
+        imgs : 4-D ndarray, list of 3-D arrays, or list of paths/images
+            All the images of the sites (files are read one at a time).
+        sites : array-like of shape (n_images,)
+            Their site labels.
+        ages : array-like of shape (n_images,), default=None
+            Their ages (ComBat fitted with ages).
+
+        Returns
+        -------
+        dict
+            Site label (text) -> statistics; small and picklable.
+        """
+        check_is_fitted(self)
+        coll = as_collection(imgs)
         sites, ages = self.check_transform_metadata(len(coll), sites, ages)
-        return coll.wrap(self._transform(coll, sites, ages))
+        if sites is None:
+            return {}
+        return self._site_statistics(coll, sites, ages)
+
+    def _statistics_for(
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray | None,
+        ages: np.ndarray | None,
+        given: dict[str, Any],
+    ) -> dict[str, Any]:
+        """``given`` statistics, completed from ``imgs`` for the sites it lacks."""
+        stats = dict(given)
+        if sites is None:
+            return stats
+        todo = [i for i, s in enumerate(sites.tolist()) if s not in stats]
+        if todo:
+            sub_ages = None if ages is None else ages[todo]
+            computed = self._site_statistics(imgs.subset(todo), sites[todo], sub_ages)
+            stats.update(computed)
+        return stats
+
+    def _site_statistics(
+        self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
+    ) -> dict[str, Any]:
+        """Per-site statistics of the images of ``sites`` (none for per-image methods)."""
+        return {}
 
     def check_transform_metadata(
-        self, n_images: int, sites: Any = None, ages: Any = None
+        self,
+        n_images: int,
+        sites: Any = None,
+        ages: Any = None,
+        *,
+        site_statistics: Mapping[Any, Any] | None = None,
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Check the sites and ages of ``n_images`` images to transform, before any work.
 
@@ -243,18 +390,23 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         ----------
         n_images : int
         sites, ages : array-like of shape (n_images,) or None
+        site_statistics : mapping, default=None
+            Statistics given for some sites (see :meth:`transform`): their images need
+            not all be among these.
 
         Returns
         -------
-        sites, ages : ndarray or None
-            The validated labels and ages.
+        sites : ndarray of str or None
+            The validated labels, as text.
+        ages : ndarray or None
+            The validated ages.
 
         Raises
         ------
         ValueError
-            If sites are needed but missing, a length differs from ``n_images``, an age is
-            not finite, or the fitted model cannot transform these sites or ages (e.g.
-            ComBat and a site unseen in fit).
+            If sites are needed but missing, a label is missing (None, NaN, empty...), a
+            length differs from ``n_images``, an age is not finite, or the fitted model
+            cannot transform these sites or ages (e.g. ComBat and a site unseen in fit).
         """
         check_is_fitted(self)
         if sites is None and self._needs_sites:
@@ -263,11 +415,14 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             )
         sites = None if sites is None else check_sites(sites, n_images)
         ages = check_ages(ages, n_images)
-        self._check_metadata(sites, ages)
+        self._check_metadata(sites, ages, frozenset(_given_statistics(site_statistics)))
         return sites, ages
 
-    def _check_metadata(self, sites: np.ndarray | None, ages: np.ndarray | None) -> None:
-        """Method-specific checks of validated transform sites and ages (none by default)."""
+    def _check_metadata(
+        self, sites: np.ndarray | None, ages: np.ndarray | None, prepared: frozenset = frozenset()
+    ) -> None:
+        """Method-specific checks of validated transform sites and ages (none by default);
+        ``prepared``: sites whose statistics the caller gives."""
 
     def fit_transform(self, imgs: Any, sites: Any, ages: Any = None) -> Any:
         """Fit, then harmonize the same images; see :meth:`fit` and :meth:`transform`."""
@@ -315,6 +470,7 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         ref = self.reference_site
         if ref is None:
             return labels[int(np.argmax(counts))] if self._none_is_largest_site else None
+        ref = check_label(ref, "reference_site")
         if ref not in labels.tolist():
             fix = (
                 "pick one of them or None (the largest site)"
@@ -346,9 +502,24 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             )
         return brain
 
+    def _check_affine(self, imgs: ImageCollection, index: int) -> None:
+        """Refuse an image whose affine differs from the training grid's (``affine_``)."""
+        fitted = getattr(self, "affine_", None)
+        affine = imgs.affine(index) if fitted is not None else None
+        if affine is not None and not _same_affine(affine, fitted):
+            raise ValueError(
+                f"{imgs.describe(index)} has another affine (voxel-to-world matrix) than "
+                f"the training images: {_describe_affine(affine)}, not "
+                f"{_describe_affine(np.asarray(fitted))}. {type(self).__name__} models each "
+                "voxel of the training grid, so the same voxel must be the same place: "
+                "resample the image onto the training grid (e.g. "
+                "nilearn.image.resample_to_img) or fix its header."
+            )
+
     def _iter_brains(self, imgs: ImageCollection) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(data, brain)`` for each image, loading files one at a time."""
         for i in range(len(imgs)):
+            self._check_affine(imgs, i)
             data = imgs[i]
             yield data, self._brain(data, i)
 
@@ -361,7 +532,11 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
                 yield data[brain]
 
     def _transform(
-        self, imgs: ImageCollection, sites: np.ndarray | None, ages: np.ndarray | None
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray | None,
+        ages: np.ndarray | None,
+        stats: Mapping[str, Any],
     ) -> list[np.ndarray]:
         out = []
         for i, (data, brain) in enumerate(self._iter_brains(imgs)):

@@ -1,9 +1,10 @@
 """Harmonize many NIfTI files with constant memory, optionally in parallel.
 
-:func:`transform_files` streams: each worker holds one image at a time, and every result
-is written (atomically) before the next image is read, so memory does not grow with the
-number of files. Parallelism goes through joblib, so any joblib backend works, including
-a dask cluster::
+:func:`transform_files` streams: it takes the images site by site (so that its result
+equals one ``transform`` call on all of them), each worker holds one image at a time, and
+every result is written (atomically) before the next image is read, so memory does not
+grow with the number of files. Parallelism goes through joblib, so any joblib backend
+works, including a dask cluster::
 
     from dask.distributed import Client
     import joblib
@@ -22,6 +23,7 @@ from typing import Any
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
+from harmonix.exceptions import OutputExistsError
 from harmonix.io import load_img, save_img
 
 __all__ = ["output_paths", "transform_files"]
@@ -53,14 +55,28 @@ def output_paths(
     return [Path(out_dir) / _output_name(Path(p), suffix) for p in paths]
 
 
-def _one(model: Any, src: str, dst: Path, site: Any, age: float | None) -> Path:
+def _one(
+    model: Any, src: str, dst: Path, site: Any, age: float | None, stats: dict | None
+) -> Path:
     kwargs: dict[str, Any] = {}
     if site is not None:
         kwargs["sites"] = [site]
     if age is not None:
         kwargs["ages"] = [age]
+    if stats:
+        kwargs["site_statistics"] = stats
     (img,) = model.transform([src], **kwargs)
     return save_img(img, dst, overwrite=True)
+
+
+def _site_groups(sites: Sequence[Any] | None, n: int) -> list[list[int]]:
+    """Image indices grouped by site, sites in order of first appearance."""
+    if sites is None:
+        return [list(range(n))]
+    groups: dict[Any, list[int]] = {}
+    for i, site in enumerate(sites):
+        groups.setdefault(site, []).append(i)
+    return list(groups.values())
 
 
 def transform_files(
@@ -73,10 +89,19 @@ def transform_files(
     suffix: str = "_harmonized",
     n_jobs: int | None = 1,
     overwrite: bool = False,
+    skip_existing: bool = False,
     overwrite_inputs: bool = False,
     verbose: bool = True,
 ) -> list[Path]:
-    """Harmonize NIfTI files one at a time and write the results to ``out_dir``.
+    """Harmonize NIfTI files site by site, one image at a time, and write the results.
+
+    The result equals ``model.transform(paths, sites=sites, ages=ages)`` written to
+    files, including for methods that pool a site's images at transform time (ComBat's
+    ``unseen_site="fit"``, IGUANe's per-site histogram map of a new site): images are
+    grouped by site, each group's statistics are computed in one streaming pass
+    (:meth:`~harmonix.base.BaseHarmonizer.site_statistics`), then its images are
+    harmonized one at a time with them. Memory holds one image per worker and one
+    site's statistics.
 
     Parameters
     ----------
@@ -87,13 +112,19 @@ def transform_files(
     out_dir : str or path-like
         Output folder (created if needed).
     sites, ages : sequence, optional
-        Per-file site labels and ages, for methods that need them (ComBat).
+        Per-file site labels and ages, for methods that need them (ComBat) and to group
+        the images of a site.
     suffix : str, default="_harmonized"
         Added to each output file name.
     n_jobs : int or None, default=1
         joblib workers (``-1``: all cores). Each worker holds one image at a time.
     overwrite : bool, default=False
         Replace existing outputs.
+    skip_existing : bool, default=False
+        Keep existing outputs and harmonize only the other files (to finish an
+        interrupted run: outputs are written atomically, so an existing one is complete).
+        Site statistics still pool every image of a site, so the result is the one of
+        an uninterrupted run. Outputs written by another model are kept as well.
     overwrite_inputs : bool, default=False
         Allow an output to replace its own input file.
     verbose : bool, default=True
@@ -102,14 +133,15 @@ def transform_files(
     Returns
     -------
     list of pathlib.Path
-        The written files, in input order.
+        The output files of all inputs (written or kept), in input order.
 
     Raises
     ------
     FileNotFoundError
         If an input is missing.
-    FileExistsError
-        If an output exists (and not ``overwrite``) or would replace an input.
+    harmonix.exceptions.OutputExistsError
+        If an output exists (and neither ``overwrite`` nor ``skip_existing``) or would
+        replace an input (a :class:`FileExistsError`).
     ValueError
         If an input's header is not a 3-D NIfTI one, or the sites or ages do not suit the
         model (e.g. sites unseen by ComBat), or an image fails while harmonized.
@@ -127,37 +159,63 @@ def transform_files(
     for name, values in (("sites", sites), ("ages", ages)):
         if values is not None and len(values) != len(paths):
             raise ValueError(f"Got {len(paths)} files but {len(values)} {name}.")
+    if overwrite and skip_existing:
+        raise ValueError("overwrite and skip_existing exclude each other; choose one.")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"Input file(s) not found: {missing[:3]}")
     check = getattr(model, "check_transform_metadata", None)
     if check is not None:
-        check(len(paths), sites, ages)
+        sites, ages = check(len(paths), sites, ages)  # labels as text, ages as floats
     for src in paths:  # headers only: cheap, and catches non-NIfTI and 4-D files
         load_img(src)
+    check_grid = getattr(model, "check_grid", None)
+    if check_grid is not None:  # e.g. ComBat: every image on the training grid
+        check_grid([str(p) for p in paths])
     outputs = output_paths(paths, out_dir, suffix)
     if len(set(outputs)) != len(outputs):
         raise ValueError("Several inputs share a file name; give them distinct names.")
     inputs = {p.resolve() for p in paths}
     for dst in outputs:
         if dst.resolve() in inputs and not overwrite_inputs:
-            raise FileExistsError(f"{dst} would overwrite an input; use another folder or suffix.")
-        if dst.exists() and not overwrite:
-            raise FileExistsError(f"{dst} exists; pass overwrite=True to replace it.")
+            raise OutputExistsError(
+                dst, "would overwrite an input", {"overwrite_inputs": "allow it"}
+            )
+        if dst.exists() and not (overwrite or skip_existing):
+            raise OutputExistsError(
+                dst,
+                "exists",
+                {"overwrite": "replace it", "skip_existing": "keep it and do the others"},
+            )
+    todo = {i for i, dst in enumerate(outputs) if not (skip_existing and dst.exists())}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    jobs = [
-        delayed(_one)(
-            model,
-            str(src),
-            dst,
-            None if sites is None else sites[i],
-            None if ages is None else float(ages[i]),
-        )
-        for i, (src, dst) in enumerate(zip(paths, outputs))
-    ]
-    written = []
-    with tqdm(total=len(jobs), desc="harmonizing", unit="img", disable=not verbose) as bar:
-        for path in Parallel(n_jobs=n_jobs, return_as="generator")(jobs):
-            written.append(path)
-            bar.update()
-    return written
+    prepare = getattr(model, "site_statistics", None)
+    with (
+        tqdm(total=len(todo), desc="harmonizing", unit="img", disable=not verbose) as bar,
+        Parallel(n_jobs=n_jobs, return_as="generator") as parallel,
+    ):
+        for group in _site_groups(sites, len(paths)):
+            pending = [i for i in group if i in todo]
+            if not pending:
+                continue
+            stats = None
+            if prepare is not None and sites is not None:
+                stats = prepare(
+                    [str(paths[i]) for i in group],
+                    [sites[i] for i in group],
+                    None if ages is None else [ages[i] for i in group],
+                )
+            jobs = (
+                delayed(_one)(
+                    model,
+                    str(paths[i]),
+                    outputs[i],
+                    None if sites is None else sites[i],
+                    None if ages is None else float(ages[i]),
+                    stats,
+                )
+                for i in pending
+            )
+            for _ in parallel(jobs):
+                bar.update()
+    return outputs

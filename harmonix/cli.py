@@ -60,16 +60,28 @@ def _harmonizer_class(method: str) -> type:
     return getattr(harmonix, METHODS[key])
 
 
+#: Parameters whose value is a site label: kept as the text given, as manifest sites are.
+SITE_PARAMS = frozenset({"reference_site"})
+
+
 def _parse_params(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--param key=value`` items as a dict: values are Python literals (numbers, True,
+    None, tuples, quoted text...) or text; site labels (:data:`SITE_PARAMS`) stay text
+    (or None), like the manifest's site column, so ``reference_site=1`` names the
+    manifest's site ``1`` (``reference_site="'1'"`` too)."""
     params: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise CLIError(f"--param expects key=value, got {item!r}")
         try:
-            params[key.strip()] = ast.literal_eval(value)
+            parsed = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            params[key.strip()] = value
+            parsed = value.strip()
+        if key in SITE_PARAMS and parsed is not None and not isinstance(parsed, str):
+            parsed = value.strip()  # reference_site=1: the site "1", as in the manifest
+        params[key] = parsed
     return params
 
 
@@ -206,6 +218,7 @@ def _process_rank() -> int:
 
 def _cmd_transform(args: argparse.Namespace) -> int:
     from harmonix.batch import transform_files
+    from harmonix.exceptions import OutputExistsError
 
     model = load_model(args.model)
     if args.manifest:
@@ -217,19 +230,25 @@ def _cmd_transform(args: argparse.Namespace) -> int:
         ages = [args.age] * len(paths) if args.age is not None else None
     if getattr(model, "_needs_sites", False) and sites is None:
         raise CLIError(f"{type(model).__name__} needs each image's site: use --manifest or --site")
-    written = transform_files(
-        model,
-        paths,
-        args.out,
-        sites=sites,
-        ages=ages,
-        suffix=args.suffix,
-        n_jobs=args.n_jobs,
-        overwrite=args.overwrite,
-        overwrite_inputs=args.overwrite_inputs,
-        verbose=not args.quiet,
-    )
-    logger.info("wrote %d images to %s", len(written), args.out)
+    if args.overwrite and args.skip_existing:
+        raise CLIError("--overwrite and --skip-existing exclude each other; choose one")
+    try:
+        written = transform_files(
+            model,
+            paths,
+            args.out,
+            sites=sites,
+            ages=ages,
+            suffix=args.suffix,
+            n_jobs=args.n_jobs,
+            overwrite=args.overwrite,
+            skip_existing=args.skip_existing,
+            overwrite_inputs=args.overwrite_inputs,
+            verbose=not args.quiet,
+        )
+    except OutputExistsError as exc:
+        raise CLIError(exc.describe(lambda name: "--" + name.replace("_", "-"))) from exc
+    logger.info("%d harmonized images in %s", len(written), args.out)
     return 0
 
 
@@ -436,7 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_fit)
 
-    p = sub.add_parser("transform", help="harmonize NIfTI files with a saved model")
+    p = sub.add_parser(
+        "transform",
+        help="harmonize NIfTI files with a saved model",
+        description="Harmonize NIfTI files with a saved model. Images are taken site by site "
+        "(the manifest's site column, or --site), so the result equals the model's "
+        "transform of all of them at once: methods that pool a site's images (ComBat with "
+        "unseen_site=fit, IGUANe's histogram map of a new site) see every image of the "
+        "site. Outputs are written atomically: after an interruption, rerun with "
+        "--skip-existing to do the rest.",
+    )
     p.add_argument("--model", required=True)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", help="CSV with path,site[,age]")
@@ -447,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suffix", default="_harmonized", help="added to output file names")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel workers (joblib)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep existing outputs and harmonize the other files (resume an interrupted run)",
+    )
     p.add_argument(
         "--overwrite-inputs", action="store_true", help="allow an output to replace its input file"
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["UnseenSiteError"]
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["OutputExistsError", "UnseenSiteError"]
 
 
 class UnseenSiteError(ValueError):
@@ -13,3 +16,33 @@ class UnseenSiteError(ValueError):
     :class:`ValueError`, so code that catches ``ValueError`` keeps working; the benchmark
     catches it by type to report "cannot harmonize unseen sites".
     """
+
+
+class OutputExistsError(FileExistsError):
+    """An output file exists, or would replace an input, and nothing allows replacing it.
+
+    Raised by :func:`harmonix.batch.transform_files` before anything is written.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The output in the way.
+    reason : str
+        What is wrong (e.g. ``"exists"``).
+    options : dict of str to str
+        Keyword argument -> what setting it to True does (the command line names the
+        matching flags: ``skip_existing`` -> ``--skip-existing``).
+    """
+
+    def __init__(self, path: Any, reason: str, options: dict[str, str]):
+        self.path = path
+        self.reason = reason
+        self.options = dict(options)
+        super().__init__(self.describe(lambda name: f"{name}=True"))
+
+    def describe(self, spell: Callable[[str], str]) -> str:
+        """The message, with each option written by ``spell`` (e.g. as a CLI flag)."""
+        fixes = ", or ".join(
+            f"pass {spell(name)} to {what}" for name, what in self.options.items()
+        )
+        return f"{self.path} {self.reason}; {fixes}."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = [
     "read_manifest",
     "save_img",
     "save_imgs",
+    "set_display_range",
 ]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -197,7 +199,7 @@ def save_img(
     path : str or path-like
         Destination ending in ``.nii`` or ``.nii.gz``.
     affine : ndarray of shape (4, 4), optional
-        Affine for a bare array (default: identity).
+        Affine for a bare array (default: identity, with a warning).
     overwrite : bool, default=False
         Replace an existing file.
 
@@ -205,16 +207,40 @@ def save_img(
     -------
     pathlib.Path
         The written path.
+
+    Warns
+    -----
+    UserWarning
+        When a bare array is written without ``affine``.
     """
     path = Path(path)
     if not path.name.endswith(_NIFTI_SUFFIXES):
         raise ValueError(f"'{path}' must end with .nii or .nii.gz.")
-    if isinstance(img, np.ndarray):
-        img = nib.Nifti1Image(img, np.eye(4) if affine is None else affine)
+    _warn_identity_affine([img], affine)
     if path.exists() and not overwrite:
         raise FileExistsError(
             f"'{path}' exists; pass overwrite=True to replace it or choose another name."
         )
+    return _write_img(img, path, affine)
+
+
+def _warn_identity_affine(imgs: Sequence[Any], affine: np.ndarray | None) -> None:
+    """Warn (at the caller of the public function) if bare arrays get an identity affine."""
+    if affine is None and any(isinstance(img, np.ndarray) for img in imgs):
+        warnings.warn(
+            "Writing bare arrays with an identity affine (1 mm voxels, origin at the "
+            "corner): viewers and other tools will place them wrongly. Pass affine= (e.g. "
+            "the input image's .affine), or save the Nifti1Images that transform returns "
+            "for NIfTI inputs.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _write_img(img: nib.Nifti1Image | np.ndarray, path: Path, affine: np.ndarray | None) -> Path:
+    if isinstance(img, np.ndarray):
+        img = nib.Nifti1Image(img, np.eye(4) if affine is None else affine)
+        set_display_range(img.header, np.asanyarray(img.dataobj))
     with atomic_write(path) as tmp:
         nib.save(img, tmp)
     return path
@@ -238,7 +264,7 @@ def save_imgs(
     paths : sequence of str or path-like
         One destination per image.
     affine : ndarray of shape (4, 4), optional
-        Affine for bare arrays.
+        Affine for bare arrays (default: identity, with a warning).
     overwrite : bool, default=False
         Replace existing files.
 
@@ -256,7 +282,8 @@ def save_imgs(
             raise ValueError(f"'{p}' must end with .nii or .nii.gz.")
         if p.exists() and not overwrite:
             raise FileExistsError(f"'{p}' exists; pass overwrite=True to replace it.")
-    return [save_img(img, p, affine=affine, overwrite=overwrite) for img, p in zip(imgs, paths)]
+    _warn_identity_affine(imgs, affine)
+    return [_write_img(img, p, affine) for img, p in zip(imgs, paths)]
 
 
 @dataclass(frozen=True)
@@ -286,7 +313,9 @@ def read_manifest(csv: PathLike, *, check_files: bool = True) -> Manifest:
     -------
     Manifest
         ``paths`` (absolute), ``sites`` (str), ``ages`` (float or None) and
-        ``subjects`` (str or None), in the CSV's row order.
+        ``subjects`` (str or None), in the CSV's row order. Values of ``path``,
+        ``site`` and ``subject`` are stripped of surrounding spaces, like the column
+        names; an empty ``path`` or ``site`` cell is an error naming its line.
     """
     csv = Path(csv)
     if not csv.is_file():
@@ -304,6 +333,10 @@ def read_manifest(csv: PathLike, *, check_files: bool = True) -> Manifest:
         )
     if len(df) == 0:
         raise ValueError(f"Manifest '{csv}' lists no images.")
+    for column in ("path", "site", "subject"):  # values stripped like the headers
+        if column in df.columns:
+            df[column] = df[column].map(lambda v: v.strip() if isinstance(v, str) else v)
+            df.loc[df[column] == "", column] = np.nan
     if df["path"].isna().any() or df["site"].isna().any():
         rows = sorted(set(df.index[df["path"].isna() | df["site"].isna()] + 2))
         raise ValueError(f"Manifest '{csv}' has empty path or site cells on line(s) {rows}.")
@@ -379,6 +412,10 @@ class ImageCollection(Sequence):
     def __len__(self) -> int:
         return len(self._items)
 
+    def describe(self, index: int) -> str:
+        """How messages name item ``index``: its path in quotes, or ``Image <index>``."""
+        return self._source(index)
+
     def _source(self, index: int) -> str:
         item = self._items[index]
         return f"'{item}'" if _is_pathlike(item) else f"Image {index}"
@@ -409,6 +446,14 @@ class ImageCollection(Sequence):
             )
         return data
 
+    def subset(self, indices: Sequence[int]) -> ImageCollection:
+        """A collection of items ``indices`` of this one, without loading or copying them."""
+        items = self._items
+        out = ImageCollection.__new__(ImageCollection)
+        out._items = [items[int(i)] for i in indices]
+        out.kind = self.kind
+        return out
+
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):
             yield self[i]
@@ -419,6 +464,12 @@ class ImageCollection(Sequence):
         if self.kind == "nifti":
             return tuple(self.nifti(index).shape)
         return tuple(np.shape(item))
+
+    def affine(self, index: int) -> np.ndarray | None:
+        """Voxel-to-world affine of item ``index`` (header only), or None for arrays."""
+        if self.kind != "nifti":
+            return None
+        return np.asarray(self.nifti(index).affine, dtype=np.float64)
 
     def wrap(self, outputs: Sequence[np.ndarray] | np.ndarray) -> Any:
         """Return ``outputs`` in the form the input had.
@@ -444,7 +495,26 @@ class ImageCollection(Sequence):
         header = ref.header.copy()
         header.set_data_dtype(np.float32)
         header.set_slope_inter(None, None)
+        set_display_range(header, output)
         return nib.Nifti1Image(output, ref.affine, header)
+
+
+def set_display_range(header: nib.Nifti1Header, data: np.ndarray) -> None:
+    """Set ``cal_min``/``cal_max`` (the range viewers display) to the data's range.
+
+    A header copied from the input keeps the input's range (``cal_max=255`` of an 8-bit
+    scan, while harmonized data reach 1000): viewers would saturate.
+
+    Parameters
+    ----------
+    header : nibabel.Nifti1Header
+        Modified in place.
+    data : ndarray
+        The image data the header goes with.
+    """
+    if data.size:
+        header["cal_min"] = float(np.min(data))
+        header["cal_max"] = float(np.max(data))
 
 
 def as_collection(imgs: Any) -> ImageCollection:

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from _helpers import HARMONIZERS, make, make_tiny_images
 from sklearn.exceptions import NotFittedError
@@ -132,6 +133,68 @@ def _missing(path: Path, img: np.ndarray) -> None:
     path.unlink()
 
 
+def _swapped_axes(path: Path, img: np.ndarray) -> None:
+    """The same scan stored with its first and last axes swapped (same shape, same place)."""
+    nib.save(
+        nib.Nifti1Image(np.ascontiguousarray(img.transpose(2, 1, 0)), AFFINE[:, [2, 1, 0, 3]]),
+        path,
+    )
+
+
+def _mask_file(affine: np.ndarray) -> Callable[[Data, Path], Data]:
+    """All images as files, and a whole-grid mask file beside them with ``affine``."""
+
+    def build(d: Data, tmp: Path) -> Data:
+        nib.save(nib.Nifti1Image(np.ones(d.imgs.shape[1:], np.uint8), affine), tmp / "mask.nii.gz")
+        return d._replace(imgs=_as_files(d, tmp))
+
+    return build
+
+
+def _mask_beside(d: Data) -> dict:
+    return {"mask": str(Path(d.imgs[0]).parent / "mask.nii.gz")}
+
+
+def _with_site(value: Any) -> Callable[[Data, Path], Data]:
+    """Image 1's site label replaced by ``value`` (a missing value of some kind)."""
+
+    def build(d: Data, tmp: Path) -> Data:
+        sites = np.asarray(d.sites, dtype=object).copy()
+        sites[1] = value
+        return d._replace(sites=sites)
+
+    return build
+
+
+def _pandas_sites(dtype: str) -> Callable[[Data, Path], Data]:
+    """Sites as a pandas array of ``dtype`` ("Int64": site numbers; "string": names) with
+    <NA> for image 1."""
+
+    def build(d: Data, tmp: Path) -> Data:
+        labels = [int(str(s)[-1]) if dtype == "Int64" else str(s) for s in d.sites]
+        values = pd.array(labels, dtype=dtype)
+        values[1] = pd.NA
+        return d._replace(sites=values)
+
+    return build
+
+
+_MISSING_SITE = r"missing label\(s\) at position\(s\) \[1\]"
+
+#: Every kind of missing site label a user can plausibly pass (pandas gives most of them).
+_MISSING_SITE_BUILDS = [
+    ("none", _with_site(None)),
+    ("nan", _with_site(np.nan)),
+    ("float32-nan", _with_site(np.float32("nan"))),
+    ("pandas-na-in-int64", _pandas_sites("Int64")),
+    ("pandas-na-in-string", _pandas_sites("string")),
+    ("nat", _with_site(pd.NaT)),
+    ("empty-text", _with_site("")),
+    ("whitespace-text", _with_site("   ")),
+    ("nan-text", _with_site("nan")),
+]
+
+
 def _all_zero(d: Data, tmp: Path) -> Data:
     imgs = d.imgs.copy()
     imgs[0] = 0
@@ -144,6 +207,10 @@ def _shape_differs(cls: type) -> Expect:
 
 def _unseen_site(cls: type) -> Expect:
     return Expect(ValueError, "not seen in fit") if cls._needs_sites else harmonized(cls)
+
+
+def _voxel_wise_refuses(cls: type) -> Expect:
+    return Expect(ValueError, "another affine") if cls._fixed_shape else harmonized(cls)
 
 
 def _has_param(name: str) -> Callable[[type], bool]:
@@ -246,6 +313,35 @@ ESTIMATOR_CASES = [
     ),
     Case("nan-in-nifti", "fit", _files_with(_nan_file), raises(ValueError, "NaN or infinite")),
     Case("missing-file", "fit", _files_with(_missing), raises(FileNotFoundError, "not found")),
+    *(
+        Case(f"missing-site-{name}", "fit", build, raises(ValueError, _MISSING_SITE))
+        for name, build in _MISSING_SITE_BUILDS
+    ),
+    Case(
+        "reference-site-nan",
+        "fit",
+        _clean,
+        raises(ValueError, "reference_site=nan is a missing value"),
+        params={"reference_site": float("nan")},
+        applies=_has_param("reference_site"),
+    ),
+    Case("same-scan-swapped-axes", "fit", _files_with(_swapped_axes), _voxel_wise_refuses),
+    Case(
+        "mask-file-other-affine",
+        "fit",
+        _mask_file(np.eye(4)),
+        raises(ValueError, "mask's affine"),
+        params=_mask_beside,
+        applies=_has_param("mask"),
+    ),
+    Case(
+        "mask-file-same-affine",
+        "fit",
+        _mask_file(AFFINE),
+        harmonized,
+        params=_mask_beside,
+        applies=_has_param("mask"),
+    ),
     # -- transform -------------------------------------------------------------------------
     Case("nan-voxel", "transform", _with_voxel(np.nan), raises(ValueError, "NaN or infinite")),
     Case(
@@ -279,6 +375,10 @@ ESTIMATOR_CASES = [
         _unseen_site,
     ),
     Case("all-zero-image", "transform", _all_zero, raises(ValueError, "no brain voxels")),
+    *(
+        Case(f"missing-site-{name}", "transform", build, raises(ValueError, _MISSING_SITE))
+        for name, build in _MISSING_SITE_BUILDS
+    ),
     Case(
         "int16-images",
         "transform",
@@ -325,9 +425,12 @@ def _assert_same(before: Any, after: Any) -> None:
         assert len(before) == len(after)
         for a, b in zip(before, after):
             _assert_same(a, b)
-    elif isinstance(before, np.ndarray):
+    elif isinstance(before, np.ndarray) and before.dtype != object:
         np.testing.assert_array_equal(before, after)
         assert before.dtype == after.dtype
+    elif isinstance(before, np.ndarray | pd.api.extensions.ExtensionArray):  # may hold NA
+        assert type(before) is type(after) and before.dtype == after.dtype
+        assert [repr(x) for x in before] == [repr(x) for x in after]
     else:
         assert before == after
 
@@ -457,6 +560,7 @@ def cli_data(tmp_path_factory) -> dict[str, Path]:
         ("truncated", _truncated),
         ("garbage", _garbage),
         ("nan", _nan_file),
+        ("swapped", _swapped_axes),
     ):
         path = bad / f"{name}.nii.gz"
         path.write_bytes(first.read_bytes())
@@ -482,6 +586,8 @@ def cli_data(tmp_path_factory) -> dict[str, Path]:
     manifest_with("with_truncated", with_first_path(files["truncated"]))
     manifest_with("unseen_site", f"path,site,age\n{first},elsewhere,40\n")
     manifest_with("no_ages", f"path,site\n{first},site0\n")
+    manifest_with("blank_site", f"path,site,age\n{first},site0,40\n{first},   ,41\n")
+    manifest_with("swapped_axes", f"path,site,age\n{files['swapped']},site0,40\n")
     files["first"] = first
     return files
 
@@ -539,6 +645,12 @@ CLI_CASES = [
         _transform("combat", "manifest", "no_ages"),
         "fitted with ages",
     ),
+    ("manifest-with-blank-site", _fit("hm", "blank_site"), r"empty path or site.*\[3\]"),
+    (
+        "transform-combat-same-scan-swapped-axes",
+        _transform("combat", "manifest", "swapped_axes"),
+        "another affine",
+    ),
     (
         "model-not-found",
         lambda f: [
@@ -588,6 +700,31 @@ def test_cli_bad_input(argv, message, cli_data, capsys, tmp_path):
     assert len(err.splitlines()) == 1, err
     assert _tree(tmp_path) == {}  # no output, not even a temporary file
     assert _tree(cli_data["root"]) == before  # inputs intact
+
+
+def test_voxel_wise_model_refuses_images_on_another_grid(clean, tmp_path):
+    """ComBat fitted on NIfTI files records their affine and refuses, before any work,
+    the same scan stored with its axes swapped (same shape); arrays carry no affine."""
+    from harmonix import ComBatHarmonizer
+
+    paths = _as_files(clean, tmp_path)
+    est = ComBatHarmonizer().fit(paths, clean.sites, clean.ages)
+    np.testing.assert_array_equal(est.affine_, AFFINE)
+    swapped = tmp_path / "swapped.nii.gz"
+    _swapped_axes(swapped, clean.imgs[0])
+    reference = est.transform(paths[:1], sites=clean.sites[:1], ages=clean.ages[:1])
+    with pytest.raises(ValueError, match="another affine.*orientation"):
+        est.transform([str(swapped)], sites=clean.sites[:1], ages=clean.ages[:1])
+    np.testing.assert_array_equal(  # the refusal changed nothing
+        est.transform(paths[:1], sites=clean.sites[:1], ages=clean.ages[:1])[0].get_fdata(),
+        reference[0].get_fdata(),
+    )
+    moved = tmp_path / "moved.nii.gz"  # same orientation, shifted by 5 voxels
+    shifted = AFFINE.copy()
+    shifted[:3, 3] = 10.0
+    nib.save(nib.Nifti1Image(clean.imgs[0], shifted), moved)
+    with pytest.raises(ValueError, match="another affine"):
+        est.transform([str(moved)], sites=clean.sites[:1], ages=clean.ages[:1])
 
 
 def test_cli_failure_midway_leaves_only_complete_outputs(cli_data, capsys, tmp_path):

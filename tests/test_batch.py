@@ -6,8 +6,14 @@ import joblib
 import nibabel as nib
 import numpy as np
 import pytest
+from _helpers import make
 
-from harmonix import HistogramMatchingHarmonizer, IdentityHarmonizer
+from harmonix import (
+    ComBatHarmonizer,
+    HistogramMatchingHarmonizer,
+    IdentityHarmonizer,
+    IGUANeHarmonizer,
+)
 from harmonix.batch import output_paths, transform_files
 
 
@@ -62,3 +68,57 @@ def test_transform_files_on_dask_cluster_equals_the_serial_run(tiny, tiny_nifti,
         np.testing.assert_array_equal(two.affine, one.affine)
         changed += not np.allclose(one.get_fdata(), nib.load(src).get_fdata())
     assert changed >= 2 * len(paths) // 3  # the images really were harmonized
+
+
+def test_transform_files_streams_site_by_site_and_equals_one_transform(tiny, tiny_nifti, tmp_path):
+    """Each site's statistics come from one pass over all its images; every image is then
+    harmonized on its own with them: the files equal one transform call on all images."""
+    imgs, sites, ages, _ = tiny
+    train = sites != "site2"
+    model = ComBatHarmonizer(unseen_site="fit").fit(imgs[train], sites[train], ages[train])
+    paths = tiny_nifti[0]
+    order = [6, 0, 7, 3, 8, 1, 4, 2, 5]  # sites interleaved
+    paths, sites, ages = [paths[i] for i in order], sites[order], ages[order]
+    calls = {"stats": [], "transform": []}
+    site_statistics, transform = model.site_statistics, model.transform
+
+    def spy_stats(imgs, sites, ages=None):
+        calls["stats"].append(list(sites))
+        return site_statistics(imgs, sites, ages)
+
+    def spy_transform(imgs, **kwargs):
+        calls["transform"].append(len(imgs))
+        return transform(imgs, **kwargs)
+
+    model.site_statistics, model.transform = spy_stats, spy_transform
+    written = transform_files(model, paths, tmp_path, sites=sites, ages=ages, verbose=False)
+    assert written == output_paths(paths, tmp_path)
+    assert sorted(map(sorted, calls["stats"])) == [["site0"] * 3, ["site1"] * 3, ["site2"] * 3]
+    assert calls["transform"] == [1] * len(paths)  # one image at a time
+    del model.site_statistics, model.transform
+    expected = model.transform(paths, sites=sites, ages=ages)
+    for dst, want in zip(written, expected):
+        np.testing.assert_allclose(nib.load(dst).get_fdata(), want.get_fdata(), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["combat", "iguane"])
+def test_site_statistics_let_images_go_one_at_a_time(tiny, method):
+    """transform(one image, site_statistics=site_statistics(all images)) equals
+    transform(all images) for the methods that pool a new site's images."""
+    imgs, sites, ages, _ = tiny
+    train = sites != "site2"
+    if method == "combat":
+        model = ComBatHarmonizer(unseen_site="fit")
+    else:
+        model = make(IGUANeHarmonizer, input_normalization="histogram")
+    model.fit(imgs[train], sites[train], ages[train])
+    kw = {"ages": ages} if method == "combat" else {}
+    everything = model.transform(imgs, sites=sites, **kw)
+    stats = model.site_statistics(imgs, sites, **kw)
+    assert list(stats) == ["site2"]  # only the new site is pooled
+    for i in range(len(imgs)):
+        kw = {"ages": ages[i : i + 1]} if method == "combat" else {}
+        one = model.transform(imgs[i : i + 1], sites=sites[i : i + 1], site_statistics=stats, **kw)
+        np.testing.assert_allclose(one[0], everything[i], rtol=0, atol=1e-4)
+    with pytest.raises(TypeError, match="site_statistics must be the dict"):
+        model.transform(imgs[:1], sites=sites[:1], site_statistics=[1], **kw)

@@ -220,3 +220,97 @@ def test_model_name_as_given_to_fit_and_quiet_after_the_subcommand(dataset_dir, 
         == 1
     )
     assert "model file not found" in capsys.readouterr().err.lower()
+
+
+# -- CLI transform == Python transform of the same images ----------------------------------
+#: Models fitted on sites 0 and 1 only (site 2 is new to them), by the command line.
+GROUPED_METHODS = {
+    "hm": [],
+    "ws": [],
+    "combat": ["--param", "unseen_site=fit"],
+    "iguane": [
+        *("--param", "n_epochs=1", "--param", "steps_per_epoch=1", "--param", "base_width=2"),
+        *("--param", "random_state=0", "--param", "input_normalization=histogram"),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def two_site_manifest(dataset_dir):
+    """The dataset's manifest restricted to sites 0 and 1 (the training set)."""
+    lines = (dataset_dir / "manifest.csv").read_text().splitlines()
+    kept = [lines[0]] + [row for row in lines[1:] if row.split(",")[1] != "site2"]
+    path = dataset_dir / "train_sites_0_1.csv"
+    path.write_text("\n".join(kept) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("method", list(GROUPED_METHODS))
+def test_cli_transform_equals_python_transform_of_all_images(
+    dataset_dir, two_site_manifest, tmp_path, method
+):
+    """The command line takes a manifest site by site: its files equal one transform call
+    on all images, also where a new site's images are pooled (ComBat's unseen_site="fit",
+    IGUANe's per-site histogram map), and in parallel."""
+    model = tmp_path / ("model.pt" if method == "iguane" else "model.npz")
+    fit = ["-q", "fit", "--method", method, "--manifest", str(two_site_manifest)]
+    assert main([*fit, "--out", str(model), *GROUPED_METHODS[method]]) == 0
+    manifest = dataset_dir / "manifest.csv"
+    out = tmp_path / "out"
+    transform = ["-q", "transform", "--model", str(model), "--manifest", str(manifest)]
+    assert main([*transform, "--out", str(out), "--n-jobs", "2"]) == 0
+    man = read_manifest(manifest)
+    fitted = load_model(model)
+    expected = fitted.transform([str(p) for p in man.paths], sites=man.sites, ages=man.ages)
+    for path, want in zip(man.paths, expected):
+        got = nib.load(out / path.name.replace(".nii.gz", "_harmonized.nii.gz")).get_fdata()
+        np.testing.assert_allclose(got, want.get_fdata(), rtol=0, atol=1e-4)
+    new = [i for i, s in enumerate(man.sites) if s == "site2"]
+    assert len(new) == 3
+    if method == "combat":  # one new-site image alone cannot be harmonized
+        with pytest.raises(ValueError, match="at least 2 images"):
+            fitted.transform([str(man.paths[new[0]])], sites=["site2"], ages=man.ages[:1])
+    if method == "iguane":  # one new-site image alone gets another map: grouping matters
+        alone = fitted.transform([str(man.paths[new[0]])], sites=["site2"])[0].get_fdata()
+        assert np.abs(alone - expected[new[0]].get_fdata()).max() > 1.0
+
+
+def test_cli_reference_site_given_as_a_number_names_the_manifest_site(tmp_path, dataset_dir):
+    """Numeric site names: --param reference_site=1 names the manifest's site "1"."""
+    lines = (dataset_dir / "manifest.csv").read_text().splitlines()
+    rows = [lines[0]]
+    for row in lines[1:]:
+        cells = row.split(",")
+        cells[0] = str(dataset_dir / cells[0])
+        cells[1] = " " + cells[1][-1] + " "  # site0 -> " 0 ": spaces are stripped too
+        rows.append(",".join(cells))
+    manifest = tmp_path / "numbered.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    model = tmp_path / "hm.npz"
+    fit = ["-q", "fit", "--method", "hm", "--manifest", str(manifest), "--out", str(model)]
+    assert main([*fit, "--param", "reference_site=1"]) == 0
+    fitted = load_model(model)
+    assert fitted.reference_site_ == "1" and fitted.sites_.tolist() == ["0", "1", "2"]
+
+
+def test_cli_skip_existing_resumes_an_interrupted_transform(dataset_dir, tmp_path, capsys):
+    manifest = str(dataset_dir / "manifest.csv")
+    model = tmp_path / "ws.npz"
+    assert main(["-q", "fit", "--method", "ws", "--manifest", manifest, "--out", str(model)]) == 0
+    out = tmp_path / "out"
+    args = ["-q", "transform", "--model", str(model), "--manifest", manifest, "--out", str(out)]
+    assert main(args) == 0
+    files = sorted(out.glob("*.nii.gz"))
+    complete = {p.name: nib.load(p).get_fdata() for p in files}
+    files[0].unlink()  # as if interrupted before these two were written
+    files[1].unlink()
+    files[2].write_bytes(b"kept")  # an existing output is never touched
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--skip-existing" in err and "overwrite=True" not in err
+    assert main([*args, "--skip-existing"]) == 0
+    assert files[2].read_bytes() == b"kept"
+    for p in (files[0], files[1], *files[3:]):
+        np.testing.assert_array_equal(nib.load(p).get_fdata(), complete[p.name])
+    assert main([*args, "--skip-existing", "--overwrite"]) == 1
+    assert "exclude each other" in capsys.readouterr().err

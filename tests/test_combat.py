@@ -95,10 +95,48 @@ def test_parity_with_different_brain_extents():
     expected = nh.harmonizationApply(flat, covars, model)
     out = h.transform(imgs, sites, ages)
     assert rel_diff(out[:, common], expected) < 1e-4
-    # brain voxels outside the common mask are left unchanged, background stays 0
-    rim = (imgs != 0) & ~common
-    np.testing.assert_array_equal(out[rim], imgs[rim])
-    assert (out[imgs == 0] == 0).all()
+    assert (out[imgs == 0] == 0).all()  # background stays 0
+    # brain voxels outside the common mask (the rim) take the least-squares line of the
+    # image's own common-mask outputs on its inputs: neuroHarmonize's outputs here
+    n_rim = 0
+    for i in range(len(imgs)):
+        slope, intercept = np.polyfit(flat[i], expected[i], 1)
+        rim = (imgs[i] != 0) & ~common
+        want = slope * imgs[i][rim].astype(np.float64) + intercept
+        np.testing.assert_allclose(out[i][rim], want, rtol=1e-4, atol=1e-2)
+        n_rim += rim.sum()
+    assert n_rim > 0
+
+
+def test_brain_rim_outside_the_common_mask_is_harmonized_too():
+    """Traveling subjects whose brains differ in extent: the voxels of the larger brains
+    outside the common mask (the rim) reach the reference site's scale like the others."""
+    shape = (16, 18, 16)
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    imgs, sites, subjects = [], [], []
+    for k, (gain, offset) in enumerate([(1.0, 0.0), (1.4, 30.0), (0.8, -10.0)]):
+        for s, extent in enumerate([0.6, 0.68, 0.75, 0.8]):
+            brain = radius < extent
+            anatomy = 600 + 200 * np.cos(5 * radius + s)
+            noise = 1 + 0.01 * rng.standard_normal(shape)
+            imgs.append(np.where(brain, (gain * anatomy + offset) * noise, 0.0))
+            sites.append(f"site{k}")
+            subjects.append(s)
+    imgs, sites, subjects = np.stack(imgs).astype(np.float32), np.array(sites), np.array(subjects)
+    h = ComBatHarmonizer(reference_site="site0").fit(imgs, sites)
+    out = h.transform(imgs, sites)
+    n_rim = 0
+    for i in np.flatnonzero(sites != "site0"):
+        ref = np.flatnonzero((sites == "site0") & (subjects == subjects[i]))[0]
+        rim = (imgs[i] != 0) & ~h.voxel_mask_
+        n_rim += rim.sum()
+        if rim.any():
+            before = np.median(np.abs(imgs[i][rim] / imgs[ref][rim] - 1))
+            after = np.median(np.abs(out[i][rim] / imgs[ref][rim] - 1))
+            assert before > 0.15 and after < 0.1, (before, after)
+    assert n_rim > 1000
 
 
 # -- transform semantics -------------------------------------------------------------------
@@ -157,7 +195,8 @@ def test_unseen_site_error_names_labels(data):
 def test_unseen_site_keep(data):
     imgs, sites, ages = data
     h = ComBatHarmonizer(unseen_site="keep").fit(imgs, sites, ages)
-    out = h.transform(imgs[:2], ["new", "s0"], ages[:2])
+    with pytest.warns(UserWarning, match=r"\['new'\] were not seen in fit.*unchanged"):
+        out = h.transform(imgs[:2], ["new", "s0"], ages[:2])
     np.testing.assert_array_equal(out[0], imgs[0])
     np.testing.assert_array_equal(out[1], h.transform(imgs[1:2], ["s0"], ages[1:2])[0])
 
@@ -181,7 +220,7 @@ def test_unseen_site_fit_removes_known_shift():
     # without EB as well; a single image of an unseen site cannot give a scale
     h.set_params(empirical_bayes=False)
     assert np.isfinite(h.transform(shifted[:3], sites[new][:3], ages[new][:3])).all()
-    with pytest.raises(ValueError, match="at least 2 images of the unseen site 's3'"):
+    with pytest.raises(ValueError, match=r"at least 2 images of each unseen site.*\['s3'\]"):
         h.transform(shifted[:1], ["s3"], ages[new][:1])
 
 

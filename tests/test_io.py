@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -17,6 +18,8 @@ from harmonix.io import (
     save_img,
     save_imgs,
 )
+
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 
 
 def test_load_img_roundtrip(tiny_nifti):
@@ -63,11 +66,11 @@ def test_single_4d_volume_with_one_frame_is_accepted(tmp_path):
 
 def test_save_is_atomic_and_refuses_overwrite(tmp_path, tiny):
     out = tmp_path / "a.nii.gz"
-    save_img(tiny[0][0], out)
+    save_img(tiny[0][0], out, affine=AFFINE)
     assert out.exists()
     with pytest.raises(FileExistsError):
-        save_img(tiny[0][0], out)
-    save_img(tiny[0][1], out, overwrite=True)
+        save_img(tiny[0][0], out, affine=AFFINE)
+    save_img(tiny[0][1], out, affine=AFFINE, overwrite=True)
     np.testing.assert_array_equal(nib.load(out).get_fdata(), tiny[0][1])
     assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]  # no temporary left
 
@@ -92,8 +95,22 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(nib, "save", boom)
     with pytest.raises(OSError, match="disk full"):
-        save_img(np.ones((2, 2, 2), np.float32), tmp_path / "x.nii.gz")
+        save_img(np.ones((2, 2, 2), np.float32), tmp_path / "x.nii.gz", affine=AFFINE)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bare_arrays_without_affine_warn_and_get_a_display_range(tmp_path):
+    data = np.zeros((3, 3, 3), np.float32)
+    data[1, 1, 1] = 1057.0
+    with pytest.warns(UserWarning, match="identity affine"):
+        save_img(data, tmp_path / "x.nii.gz")
+    with pytest.warns(UserWarning, match="identity affine"):
+        save_imgs([data], [tmp_path / "y.nii.gz"])
+    header = nib.load(tmp_path / "x.nii.gz").header
+    assert (float(header["cal_min"]), float(header["cal_max"])) == (0.0, 1057.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_img(data, tmp_path / "z.nii.gz", affine=AFFINE)  # no warning with an affine
 
 
 def test_atomic_write_replaces_the_file_with_the_new_content(tmp_path):
@@ -181,3 +198,37 @@ def test_collection_kinds_and_errors(tiny, tiny_nifti):
     bad[0, 5, 5, 5] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         as_collection(bad)[0]
+
+
+def test_read_manifest_strips_values_like_headers(tmp_path, tiny_nifti):
+    paths, sites, ages, _ = tiny_nifti
+    rows = [" path , site , age "] + [
+        f" {p} , {s}  ,{a}" for p, s, a in zip(paths[:3], sites[:3], ages[:3])
+    ]
+    csv = tmp_path / "spaces.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    man = read_manifest(csv)
+    assert man.sites.tolist() == sites[:3].tolist()
+    assert [str(p) for p in man.paths] == paths[:3]
+
+
+def test_outputs_get_their_own_display_range(tmp_path):
+    """A header copied from an 8-bit input keeps cal_max=255 no more: viewers would
+    saturate the harmonized intensities."""
+    from harmonix import HistogramMatchingHarmonizer
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        data = np.zeros((8, 8, 8), np.uint8)
+        data[2:6, 2:6, 2:6] = rng.integers(10 + 50 * i, 60 + 50 * i, (4, 4, 4))
+        img = nib.Nifti1Image(data, AFFINE)
+        img.header["cal_min"], img.header["cal_max"] = 0, 255
+        paths.append(tmp_path / f"u8_{i}.nii.gz")
+        nib.save(img, paths[-1])
+    hm = HistogramMatchingHarmonizer(reference_site="b").fit(paths, ["a", "a", "b", "b"])
+    out = hm.transform([paths[0]])[0]
+    data = out.get_fdata()
+    assert data.max() > 60  # mapped onto site b's brighter scale
+    assert float(out.header["cal_min"]) == data.min()
+    assert float(out.header["cal_max"]) == pytest.approx(data.max(), rel=1e-6)

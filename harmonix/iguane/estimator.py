@@ -442,21 +442,36 @@ class IGUANeHarmonizer(BaseHarmonizer):
         values = getattr(self, "input_normalization_", None)
         return InputNormalizer() if values is None else InputNormalizer.from_dict(values)
 
+    def _site_statistics(
+        self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
+    ) -> dict[str, Any]:
+        """Mean landmarks of each site unseen in fit ("histogram" normalization)."""
+        return self._normalizer().pooled_landmarks(sites, lambda i: image_landmarks(imgs[i]))
+
     def _network_inputs(
-        self, imgs: ImageCollection, sites: np.ndarray | None = None
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray | None = None,
+        stats: dict[str, Any] | None = None,
     ) -> Iterator[tuple[PreparedVolume, np.ndarray, np.ndarray]]:
         """Yield (prepared volume, brain mask, network input with background 0) per image,
-        normalized as in :meth:`transform`."""
+        normalized as in :meth:`transform` (``stats``: :meth:`site_statistics` of some
+        sites)."""
         input_shape = _check_input_shape(self.input_shape)
         normalizer = self._normalizer()
-        site_lm = normalizer.site_landmarks_of(sites, lambda i: image_landmarks(imgs[i]))
+        site_lm = normalizer.site_landmarks_of(
+            sites, lambda i: image_landmarks(imgs[i]), pooled=stats
+        )
         for i, (data, brain) in enumerate(self._iter_brains(imgs)):  # one image at a time
             normalized, median = normalizer(data, site_lm[i] if site_lm else None)
             prepared = prepare_volume(normalized, median, input_shape=input_shape)
             yield prepared, brain, np.where(prepared.mask, prepared.x, np.float32(0.0))
 
     def _harmonize_all(
-        self, imgs: ImageCollection, sites: np.ndarray | None = None
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray | None = None,
+        stats: dict[str, Any] | None = None,
     ) -> Iterator[tuple[np.ndarray, Callable[[], np.ndarray], float, float]]:
         """Yield (harmonized image, normalized input on demand, distance, profile
         correlation) per image."""
@@ -469,7 +484,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         scale = float(self.reference_median_)
         typical = getattr(self, "typical_correction_", 0.0)
         profile = self._contrast_profile()
-        for prepared, brain, x in self._network_inputs(imgs, sites):
+        for prepared, brain, x in self._network_inputs(imgs, sites, stats):
             corr = float("nan") if profile is None else profile.correlation(x, prepared.mask)
             y = harmonize_volume(generator, x, amp_dtype=amp_dtype)
             size = correction_size(x, y, prepared.mask)
@@ -485,13 +500,19 @@ class IGUANeHarmonizer(BaseHarmonizer):
             yield result, plain, distance, corr
 
     def _transform(
-        self, imgs: ImageCollection, sites: np.ndarray | None, ages: np.ndarray | None
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray | None,
+        ages: np.ndarray | None,
+        stats: dict[str, Any],
     ) -> list[np.ndarray]:
         check_ood(self.ood_action, self.ood_threshold)
         threshold = getattr(self, "ood_threshold_", float("inf"))
         min_corr = getattr(self, "profile_threshold_", -float("inf"))
         out, flagged = [], []
-        for i, (result, plain, distance, corr) in enumerate(self._harmonize_all(imgs, sites)):
+        for i, (result, plain, distance, corr) in enumerate(
+            self._harmonize_all(imgs, sites, stats)
+        ):
             if distance > threshold or corr < min_corr:
                 flagged.append(i)
                 if self.ood_action == "fallback":

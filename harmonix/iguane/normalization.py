@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from harmonix._labels import as_label, as_labels
 from harmonix.histogram_matching import apply_landmarks, compute_landmarks, standard_scale
 from harmonix.iguane.data import brain_median
 
@@ -105,18 +106,57 @@ class InputNormalizer:
             raise ValueError("Only a 'histogram' normalization has a common median.")
         return float(self.standard_landmarks[_MEDIAN_LANDMARK])
 
-    def site_landmarks_of(
+    def known_landmarks(self, site: Any) -> np.ndarray | None:
+        """The stored landmarks of a training site (labels compared as text), or None."""
+        if self.kind == "median" or self.site_landmarks is None:
+            return None
+        rows = dict(zip(as_labels(self.sites).tolist(), np.asarray(self.site_landmarks)))
+        return rows.get(as_label(site))
+
+    def pooled_landmarks(
         self, sites: np.ndarray | None, landmarks: Callable[[int], np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The landmarks of each site unseen in fit: the mean over its images.
+
+        Parameters
+        ----------
+        sites : ndarray of str of shape (n_images,) or None
+            Site labels of the images (text, as :func:`harmonix.base.check_sites` gives).
+        landmarks : callable
+            ``landmarks(i)``: the landmarks of image ``i`` (read only for unseen sites).
+
+        Returns
+        -------
+        dict
+            Site label -> mean landmarks (empty for "median" or without sites).
+        """
+        if self.kind == "median" or sites is None:
+            return {}
+        labels = sites.tolist()
+        return {
+            site: np.mean([landmarks(i) for i, s in enumerate(labels) if s == site], axis=0)
+            for site in dict.fromkeys(labels)
+            if self.known_landmarks(site) is None
+        }
+
+    def site_landmarks_of(
+        self,
+        sites: np.ndarray | None,
+        landmarks: Callable[[int], np.ndarray],
+        pooled: dict[str, np.ndarray] | None = None,
     ) -> list[np.ndarray | None]:
         """The landmarks to map each image with: its site's, or None (its own).
 
         Parameters
         ----------
-        sites : ndarray of shape (n_images,) or None
+        sites : ndarray of str of shape (n_images,) or None
             Site labels of the images; None: every image uses its own landmarks.
         landmarks : callable
             ``landmarks(i)``: the landmarks of image ``i`` (read only for sites unseen in
-            fit, whose landmarks are the mean over their images).
+            fit and missing from ``pooled``, whose landmarks are the mean over their
+            images).
+        pooled : dict, default=None
+            Landmarks of unseen sites already computed (:meth:`pooled_landmarks`).
 
         Returns
         -------
@@ -125,15 +165,15 @@ class InputNormalizer:
         """
         if self.kind == "median" or sites is None:
             return [None] * (0 if sites is None else len(sites))
-        known = {s: lm for s, lm in zip(self.sites, np.asarray(self.site_landmarks))}
+        pooled = dict(pooled or {})
+        labels = sites.tolist()
+        todo = [i for i, s in enumerate(labels) if s not in pooled]
+        more = self.pooled_landmarks(sites[todo], lambda j: landmarks(todo[j]))
+        pooled.update(more)
         out: list[np.ndarray | None] = []
-        pooled: dict[Any, np.ndarray] = {}
-        for site in dict.fromkeys(sites.tolist()):
-            if site not in known:
-                idx = np.flatnonzero(sites == site)
-                pooled[site] = np.mean([landmarks(int(i)) for i in idx], axis=0)
-        for site in sites.tolist():
-            out.append(known[site] if site in known else pooled[site])
+        for site in labels:
+            known = self.known_landmarks(site)
+            out.append(known if known is not None else pooled[site])
         return out
 
     def __call__(

@@ -90,11 +90,28 @@ class PretrainedIGUANe(BaseHarmonizer):
         else:
             self.model_ = IGUANeHarmonizer.load(self.model_path)
 
+    def _site_statistics(
+        self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
+    ) -> dict[str, Any]:
+        stats = self.model_._site_statistics(imgs, _as_new(sites), ages)
+        return {key[len(_NEW) :]: value for key, value in stats.items()}
+
     def _transform(
-        self, imgs: ImageCollection, sites: np.ndarray | None, ages: np.ndarray | None
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray | None,
+        ages: np.ndarray | None,
+        stats: dict[str, Any],
     ) -> list[np.ndarray]:
         # the caller's sites are never the model's training sites, even when their labels
         # coincide ("site1" of another data set): keep them apart from the stored ones
-        if sites is not None:
-            sites = np.asarray([f"(new) {s}" for s in sites.tolist()])
-        return self.model_._transform(imgs, sites, ages)
+        new_stats = {_NEW + key: value for key, value in stats.items()}
+        return self.model_._transform(imgs, _as_new(sites), ages, new_stats)
+
+
+#: Prefix that keeps the caller's site labels apart from the model's training sites.
+_NEW = "(new) "
+
+
+def _as_new(sites: np.ndarray | None) -> np.ndarray | None:
+    return None if sites is None else np.asarray([_NEW + s for s in sites.tolist()])

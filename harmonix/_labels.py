@@ -1,0 +1,171 @@
+"""Site labels: the one rule that says what a label is and when two labels are the same site.
+
+A site label is compared by its text: every label is turned into a ``str`` with surrounding
+whitespace stripped, so ``1``, ``numpy.int64(1)``, ``"1"`` and ``" 1 "`` name the same site,
+whether the labels came from a CSV file (text), a pandas column (numbers, ``Int64``,
+``string``, ``category``) or Python code. Integral floats are written as integers
+(``1.0`` is ``"1"``: pandas turns an integer column with a gap into floats), other floats
+as Python prints them, bytes are decoded as UTF-8.
+
+A label is *missing* when it is ``None``, a float NaN, ``pandas.NA``, ``NaT``, an empty or
+whitespace-only text, or the text a missing value becomes when converted with ``str``
+(``"nan"``, ``"NaN"``, ``"None"``, ``"<NA>"``, ``"NaT"``, as ``df.site.astype(str)``
+gives). Missing labels are refused with the positions of the images that lack one:
+an image without a site must never become a site called "nan".
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["MISSING_TEXTS", "as_label", "as_labels", "check_label", "check_sites"]
+
+#: Texts that ``str`` gives for missing values: refused like the values themselves.
+MISSING_TEXTS = frozenset({"nan", "NaN", "None", "<NA>", "NaT"})
+
+
+def _is_missing_scalar(value: Any) -> bool:
+    if value is None:
+        return True
+    if np.ndim(value) != 0:
+        return False
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def as_label(value: Any) -> str | None:
+    """The text of one site label, or None if it is missing (see the module's rule).
+
+    Parameters
+    ----------
+    value : object
+        A label: str, int, float, bool, bytes, numpy or pandas scalar...
+
+    Returns
+    -------
+    str or None
+    """
+    if _is_missing_scalar(value):
+        return None
+    if isinstance(value, (bytes, np.bytes_)):
+        text = bytes(value).decode("utf-8", errors="replace")
+    elif isinstance(value, (bool, np.bool_)):
+        text = str(bool(value))
+    elif isinstance(value, numbers.Integral):
+        text = str(int(value))
+    elif isinstance(value, numbers.Real):
+        as_float = float(value)
+        text = str(int(as_float)) if as_float.is_integer() else str(value)
+    else:
+        text = str(value)
+    text = text.strip()
+    if not text or text in MISSING_TEXTS:
+        return None
+    return text
+
+
+def as_labels(values: Any) -> np.ndarray:
+    """Labels already known to be present (e.g. a fitted ``sites_``) as text.
+
+    Parameters
+    ----------
+    values : array-like
+        Labels, e.g. the ``sites_`` of a model saved by an older harmonix (numbers).
+
+    Returns
+    -------
+    ndarray of str
+    """
+    out = [as_label(v) for v in np.asarray(values, dtype=object).ravel().tolist()]
+    return np.asarray(["" if v is None else v for v in out], dtype=str)
+
+
+def check_label(value: Any, name: str) -> str:
+    """One label given as a parameter (e.g. ``reference_site``), as text.
+
+    Parameters
+    ----------
+    value : object
+        The label.
+    name : str
+        The parameter's name, for the error message.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        If the label is missing (NaN, empty text...).
+    """
+    if isinstance(value, (list, tuple, set, dict, np.ndarray)):
+        raise ValueError(f"{name} must be one site label, got {value!r}.")
+    label = as_label(value)
+    if label is None:
+        raise ValueError(f"{name}={value!r} is a missing value; give a site label.")
+    return label
+
+
+def check_sites(sites: Any, n_images: int, *, name: str = "sites") -> np.ndarray:
+    """Validate site labels and return them as text (see :mod:`harmonix._labels`).
+
+    Parameters
+    ----------
+    sites : array-like of shape (n_images,)
+        One label per image: a list, tuple, ndarray, pandas Series or array.
+    n_images : int
+        Number of images they label.
+    name : str, default="sites"
+        Argument name used in error messages.
+
+    Returns
+    -------
+    ndarray of str of shape (n_images,)
+        The labels as text, surrounding whitespace stripped.
+
+    Raises
+    ------
+    ValueError
+        If ``sites`` is not one label per image, or a label is missing (the message lists
+        the positions of the images without a label).
+    """
+    if isinstance(sites, (str, bytes)) or np.ndim(sites) == 0:
+        raise ValueError(
+            f"{name} must be a sequence with one label per image, got {sites!r}; "
+            f"for one image pass [{sites!r}]."
+        )
+    if isinstance(sites, (pd.Series, pd.Index)):
+        items = sites.tolist()
+    elif isinstance(sites, np.ndarray):
+        if sites.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, one label per image; got shape {sites.shape}.")
+        items = sites.tolist()
+    else:
+        items = list(sites)
+    for item in items:
+        if not isinstance(item, (str, bytes)) and np.ndim(item) != 0:
+            shape = np.shape(items) if np.ndim(items) > 1 else (len(items), "...")
+            raise ValueError(f"{name} must be 1-D, one label per image; got shape {shape}.")
+    if len(items) != n_images:
+        raise ValueError(
+            f"Got {n_images} images but {len(items)} {name}; give exactly one label per image."
+        )
+    labels = [as_label(s) for s in items]
+    missing = [i for i, s in enumerate(labels) if s is None]
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+        values = sorted({repr(items[i]) for i in missing})[:5]
+        raise ValueError(
+            f"{name} has {len(missing)} missing label(s) at position(s) [{shown}] (0-based; "
+            f"values {', '.join(values)}): every image needs a site label. Fill them in or "
+            "drop those images (None, NaN, pandas NA/NaT, empty text and 'nan' count as "
+            "missing)."
+        )
+    return np.asarray(labels, dtype=str)

@@ -1,0 +1,114 @@
+"""Site labels: one rule (text, stripped) for every method, at fit and at transform.
+
+Missing labels of every kind are refused in the bad-input table (tests/test_bad_inputs.py);
+here: labels of other types name the same site, so the same images give the same output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from _helpers import HARMONIZERS, make, make_tiny_images
+
+from harmonix import ComBatHarmonizer, IGUANeHarmonizer
+from harmonix._labels import as_label, check_sites
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1, "1"),
+        (np.int64(1), "1"),
+        (np.uint8(1), "1"),
+        ("1", "1"),
+        (" 1 ", "1"),
+        (1.0, "1"),
+        (np.float32(2.0), "2"),
+        (1.5, "1.5"),
+        (b"site0", "site0"),
+        (np.str_(" A\t"), "A"),
+        (True, "True"),
+        (None, None),
+        (float("nan"), None),
+        (pd.NA, None),
+        (pd.NaT, None),
+        (np.datetime64("NaT"), None),
+        ("", None),
+        ("  ", None),
+        ("nan", None),
+        ("<NA>", None),
+    ],
+)
+def test_label_rule(value, text):
+    assert as_label(value) == text
+
+
+def test_check_sites_accepts_pandas_columns_and_returns_text():
+    ints = pd.Series([3, 1, 2], dtype="Int64")
+    assert check_sites(ints, 3).tolist() == ["3", "1", "2"]
+    cats = pd.Series(["b", "a", "b"], dtype="category")
+    assert check_sites(cats, 3).tolist() == ["b", "a", "b"]
+    with_gap = pd.Series([1, None, 2]).fillna(7)  # ints become floats through a gap
+    assert check_sites(with_gap, 3).tolist() == ["1", "7", "2"]
+    with pytest.raises(ValueError, match="1-D"):
+        check_sites(np.zeros((3, 2)), 3)
+
+
+@pytest.fixture(scope="module")
+def numbered():
+    """Tiny images whose sites are numbers 0, 1, 2, given as text (as a CSV gives them)."""
+    imgs, sites, ages, _ = make_tiny_images()
+    text = np.array([s[-1] for s in sites])  # "0", "1", "2"
+    return imgs, text, ages
+
+
+def _kwargs(cls: type, sites, ages) -> dict:
+    return {"sites": sites, "ages": ages} if cls._needs_sites else {"sites": sites}
+
+
+@pytest.mark.parametrize("cls", HARMONIZERS, ids=lambda c: c.__name__)
+def test_labels_of_other_types_name_the_same_site(cls, numbered):
+    imgs, text, ages = numbered
+    params = {"reference_site": 1} if "reference_site" in cls().get_params() else {}
+    est = make(cls, **params).fit(imgs, text, ages)  # fitted with text, reference as int
+    if params:
+        assert est.reference_site_ == "1"
+    assert est.sites_.tolist() == ["0", "1", "2"]
+    expected = est.transform(imgs, **_kwargs(cls, text, ages))
+    as_ints = text.astype(np.int64)
+    for other in (as_ints, [int(s) for s in text], [f" {s} " for s in text], as_ints + 0.0):
+        np.testing.assert_array_equal(est.transform(imgs, **_kwargs(cls, other, ages)), expected)
+
+
+@pytest.mark.parametrize("policy", ["error", "keep", "fit"])
+def test_combat_fitted_with_text_serves_integer_labels(numbered, policy):
+    imgs, text, ages = numbered
+    h = ComBatHarmonizer(unseen_site=policy).fit(imgs, text, ages)
+    expected = h.transform(imgs, text, ages)
+    one = text == "1"
+    changed = ~np.isclose(expected[one], imgs[one])
+    assert changed[imgs[one] != 0].mean() > 0.5  # site 1 is really harmonized
+    np.testing.assert_array_equal(h.transform(imgs, text.astype(int), ages), expected)
+
+
+def test_combat_fitted_with_integers_serves_text_labels(numbered):
+    imgs, text, ages = numbered
+    h = ComBatHarmonizer(reference_site=np.int64(0)).fit(imgs, text.astype(int), ages)
+    expected = h.transform(imgs, text.astype(int), ages)
+    np.testing.assert_array_equal(h.transform(imgs, text, ages), expected)
+    # a model saved before labels were text holds numbers: still the same sites
+    h.sites_ = np.array([0, 1, 2])
+    np.testing.assert_array_equal(h.transform(imgs, list(text), ages), expected)
+
+
+def test_iguane_site_landmarks_found_whatever_the_label_type(numbered):
+    imgs, text, ages = numbered
+    est = make(IGUANeHarmonizer, input_normalization="histogram").fit(imgs, text.astype(int))
+    stored = est.input_normalization_["sites"]
+    assert stored == ["0", "1", "2"]
+    expected = est.transform(imgs, sites=text)
+    np.testing.assert_array_equal(est.transform(imgs, sites=text.astype(np.int64)), expected)
+    # site 1's stored landmarks, not the pooled ones of the images of this call
+    one = np.flatnonzero(text == "1")[:1]
+    np.testing.assert_array_equal(est.transform(imgs[one], sites=[1]), expected[one])
