@@ -47,6 +47,8 @@ import numpy as np  # noqa: E402
 from _common import cpu_model  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
+#: Start of the section of combat.md that bench_combat_rim.py writes (kept on rewrite).
+RIM_BEGIN = "<!-- rim: written by benchmarks/bench_combat_rim.py -->"
 N_SITES = 5
 GAM_VOXELS = 10
 GOALS = {
@@ -354,6 +356,10 @@ def _report(r: dict, versions: dict, load: tuple, out: pathlib.Path) -> str:
         "",
     ]
     text = "\n".join(lines)
+    # keep the "Brain rim" section that benchmarks/bench_combat_rim.py writes
+    previous = out.read_text() if out.exists() else ""
+    if RIM_BEGIN in previous:
+        text = text.rstrip("\n") + "\n\n" + RIM_BEGIN + previous.split(RIM_BEGIN, 1)[1]
     out.write_text(text)
     return text
 
