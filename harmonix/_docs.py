@@ -44,7 +44,7 @@ brain : ndarray of bool of shape (i, j, k), default=None
 docdict["reference_site"] = """\
 reference_site : hashable, default=None
     Site whose intensity scale the outputs land on; None picks the site with the most
-    training images."""
+    training images. Compared with the site labels as text (``1`` names site ``"1"``)."""
 
 docdict["random_state"] = """\
 random_state : int, numpy.random.Generator or None, default=None
@@ -52,12 +52,12 @@ random_state : int, numpy.random.Generator or None, default=None
     never touched). The same integer gives the same result."""
 
 docdict["reference_site_"] = """\
-reference_site_ : hashable
-    The reference site used."""
+reference_site_ : str
+    The reference site used (its label as text)."""
 
 docdict["sites_"] = """\
-sites_ : ndarray
-    Sites seen in fit."""
+sites_ : ndarray of str
+    Sites seen in fit (labels as text, surrounding spaces stripped; sorted)."""
 
 docdict["n_images_"] = """\
 n_images_ : int
@@ -67,8 +67,13 @@ docdict["mask_"] = """\
 mask_ : ndarray of bool or None
     The brain mask used."""
 
+docdict["affine_"] = """\
+affine_ : ndarray of shape (4, 4) or None
+    With a ``mask``: the voxel-to-world affine of the NIfTI training images (or of a
+    NIfTI mask); NIfTI images with another affine are refused. None otherwise."""
+
 docdict["reference_attributes"] = "\n".join(
-    docdict[key] for key in ("reference_site_", "sites_", "n_images_", "mask_")
+    docdict[key] for key in ("reference_site_", "sites_", "n_images_", "mask_", "affine_")
 )
 
 _BLOCK = re.compile(r"^([ \t]*)%\((\w+)\)s[ \t]*$", re.MULTILINE)

@@ -581,6 +581,7 @@ class IdentityHarmonizer(BaseHarmonizer):
     ----------
     %(sites_)s
     %(n_images_)s
+    %(affine_)s
 
     Examples
     --------

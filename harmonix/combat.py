@@ -157,9 +157,10 @@ class ComBatHarmonizer(BaseHarmonizer):
 
     Attributes
     ----------
-    sites_ : ndarray of shape (n_sites,)
-        Sorted training site labels (the row order of ``gamma_star_``/``delta_star_``).
-    reference_site_ : hashable or None
+    sites_ : ndarray of str, shape (n_sites,)
+        Sorted training site labels, as text (the row order of
+        ``gamma_star_``/``delta_star_``).
+    reference_site_ : str or None
         The reference site, or ``None`` (pooled grand mean).
     site_counts_ : ndarray of int, shape (n_sites,)
         Training images per site.

@@ -152,10 +152,10 @@ class IGUANeHarmonizer(BaseHarmonizer):
 
     Attributes
     ----------
-    reference_site_ : hashable
-        The reference site.
-    sites_ : ndarray
-        Sites seen in fit.
+    reference_site_ : str
+        The reference site (its label as text).
+    sites_ : ndarray of str
+        Sites seen in fit (labels as text).
     n_images_ : int
         Number of training images.
     generator_ : Generator3D
