@@ -15,8 +15,9 @@ works, including a dask cluster::
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from harmonix.exceptions import OutputExistsError
-from harmonix.io import load_img, save_img
+from harmonix.io import atomic_write, load_img, save_img
 
-__all__ = ["output_paths", "transform_files"]
+__all__ = ["output_paths", "sidecar_path", "transform_files"]
 
 
 def _output_name(src: Path, suffix: str) -> str:
@@ -55,8 +56,23 @@ def output_paths(
     return [Path(out_dir) / _output_name(Path(p), suffix) for p in paths]
 
 
+def sidecar_path(image: str | os.PathLike) -> Path:
+    """The JSON sidecar of an image: ``a.nii.gz`` -> ``a.json``."""
+    image = Path(image)
+    for ext in (".nii.gz", ".nii"):
+        if image.name.endswith(ext):
+            return image.with_name(image.name[: -len(ext)] + ".json")
+    return image.with_suffix(".json")
+
+
 def _one(
-    model: Any, src: str, dst: Path, site: Any, age: float | None, stats: dict | None
+    model: Any,
+    src: str,
+    dst: Path,
+    site: Any,
+    age: float | None,
+    stats: dict | None,
+    sidecar: Mapping[str, Any] | None = None,
 ) -> Path:
     kwargs: dict[str, Any] = {}
     if site is not None:
@@ -66,6 +82,9 @@ def _one(
     if stats:
         kwargs["site_statistics"] = stats
     (img,) = model.transform([src], **kwargs)
+    if sidecar is not None:  # before the image: an image on disk has its sidecar
+        with atomic_write(sidecar_path(dst)) as tmp:
+            tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
     return save_img(img, dst, overwrite=True)
 
 
@@ -87,6 +106,8 @@ def transform_files(
     sites: Sequence[Any] | None = None,
     ages: Sequence[float] | None = None,
     suffix: str = "_harmonized",
+    outputs: Sequence[str | os.PathLike] | None = None,
+    sidecars: Sequence[Mapping[str, Any]] | None = None,
     n_jobs: int | None = 1,
     overwrite: bool = False,
     skip_existing: bool = False,
@@ -115,7 +136,14 @@ def transform_files(
         Per-file site labels and ages, for methods that need them (ComBat) and to group
         the images of a site.
     suffix : str, default="_harmonized"
-        Added to each output file name.
+        Added to each output file name (when ``outputs`` is not given).
+    outputs : sequence of str or path-like, optional
+        One destination per file instead of ``<name><suffix>``; relative ones are under
+        ``out_dir`` (e.g. BIDS paths, see :mod:`harmonix.bids`).
+    sidecars : sequence of dict, optional
+        One JSON sidecar per file, written (``<output name>.json``) just before its
+        image, so every image written has its sidecar (and an existing image, kept by
+        ``skip_existing``, has its own).
     n_jobs : int or None, default=1
         joblib workers (``-1``: all cores). Each worker holds one image at a time.
     overwrite : bool, default=False
@@ -156,7 +184,12 @@ def transform_files(
     is left.
     """
     paths = [Path(p) for p in paths]
-    for name, values in (("sites", sites), ("ages", ages)):
+    for name, values in (
+        ("sites", sites),
+        ("ages", ages),
+        ("outputs", outputs),
+        ("sidecars", sidecars),
+    ):
         if values is not None and len(values) != len(paths):
             raise ValueError(f"Got {len(paths)} files but {len(values)} {name}.")
     if overwrite and skip_existing:
@@ -172,7 +205,10 @@ def transform_files(
     check_grid = getattr(model, "check_grid", None)
     if check_grid is not None:  # e.g. ComBat: every image on the training grid
         check_grid([str(p) for p in paths])
-    outputs = output_paths(paths, out_dir, suffix)
+    if outputs is None:
+        outputs = output_paths(paths, out_dir, suffix)
+    else:
+        outputs = [Path(out_dir) / p for p in outputs]
     if len(set(outputs)) != len(outputs):
         raise ValueError("Several inputs share a file name; give them distinct names.")
     inputs = {p.resolve() for p in paths}
@@ -186,6 +222,14 @@ def transform_files(
                 dst,
                 "exists",
                 {"overwrite": "replace it", "skip_existing": "keep it and do the others"},
+            )
+        # a sidecar without its image: an interrupted run (skip_existing redoes both)
+        taken = sidecar_path(dst)
+        if sidecars is not None and taken.exists() and not (overwrite or skip_existing):
+            raise OutputExistsError(
+                taken,
+                "exists",
+                {"overwrite": "replace it", "skip_existing": "keep finished images"},
             )
     todo = {i for i, dst in enumerate(outputs) if not (skip_existing and dst.exists())}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -213,6 +257,7 @@ def transform_files(
                     None if sites is None else sites[i],
                     None if ages is None else float(ages[i]),
                     stats,
+                    None if sidecars is None else sidecars[i],
                 )
                 for i in pending
             )

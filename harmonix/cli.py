@@ -1,5 +1,5 @@
-"""The ``harmonix`` command line: demo, make-dataset, preprocess, to-native, fit, transform,
-benchmark.
+"""The ``harmonix`` command line: demo, make-dataset, bids-manifest, preprocess, to-native, fit,
+transform, benchmark.
 
 Every subcommand returns an exit code (0 success, 1 bad input or failure, 2 usage
 error) and prints a one-line error message instead of a traceback for user errors.
@@ -124,9 +124,37 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
         random_state=args.seed,
         style=args.style,
     )
-    manifest = write_nifti_dataset(ds, args.out)
-    logger.info("wrote %d images and %s", len(ds), manifest)
-    sys.stdout.write(f"{manifest}\n")
+    if args.bids:
+        from harmonix.bids import write_bids_dataset
+
+        written = write_bids_dataset(ds, args.bids)
+        logger.info("wrote the BIDS dataset %s", written)
+    else:
+        written = write_nifti_dataset(ds, args.out)
+        logger.info("wrote %d images and %s", len(ds), written)
+    sys.stdout.write(f"{written}\n")
+    return 0
+
+
+def _cmd_bids_manifest(args: argparse.Namespace) -> int:
+    from harmonix.bids import write_bids_manifest
+
+    try:
+        out = write_bids_manifest(
+            args.bids_dir,
+            args.out,
+            site_column=args.site_column,
+            site_from=args.site_from,
+            covariates=args.covariates,
+            session=args.session,
+            acquisition=args.acq,
+            run=args.run,
+            overwrite=args.overwrite,
+        )
+    except ImportError as exc:
+        raise CLIError(str(exc)) from exc
+    logger.info("listed the T1w images of %s", args.bids_dir)
+    sys.stdout.write(f"{out}\n")
     return 0
 
 
@@ -141,9 +169,14 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from exc
     if args.n_jobs == 0:
         raise CLIError("--n-jobs must be a positive number of workers, or -1 for all cores")
-    manifest, qc = preprocess_manifest(
+    run, out = preprocess_manifest, args.out
+    if args.bids_out:
+        from harmonix.bids import preprocess_to_bids as run
+
+        out = args.bids_out
+    manifest, qc = run(
         args.manifest,
-        args.out,
+        out,
         preprocessor=T1Preprocessor(n4=not args.no_n4),
         n_jobs=args.n_jobs,
         overwrite=args.overwrite,
@@ -152,11 +185,11 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     )
     counts = qc["status"].value_counts()
     logger.info(
-        "preprocessed %d, skipped %d (already done), failed %d; QC table %s",
+        "preprocessed %d, skipped %d (already done), failed %d; QC table in %s",
         counts.get("done", 0),
         counts.get("skipped", 0),
         counts.get("failed", 0),
-        Path(args.out) / "qc.csv",
+        out,
     )
     for row in qc[qc["flagged"]].itertuples():
         sys.stdout.write(f"QC flagged: {row.source}: {row.flags}\n")
@@ -170,6 +203,19 @@ def _cmd_to_native(args: argparse.Namespace) -> int:
     from harmonix.io import save_img
     from harmonix.preprocessing import to_native
 
+    if args.bids_out:
+        from harmonix.bids import to_native_bids
+
+        written = to_native_bids(
+            args.input,
+            args.transform,
+            args.bids_out,
+            mask=args.mask,
+            rescale=args.rescale,
+            overwrite=args.overwrite,
+        )
+        sys.stdout.write(f"{written}\n")
+        return 0
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out} exists; pass --overwrite to replace it")
@@ -233,22 +279,39 @@ def _cmd_transform(args: argparse.Namespace) -> int:
     if args.overwrite and args.skip_existing:
         raise CLIError("--overwrite and --skip-existing exclude each other; choose one")
     try:
-        written = transform_files(
-            model,
-            paths,
-            args.out,
-            sites=sites,
-            ages=ages,
-            suffix=args.suffix,
-            n_jobs=args.n_jobs,
-            overwrite=args.overwrite,
-            skip_existing=args.skip_existing,
-            overwrite_inputs=args.overwrite_inputs,
-            verbose=not args.quiet,
-        )
+        if args.bids_out:
+            from harmonix.bids import manifest_entities, transform_to_bids
+
+            written = transform_to_bids(
+                model,
+                paths,
+                args.bids_out,
+                entities=manifest_entities(args.manifest) if args.manifest else None,
+                sites=sites,
+                ages=ages,
+                model_path=args.model,
+                n_jobs=args.n_jobs,
+                overwrite=args.overwrite,
+                skip_existing=args.skip_existing,
+                verbose=not args.quiet,
+            )
+        else:
+            written = transform_files(
+                model,
+                paths,
+                args.out,
+                sites=sites,
+                ages=ages,
+                suffix=args.suffix,
+                n_jobs=args.n_jobs,
+                overwrite=args.overwrite,
+                skip_existing=args.skip_existing,
+                overwrite_inputs=args.overwrite_inputs,
+                verbose=not args.quiet,
+            )
     except OutputExistsError as exc:
         raise CLIError(exc.describe(lambda name: "--" + name.replace("_", "-"))) from exc
-    logger.info("%d harmonized images in %s", len(written), args.out)
+    logger.info("%d harmonized images in %s", len(written), args.bids_out or args.out)
     return 0
 
 
@@ -398,7 +461,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(for harmonix fit/transform). Finished scans are skipped: rerun to resume.",
     )
     p.add_argument("--manifest", required=True, help="CSV with path,site[,age,subject]")
-    p.add_argument("--out", required=True, help="output folder")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", help="output folder")
+    dest.add_argument(
+        "--bids-out",
+        metavar="DIR",
+        help="write a BIDS derivatives folder instead: sub-X/[ses-Y/]anat/"
+        "..._space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz with sidecars, "
+        "desc-preproc_qc.tsv and desc-preproc_manifest.csv (needs BIDS entity "
+        "columns in the manifest: harmonix bids-manifest)",
+    )
     p.add_argument("--n-jobs", type=int, default=1, help="scans processed at once (joblib)")
     p.add_argument("--overwrite", action="store_true", help="redo finished scans")
     p.add_argument("--no-n4", action="store_true", help="skip N4 bias correction")
@@ -417,12 +489,59 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="undo the median normalization (bias-corrected scan's scale)",
     )
-    p.add_argument("--out", required=True, help="output NIfTI file")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", help="output NIfTI file")
+    dest.add_argument(
+        "--bids-out",
+        metavar="DIR",
+        help="write into this BIDS derivatives folder, named after --input without its "
+        "space- entity (e.g. sub-01_desc-harmonized_T1w.nii.gz), with a sidecar",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_to_native)
 
+    p = sub.add_parser(
+        "bids-manifest",
+        help="list a BIDS dataset's T1w images as a manifest (needs harmonix[bids])",
+        description="Write a manifest of the T1w images of a BIDS dataset (path, site, "
+        "subject, session, run... and covariates) that preprocess, fit, transform and "
+        "benchmark read. The site is a participants.tsv/sessions.tsv column "
+        "(--site-column) or the scanner named by sidecar fields (--site-from; metadata "
+        "inherited as BIDS defines it).",
+    )
+    p.add_argument("bids_dir", metavar="BIDS_DIR", help="the dataset's top folder")
+    p.add_argument("--out", required=True, help="manifest CSV to write")
+    site = p.add_mutually_exclusive_group()
+    site.add_argument(
+        "--site-column", help="participants.tsv / sessions.tsv column holding the site"
+    )
+    site.add_argument(
+        "--site-from",
+        metavar="FIELDS",
+        help="comma-separated sidecar fields naming the site (default: "
+        "Manufacturer,ManufacturersModelName,MagneticFieldStrength)",
+    )
+    p.add_argument(
+        "--covariates",
+        metavar="COLUMNS",
+        help="comma-separated participants.tsv / sessions.tsv columns, e.g. age,sex,diagnosis",
+    )
+    p.add_argument("--session", help="keep these sessions (comma-separated labels)")
+    p.add_argument("--acq", help="keep these acquisitions (comma-separated labels)")
+    p.add_argument("--run", help="keep these runs (comma-separated)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
+    p.set_defaults(func=_cmd_bids_manifest)
+
     p = sub.add_parser("make-dataset", help="write a synthetic NIfTI dataset and manifest")
-    p.add_argument("--out", required=True, help="output folder")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", help="output folder (NIfTI files and manifest.csv)")
+    dest.add_argument(
+        "--bids",
+        metavar="DIR",
+        help="write a BIDS dataset instead: sessions (one per site) for half the subjects, "
+        "one site for the others, two runs for the last one, a scanner per site in the "
+        "sidecars, participants.tsv",
+    )
     p.add_argument("--n-subjects", type=int, default=10)
     p.add_argument("--n-sites", type=int, default=4)
     p.add_argument("--resolution", type=float, default=2.0, choices=[1.0, 2.0, 4.0])
@@ -471,7 +590,15 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--input", nargs="+", help="NIfTI files")
     p.add_argument("--site", help="site of every --input file (ComBat)")
     p.add_argument("--age", type=float, help="age of every --input file (ComBat with ages)")
-    p.add_argument("--out", required=True, help="output folder")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", help="output folder")
+    dest.add_argument(
+        "--bids-out",
+        metavar="DIR",
+        help="write a BIDS derivatives folder instead: <source entities>_desc-harmonized"
+        "_T1w.nii.gz with a sidecar (Sources, method, model hash and parameters); the "
+        "entities come from the manifest (harmonix bids-manifest) or the --input names",
+    )
     p.add_argument("--suffix", default="_harmonized", help="added to output file names")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel workers (joblib)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

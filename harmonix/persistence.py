@@ -19,7 +19,14 @@ import numpy as np
 from harmonix._version import __version__
 from harmonix.io import atomic_write
 
-__all__ = ["load_estimator", "load_model", "read_model_info", "save_estimator", "to_plain"]
+__all__ = [
+    "load_estimator",
+    "load_model",
+    "model_file",
+    "read_model_info",
+    "save_estimator",
+    "to_plain",
+]
 
 #: Suffixes ``save`` gives model files (``.npz`` baselines, ``.pt`` IGUANe), tried in this
 #: order by :func:`load_model` for a name given without one.
@@ -202,6 +209,39 @@ def load_estimator(path: str | os.PathLike, expected: type | None = None) -> Any
     return est
 
 
+def model_file(path: str | os.PathLike) -> Path:
+    """The model file a name refers to: the name itself, or completed with ``.npz`` or ``.pt``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A model file, or a name without suffix as given to ``harmonix fit --out``.
+
+    Returns
+    -------
+    pathlib.Path
+        The existing file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no model file is found.
+    ValueError
+        If a name without suffix matches both a ``.npz`` and a ``.pt`` file.
+    """
+    path = Path(path)
+    if not path.is_file() and path.suffix == "":
+        found = [path.with_suffix(s) for s in MODEL_SUFFIXES if path.with_suffix(s).is_file()]
+        if len(found) > 1:
+            raise ValueError(
+                f"Both {found[0]} and {found[1]} exist; name the model file with its suffix."
+            )
+        path = found[0] if found else path
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file not found: '{path}'.")
+    return path
+
+
 def load_model(path: str | os.PathLike) -> Any:
     """Load any harmonizer saved with its ``save`` method (``.npz`` baselines or IGUANe).
 
@@ -227,16 +267,7 @@ def load_model(path: str | os.PathLike) -> Any:
         If a name without suffix matches both a ``.npz`` and a ``.pt`` file, or the file
         is not a harmonix model.
     """
-    path = Path(path)
-    if not path.is_file() and path.suffix == "":
-        found = [path.with_suffix(s) for s in MODEL_SUFFIXES if path.with_suffix(s).is_file()]
-        if len(found) > 1:
-            raise ValueError(
-                f"Both {found[0]} and {found[1]} exist; name the model file with its suffix."
-            )
-        path = found[0] if found else path
-    if not path.is_file():
-        raise FileNotFoundError(f"Model file not found: '{path}'.")
+    path = model_file(path)
     if path.suffix == ".npz":
         try:
             return load_estimator(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,27 +282,65 @@ class PreprocessResult:
         dict of str to pathlib.Path
             ``image``, ``native_mask``, ``json`` and (if drawn) ``png``.
         """
-        paths = output_paths(out_dir, stem)
+        return self.save_to(output_paths(out_dir, stem), qc_png=qc_png, title=stem)
+
+    def save_to(
+        self,
+        paths: Mapping[str, str | Path],
+        *,
+        qc_png: bool = True,
+        metadata: Mapping[str, Mapping[str, Any]] | None = None,
+        title: str = "",
+    ) -> dict[str, Path]:
+        """Write the outputs to the given paths (see :meth:`save`), the image last.
+
+        Parameters
+        ----------
+        paths : mapping
+            ``image``, ``native_mask``, ``json``, ``png`` (see :func:`output_paths`), and
+            the destinations of any extra JSON file of ``metadata``.
+        qc_png : bool, default=True
+            Also draw the QC figure.
+        metadata : mapping, optional
+            Extra JSON content by key of ``paths``: the ``json`` entry's fields are added
+            to the transform file (e.g. BIDS sidecar fields); any other key is written as
+            a JSON file of its own at ``paths[key]``, before the image.
+        title : str, default=""
+            Title of the QC figure.
+
+        Returns
+        -------
+        dict of str to pathlib.Path
+            The written files by key.
+        """
+        paths = {key: Path(path) for key, path in paths.items()}
+        metadata = dict(metadata or {})
+        for key, values in metadata.items():
+            if key not in ("json", "image", "native_mask", "png"):
+                _write_json(paths[key], values)
         with atomic_write(paths["native_mask"]) as tmp:
             nib.save(self.native_mask, tmp)
-        with atomic_write(paths["json"]) as tmp:
-            tmp.write_text(
-                json.dumps(
-                    {
-                        "transform": self.transform.to_dict(),
-                        "qc": self.qc,
-                        "timings": self.timings,
-                    },
-                    indent=1,
-                )
-            )
+        _write_json(
+            paths["json"],
+            {
+                **metadata.get("json", {}),
+                "transform": self.transform.to_dict(),
+                "qc": self.qc,
+                "timings": self.timings,
+            },
+        )
         if qc_png:
-            _qc.save_qc_png(self.image, self.mask, paths["png"], title=stem)
+            _qc.save_qc_png(self.image, self.mask, paths["png"], title=title)
         else:
-            paths.pop("png")
+            paths.pop("png", None)
         with atomic_write(paths["image"]) as tmp:
             nib.save(self.image, tmp)
         return paths
+
+
+def _write_json(path: Path, values: Mapping[str, Any]) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(values, indent=1))
 
 
 def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:

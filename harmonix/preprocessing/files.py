@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,8 @@ def _stem(path: Path) -> str:
     raise ValueError(f"'{path}' must end with .nii or .nii.gz.")
 
 
-def _done(out_dir: Path, stem: str) -> dict[str, Any] | None:
+def _done(paths: Mapping[str, Path]) -> dict[str, Any] | None:
     """The saved QC of a finished scan, or None if it must be (re)done."""
-    paths = output_paths(out_dir, stem)
     if not (
         paths["image"].is_file() and paths["json"].is_file() and paths["native_mask"].is_file()
     ):
@@ -43,13 +42,18 @@ def _done(out_dir: Path, stem: str) -> dict[str, Any] | None:
 
 
 def _one(
-    preprocessor: T1Preprocessor, src: Path, out_dir: Path, stem: str, qc_png: bool
+    preprocessor: T1Preprocessor,
+    src: Path,
+    paths: Mapping[str, Path],
+    stem: str,
+    qc_png: bool,
+    metadata: Mapping[str, Mapping[str, Any]] | None,
 ) -> dict[str, Any]:
     try:
         result = preprocessor.run(src)
     except ValueError as exc:  # a bad scan: recorded, the batch goes on
         return {"status": "failed", "error": " ".join(str(exc).split())}
-    result.save(out_dir, stem, qc_png=qc_png)
+    result.save_to(paths, qc_png=qc_png, metadata=metadata, title=stem)
     return {"status": "done", "seconds": round(sum(result.timings.values()), 1), **result.qc}
 
 
@@ -62,6 +66,8 @@ def preprocess_files(
     overwrite: bool = False,
     qc_png: bool = True,
     verbose: bool = True,
+    outputs: Sequence[Mapping[str, str | os.PathLike]] | None = None,
+    metadata: Sequence[Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> pd.DataFrame:
     """Preprocess raw T1 files into ``out_dir``; finished scans are skipped.
 
@@ -87,6 +93,12 @@ def preprocess_files(
         Draw a QC figure per scan.
     verbose : bool, default=True
         Show a progress bar.
+    outputs : sequence of dict, optional
+        Per scan, the files to write instead of the ``NAME_*`` ones: ``image``,
+        ``native_mask``, ``json``, ``png`` and any file of ``metadata`` (relative paths
+        are under ``out_dir``; e.g. BIDS derivative names, see :mod:`harmonix.bids`).
+    metadata : sequence of dict, optional
+        Per scan, extra JSON content (see :meth:`PreprocessResult.save_to`).
 
     Returns
     -------
@@ -101,13 +113,24 @@ def preprocess_files(
     if missing:
         raise FileNotFoundError(f"Input file(s) not found: {missing[:3]}")
     stems = [_stem(p) for p in paths]
-    if len(set(stems)) != len(stems):
-        dup = sorted({s for s in stems if stems.count(s) > 1})
-        raise ValueError(
-            f"Several inputs share the file name(s) {dup[:3]}; rename them so "
-            "each output name is distinct."
-        )
     out_dir = Path(out_dir)
+    if outputs is None:
+        if len(set(stems)) != len(stems):
+            dup = sorted({s for s in stems if stems.count(s) > 1})
+            raise ValueError(
+                f"Several inputs share the file name(s) {dup[:3]}; rename them so "
+                "each output name is distinct."
+            )
+        files = [output_paths(out_dir, stem) for stem in stems]
+    else:
+        if len(outputs) != len(paths):
+            raise ValueError(f"Got {len(paths)} files but {len(outputs)} outputs.")
+        files = [{k: out_dir / v for k, v in names.items()} for names in outputs]
+        images = [names["image"] for names in files]
+        if len(set(images)) != len(images):
+            raise ValueError("Several inputs have the same output image; give distinct names.")
+    if metadata is not None and len(metadata) != len(paths):
+        raise ValueError(f"Got {len(paths)} files but {len(metadata)} metadata entries.")
     out_dir.mkdir(parents=True, exist_ok=True)
     preprocessor = T1Preprocessor() if preprocessor is None else preprocessor
     if n_jobs != 1 and preprocessor.n_threads is None:
@@ -116,13 +139,23 @@ def preprocess_files(
         preprocessor.n_threads = max(1, (os.cpu_count() or 1) // workers)
     rows: list[dict[str, Any] | None] = [None] * len(paths)
     todo = []
-    for i, stem in enumerate(stems):
-        saved = None if overwrite else _done(out_dir, stem)
+    for i in range(len(paths)):
+        saved = None if overwrite else _done(files[i])
         if saved is not None:
             rows[i] = {"status": "skipped", **saved}
         else:
             todo.append(i)
-    jobs = (delayed(_one)(preprocessor, paths[i], out_dir, stems[i], qc_png) for i in todo)
+    jobs = (
+        delayed(_one)(
+            preprocessor,
+            paths[i],
+            files[i],
+            stems[i],
+            qc_png,
+            None if metadata is None else metadata[i],
+        )
+        for i in todo
+    )
     with tqdm(
         total=len(paths),
         initial=len(paths) - len(todo),

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["FSL_SHAPE", "FSL_AFFINE", "Template", "load_template", "resample"]
+__all__ = ["FSL_SHAPE", "FSL_AFFINE", "TEMPLATE_SPACE", "Template", "load_template", "resample"]
+
+#: The template's BIDS / TemplateFlow identifier, the ``space-`` label of preprocessed
+#: images: nilearn's file is ``mni_icbm152_t1_tal_nlin_sym_09a`` (ICBM152 2009a, nonlinear,
+#: symmetric).
+TEMPLATE_SPACE = "MNI152NLin2009aSym"
 
 #: FSL's MNI152 1 mm grid (``MNI152_T1_1mm.nii.gz``), the grid the original IGUANe crops.
 FSL_SHAPE = (182, 218, 182)
