@@ -8,7 +8,8 @@ failed fit leaves it unfitted, a failed transform leaves a fitted one working as
 
 Each row of CLI_CASES is a ``harmonix`` command line that must fail with exit status 1
 and a one-line message, write no output (not even a temporary file) and leave the
-dataset's files unchanged.
+dataset's files unchanged. BIDS_CASES are the same refusals of :mod:`harmonix.bids` from
+Python: the error's type and message, nothing written.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import copy
 import gzip
 import hashlib
+import importlib.util
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,9 @@ import pytest
 from _helpers import HARMONIZERS, make, make_tiny_images
 from sklearn.exceptions import NotFittedError
 
+from harmonix import bids as hbids
 from harmonix.cli import main
+from harmonix.persistence import load_model
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 
@@ -589,7 +594,46 @@ def cli_data(tmp_path_factory) -> dict[str, Path]:
     manifest_with("blank_site", f"path,site,age\n{first},site0,40\n{first},   ,41\n")
     manifest_with("swapped_axes", f"path,site,age\n{files['swapped']},site0,40\n")
     files["first"] = first
+    _bids_data(root, files)
     return files
+
+
+def _bids_data(root: Path, files: dict[str, Path]) -> None:
+    """A synthetic BIDS dataset (sub-00: sessions 1-2, sub-01: runs 1-2) and broken copies."""
+    good = root / "bids"
+    argv = ["-q", "make-dataset", "--bids", str(good), "--n-subjects", "2", "--n-sites", "2"]
+    assert main([*argv, "--resolution", "4"]) == 0
+    files["bids"] = good
+    files["bids_manifest"] = root / "bids_manifest.csv"  # as bids-manifest writes it
+    rows = ["path,site,subject,session,run"]
+    for path in sorted(good.glob("sub-*/**/*_T1w.nii.gz")):
+        ents = hbids.parse_name(path.name)[0]
+        cells = [ents["subject"], ents.get("session", ""), ents.get("run", "")]
+        rows.append(",".join([str(path), "scanner", *cells]))
+    files["bids_manifest"].write_text("\n".join(rows) + "\n")
+    empty = root / "bids_empty"
+    empty.mkdir()
+    shutil.copy(good / "dataset_description.json", empty)
+    shutil.copy(good / "participants.tsv", empty)
+    files["bids_empty"] = empty
+    for name, broken in (
+        (
+            "bids_duplicate",
+            lambda d: shutil.copy(  # a .nii copy of a .nii.gz image
+                d / "sub-01/anat/sub-01_run-1_T1w.nii.gz", d / "sub-01/anat/sub-01_run-1_T1w.nii"
+            ),
+        ),
+        (
+            "bids_no_scanner",
+            lambda d: (d / "sub-01/sub-01_T1w.json").write_text(
+                '{"ManufacturersModelName": "Achieva", "MagneticFieldStrength": 1.5}'
+            ),
+        ),
+        ("bids_no_sessions_tsv", lambda d: (d / "sub-00/sub-00_sessions.tsv").unlink()),
+    ):
+        files[name] = root / name
+        shutil.copytree(good, files[name])
+        broken(files[name])
 
 
 def _fit(method: str, manifest: str, *extra: str) -> Callable[[dict], list[str]]:
@@ -615,6 +659,31 @@ def _transform(model: str, *source: str) -> Callable[[dict], list[str]]:
         return ["transform", "--model", str(f[model]), *src, "--out", str(f["img_out"])]
 
     return argv
+
+
+HAS_PYBIDS = importlib.util.find_spec("bids") is not None
+PYBIDS = pytest.mark.skipif(not HAS_PYBIDS, reason="pybids (harmonix[bids]) is not installed")
+
+
+def _bids_manifest(data: str, *extra: str) -> Callable[[dict], list[str]]:
+    return lambda f: ["bids-manifest", str(f[data]), "--out", str(f["csv_out"]), *extra]
+
+
+def _transform_bids_out(manifest: str, out: str | None = None) -> Callable[[dict], list[str]]:
+    return lambda f: [
+        "transform",
+        "--model",
+        str(f["hm"]),
+        "--manifest",
+        str(f[manifest]),
+        "--bids-out",
+        str(f[out] if out else f["img_out"]),
+    ]
+
+
+def _to_native_bids_out(f: dict, image: str) -> list[str]:
+    transform, out = str(f["root"] / "none.json"), str(f["img_out"])
+    return ["to-native", "--input", str(f[image]), "--transform", transform, "--bids-out", out]
 
 
 CLI_CASES = [
@@ -679,6 +748,95 @@ CLI_CASES = [
         ],
         "overwrite an input",
     ),
+    # BIDS in
+    (
+        "bids-manifest-not-bids",
+        _bids_manifest("data"),
+        "not a BIDS dataset.*dataset_description",
+        PYBIDS,
+    ),
+    (
+        "bids-manifest-no-t1w",
+        _bids_manifest("bids_empty"),
+        "No T1w image found in .*bids_empty",
+        PYBIDS,
+    ),
+    (
+        "bids-manifest-no-such-session",
+        _bids_manifest("bids", "--session", "9"),
+        "No T1w image .*session 9",
+        PYBIDS,
+    ),
+    (
+        "bids-manifest-missing-participants-column",
+        _bids_manifest("bids", "--covariates", "age,handedness"),
+        "participants.tsv' has no column 'handedness'",
+        PYBIDS,
+    ),
+    (
+        "bids-manifest-missing-site-column",
+        _bids_manifest("bids", "--site-column", "scanner"),
+        "participants.tsv' has no column 'scanner'",
+        PYBIDS,
+    ),
+    (
+        "bids-manifest-site-not-in-sidecars",
+        _bids_manifest("bids_no_scanner"),
+        r"site of 2 image\(s\) cannot be determined .*sub-01_run-1_T1w.nii.gz \(no Manufacturer\)",
+        PYBIDS,
+    ),
+    (
+        "bids-manifest-site-column-empty",
+        _bids_manifest("bids_no_sessions_tsv", "--site-column", "site"),
+        r"site of 2 image\(s\) .*sub-00_ses-1_T1w.nii.gz \(no site value\)",
+        PYBIDS,
+    ),
+    (
+        "bids-manifest-two-images-one-key",
+        _bids_manifest("bids_duplicate"),
+        "sub-01_run-1_T1w.nii' and .*sub-01_run-1_T1w.nii.gz' have the same BIDS entities",
+        PYBIDS,
+    ),
+    # BIDS derivatives out
+    (
+        "transform-bids-out-into-raw-dataset",
+        _transform_bids_out("bids_manifest", "bids"),
+        "is a raw BIDS dataset",
+    ),
+    (
+        "transform-bids-out-two-images-one-key",
+        _transform_bids_out("manifest"),
+        "sub-00_site0.nii.gz' and .*sub-00_site1.nii.gz' have the same BIDS entities",
+    ),
+    (
+        "transform-bids-out-without-entities",
+        _transform_bids_out("no_ages"),
+        "no 'subject' column",
+    ),
+    (
+        "transform-bids-out-input-not-bids-named",
+        lambda f: _transform("hm", "input", "first")(f)[:-2] + ["--bids-out", str(f["img_out"])],
+        "sub-00_site0.nii.gz' is not a BIDS T1w file name",
+    ),
+    (
+        "preprocess-bids-out-without-entities",
+        lambda f: ["preprocess", "--manifest", str(f["no_ages"]), "--bids-out", str(f["img_out"])],
+        "no 'subject' column",
+        pytest.mark.skipif(
+            not all(importlib.util.find_spec(m) for m in ("deepbet", "SimpleITK")),
+            reason="harmonix[preprocess] is not installed",
+        ),
+    ),
+    (
+        "to-native-bids-out-input-not-bids-named",
+        lambda f: _to_native_bids_out(f, "four_d"),
+        "four_d.nii.gz' is not a BIDS file name",
+    ),
+    (
+        "to-native-bids-out-input-not-in-a-template-space",
+        lambda f: _to_native_bids_out(f, "first"),
+        "sub-00_site0.nii.gz' has no space- entity",
+    ),
 ]
 
 
@@ -690,9 +848,16 @@ def _tree(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize(("argv", "message"), [pytest.param(a, m, id=i) for i, a, m in CLI_CASES])
+def _outputs(tmp_path: Path) -> dict[str, Path]:
+    names = {"model_out": "model.npz", "img_out": "imgs", "csv_out": "manifest.csv"}
+    return {key: tmp_path / name for key, name in names.items()}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"), [pytest.param(c[1], c[2], id=c[0], marks=c[3:]) for c in CLI_CASES]
+)
 def test_cli_bad_input(argv, message, cli_data, capsys, tmp_path):
-    files = {**cli_data, "model_out": tmp_path / "model.npz", "img_out": tmp_path / "imgs"}
+    files = {**cli_data, **_outputs(tmp_path)}
     before = _tree(cli_data["root"])
     assert main(["--quiet", *argv(files)]) == 1
     err = capsys.readouterr().err.strip()
@@ -754,3 +919,98 @@ def test_cli_usage_errors_exit_2(capsys):
     assert main([]) == 2
     assert main(["fit"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+# -- the BIDS table from Python ---------------------------------------------------------------
+def _transform_to_bids(manifest: str, out: str | None = None) -> Callable[[dict], Any]:
+    def call(f: dict) -> Any:
+        from harmonix.io import read_manifest
+
+        man = read_manifest(f[manifest])
+        return hbids.transform_to_bids(
+            load_model(f["hm"]),
+            man.paths,
+            f[out] if out else f["img_out"],
+            entities=hbids.manifest_entities(f[manifest]),
+            sites=man.sites,
+            verbose=False,
+        )
+
+    return call
+
+
+BIDS_CASES = [
+    (
+        "not-bids",
+        lambda f: hbids.bids_manifest(f["data"]),
+        ValueError,
+        "not a BIDS dataset",
+        PYBIDS,
+    ),
+    ("no-folder", lambda f: hbids.bids_manifest(f["root"] / "none"), FileNotFoundError, "none"),
+    ("no-t1w", lambda f: hbids.bids_manifest(f["bids_empty"]), ValueError, "No T1w image", PYBIDS),
+    (
+        "missing-participants-column",
+        lambda f: hbids.bids_manifest(f["bids"], covariates=["age", "handedness"]),
+        ValueError,
+        "participants.tsv' has no column 'handedness'",
+        PYBIDS,
+    ),
+    (
+        "site-not-in-sidecars",
+        lambda f: hbids.bids_manifest(f["bids_no_scanner"]),
+        ValueError,
+        r"sub-01_run-2_T1w.nii.gz \(no Manufacturer\)",
+        PYBIDS,
+    ),
+    (
+        "site-column-and-site-from",
+        lambda f: hbids.bids_manifest(f["bids"], site_column="site", site_from="Manufacturer"),
+        ValueError,
+        "not both",
+    ),
+    (
+        "two-images-one-key",
+        lambda f: hbids.bids_manifest(f["bids_duplicate"]),
+        ValueError,
+        "same BIDS entities",
+        PYBIDS,
+    ),
+    (
+        "manifest-written-over",
+        lambda f: hbids.write_bids_manifest(f["bids"], f["manifest"]),
+        FileExistsError,
+        "exists",
+    ),
+    (
+        "derivatives-into-raw-dataset",
+        _transform_to_bids("bids_manifest", "bids"),
+        ValueError,
+        "is a raw BIDS dataset",
+    ),
+    (
+        "derivatives-two-images-one-key",
+        _transform_to_bids("manifest"),
+        ValueError,
+        "have the same BIDS entities",
+    ),
+    (
+        "derivatives-without-entities",
+        _transform_to_bids("no_ages"),
+        ValueError,
+        "no 'subject' column",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [pytest.param(c[1], c[2], c[3], id=c[0], marks=c[4:]) for c in BIDS_CASES],
+)
+def test_bids_bad_input(call, error, match, cli_data, tmp_path):
+    files = {**cli_data, **_outputs(tmp_path)}
+    before = _tree(cli_data["root"])
+    with pytest.raises(error, match=match):
+        call(files)
+    assert _tree(tmp_path) == {}
+    assert _tree(cli_data["root"]) == before

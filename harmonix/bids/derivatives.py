@@ -281,7 +281,16 @@ def _entities_of(
     paths: Sequence[Path], entities: Sequence[Mapping[str, str]] | None
 ) -> list[Mapping[str, str]]:
     if entities is None:
-        return [parse_name(p.name)[0] for p in paths]
+        out = []
+        for path in paths:
+            ents, suffix, _ = parse_name(path.name)
+            if suffix != "T1w":
+                raise ValueError(
+                    f"'{path.name}' is not a BIDS T1w file name (sub-<label>[_ses-<label>]..."
+                    "_T1w.nii.gz); name it so, or give the entities in a manifest."
+                )
+            out.append(ents)
+        return out
     if len(entities) != len(paths):
         raise ValueError(f"Got {len(paths)} files but {len(entities)} entity sets.")
     return list(entities)
@@ -533,6 +542,11 @@ def to_native_bids(
 
     img = Path(img)
     entities, suffix, _ = parse_name(img.name)
+    if "space" not in entities:
+        raise ValueError(
+            f"'{img.name}' has no space- entity: to-native maps a template-space image "
+            f"(e.g. ..._space-{TEMPLATE_SPACE}_desc-harmonized_T1w.nii.gz) back to its scan."
+        )
     dataset = DerivativeDataset(bids_out)
     out = dataset.root / native_path(entities, suffix)
     if out.exists() and not overwrite:
