@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import joblib
 import nibabel as nib
 import numpy as np
@@ -14,7 +16,7 @@ from harmonix import (
     IdentityHarmonizer,
     IGUANeHarmonizer,
 )
-from harmonix.batch import output_paths, transform_files
+from harmonix.batch import output_paths, sidecar_path, transform_files
 
 
 @pytest.fixture
@@ -122,3 +124,34 @@ def test_site_statistics_let_images_go_one_at_a_time(tiny, method):
         np.testing.assert_allclose(one[0], everything[i], rtol=0, atol=1e-4)
     with pytest.raises(TypeError, match="site_statistics must be the dict"):
         model.transform(imgs[:1], sites=sites[:1], site_statistics=[1], **kw)
+
+
+def test_transform_files_to_given_names_with_sidecars(model, tiny_nifti, tmp_path):
+    paths = tiny_nifti[0][:2]
+    out = tmp_path / "out"
+    names = ["a/first.nii.gz", "b/second.nii"]
+    sidecars = [{"Sources": ["one"]}, {"Sources": ["two"]}]
+    written = transform_files(model, paths, out, outputs=names, sidecars=sidecars, verbose=False)
+    assert written == [out / n for n in names]
+    for dst, meta in zip(written, sidecars):
+        assert json.loads(sidecar_path(dst).read_text()) == meta
+    assert sidecar_path(out / "b/second.nii") == out / "b/second.json"
+    # a sidecar in the way refuses the whole call before anything is written
+    (out / "c").mkdir()
+    (out / "c/third.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="third.json"):
+        transform_files(
+            model, paths, out, outputs=["c/new.nii.gz", "c/third.nii.gz"], sidecars=sidecars
+        )
+    assert sorted(p.name for p in (out / "c").iterdir()) == ["third.json"]
+    with pytest.raises(ValueError, match="1 outputs"):
+        transform_files(model, paths, out, outputs=names[:1], verbose=False)
+    # an interrupted run left a sidecar without its image: skip_existing finishes it
+    stamp = written[0].stat().st_mtime_ns
+    finish = ["a/first.nii.gz", "c/third.nii.gz"]
+    transform_files(
+        model, paths, out, outputs=finish, sidecars=sidecars, skip_existing=True, verbose=False
+    )
+    assert written[0].stat().st_mtime_ns == stamp  # kept
+    assert json.loads((out / "c/third.json").read_text()) == sidecars[1]
+    assert (out / "c/third.nii.gz").is_file()

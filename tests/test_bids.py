@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harmonix.benchmark import dataset_from_manifest
 from harmonix.bids import (
     DerivativeDataset,
     bids_manifest,
@@ -157,7 +158,7 @@ def test_manifest_acq_filter_and_entity_columns(tmp_path):
     ]
 
 
-def test_cli_bids_manifest_equals_python_and_feeds_fit(raw, tmp_path, capsys):
+def test_cli_bids_manifest_equals_python_and_feeds_every_command(raw, tmp_path, capsys):
     out = tmp_path / "manifest.csv"
     argv = ["bids-manifest", str(raw), "--out", str(out), "--covariates", "age"]
     assert main(["-q", *argv]) == 0
@@ -167,6 +168,9 @@ def test_cli_bids_manifest_equals_python_and_feeds_fit(raw, tmp_path, capsys):
     man = read_manifest(out)  # what fit, transform and benchmark read
     assert [p.resolve() for p in man.paths] == [Path(p) for p in bids_manifest(raw)["path"]]
     assert len(set(man.sites)) == N_SITES and man.ages is not None
+    bench = dataset_from_manifest(man)  # what benchmark reads: traveling subjects kept
+    assert bench.imgs.shape[0] == len(man) and bench.subjects.tolist()[:3] == ["00"] * 3
+    assert len(set(bench.sites[bench.subjects == "00"])) == N_SITES
     assert main(["-q", *argv]) == 1  # no silent overwrite
     assert "exists" in capsys.readouterr().err
     assert main(["-q", *argv, "--overwrite"]) == 0
