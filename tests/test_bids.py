@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -142,7 +143,7 @@ def test_manifest_sessions_tsv_wins_and_filters(raw, tmp_path):
     assert sorted(set(fields["site"])) == ["GE", "Philips", "Siemens"]
 
 
-def test_manifest_acq_filter_and_entity_columns(tmp_path):
+def test_manifest_acq_filter_entity_columns_and_skipped_names(tmp_path, caplog):
     root = tmp_path / "ds"
     (root / "sub-a" / "anat").mkdir(parents=True)
     (root / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
@@ -156,6 +157,11 @@ def test_manifest_acq_filter_and_entity_columns(tmp_path):
     assert df[["site", "subject", "acquisition", "reconstruction"]].values.tolist() == [
         ["GE_M_3", "a", "mprage", "norm"]
     ]
+    # a T1w file with a name BIDS does not allow is left out, with a warning naming it
+    nib.save(img, root / "sub-a" / "anat" / "sub-a_flavour-x_T1w.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="harmonix.bids"):
+        assert len(bids_manifest(root)) == 2
+    assert "sub-a/anat/sub-a_flavour-x_T1w.nii.gz" in caplog.text
 
 
 def test_cli_bids_manifest_equals_python_and_feeds_every_command(raw, tmp_path, capsys):
