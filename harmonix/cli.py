@@ -414,6 +414,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------
+def _out_or_bids(
+    p: argparse.ArgumentParser, out_help: str, bids_help: str, flag: str = "--bids-out"
+) -> None:
+    """``--out`` or a BIDS folder (``--bids-out DIR``), one of them required."""
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", help=out_help)
+    dest.add_argument(flag, metavar="DIR", help=bids_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``harmonix`` command."""
     parser = argparse.ArgumentParser(
@@ -461,12 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(for harmonix fit/transform). Finished scans are skipped: rerun to resume.",
     )
     p.add_argument("--manifest", required=True, help="CSV with path,site[,age,subject]")
-    dest = p.add_mutually_exclusive_group(required=True)
-    dest.add_argument("--out", help="output folder")
-    dest.add_argument(
-        "--bids-out",
-        metavar="DIR",
-        help="write a BIDS derivatives folder instead: sub-X/[ses-Y/]anat/"
+    _out_or_bids(
+        p,
+        "output folder",
+        "write a BIDS derivatives folder instead: sub-X/[ses-Y/]anat/"
         "..._space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz with sidecars, "
         "desc-preproc_qc.tsv and desc-preproc_manifest.csv (needs BIDS entity "
         "columns in the manifest: harmonix bids-manifest)",
@@ -489,12 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="undo the median normalization (bias-corrected scan's scale)",
     )
-    dest = p.add_mutually_exclusive_group(required=True)
-    dest.add_argument("--out", help="output NIfTI file")
-    dest.add_argument(
-        "--bids-out",
-        metavar="DIR",
-        help="write into this BIDS derivatives folder, named after --input without its "
+    _out_or_bids(
+        p,
+        "output NIfTI file",
+        "write into this BIDS derivatives folder, named after --input without its "
         "space- entity (e.g. sub-01_desc-harmonized_T1w.nii.gz), with a sidecar",
     )
     p.add_argument("--overwrite", action="store_true")
@@ -533,14 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bids_manifest)
 
     p = sub.add_parser("make-dataset", help="write a synthetic NIfTI dataset and manifest")
-    dest = p.add_mutually_exclusive_group(required=True)
-    dest.add_argument("--out", help="output folder (NIfTI files and manifest.csv)")
-    dest.add_argument(
-        "--bids",
-        metavar="DIR",
-        help="write a BIDS dataset instead: sessions (one per site) for half the subjects, "
+    _out_or_bids(
+        p,
+        "output folder (NIfTI files and manifest.csv)",
+        "write a BIDS dataset instead: sessions (one per site) for half the subjects, "
         "one site for the others, two runs for the last one, a scanner per site in the "
         "sidecars, participants.tsv",
+        flag="--bids",
     )
     p.add_argument("--n-subjects", type=int, default=10)
     p.add_argument("--n-sites", type=int, default=4)
@@ -590,12 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--input", nargs="+", help="NIfTI files")
     p.add_argument("--site", help="site of every --input file (ComBat)")
     p.add_argument("--age", type=float, help="age of every --input file (ComBat with ages)")
-    dest = p.add_mutually_exclusive_group(required=True)
-    dest.add_argument("--out", help="output folder")
-    dest.add_argument(
-        "--bids-out",
-        metavar="DIR",
-        help="write a BIDS derivatives folder instead: <source entities>_desc-harmonized"
+    _out_or_bids(
+        p,
+        "output folder",
+        "write a BIDS derivatives folder instead: <source entities>_desc-harmonized"
         "_T1w.nii.gz with a sidecar (Sources, method, model hash and parameters); the "
         "entities come from the manifest (harmonix bids-manifest) or the --input names",
     )
