@@ -448,3 +448,18 @@ def _copy_tree(src: Path, dst: Path) -> None:
             target = dst / path.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(path.read_bytes())
+
+
+def test_array_parameters_are_recorded_by_shape_and_hash(raw, synthetic, tmp_path):
+    from harmonix import HistogramMatchingHarmonizer
+
+    paths = sorted(raw.glob("sub-00/ses-*/anat/*_T1w.nii.gz"))
+    mask = synthetic.mask
+    model = HistogramMatchingHarmonizer(mask=mask).fit([str(p) for p in paths], ["a", "b", "c"])
+    (out,) = transform_to_bids(model, paths[:1], tmp_path / "d", verbose=False)
+    meta = json.loads(out.with_name(out.name.replace(".nii.gz", ".json")).read_text())
+    recorded = meta["Harmonization"]["Parameters"]["mask"]
+    assert recorded["shape"] == list(mask.shape)
+    assert recorded["sha256"] == hashlib.sha256(np.ascontiguousarray(mask).tobytes()).hexdigest()
+    assert "Model" not in meta["Harmonization"]  # no file given: no file name, no hash
+    assert out.name == "sub-00_ses-1_desc-harmonized_T1w.nii.gz"  # entities from the name

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from harmonix._version import __version__
@@ -305,6 +306,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _parameter(value: Any) -> Any:
+    """A constructor parameter for a sidecar: arrays (e.g. a mask) by shape and hash."""
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        return {"shape": list(data.shape), "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
+    try:
+        return to_plain(value, "a parameter", target="torch")
+    except TypeError:
+        return repr(value)
+
+
 def _model_record(model: Any, path: str | os.PathLike | None) -> dict[str, Any]:
     """The ``Harmonization`` entry every harmonized sidecar shares."""
     record: dict[str, Any] = {"Method": type(model).__name__}
@@ -312,10 +324,7 @@ def _model_record(model: Any, path: str | os.PathLike | None) -> dict[str, Any]:
         resolved = model_file(path)
         record["Model"] = resolved.name
         record["ModelSHA256"] = _sha256(resolved)
-    params = {
-        k: to_plain(v, f"parameter {k!r}", target="torch") for k, v in model.get_params().items()
-    }
-    record["Parameters"] = params
+    record["Parameters"] = {k: _parameter(v) for k, v in model.get_params().items()}
     for attribute, key in (("reference_site_", "ReferenceSite"), ("sites_", "FittedSites")):
         value = getattr(model, attribute, None)
         if value is not None:

@@ -74,7 +74,9 @@ def _read_tsv(path: Path, id_column: str) -> pd.DataFrame:
     table.columns = [str(c).strip() for c in table.columns]
     if id_column not in table.columns:
         raise ValueError(f"'{path}' has no {id_column} column; found {list(table.columns)}.")
-    table = table.map(lambda v: None if str(v).strip() in _MISSING else str(v).strip())
+    table = table.apply(
+        lambda col: col.map(lambda v: None if v.strip() in _MISSING else v.strip())
+    )
     if table[id_column].duplicated().any():
         dup = sorted(set(table[id_column][table[id_column].duplicated()].dropna()))
         raise ValueError(f"'{path}' lists {dup[:3]} more than once; keep one row each.")
