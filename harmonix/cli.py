@@ -203,6 +203,21 @@ def _cmd_to_native(args: argparse.Namespace) -> int:
     from harmonix.io import save_img
     from harmonix.preprocessing import to_native
 
+    if args.input is None:
+        if not args.bids_out or args.transform or args.mask:
+            raise CLIError(
+                "give --input and --transform, or --bids-out DIR alone (every harmonized "
+                "image of DIR)"
+            )
+        from harmonix.bids import derivatives_to_native
+
+        written = derivatives_to_native(
+            args.bids_out, rescale=args.rescale, overwrite=args.overwrite
+        )
+        sys.stdout.write("".join(f"{p}\n" for p in written))
+        return 0
+    if args.transform is None:
+        raise CLIError("--transform is required with --input (the scan's preprocessing JSON)")
     if args.bids_out:
         from harmonix.bids import to_native_bids
 
@@ -488,8 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
         "to-native",
         help="map a template-space (e.g. harmonized) image back onto its raw scan's grid",
     )
-    p.add_argument("--input", required=True, help="image in template space (NIfTI)")
-    p.add_argument("--transform", required=True, help="the scan's NAME_prep.json")
+    p.add_argument(
+        "--input",
+        help="image in template space (NIfTI); leave out with --bids-out DIR to map every "
+        "harmonized image of DIR back with the preprocessing files beside it",
+    )
+    p.add_argument("--transform", help="the scan's NAME_prep.json (or ..._desc-preproc_T1w.json)")
     p.add_argument("--mask", help="the scan's NAME_native_mask.nii.gz (zero outside)")
     p.add_argument(
         "--rescale",

@@ -616,6 +616,11 @@ def _bids_data(root: Path, files: dict[str, Path]) -> None:
     shutil.copy(good / "dataset_description.json", empty)
     shutil.copy(good / "participants.tsv", empty)
     files["bids_empty"] = empty
+    harmonized = root / "harmonized_only"  # a derivatives folder without preprocessing
+    name = "sub-01_space-MNI152NLin2009aSym_desc-harmonized_T1w.nii.gz"
+    (harmonized / "sub-01" / "anat").mkdir(parents=True)
+    shutil.copy(good / "sub-01/anat/sub-01_run-1_T1w.nii.gz", harmonized / "sub-01/anat" / name)
+    files["harmonized_only"] = harmonized
     for name, broken in (
         (
             "bids_duplicate",
@@ -831,6 +836,23 @@ CLI_CASES = [
         "to-native-bids-out-input-not-bids-named",
         lambda f: _to_native_bids_out(f, "four_d"),
         "four_d.nii.gz' is not a BIDS file name",
+    ),
+    (
+        "to-native-bids-out-nothing-to-map",
+        lambda f: ["to-native", "--bids-out", str(f["img_out"])],
+        "No .*_space-MNI152NLin2009aSym_desc-harmonized_T1w.nii.gz image in",
+    ),
+    (
+        "to-native-input-without-transform",
+        lambda f: ["to-native", "--input", str(f["first"]), "--out", str(f["img_out"])],
+        "--transform is required",
+    ),
+    (
+        "to-native-bids-out-without-preprocessing-files",
+        lambda f: ["to-native", "--bids-out", str(f["harmonized_only"])],
+        "preprocessing files of 1 image.*sub-01_space-MNI152NLin2009aSym_desc-harmonized_T1w"
+        ".nii.gz \\(no sub-01_space-MNI152NLin2009aSym_desc-preproc_T1w.json, "
+        "sub-01_desc-brain_mask.nii.gz\\)",
     ),
     (
         "to-native-bids-out-input-not-in-a-template-space",

@@ -434,8 +434,27 @@ def test_preprocess_transform_to_native_chain_traces_back_to_raw(
     expected = nib.load(harmonized).get_fdata() / 2.0  # identity transform, scale 2
     np.testing.assert_allclose(nib.load(native).get_fdata(), expected, rtol=1e-6)
     native_meta = json.loads(native.with_name(native.name.replace(".nii.gz", ".json")).read_text())
-    assert _sources_resolve(deriv, native_meta["Sources"])[0] == harmonized.resolve()
+    first_json = first.with_name(first.name.replace(".nii.gz", ".json"))
+    sources = _sources_resolve(deriv, native_meta["Sources"])
+    assert sources == [p.resolve() for p in (harmonized, first_json, mask)]
     assert main([*argv, "--bids-out", str(deriv)]) == 1  # exists
+    # every harmonized image at once, with the preprocessing files found by name
+    batch = ["-q", "to-native", "--bids-out", str(deriv), "--rescale"]
+    assert main(batch) == 1 and "exists" in capsys.readouterr().err  # nothing replaced
+    assert main([*batch, "--overwrite"]) == 0
+    natives = capsys.readouterr().out.split()
+    assert len(natives) == len(prep) and str(native) in natives
+    np.testing.assert_allclose(nib.load(native).get_fdata(), expected, rtol=1e-6)
+    for path in map(Path, natives):
+        meta = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        harmonized_src, transform_src, _ = _sources_resolve(deriv, meta["Sources"])
+        prep_src = json.loads(transform_src.read_text())["Sources"]
+        assert harmonized_src.name.replace("harmonized", "preproc") == transform_src.name.replace(
+            ".json", ".nii.gz"
+        )
+        assert _sources_resolve(deriv, prep_src)[0].name == path.name.replace(
+            "_desc-harmonized", ""
+        )  # native image -> harmonized -> preprocessed -> raw scan of the same name
     layout = bids.BIDSLayout(str(deriv), validate=False, is_derivative=True)
     assert len(layout.get(desc="harmonized", space=SPACE, extension=".nii.gz")) == len(prep)
     assert len(layout.get(desc="preproc", suffix="T1w", extension=".nii.gz")) == len(prep)

@@ -4,14 +4,16 @@
   with their site (a participants/sessions column or the scanner in their sidecars),
   entities and covariates, as a manifest every harmonix command reads (needs pybids:
   ``pip install "harmonix[bids]"``);
-- :func:`transform_to_bids`, :func:`preprocess_to_bids` and :func:`to_native_bids` write
-  BIDS derivatives named for their sources, with sidecars tracing them back
-  (``--bids-out`` of ``transform``, ``preprocess`` and ``to-native``);
+- :func:`transform_to_bids`, :func:`preprocess_to_bids`, :func:`to_native_bids` and
+  :func:`derivatives_to_native` write BIDS derivatives named for their sources, with
+  sidecars tracing them back (``--bids-out`` of ``transform``, ``preprocess`` and
+  ``to-native``);
 - :func:`write_bids_dataset` writes the synthetic traveling-subject data as a BIDS dataset.
 """
 
 from harmonix.bids.derivatives import (
     DerivativeDataset,
+    derivatives_to_native,
     harmonized_path,
     native_path,
     preprocess_to_bids,
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_SITE_FIELDS",
     "DerivativeDataset",
     "bids_manifest",
+    "derivatives_to_native",
     "build_name",
     "harmonized_path",
     "manifest_entities",
