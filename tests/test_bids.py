@@ -482,3 +482,27 @@ def test_array_parameters_are_recorded_by_shape_and_hash(raw, synthetic, tmp_pat
     assert recorded["sha256"] == hashlib.sha256(np.ascontiguousarray(mask).tobytes()).hexdigest()
     assert "Model" not in meta["Harmonization"]  # no file given: no file name, no hash
     assert out.name == "sub-00_ses-1_desc-harmonized_T1w.nii.gz"  # entities from the name
+
+
+def test_symlinked_images_keep_their_dataset_names(raw, tmp_path):
+    """DataLad datasets hold links into .git/annex: names and Sources use the links."""
+    copy = tmp_path / "ds"
+    _copy_tree(raw, copy)
+    image = copy / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
+    annexed = copy / ".git" / "annex" / "objects" / "Xy" / "MD5E-s1--0123.nii.gz"
+    annexed.parent.mkdir(parents=True)
+    image.rename(annexed)
+    image.symlink_to(Path("../../.git/annex/objects/Xy") / annexed.name)
+    table = bids_manifest(copy)
+    assert str(image) in set(table["path"])
+    (out,) = transform_to_bids(
+        _identity_model(table), [image], copy / "derivatives" / "harmonix", verbose=False
+    )
+    meta = json.loads(out.with_name(out.name.replace(".nii.gz", ".json")).read_text())
+    assert meta["Sources"] == ["bids:raw:sub-02/anat/sub-02_T1w.nii.gz"]
+
+
+def _identity_model(table: pd.DataFrame):
+    from harmonix import IdentityHarmonizer
+
+    return IdentityHarmonizer().fit(list(table["path"]), list(table["site"]))

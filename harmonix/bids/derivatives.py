@@ -59,6 +59,12 @@ PREPROC_QC = "desc-preproc_qc.tsv"
 PREPROC_MANIFEST = "desc-preproc_manifest.csv"
 
 
+def _absolute(path: str | os.PathLike) -> Path:
+    """An absolute, normalized path whose symlinks are kept: a file of a DataLad dataset
+    is a link into ``.git/annex``, but its name in the dataset is the link's."""
+    return Path(os.path.abspath(path))
+
+
 def _dataset_root(path: Path) -> Path | None:
     """The nearest folder above ``path`` holding a dataset_description.json."""
     for folder in path.parents:
@@ -108,7 +114,7 @@ class DerivativeDataset:
 
     def _linked(self, value: str) -> Path:
         value = value.removeprefix("file://")
-        return (self.root / value).resolve()
+        return _absolute(self.root / value)
 
     def _link(self, dataset: Path) -> str:
         """The DatasetLinks name of another dataset, added if new."""
@@ -123,7 +129,7 @@ class DerivativeDataset:
             n += 1
             name = f"{base}{n}"
         try:
-            value = Path(os.path.relpath(dataset, self.root.resolve())).as_posix()
+            value = Path(os.path.relpath(dataset, _absolute(self.root))).as_posix()
         except ValueError:  # another drive (Windows)
             value = dataset.as_uri()
         self.links[name] = value
@@ -145,12 +151,12 @@ class DerivativeDataset:
         -------
         str
         """
-        path = Path(path).resolve()
+        path = _absolute(path)
         dataset = _dataset_root(path)
         if dataset is None:
-            return Path(os.path.relpath(path, self.root.resolve())).as_posix()
+            return Path(os.path.relpath(path, _absolute(self.root))).as_posix()
         inner = path.relative_to(dataset).as_posix()
-        if dataset == self.root.resolve():
+        if dataset == _absolute(self.root):
             return f"bids::{inner}"
         return f"bids:{self._link(dataset)}:{inner}"
 

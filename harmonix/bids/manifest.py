@@ -193,11 +193,11 @@ def _find_images(
     )
     if filters:
         return images
-    indexed = {Path(f.path).resolve() for f in images}
+    indexed = {os.path.abspath(f.path) for f in images}
     skipped = [
         str(p.relative_to(root))
         for p in sorted(root.glob("sub-*/**/*_T1w.nii*"))
-        if p.name.endswith((".nii", ".nii.gz")) and p.resolve() not in indexed
+        if p.name.endswith((".nii", ".nii.gz")) and os.path.abspath(p) not in indexed
     ]
     if skipped:
         logger.warning(
@@ -295,7 +295,8 @@ def bids_manifest(
                 f"({image.filename.split('.')[0]}); keep one of them."
             )
         seen[key] = image.path
-        rows.append({"path": str(Path(image.path).resolve()), "image": image, **ents})
+        # absolute, symlinks kept (a DataLad file is a link into .git/annex)
+        rows.append({"path": os.path.abspath(image.path), "image": image, **ents})
 
     tables = _Tables(root)
     subjects = [r["subject"] for r in rows]
@@ -372,7 +373,7 @@ def write_bids_manifest(
     if out.exists() and not overwrite:
         raise FileExistsError(f"'{out}' exists; pass overwrite=True (--overwrite) to replace it.")
     table = bids_manifest(bids_dir, **kwargs)
-    base = out.resolve().parent
+    base = Path(os.path.abspath(out)).parent
     table["path"] = [_relative(Path(p), base) for p in table["path"]]
     with atomic_write(out) as tmp:
         table.to_csv(tmp, index=False)
