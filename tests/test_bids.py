@@ -132,6 +132,8 @@ def test_manifest_sessions_tsv_wins_and_filters(raw, tmp_path):
     table = pd.read_csv(sessions, sep="\t")
     table["age"] = [40.0, "n/a", 42.5]
     table.to_csv(sessions, sep="\t", index=False)
+    table["session_id"] = ["1", "2", "3"]  # ids without their ses- prefix are understood
+    table.to_csv(sessions, sep="\t", index=False)
     df = bids_manifest(copy, covariates="age")
     assert df["age"].tolist()[:3] == [40.0, 45.26, 42.5]
     only = bids_manifest(raw, session="1,3")

@@ -65,8 +65,9 @@ def _check_root(bids_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
         raise ValueError(f"'{description}' is not valid JSON ({exc}); fix the file.") from exc
 
 
-def _read_tsv(path: Path, id_column: str) -> pd.DataFrame:
-    """A BIDS table indexed by its id column, values as text, ``n/a`` and blanks missing."""
+def _read_tsv(path: Path, id_column: str, prefix: str) -> pd.DataFrame:
+    """A BIDS table indexed by its id column (``prefix`` added where a table left it out),
+    values as text, ``n/a`` and blanks missing."""
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except Exception as exc:
@@ -77,6 +78,8 @@ def _read_tsv(path: Path, id_column: str) -> pd.DataFrame:
     table = table.apply(
         lambda col: col.map(lambda v: None if v.strip() in _MISSING else v.strip())
     )
+    ids = table[id_column].map(lambda v: v if v is None or v.startswith(prefix) else prefix + v)
+    table[id_column] = ids
     if table[id_column].duplicated().any():
         dup = sorted(set(table[id_column][table[id_column].duplicated()].dropna()))
         raise ValueError(f"'{path}' lists {dup[:3]} more than once; keep one row each.")
@@ -96,13 +99,15 @@ class _Tables:
     @property
     def participants(self) -> pd.DataFrame | None:
         if self._participants is None and self.participants_path.is_file():
-            self._participants = _read_tsv(self.participants_path, "participant_id")
+            self._participants = _read_tsv(self.participants_path, "participant_id", "sub-")
         return self._participants
 
     def sessions(self, subject: str) -> pd.DataFrame | None:
         if subject not in self._sessions:
             path = self.root / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
-            self._sessions[subject] = _read_tsv(path, "session_id") if path.is_file() else None
+            self._sessions[subject] = (
+                _read_tsv(path, "session_id", "ses-") if path.is_file() else None
+            )
         return self._sessions[subject]
 
     def check_column(self, column: str, option: str, subjects: Sequence[str]) -> None:
