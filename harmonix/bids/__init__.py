@@ -13,13 +13,9 @@
 
 from harmonix.bids.derivatives import (
     DerivativeDataset,
-    derivatives_to_native,
     harmonized_path,
     native_path,
-    preprocess_to_bids,
     preprocessed_paths,
-    to_native_bids,
-    transform_to_bids,
 )
 from harmonix.bids.manifest import (
     DEFAULT_SITE_FIELDS,
@@ -28,7 +24,10 @@ from harmonix.bids.manifest import (
     write_bids_manifest,
 )
 from harmonix.bids.names import build_name, parse_name
+from harmonix.bids.native import derivatives_to_native, to_native_bids
+from harmonix.bids.preprocess import preprocess_to_bids
 from harmonix.bids.synthetic import write_bids_dataset
+from harmonix.bids.transform import transform_to_bids
 
 __all__ = [
     "DEFAULT_SITE_FIELDS",
