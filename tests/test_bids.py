@@ -296,7 +296,7 @@ def test_round_trip_pybids_indexes_a_derivative_traceable_to_its_sources(round_t
         assert meta["SkullStripped"] is True
 
 
-def test_transform_to_bids_python_equals_cli(round_trip, tmp_path):
+def test_transform_to_bids_python_equals_cli_and_resumes(round_trip, tmp_path):
     manifest, model, deriv, _ = round_trip
     man = read_manifest(manifest)
     fitted = load_model(model)
@@ -321,6 +321,17 @@ def test_transform_to_bids_python_equals_cli(round_trip, tmp_path):
         assert left["Harmonization"] == right["Harmonization"]
     # both datasets link the raw dataset, each by its own relative path
     assert _sources_resolve(out, left["Sources"]) == _sources_resolve(deriv, right["Sources"])
+    # an interrupted CLI run (an image gone, its sidecar left) is finished by --skip-existing
+    written[4].unlink()
+    stamp = written[0].stat().st_mtime_ns
+    argv = ["-q", "transform", "--model", str(model), "--manifest", str(manifest)]
+    assert main([*argv, "--bids-out", str(out)]) == 1  # the others exist
+    assert main([*argv, "--bids-out", str(out), "--skip-existing"]) == 0
+    assert written[0].stat().st_mtime_ns == stamp
+    rel = _rel(written[4], out)
+    np.testing.assert_array_equal(
+        nib.load(written[4]).get_fdata(), nib.load(deriv / rel).get_fdata()
+    )
 
 
 def test_description_is_merged_not_replaced(tmp_path, raw):
