@@ -293,36 +293,30 @@ def _cmd_transform(args: argparse.Namespace) -> int:
         raise CLIError(f"{type(model).__name__} needs each image's site: use --manifest or --site")
     if args.overwrite and args.skip_existing:
         raise CLIError("--overwrite and --skip-existing exclude each other; choose one")
+    common = {
+        "sites": sites,
+        "ages": ages,
+        "n_jobs": args.n_jobs,
+        "overwrite": args.overwrite,
+        "skip_existing": args.skip_existing,
+        "verbose": not args.quiet,
+    }
     try:
         if args.bids_out:
             from harmonix.bids import manifest_entities, transform_to_bids
 
+            entities = manifest_entities(args.manifest) if args.manifest else None
             written = transform_to_bids(
-                model,
-                paths,
-                args.bids_out,
-                entities=manifest_entities(args.manifest) if args.manifest else None,
-                sites=sites,
-                ages=ages,
-                model_path=args.model,
-                n_jobs=args.n_jobs,
-                overwrite=args.overwrite,
-                skip_existing=args.skip_existing,
-                verbose=not args.quiet,
+                model, paths, args.bids_out, entities=entities, model_path=args.model, **common
             )
         else:
             written = transform_files(
                 model,
                 paths,
                 args.out,
-                sites=sites,
-                ages=ages,
                 suffix=args.suffix,
-                n_jobs=args.n_jobs,
-                overwrite=args.overwrite,
-                skip_existing=args.skip_existing,
                 overwrite_inputs=args.overwrite_inputs,
-                verbose=not args.quiet,
+                **common,
             )
     except OutputExistsError as exc:
         raise CLIError(exc.describe(lambda name: "--" + name.replace("_", "-"))) from exc
