@@ -44,6 +44,7 @@ from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
 from harmonix.benchmark.metrics import robust_range
 from harmonix.datasets import make_multisite
 from harmonix.iguane.guard import ContrastProfile, evenly
+from harmonix.iguane.pretrained import DEMO_SITE_PREFIX
 
 
 def _lesions(rng: np.random.Generator, mask: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -91,16 +92,25 @@ def calibrate_profile(est: IGUANeHarmonizer, ds, score: Scorer) -> None:
     """
     if getattr(est, "reference_profile_", None) is not None:
         return
-    imgs, sites = ds.imgs[score.train], ds.sites[score.train]
+    imgs, sites = ds.imgs[score.train], training_labels(est, ds.sites[score.train])
     held = [int(i) for i in est.history_["val_indices"]]
     rest = [i for i in np.flatnonzero(sites != est.reference_site_) if i not in set(held)]
 
     def inputs(idx: list) -> list:
-        return [(x, p.mask) for p, _, x in est._network_inputs(imgs[idx], sites[idx])]
+        site_lm, _, _ = est._site_maps(imgs[idx], sites[idx], stacklevel=2)
+        return [(x, p.mask) for p, _, x in est._network_inputs(imgs[idx], site_lm)]
 
     profile = ContrastProfile().fit(inputs(evenly(np.flatnonzero(sites == est.reference_site_))))
     corr = [profile.correlation(x, m) for x, m in inputs(held + evenly(rest))]
     est._set_guard(profile, est.training_corrections_, corr)
+
+
+def training_labels(est: IGUANeHarmonizer, sites: np.ndarray) -> np.ndarray:
+    """The model's names of the data's training sites (``site1`` -> ``demo-train-site1``
+    for the shipped model, whose training sites carry a prefix), so that the training
+    sites keep their stored maps."""
+    names = {s.removeprefix(DEMO_SITE_PREFIX): s for s in est.sites_.tolist()}
+    return np.asarray([names.get(s, s) for s in sites.tolist()])
 
 
 def flags(est: IGUANeHarmonizer, imgs: np.ndarray, sites: np.ndarray) -> tuple:
@@ -113,7 +123,8 @@ def flags(est: IGUANeHarmonizer, imgs: np.ndarray, sites: np.ndarray) -> tuple:
 def harsh(seed: int, est: IGUANeHarmonizer, ds, score: Scorer, hm) -> None:
     b = make_family_b(ds, n_sites=4, random_state=seed + 50, strength="harsh")
     score = Scorer(ds, b, ds.site_names[-1])
-    ri = score(est.transform(ds.imgs, ds.sites), est.transform(b.imgs, b.sites))
+    labels = training_labels(est, ds.sites)
+    ri = score(est.transform(ds.imgs, labels), est.transform(b.imgs, b.sites))
     rh = score(hm.transform(ds.imgs), hm.transform(b.imgs))
     dist, corr, flagged = flags(est, b.imgs, b.sites)
     mine, ref = np.array(ri["per_image_b"]), np.array(rh["per_image_b"])
@@ -132,9 +143,10 @@ def harsh(seed: int, est: IGUANeHarmonizer, ds, score: Scorer, hm) -> None:
 def artifacts(seed: int, est: IGUANeHarmonizer, ds, score: Scorer, hm) -> None:
     tr, unseen, mask = score.train, score.unseen, ds.mask
     ref = [score.ref_index[s] for s in ds.subjects[unseen]]
-    ref_i = est.transform(ds.imgs[ref], ds.sites[ref])
+    labels = training_labels(est, ds.sites)
+    ref_i = est.transform(ds.imgs[ref], labels[ref])
     ref_h = hm.transform(ds.imgs[ref])
-    vr_i = robust_range(est.transform(ds.imgs[tr], ds.sites[tr]), mask)
+    vr_i = robust_range(est.transform(ds.imgs[tr], labels[tr]), mask)
     vr_h = robust_range(hm.transform(ds.imgs[tr]), mask)
     vr_n = robust_range(ds.imgs[tr], mask)
     rng = np.random.default_rng(seed)

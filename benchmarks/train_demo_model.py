@@ -5,7 +5,9 @@ The shipped model is seed 0 of ``benchmarks/bench_iguane_learning.py``:
 sites ``site0`` (reference) to ``site3`` of
 ``make_multisite(n_subjects=8, n_sites=5, resolution=4, random_state=0, style="legacy")``
 with ages and
-``random_state=0``. Its scores (unseen ``site4``, family-B sites) are in
+``random_state=0``. Those sites are labelled ``demo-train-site0`` ... ``demo-train-site3``
+in the model, so that no user's label (``make_multisite``'s are ``site0``...) names one of
+them: every site a user brings is new to it. Its scores (unseen ``site4``, family-B sites) are in
 ``benchmarks/results/iguane_learning.md``. About 20 minutes on 2 CPU cores; CPU training
 is reproducible, so the same model comes out (up to the CPU's float rounding).
 
@@ -17,6 +19,11 @@ With ``--checkpoint-dir`` the training state is kept there, and a finished or in
 training in that folder is resumed instead of restarted. ``--add-profile-guard`` does not
 train: it gives a model saved before the contrast-profile guard existed the profile that
 ``fit`` now computes (same calibration images), and saves it again (seconds).
+``--rename-sites`` does not train either: it renames the training sites of a model saved
+with the plain names (``site0`` -> ``demo-train-site0``...), gives it the yardstick of the
+site check that ``fit`` now measures
+(:meth:`~harmonix.IGUANeHarmonizer.fit_site_check`, from the same training images), and
+saves it again; the weights and every other value stay as they are (seconds).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from bench_iguane_guard import calibrate_profile
 from bench_iguane_learning import Scorer
@@ -32,10 +40,24 @@ from bench_iguane_learning import Scorer
 from harmonix import IGUANeHarmonizer
 from harmonix.datasets import make_multisite
 from harmonix.iguane import CPU_RECIPE
-from harmonix.iguane.pretrained import DEMO_MODEL_PATH
+from harmonix.iguane.pretrained import DEMO_MODEL_PATH, DEMO_SITE_PREFIX
 
 SEED = 0
 UNSEEN = "site4"
+
+
+def rename_sites(est: IGUANeHarmonizer) -> dict:
+    """Prefix the model's training sites with ``DEMO_SITE_PREFIX`` (names only); the map."""
+    names = {
+        s: s if s.startswith(DEMO_SITE_PREFIX) else DEMO_SITE_PREFIX + s
+        for s in est.sites_.tolist()
+    }
+    est.set_params(reference_site=names[est.reference_site])
+    est.reference_site_ = names[est.reference_site_]
+    est.sites_ = np.asarray([names[s] for s in est.sites_.tolist()])
+    norm = est.input_normalization_
+    norm["sites"] = [names[s] for s in norm["sites"]]
+    return names
 
 
 def main() -> None:
@@ -44,10 +66,20 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--add-profile-guard", action="store_true")
+    p.add_argument("--rename-sites", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ds = make_multisite(n_subjects=8, n_sites=5, resolution=4, random_state=SEED, style="legacy")
     train = ds.sites != UNSEEN
+    sites = np.char.add(DEMO_SITE_PREFIX, ds.sites[train])
+    if args.rename_sites:
+        est = IGUANeHarmonizer.load(args.out)
+        names = rename_sites(est)
+        est.fit_site_check(ds.imgs[train], sites)
+        est.save(Path(args.out))
+        check = est.input_normalization_["site_spread"]
+        print(f"sites {names}; site check threshold {check['threshold']:.2f}; wrote {args.out}")
+        return
     if args.add_profile_guard:
         est = IGUANeHarmonizer.load(args.out)
         calibrate_profile(est, ds, Scorer(ds, ds, UNSEEN))
@@ -55,7 +87,7 @@ def main() -> None:
         print(f"profile threshold {est.profile_threshold_:.3f}; wrote {args.out}")
         return
     est = IGUANeHarmonizer(
-        reference_site="site0",
+        reference_site=DEMO_SITE_PREFIX + "site0",
         **CPU_RECIPE,
         random_state=SEED,
         device="cpu",
@@ -64,7 +96,7 @@ def main() -> None:
         resume=args.checkpoint_dir is not None,
     )
     start = time.perf_counter()
-    est.fit(ds.imgs[train], ds.sites[train], ds.ages[train])
+    est.fit(ds.imgs[train], sites, ds.ages[train])
     est.set_params(checkpoint_dir=None, resume=False, verbose=0)
     est.save(Path(args.out))
     print(

@@ -13,19 +13,27 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from numbers import Integral
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from sklearn.utils.validation import check_is_fitted
 
 from harmonix import _combat_math as cm
 from harmonix._docs import fill_doc
 from harmonix._labels import as_labels
-from harmonix.base import BaseHarmonizer
+from harmonix.base import BaseHarmonizer, check_ages, check_sites
 from harmonix.exceptions import UnseenSiteError
-from harmonix.io import ImageCollection
+from harmonix.io import ImageCollection, as_collection
+from harmonix.site_check import (
+    SiteAgreement,
+    act_on_agreements,
+    agreement_frame,
+    check_policy,
+    describe_mismatches,
+)
 
 __all__ = ["ComBatHarmonizer"]
 
@@ -33,6 +41,12 @@ logger = logging.getLogger(__name__)
 
 _UNSEEN_POLICIES = ("error", "fit", "keep")
 _DEFAULT_SPLINE_DF = 4
+#: A labelled group disagrees with its training site when its statistic (see
+#: :meth:`ComBatHarmonizer.site_agreement`) exceeds this.
+SITE_CHECK_THRESHOLD = 10.0
+#: Training images a site needs for its variance to be a yardstick (the statistic's
+#: expected value (n - 1) / (n - 3) needs n > 3).
+SITE_CHECK_MIN_IMAGES = 4
 
 
 def _c_to_f_index(flat_c: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -150,6 +164,17 @@ class ComBatHarmonizer(BaseHarmonizer):
         needs at least 2 images of each new site (a ValueError otherwise; more is much
         better, since per-voxel estimates from few images absorb individual anatomy);
         nothing is stored, so each call estimates afresh.
+    site_check : {"refit", "warn", "error"}, default="refit"
+        What :meth:`transform` does with a group of images whose label names a training
+        site but whose voxels disagree with that site's stored effects
+        (:meth:`site_agreement`; another scanner with the same label): "refit" handles
+        the group as a site unseen in fit, by ``unseen_site`` (with the default
+        ``unseen_site="error"`` an :class:`~harmonix.exceptions.UnseenSiteError` that
+        names the site and the size of the mismatch; "fit" estimates its effects from
+        these images, "keep" leaves them unchanged; both with a
+        :class:`~harmonix.exceptions.SiteMismatchWarning`); "warn" warns and applies the
+        stored effects; "error" raises :class:`~harmonix.exceptions.SiteMismatchError`.
+        Groups that agree get the stored effects, as without the check.
     %(mask)s
     chunk_size : int, default=None
         Voxels processed at once by the fit. ``None`` picks about 64 MiB of float64 work
@@ -235,6 +260,17 @@ class ComBatHarmonizer(BaseHarmonizer):
     ``unseen_site="fit"`` a new site's parameters come from all its images of the call
     (or from :meth:`site_statistics` given to :meth:`transform`).
 
+    **Site labels.** To a fitted model a site label names stored per-voxel effects
+    (``gamma_star_``, ``delta_star_``). Before applying them, :meth:`transform` checks
+    that each labelled group agrees with them (:meth:`site_agreement`: the group's
+    standardized voxel residuals against the site's effects, with the site's variance
+    as the yardstick); a group that disagrees is handled by ``site_check``. The check
+    needs at least 4 training images of the site (fewer give no usable variance) and
+    reads each image of a training label once more before transforming. Unlike
+    IGUANe's intensity maps (11 landmarks, estimated well from a few images), ComBat's
+    effects of a new site are estimated voxel by voxel, which needs many images: so a
+    disagreeing group follows ``unseen_site``, like any site unseen in fit.
+
     References
     ----------
     Johnson, Li & Rabinovic (2007), Biostatistics 8(1):118-127.
@@ -265,6 +301,7 @@ class ComBatHarmonizer(BaseHarmonizer):
         empirical_bayes: bool = True,
         smooth_age: bool | int = False,
         unseen_site: str = "error",
+        site_check: str = "refit",
         mask: Any = None,
         chunk_size: int | None = None,
     ):
@@ -272,6 +309,7 @@ class ComBatHarmonizer(BaseHarmonizer):
         self.empirical_bayes = empirical_bayes
         self.smooth_age = smooth_age
         self.unseen_site = unseen_site
+        self.site_check = site_check
         self.mask = mask
         self.chunk_size = chunk_size
 
@@ -296,6 +334,7 @@ class ComBatHarmonizer(BaseHarmonizer):
             raise ValueError(
                 f"empirical_bayes must be True or False; got {self.empirical_bayes!r}."
             )
+        check_policy(self.site_check)
         cs = self.chunk_size
         if cs is not None and (isinstance(cs, bool) or not isinstance(cs, Integral) or cs < 1):
             raise ValueError(f"chunk_size must be None or an int >= 1; got {cs!r}.")
@@ -559,6 +598,7 @@ class ComBatHarmonizer(BaseHarmonizer):
         """Refuse unseen sites (``unseen_site="error"``), unseen sites with one image
         (``"fit"``) and missing ages, before any work; warn about sites kept unchanged."""
         self._covariate_frame(ages, 0 if ages is None else len(ages))
+        check_policy(self.site_check)
         known = self._known_sites()
         labels = sites.tolist()
         unseen = sorted({s for s in labels if s not in known})
@@ -595,16 +635,31 @@ class ComBatHarmonizer(BaseHarmonizer):
     def _site_statistics(
         self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
     ) -> dict[str, Any]:
-        """``(gamma, delta)`` (float32) of each unseen site with ``unseen_site="fit"``."""
-        if self.unseen_site != "fit":
-            return {}
+        """Per site of ``sites``: for a training site, None (its stored effects) once its
+        images passed the site check (:meth:`site_agreement`), or, when they disagree and
+        ``site_check="refit"``, what ``unseen_site`` gives a site unseen in fit; for an
+        unseen site with ``unseen_site="fit"``, its ``(gamma, delta)`` (float32) estimated
+        from its images; ``"keep"``: returned unchanged."""
         known = self._known_sites()
         labels = sites.tolist()
         cov = self._covariate_frame(ages, len(labels)).to_numpy(dtype=np.float64)
-        stats = {}
+        new = self._act_on_site_check(self._site_agreements(imgs, labels, cov))
+        stats: dict[str, Any] = {}
         for label in dict.fromkeys(labels):
-            if label not in known:
-                idx = [i for i, s in enumerate(labels) if s == label]
+            idx = [i for i, s in enumerate(labels) if s == label]
+            if label in known and label not in new:
+                stats[label] = None
+            elif self.unseen_site == "keep":
+                stats[label] = "keep"
+            elif self.unseen_site == "fit":
+                if len(idx) < 2:
+                    raise ValueError(
+                        f"Site {label!r} is handled as a site unseen in fit (its images do "
+                        "not look like the training site of that name) and unseen_site='fit' "
+                        "needs at least 2 of its images in the same transform call to "
+                        "estimate its effects; got 1. Pass all images of the site together, "
+                        "use unseen_site='keep', or site_check='warn'."
+                    )
                 gamma, delta = self._fit_unseen(imgs, idx, cov, label)
                 stats[label] = (gamma.astype(np.float32), delta.astype(np.float32))
         return stats
@@ -623,11 +678,12 @@ class ComBatHarmonizer(BaseHarmonizer):
         sd = np.sqrt(self.var_pooled_.astype(np.float32))
         params: dict[Any, tuple | None] = {}
         for label in dict.fromkeys(labels):
-            if label in known:
+            entry = stats.get(label)
+            if isinstance(entry, tuple):  # estimated from its images
+                params[label] = self._affine(*entry, sd)
+            elif label in known and entry is None:  # the stored effects
                 j = known[label]
                 params[label] = self._affine(self.gamma_star_[j], self.delta_star_[j], sd)
-            elif self.unseen_site == "fit":
-                params[label] = self._affine(*stats[label], sd)
             else:  # keep
                 params[label] = None
         shape = tuple(self.image_shape_)
@@ -662,27 +718,130 @@ class ComBatHarmonizer(BaseHarmonizer):
             out.append(result)
         return stacked if stacked is not None else out
 
-    def _fit_unseen(
-        self, imgs: ImageCollection, idx: list[int], cov: np.ndarray, label: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Estimate an unseen site's gamma/delta from its images (``unseen_site='fit'``)."""
+    def _standardized(
+        self, imgs: ImageCollection, idx: Sequence[int], cov: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(s, present)`` per image of ``idx``: its standardized residuals
+        ``(y - model mean) / sqrt(var_pooled_)`` on ``voxel_mask_`` (float64) and the
+        voxels where they are defined (brain, non-constant)."""
         voxels = self._voxel_index()
         n_vox = voxels.c.size
         var = self.var_pooled_.astype(np.float64)
         valid = var > 0
         sd = np.where(valid, np.sqrt(var), 1.0)
-        count = np.zeros(n_vox, dtype=np.int64)
-        mean = np.zeros(n_vox)
-        m2 = np.zeros(n_vox)
         mean_buf, work = (np.empty(n_vox, dtype=np.float32) for _ in range(2))
         for i in idx:
             self._check_affine(imgs, i)
             data = imgs[i]
             self._brain(data, i)  # shape check
             y = voxels.take(data).astype(np.float64)
-            present = (y != 0) & valid
             model = self._model_mean(cov[i], mean_buf, work).astype(np.float64)
-            s = (y - model) / sd
+            yield (y - model) / sd, (y != 0) & valid
+
+    def _site_agreements(
+        self, imgs: ImageCollection, labels: list, cov: np.ndarray
+    ) -> list[SiteAgreement]:
+        """The site check of every labelled group of a training site (see
+        :meth:`site_agreement`)."""
+        out = []
+        for site, j in self._known_sites().items():
+            idx = [i for i, s in enumerate(labels) if s == site]
+            if not idx:
+                continue
+            n_b = int(self.site_counts_[j])
+            if n_b < SITE_CHECK_MIN_IMAGES:
+                note = f"not checked: {n_b} training image(s) of the site, fewer than 4"
+                out.append(SiteAgreement(site, len(idx), np.nan, SITE_CHECK_THRESHOLD, note))
+                continue
+            gamma = self.gamma_star_[j].astype(np.float64)
+            delta = self.delta_star_[j].astype(np.float64)
+            total, count = 0.0, 0
+            for s, present in self._standardized(imgs, idx, cov):
+                total += float(np.sum(((s - gamma) ** 2 / delta)[present]))
+                count += int(present.sum())
+            # a new scan's squared residual over delta: (1 + 1/n_b) times a t statistic
+            # with n_b - 1 degrees of freedom, whose square has mean (n_b - 1) / (n_b - 3)
+            expected = (1.0 + 1.0 / n_b) * (n_b - 1) / (n_b - 3)
+            stat = total / max(count, 1) / expected if count else np.nan
+            out.append(
+                SiteAgreement(
+                    site,
+                    len(idx),
+                    stat,
+                    SITE_CHECK_THRESHOLD,
+                    f"their voxels deviate from the stored site's effects {stat:.3g} times as "
+                    "much (in squared standardized residual) as new scans of that site would "
+                    "(or their covariates are far from the training ones)",
+                )
+            )
+        return out
+
+    def _act_on_site_check(self, agreements: list[SiteAgreement]) -> set:
+        """Warn or raise by ``site_check`` about the groups that disagree; the labels to
+        handle as sites unseen in fit."""
+        policy = check_policy(self.site_check)
+        bad = [a for a in agreements if not a.agrees]
+        if bad and policy == "refit" and self.unseen_site == "error":
+            raise UnseenSiteError(
+                f"{describe_mismatches(bad, 'site effects')} ComBat treats them as sites "
+                "unseen in fit (site_check='refit'), and has no parameters for those "
+                "(unseen_site='error'). Give them a new label and pass unseen_site='fit' to "
+                "estimate their effects from these images (or 'keep' to leave them "
+                "unchanged), or pass site_check='warn' to apply the stored effects anyway."
+            )
+        as_new = {
+            "fit": "its effects are estimated from these images (unseen_site='fit')",
+            "keep": "its images are returned unchanged (unseen_site='keep')",
+        }.get(self.unseen_site, "")
+        return act_on_agreements(agreements, policy, what="site effects", as_new=as_new)
+
+    def site_agreement(self, imgs: Any, sites: Any, ages: Any = None) -> pd.DataFrame:
+        """How each labelled group of a training site agrees with the site's stored effects.
+
+        The check :meth:`transform` runs before applying stored effects (see
+        ``site_check``; no warning here). For the ``n`` images of a group labelled with
+        training site ``b`` (``n_b`` training images), the statistic is the mean over
+        the images and the voxels of ``(s - gamma_star_[b])**2 / delta_star_[b]``, where
+        ``s`` is an image's standardized residual ``(y - model mean) /
+        sqrt(var_pooled_)``, divided by its expected value for a new scan of the site,
+        ``(1 + 1 / n_b) * (n_b - 1) / (n_b - 3)`` (the site effects are estimated from
+        ``n_b`` images). New scans of the site score about 1, whatever ``n``; another
+        scanner scores more by its difference in mean and in variance; above
+        ``SITE_CHECK_THRESHOLD`` (10) the group disagrees. Sites with fewer than 4
+        training images are not checked (NaN).
+
+        Parameters
+        ----------
+        imgs : 4-D ndarray, list of 3-D arrays, or list of paths/images
+            Images as for :meth:`transform`.
+        sites : array-like of shape (n_images,)
+            Their site labels.
+        ages : array-like of shape (n_images,), default=None
+            Their ages (needed when fitted with ages).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per label of a training site among ``sites``: ``site``,
+            ``n_images``, ``statistic``, ``threshold``, ``agrees`` and ``mismatch`` (in
+            words).
+        """
+        check_is_fitted(self)
+        coll = as_collection(imgs)
+        sites = check_sites(sites, len(coll))
+        ages = check_ages(ages, len(coll))
+        cov = self._covariate_frame(ages, len(coll)).to_numpy(dtype=np.float64)
+        return agreement_frame(self._site_agreements(coll, sites.tolist(), cov))
+
+    def _fit_unseen(
+        self, imgs: ImageCollection, idx: list[int], cov: np.ndarray, label: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Estimate an unseen site's gamma/delta from its images (``unseen_site='fit'``)."""
+        n_vox = self._voxel_index().c.size
+        count = np.zeros(n_vox, dtype=np.int64)
+        mean = np.zeros(n_vox)
+        m2 = np.zeros(n_vox)
+        for s, present in self._standardized(imgs, idx, cov):
             count += present
             step = np.where(present, s - mean, 0.0)
             mean += step / np.maximum(count, 1)

@@ -1,11 +1,11 @@
-"""Exceptions that callers may want to catch by type."""
+"""Exceptions and warnings that callers may want to catch by type."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["OutputExistsError", "UnseenSiteError"]
+__all__ = ["OutputExistsError", "SiteMismatchError", "SiteMismatchWarning", "UnseenSiteError"]
 
 
 class UnseenSiteError(ValueError):
@@ -46,3 +46,18 @@ class OutputExistsError(FileExistsError):
             f"pass {spell(name)} to {what}" for name, what in self.options.items()
         )
         return f"{self.path} {self.reason}; {fixes}."
+
+
+class SiteMismatchWarning(UserWarning):
+    """Images carry the label of a training site but do not look like that site.
+
+    Issued by :meth:`transform` of methods that store per-site parameters
+    (:class:`harmonix.IGUANeHarmonizer`, :class:`harmonix.ComBatHarmonizer`) when the
+    images of a labelled group disagree with what the model stored for the site of that
+    name: two studies that both call a scanner ``"site1"``, a renamed site, a scanner
+    upgrade. See :mod:`harmonix.site_check`.
+    """
+
+
+class SiteMismatchError(ValueError):
+    """Like :class:`SiteMismatchWarning`, raised with ``site_check="error"``."""

@@ -290,6 +290,14 @@ ESTIMATOR_CASES = [
         applies=_has_param("reference_site"),
     ),
     Case(
+        "unknown-site-check-policy",
+        "fit",
+        _clean,
+        raises(ValueError, "site_check must be one of"),
+        params={"site_check": "sometimes"},
+        applies=_has_param("site_check"),
+    ),
+    Case(
         "empty-mask",
         "fit",
         _clean,

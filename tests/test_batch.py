@@ -117,7 +117,10 @@ def test_site_statistics_let_images_go_one_at_a_time(tiny, method):
     kw = {"ages": ages} if method == "combat" else {}
     everything = model.transform(imgs, sites=sites, **kw)
     stats = model.site_statistics(imgs, sites, **kw)
-    assert list(stats) == ["site2"]  # only the new site is pooled
+    # the training sites passed the site check (None: their stored parameters); only the
+    # new site is pooled
+    assert list(stats) == ["site0", "site1", "site2"]
+    assert stats["site0"] is None and stats["site1"] is None and stats["site2"] is not None
     for i in range(len(imgs)):
         kw = {"ages": ages[i : i + 1]} if method == "combat" else {}
         one = model.transform(imgs[i : i + 1], sites=sites[i : i + 1], site_statistics=stats, **kw)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
+from harmonix.exceptions import SiteMismatchWarning
 from harmonix.histogram_matching import apply_landmarks, compute_landmarks
 from harmonix.iguane import CPU_RECIPE, PatchDiscriminator3D
 from harmonix.iguane import data as D
@@ -420,9 +421,11 @@ def test_shipped_demo_model_is_a_cpu_recipe_model():
 
     assert DEMO_MODEL_PATH.is_file(), "the package ships its demo model"
     model = load_demo_model()
-    assert model.base_width == CPU_RECIPE["base_width"] and model.reference_site_ == "site0"
+    names = [f"demo-train-site{k}" for k in range(4)]  # no user's label collides
+    assert model.base_width == CPU_RECIPE["base_width"] and model.reference_site_ == names[0]
+    assert model.reference_site == names[0] and model.sites_.tolist() == names
     assert model.input_normalization_["kind"] == "histogram"
-    assert model.input_normalization_["sites"] == ["site0", "site1", "site2", "site3"]
+    assert model.input_normalization_["sites"] == names
     assert np.isfinite(model.ood_threshold_) and model.typical_correction_ > 0
 
 
@@ -435,4 +438,9 @@ def test_pretrained_wrapper_keeps_new_sites_apart_from_training_sites(tmp_path):
     # pooled over the given images of each label, not the model's stored site1 landmarks
     expected = model.transform(other, np.array([f"x-{s}" for s in sites]))
     np.testing.assert_allclose(wrapper.transform(other, sites), expected, rtol=1e-5, atol=1e-4)
-    assert not np.allclose(wrapper.transform(other, sites), model.transform(other, sites))
+    # the model itself sees that these are not its site0/site1 and maps them as new sites
+    with pytest.warns(SiteMismatchWarning, match="'site1' .3 image"):
+        np.testing.assert_array_equal(model.transform(other, sites), expected)
+    model.set_params(site_check="warn")  # the stored maps of the training sites
+    with pytest.warns(SiteMismatchWarning, match="applied anyway"):
+        assert not np.allclose(model.transform(other, sites), expected)

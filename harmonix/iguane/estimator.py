@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.utils.validation import check_is_fitted
 
 from harmonix._docs import fill_doc
 from harmonix._version import __version__
-from harmonix.base import BaseHarmonizer
+from harmonix.base import BaseHarmonizer, check_sites
 from harmonix.iguane import _paramdocs  # noqa: F401  (the shared parameter docs)
 from harmonix.iguane.checkpoints import atomic_torch_save, load_torch_file
 from harmonix.iguane.config import TrainConfig, size_triple
@@ -45,6 +46,7 @@ from harmonix.iguane.training import train
 from harmonix.io import ImageCollection, as_collection
 from harmonix.persistence import to_plain
 from harmonix.preprocessing import IGUANE_SHAPE
+from harmonix.site_check import act_on_agreements, agreement_frame, check_policy
 
 __all__ = ["IGUANeHarmonizer", "OutOfDistributionWarning"]
 
@@ -132,7 +134,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
         returns the histogram-matched image. One map per site (from the site's mean
         landmarks), so differences between a site's subjects are kept: pass ``sites`` to
         :meth:`transform` for images of sites unseen in fit (without labels each image
-        is mapped by its own landmarks). See :mod:`harmonix.iguane.normalization`.
+        is mapped by its own landmarks). See :mod:`harmonix.iguane.normalization` and
+        "Site labels" in the Notes.
     max_steps : int, default=None
         Stop after this many steps (warm-up included) and keep the model reached; with
         ``checkpoint_dir`` and ``resume=True`` a later :meth:`fit` goes on from there.
@@ -144,6 +147,15 @@ class IGUANeHarmonizer(BaseHarmonizer):
     ood_threshold : float, default=None
         Distance above which an image is out of distribution; None: 1.5 times the largest
         distance of the held-out and sampled training images, set in :meth:`fit`.
+    site_check : {"refit", "warn", "error"}, default="refit"
+        What :meth:`transform` does with a labelled group whose label names a training
+        site but whose images disagree with that site's stored intensity map (see
+        :meth:`site_agreement` and "Site labels" in the Notes): warn
+        (:class:`~harmonix.exceptions.SiteMismatchWarning`, naming the site and the size
+        of the mismatch) and map the group from its own images as a new site
+        ("refit"), warn and use the stored map anyway ("warn"), or raise
+        :class:`~harmonix.exceptions.SiteMismatchError` ("error"). Groups that agree
+        use the stored map, as without the check.
     scoring : callable, default=None
         ``scoring(harmonize, volumes, sites) -> float`` (higher is better) selects the
         returned generator among the validation checkpoints; None: the default score of
@@ -216,6 +228,24 @@ class IGUANeHarmonizer(BaseHarmonizer):
     profile with the reference site's (it catches another contrast, which the generator
     may change no more than a T1); :meth:`transform` warns about images above
     ``ood_threshold_`` or below ``profile_threshold_`` (see ``ood_action``).
+    :meth:`guard_report` sums both up per labelled group, so a site that is off shows at
+    once.
+
+    **Site labels.** To a fitted model with ``input_normalization="histogram"`` a site
+    label names an intensity map: the images of a training site's label are mapped with
+    the map stored for that site (from its training images), those of any other label
+    with a map fitted on the images of that label in the call, and images without a
+    label each with its own landmarks. A label is only a name: before applying a stored
+    map, :meth:`transform` checks that the group's images agree with it (their mean
+    landmarks against the site's, with the spread of the training images around their
+    site's landmarks as the yardstick and the group size taken into account:
+    :mod:`harmonix.iguane.site_agreement`); a group that disagrees is another scanner
+    with the same name and is handled by ``site_check``. Give new data labels the model
+    did not see in fit unless the images really come from a training site (new scans
+    of a training scanner then get its stored map, bit for bit). A model saved before
+    the check existed has no yardstick and trusts its labels; :meth:`fit_site_check`
+    gives it one from its training images. With ``input_normalization="median"`` labels
+    do not matter to :meth:`transform`.
 
     **Training on a CPU.** :data:`harmonix.iguane.CPU_RECIPE` holds parameters for whole
     4 mm volumes on 2 cores (``IGUANeHarmonizer(reference_site=..., **CPU_RECIPE)``);
@@ -291,6 +321,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         max_steps: int | None = None,
         ood_action: str = "warn",
         ood_threshold: float | None = None,
+        site_check: str = "refit",
         scoring: Any = None,
     ):
         self.reference_site = reference_site
@@ -330,6 +361,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         self.max_steps = max_steps
         self.ood_action = ood_action
         self.ood_threshold = ood_threshold
+        self.site_check = site_check
         self.scoring = scoring
 
     # -- fit -------------------------------------------------------------------------------
@@ -350,6 +382,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         device = resolve_device(self.device)
         input_shape = _check_input_shape(self.input_shape)
         check_ood(self.ood_action, self.ood_threshold)
+        check_policy(self.site_check)
         if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int | np.integer):
             raise ValueError(f"cache_size must be an integer >= 0, got {self.cache_size!r}.")
         histogram = self.input_normalization == "histogram"
@@ -442,11 +475,54 @@ class IGUANeHarmonizer(BaseHarmonizer):
         values = getattr(self, "input_normalization_", None)
         return InputNormalizer() if values is None else InputNormalizer.from_dict(values)
 
+    def _check_metadata(
+        self, sites: np.ndarray | None, ages: np.ndarray | None, prepared: frozenset = frozenset()
+    ) -> None:
+        check_policy(self.site_check)
+
     def _site_statistics(
         self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
     ) -> dict[str, Any]:
-        """Mean landmarks of each site unseen in fit ("histogram" normalization)."""
-        return self._normalizer().pooled_landmarks(sites, lambda i: image_landmarks(imgs[i]))
+        """Per site of ``sites`` ("histogram" normalization): the mean landmarks of a site
+        unseen in fit; for a training site, None (its stored map) once its images passed
+        the site check, or their mean landmarks when they disagree with it and
+        ``site_check="refit"`` (see :meth:`site_agreement`)."""
+        return self._checked_statistics(imgs, sites)[0]
+
+    def _site_check(
+        self, imgs: ImageCollection, sites: np.ndarray | None
+    ) -> tuple[list, Callable[[int], np.ndarray]]:
+        """The site agreements of the training labels, and the images' landmarks (cached)."""
+        cache: dict[int, np.ndarray] = {}
+
+        def landmarks(i: int) -> np.ndarray:
+            if i not in cache:
+                cache[i] = image_landmarks(imgs[i])
+            return cache[i]
+
+        return self._normalizer().check_sites(sites, landmarks), landmarks
+
+    def _checked_statistics(
+        self, imgs: ImageCollection, sites: np.ndarray | None
+    ) -> tuple[dict[str, Any], list]:
+        """:meth:`_site_statistics` after the site check (which may warn or raise), and
+        the agreements."""
+        agreements, landmarks = self._site_check(imgs, sites)
+        new = act_on_agreements(
+            agreements,
+            check_policy(self.site_check),
+            what="intensity map",
+            as_new="its intensity map is fitted from its own images",
+        )
+        pooled = self._normalizer().pooled_landmarks(sites, landmarks, also=new)
+        checked = {a.site for a in agreements}
+        stats: dict[str, Any] = {}
+        for site in dict.fromkeys([] if sites is None else sites.tolist()):
+            if site in pooled:
+                stats[site] = pooled[site]
+            elif site in checked:
+                stats[site] = None  # the stored map, checked
+        return stats, agreements
 
     def _network_inputs(
         self,
@@ -524,8 +600,17 @@ class IGUANeHarmonizer(BaseHarmonizer):
                 if self.ood_action == "fallback"
                 else "check them"
             )
+            by_site = ""
+            if sites is not None:
+                labels, counts = np.unique(sites[flagged], return_counts=True)
+                total = {s: int(np.sum(sites == s)) for s in labels.tolist()}
+                by_site = " by site: " + ", ".join(
+                    f"{s!r} {c} of {total[s]}" for s, c in zip(labels.tolist(), counts)
+                )
+                by_site = f";{by_site}"
             warnings.warn(
-                f"{len(flagged)} of {len(out)} image(s) (indices {flagged[:20]}) lie outside "
+                f"{len(flagged)} of {len(out)} image(s) (indices {flagged[:20]}{by_site}) "
+                "lie outside "
                 f"what the model saw in training: the generator changed them more than "
                 f"{threshold:.2f} times its typical correction on held-out training images, "
                 f"or their regional intensity profile correlates less than "
@@ -559,7 +644,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
             NaN for a model without held-out corrections (e.g. official weights).
         """
         collection, sites = self._fitted_inputs(imgs, sites)
-        return np.array([d for _, _, d, _ in self._harmonize_all(collection, sites)])
+        stats, _ = self._checked_statistics(collection, sites)
+        return np.array([d for _, _, d, _ in self._harmonize_all(collection, sites, stats)])
 
     @fill_doc
     def profile_correlation(self, imgs: Any, sites: Any = None) -> np.ndarray:
@@ -582,12 +668,145 @@ class IGUANeHarmonizer(BaseHarmonizer):
         profile = self._contrast_profile()
         if profile is None:
             return np.full(len(collection), np.nan)
+        stats, _ = self._checked_statistics(collection, sites)
         return np.array(
             [
                 profile.correlation(x, prepared.mask)
-                for prepared, _, x in self._network_inputs(collection, sites)
+                for prepared, _, x in self._network_inputs(collection, sites, stats)
             ]
         )
+
+    def site_agreement(self, imgs: Any, sites: Any) -> pd.DataFrame:
+        """How each labelled group of a training site agrees with the site's stored map.
+
+        The check :meth:`transform` runs before applying a stored intensity map (see
+        ``site_check`` and "Site labels" in the Notes; no warning here, no generator).
+
+        Parameters
+        ----------
+        imgs : 4-D array, list of 3-D arrays, or list of NIfTI paths / images
+            Images as for :meth:`transform`.
+        sites : array-like of shape (n_images,)
+            Their site labels.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per label of a training site among ``sites``: ``site``, ``n_images``,
+            ``statistic`` (of order 1 or below for new images of the same site, whatever
+            their number), ``threshold``, ``agrees`` and ``mismatch`` (in words). Empty
+            for a model with ``input_normalization="median"`` or without the check's
+            yardstick (see :meth:`fit_site_check`).
+        """
+        collection, sites = self._fitted_inputs(imgs, sites)
+        if sites is None:
+            raise ValueError("site_agreement needs the site labels: pass sites=[...].")
+        agreements, _ = self._site_check(collection, sites)
+        return agreement_frame(agreements)
+
+    def guard_report(self, imgs: Any, sites: Any = None) -> pd.DataFrame:
+        """The guard and the site check summed up per labelled group.
+
+        Runs what :meth:`transform` runs (site check included, with its warnings) without
+        returning images, and summarises :meth:`distribution_distance` and
+        :meth:`profile_correlation` per site, so a site that is off shows at once.
+
+        Parameters
+        ----------
+        imgs : 4-D array, list of 3-D arrays, or list of NIfTI paths / images
+            Images as for :meth:`transform`.
+        sites : array-like of shape (n_images,), default=None
+            Site labels; None: one row for all images.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per label, in order of appearance, with columns ``site`` (None
+            without labels), ``n_images``; ``site_map``: how the group is normalized
+            ("stored": the training site's map, "refit": a training label whose images
+            disagree, mapped as a new site, "stored (disagrees)": the same kept by
+            ``site_check="warn"``, "new site": a label unseen in fit, "per image": no
+            label, "median": a median-normalized model); ``agreement`` and
+            ``agreement_threshold`` (the site check's statistic and threshold, NaN where
+            not checked); ``distance_median``, ``distance_max``, ``profile_median``,
+            ``profile_min``; ``n_flagged``: images :meth:`transform` flags.
+        """
+        collection, sites = self._fitted_inputs(imgs, sites)
+        stats, agreements = self._checked_statistics(collection, sites)
+        threshold = getattr(self, "ood_threshold_", float("inf"))
+        min_corr = getattr(self, "profile_threshold_", -float("inf"))
+        scores = np.array([(d, c) for _, _, d, c in self._harmonize_all(collection, sites, stats)])
+        dist, corr = scores.reshape(-1, 2).T
+        flagged = (dist > threshold) | (corr < min_corr)
+        labels = [None] * len(collection) if sites is None else sites.tolist()
+        normalizer = self._normalizer()
+        checked = {a.site: a for a in agreements}
+        rows = []
+        for label in dict.fromkeys(labels):
+            idx = np.array([lab == label for lab in labels])
+            if normalizer.kind == "median":
+                how = "median"
+            elif label is None:
+                how = "per image"
+            elif normalizer.known_landmarks(label) is None:
+                how = "new site"
+            elif stats.get(label) is not None:
+                how = "refit"
+            elif label in checked and not checked[label].agrees:
+                how = "stored (disagrees)"
+            else:
+                how = "stored"
+            agreement = checked.get(label)
+            rows.append(
+                {
+                    "site": label,
+                    "n_images": int(idx.sum()),
+                    "site_map": how,
+                    "agreement": np.nan if agreement is None else agreement.statistic,
+                    "agreement_threshold": np.nan if agreement is None else agreement.threshold,
+                    "distance_median": float(np.median(dist[idx])),
+                    "distance_max": float(np.max(dist[idx])),
+                    "profile_median": float(np.median(corr[idx])),
+                    "profile_min": float(np.min(corr[idx])),
+                    "n_flagged": int(flagged[idx].sum()),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def fit_site_check(self, imgs: Any, sites: Any) -> IGUANeHarmonizer:
+        """Give a model fitted before the site check its yardstick, from its training images.
+
+        :meth:`fit` measures how the training images scatter around their site's
+        landmarks (the yardstick of the site check, see "Site labels" in the Notes); a
+        model saved by an older harmonix lacks it and trusts every label. Passing the
+        images and labels it was fitted on (verified: each site's mean landmarks must
+        equal the stored ones) adds it, as :meth:`fit` would have; the generator and
+        everything else stay as they are. Save the model again to keep it.
+
+        Parameters
+        ----------
+        imgs : 4-D array, list of 3-D arrays, or list of NIfTI paths / images
+            The training images.
+        sites : array-like of shape (n_images,)
+            Their site labels.
+
+        Returns
+        -------
+        self : IGUANeHarmonizer
+
+        Raises
+        ------
+        ValueError
+            If the model does not use ``input_normalization="histogram"``, or the images
+            are not its training images.
+        """
+        check_is_fitted(self)
+        collection = as_collection(imgs)
+        sites = check_sites(sites, len(collection))
+        landmarks = np.stack([image_landmarks(data) for data, _ in self._iter_brains(collection)])
+        normalizer = self._normalizer().with_spread(landmarks, sites)
+        self.input_normalization_ = normalizer.to_dict()
+        return self
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

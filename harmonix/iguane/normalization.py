@@ -16,7 +16,10 @@ shape and erase real differences between subjects (an older brain has more CSF a
 GM, which moves its percentiles); one map per site keeps them. The site landmarks of the
 training sites are stored in the model; for other images the caller's site labels group
 them (:meth:`InputNormalizer.site_landmarks_of`), and an image without a site label uses
-its own landmarks.
+its own landmarks. A group whose label names a training site uses that site's stored map
+only when its images agree with it (:meth:`InputNormalizer.check_sites`, measured with
+the spread of the training images: :mod:`harmonix.iguane.site_agreement`); a label is a
+name, and another scanner may carry it.
 
 :func:`correction_size` measures how much the forward generator changed an image; the
 estimator compares it with the corrections it made on held-out training images to flag
@@ -25,7 +28,8 @@ images unlike those it was trained on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,8 @@ import numpy as np
 from harmonix._labels import as_label, as_labels
 from harmonix.histogram_matching import apply_landmarks, compute_landmarks, standard_scale
 from harmonix.iguane.data import brain_median
+from harmonix.iguane.site_agreement import LandmarkSpread, map_slopes
+from harmonix.site_check import SiteAgreement
 
 __all__ = ["INPUT_NORMALIZATIONS", "InputNormalizer", "correction_size", "image_landmarks"]
 
@@ -63,12 +69,16 @@ class InputNormalizer:
         Training sites whose landmarks are known ("histogram" only).
     site_landmarks : ndarray of shape (n_sites, n_landmarks) or None
         Their landmarks (mean of their training images' landmarks).
+    spread : LandmarkSpread or None
+        How the training images scatter around their site's landmarks: the yardstick of
+        :meth:`check_sites` (None: no check, e.g. a model saved before it existed).
     """
 
     kind: str = "median"
     standard_landmarks: np.ndarray | None = None
     sites: list = field(default_factory=list)
     site_landmarks: np.ndarray | None = None
+    spread: LandmarkSpread | None = None
 
     @classmethod
     def fit(
@@ -97,7 +107,105 @@ class InputNormalizer:
         labels = list(dict.fromkeys(sites.tolist()))
         per_site = np.stack([landmarks[sites == s].mean(axis=0) for s in labels])
         standard = standard_scale(landmarks[sites == reference_site])
-        return cls("histogram", standard, labels, per_site)
+        spread = LandmarkSpread.fit(landmarks, sites, labels, per_site, standard)
+        return cls("histogram", standard, labels, per_site, spread)
+
+    def with_spread(self, landmarks: np.ndarray, sites: np.ndarray) -> InputNormalizer:
+        """This normalization with the site check's yardstick measured on its training images.
+
+        For a model fitted before the check existed: ``landmarks`` and ``sites`` must be
+        those of the images it was fitted on, which is verified (every site's mean
+        landmarks must equal the stored ones).
+
+        Parameters
+        ----------
+        landmarks : ndarray of shape (n_images, n_landmarks)
+        sites : ndarray of shape (n_images,)
+
+        Returns
+        -------
+        InputNormalizer
+
+        Raises
+        ------
+        ValueError
+            If the normalization is not "histogram", or the images are not the training
+            images.
+        """
+        if self.kind != "histogram":
+            raise ValueError("Only a 'histogram' input normalization has per-site maps.")
+        landmarks = np.asarray(landmarks, dtype=np.float64)
+        sites = as_labels(sites)
+        known = as_labels(self.sites).tolist()
+        labels = list(dict.fromkeys(sites.tolist()))
+        if set(labels) != set(known):
+            raise ValueError(
+                f"The images' sites {labels} are not the model's training sites {known}."
+            )
+        for label in labels:
+            mean = landmarks[sites == label].mean(axis=0)
+            if not np.allclose(mean, self.known_landmarks(label), rtol=1e-9, atol=0.0):
+                raise ValueError(
+                    f"The images of site {label!r} are not those the model was fitted on "
+                    "(their mean landmarks differ from the stored ones); pass the training "
+                    "images and their site labels."
+                )
+        spread = LandmarkSpread.fit(
+            landmarks,
+            sites,
+            known,
+            np.asarray(self.site_landmarks, dtype=np.float64),
+            np.asarray(self.standard_landmarks, dtype=np.float64),
+        )
+        return dataclasses.replace(self, spread=spread)
+
+    def check_sites(
+        self, sites: np.ndarray | None, landmarks: Callable[[int], np.ndarray]
+    ) -> list[SiteAgreement]:
+        """How each labelled group of a seen site agrees with the site's stored map.
+
+        Parameters
+        ----------
+        sites : ndarray of str of shape (n_images,) or None
+            Site labels of the images (text, as :func:`harmonix.base.check_sites` gives).
+        landmarks : callable
+            ``landmarks(i)``: the landmarks of image ``i``.
+
+        Returns
+        -------
+        list of SiteAgreement
+            One per label of a training site in ``sites`` (empty for "median", without
+            sites or without a yardstick); the statistic is
+            :meth:`LandmarkSpread.statistic`, the mismatch the root mean square of the
+            group's deviation in percent of the standard brain median.
+        """
+        if self.kind == "median" or sites is None or self.spread is None:
+            return []
+        standard = np.asarray(self.standard_landmarks, dtype=np.float64)
+        median = float(standard[_MEDIAN_LANDMARK])
+        scatter = 100 * float(np.sqrt(np.mean(np.diag(self.spread.covariance)))) / median
+        out = []
+        for j, site in enumerate(as_labels(self.sites).tolist()):
+            idx = np.flatnonzero(sites == site)
+            if not idx.size:
+                continue
+            stored = np.asarray(self.site_landmarks)[j]
+            mean = np.mean([landmarks(int(i)) for i in idx], axis=0)
+            d = map_slopes(stored, standard) * (mean - stored)
+            stat = self.spread.statistic(d, idx.size, self.spread.counts[j])
+            size = 100 * float(np.sqrt(np.mean(d**2))) / median
+            out.append(
+                SiteAgreement(
+                    site,
+                    int(idx.size),
+                    stat,
+                    self.spread.threshold,
+                    f"mapped with the stored intensity map, their mean landmarks land "
+                    f"{size:.1f} % of the brain median away from the reference scale "
+                    f"(training images scatter by {scatter:.1f} %)",
+                )
+            )
+        return out
 
     @property
     def median(self) -> float:
@@ -114,7 +222,10 @@ class InputNormalizer:
         return rows.get(as_label(site))
 
     def pooled_landmarks(
-        self, sites: np.ndarray | None, landmarks: Callable[[int], np.ndarray]
+        self,
+        sites: np.ndarray | None,
+        landmarks: Callable[[int], np.ndarray],
+        also: Collection = (),
     ) -> dict[str, np.ndarray]:
         """The landmarks of each site unseen in fit: the mean over its images.
 
@@ -123,7 +234,10 @@ class InputNormalizer:
         sites : ndarray of str of shape (n_images,) or None
             Site labels of the images (text, as :func:`harmonix.base.check_sites` gives).
         landmarks : callable
-            ``landmarks(i)``: the landmarks of image ``i`` (read only for unseen sites).
+            ``landmarks(i)``: the landmarks of image ``i`` (read only for these sites).
+        also : collection, default=()
+            Labels of training sites to pool too (treated as new sites, see
+            :meth:`check_sites`).
 
         Returns
         -------
@@ -136,14 +250,14 @@ class InputNormalizer:
         return {
             site: np.mean([landmarks(i) for i, s in enumerate(labels) if s == site], axis=0)
             for site in dict.fromkeys(labels)
-            if self.known_landmarks(site) is None
+            if site in also or self.known_landmarks(site) is None
         }
 
     def site_landmarks_of(
         self,
         sites: np.ndarray | None,
         landmarks: Callable[[int], np.ndarray],
-        pooled: dict[str, np.ndarray] | None = None,
+        pooled: dict[str, np.ndarray | None] | None = None,
     ) -> list[np.ndarray | None]:
         """The landmarks to map each image with: its site's, or None (its own).
 
@@ -156,7 +270,9 @@ class InputNormalizer:
             fit and missing from ``pooled``, whose landmarks are the mean over their
             images).
         pooled : dict, default=None
-            Landmarks of unseen sites already computed (:meth:`pooled_landmarks`).
+            Landmarks of sites already computed (:meth:`pooled_landmarks`); None as a
+            value: the site's stored landmarks (a training site that passed
+            :meth:`check_sites`).
 
         Returns
         -------
@@ -172,8 +288,8 @@ class InputNormalizer:
         pooled.update(more)
         out: list[np.ndarray | None] = []
         for site in labels:
-            known = self.known_landmarks(site)
-            out.append(known if known is not None else pooled[site])
+            given = pooled.get(site)
+            out.append(given if given is not None else self.known_landmarks(site))
         return out
 
     def __call__(
@@ -212,6 +328,7 @@ class InputNormalizer:
             "standard_landmarks": None if lm is None else lm.tolist(),
             "sites": [s.item() if isinstance(s, np.generic) else s for s in self.sites],
             "site_landmarks": None if sl is None else np.asarray(sl).tolist(),
+            "site_spread": None if self.spread is None else self.spread.to_dict(),
         }
 
     @classmethod
@@ -223,6 +340,7 @@ class InputNormalizer:
             None if lm is None else np.asarray(lm, dtype=np.float64),
             list(values.get("sites") or []),
             None if sl is None else np.asarray(sl, dtype=np.float64),
+            LandmarkSpread.from_dict(values.get("site_spread")),
         )
 
 

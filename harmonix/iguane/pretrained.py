@@ -4,11 +4,14 @@
 with :data:`harmonix.iguane.CPU_RECIPE` on 4 mm synthetic data: sites ``site0``
 (reference) to ``site3`` of ``make_multisite(n_subjects=8, n_sites=5, resolution=4,
 random_state=0, style="legacy")``, by ``benchmarks/train_demo_model.py`` (seed 0 of
-``benchmarks/bench_iguane_learning.py``), which anyone can re-run to rebuild it. Data sets
-made with another ``random_state`` have other sites and subjects, so there every site is
-one the model never saw (``harmonix demo`` uses seed 1). It is a small model of synthetic
-4 mm data, not the published 1 mm model
-(:meth:`~harmonix.IGUANeHarmonizer.from_keras_weights` loads that one).
+``benchmarks/bench_iguane_learning.py``), which anyone can re-run to rebuild it. In the
+model those sites are labelled ``demo-train-site0`` ... ``demo-train-site3``
+(:data:`DEMO_SITE_PREFIX`), names no user's data carries, so every site label a user
+passes to ``transform`` is new to it: the images of each label get an intensity map of
+their own. Data sets made with another ``random_state`` have other sites and subjects too
+(``harmonix demo`` uses seed 1). It is a small model of synthetic 4 mm data, not the
+published 1 mm model (:meth:`~harmonix.IGUANeHarmonizer.from_keras_weights` loads that
+one).
 """
 
 from __future__ import annotations
@@ -21,14 +24,23 @@ import numpy as np
 from harmonix.base import BaseHarmonizer
 from harmonix.io import ImageCollection
 
-__all__ = ["DEMO_MODEL_PATH", "PretrainedIGUANe", "load_demo_model"]
+__all__ = ["DEMO_MODEL_PATH", "DEMO_SITE_PREFIX", "PretrainedIGUANe", "load_demo_model"]
 
 #: The shipped CPU model (inside the installed package; never downloaded).
 DEMO_MODEL_PATH = Path(__file__).resolve().parent.parent / "data" / "iguane_cpu_demo.pt"
+#: Prefix of the shipped model's training site labels (``demo-train-site0``...).
+DEMO_SITE_PREFIX = "demo-train-"
 
 
 def load_demo_model() -> Any:
     """The shipped 4 mm CPU IGUANe model (a fitted :class:`~harmonix.IGUANeHarmonizer`).
+
+    The model ``harmonix demo`` and the CPU tutorial apply. Its training sites are
+    labelled ``demo-train-site0`` (the reference) to ``demo-train-site3``, so every site
+    of a user's data is new to it, whatever its label (``make_multisite``'s ``site0``...
+    included): :meth:`~harmonix.IGUANeHarmonizer.transform` with ``sites=`` fits one
+    intensity map per label from the images of that label, and without ``sites`` maps
+    each image by its own landmarks.
 
     Returns
     -------
