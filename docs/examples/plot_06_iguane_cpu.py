@@ -166,7 +166,9 @@ with tempfile.TemporaryDirectory() as tmp:
 # on the sites of ``make_multisite(..., random_state=0)``. Here it harmonizes a data set
 # of *other* sites (seed 1), none of which it saw, and is compared with histogram
 # matching fitted on these sites, by traveling-subject SSIM (same subject, two sites,
-# higher is better). The site labels let IGUANe map each site's histogram once.
+# higher is better). The site labels let IGUANe map each site's histogram once: they are
+# new to the model (its training sites are named ``demo-train-site0``...), so each site
+# gets a map fitted from its own images.
 from harmonix import HistogramMatchingHarmonizer
 from harmonix.benchmark import traveling_subject_ssim_score
 from harmonix.benchmark.metrics import robust_range
@@ -190,9 +192,11 @@ for name, out in outputs.items():
 # %%
 # The guard: how far each image lies from what the model saw in training (about 1 for
 # images like its held-out training images; ``transform`` warns above
-# ``ood_threshold_``).
-distance = model.distribution_distance(new.imgs, sites=new.sites)
-print(f"distances {distance.min():.2f}-{distance.max():.2f}, threshold {model.ood_threshold_:.2f}")
+# ``ood_threshold_``) and how its contrast pattern correlates with the reference site's
+# (``transform`` warns below ``profile_threshold_``), summed up per site.
+report = model.guard_report(new.imgs, sites=new.sites)
+print(f"thresholds: distance {model.ood_threshold_:.2f}, profile {model.profile_threshold_:.2f}")
+print(report[["site", "site_map", "distance_max", "profile_min", "n_flagged"]].round(2))
 
 # %%
 # Going further

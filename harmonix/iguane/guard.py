@@ -23,7 +23,8 @@ images):
 
 An image is flagged when its correction size exceeds ``ood_threshold_`` or its profile
 correlation falls below ``profile_threshold_``; both thresholds widen the range seen in
-calibration by :data:`GUARD_MARGIN`.
+calibration by :data:`GUARD_MARGIN`. :meth:`IGUANeHarmonizer.guard_report` sums both up
+per labelled group of images.
 """
 
 from __future__ import annotations
