@@ -322,10 +322,14 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         Most methods harmonize each image on its own and return ``{}``. Methods that pool
         the images of a site at transform time return one entry per such site: ComBat
         with ``unseen_site="fit"`` (the new sites' ``gamma``/``delta``) and IGUANe with
-        ``input_normalization="histogram"`` (the new sites' mean landmarks). Passing the
-        result to :meth:`transform` (``site_statistics=``) harmonizes any subset of these
-        images exactly as one call on all of them, holding one image at a time:
-        :func:`harmonix.batch.transform_files` and ``harmonix transform`` work that way.
+        ``input_normalization="histogram"`` (the new sites' mean landmarks). Methods that
+        store per-site parameters also return the outcome of their site check for each
+        training label (``site_check``: None when the stored parameters apply, the
+        group's own statistics when it is treated as a new site), so the check sees the
+        whole group once. Passing the result to :meth:`transform` (``site_statistics=``)
+        harmonizes any subset of these images exactly as one call on all of them, holding
+        one image at a time: :func:`harmonix.batch.transform_files` and ``harmonix
+        transform`` work that way.
 
         Parameters
         ----------

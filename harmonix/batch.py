@@ -181,7 +181,9 @@ def transform_files(
     is checked before anything is written. A file whose voxels turn out unreadable
     (truncated) or invalid (NaN) stops the call at that file: the outputs written
     before it are complete files, the failing one is not written, and no temporary file
-    is left.
+    is left. The same holds for a site group that fails the model's site check with
+    ``site_check="error"`` (or ComBat's default, which handles it as an unseen site):
+    the check reads the group's voxels, so it runs when the group's turn comes.
     """
     paths = [Path(p) for p in paths]
     for name, values in (

@@ -419,3 +419,20 @@ def test_site_check_streams_one_image_at_a_time_like_one_call(demo, other_data):
             for i in range(len(ds.imgs))
         ]
     np.testing.assert_array_equal(np.stack(ones), everything)
+
+
+def test_combat_site_check_streams_one_image_at_a_time_like_one_call(combat_data):
+    (imgs, sites, ages), _, (other, other_sites, other_ages) = combat_data
+    cb = ComBatHarmonizer(unseen_site="fit").fit(imgs, sites, ages)
+    with pytest.warns(SiteMismatchWarning):
+        everything = cb.transform(other, other_sites, other_ages)
+    with pytest.warns(SiteMismatchWarning, match="'s0'"):
+        stats = cb.site_statistics(other, other_sites, other_ages)
+    assert isinstance(stats["s0"], tuple) and stats["s1"] is None  # refit / stored
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SiteMismatchWarning)
+        ones = [
+            cb.transform(other[[i]], other_sites[[i]], other_ages[[i]], site_statistics=stats)[0]
+            for i in range(len(other))
+        ]
+    np.testing.assert_allclose(np.stack(ones), everything, rtol=0, atol=1e-4)
