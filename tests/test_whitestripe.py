@@ -208,3 +208,24 @@ def test_three_voxel_brain_gives_a_clear_error_without_nan_warnings():
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="stripe holds 0 voxel"):
             whitestripe_stats(img)
+
+
+def test_whitestripe_does_not_depend_on_how_voxels_are_stored():
+    """The same scans flipped left-right, or stored in Fortran order (as NIfTI data), give
+    the same statistics and outputs (before: up to 0.3 % mean relative difference, max
+    7.5, from a subsample of every 8th voxel in memory order)."""
+    from harmonix import make_multisite
+
+    ds = make_multisite(n_subjects=3, n_sites=3, resolution=4, random_state=2)
+    imgs, sites = ds.imgs, ds.sites
+    ws = WhiteStripeHarmonizer().fit(imgs, sites)
+    out = ws.transform(imgs)
+    flipped = imgs[:, ::-1].copy()
+    np.testing.assert_allclose(ws.transform(flipped)[:, ::-1], out, rtol=1e-6, atol=1e-4)
+    fortran = [np.asfortranarray(img) for img in imgs]
+    np.testing.assert_allclose(np.stack(ws.transform(fortran)), out, rtol=1e-6, atol=1e-4)
+    refit = WhiteStripeHarmonizer().fit(flipped, sites)
+    assert refit.reference_mean_ == pytest.approx(ws.reference_mean_, rel=1e-9)
+    assert refit.reference_std_ == pytest.approx(ws.reference_std_, rel=1e-9)
+    for img in imgs[:3]:
+        assert whitestripe_stats(img[::-1, ::-1]) == pytest.approx(whitestripe_stats(img), 1e-9)
