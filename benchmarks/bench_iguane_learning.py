@@ -209,6 +209,7 @@ def fitted_from(generator: Generator3D, params: dict, ds, reference_median: floa
     est.n_images_ = 0
     est.mask_ = None
     est.image_shape_ = None
+    est.input_shape_ = None
     est.reference_median_ = reference_median
     est.history_ = {}
     return est
@@ -302,7 +303,13 @@ def run_seed(seed: int, args: argparse.Namespace, params: dict) -> dict:
         rows["curve"].append(start_point(ds, ds_b, score, params))
     total = params["warmup_steps"] + params["n_epochs"] * params["steps_per_epoch"]
     est = IGUANeHarmonizer(
-        **{**params, "random_state": seed, "device": "cpu", "val_fraction": 0.1}
+        **{
+            **params,
+            "random_state": seed,
+            "device": "cpu",
+            "val_fraction": 0.1,
+            "voxel_size": ds.resolution,
+        }
     )
     with tempfile.TemporaryDirectory() as tmp:
         est.set_params(checkpoint_dir=tmp, resume=True)

@@ -129,6 +129,7 @@ def main() -> None:
         identity_init=not args.glorot_init,
         val_fraction=0.25,
         val_every=args.val_every,
+        voxel_size=ds.resolution,
         device="cpu",
         random_state=args.seed,
         verbose=1,

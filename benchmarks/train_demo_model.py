@@ -24,6 +24,10 @@ with the plain names (``site0`` -> ``demo-train-site0``...), gives it the yardst
 site check that ``fit`` now measures
 (:meth:`~harmonix.IGUANeHarmonizer.fit_site_check`, from the same training images), and
 saves it again; the weights and every other value stay as they are (seconds).
+``--add-grid`` does not train either: it gives a model saved before models recorded their
+training grid the grid that ``fit(..., voxel_size=4)`` now records (4 mm voxels, the
+training shape, the training images' median brain size) and the ``voxel_size`` parameter,
+and saves it again; the weights are unchanged.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from bench_iguane_learning import Scorer
 
 from harmonix import IGUANeHarmonizer
 from harmonix.datasets import make_multisite
+from harmonix.grids import check_voxel_size, describe_grid, training_grid
 from harmonix.iguane import CPU_RECIPE
 from harmonix.iguane.pretrained import DEMO_MODEL_PATH, DEMO_SITE_PREFIX
+from harmonix.io import as_collection
 
 SEED = 0
 UNSEEN = "site4"
@@ -67,6 +73,7 @@ def main() -> None:
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--add-profile-guard", action="store_true")
     p.add_argument("--rename-sites", action="store_true")
+    p.add_argument("--add-grid", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ds = make_multisite(n_subjects=8, n_sites=5, resolution=4, random_state=SEED, style="legacy")
@@ -86,9 +93,13 @@ def main() -> None:
         est.save(Path(args.out))
         print(f"profile threshold {est.profile_threshold_:.3f}; wrote {args.out}")
         return
+    if args.add_grid:
+        add_grid(args.out, ds.imgs[train], ds.resolution)
+        return
     est = IGUANeHarmonizer(
         reference_site=DEMO_SITE_PREFIX + "site0",
         **CPU_RECIPE,
+        voxel_size=ds.resolution,
         random_state=SEED,
         device="cpu",
         verbose=1,
@@ -103,6 +114,27 @@ def main() -> None:
         f"fitted in {time.perf_counter() - start:.0f} s (best step "
         f"{est.history_['best_step']}); wrote {args.out}"
     )
+
+
+def add_grid(path: str, imgs: np.ndarray, resolution: float) -> None:
+    """Record on the model at ``path`` the grid ``fit(imgs, ..., voxel_size=resolution)``
+    records now, and save it again (weights unchanged)."""
+    est = IGUANeHarmonizer.load(path)
+    before = {k: v.clone() for k, v in est.generator_.state_dict().items()}
+    est.set_params(voxel_size=resolution)
+    grid = training_grid(
+        as_collection(imgs),
+        check=est._grid_check,
+        action="error",
+        owner=type(est).__name__,
+        voxel_size=check_voxel_size(resolution),
+    )
+    grid["brain_voxels"] = float(np.median([np.count_nonzero(img) for img in imgs]))
+    est.grid_ = grid
+    est.save(Path(path))
+    after = IGUANeHarmonizer.load(path).generator_.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "weights changed"
+    print(f"grid: {describe_grid(grid)}, {grid['brain_voxels']:.0f} brain voxels; wrote {path}")
 
 
 if __name__ == "__main__":

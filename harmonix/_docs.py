@@ -72,9 +72,24 @@ affine_ : ndarray of shape (4, 4) or None
     With a ``mask``: the voxel-to-world affine of the NIfTI training images (or of a
     NIfTI mask); NIfTI images with another affine are refused. None otherwise."""
 
+docdict["grid_"] = """\
+grid_ : dict
+    The training images' grid: ``voxel_size`` (mm), ``shape``, ``affine``,
+    ``orientation`` (axis codes) and ``brain_voxels``, each None where not known or not
+    shared by every training image (see :mod:`harmonix.grids`)."""
+
 docdict["reference_attributes"] = "\n".join(
-    docdict[key] for key in ("reference_site_", "sites_", "n_images_", "mask_", "affine_")
+    docdict[key] for key in ("reference_site_", "sites_", "n_images_", "mask_", "affine_", "grid_")
 )
+
+docdict["grid_mismatch"] = """\
+grid_mismatch : {"error", "warn", "ignore"}, default="error"
+    What :meth:`transform` does with images whose voxel size or orientation differs from
+    the training images' (``grid_``, see :mod:`harmonix.grids`): raise a ValueError,
+    warn (:class:`~harmonix.exceptions.GridMismatchWarning`) and harmonize them anyway,
+    or harmonize them silently. :meth:`fit` treats training images that differ among
+    themselves alike. Read at transform time: ``set_params(grid_mismatch="warn")`` on a
+    fitted model applies at once."""
 
 _BLOCK = re.compile(r"^([ \t]*)%\((\w+)\)s[ \t]*$", re.MULTILINE)
 _INLINE = re.compile(r"%\((\w+)\)s")

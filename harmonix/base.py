@@ -8,7 +8,8 @@ and returns results in the form the input had.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from os import PathLike
 from typing import Any, ClassVar
 
@@ -16,11 +17,27 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from harmonix import grids
 from harmonix._docs import fill_doc
 from harmonix._labels import check_label, check_sites
+from harmonix.exceptions import BackgroundWarning
+from harmonix.grids import describe_affine, same_affine
 from harmonix.io import ImageCollection, as_collection, load_img
 
-__all__ = ["BaseHarmonizer", "IdentityHarmonizer", "check_sites", "check_ages"]
+__all__ = [
+    "BRAIN_FILL_LIMIT",
+    "BaseHarmonizer",
+    "IdentityHarmonizer",
+    "brain_values",
+    "check_ages",
+    "check_background",
+    "check_sites",
+]
+
+#: A "brain" (non-zero voxels) filling more than this fraction of its volume means that
+#: the background is not 0 (a skull-stripped brain fills 20-30 % of a 1 mm MNI volume,
+#: about half of its own bounding box).
+BRAIN_FILL_LIMIT = 0.9
 
 
 def check_ages(ages: Any, n_images: int) -> np.ndarray | None:
@@ -50,6 +67,51 @@ def check_ages(ages: Any, n_images: int) -> np.ndarray | None:
     return arr
 
 
+def check_background(
+    fractions: Sequence[tuple[int, float]],
+    *,
+    mask_advice: bool = False,
+    stacklevel: int = 3,
+) -> None:
+    """Warn about images whose brain fills more than :data:`BRAIN_FILL_LIMIT` of the volume.
+
+    The one background rule of harmonix: the background is the voxels equal to 0 (and,
+    for methods with a ``mask``, those outside it). A background of small non-zero values
+    (1e-6, -1e-3, noise left by interpolation or by an unmasked scan) is then brain:
+    harmonized like tissue, it shifts every intensity statistic the methods learn
+    (landmarks, white-matter stripe, voxel means) and comes out as non-zero intensities.
+    Nothing can tell such a background from tissue in general, so harmonix warns
+    (:class:`~harmonix.exceptions.BackgroundWarning`) when the brain fills nearly the whole
+    volume, which a skull-stripped brain never does.
+
+    Parameters
+    ----------
+    fractions : sequence of (int, float)
+        Image index and the fraction of its voxels that are brain; only those above
+        :data:`BRAIN_FILL_LIMIT` are reported.
+    mask_advice : bool, default=False
+        Also suggest the estimator's ``mask`` parameter.
+    stacklevel : int, default=3
+        Of the warning.
+    """
+    flagged = [(i, f) for i, f in fractions if f > BRAIN_FILL_LIMIT]
+    if not flagged:
+        return
+    which = f"In {len(flagged)} image(s) (indices {[i for i, _ in flagged[:20]]})"
+    most = max(f for _, f in flagged)
+    warnings.warn(
+        f"{which}, the non-zero voxels fill more than {BRAIN_FILL_LIMIT:.0%} of the volume "
+        f"(up to {most:.0%}): harmonix takes the voxels equal to 0 as background, so a "
+        "background that is not exactly 0 (1e-6, -1e-3, noise) is harmonized as brain and "
+        "shifts every intensity statistic. Set the background to exactly 0 (e.g. "
+        "img[np.abs(img) < threshold] = 0, or img * brain_mask)"
+        + (", or pass mask=<brain mask>" if mask_advice else "")
+        + ".",
+        BackgroundWarning,
+        stacklevel=stacklevel,
+    )
+
+
 @fill_doc
 def brain_values(
     data: np.ndarray, brain: np.ndarray | None = None
@@ -73,6 +135,12 @@ def brain_values(
     ------
     ValueError
         If the shapes differ or the image has no brain voxel.
+
+    Notes
+    -----
+    Without ``brain``, the brain is the non-zero voxels: a background that is not exactly
+    0 counts as brain. The estimators warn about it (:func:`check_background`); these
+    per-image functions, often given bare voxel values, do not.
     """
     data = np.asarray(data)
     if data.dtype != np.float64:
@@ -96,31 +164,6 @@ def _given_statistics(value: Any) -> dict[str, Any]:
             f"{type(value).__name__}."
         )
     return {check_label(k, "a site_statistics key"): v for k, v in value.items()}
-
-
-#: Two affines are the same grid when every entry agrees within this fraction of a voxel.
-_AFFINE_ATOL = 0.01
-
-
-def _same_affine(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two voxel-to-world affines describe the same grid (every entry within
-    ``_AFFINE_ATOL`` of the smaller voxel size)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    voxel = float(
-        min(np.linalg.norm(a[:3, :3], axis=0).min(), np.linalg.norm(b[:3, :3], axis=0).min())
-    )
-    return bool(np.all(np.abs(a - b) <= _AFFINE_ATOL * voxel))
-
-
-def _describe_affine(affine: np.ndarray) -> str:
-    import nibabel as nib
-
-    sizes = np.linalg.norm(affine[:3, :3], axis=0)
-    try:
-        codes = "".join(nib.aff2axcodes(affine))
-    except Exception:  # a degenerate affine has no axis codes
-        codes = "?"
-    return f"orientation {codes}, voxels {'x'.join(f'{v:g}' for v in sizes)} mm"
 
 
 def _as_mask(mask: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -152,18 +195,18 @@ def _training_affine(coll: ImageCollection, mask_affine: np.ndarray | None) -> n
     affine = coll.affine(0)
     for i in range(1, len(coll) if affine is not None else 0):
         other = coll.affine(i)
-        if not _same_affine(other, affine):
+        if not same_affine(other, affine):
             raise ValueError(
                 f"{coll.describe(i)} has another affine than {coll.describe(0)} "
-                f"({_describe_affine(other)}, not {_describe_affine(affine)}) although "
+                f"({describe_affine(other)}, not {describe_affine(affine)}) although "
                 "their shapes agree: a voxel-wise model needs every image on one grid, the "
                 "same voxel at the same place. Resample them onto one grid (e.g. "
                 "nilearn.image.resample_to_img) or fix their headers."
             )
-    if mask_affine is not None and affine is not None and not _same_affine(mask_affine, affine):
+    if mask_affine is not None and affine is not None and not same_affine(mask_affine, affine):
         raise ValueError(
-            f"The mask's affine ({_describe_affine(mask_affine)}) differs from the images' "
-            f"({_describe_affine(affine)}): resample the mask onto the images' grid."
+            f"The mask's affine ({describe_affine(mask_affine)}) differs from the images' "
+            f"({describe_affine(affine)}): resample the mask onto the images' grid."
         )
     return affine if affine is not None else mask_affine
 
@@ -183,11 +226,27 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
     Notes
     -----
     Background voxels (``== 0``, or outside ``mask`` when the estimator has one) stay 0
-    in every output. Inputs are never modified in place.
+    in every output; images whose non-zero voxels fill nearly the whole volume get a
+    :class:`~harmonix.exceptions.BackgroundWarning` (:func:`check_background`). Inputs are
+    never modified in place.
+
+    Every fit records the training images' grid in ``grid_`` (:mod:`harmonix.grids`);
+    :meth:`check_grid` compares new images with it.
+
+    ``transform`` uses fitted attributes only, except the parameters named in
+    ``_transform_params`` (policies and computing options, such as ComBat's
+    ``unseen_site``): ``set_params`` after ``fit`` changes nothing else until the next
+    ``fit``.
     """
 
     #: transform needs images on the grid seen in fit (e.g. voxel-wise ComBat).
     _fixed_shape: ClassVar[bool] = False
+    #: what transform compares with the training grid besides the affine of voxel-wise
+    #: methods: "none" or "voxel" (voxel size and orientation; see :mod:`harmonix.grids`).
+    _grid_check: ClassVar[str] = "none"
+    #: parameters that transform reads (policies and computing options); every other
+    #: parameter acts through fit only.
+    _transform_params: ClassVar[tuple[str, ...]] = ()
     #: transform needs ``sites``.
     _needs_sites: ClassVar[bool] = False
     #: ``reference_site=None`` picks the site with the most training images; when False
@@ -235,6 +294,13 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         if self._fixed_shape or mask is not None:
             grid_affine = _training_affine(coll, mask_affine)
         reference = self._check_reference(labels, counts)
+        self.grid_ = grids.training_grid(
+            coll,
+            check=self._grid_check,
+            action=self._grid_action(),
+            owner=type(self).__name__,
+            voxel_size=grids.check_voxel_size(getattr(self, "voxel_size", None)),
+        )
         self.mask_ = mask
         self.affine_ = grid_affine
         self.sites_ = labels
@@ -294,12 +360,19 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
     def check_grid(self, imgs: Any) -> None:
         """Compare the images' headers with the training grid, before any work.
 
-        Voxel-wise methods (ComBat, or any method given a ``mask``) record the affine of
-        their NIfTI training images (or of a NIfTI mask) in ``affine_``; a NIfTI image
-        with another affine is refused even when its shape agrees (the same scan stored
-        with its axes swapped, for instance). Arrays carry no affine and are checked by
-        their shape only. :meth:`transform` calls it first, and
-        :func:`harmonix.batch.transform_files` before writing anything.
+        :meth:`transform` calls it first, and :func:`harmonix.batch.transform_files` before
+        writing anything. Only headers are read:
+
+        - voxel-wise methods (ComBat, or any method given a ``mask``) record the affine of
+          their NIfTI training images (or of a NIfTI mask) in ``affine_``; a NIfTI image
+          with another affine is refused even when its shape agrees (the same scan stored
+          with its axes swapped, for instance). Arrays carry no affine and are checked by
+          their shape only;
+        - methods specific to a voxel size (IGUANe, ``_grid_check = "voxel"``) compare
+          voxel sizes and orientations with ``grid_``, as ``grid_mismatch`` says; arrays
+          are checked while they are harmonized, by their number of brain voxels (see
+          :mod:`harmonix.grids`);
+        - histogram matching and WhiteStripe accept any grid.
 
         Parameters
         ----------
@@ -308,13 +381,34 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         Raises
         ------
         ValueError
-            If an image's affine differs from ``affine_``.
+            If an image's affine differs from ``affine_``, or its voxel size or
+            orientation from ``grid_`` while ``grid_mismatch`` is ``"error"``.
+
+        Warns
+        -----
+        GridMismatchWarning
+            On a voxel size or orientation mismatch, when ``grid_mismatch`` is ``"warn"``.
         """
         check_is_fitted(self)
         coll = as_collection(imgs)
         if getattr(self, "affine_", None) is not None:
             for i in range(len(coll)):
                 self._check_affine(coll, i)
+        fitted = getattr(self, "grid_", None)
+        if fitted is None:  # a model saved before grids were recorded
+            return
+        grids.report_mismatches(
+            grids.grid_problems(fitted, coll, self._grid_check),
+            what=f"the grid {type(self).__name__} was fitted on",
+            owner=type(self).__name__,
+            fitted=fitted,
+            action=self._grid_action(),
+            stacklevel=4,
+        )
+
+    def _grid_action(self) -> str:
+        """``grid_mismatch`` checked ("error" for methods without the parameter)."""
+        return grids.check_grid_action(getattr(self, "grid_mismatch", "error"))
 
     def site_statistics(self, imgs: Any, sites: Any, ages: Any = None) -> dict[str, Any]:
         """The per-site statistics :meth:`transform` derives from all the images of a site.
@@ -463,6 +557,30 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         return load_estimator(path, expected=cls)
 
     # -- helpers for subclasses ------------------------------------------------------------
+    def _complete_loaded(self) -> None:
+        """Fill in the fitted attributes that a file saved by an older harmonix lacks.
+
+        Called by the loaders after setting the stored attributes. Subclasses add the
+        attributes they introduced (from the stored parameters, which are those of the
+        fit). A model without a recorded grid cannot check new images against it: methods
+        that check grids say so once, here.
+        """
+        checks = self._grid_check != "none" or self._fixed_shape
+        if not hasattr(self, "grid_") and checks:
+            warnings.warn(
+                f"This {type(self).__name__} was saved by harmonix "
+                f"{getattr(self, '_saved_version', 'unknown')}, before models recorded the "
+                "grid (voxel size, orientation, affine) of their training images: transform "
+                "cannot check that new images match it. Refit it, or make sure they do.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "sites_" in state:  # a fitted model, maybe pickled by an older harmonix
+            self._complete_loaded()
+
     def _forget_fit(self) -> None:
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
             delattr(self, attr)
@@ -510,22 +628,65 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         """Refuse an image whose affine differs from the training grid's (``affine_``)."""
         fitted = getattr(self, "affine_", None)
         affine = imgs.affine(index) if fitted is not None else None
-        if affine is not None and not _same_affine(affine, fitted):
+        if affine is not None and not same_affine(affine, fitted):
             raise ValueError(
                 f"{imgs.describe(index)} has another affine (voxel-to-world matrix) than "
-                f"the training images: {_describe_affine(affine)}, not "
-                f"{_describe_affine(np.asarray(fitted))}. {type(self).__name__} models each "
+                f"the training images: {describe_affine(affine)}, not "
+                f"{describe_affine(np.asarray(fitted))}. {type(self).__name__} models each "
                 "voxel of the training grid, so the same voxel must be the same place: "
                 "resample the image onto the training grid (e.g. "
                 "nilearn.image.resample_to_img) or fix its header."
             )
 
     def _iter_brains(self, imgs: ImageCollection) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(data, brain)`` for each image, loading files one at a time."""
+        """Yield ``(data, brain)`` for each image, loading files one at a time.
+
+        Images whose brain fills nearly the whole volume are reported
+        (:func:`check_background`): the first at once (the method may fail on it), all of
+        them together after the last image; with a ``"voxel"`` grid check, images of
+        unknown voxel size whose brain has far more or fewer voxels than the training
+        images' are grid mismatches (:func:`harmonix.grids.brain_voxels_problem`), unless
+        their background is the problem.
+        """
+        mask = getattr(self, "mask_", None)
+        fitted = getattr(self, "grid_", None)
+        extent = None
+        if self._grid_check == "voxel" and fitted is not None and fitted.get("brain_voxels"):
+            known = fitted.get("voxel_size") is not None and imgs.kind == "nifti"
+            extent = None if known else fitted
+        filled, problems = [], []
+        mask_advice = "mask" in self.get_params(deep=False)
         for i in range(len(imgs)):
             self._check_affine(imgs, i)
             data = imgs[i]
-            yield data, self._brain(data, i)
+            brain = self._brain(data, i)
+            n_brain = np.count_nonzero(brain)
+            fill = n_brain / brain.size if mask is None else 0.0
+            if fill > BRAIN_FILL_LIMIT:
+                if not filled:
+                    check_background([(i, fill)], mask_advice=mask_advice, stacklevel=4)
+                filled.append((i, fill))
+            # a background that is not 0 makes the brain's size meaningless: say that instead
+            check_size = extent is not None and fill <= BRAIN_FILL_LIMIT
+            why = grids.brain_voxels_problem(extent, n_brain) if check_size else None
+            if why is not None:
+                problems.append((imgs.describe(i), why))
+                if self._grid_action() == "error":
+                    self._report_extent(problems, fitted)
+            yield data, brain
+        if len(filled) > 1:
+            check_background(filled, mask_advice=mask_advice, stacklevel=4)
+        self._report_extent(problems, fitted)
+
+    def _report_extent(self, problems: list[tuple[str, str]], fitted: dict | None) -> None:
+        grids.report_mismatches(
+            problems,
+            what=f"the grid {type(self).__name__} was fitted on",
+            owner=type(self).__name__,
+            fitted=fitted or {},
+            action=self._grid_action(),
+            stacklevel=5,
+        )
 
     def _reference_values(self, imgs: ImageCollection, sites: np.ndarray) -> Iterator[np.ndarray]:
         """Yield the brain voxel values of each ``reference_site_`` image; every image of
@@ -586,12 +747,14 @@ class IdentityHarmonizer(BaseHarmonizer):
     %(sites_)s
     %(n_images_)s
     %(affine_)s
+    %(grid_)s
 
     Examples
     --------
     >>> import numpy as np
     >>> from harmonix import IdentityHarmonizer
-    >>> imgs = np.ones((2, 4, 4, 4), dtype=np.float32)
+    >>> imgs = np.zeros((2, 4, 4, 4), dtype=np.float32)  # background 0
+    >>> imgs[:, 1:3, 1:3, 1:3] = 1.0  # the "brains"
     >>> IdentityHarmonizer().fit(imgs, ["a", "b"]).transform(imgs).shape
     (2, 4, 4, 4)
     """

@@ -172,18 +172,20 @@ def transform_files(
         replace an input (a :class:`FileExistsError`).
     ValueError
         If an input's header is not a 3-D NIfTI one, or the sites or ages do not suit the
-        model (e.g. sites unseen by ComBat), or an image fails while harmonized.
+        model (e.g. sites unseen by ComBat), or an input's grid does not (another voxel
+        size for IGUANe, another affine for ComBat: see :mod:`harmonix.grids`), or an
+        image fails while harmonized.
 
     Notes
     -----
     Everything that can be checked cheaply -- inputs exist, their headers are readable
-    3-D NIfTI headers, the sites and ages suit the model, every destination is free --
-    is checked before anything is written. A file whose voxels turn out unreadable
-    (truncated) or invalid (NaN) stops the call at that file: the outputs written
-    before it are complete files, the failing one is not written, and no temporary file
-    is left. The same holds for a site group that fails the model's site check with
-    ``site_check="error"`` (or ComBat's default, which handles it as an unseen site):
-    the check reads the group's voxels, so it runs when the group's turn comes.
+    3-D NIfTI headers on a grid the model accepts, the sites and ages suit the model,
+    every destination is free -- is checked before anything is written. A file whose
+    voxels turn out unreadable (truncated) or invalid (NaN) stops the call at that file:
+    the outputs written before it are complete files, the failing one is not written, and
+    no temporary file is left. The same holds for a site group that fails the model's site
+    check with ``site_check="error"`` (or ComBat's default, which handles it as an unseen
+    site): the check reads the group's voxels, so it runs when the group's turn comes.
     """
     paths = [Path(p) for p in paths]
     for name, values in (
@@ -205,7 +207,7 @@ def transform_files(
     for src in paths:  # headers only: cheap, and catches non-NIfTI and 4-D files
         load_img(src)
     check_grid = getattr(model, "check_grid", None)
-    if check_grid is not None:  # e.g. ComBat: every image on the training grid
+    if check_grid is not None:  # headers only: affines (ComBat), voxel sizes (IGUANe)
         check_grid([str(p) for p in paths])
     if outputs is None:
         outputs = output_paths(paths, out_dir, suffix)

@@ -282,6 +282,11 @@ def _cmd_transform(args: argparse.Namespace) -> int:
     from harmonix.exceptions import OutputExistsError
 
     model = load_model(args.model)
+    if args.grid_mismatch is not None:
+        if "grid_mismatch" in model.get_params():
+            model.set_params(grid_mismatch=args.grid_mismatch)
+        else:
+            logger.info("%s accepts images of any grid", type(model).__name__)
     if args.manifest:
         man = _read_manifest(args.manifest)
         paths, sites, ages = man.paths, list(man.sites), man.ages
@@ -624,6 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--overwrite-inputs", action="store_true", help="allow an output to replace its input file"
+    )
+    p.add_argument(
+        "--grid-mismatch",
+        choices=["error", "warn", "ignore"],
+        help="images whose voxel size or orientation differs from the training images' "
+        "(IGUANe): refuse them (the model's default), warn, or go on",
     )
     p.set_defaults(func=_cmd_transform)
 

@@ -217,6 +217,9 @@ class ComBatHarmonizer(BaseHarmonizer):
         EB iterations per site (0 where not run).
     n_degenerate_ : int
         Voxels of ``voxel_mask_`` with zero pooled variance (left unchanged).
+    empirical_bayes_ : bool
+        ``empirical_bayes`` at fit; ``unseen_site="fit"`` uses it at transform time.
+    %(grid_)s
 
     See Also
     --------
@@ -254,6 +257,10 @@ class ComBatHarmonizer(BaseHarmonizer):
     (boundary voxels have the least reliable maps). Voxels of ``voxel_mask_`` keep
     neuroHarmonize's numbers.
 
+    **Parameters read by transform.** ``unseen_site`` is a policy of :meth:`transform`
+    (like scikit-learn's ``handle_unknown``): changing it with ``set_params`` after fit
+    applies at once. Every other parameter acts through fit.
+
     Transforming is per image and needs the site labels (and ages when fitted with ages;
     ages given to a model fitted without them are ignored), so any subset of the training
     sites, or a single image, gives the same result as the full batch. With
@@ -285,12 +292,14 @@ class ComBatHarmonizer(BaseHarmonizer):
     >>> imgs = (100 + rng.normal(size=(8, 4, 4, 4))).astype(np.float32)
     >>> sites = ["a"] * 4 + ["b"] * 4
     >>> imgs[4:] = 1.5 * imgs[4:] + 20
+    >>> imgs[:, 0] = 0  # background
     >>> out = ComBatHarmonizer().fit_transform(imgs, sites)
     >>> out.shape
     (8, 4, 4, 4)
     """
 
     _fixed_shape: ClassVar[bool] = True
+    _transform_params: ClassVar[tuple[str, ...]] = ("unseen_site",)
     _needs_sites: ClassVar[bool] = True
     # None means "no reference batch" (pooled grand mean), not the largest site.
     _none_is_largest_site: ClassVar[bool] = False
@@ -362,6 +371,11 @@ class ComBatHarmonizer(BaseHarmonizer):
         return frame[list(self.covariates_)]
 
     # -- fit -----------------------------------------------------------------------------
+    def _complete_loaded(self) -> None:
+        super()._complete_loaded()
+        if not hasattr(self, "empirical_bayes_"):  # an older file
+            self.empirical_bayes_ = bool(self.empirical_bayes)
+
     def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
         self._check_params()
         df = self._spline_df()
@@ -436,6 +450,7 @@ class ComBatHarmonizer(BaseHarmonizer):
         )
         self.n_iter_ = np.asarray(n_iter, dtype=np.int64)
         self.n_degenerate_ = int(stats.degenerate.sum())
+        self.empirical_bayes_ = bool(self.empirical_bayes)
 
     def _load_voxels(self, imgs: ImageCollection) -> np.ndarray:
         """Stack the common-mask voxels of all images, loading each image once.
@@ -854,7 +869,7 @@ class ComBatHarmonizer(BaseHarmonizer):
             g_hat, ss = mean[ok], m2[ok]
             d_hat = ss / (n_ok - 1)
             g_star, d_star = g_hat, np.where(d_hat > 0, d_hat, 1.0)
-            if self.empirical_bayes and ok.sum() >= 2:
+            if self.empirical_bayes_ and ok.sum() >= 2:
                 pri = cm.eb_priors(g_hat, d_hat)
                 if all(np.isfinite(pri)) and pri[1] >= 0 and pri[3] > 0:
                     g_star, d_star, _ = cm.empirical_bayes(g_hat, g_hat, ss, n_ok, pri)

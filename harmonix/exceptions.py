@@ -1,11 +1,18 @@
-"""Exceptions and warnings that callers may want to catch by type."""
+"""Exceptions and warnings that callers may want to catch or filter by type."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["OutputExistsError", "SiteMismatchError", "SiteMismatchWarning", "UnseenSiteError"]
+__all__ = [
+    "BackgroundWarning",
+    "GridMismatchWarning",
+    "OutputExistsError",
+    "SiteMismatchError",
+    "SiteMismatchWarning",
+    "UnseenSiteError",
+]
 
 
 class UnseenSiteError(ValueError):
@@ -61,3 +68,20 @@ class SiteMismatchWarning(UserWarning):
 
 class SiteMismatchError(ValueError):
     """Like :class:`SiteMismatchWarning`, raised with ``site_check="error"``."""
+
+
+class GridMismatchWarning(UserWarning):
+    """Images whose voxel size or orientation differs from the training grid.
+
+    Issued instead of a :class:`ValueError` when an estimator's ``grid_mismatch`` is
+    ``"warn"`` (see :mod:`harmonix.grids`).
+    """
+
+
+class BackgroundWarning(UserWarning):
+    """Images whose "brain" (non-zero voxels) fills nearly the whole volume.
+
+    harmonix takes the voxels equal to 0 as background; a background of small non-zero
+    values (1e-6, -1e-3, noise) is then harmonized as if it were tissue and shifts every
+    intensity statistic of the brain. See :func:`harmonix.base.check_background`.
+    """

@@ -210,6 +210,9 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
     ----------
     standard_landmarks_ : ndarray of float64 of shape (n_percentiles,)
         Intensity each landmark is mapped to, on the reference site's scale.
+    percentiles_ : ndarray of float64 of shape (n_percentiles,)
+        The landmark percentiles used, copied from ``percentiles`` at fit (transform uses
+        these, so ``set_params`` after fit changes nothing until the next fit).
     %(reference_attributes)s
 
     Notes
@@ -226,6 +229,10 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
     :func:`apply_landmarks`). Tied landmarks are separated as described in
     :func:`compute_landmarks`, so no slope divides by zero.
 
+    Grid: landmarks are percentiles of the brain's intensities, which do not depend on
+    the voxel size, shape or orientation, so images of any grid are harmonized alike;
+    the training grid is recorded (``grid_``) but never checked.
+
     Examples
     --------
     >>> import numpy as np
@@ -233,6 +240,7 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
     >>> rng = np.random.default_rng(0)
     >>> imgs = rng.uniform(1, 100, size=(4, 8, 8, 8)).astype(np.float32)
     >>> imgs[2:] = 2 * imgs[:2] + 50  # the same two images, seen at site "b"
+    >>> imgs[:, :3] = 0  # background
     >>> hm = HistogramMatchingHarmonizer(reference_site="a")
     >>> out = hm.fit(imgs, ["a", "a", "b", "b"]).transform(imgs)
     >>> bool(np.allclose(out[2], out[0], rtol=1e-3))  # same image, now on site a's scale
@@ -249,20 +257,21 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
         self.percentiles = percentiles
         self.mask = mask
 
+    def _complete_loaded(self) -> None:
+        super()._complete_loaded()
+        if not hasattr(self, "percentiles_"):  # an older file
+            self.percentiles_ = _check_percentiles(self.percentiles)
+
     def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
         q = _check_percentiles(self.percentiles)
         ref_landmarks = [_landmarks_of(v, q) for v in self._reference_values(imgs, sites)]
         self.standard_landmarks_ = standard_scale(np.stack(ref_landmarks))
+        self.percentiles_ = q
 
     def _transform_one(
         self, data: np.ndarray, brain: np.ndarray, site: Any, age: float | None
     ) -> np.ndarray:
-        q = np.asarray(self.percentiles, dtype=np.float64)
-        if q.shape != self.standard_landmarks_.shape:
-            raise ValueError(
-                f"percentiles has {q.size} values but the harmonizer was fitted with "
-                f"{self.standard_landmarks_.size}; refit after changing percentiles."
-            )
         values = data[brain]
-        mapped = _map_values(values, _landmarks_of(values, q), self.standard_landmarks_)
+        landmarks = _landmarks_of(values, self.percentiles_)
+        mapped = _map_values(values, landmarks, self.standard_landmarks_)
         return scatter_brain(mapped, brain)

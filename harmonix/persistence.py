@@ -206,6 +206,7 @@ def load_estimator(path: str | os.PathLike, expected: type | None = None) -> Any
         if key.startswith(_ARRAY_PREFIX):
             setattr(est, key[len(_ARRAY_PREFIX) :], value)
     est._saved_version = meta["version"]
+    est._complete_loaded()
     return est
 
 

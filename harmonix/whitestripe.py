@@ -200,6 +200,9 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
         Mean over the reference site's images of their stripe means.
     reference_std_ : float
         Mean over the reference site's images of their stripe standard deviations.
+    width_ : float
+        The stripe half-width used, copied from ``width`` at fit (transform uses it, so
+        ``set_params`` after fit changes nothing until the next fit).
     %(reference_attributes)s
 
     Notes
@@ -236,6 +239,10 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
     WhiteStripe assumes T1 contrast; apply it to skull-stripped images, ideally after bias
     field correction.
 
+    Grid: the stripe is found from the brain's intensity histogram, which does not depend
+    on the voxel size, shape, orientation or storage order, so images of any grid are
+    harmonized alike; the training grid is recorded (``grid_``) but never checked.
+
     Examples
     --------
     >>> import numpy as np
@@ -243,7 +250,9 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
     >>> rng = np.random.default_rng(0)
     >>> wm = rng.normal(100, 5, 6000)  # a "T1": GM around 60, WM around 100
     >>> img = np.concatenate([rng.normal(60, 8, 6000), wm]).reshape(20, 20, 30)
-    >>> imgs = np.stack([img, 3 * img + 20]).astype(np.float32)  # site "b": other scale
+    >>> img = np.pad(img, 5)  # background 0 around the "brain"
+    >>> other = np.where(img != 0, 3 * img + 20, 0)  # site "b": another scale
+    >>> imgs = np.stack([img, other]).astype(np.float32)
     >>> ws = WhiteStripeHarmonizer(reference_site="a").fit(imgs, ["a", "b"])
     >>> out = ws.transform(imgs)
     >>> bool(np.allclose(out[1], out[0], atol=1e-3))
@@ -255,18 +264,24 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
         self.width = width
         self.mask = mask
 
+    def _complete_loaded(self) -> None:
+        super()._complete_loaded()
+        if not hasattr(self, "width_"):  # an older file
+            self.width_ = _check_width(self.width)
+
     def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
         width = _check_width(self.width)
         stats = [_stripe_stats(v, width) for v in self._reference_values(imgs, sites)]
         means, stds, _ = zip(*stats)
         self.reference_mean_ = float(np.mean(means))
         self.reference_std_ = float(np.mean(stds))
+        self.width_ = width
 
     def _transform_one(
         self, data: np.ndarray, brain: np.ndarray, site: Any, age: float | None
     ) -> np.ndarray:
         values = data[brain]
-        mu, sigma, _ = _stripe_stats(values, float(self.width))
+        mu, sigma, _ = _stripe_stats(values, self.width_)
         gain = self.reference_std_ / sigma
         dtype = np.float64 if values.dtype == np.float64 else np.float32
         out = values * dtype(gain)  # out = (x - mu) / sigma * sigma_ref + mu_ref

@@ -54,6 +54,7 @@ FAST_PARAMS: dict[str, dict] = {
         "steps_per_epoch": 1,
         "base_width": 2,
         "random_state": 0,
+        "voxel_size": 2.0,  # the tiny images' (and their NIfTI files'): shift_mm needs it
     },
 }
 

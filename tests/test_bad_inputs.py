@@ -14,6 +14,7 @@ Python: the error's type and message, nothing written.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import hashlib
@@ -34,6 +35,7 @@ from sklearn.exceptions import NotFittedError
 
 from harmonix import bids as hbids
 from harmonix.cli import main
+from harmonix.exceptions import BackgroundWarning
 from harmonix.persistence import load_model
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -52,6 +54,7 @@ class Expect:
     error: type[Exception] | None = None
     match: str = ""
     check: Callable[[Any, Data], None] | None = None
+    warns: type[Warning] | None = None  # the documented result comes with this warning
 
 
 def raises(error: type[Exception], match: str) -> Callable[[type], Expect]:
@@ -210,12 +213,68 @@ def _shape_differs(cls: type) -> Expect:
     return Expect(ValueError, "resample") if cls._fixed_shape else harmonized(cls)
 
 
+def _background(value: Any) -> Callable[[Data, Path], Data]:
+    """The background (voxels == 0) replaced by ``value``, or by small noise."""
+
+    def build(d: Data, tmp: Path) -> Data:
+        imgs = d.imgs.copy()
+        zero = imgs == 0
+        if value == "noise":
+            noise = np.random.default_rng(0).normal(0, 1e-3, int(zero.sum()))
+            imgs[zero] = noise.astype(np.float32)
+        else:
+            imgs[zero] = value
+        return d._replace(imgs=imgs)
+
+    return build
+
+
+def _background_warning(cls: type) -> Expect:
+    return Expect(check=_check_output, warns=BackgroundWarning)
+
+
+def _negative_background(cls: type) -> Expect:
+    """A warning; IGUANe, which scales by the brain median, also refuses a negative one."""
+    if cls.__name__ == "IGUANeHarmonizer":
+        return Expect(ValueError, "positive intensities", warns=BackgroundWarning)
+    return _background_warning(cls)
+
+
+def _files_at(voxels: Callable[[int], float]) -> Callable[[Data, Path], Data]:
+    """All images as files, image ``i`` with voxels of ``voxels(i)`` mm."""
+
+    def build(d: Data, tmp: Path) -> Data:
+        paths = []
+        for i, img in enumerate(d.imgs):
+            path = tmp / f"vox{i}.nii.gz"
+            nib.save(nib.Nifti1Image(img, np.diag([voxels(i)] * 3 + [1.0])), path)
+            paths.append(str(path))
+        return d._replace(imgs=paths)
+
+    return build
+
+
+def _finer_arrays(d: Data, tmp: Path) -> Data:
+    """The images at half the voxel size (each voxel split in 8): 8 times more brain voxels."""
+    return d._replace(imgs=d.imgs.repeat(2, axis=1).repeat(2, axis=2).repeat(2, axis=3))
+
+
+def _grid_checked(match: str) -> Callable[[type], Expect]:
+    """Refused by methods that check the voxel size (IGUANe), else the documented result."""
+    return lambda cls: Expect(ValueError, match) if cls._grid_check == "voxel" else harmonized(cls)
+
+
 def _unseen_site(cls: type) -> Expect:
     return Expect(ValueError, "not seen in fit") if cls._needs_sites else harmonized(cls)
 
 
 def _voxel_wise_refuses(cls: type) -> Expect:
-    return Expect(ValueError, "another affine") if cls._fixed_shape else harmonized(cls)
+    """Voxel-wise methods refuse another affine, a network another orientation."""
+    if cls._fixed_shape:
+        return Expect(ValueError, "another affine")
+    if cls._grid_check == "voxel":
+        return Expect(ValueError, "orientation SAR, not RAS")
+    return harmonized(cls)
 
 
 def _has_param(name: str) -> Callable[[type], bool]:
@@ -355,6 +414,35 @@ ESTIMATOR_CASES = [
         params=_mask_beside,
         applies=_has_param("mask"),
     ),
+    Case("background-1e-6", "fit", _background(1e-6), _background_warning),
+    Case(
+        "arrays-without-voxel-size",
+        "fit",
+        _clean,
+        raises(ValueError, "voxel size is not known"),
+        params={"voxel_size": None},
+        applies=_has_param("voxel_size"),
+    ),
+    Case(
+        "voxel-size-contradicts-headers",
+        "fit",
+        _files_at(lambda i: 2.0),
+        raises(ValueError, "headers"),
+        params={"voxel_size": 4.0},
+        applies=_has_param("voxel_size"),
+    ),
+    Case(
+        "two-voxel-sizes",
+        "fit",
+        _files_at(lambda i: 4.0 if i == 1 else 2.0),
+        lambda cls: (
+            Expect(ValueError, "4 mm")  # voxel_size=2 (FAST_PARAMS) refused too
+            if cls._grid_check == "voxel"
+            else Expect(ValueError, "another affine")
+            if cls._fixed_shape
+            else harmonized(cls)
+        ),
+    ),
     # -- transform -------------------------------------------------------------------------
     Case("nan-voxel", "transform", _with_voxel(np.nan), raises(ValueError, "NaN or infinite")),
     Case(
@@ -391,6 +479,22 @@ ESTIMATOR_CASES = [
     *(
         Case(f"missing-site-{name}", "transform", build, raises(ValueError, _MISSING_SITE))
         for name, build in _MISSING_SITE_BUILDS
+    ),
+    Case("background-noise", "transform", _background("noise"), _background_warning),
+    Case("background--1e-3", "transform", _background(-1e-3), _negative_background),
+    Case(
+        "files-of-another-voxel-size",
+        "transform",
+        _files_at(lambda i: 4.0),
+        _grid_checked("voxels of 4 mm, not 2 mm"),
+    ),
+    Case(
+        "arrays-of-half-the-voxel-size",
+        "transform",
+        _finer_arrays,
+        lambda cls: (
+            _shape_differs(cls) if cls._fixed_shape else _grid_checked("brain voxels")(cls)
+        ),
     ),
     Case(
         "int16-images",
@@ -494,11 +598,18 @@ def test_estimator_bad_input(cls, case, clean, fitted, tmp_path):
             return est.transform(data.imgs, sites=data.sites, ages=data.ages)
 
     if expect.error is not None:
-        with pytest.raises(expect.error, match=expect.match):
+        with (
+            pytest.warns(expect.warns) if expect.warns else contextlib.nullcontext(),
+            pytest.raises(expect.error, match=expect.match),
+        ):
             run()
         if case.stage == "fit":  # a failed fit leaves the estimator unfitted
             with pytest.raises(NotFittedError):
                 est.transform(clean.imgs[:1], sites=clean.sites[:1], ages=clean.ages[:1])
+    elif expect.warns is not None:
+        with pytest.warns(expect.warns):
+            out = run()
+        expect.check(out, data)
     else:
         expect.check(run(), data)
     if case.stage == "transform":  # the model works as before

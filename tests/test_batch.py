@@ -158,3 +158,16 @@ def test_transform_files_to_given_names_with_sidecars(model, tiny_nifti, tmp_pat
     assert written[0].stat().st_mtime_ns == stamp  # kept
     assert json.loads((out / "c/third.json").read_text()) == sidecars[1]
     assert (out / "c/third.nii.gz").is_file()
+
+
+def test_transform_files_checks_every_voxel_size_before_writing(tiny, tiny_nifti, tmp_path):
+    """IGUANe fitted on 2 mm images, and one 4 mm file among 2 mm ones: nothing written."""
+    imgs, sites, ages, _ = tiny
+    paths, _, _, affine = tiny_nifti
+    model = make(IGUANeHarmonizer).fit(imgs, sites, ages)  # voxel_size=2
+    other = tmp_path / "coarse.nii.gz"
+    nib.save(nib.Nifti1Image(imgs[0], affine @ np.diag([2.0, 2.0, 2.0, 1.0])), other)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"coarse.nii.gz' has voxels of 4 mm, not 2 mm"):
+        transform_files(model, [*paths[:3], other], out, verbose=False)
+    assert not out.exists() or not any(out.iterdir())

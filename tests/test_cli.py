@@ -314,3 +314,24 @@ def test_cli_skip_existing_resumes_an_interrupted_transform(dataset_dir, tmp_pat
         np.testing.assert_array_equal(nib.load(p).get_fdata(), complete[p.name])
     assert main([*args, "--skip-existing", "--overwrite"]) == 1
     assert "exclude each other" in capsys.readouterr().err
+
+
+def test_transform_refuses_images_of_another_voxel_size_unless_told(dataset_dir, tmp_path, capsys):
+    """The shipped 4 mm IGUANe model on a file whose header says 2 mm: exit 1 and nothing
+    written; with --grid-mismatch warn the file is harmonized."""
+    from harmonix.iguane.pretrained import DEMO_MODEL_PATH
+
+    src = nib.load(sorted(dataset_dir.rglob("*.nii.gz"))[0])
+    two_mm = tmp_path / "two_mm.nii.gz"
+    nib.save(
+        nib.Nifti1Image(np.asarray(src.dataobj), src.affine @ np.diag([0.5] * 3 + [1])), two_mm
+    )
+    out = tmp_path / "out"
+    argv = ["-q", "transform", "--model", str(DEMO_MODEL_PATH), "--input", str(two_mm)]
+    assert main([*argv, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "voxels of 2 mm, not 4 mm" in err and "--grid-mismatch warn" in err
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.warns(UserWarning, match="voxels of 2 mm"):
+        assert main([*argv, "--out", str(out), "--grid-mismatch", "warn"]) == 0
+    assert len(list(out.glob("*_harmonized.nii.gz"))) == 1

@@ -113,6 +113,86 @@ def fitted(cls, tiny):
     return make(cls).fit(*fit_args(cls, tiny))
 
 
+def _other_value(name, value, tiny, tmp_path):
+    """A valid value of parameter ``name`` other than ``value``."""
+    imgs, sites, ages, _ = tiny
+    mask = np.ones(imgs.shape[1:], dtype=bool)
+    mask[0] = False
+    others = {
+        # every harmonizer
+        "reference_site": sites[-1],
+        "mask": mask,
+        "grid_mismatch": "warn",
+        # HistogramMatchingHarmonizer, WhiteStripeHarmonizer
+        "percentiles": (5, 25, 50, 75, 95),
+        "width": 0.1,
+        # ComBatHarmonizer
+        "empirical_bayes": not value,
+        "smooth_age": 2,
+        "unseen_site": "keep",
+        "chunk_size": 7,
+        # IGUANeHarmonizer
+        "n_epochs": 3,
+        "steps_per_epoch": 5,
+        "base_width": 8,
+        "disc_base_width": 4,
+        "patch_size": 16,
+        "batch_size": 2,
+        "learning_rate": 1e-3,
+        "final_learning_rate": 0.0,
+        "lr_schedule": "constant_then_linear",
+        "beta1": 0.5,
+        "warmup_steps": 3,
+        "cycle_weight": 1.0,
+        "identity_weight": 1.0,
+        "augment": not value,
+        "rotation_degrees": 0.0,
+        "shift_mm": 0.0,
+        "voxel_size": 4.0,
+        "identity_init": not value,
+        "age_bin_width": 10.0,
+        "val_fraction": 0.5,
+        "val_every": 3,
+        "checkpoint_dir": tmp_path / "checkpoints",
+        "checkpoint_every": 3,
+        "resume": not value,
+        "input_shape": (16, 16, 16),
+        "cache_size": 0,
+        "device": "cpu",
+        "mixed_precision": True,
+        "cpu_threads": 1,
+        "random_state": 123,
+        "verbose": 1,
+        "distributed": False,
+        "input_normalization": "histogram",
+        "max_steps": 1,
+        "ood_action": "ignore",
+        "ood_threshold": 1e-3,
+        "scoring": lambda harmonize, volumes, sites: 0.0,
+    }
+    assert name in others, f"add a value of the new parameter {name!r} to this table"
+    return others[name]
+
+
+def test_set_params_after_fit_does_not_change_transform(cls, fitted, tiny, tmp_path):
+    """transform reads fitted attributes only: every parameter set after fit acts at the
+    next fit, except the documented transform-time options (``_transform_params``)."""
+    imgs, sites, ages, _ = tiny
+    kw = transform_kwargs(cls, sites, ages)
+    before = fitted.transform(imgs, **kw)
+    params = fitted.get_params(deep=False)
+    assert set(cls._transform_params) <= set(params)
+    for name in cls._transform_params:  # each documented where the class says so
+        assert f"``{name}``" in cls.__doc__.split("Parameters read by transform")[1][:400]
+    changed = {
+        name: _other_value(name, value, tiny, tmp_path)
+        for name, value in params.items()
+        if name not in cls._transform_params
+    }
+    fitted.set_params(**changed)
+    np.testing.assert_array_equal(fitted.transform(imgs, **kw), before)
+
+
 def test_output_mirrors_ndarray(cls, fitted, tiny):
     imgs, sites, ages, _ = tiny
     original = imgs.copy()

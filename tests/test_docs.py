@@ -99,3 +99,20 @@ def test_fill_doc_indents_like_the_placeholder_and_names_unknown_entries():
             fill_doc(broken)
     finally:
         del docdict["_test_entry"]
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["harmonix.base", "harmonix.histogram_matching", "harmonix.whitestripe", "harmonix.combat"],
+)
+def test_docstring_examples_run_and_have_a_background(module):
+    """The examples users copy run as shown, on images whose background is 0."""
+    import doctest
+    import warnings
+
+    from harmonix.exceptions import BackgroundWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BackgroundWarning)
+        result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -205,9 +205,10 @@ def test_input_is_not_modified():
     assert np.array_equal(imgs, before)
 
 
-def test_changed_percentiles_after_fit_raise():
+def test_percentiles_changed_after_fit_act_at_the_next_fit_only():
     imgs = blob_images(n=2)
     hm = HistogramMatchingHarmonizer().fit(imgs, ["a", "b"])
+    before = hm.transform(imgs)
     hm.set_params(percentiles=(5, 50, 95))
-    with pytest.raises(ValueError, match="refit"):
-        hm.transform(imgs)
+    np.testing.assert_array_equal(hm.transform(imgs), before)  # transform uses percentiles_
+    assert hm.fit(imgs, ["a", "b"]).percentiles_.tolist() == [5, 50, 95]

@@ -14,7 +14,10 @@ from harmonix._version import __version__
 from harmonix.iguane.estimator import IGUANeHarmonizer
 from harmonix.iguane.networks import Generator3D
 
-FAST = dict(n_epochs=1, steps_per_epoch=2, base_width=2, val_every=1, random_state=0)
+# voxel_size: the tiny arrays carry none, and augmentation shifts in mm
+FAST = dict(
+    n_epochs=1, steps_per_epoch=2, base_width=2, val_every=1, random_state=0, voxel_size=1.0
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
     imgs, sites, ages, _ = make_tiny_images(shape=(16, 16, 16))
     IGUANeHarmonizer(n_epochs=1, steps_per_epoch={n}, base_width=2, val_fraction=0.0,
                      checkpoint_dir={ckpt!r}, checkpoint_every=2, random_state=0,
-                     ).fit(imgs, sites, ages)
+                     voxel_size=1.0).fit(imgs, sites, ages)
     """
 )
 
@@ -66,6 +66,7 @@ def test_sigkill_then_resume(tmp_path):
         checkpoint_every=2,
         resume=True,
         random_state=0,
+        voxel_size=1.0,
     ).fit(imgs, sites, ages)
     assert T.load_checkpoint(ckpt)["trainer"]["step"] == N_STEPS
     # the resumed run continued from the checkpoint: the loss history covers every step once

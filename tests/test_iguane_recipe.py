@@ -43,7 +43,8 @@ def _volumes(imgs):
     return [(p.x, p.mask) for p in (D.prepare_volume(x) for x in imgs)]
 
 
-TINY = dict(n_epochs=1, steps_per_epoch=2, base_width=2, val_every=1)
+#: voxel_size: the blob arrays carry none, and augmentation shifts in mm
+TINY = dict(n_epochs=1, steps_per_epoch=2, base_width=2, val_every=1, voxel_size=1.0)
 
 
 # -- schedules, beta1, shifts ----------------------------------------------------------------
@@ -113,19 +114,24 @@ def test_augment_respects_per_axis_shift_bounds():
     assert torch.equal(same, x) and torch.equal(m, mask)
 
 
-def test_estimator_reads_the_voxel_size_from_nifti(tmp_path):
+def test_estimator_reads_the_voxel_size_from_nifti_and_uses_it_for_shifts(tmp_path):
     imgs, sites = _blobs()
     paths = []
     for i, img in enumerate(imgs):
         path = tmp_path / f"{i}.nii.gz"
         nib.save(nib.Nifti1Image(img, np.diag([4.0, 4.0, 4.0, 1.0])), path)
         paths.append(str(path))
-    from harmonix.iguane.estimator import _voxel_size
-    from harmonix.io import as_collection
-
-    assert _voxel_size(None, as_collection(paths)) == (4.0, 4.0, 4.0)
-    assert _voxel_size(None, as_collection(imgs)) == (1.0, 1.0, 1.0)
-    assert _voxel_size(2, as_collection(imgs)) == (2.0, 2.0, 2.0)
+    tiny = {**TINY, "voxel_size": None, "steps_per_epoch": 1}
+    est = IGUANeHarmonizer(**tiny).fit(paths, sites)
+    assert est.grid_["voxel_size"] == [4.0, 4.0, 4.0]
+    est = IGUANeHarmonizer(**{**tiny, "voxel_size": 4}).fit(imgs, sites)
+    assert est.grid_["voxel_size"] == [4.0, 4.0, 4.0]
+    with pytest.raises(ValueError, match="voxel size is not known"):  # arrays: no voxel size
+        IGUANeHarmonizer(**tiny).fit(imgs, sites)
+    with pytest.raises(ValueError, match="headers"):  # NIfTI: the header is the truth
+        IGUANeHarmonizer(**{**tiny, "voxel_size": 2}).fit(paths, sites)
+    no_shift = IGUANeHarmonizer(**{**tiny, "shift_mm": 0}).fit(imgs, sites)
+    assert no_shift.grid_["voxel_size"] is None  # nothing in mm: unknown is fine
     est = IGUANeHarmonizer(shift_mm=5, voxel_size=(4, 4, 2))
     assert est._train_config((4.0, 4.0, 2.0)).max_shift_voxels == (1, 1, 2)
 

@@ -60,6 +60,7 @@ iguane = IGUANeHarmonizer(
     identity_init=True,
     val_fraction=0.2,
     val_every=4,
+    voxel_size=ds.resolution,  # arrays carry no voxel size; augmentation shifts in mm
     device="cpu",
     random_state=0,
 )

@@ -23,6 +23,8 @@ class DataArrays:
     mask: np.ndarray
     reference: Any
     gm_volume: np.ndarray | None = None
+    #: voxel size (mm) from the data set's ``affine``, None without one
+    voxel_size: tuple[float, float, float] | None = None
 
     def true_gm_volumes(self) -> np.ndarray | None:
         """True GM volume of each image: ``dataset.gm_volume``, else the sum of each true
@@ -67,6 +69,10 @@ def dataset_arrays(dataset: Any) -> DataArrays:
         gm_volume = np.asarray(gm_volume, dtype=np.float64)
         if gm_volume.shape != (n,):
             raise ValueError(f"dataset.gm_volume must have one entry per image ({n}).")
+    affine = getattr(dataset, "affine", None)
+    voxel_size = None
+    if affine is not None:
+        voxel_size = tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
     return DataArrays(
         imgs,
         sites,
@@ -77,6 +83,7 @@ def dataset_arrays(dataset: Any) -> DataArrays:
         mask,
         getattr(dataset, "reference_site", None),
         gm_volume,
+        voxel_size,
     )
 
 

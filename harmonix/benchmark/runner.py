@@ -223,7 +223,8 @@ def run_benchmark(
         ``truth_ssim_score``) and ``gm_volume`` or ``gm`` (true GM volumes or maps, for
         ``true_gm_age_correlation``)
         are used when present, ``reference_site`` for the oracle and when choosing the
-        default held-out site.
+        default held-out site; ``affine`` gives the voxel size to harmonizers whose
+        ``voxel_size`` parameter is None (IGUANe: the images are arrays).
     test_sites : label or sequence of labels, default=None
         Sites held out of fit. ``None``: the last site that is not the reference site when
         there are at least 3 sites, else none. ``[]``: no unseen protocol.
@@ -328,6 +329,8 @@ def _run_method(run: MethodRun, estimator: Any) -> None:
         params = est.get_params(deep=False) if hasattr(est, "get_params") else {}
         if "random_state" in params and params["random_state"] is None:
             est.set_params(random_state=plan.method_seed)
+        if params.get("voxel_size", 0) is None and data.voxel_size is not None:
+            est.set_params(voxel_size=data.voxel_size)  # the arrays' voxel size (IGUANe)
         fit_args: tuple[Any, ...] = (data.imgs[plan.train_idx], data.sites[plan.train_idx])
         if data.ages is not None and _accepts(est.fit, "ages"):
             fit_args += (data.ages[plan.train_idx],)

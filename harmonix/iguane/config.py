@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from harmonix._docs import fill_doc
+from harmonix.grids import check_voxel_size
 from harmonix.iguane import _paramdocs  # noqa: F401  (the shared parameter docs)
 from harmonix.iguane.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
 from harmonix.iguane.networks import SIZE_MULTIPLE
@@ -49,8 +50,9 @@ class TrainConfig:
     %(iguane_augment)s
     %(iguane_rotation_degrees)s
     %(iguane_shift_mm)s
-    voxel_size : tuple of 3 float, default=(1, 1, 1)
-        Voxel size of the training volumes in mm (converts ``shift_mm`` to voxels).
+    voxel_size : float, tuple of 3 float or None, default=(1, 1, 1)
+        Voxel size of the training volumes in mm (converts ``shift_mm`` to voxels). None:
+        not known, which is refused while shifts are on (``augment`` and ``shift_mm > 0``).
     %(iguane_identity_init)s
     %(iguane_age_bin_width)s
     %(iguane_val_fraction)s
@@ -81,7 +83,7 @@ class TrainConfig:
     augment: bool = True
     rotation_degrees: float = 10.0
     shift_mm: float = 5.0
-    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    voxel_size: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
     identity_init: bool = False
     age_bin_width: float = 5.0
     val_fraction: float = 0.1
@@ -111,15 +113,15 @@ class TrainConfig:
             )
         for name in ("rotation_degrees", "shift_mm"):
             _check_number(getattr(self, name), name, positive=False)
-        try:
-            voxel = tuple(float(v) for v in self.voxel_size)
-        except TypeError:
-            voxel = ()
-        if len(voxel) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel):
+        object.__setattr__(self, "voxel_size", check_voxel_size(self.voxel_size))
+        if self.voxel_size is None and self.augment and self.shift_mm > 0:
             raise ValueError(
-                f"voxel_size must be 3 positive numbers (mm), got {self.voxel_size!r}."
+                f"shift_mm={self.shift_mm:g} (with augment=True) shifts the images by "
+                "millimetres, but their voxel size is not known: arrays carry none (and "
+                "images of several voxel sizes share none). Pass voxel_size=<mm> (for "
+                "make_multisite data: voxel_size=ds.resolution), or NIfTI images (their "
+                "headers give it), or turn shifts off (shift_mm=0 or augment=False)."
             )
-        object.__setattr__(self, "voxel_size", voxel)
         if self.disc_base_width is not None:
             check_int(self.disc_base_width, "disc_base_width", 1)
         if self.patch_size is not None:
@@ -162,7 +164,7 @@ class TrainConfig:
     @property
     def max_shift_voxels(self) -> tuple[int, int, int]:
         """``shift_mm`` in whole voxels along each axis (0 without augmentation)."""
-        if not self.augment:
+        if not self.augment or self.shift_mm == 0:
             return (0, 0, 0)
         return tuple(int(math.floor(self.shift_mm / v + 1e-9)) for v in self.voxel_size)
 

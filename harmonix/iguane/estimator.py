@@ -93,8 +93,12 @@ class IGUANeHarmonizer(BaseHarmonizer):
     %(iguane_rotation_degrees)s
     %(iguane_shift_mm)s
     voxel_size : float or tuple of 3 float, default=None
-        Voxel size of the images in mm, to convert ``shift_mm`` to voxels. None: read from
-        the first image's NIfTI header, or 1 mm for arrays.
+        Voxel size (mm) of array images, which carry none: recorded in ``grid_`` (so
+        :meth:`transform` can refuse images of another voxel size) and used by every
+        millimetre option (``shift_mm``). NIfTI images take theirs from their headers
+        (a different ``voxel_size`` is refused). Arrays without it have an unknown voxel
+        size, refused while ``shift_mm`` is in use; for
+        :func:`~harmonix.datasets.make_multisite` data pass ``voxel_size=ds.resolution``.
     %(iguane_identity_init)s
     %(iguane_age_bin_width)s
     %(iguane_val_fraction)s
@@ -161,6 +165,10 @@ class IGUANeHarmonizer(BaseHarmonizer):
         returned generator among the validation checkpoints; None: the default score of
         :mod:`harmonix.iguane.selection` (intensity distribution and regional profile
         distance to the reference site). Not saved by :meth:`save`.
+    %(grid_mismatch)s
+        A mismatch is another voxel size (by more than 5 %) or orientation (axis codes);
+        for arrays, whose voxel size is unknown, a brain with more than 2.5 times more or
+        fewer voxels than the training images'. Shapes may differ.
 
     Attributes
     ----------
@@ -193,6 +201,11 @@ class IGUANeHarmonizer(BaseHarmonizer):
     profile_threshold_ : float
         Profile correlation below which :meth:`transform` flags an image:
         ``1 - 1.5 * (1 - min(training_profile_correlations_))``.
+    input_shape_ : tuple of 3 int or None
+        ``input_shape`` at fit, used by :meth:`transform`.
+    %(grid_)s
+        ``voxel_size`` comes from the NIfTI headers or the ``voxel_size`` parameter;
+        ``brain_voxels`` is the training images' median number of brain voxels.
     history_ : dict
         Per-step mean losses over source sites (``loss_discriminator``,
         ``loss_adversarial``, ``loss_cycle``, ``loss_identity``, ``loss_generator``),
@@ -209,6 +222,17 @@ class IGUANeHarmonizer(BaseHarmonizer):
     registered to MNI space at 1 mm and N4-corrected, like the images IGUANe was designed
     for. Each image is median-normalized (brain median 500) and mapped to the network
     scale ``x / 500 - 1`` internally; images of different shapes are allowed.
+
+    **Voxel size.** A network learns structures of a given size in voxels, so a model
+    is specific to the voxel size of its training images (and to their orientation):
+    :meth:`transform` refuses images of another voxel size (``grid_mismatch``), e.g. the
+    shipped 4 mm model (:func:`harmonix.iguane.pretrained.load_demo_model`) on the 1 mm
+    images ``harmonix preprocess`` writes; resample them to the model's voxel size first.
+
+    **Parameters read by transform.** ``ood_action`` and ``grid_mismatch`` (policies),
+    ``device`` and ``mixed_precision`` (how to compute: outputs differ at the level of
+    float rounding, bfloat16's with ``mixed_precision``) apply at once when changed with
+    ``set_params`` after fit. Every other parameter acts through fit.
 
     **Output scale.** The forward generator's output ``y`` is mapped back with
     ``(y + 1) * 500`` (IGUANe's median-500 scale) and then multiplied by
@@ -274,13 +298,21 @@ class IGUANeHarmonizer(BaseHarmonizer):
     >>> from harmonix import IGUANeHarmonizer
     >>> from harmonix.datasets import make_multisite
     >>> ds = make_multisite(n_subjects=4, n_sites=3, resolution=4, random_state=0)
-    >>> h = IGUANeHarmonizer(n_epochs=1, steps_per_epoch=1, base_width=2, random_state=0)
+    >>> h = IGUANeHarmonizer(n_epochs=1, steps_per_epoch=1, base_width=2, random_state=0,
+    ...                      voxel_size=ds.resolution)  # arrays carry no voxel size
     >>> h.fit(ds.imgs, ds.sites, ds.ages).transform(ds.imgs[:1]).shape
     (1, 46, 55, 46)
     """
 
     _needs_sites: ClassVar[bool] = False
     _fixed_shape: ClassVar[bool] = False
+    _grid_check: ClassVar[str] = "voxel"
+    _transform_params: ClassVar[tuple[str, ...]] = (
+        "ood_action",
+        "grid_mismatch",
+        "device",
+        "mixed_precision",
+    )
 
     def __init__(
         self,
@@ -323,6 +355,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         ood_threshold: float | None = None,
         site_check: str = "refit",
         scoring: Any = None,
+        grid_mismatch: str = "error",
     ):
         self.reference_site = reference_site
         self.n_epochs = n_epochs
@@ -363,9 +396,15 @@ class IGUANeHarmonizer(BaseHarmonizer):
         self.ood_threshold = ood_threshold
         self.site_check = site_check
         self.scoring = scoring
+        self.grid_mismatch = grid_mismatch
 
     # -- fit -------------------------------------------------------------------------------
-    def _train_config(self, voxel_size: tuple[float, float, float]) -> TrainConfig:
+    def _complete_loaded(self) -> None:
+        super()._complete_loaded()
+        if not hasattr(self, "input_shape_"):  # saved before transform stopped reading it
+            self.input_shape_ = _check_input_shape(self.input_shape)
+
+    def _train_config(self, voxel_size: tuple[float, float, float] | None) -> TrainConfig:
         """The :class:`TrainConfig` of this estimator's parameters (it validates them)."""
         params = self.get_params(deep=False)
         names = [f.name for f in dataclasses.fields(TrainConfig) if f.name in params]
@@ -378,7 +417,9 @@ class IGUANeHarmonizer(BaseHarmonizer):
         return TrainConfig(**shared)
 
     def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
-        config = self._train_config(_voxel_size(self.voxel_size, imgs))  # validates them
+        # validates them; the voxel size of the grid recorded by fit (headers or voxel_size)
+        voxel = self.grid_["voxel_size"]
+        config = self._train_config(None if voxel is None else tuple(voxel))
         device = resolve_device(self.device)
         input_shape = _check_input_shape(self.input_shape)
         check_ood(self.ood_action, self.ood_threshold)
@@ -388,12 +429,14 @@ class IGUANeHarmonizer(BaseHarmonizer):
         histogram = self.input_normalization == "histogram"
         InputNormalizer.fit(self.input_normalization, None, sites, None)  # validates the kind
         medians = np.empty(len(imgs))
+        n_brain = np.empty(len(imgs))
         landmarks = []
         for i, (data, brain) in enumerate(self._iter_brains(imgs)):
             try:
                 medians[i] = brain_median(data, brain)
             except ValueError as exc:
                 raise ValueError(f"Image {i}: {exc}") from None
+            n_brain[i] = np.count_nonzero(brain)
             if histogram:
                 landmarks.append(image_landmarks(data))
         reference = np.flatnonzero(sites == self.reference_site_)
@@ -432,6 +475,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
             scoring=self.scoring,
         )
         self.generator_ = result.generator
+        self.input_shape_ = input_shape
+        self.grid_["brain_voxels"] = float(np.median(n_brain))
         self.input_normalization_ = normalizer.to_dict()
         self.reference_median_ = float(np.median(medians[reference]))
         self.history_ = {**result.history, "val_indices": list(result.val_indices)}
@@ -533,7 +578,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         """Yield (prepared volume, brain mask, network input with background 0) per image,
         normalized as in :meth:`transform` (``stats``: :meth:`site_statistics` of some
         sites)."""
-        input_shape = _check_input_shape(self.input_shape)
+        input_shape = _check_input_shape(self.input_shape_)
         normalizer = self._normalizer()
         site_lm = normalizer.site_landmarks_of(
             sites, lambda i: image_landmarks(imgs[i]), pooled=stats
@@ -582,7 +627,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         ages: np.ndarray | None,
         stats: dict[str, Any],
     ) -> list[np.ndarray]:
-        check_ood(self.ood_action, self.ood_threshold)
+        check_ood(self.ood_action, None)  # ood_threshold acts through fit (ood_threshold_)
         threshold = getattr(self, "ood_threshold_", float("inf"))
         min_corr = getattr(self, "profile_threshold_", -float("inf"))
         out, flagged = [], []
@@ -881,6 +926,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         est.generator_.load_state_dict(spec["state_dict"])
         est.generator_.eval()
         est._saved_version = payload["version"]
+        est._complete_loaded()
         return est
 
     @classmethod
@@ -933,6 +979,15 @@ class IGUANeHarmonizer(BaseHarmonizer):
         est.n_images_ = 0
         est.mask_ = None
         est.image_shape_ = None
+        est.input_shape_ = _check_input_shape(est.input_shape)
+        # the published model: 1 mm MNI images (orientation and brain size not published)
+        est.grid_ = {
+            "voxel_size": [1.0, 1.0, 1.0],
+            "shape": None,
+            "affine": None,
+            "orientation": None,
+            "brain_voxels": None,
+        }
         est.reference_median_ = float(reference_median)
         est.history_ = {}
         return est
@@ -950,17 +1005,6 @@ def _forward(
     x, mask = volume
     x = np.where(mask, x, np.float32(0.0))
     return x, harmonize_volume(generator, x, amp_dtype=amp_dtype), mask
-
-
-def _voxel_size(value: Any, imgs: ImageCollection) -> tuple[float, float, float]:
-    """``voxel_size`` as 3 floats: given, from the first NIfTI header, or 1 mm."""
-    if value is None:
-        if imgs.kind == "nifti":
-            return tuple(float(z) for z in imgs.nifti(0).header.get_zooms()[:3])
-        return (1.0, 1.0, 1.0)
-    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
-        return (float(value),) * 3
-    return value  # TrainConfig checks it
 
 
 def _check_input_shape(shape: Any) -> tuple[int, int, int] | None:

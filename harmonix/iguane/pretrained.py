@@ -78,6 +78,11 @@ class PretrainedIGUANe(BaseHarmonizer):
     reference_site : hashable, default=None
         Only checked against the sites passed to :meth:`fit` (the model keeps its own
         target appearance).
+    grid_mismatch : {"error", "warn", "ignore"}, default="error"
+        What :meth:`fit` and :meth:`transform` do with images whose grid differs from the
+        model's training grid (``model_.grid_``: another voxel size or orientation, see
+        :class:`~harmonix.IGUANeHarmonizer`): raise a ValueError, warn, or go on. The
+        shipped model is a 4 mm model. Read at transform time.
 
     Attributes
     ----------
@@ -87,20 +92,31 @@ class PretrainedIGUANe(BaseHarmonizer):
 
     _needs_sites: ClassVar[bool] = False
     _fixed_shape: ClassVar[bool] = False
+    _transform_params: ClassVar[tuple[str, ...]] = ("grid_mismatch",)
 
-    def __init__(self, model_path: Any = None, reference_site: Any = None):
+    def __init__(
+        self, model_path: Any = None, reference_site: Any = None, grid_mismatch: str = "error"
+    ):
         self.model_path = model_path
         self.reference_site = reference_site
+        self.grid_mismatch = grid_mismatch
+
+    def _model(self) -> Any:
+        """``model_`` with this wrapper's ``grid_mismatch``."""
+        return self.model_.set_params(grid_mismatch=self._grid_action())
 
     def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
         from harmonix.iguane.estimator import IGUANeHarmonizer
 
-        for _ in self._iter_brains(imgs):  # validates every image
-            pass
         if self.model_path is None:
-            self.model_ = load_demo_model()
+            model = load_demo_model()
         else:
-            self.model_ = IGUANeHarmonizer.load(self.model_path)
+            model = IGUANeHarmonizer.load(self.model_path)
+        self.model_ = model
+        model = self._model()
+        model.check_grid(imgs)  # the model's voxel size and orientation
+        for _ in model._iter_brains(imgs):  # validates every image (and its brain's size)
+            pass
 
     def _site_statistics(
         self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
@@ -118,7 +134,9 @@ class PretrainedIGUANe(BaseHarmonizer):
         # the caller's sites are never the model's training sites, even when their labels
         # coincide ("site1" of another data set): keep them apart from the stored ones
         new_stats = {_NEW + key: value for key, value in stats.items()}
-        return self.model_._transform(imgs, _as_new(sites), ages, new_stats)
+        model = self._model()
+        model.check_grid(imgs)
+        return model._transform(imgs, _as_new(sites), ages, new_stats)
 
 
 #: Prefix that keeps the caller's site labels apart from the model's training sites.

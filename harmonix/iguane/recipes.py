@@ -8,7 +8,8 @@ experiments of ``benchmarks/bench_iguane_learning.py`` (results in
 
     from harmonix import IGUANeHarmonizer
     from harmonix.iguane import CPU_RECIPE
-    h = IGUANeHarmonizer(reference_site="site0", **CPU_RECIPE).fit(imgs, sites, ages)
+    h = IGUANeHarmonizer(reference_site="site0", **CPU_RECIPE, voxel_size=4)
+    h.fit(imgs, sites, ages)  # 4 mm arrays (NIfTI images give their voxel size)
 
 A 4 mm CPU model is a small model of the data it was trained on, not the published 1 mm
 model (load that one with :meth:`IGUANeHarmonizer.from_keras_weights`).
