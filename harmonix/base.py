@@ -21,7 +21,6 @@ from harmonix import grids
 from harmonix._docs import fill_doc
 from harmonix._labels import check_label, check_sites
 from harmonix.exceptions import BackgroundWarning
-from harmonix.grids import describe_affine, same_affine
 from harmonix.io import ImageCollection, as_collection, load_img
 
 __all__ = [
@@ -184,33 +183,6 @@ def _as_mask(mask: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
     return arr, affine
 
 
-def _training_affine(coll: ImageCollection, mask_affine: np.ndarray | None) -> np.ndarray | None:
-    """The affine the training images (NIfTI) and the mask (a NIfTI file) share, or None.
-
-    Raises
-    ------
-    ValueError
-        If two training images, or the mask and the images, have different affines.
-    """
-    affine = coll.affine(0)
-    for i in range(1, len(coll) if affine is not None else 0):
-        other = coll.affine(i)
-        if not same_affine(other, affine):
-            raise ValueError(
-                f"{coll.describe(i)} has another affine than {coll.describe(0)} "
-                f"({describe_affine(other)}, not {describe_affine(affine)}) although "
-                "their shapes agree: a voxel-wise model needs every image on one grid, the "
-                "same voxel at the same place. Resample them onto one grid (e.g. "
-                "nilearn.image.resample_to_img) or fix their headers."
-            )
-    if mask_affine is not None and affine is not None and not same_affine(mask_affine, affine):
-        raise ValueError(
-            f"The mask's affine ({describe_affine(mask_affine)}) differs from the images' "
-            f"({describe_affine(affine)}): resample the mask onto the images' grid."
-        )
-    return affine if affine is not None else mask_affine
-
-
 class BaseHarmonizer(TransformerMixin, BaseEstimator):
     """Base class of all harmonizers: validation, background and output handling.
 
@@ -282,27 +254,23 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             )
         mask, mask_affine = _as_mask(getattr(self, "mask", None))
         shape = coll.shape(0)
-        if self._fixed_shape or mask is not None:
-            expected = mask.shape if mask is not None else shape
-            for i in range(len(coll)):
-                if coll.shape(i) != expected:
-                    raise ValueError(
-                        f"Image {i} has shape {coll.shape(i)} but {expected} was expected: "
-                        "resample all images (and the mask) to one grid."
-                    )
-        grid_affine = None
-        if self._fixed_shape or mask is not None:
-            grid_affine = _training_affine(coll, mask_affine)
-        reference = self._check_reference(labels, counts)
-        self.grid_ = grids.training_grid(
+        voxelwise = self._fixed_shape or mask is not None
+        grid = grids.training_grid(
             coll,
             check=self._grid_check,
             action=self._grid_action(),
             owner=type(self).__name__,
             voxel_size=grids.check_voxel_size(getattr(self, "voxel_size", None)),
+            voxelwise=voxelwise,
+            mask_shape=None if mask is None else mask.shape,
+            mask_affine=mask_affine,
         )
+        reference = self._check_reference(labels, counts)
+        self.grid_ = grid
         self.mask_ = mask
-        self.affine_ = grid_affine
+        self.affine_ = (
+            np.asarray(grid["affine"]) if voxelwise and grid["affine"] is not None else None
+        )
         self.sites_ = labels
         self.n_images_ = len(coll)
         self.image_shape_ = shape if self._fixed_shape else None
@@ -626,17 +594,7 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
 
     def _check_affine(self, imgs: ImageCollection, index: int) -> None:
         """Refuse an image whose affine differs from the training grid's (``affine_``)."""
-        fitted = getattr(self, "affine_", None)
-        affine = imgs.affine(index) if fitted is not None else None
-        if affine is not None and not same_affine(affine, fitted):
-            raise ValueError(
-                f"{imgs.describe(index)} has another affine (voxel-to-world matrix) than "
-                f"the training images: {describe_affine(affine)}, not "
-                f"{describe_affine(np.asarray(fitted))}. {type(self).__name__} models each "
-                "voxel of the training grid, so the same voxel must be the same place: "
-                "resample the image onto the training grid (e.g. "
-                "nilearn.image.resample_to_img) or fix its header."
-            )
+        grids.check_affine(getattr(self, "affine_", None), imgs, index, type(self).__name__)
 
     def _iter_brains(self, imgs: ImageCollection) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(data, brain)`` for each image, loading files one at a time.

@@ -22,8 +22,10 @@ What a model does with its grid depends on the method:
   ``grid_mismatch`` parameter says (:data:`GRID_ACTIONS`);
 - voxel-wise methods (ComBat, or any method given a ``mask``) need the training grid
   itself: the same shape, and for NIfTI images the same affine (``affine_``; every entry
-  within :data:`AFFINE_ATOL` of a voxel, :func:`same_affine`), always refused otherwise
-  (:meth:`harmonix.BaseHarmonizer.check_grid`).
+  within :data:`AFFINE_ATOL` of a voxel, :func:`same_affine`), always refused otherwise:
+  in fit between the training images and with a NIfTI mask (:func:`training_grid`), in
+  transform for each new image (:func:`check_affine`, called by
+  :meth:`harmonix.BaseHarmonizer.check_grid` and while images are read).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "GRID_CHECKS",
     "VOXEL_SIZE_RTOL",
     "brain_voxels_problem",
+    "check_affine",
     "check_grid_action",
     "check_voxel_size",
     "describe_affine",
@@ -289,6 +292,83 @@ def describe_grid(grid: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _voxelwise_affine(
+    imgs: ImageCollection,
+    grids: Sequence[dict[str, Any]],
+    mask_shape: tuple[int, ...] | None,
+    mask_affine: np.ndarray | None,
+) -> np.ndarray | None:
+    """Check that the training images of a voxel-wise model (and its mask) share one grid.
+
+    Returns
+    -------
+    ndarray of shape (4, 4) or None
+        The affine the NIfTI images (or the NIfTI mask) share; None for arrays without a
+        NIfTI mask.
+
+    Raises
+    ------
+    ValueError
+        If an image's shape differs from the first image's (or the mask's), or two
+        images, or the mask and the images, have different affines.
+    """
+    expected = tuple(mask_shape) if mask_shape is not None else grids[0]["shape"]
+    for i, grid in enumerate(grids):
+        if grid["shape"] != expected:
+            raise ValueError(
+                f"Image {i} has shape {grid['shape']} but {expected} was expected: "
+                "resample all images (and the mask) to one grid."
+            )
+    affine = grids[0]["affine"]
+    for i in range(1, len(grids) if affine is not None else 0):
+        other = grids[i]["affine"]
+        if not same_affine(other, affine):
+            raise ValueError(
+                f"{imgs.describe(i)} has another affine than {imgs.describe(0)} "
+                f"({describe_affine(other)}, not {describe_affine(affine)}) although "
+                "their shapes agree: a voxel-wise model needs every image on one grid, the "
+                "same voxel at the same place. Resample them onto one grid (e.g. "
+                "nilearn.image.resample_to_img) or fix their headers."
+            )
+    if mask_affine is not None and affine is not None and not same_affine(mask_affine, affine):
+        raise ValueError(
+            f"The mask's affine ({describe_affine(mask_affine)}) differs from the images' "
+            f"({describe_affine(affine)}): resample the mask onto the images' grid."
+        )
+    return affine if affine is not None else mask_affine
+
+
+def check_affine(fitted: np.ndarray | None, imgs: ImageCollection, index: int, owner: str) -> None:
+    """Refuse an image whose affine differs from a voxel-wise model's (``affine_``).
+
+    Parameters
+    ----------
+    fitted : ndarray of shape (4, 4) or None
+        The model's ``affine_``; None (arrays, or a method that is not voxel-wise) checks
+        nothing.
+    imgs : ImageCollection
+    index : int
+        The image checked; arrays have no affine and pass.
+    owner : str
+        The estimator's class name, for the message.
+
+    Raises
+    ------
+    ValueError
+        If the image is NIfTI and its affine is not :func:`same_affine` as ``fitted``.
+    """
+    affine = imgs.affine(index) if fitted is not None else None
+    if affine is not None and not same_affine(affine, fitted):
+        raise ValueError(
+            f"{imgs.describe(index)} has another affine (voxel-to-world matrix) than "
+            f"the training images: {describe_affine(affine)}, not "
+            f"{describe_affine(np.asarray(fitted))}. {owner} models each "
+            "voxel of the training grid, so the same voxel must be the same place: "
+            "resample the image onto the training grid (e.g. "
+            "nilearn.image.resample_to_img) or fix its header."
+        )
+
+
 def training_grid(
     imgs: ImageCollection,
     *,
@@ -296,6 +376,9 @@ def training_grid(
     action: str,
     owner: str,
     voxel_size: tuple[float, float, float] | None = None,
+    voxelwise: bool = False,
+    mask_shape: tuple[int, ...] | None = None,
+    mask_affine: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Read the grid the training images share (headers only) and check they share one.
 
@@ -305,14 +388,21 @@ def training_grid(
         The training images.
     check : {"none", "voxel"}
         What the method compares (see the module docstring); training images that differ
-        in it are reported as ``action`` says (their affines: see
-        :meth:`harmonix.BaseHarmonizer.fit`).
+        in it are reported as ``action`` says.
     action : {"error", "warn", "ignore"}
     owner : str
         The estimator's class name, for messages.
     voxel_size : tuple of 3 float, optional
         The ``voxel_size`` parameter: the voxel size of array images. NIfTI images take
         theirs from their headers, and a different ``voxel_size`` raises a ValueError.
+    voxelwise : bool, default=False
+        A voxel-wise model (ComBat, or a method given a mask): every image must have the
+        shape of the first (or of the mask) and, for NIfTI images, its affine (and the
+        mask's, when it is a NIfTI file); any difference raises a ValueError.
+    mask_shape : tuple of int, optional
+        The shape of the ``mask`` parameter.
+    mask_affine : ndarray of shape (4, 4), optional
+        The affine of the ``mask`` parameter, when it is a NIfTI file or image.
 
     Returns
     -------
@@ -320,10 +410,14 @@ def training_grid(
         The fitted ``grid_``: ``voxel_size`` (list of 3 float), ``shape`` (list of 3
         int), ``affine`` (4x4 nested list) and ``orientation`` (str), each None when not
         known or not shared by every training image, and ``brain_voxels`` (None; methods
-        that check it fill it in).
+        that check it fill it in). A voxel-wise model's ``affine`` is that of its NIfTI
+        images, or of its NIfTI mask when the images are arrays.
     """
     grids = [image_grid(imgs, i, voxel_size) for i in range(len(imgs))]
     first = grids[0]
+    shared = None
+    if voxelwise:
+        shared = _voxelwise_affine(imgs, grids, mask_shape, mask_affine)
     if imgs.kind == "nifti" and voxel_size is not None:
         wrong = [
             i for i, g in enumerate(grids) if not _same_voxel_size(voxel_size, g["voxel_size"])
@@ -353,6 +447,8 @@ def training_grid(
             fitted["affine"] = None
         if fitted["orientation"] != grid["orientation"]:
             fitted["orientation"] = None
+    if shared is not None:
+        fitted["affine"] = shared
     report_mismatches(
         problems,
         what=f"the first training image ({imgs.describe(0)})",

@@ -189,6 +189,28 @@ def test_combat_refuses_another_affine_of_the_same_shape(tiny, tmp_path):
     est.transform(_write(cube[:3], nudged, tmp_path, "nudged"), sites[:3], ages[:3])
 
 
+def test_a_mask_file_gives_array_images_their_grid(tiny, tmp_path):
+    """Arrays have no affine; a NIfTI mask has one. The one grid record (``grid_``) keeps
+    it, ``affine_`` is that record, and NIfTI images on another grid are refused."""
+    imgs, sites, _, _ = tiny
+    mask_path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(imgs.shape[1:], np.uint8), _affine(2.0)), mask_path)
+    est = HistogramMatchingHarmonizer(mask=str(mask_path)).fit(imgs, sites)
+    np.testing.assert_array_equal(est.grid_["affine"], _affine(2.0))
+    np.testing.assert_array_equal(est.affine_, _affine(2.0))
+    assert est.grid_["shape"] == list(imgs.shape[1:])
+    est.check_grid(_write(imgs[:1], _affine(2.0), tmp_path, "same"))
+    other = _write(imgs[:1], _affine(3.0), tmp_path, "other")
+    with pytest.raises(ValueError, match="another affine"):
+        est.check_grid(other)
+    with pytest.raises(ValueError, match="another affine"):
+        est.transform(other)
+    # without a mask, histogram matching is not voxel-wise: any affine is fine
+    plain = HistogramMatchingHarmonizer().fit(_write(imgs, _affine(2.0), tmp_path), sites)
+    assert plain.affine_ is None
+    plain.check_grid(other)
+
+
 # -- the shipped 4 mm model -----------------------------------------------------------------------
 def test_the_shipped_model_carries_its_4mm_training_grid(demo):
     model, _ = demo
