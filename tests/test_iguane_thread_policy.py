@@ -58,9 +58,10 @@ def test_unknown_load_uses_the_limit():
 
 
 def test_reads_this_machine():
-    # on Linux /proc/stat is read; anywhere the answer is a valid thread count
+    # on Linux /proc/stat is read; anywhere the answer is a valid thread count: 64 on an
+    # idle machine, up to 4x that with busy neighbours (fair share)
     n = inference_threads(64)
-    assert 1 <= n <= 64
+    assert 1 <= n <= 4 * 64
     running = inference._procs_running()
     assert running is None or running >= 1  # the caller itself is runnable
 
