@@ -5,7 +5,9 @@ executed, the blocks of one page one after the other in one namespace (like a se
 in a temporary folder. The namespace starts with harmonix's public names and small data
 under the names the pages use (``imgs``, ``sites``, ``ages``, ``subjects``, ``new_imgs``,
 ``new_sites``, ``new_ages``, ``h``). A block that cannot run here (a GPU, hours of
-training) is preceded by a comment ``.. untested: <reason>``, which this test reads.
+training) is preceded by a comment ``.. untested: <reason>``, which this test reads. What
+a page's shell steps would have left in the folder (bids.rst: a BIDS dataset ``ds/`` with
+harmonized derivatives) is made first (``SETUP``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,30 @@ def _namespace() -> dict:
     }
 
 
+def _bids_dataset() -> None:
+    """``ds/`` as the shell steps of bids.rst leave it: a BIDS dataset (4 mm, synthetic)
+    with harmonized derivatives in ``ds/derivatives/harmonix``."""
+    bids = pytest.importorskip("bids", reason="bids.rst needs pybids (harmonix[bids])")
+    del bids
+    from harmonix.bids import manifest_entities, transform_to_bids, write_bids_manifest
+    from harmonix.bids.synthetic import write_bids_dataset
+    from harmonix.io import read_manifest
+
+    ds = harmonix.make_multisite(n_subjects=3, n_sites=2, resolution=4, random_state=0)
+    raw = write_bids_dataset(ds, "ds", n_traveling=1)
+    manifest = write_bids_manifest(raw, "manifest.csv", covariates="age")
+    man = read_manifest(manifest)
+    model = harmonix.HistogramMatchingHarmonizer().fit([str(p) for p in man.paths], man.sites)
+    transform_to_bids(
+        model, man.paths, raw / "derivatives" / "harmonix",
+        entities=manifest_entities(manifest), verbose=False,
+    )  # fmt: skip
+
+
+#: what a page's earlier steps (shell commands, not run here) leave in the folder
+SETUP = {"bids.rst": _bids_dataset}
+
+
 def test_the_pages_have_python_blocks():
     counts = {page.name: len(code_blocks(page)) for page in PAGES}
     assert counts["api_conventions.rst"] >= 3 and sum(counts.values()) >= 10, counts
@@ -77,6 +103,7 @@ def test_user_guide_code_runs(page, tmp_path, monkeypatch):
     if not blocks:
         pytest.skip(f"{page.name} has no Python block to run")
     monkeypatch.chdir(tmp_path)
+    SETUP.get(page.name, lambda: None)()
     namespace = _namespace()
     with sklearn.config_context(), np.errstate(all="ignore"):  # set_config is undone
         for line, code, _ in blocks:
