@@ -257,9 +257,9 @@ class ComBatHarmonizer(BaseHarmonizer):
     (boundary voxels have the least reliable maps). Voxels of ``voxel_mask_`` keep
     neuroHarmonize's numbers.
 
-    **Parameters read by transform.** ``unseen_site`` is a policy of :meth:`transform`
-    (like scikit-learn's ``handle_unknown``): changing it with ``set_params`` after fit
-    applies at once. Every other parameter acts through fit.
+    **Parameters read by transform.** ``unseen_site`` and ``site_check`` are policies of
+    :meth:`transform` (like scikit-learn's ``handle_unknown``): changing them with
+    ``set_params`` after fit applies at once. Every other parameter acts through fit.
 
     Transforming is per image and needs the site labels (and ages when fitted with ages;
     ages given to a model fitted without them are ignored), so any subset of the training
@@ -299,7 +299,7 @@ class ComBatHarmonizer(BaseHarmonizer):
     """
 
     _fixed_shape: ClassVar[bool] = True
-    _transform_params: ClassVar[tuple[str, ...]] = ("unseen_site",)
+    _transform_params: ClassVar[tuple[str, ...]] = ("unseen_site", "site_check")
     _needs_sites: ClassVar[bool] = True
     # None means "no reference batch" (pooled grand mean), not the largest site.
     _none_is_largest_site: ClassVar[bool] = False

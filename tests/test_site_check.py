@@ -383,6 +383,7 @@ def test_iguane_fit_measures_the_spread_and_save_load_keeps_it(tmp_path):
         random_state=0,
         input_normalization="histogram",
         device="cpu",
+        voxel_size=2.0,  # the tiny images' (shift_mm needs it)
     ).fit(imgs, sites, ages)
     spread = est.input_normalization_["site_spread"]
     assert spread["counts"] == [4, 4, 4] and spread["threshold"] > 0

@@ -229,10 +229,11 @@ class IGUANeHarmonizer(BaseHarmonizer):
     shipped 4 mm model (:func:`harmonix.iguane.pretrained.load_demo_model`) on the 1 mm
     images ``harmonix preprocess`` writes; resample them to the model's voxel size first.
 
-    **Parameters read by transform.** ``ood_action`` and ``grid_mismatch`` (policies),
-    ``device`` and ``mixed_precision`` (how to compute: outputs differ at the level of
-    float rounding, bfloat16's with ``mixed_precision``) apply at once when changed with
-    ``set_params`` after fit. Every other parameter acts through fit.
+    **Parameters read by transform.** ``ood_action``, ``grid_mismatch`` and
+    ``site_check`` (policies), ``device`` and ``mixed_precision`` (how to compute: outputs
+    differ at the level of float rounding, bfloat16's with ``mixed_precision``) apply at
+    once when changed with ``set_params`` after fit. Every other parameter acts through
+    fit.
 
     **Output scale.** The forward generator's output ``y`` is mapped back with
     ``(y + 1) * 500`` (IGUANe's median-500 scale) and then multiplied by
@@ -310,6 +311,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
     _transform_params: ClassVar[tuple[str, ...]] = (
         "ood_action",
         "grid_mismatch",
+        "site_check",
         "device",
         "mixed_precision",
     )
