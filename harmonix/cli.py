@@ -645,7 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="none,hm,ws,combat",
         help=f"comma-separated, from {', '.join(METHODS)}",
     )
-    p.add_argument("--test-sites", help="comma-separated sites held out as unseen")
+    p.add_argument(
+        "--test-sites",
+        help="comma-separated sites held out as unseen (default: with 3 sites or more, one "
+        "site other than the reference, drawn with --seed)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_benchmark)

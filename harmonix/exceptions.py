@@ -7,7 +7,9 @@ from typing import Any
 
 __all__ = [
     "BackgroundWarning",
+    "BenchmarkWarning",
     "GridMismatchWarning",
+    "ModelSelectionWarning",
     "OutputExistsError",
     "SiteMismatchError",
     "SiteMismatchWarning",
@@ -84,4 +86,23 @@ class BackgroundWarning(UserWarning):
     harmonix takes the voxels equal to 0 as background; a background of small non-zero
     values (1e-6, -1e-3, noise) is then harmonized as if it were tissue and shifts every
     intensity statistic of the brain. See :func:`harmonix.base.check_background`.
+    """
+
+
+class BenchmarkWarning(UserWarning):
+    """Benchmark numbers that may mislead: check the inputs the warning names.
+
+    Warned when a cross-validated metric is given no subject ``groups`` (a subject's
+    images could then fall in both training and test folds) and when one subject label
+    has different ages or sexes at different sites (site-local subject IDs pair images of
+    different people as traveling subjects).
+    """
+
+
+class ModelSelectionWarning(UserWarning):
+    """A trained model was selected although it scores below doing nothing.
+
+    Warned by IGUANe training when the best checkpoint's validation score is below the
+    score of the unharmonized held-out images (``history["val_baseline"]``); the
+    estimator's ``history_["selected_below_baseline"]`` is then True.
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -263,7 +264,7 @@ def test_brain_age_error_beats_null_with_planted_atrophy():
     assert shuffled > 0.8 * null  # no signal: no better than the null model
     # the null model by hand: with one fold per subject it predicts the others' mean
     loo = np.mean([abs(a - np.delete(ds.ages, i).mean()) for i, a in enumerate(ds.ages)])
-    assert brain_age_null_error(ds.ages, n_splits=40) == pytest.approx(loo)
+    assert brain_age_null_error(ds.ages, np.arange(40), n_splits=40) == pytest.approx(loo)
     # train on the first half, test on the second (the "unseen" protocol)
     n = len(ds.ages)
     train = np.arange(n) < n // 2
@@ -439,7 +440,10 @@ def test_run_benchmark_tidy_frame(results, tiny):
         "ci_low",
         "ci_high",
         "reason",
+        "held_out",
+        "dataset",
     ]
+    assert set(df["held_out"]) == {"site2"} and df["dataset"].nunique() == 1
     assert set(df["protocol"]) == {"seen", "unseen"}
     assert set(df["metric"]) == set(METRICS)
     assert len(df) == 4 * 2 * len(METRICS)
@@ -466,6 +470,20 @@ def test_run_benchmark_tidy_frame(results, tiny):
         assert plain[m] == pytest.approx(none.loc[m, "value"], abs=1e-4)
     assert set(outputs) == {"none", "scaler", "plain", "oracle"}
     np.testing.assert_allclose(outputs["none"], tiny.imgs)
+    # only some images' outputs (e.g. one subject's, for plot_slices): the same images
+    some = [7, 0, 11]
+    _, few = run_benchmark(
+        {"none": IdentityHarmonizer(), "scaler": SiteScaler()},
+        tiny,
+        metrics=["fit_seconds"],
+        n_boot=0,
+        return_outputs=some,
+    )
+    np.testing.assert_array_equal(few["none"], outputs["none"][some])
+    np.testing.assert_array_equal(few["scaler"], outputs["scaler"][some])  # NaN: refused
+    for bad, error in (([12], ValueError), (["a"], TypeError), ([], TypeError)):
+        with pytest.raises(error, match="return_outputs"):
+            run_benchmark({"none": IdentityHarmonizer()}, tiny, return_outputs=bad)
 
 
 def test_oracle_reaches_the_ceiling(results, tiny):
@@ -572,7 +590,7 @@ def test_summarize_and_markdown(results, tiny):
         )
     assert set(df2.metric) == {"fit_seconds", "site_histogram_error"}
     summary = summarize([df, df2])
-    expected = "method protocol metric mean sd ci_low ci_high n reason".split()
+    expected = "method protocol metric mean sd ci_low ci_high n n_datasets reason held_out".split()
     assert list(summary.columns) == expected
     row = summary[
         (summary.method == "none")
@@ -586,7 +604,7 @@ def test_summarize_and_markdown(results, tiny):
         & (summary.protocol == "seen")
     ].iloc[0]
     assert plain["n"] == 1 and np.isnan(plain["sd"])
-    # two runs' intervals combine into a narrower interval of their mean
+    # two runs on one data set: their intervals are averaged, not narrowed
     key = ["method", "protocol", "metric"]
     pair = df.merge(df2, on=key, suffixes=("_1", "_2"))
     pair = pair[pair["ci_low_1"].notna() & pair["ci_low_2"].notna()].iloc[0]
@@ -595,8 +613,12 @@ def test_summarize_and_markdown(results, tiny):
         [pair["value_1"], pair["value_2"]],
         [pair["ci_low_1"], pair["ci_low_2"]],
         [pair["ci_high_1"], pair["ci_high_2"]],
+        datasets=["one", "one"],
     )
     assert (got["ci_low"], got["ci_high"]) == pytest.approx(expected)
+    mean = (pair["value_1"] + pair["value_2"]) / 2
+    half = (pair["ci_high_1"] - pair["value_1"] + pair["ci_high_2"] - pair["value_2"]) / 2
+    assert got["ci_high"] == pytest.approx(mean + half)
     md = to_markdown(summary)
     assert "### Seen sites" in md and "### Unseen sites" in md
     assert "traveling_subject_ssim_score ↑" in md and "brain_age_error ↓" in md
@@ -682,3 +704,340 @@ def test_dataset_from_manifest(tiny, tmp_path):
     truth = df[df.metric == "truth_ssim_score"]
     assert truth["value"].isna().all() and (truth["reason"] == "dataset has no truth").all()
     assert df[df.metric == "traveling_subject_ssim_score"]["value"].notna().all()
+
+
+# ----------------------------------------------------------------------------------------
+# Sanity: garbage must score worst, and every metric must give it a number
+# ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sanity():
+    """Identity, oracle, a mean image for every input ("collapse") and noise, on
+    traveling subjects with planted atrophy and per-site scale and contrast."""
+    from harmonix.benchmark.sanity import MeanImageHarmonizer, NoiseHarmonizer
+
+    ds = _toy(
+        n_subjects=14,
+        scales=(1.0, 1.3, 0.8),
+        gm_levels=(0.6, 0.55, 0.65),
+        atrophy_rate=0.008,
+        noise=0.02,
+        seed=5,
+    )
+    df = run_benchmark(
+        {
+            "none": IdentityHarmonizer(),
+            "collapse": MeanImageHarmonizer(),
+            "noise": NoiseHarmonizer(),
+        },
+        ds,
+        oracle=True,
+        random_state=0,
+        n_boot=0,
+        metrics=SCORED,
+    )
+    return df
+
+
+#: What every metric must say of the identity (none), the oracle, a mean image for every
+#: input (collapse) and noise: (value of each) -> bool, and why. Blind spots are asserted
+#: too, so that a change in what a metric can see is a decision, not an accident.
+SANITY_RULES = {
+    "traveling_subject_ssim_score": (
+        lambda v: (
+            v["oracle"] == pytest.approx(1.0)
+            and v["collapse"] == pytest.approx(1.0)  # blind: one image for all is "alike"
+            and v["noise"] <= 0.05  # unrelated images: about 0
+            and v["none"] > v["noise"] + 0.2
+        )
+    ),
+    "subject_specificity_score": (
+        lambda v: (
+            v["oracle"] == pytest.approx(1.0)
+            and v["collapse"] == 0.0
+            and abs(v["noise"]) < 0.02
+            and v["none"] > 0.3
+        )
+    ),
+    "truth_ssim_score": (
+        lambda v: v["noise"] <= 0.05 and min(v["none"], v["oracle"]) > v["collapse"] > v["noise"]
+    ),
+    "distance_correlation_score": (
+        lambda v: (
+            v["none"] == pytest.approx(1.0)
+            and v["collapse"] == 0.0  # equal distances: no difference kept
+            and abs(v["noise"]) < 0.4
+            and v["oracle"] > 0.6
+        )
+    ),
+    "site_predictability_error": (  # blind: neither garbage has a site
+        lambda v: (
+            v["collapse"] <= v["chance"] + 1e-9
+            and v["oracle"] <= v["chance"] + 1e-9
+            and v["noise"] < v["none"]
+            and v["none"] > 0.9
+        )
+    ),
+    "site_histogram_error": (
+        lambda v: (
+            v["collapse"] <= v["chance"] + 1e-9
+            and v["oracle"] <= v["chance"] + 1e-9
+            and v["noise"] < v["none"]
+            and v["none"] > 0.9
+        )
+    ),
+    "site_chance_level": lambda v: len({v["none"], v["oracle"], v["collapse"], v["noise"]}) == 1,
+    "brain_age_error": (
+        lambda v: (
+            v["collapse"] == pytest.approx(v["null"])  # constant features: the null
+            and v["noise"] > 0.9 * v["null"]
+            and max(v["none"], v["oracle"]) < 0.85 * v["null"]
+        )
+    ),
+    "brain_age_correlation_score": (
+        lambda v: (
+            v["collapse"] == 0.0  # constant predictions: no age information
+            and abs(v["noise"]) < 0.4
+            and min(v["none"], v["oracle"]) > v["noise"] + 0.3
+        )
+    ),
+    "brain_age_null_error": lambda v: (
+        len({v["none"], v["oracle"], v["collapse"], v["noise"]}) == 1
+    ),
+    "gm_age_correlation": (
+        lambda v: (
+            v["collapse"] == 0.0  # equal volumes: no age information
+            and v["noise"] > max(v["none"], v["oracle"]) + 0.3  # farther from the true r
+            and max(v["none"], v["oracle"]) < -0.7
+        )
+    ),
+    "true_gm_age_correlation": lambda v: True,  # the toy data have no true GM maps
+}
+
+
+@pytest.mark.parametrize("protocol", ["seen", "unseen"])
+def test_sanity_garbage_scores_worst_on_every_metric(sanity, protocol):
+    df = sanity[sanity.protocol == protocol]
+    assert set(SANITY_RULES) >= set(df.metric), (
+        f"add a sanity rule for {sorted(set(df.metric) - set(SANITY_RULES))}"
+    )
+    get = df.set_index(["method", "metric"])["value"]
+    garbage = df[df.method.isin(["collapse", "noise"]) & (df.metric != "true_gm_age_correlation")]
+    assert garbage["value"].notna().all(), garbage[garbage["value"].isna()]  # never n/a
+    chance = get["none", "site_chance_level"]
+    null = get["none", "brain_age_null_error"]
+    for metric, rule in SANITY_RULES.items():
+        if metric not in set(df.metric):
+            continue
+        values = {m: get[m, metric] for m in ("none", "oracle", "collapse", "noise")}
+        assert rule({**values, "chance": chance, "null": null}), (metric, values)
+
+
+def test_sanity_harmonizers_follow_the_contract():
+    from harmonix.benchmark.sanity import MeanImageHarmonizer, NoiseHarmonizer
+
+    ds = _toy(n_subjects=3, scales=(1.0, 2.0))
+    collapse = MeanImageHarmonizer().fit(ds.imgs, ds.sites)
+    out = collapse.transform(ds.imgs)
+    mean = ds.imgs.mean(axis=0)
+    np.testing.assert_allclose(
+        out[:, ds.mask], np.broadcast_to(mean[ds.mask], out[:, ds.mask].shape), rtol=1e-6
+    )
+    assert (out[:, ~ds.mask] == 0).all()
+    noise = NoiseHarmonizer(random_state=3).fit(ds.imgs, ds.sites)
+    a, b = noise.transform(ds.imgs), noise.transform(ds.imgs[::-1])
+    np.testing.assert_array_equal(a, b[::-1])  # deterministic per image, not per call
+    lo, hi = noise.value_range_
+    assert lo >= 0 and hi <= ds.imgs.max() and (a[:, ds.mask] >= lo).all()
+    assert abs(np.corrcoef(a[0][ds.mask], a[1][ds.mask])[0, 1]) < 0.1  # independent
+    with pytest.raises(ValueError, match="random_state"):
+        NoiseHarmonizer(random_state=1.5).fit(ds.imgs, ds.sites)
+
+
+# ----------------------------------------------------------------------------------------
+# Cases of "a benchmark that cannot be fooled"
+# ----------------------------------------------------------------------------------------
+def test_ssim_of_unrelated_images_is_about_zero(tiny):
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    m = tiny.mask
+    a, b = (np.where(m, rng.random(m.shape), 0.0) for _ in range(2))
+    assert abs(masked_ssim(a, b, m)) <= 0.05  # windows with background gave 0.23
+    assert masked_ssim(a, a, m) == pytest.approx(1.0)
+    from harmonix.benchmark.metrics import _ssim_map
+
+    # where a window lies in the mask, the map is skimage's SSIM exactly
+    x, y = rng.random((2, 20, 20, 20))
+    y = 0.5 * x + 0.5 * y
+    _, expected = structural_similarity(x, y, data_range=1.0, win_size=7, full=True)
+    full = np.ones(x.shape, bool)
+    core = (slice(3, 17),) * 3
+    got = _ssim_map(x, y, full, data_range=1.0, win_size=7)
+    np.testing.assert_allclose(got[core], expected[core], rtol=1e-9, atol=1e-12)
+    # a mask voxel's window holds only mask voxels: what lies outside does not count
+    half = np.zeros(x.shape, bool)
+    half[:, :10] = True
+    changed = np.where(half, x, rng.random(x.shape))
+    assert masked_ssim(x, y, half) == masked_ssim(changed, np.where(half, y, 0.0), half)
+    for bad in (4, 0, 7.0):
+        with pytest.raises(ValueError, match="odd"):
+            masked_ssim(x, y, full, win_size=bad)
+
+
+def _one_value_run(values, seed, dataset, method="m"):
+    """A run_benchmark-like frame: the mean of per-subject values, its bootstrap interval."""
+    import pandas as pd
+
+    lo, hi = bootstrap_ci(lambda i: values[i].mean(), np.arange(len(values)), random_state=seed)
+    return pd.DataFrame(
+        [
+            {
+                "method": method,
+                "protocol": "seen",
+                "metric": "truth_ssim_score",
+                "value": float(values.mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "reason": "",
+                "held_out": "",
+                "dataset": dataset,
+            }
+        ]
+    )
+
+
+def test_summarize_keeps_the_interval_of_runs_on_one_data_set():
+    rng = np.random.default_rng(0)
+    one_run = 2 * 1.96 * 2.0 / np.sqrt(100)  # 100 subjects, sd 2: width of a mean's 95 % CI
+    data = rng.normal(0.0, 2.0, 100)
+    # four seeds of a method on one data set: the subjects are the same, no narrowing
+    same = summarize([_one_value_run(data, seed, "A") for seed in range(4)]).iloc[0]
+    assert same["ci_high"] - same["ci_low"] == pytest.approx(one_run, rel=0.15)
+    assert same["n"] == 4 and same["n_datasets"] == 1
+    # four data sets (400 subjects in all): the interval of the mean halves
+    sets = [rng.normal(0.0, 2.0, 100) for _ in range(4)]
+    apart = summarize([_one_value_run(d, 0, f"D{k}") for k, d in enumerate(sets)]).iloc[0]
+    assert apart["ci_high"] - apart["ci_low"] == pytest.approx(one_run / 2, rel=0.15)
+    assert apart["n_datasets"] == 4
+    # coverage over repeated experiments (normal-theory intervals, for speed): four seeds
+    # on one data set cover the truth (0) at about the nominal rate; combining them as
+    # independent (what summarize did) covers it far less often
+    covered = np.zeros(2)
+    for rep in range(400):
+        d = np.random.default_rng(rep).normal(0.0, 2.0, 100)
+        half = 1.96 * d.std(ddof=1) / 10
+        values = d.mean() + 0.05 * np.random.default_rng([rep, 1]).normal(size=4)
+        for k, datasets in enumerate((["A"] * 4, ["A", "B", "C", "D"])):
+            lo, hi = combine_intervals(values, values - half, values + half, datasets=datasets)
+            covered[k] += lo <= 0.0 <= hi
+    assert covered[0] / 400 > 0.9 and covered[1] / 400 < 0.7
+    # older results without the dataset column: one data set is assumed, with a warning
+    from harmonix.exceptions import BenchmarkWarning
+
+    legacy = [_one_value_run(data, s, "A").drop(columns="dataset") for s in range(2)]
+    with pytest.warns(BenchmarkWarning, match="dataset"):
+        old = summarize(legacy).iloc[0]
+    assert old["ci_high"] - old["ci_low"] == pytest.approx(one_run, rel=0.15)
+    with pytest.raises(ValueError, match="one entry per run"):
+        combine_intervals([1.0, 2.0], [0.0, 1.0], [2.0, 3.0], datasets=["a"])
+
+
+def test_run_benchmark_results_name_their_data_set(tiny):
+    a = run_benchmark(
+        {"none": IdentityHarmonizer()}, tiny, metrics=["fit_seconds"], random_state=0
+    )
+    b = run_benchmark(
+        {"none": IdentityHarmonizer()}, tiny, metrics=["fit_seconds"], random_state=1
+    )
+    assert a["dataset"].nunique() == 1 and set(a["dataset"]) == set(b["dataset"])
+    other = SimpleNamespace(**{**vars(tiny), "imgs": tiny.imgs * 1.01})
+    c = run_benchmark(
+        {"none": IdentityHarmonizer()}, other, metrics=["fit_seconds"], random_state=0
+    )
+    assert set(c["dataset"]) != set(a["dataset"])
+    assert summarize([a, b, c])["n_datasets"].iloc[0] == 2
+
+
+def test_metrics_warn_without_subject_groups():
+    from harmonix.exceptions import BenchmarkWarning
+
+    def brain_age_correlation_score(*args, **kwargs):
+        from harmonix.benchmark import brain_age_correlation_score as score
+
+        return score(*args, **kwargs)
+
+    ds = _toy(n_subjects=10, scales=(1.0, 1.4, 2.0), gm_levels=(0.5, 0.6, 0.7), atrophy_rate=0.008)
+    calls = {
+        "site_predictability_error": lambda g: site_predictability_error(
+            ds.imgs, ds.sites, ds.mask, g, random_state=0
+        ),
+        "site_histogram_error": lambda g: site_histogram_error(
+            ds.imgs, ds.sites, ds.mask, g, random_state=0
+        ),
+        "brain_age_error": lambda g: brain_age_error(ds.imgs, ds.ages, ds.mask, g, random_state=0),
+        "brain_age_correlation_score": lambda g: brain_age_correlation_score(
+            ds.imgs, ds.ages, ds.mask, g, random_state=0
+        ),
+        "brain_age_null_error": lambda g: brain_age_null_error(ds.ages, g, random_state=0),
+    }
+    for name, call in calls.items():
+        with pytest.warns(BenchmarkWarning, match=f"{name} got no groups"):
+            call(None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", BenchmarkWarning)
+            call(ds.subjects)
+    # the leak the warning is about: one subject's scans in training and test folds
+    with pytest.warns(BenchmarkWarning):
+        leaky = brain_age_error(ds.imgs, ds.ages, ds.mask, random_state=0)
+    assert leaky < 0.8 * brain_age_error(ds.imgs, ds.ages, ds.mask, ds.subjects, random_state=0)
+
+
+def test_held_out_site_is_seeded_independent_of_image_order_and_reported(tiny):
+    order = np.random.default_rng(0).permutation(len(tiny.imgs))
+    shuffled = SimpleNamespace(
+        imgs=tiny.imgs[order],
+        sites=tiny.sites[order],
+        subjects=tiny.subjects[order],
+        ages=tiny.ages[order],
+        mask=tiny.mask,
+        reference_site=tiny.reference_site,
+    )
+    kw = dict(metrics=["fit_seconds"], n_boot=0)
+    for seed in range(4):
+        a = run_benchmark({"none": IdentityHarmonizer()}, tiny, random_state=seed, **kw)
+        b = run_benchmark({"none": IdentityHarmonizer()}, shuffled, random_state=seed, **kw)
+        assert a.attrs["held_out"]["sites"] == b.attrs["held_out"]["sites"]
+        assert set(a["held_out"]) == {a.attrs["held_out"]["sites"][0]}
+    drawn = {
+        run_benchmark({"none": IdentityHarmonizer()}, tiny, random_state=s, **kw).attrs[
+            "held_out"
+        ]["sites"][0]
+        for s in range(12)
+    }
+    assert drawn == set(tiny.site_names) - {tiny.reference_site}
+    assert "random_state=3" in a.attrs["held_out"]["rule"]
+    given = run_benchmark({"none": IdentityHarmonizer()}, tiny, test_sites="site1", **kw)
+    assert given.attrs["held_out"] == {"sites": ["site1"], "rule": "given (test_sites)"}
+    assert "(held out of fit: site1)" in to_markdown(given)
+
+
+def test_site_local_subject_ids_are_flagged(tiny):
+    from harmonix.benchmark import check_subjects
+    from harmonix.exceptions import BenchmarkWarning
+
+    # site1 numbers its own subjects: its "sub-00" is another person (another age)
+    subjects = tiny.subjects.copy()
+    at1 = np.flatnonzero(tiny.sites == "site1")
+    subjects[at1] = np.roll(subjects[at1], 1)
+    local = SimpleNamespace(**{**vars(tiny), "subjects": subjects})
+    with pytest.warns(BenchmarkWarning, match="site-local"):
+        run_benchmark({"none": IdentityHarmonizer()}, local, metrics=["fit_seconds"], n_boot=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BenchmarkWarning)
+        run_benchmark({"none": IdentityHarmonizer()}, tiny, metrics=["fit_seconds"], n_boot=0)
+        check_subjects(tiny.subjects, tiny.sites, tiny.ages + 1.5 * (tiny.sites == "site1"))
+    with pytest.warns(BenchmarkWarning, match="sex F \\(a\\), M \\(b\\)"):
+        check_subjects(["s1", "s1"], ["a", "b"], [30.0, 30.0], ["F", "M"])
+    covariates = SimpleNamespace(**{**vars(tiny), "covariates": {"Sex": ["F", "M", "F"] * 4}})
+    with pytest.warns(BenchmarkWarning, match="sex"):
+        run_benchmark({"none": IdentityHarmonizer()}, covariates, metrics=["fit_seconds"])

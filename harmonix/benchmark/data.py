@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchmarkDataset", "dataset_from_manifest"]
+from harmonix.exceptions import BenchmarkWarning
+
+__all__ = ["BenchmarkDataset", "check_subjects", "dataset_from_manifest"]
+
+#: Largest age difference (years) between one subject's images before
+#: :func:`check_subjects` warns: traveling-subject designs scan a subject at every site
+#: within months; 2 years also allows ages rounded to whole years.
+MAX_AGE_GAP = 2.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,6 +33,19 @@ class DataArrays:
     gm_volume: np.ndarray | None = None
     #: voxel size (mm) from the data set's ``affine``, None without one
     voxel_size: tuple[float, float, float] | None = None
+
+    def digest(self) -> str:
+        """A short fingerprint of the images and their labels: runs of the benchmark on
+        one data set share it (see :func:`harmonix.benchmark.summarize`)."""
+        from harmonix._digest import ImageDigest
+
+        d = ImageDigest()
+        for img in self.imgs:
+            d.update(img)
+        for labels in (self.sites, self.subjects, self.ages):
+            if labels is not None:
+                d.update_labels(labels)
+        return d.hexdigest()
 
     def true_gm_volumes(self) -> np.ndarray | None:
         """True GM volume of each image: ``dataset.gm_volume``, else the sum of each true
@@ -64,6 +85,7 @@ def dataset_arrays(dataset: Any) -> DataArrays:
     mask = np.asarray(dataset.mask) != 0
     if mask.shape != imgs.shape[1:]:
         raise ValueError(f"dataset.mask must have shape {imgs.shape[1:]}, got {mask.shape}.")
+    check_subjects(subjects, sites, ages, _sexes(dataset, n))
     gm_volume = getattr(dataset, "gm_volume", None)
     if gm_volume is not None:
         gm_volume = np.asarray(gm_volume, dtype=np.float64)
@@ -85,6 +107,89 @@ def dataset_arrays(dataset: Any) -> DataArrays:
         gm_volume,
         voxel_size,
     )
+
+
+def _sexes(dataset: Any, n: int) -> np.ndarray | None:
+    """The ``sex`` of each image: ``dataset.sex``, else a ``sex`` column of
+    ``dataset.covariates`` (any case); None without either."""
+    sex = getattr(dataset, "sex", None)
+    covariates = getattr(dataset, "covariates", None)
+    if sex is None and covariates is not None:
+        keys = {str(k).lower(): k for k in getattr(covariates, "keys", lambda: [])()}
+        if "sex" in keys:
+            sex = covariates[keys["sex"]]
+    if sex is None:
+        return None
+    sex = np.asarray(sex)
+    if sex.shape != (n,):
+        raise ValueError(f"dataset sex must have one entry per image ({n}).")
+    return sex
+
+
+def check_subjects(
+    subjects: Any,
+    sites: Any,
+    ages: Any = None,
+    sex: Any = None,
+    *,
+    max_age_gap: float = MAX_AGE_GAP,
+) -> None:
+    """Warn when a subject label seems to name different people at different sites.
+
+    Traveling-subject metrics pair the images that share a subject label across sites. If
+    the labels are site-local (``sub-01`` at site A is not ``sub-01`` at site B), images
+    of different people are compared as one subject's and every such metric is wrong
+    without error (histogram matching's traveling SSIM on 4 mm synthetic sites reads 0.874
+    instead of 0.961). A subject whose ages differ by more than ``max_age_gap`` years, or
+    whose sex differs, between its images is taken as a sign of that.
+
+    Parameters
+    ----------
+    subjects, sites : array-like of shape (n_images,)
+        Subject and site of each image.
+    ages : array-like of shape (n_images,), default=None
+        Age of each image (not checked when None).
+    sex : array-like of shape (n_images,), default=None
+        Sex of each image (not checked when None).
+    max_age_gap : float, default=2.0
+        Largest age difference (years) allowed within a subject.
+
+    Warns
+    -----
+    BenchmarkWarning
+        Naming the first subjects concerned and the fix.
+    """
+    subjects = np.asarray(subjects)
+    sites = np.asarray(sites)
+    if len(np.unique(subjects)) == len(subjects):
+        return
+    problems = []
+    for subject in dict.fromkeys(subjects.tolist()):
+        idx = np.flatnonzero(subjects == subject)
+        if len(idx) < 2:
+            continue
+        parts = []
+        if ages is not None:
+            a = np.asarray(ages, dtype=np.float64)[idx]
+            if np.nanmax(a) - np.nanmin(a) > max_age_gap:
+                parts.append("ages " + ", ".join(f"{v:g} ({sites[i]})" for v, i in zip(a, idx)))
+        if sex is not None:
+            values = np.asarray(sex)[idx]
+            if len({str(v) for v in values.tolist()}) > 1:
+                parts.append("sex " + ", ".join(f"{v} ({sites[i]})" for v, i in zip(values, idx)))
+        if parts:
+            problems.append(f"{subject!r}: {'; '.join(parts)}")
+    if problems:
+        warnings.warn(
+            f"{len(problems)} subject label(s) have different ages (more than "
+            f"{max_age_gap:g} years apart) or sexes at different sites, e.g. "
+            f"{' | '.join(problems[:3])}. Subject labels may be site-local: the "
+            "traveling-subject metrics would compare different people as one subject. "
+            "Give each person one label across sites (e.g. prefix site-local IDs with "
+            "the site), or check the ages.",
+            BenchmarkWarning,
+            stacklevel=4,  # run_benchmark's caller
+        )
 
 
 @dataclass(frozen=True, repr=False, eq=False)

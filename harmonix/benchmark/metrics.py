@@ -29,6 +29,21 @@ over the images given to the metric; :func:`harmonix.benchmark.run_benchmark` fi
 method's outputs for the training sites and passes it (``value_range``) to every metric,
 unseen sites included, except the scale-free within-site distance correlation. SSIM then
 uses ``data_range=1``.
+
+Garbage scores worst
+--------------------
+Two outputs carry nothing of the inputs: one image for every input (e.g. the training
+mean, :class:`~harmonix.benchmark.sanity.MeanImageHarmonizer`) and noise
+(:class:`~harmonix.benchmark.sanity.NoiseHarmonizer`). Every metric gives them a number,
+never n/a, and the metrics that can see them put them at their floor:
+:func:`subject_specificity_score` 0, :func:`distance_correlation_score` 0 (equal distances
+count as no difference kept), :func:`gm_age_correlation` 0 (equal volumes carry no age
+information), :func:`brain_age_correlation_score` about 0 (predictions without age
+information), :func:`brain_age_error` the null model's error (a biased method can do
+worse: the error judges accuracy, not information). Some metrics cannot
+see them, by design: a site classifier finds no site in either (chance, like the oracle),
+and the traveling-subject SSIM scores one image for all as 1; noise scores about 0 on the
+SSIMs, whose windows hold mask voxels only (:func:`masked_ssim`).
 """
 
 from __future__ import annotations
@@ -39,11 +54,11 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy import stats
-from skimage.metrics import structural_similarity
+from scipy import ndimage, stats
 
 from harmonix._docs import fill_doc
 from harmonix.benchmark.biology import (
+    brain_age_correlation_score,
     brain_age_error,
     brain_age_null_error,
     gm_age_correlation,
@@ -70,8 +85,10 @@ from harmonix.benchmark.tissue import Tissues, segment_tissues
 __all__ = [
     "METRICS",
     "METRIC_ALIASES",
+    "METRIC_KINDS",
     "QUANTILES",
     "Tissues",
+    "brain_age_correlation_score",
     "brain_age_error",
     "brain_age_null_error",
     "distance_correlation_score",
@@ -79,6 +96,7 @@ __all__ = [
     "gm_volumes",
     "masked_ssim",
     "measure_cost",
+    "metric_kind",
     "resolve_metric_names",
     "robust_range",
     "robust_scale",
@@ -87,6 +105,7 @@ __all__ = [
     "site_histogram_error",
     "site_predictability",
     "site_predictability_error",
+    "subject_specificity_score",
     "traveling_subject_ssim_score",
     "truth_ssim_score",
     "within_site_correlation",
@@ -99,7 +118,13 @@ __all__ = [
 METRICS: dict[str, tuple[str, str]] = {
     "traveling_subject_ssim_score": (
         "higher",
-        "3-D SSIM in the mask between one subject's harmonized images at different sites",
+        "3-D SSIM (in-mask windows) between one subject's harmonized images at different "
+        "sites; blind to a method returning one image for all (scores 1)",
+    ),
+    "subject_specificity_score": (
+        "higher",
+        "how much more a subject's images at two sites correlate than two subjects' "
+        "images there, scaled so that the oracle scores 1 and a mean image or noise 0",
     ),
     "truth_ssim_score": (
         "higher",
@@ -108,7 +133,8 @@ METRICS: dict[str, tuple[str, str]] = {
     ),
     "distance_correlation_score": (
         "higher",
-        "Spearman correlation of within-site inter-subject distances before vs after",
+        "Spearman correlation of within-site inter-subject distances before vs after "
+        "(0 when the distances after are all equal)",
     ),
     "site_predictability_error": (
         "lower",
@@ -126,14 +152,19 @@ METRICS: dict[str, tuple[str, str]] = {
         "subject-grouped CV mean absolute error (years) of a ridge brain-age model on "
         "regional tissue fractions",
     ),
+    "brain_age_correlation_score": (
+        "higher",
+        "Pearson r of the brain-age model's predictions with age, both relative to the "
+        "training folds' mean age (0: no age information; blind to a bias)",
+    ),
     "brain_age_null_error": (
         "reference",
         "mean absolute error (years) of predicting the training folds' mean age",
     ),
     "gm_age_correlation": (
         "target",
-        "within-site Pearson r of the segmented GM volume with age; best when equal to "
-        "true_gm_age_correlation",
+        "within-site Pearson r of the segmented GM volume with age (0 for a site whose "
+        "volumes are all equal); best when equal to true_gm_age_correlation",
     ),
     "true_gm_age_correlation": (
         "reference",
@@ -144,6 +175,37 @@ METRICS: dict[str, tuple[str, str]] = {
     "transform_seconds": ("lower", "wall-clock seconds of transform per image"),
     "transform_peak_mb": ("lower", "peak memory increase during transform (MB)"),
 }
+
+#: What each metric of :data:`METRICS` judges, for reports and checks that group them:
+#: ``"traveling"`` (a subject's images across sites), ``"truth"`` (closeness to the ground
+#: truth of synthetic data), ``"distance"`` (differences between subjects kept), ``"site"``
+#: (site information left), ``"biology"`` (age effects kept), ``"cost"`` and
+#: ``"reference"``. A metric missing here is of kind ``"other"``
+#: (:func:`metric_kind`).
+METRIC_KINDS: dict[str, str] = {
+    "traveling_subject_ssim_score": "traveling",
+    "subject_specificity_score": "traveling",
+    "truth_ssim_score": "truth",
+    "distance_correlation_score": "distance",
+    "site_predictability_error": "site",
+    "site_histogram_error": "site",
+    "site_chance_level": "reference",
+    "brain_age_error": "biology",
+    "brain_age_correlation_score": "biology",
+    "brain_age_null_error": "reference",
+    "gm_age_correlation": "biology",
+    "true_gm_age_correlation": "reference",
+    "fit_seconds": "cost",
+    "fit_peak_mb": "cost",
+    "transform_seconds": "cost",
+    "transform_peak_mb": "cost",
+}
+
+
+def metric_kind(name: str) -> str:
+    """The kind of a metric (:data:`METRIC_KINDS`; ``"other"`` when not listed)."""
+    return METRIC_KINDS.get(name, "other")
+
 
 #: Former metric names, still accepted (with a DeprecationWarning) where names are passed.
 METRIC_ALIASES: dict[str, str] = {
@@ -184,12 +246,9 @@ def resolve_metric_names(names: Iterable[str] | str) -> list[str]:
 # ----------------------------------------------------------------------------------------
 # SSIM
 # ----------------------------------------------------------------------------------------
-def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
     idx = np.nonzero(mask)
-    return tuple(
-        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, s))
-        for i, s in zip(idx, mask.shape)
-    )
+    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
 
 
 def masked_ssim(
@@ -200,42 +259,87 @@ def masked_ssim(
     data_range: float = 1.0,
     win_size: int = 7,
 ) -> float:
-    """Mean of the 3-D SSIM map of two images inside a mask.
+    """Mean of the 3-D SSIM map of two images inside a mask, from in-mask windows only.
 
-    The map is :func:`skimage.metrics.structural_similarity` with ``full=True`` (uniform
-    ``win_size``-voxel window, sample covariance), computed on the mask's bounding box
-    plus a margin of half a window so every averaged voxel sees its whole window.
+    SSIM (Wang et al. 2004) compares local means, variances and the covariance of two
+    images in a ``win_size``-voxel cubic window around each voxel, with the constants
+    ``C1 = (0.01 * data_range) ** 2`` and ``C2 = (0.03 * data_range) ** 2`` and the sample
+    covariance, as :func:`skimage.metrics.structural_similarity` with a uniform window.
+    Here each window's statistics use **only the voxels of the window that lie in the
+    mask** (a masked average), and the map is averaged over the mask voxels whose
+    window holds at least 2 of them. Voxels outside the mask never enter a window, so two
+    images do not look alike because they share a zero background: two independent
+    uniform-noise volumes score about 0 (0.008 at 4 mm and 0.002 at 2 mm on the brain
+    mask of the synthetic data; with background in the windows, as in harmonix 0.1.0,
+    0.23 and 0.12). Where the whole window lies in the mask this is skimage's SSIM
+    exactly.
 
     Parameters
     ----------
     a, b : ndarray of shape (i, j, k)
         Images already on a common scale (e.g. from :func:`robust_scale`).
     mask : ndarray of shape (i, j, k)
-        Voxels whose SSIM values are averaged.
+        Voxels compared: they make up the windows and their SSIM values are averaged.
     data_range : float, default=1.0
-        Dynamic range passed to SSIM (1 for images from :func:`robust_scale`).
+        Dynamic range of the images (1 for images from :func:`robust_scale`).
     win_size : int, default=7
-        Odd side of the SSIM window; every image axis must be at least this long.
+        Odd side of the SSIM window (voxels).
 
     Returns
     -------
     float
-        Mean SSIM inside the mask (1 for identical images).
+        Mean SSIM inside the mask: 1 for identical images, about 0 for unrelated ones
+        (the constants leave a small positive floor for low-variance noise: 0.04 for two
+        independent Gaussian noises of standard deviation 0.1 on a range of 1).
     """
+    smap = _ssim_map(a, b, mask, data_range=data_range, win_size=win_size)
+    values = smap[np.isfinite(smap)]
+    if not len(values):
+        raise ValueError("The mask has no voxel with another mask voxel in its SSIM window.")
+    return float(values.mean())
+
+
+def _ssim_map(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray, *, data_range: float, win_size: int
+) -> np.ndarray:
+    """SSIM of every mask voxel from its window's mask voxels (see :func:`masked_ssim`);
+    NaN outside the mask and where the window holds fewer than 2 mask voxels."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 3:
         raise ValueError(
             f"masked_ssim needs two 3-D images of one shape; got {a.shape}, {b.shape}."
         )
+    if (
+        isinstance(win_size, bool)
+        or not isinstance(win_size, int | np.integer)
+        or win_size < 1
+        or win_size % 2 == 0
+    ):
+        raise ValueError(f"win_size must be an odd positive integer, got {win_size!r}.")
     m = _as_mask(mask, a.shape)
-    box = _bbox(m, win_size // 2 + 1)
-    if min(a[box].shape) < win_size:  # tiny images: use the whole grid
-        box = tuple(slice(None) for _ in a.shape)
-    _, smap = structural_similarity(
-        a[box], b[box], data_range=data_range, win_size=win_size, full=True
-    )
-    return float(smap[m[box]].mean())
+    box = _bbox(m)  # windows read mask voxels only: the mask's bounding box suffices
+    inside = m[box]
+    x, y = np.where(inside, a[box], 0.0), np.where(inside, b[box], 0.0)
+
+    def window_sum(v: np.ndarray) -> np.ndarray:
+        # uniform_filter averages; zero padding outside the box adds nothing to the sums
+        return ndimage.uniform_filter(v, win_size, mode="constant") * win_size**3
+
+    count = window_sum(inside.astype(np.float64))
+    use = inside & (count >= 1.5)  # at least 2 mask voxels in the window
+    n = count[use]
+    mx, my = window_sum(x)[use] / n, window_sum(y)[use] / n
+    cov_norm = n / (n - 1.0)
+    vx = (window_sum(x * x)[use] / n - mx * mx) * cov_norm
+    vy = (window_sum(y * y)[use] / n - my * my) * cov_norm
+    vxy = (window_sum(x * y)[use] / n - mx * my) * cov_norm
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    out = np.full(a.shape, np.nan)
+    sub = np.full(inside.shape, np.nan)
+    sub[use] = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    out[box] = sub
+    return out
 
 
 @fill_doc
@@ -257,15 +361,13 @@ def traveling_subject_ssim_score(
     (:func:`masked_ssim`, ``data_range=1``) is computed. The score is the mean over all
     such (subject, site pair) pairs.
 
+    It judges agreement only: a method that returns the same image for every input
+    scores 1, as the oracle does. :func:`subject_specificity_score` asks whether the
+    agreement is the subject's own.
+
     Parameters
     ----------
-    %(bm_harmonized)s
-    subjects : array-like of shape (n_images,)
-        Subject of each image.
-    sites : array-like of shape (n_images,)
-        Site of each image.
-    mask : ndarray of shape (i, j, k)
-        Brain mask common to the images.
+    %(bm_pairs)s
     include : array-like of bool, shape (n_images,), default=None
         Score only the pairs that contain at least one included image (e.g. the images of
         unseen sites, compared with the same subjects' images at any other site). All
@@ -284,20 +386,125 @@ def traveling_subject_ssim_score(
         Mean SSIM (NaN when no subject has images at two sites).
     """
     arr = robust_scale(imgs, mask, value_range=value_range)
-    n = arr.shape[0]
+    subjects, sites, inc = _pair_labels(subjects, sites, include, len(arr))
+    m = _as_mask(mask, arr.shape[1:])
+    pairs = [
+        (i, j, masked_ssim(arr[i], arr[j], m, win_size=win_size))
+        for i, j in cross_site_pairs(subjects, sites, inc)
+    ]
+    score = float(np.mean([p[2] for p in pairs])) if pairs else float("nan")
+    return (score, pairs) if return_pairs else score
+
+
+def _pair_labels(
+    subjects: Any, sites: Any, include: Any, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     subjects = _as_labels(subjects, n, "subjects")
     sites = _as_labels(sites, n, "sites")
     inc = np.ones(n, bool) if include is None else _as_labels(include, n, "include").astype(bool)
-    m = _as_mask(mask, arr.shape[1:])
+    return subjects, sites, inc
+
+
+def cross_site_pairs(
+    subjects: np.ndarray, sites: np.ndarray, include: np.ndarray
+) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``i < j``, of one subject's images at two different sites,
+    keeping the pairs with at least one ``include``-d image (subjects in order of first
+    appearance)."""
     pairs = []
     for subject in dict.fromkeys(subjects.tolist()):
         idx = np.flatnonzero(subjects == subject)
         for i, j in combinations(idx.tolist(), 2):
-            if sites[i] == sites[j] or not (inc[i] or inc[j]):
-                continue
-            pairs.append((i, j, masked_ssim(arr[i], arr[j], m, win_size=win_size)))
-    score = float(np.mean([p[2] for p in pairs])) if pairs else float("nan")
-    return (score, pairs) if return_pairs else score
+            if sites[i] != sites[j] and (include[i] or include[j]):
+                pairs.append((i, j))
+    return pairs
+
+
+def _correlations(arr: np.ndarray, m: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Pearson correlation matrix of the images' voxels inside the mask (float64; 0 for an
+    image without variance)."""
+    vox = arr[:, m]
+    mean = vox.mean(axis=1, dtype=np.float64)[:, None]
+    gram = np.zeros((len(vox), len(vox)))
+    for start in range(0, vox.shape[1], chunk):
+        c = vox[:, start : start + chunk].astype(np.float64) - mean
+        gram += c @ c.T
+    sd = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+    scale = np.where(sd > 0, sd, np.inf)
+    return gram / scale[:, None] / scale[None, :]
+
+
+def specificity_from(same: np.ndarray, other: np.ndarray) -> float:
+    """:func:`subject_specificity_score` from per-pair correlations: ``(mean(same) -
+    mean(other)) / (1 - mean(other))``, 0 when every image is alike (``other`` = 1)."""
+    if len(same) == 0:
+        return float("nan")
+    ms, mo = float(np.mean(same)), float(np.mean(other))
+    return (ms - mo) / (1.0 - mo) if 1.0 - mo > 1e-9 else 0.0
+
+
+@fill_doc
+def subject_specificity_score(
+    imgs: Any,
+    subjects: Any,
+    sites: Any,
+    mask: Any,
+    *,
+    include: Any = None,
+    value_range: tuple[float, float] | None = None,
+    return_pairs: bool = False,
+) -> float | tuple[float, np.ndarray]:
+    """Is a subject's image at one site more like its own image at another site than like
+    other subjects' images there?
+
+    The traveling-subject SSIM rewards images that look alike across sites, so a method
+    that returns one image for every input (a mean image) scores 1 on it. This score asks
+    for subject-specific agreement. All images are put on one scale
+    (:func:`robust_scale`); for every pair of a subject's images at two different sites
+    ``A`` and ``B`` (the pairs of :func:`traveling_subject_ssim_score`), ``same`` is the
+    Pearson correlation of the two images' voxels inside the mask and ``other`` the mean
+    correlation of the subject's image at ``A`` with the other subjects' images at ``B``
+    and of its image at ``B`` with the other subjects' images at ``A``. The score is
+
+    ``(mean(same) - mean(other)) / (1 - mean(other))``
+
+    over all pairs: the share of the room above what any two subjects share that the
+    subject's own images take. 1: each subject's images are identical across sites (the
+    oracle); 0: a subject's images are no more alike than any two subjects' (every output
+    the same image, or noise); negative: less alike. The correlation ignores a global
+    scale or offset of each image, which the SSIM judges.
+
+    Parameters
+    ----------
+    %(bm_pairs)s
+    include : array-like of bool, shape (n_images,), default=None
+        Score only the pairs that contain at least one included image (as in
+        :func:`traveling_subject_ssim_score`).
+    value_range : tuple of float, default=None
+        Intensity range mapped to ``[0, 1]`` (:func:`robust_scale`); default: the pooled
+        robust range of ``imgs``.
+    return_pairs : bool, default=False
+        Also return an array of ``(index_a, index_b, same, other)`` rows, one per pair.
+
+    Returns
+    -------
+    float or (float, ndarray of shape (n_pairs, 4))
+        The score (NaN when no subject has images at two sites, or no site has another
+        subject to compare with).
+    """
+    arr = robust_scale(imgs, mask, value_range=value_range)
+    subjects, sites, inc = _pair_labels(subjects, sites, include, len(arr))
+    corr = _correlations(arr, _as_mask(mask, arr.shape[1:]))
+    rows = []
+    for i, j in cross_site_pairs(subjects, sites, inc):
+        at_j = (sites == sites[j]) & (subjects != subjects[i])
+        at_i = (sites == sites[i]) & (subjects != subjects[i])
+        if at_i.any() and at_j.any():
+            other = (corr[i, at_j].mean() + corr[at_i, j].mean()) / 2.0
+            rows.append((i, j, corr[i, j], other))
+    table = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+    score = specificity_from(table[:, 2], table[:, 3])
+    return (score, table) if return_pairs else score
 
 
 @fill_doc
@@ -419,9 +626,12 @@ def distance_correlation_from(
         ii, jj = np.triu_indices(len(pos), 1)
         ii, jj = pos[ii], pos[jj]
         ii, jj = ii[ii != jj], jj[ii != jj]
-        if len(ii) < 3 or np.ptp(db[ii, jj]) == 0 or np.ptp(da[ii, jj]) == 0:
-            continue  # constant distances: undefined
+        if len(ii) < 3 or np.ptp(db[ii, jj]) == 0:
+            continue  # fewer than 3 pairs, or every distance equal before: undefined
         x, y = db[ii, jj], da[ii, jj]
+        if np.ptp(y) == 0:  # every subject as far from every other: no difference kept
+            values.append(0.0)
+            continue
         if method == "spearman":
             x, y = stats.rankdata(x), stats.rankdata(y)
         values.append(pearson(x, y))
@@ -449,6 +659,12 @@ def distance_correlation_score(
     insensitive to a site's global intensity scale (other metrics judge that), so by
     default each set is scaled by its own pooled range.
 
+    A site whose distances after harmonization are all equal (e.g. every output the same
+    image) keeps no difference between its subjects and scores 0, as do outputs
+    unrelated to the inputs (noise) on average; a site whose distances are all equal
+    *before* is left out (nothing to keep). The rank correlation does not see a uniform
+    shrinking of the distances (outputs ``mean + 0.01 * (input - mean)`` score 1).
+
     Parameters
     ----------
     before : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
@@ -468,7 +684,7 @@ def distance_correlation_score(
     -------
     float
         Mean correlation over sites (NaN when no site has 3 images with distinct
-        distances).
+        distances before harmonization).
     """
     if method not in ("spearman", "pearson"):
         raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}.")

@@ -9,6 +9,7 @@ no display needed).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -21,6 +22,7 @@ from harmonix.benchmark.bootstrap import combine_intervals
 from harmonix.benchmark.data import dataset_arrays
 from harmonix.benchmark.metrics import METRICS, resolve_metric_names
 from harmonix.benchmark.scale import robust_scale
+from harmonix.exceptions import BenchmarkWarning
 
 __all__ = ["plot_metrics", "plot_slices", "summarize", "to_markdown"]
 
@@ -34,7 +36,9 @@ SUMMARY_COLUMNS = [
     "ci_low",
     "ci_high",
     "n",
+    "n_datasets",
     "reason",
+    "held_out",
 ]
 
 
@@ -50,13 +54,24 @@ def summarize(dfs: pd.DataFrame | Sequence[pd.DataFrame]) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Columns ``method, protocol, metric, mean, sd, ci_low, ci_high, n, reason``: mean
-        and sample standard deviation (ddof=1; NaN for a single value) over the runs with
-        a finite value, ``n`` the number of such runs, ``reason`` the distinct reasons of
-        the missing ones. ``ci_low, ci_high`` bound the 95 % interval of the mean: each
-        run's bootstrap interval (resampled subjects) combined as independent errors
-        (:func:`~harmonix.benchmark.bootstrap.combine_intervals`); NaN when the runs have
-        none.
+        Columns ``method, protocol, metric, mean, sd, ci_low, ci_high, n, n_datasets,
+        reason, held_out``: mean and sample standard deviation (ddof=1; NaN for a single
+        value) over the runs with a finite value, ``n`` the number of such runs and
+        ``n_datasets`` the number of data sets among them, ``reason`` the distinct
+        reasons of the missing ones, ``held_out`` the distinct held-out site sets
+        (``"; "``-separated). ``ci_low, ci_high`` bound the 95 % interval of the mean:
+        the runs' bootstrap intervals (resampled subjects) combined by
+        :func:`~harmonix.benchmark.bootstrap.combine_intervals`, as independent errors
+        for runs on different data sets and as shared ones for runs on the same data set
+        (the ``dataset`` fingerprint of :func:`run_benchmark`): several seeds of a method
+        on one data set do not narrow the interval. NaN when the runs have none.
+
+    Warns
+    -----
+    BenchmarkWarning
+        When several runs have no ``dataset`` column (older results, or frames built by
+        hand): they are then taken to share one data set, the cautious choice; add a
+        ``dataset`` column naming each run's data set to combine independent data sets.
     """
     frames = [dfs] if isinstance(dfs, pd.DataFrame) else list(dfs)
     if not frames:
@@ -67,25 +82,41 @@ def summarize(dfs: pd.DataFrame | Sequence[pd.DataFrame]) -> pd.DataFrame:
         raise ValueError(f"Not a run_benchmark result: columns {sorted(missing)} are missing.")
     if "reason" not in df.columns:
         df["reason"] = ""
+    if "dataset" not in df.columns:
+        if df.duplicated(["method", "protocol", "metric"]).any():
+            warnings.warn(
+                "The results have no 'dataset' column, so summarize cannot tell runs on "
+                "other subjects from repeated runs on the same subjects; it assumes one "
+                "data set (intervals are not narrowed by the number of runs). Add a "
+                "'dataset' column naming each run's data set to combine independent data "
+                "sets.",
+                BenchmarkWarning,
+                stacklevel=2,
+            )
+        df["dataset"] = "one data set"
     out = []
     for (method, protocol, metric), g in df.groupby(["method", "protocol", "metric"], sort=False):
         vals = g["value"].to_numpy(dtype=float)
-        ok = vals[np.isfinite(vals)]
+        ok = np.isfinite(vals)
         reasons = [r for r in dict.fromkeys(g["reason"].fillna("").astype(str)) if r]
         lo = g["ci_low"].to_numpy(dtype=float) if "ci_low" in g else np.full(len(g), np.nan)
         hi = g["ci_high"].to_numpy(dtype=float) if "ci_high" in g else np.full(len(g), np.nan)
-        ci = combine_intervals(vals, lo, hi)
+        datasets = g["dataset"].astype(str).to_numpy()
+        ci = combine_intervals(vals, lo, hi, datasets=datasets)
+        held = g["held_out"].fillna("").astype(str).tolist() if "held_out" in g else []
         out.append(
             {
                 "method": method,
                 "protocol": protocol,
                 "metric": metric,
-                "mean": float(ok.mean()) if len(ok) else np.nan,
-                "sd": float(ok.std(ddof=1)) if len(ok) > 1 else np.nan,
+                "mean": float(vals[ok].mean()) if ok.any() else np.nan,
+                "sd": float(vals[ok].std(ddof=1)) if ok.sum() > 1 else np.nan,
                 "ci_low": ci[0],
                 "ci_high": ci[1],
-                "n": len(ok),
+                "n": int(ok.sum()),
+                "n_datasets": len(set(datasets[ok].tolist())),
                 "reason": "; ".join(reasons),
+                "held_out": "; ".join(dict.fromkeys(held)),
             }
         )
     return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
@@ -194,11 +225,14 @@ def to_markdown(
     lines: list[str] = []
     notes: dict[str, int] = {}
     marked = False
+    held = ""
+    if "held_out" in df.columns:
+        held = "; ".join(v for v in dict.fromkeys(df["held_out"].fillna("").astype(str)) if v)
     for protocol in _ordered(df["protocol"], PROTOCOLS):
         sub = df[df["protocol"] == protocol]
         title = {
             "seen": "Seen sites (harmonizers fitted on them)",
-            "unseen": "Unseen sites (held out of fit)",
+            "unseen": f"Unseen sites (held out of fit{': ' + held if held else ''})",
         }.get(protocol, str(protocol))
         lines += [f"### {title}", ""]
         lines.append("| method | " + " | ".join(f"{m} {_arrow(m)}" for m in cols) + " |")
@@ -261,7 +295,8 @@ def to_markdown(
             n = int(df["n"].max()) if len(df) else 0
             lines.append(
                 f"- cells: mean ± sd over up to {n} runs [95 % interval of the mean, "
-                "subjects resampled within each run]"
+                "subjects resampled within each run; runs on the same data set share "
+                "their subjects and do not narrow it]"
             )
         else:
             lines.append("- cells: value [95 % bootstrap interval, subjects resampled]")

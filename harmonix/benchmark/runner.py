@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,16 +49,43 @@ logger = logging.getLogger(__name__)
 
 #: Name of the oracle row (see :func:`oracle_outputs`).
 ORACLE = "oracle"
-COLUMNS = ["method", "protocol", "metric", "value", "ci_low", "ci_high", "reason"]
+COLUMNS = [
+    "method",
+    "protocol",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "reason",
+    "held_out",
+    "dataset",
+]
 
 
 # ----------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------
+def _label_key(label: Any) -> tuple[str, str]:
+    return type(label).__name__, str(label)
+
+
+def _draw_test_site(
+    labels: list[Any], reference: Any, seed: int, random_state: Any
+) -> tuple[list[Any], str]:
+    """The default held-out site: one site other than the reference, drawn with ``seed``
+    (from ``random_state``) among the labels in sorted order (the order of the images
+    does not matter)."""
+    candidates = sorted((s for s in labels if s != reference), key=_label_key)
+    if len(labels) < 3 or not candidates:
+        return [], "none held out: fewer than 3 sites"
+    pick = candidates[int(np.random.default_rng(seed).integers(len(candidates)))]
+    names = ", ".join(map(str, candidates))
+    generator = isinstance(random_state, np.random.Generator)
+    state = "a Generator" if generator else repr(random_state)
+    return [pick], f"drawn with random_state={state} among the non-reference sites ({names})"
+
+
 def _check_test_sites(test_sites: Any, labels: list[Any], reference: Any) -> list[Any]:
-    if test_sites is None:
-        candidates = [s for s in labels if s != reference]
-        return [candidates[-1]] if len(labels) >= 3 and candidates else []
     if isinstance(test_sites, (str, bytes)) or np.ndim(test_sites) == 0:
         test_sites = [test_sites]
     test_sites = list(test_sites)
@@ -158,7 +185,7 @@ def run_benchmark(
     n_boot: int = 1000,
     verbose: bool = False,
     raise_errors: bool = False,
-    return_outputs: bool = False,
+    return_outputs: bool | Sequence[int] = False,
 ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Fit every harmonizer on the training sites and score it on seen and unseen sites.
 
@@ -176,7 +203,7 @@ def run_benchmark(
     metric                       seen / unseen
     ============================ ==========================================================
     traveling_subject_ssim_score pairs of seen images / pairs with an unseen image (its
-                                 subject at any other site, seen or unseen)
+    subject_specificity_score    subject at any other site, seen or unseen)
     truth_ssim_score             seen / unseen images vs ``dataset.truth``
     distance_correlation_score   within each seen / unseen site, before vs after
     site_predictability_error,   seen images (chance 1/n_train_sites) / all images
@@ -226,11 +253,15 @@ def run_benchmark(
         default held-out site; ``affine`` gives the voxel size to harmonizers whose
         ``voxel_size`` parameter is None (IGUANe: the images are arrays).
     test_sites : label or sequence of labels, default=None
-        Sites held out of fit. ``None``: the last site that is not the reference site when
-        there are at least 3 sites, else none. ``[]``: no unseen protocol.
+        Sites held out of fit. ``None``: with at least 3 sites, one site other than the
+        reference site, drawn with ``random_state`` among the site labels in sorted order
+        (so the order of the images does not matter); with 2 sites none. ``[]``: no
+        unseen protocol. The result's ``held_out`` column names the held-out sites and
+        ``df.attrs["held_out"]`` also says how they were chosen.
     random_state : int, numpy Generator or None, default=None
-        Seeds the metrics' cross-validation folds and bootstrap, and every harmonizer
-        whose ``random_state`` parameter is None (all methods get the same seed).
+        Seeds the choice of the held-out site, the metrics' cross-validation folds and
+        bootstrap, and every harmonizer whose ``random_state`` parameter is None (all
+        methods get the same seed).
     metrics : iterable of str, default=None
         Subset of :data:`~harmonix.benchmark.metrics.METRICS` to compute (default: all;
         former names such as ``"traveling_ssim_score"`` are accepted with a warning).
@@ -242,15 +273,22 @@ def run_benchmark(
         Show a progress bar (tqdm) and log progress at INFO level.
     raise_errors : bool, default=False
         Re-raise unexpected exceptions instead of recording NaN with the reason.
-    return_outputs : bool, default=False
+    return_outputs : bool or sequence of int, default=False
         Also return the harmonized images: ``{name: float32 array (n, i, j, k)}`` in
-        dataset order, NaN for images a method could not harmonize.
+        dataset order, NaN for images a method could not harmonize. A sequence of image
+        indices returns those images only, in that order (e.g. one subject's, for
+        :func:`plot_slices`): the benchmark keeps one method's outputs in memory at a
+        time, and all of them only when they are returned.
 
     Returns
     -------
     pandas.DataFrame or (DataFrame, dict)
         Tidy results with columns ``method, protocol, metric, value, ci_low, ci_high,
-        reason`` (``reason`` is ``""`` when the value was computed).
+        reason, held_out, dataset``: ``reason`` is ``""`` when the value was computed,
+        ``held_out`` the held-out sites (comma-separated), ``dataset`` a short
+        fingerprint of the data set's images and labels, with which
+        :func:`~harmonix.benchmark.summarize` recognizes runs on the same subjects.
+        ``df.attrs["held_out"]`` is ``{"sites": [...], "rule": "..."}``.
 
     Notes
     -----
@@ -274,10 +312,14 @@ def run_benchmark(
     if oracle and ORACLE in harmonizers:
         raise ValueError(f"{ORACLE!r} is the oracle row's name; rename that harmonizer.")
     labels = list(dict.fromkeys(data.sites.tolist()))
-    test = _check_test_sites(test_sites, labels, data.reference)
-    is_test = np.isin(data.sites, test) if test else np.zeros(len(data.sites), bool)
     rng = np.random.default_rng(random_state)
-    method_seed, metric_seed = (int(s) for s in rng.integers(0, 2**31 - 1, size=2))
+    method_seed, metric_seed, site_seed = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
+    if test_sites is None:
+        test, rule = _draw_test_site(labels, data.reference, site_seed, random_state)
+    else:
+        test, rule = _check_test_sites(test_sites, labels, data.reference), "given (test_sites)"
+    logger.info("benchmark: held-out site(s) %s, %s", test, rule)
+    is_test = np.isin(data.sites, test) if test else np.zeros(len(data.sites), bool)
     plan = Plan(
         data=data,
         train_idx=np.flatnonzero(~is_test),
@@ -289,8 +331,10 @@ def run_benchmark(
         raise_errors=raise_errors,
         n_boot=int(n_boot),
     )
+    keep = _output_indices(return_outputs, len(data.imgs))
     oracle_imgs = oracle_outputs(data) if oracle else None
-    runs: list[MethodRun] = []
+    rows: list[dict[str, Any]] = []
+    outputs: dict[str, np.ndarray] = {}
     items = list(harmonizers.items()) + ([(ORACLE, None)] if oracle else [])
     for name, estimator in tqdm(items, desc="harmonizers", disable=not verbose):
         if verbose:
@@ -301,18 +345,39 @@ def run_benchmark(
         else:
             _run_method(run, estimator)
         score(run)
-        runs.append(run)
-    df = pd.DataFrame([r for run in runs for r in run.rows], columns=COLUMNS)
+        rows.extend(run.rows)
+        if keep is not None:
+            full = np.full((len(keep), *data.imgs.shape[1:]), np.nan, np.float32)
+            where = {int(i): k for k, i in enumerate(keep)}
+            for protocol, out in run.outputs.items():
+                for j, i in enumerate(plan.index(protocol).tolist()):
+                    if i in where:
+                        full[where[i]] = out[j]
+            outputs[run.name] = full
+        del run  # one method's outputs in memory at a time
+    df = pd.DataFrame(rows, columns=COLUMNS[:-2])
     df[["value", "ci_low", "ci_high"]] = df[["value", "ci_low", "ci_high"]].astype(float)
-    if not return_outputs:
-        return df
-    outputs = {}
-    for run in runs:
-        full = np.full(data.imgs.shape, np.nan, np.float32)
-        for protocol, out in run.outputs.items():
-            full[plan.index(protocol)] = out
-        outputs[run.name] = full
-    return df, outputs
+    df["held_out"] = ", ".join(map(str, test))
+    df["dataset"] = data.digest()
+    df.attrs["held_out"] = {"sites": list(test), "rule": rule}
+    return df if keep is None else (df, outputs)
+
+
+def _output_indices(return_outputs: Any, n: int) -> np.ndarray | None:
+    """The images whose outputs :func:`run_benchmark` returns (None: no outputs)."""
+    if return_outputs is True:
+        return np.arange(n)
+    if return_outputs is False or return_outputs is None:
+        return None
+    idx = np.asarray(return_outputs)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu" or len(idx) == 0:
+        raise TypeError(
+            "return_outputs must be True, False or a sequence of image indices, "
+            f"got {return_outputs!r:.80}."
+        )
+    if idx.min() < -n or idx.max() >= n:
+        raise ValueError(f"return_outputs has indices outside the {n} images.")
+    return idx % n
 
 
 def _run_oracle(run: MethodRun, oracle_imgs: np.ndarray) -> None:

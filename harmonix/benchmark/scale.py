@@ -32,7 +32,27 @@ mask : ndarray of shape (i, j, k)
 
 docdict["bm_groups"] = """\
 groups : array-like of shape (n_images,), default=None
-    Subject of each image; folds never split a subject."""
+    Subject of each image; folds never split a subject. Without it every image is taken
+    for a different subject, with a :class:`~harmonix.exceptions.BenchmarkWarning`
+    (a subject's images in both training and test folds flatter the score)."""
+
+docdict["bm_age_inputs"] = "\n".join(
+    [
+        docdict["bm_harmonized"],
+        "ages : array-like of shape (n_images,)\n    Target ages.",
+        docdict["bm_mask2"],
+        docdict["bm_groups"],
+    ]
+)
+
+docdict["bm_pairs"] = "\n".join(
+    [
+        docdict["bm_harmonized"],
+        "subjects : array-like of shape (n_images,)\n    Subject of each image.",
+        "sites : array-like of shape (n_images,)\n    Site of each image.",
+        "mask : ndarray of shape (i, j, k)\n    Brain mask common to the images.",
+    ]
+)
 
 docdict["bm_site_target"] = """\
 sites : array-like of shape (n_images,)

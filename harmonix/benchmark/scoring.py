@@ -22,6 +22,8 @@ from harmonix.benchmark.data import DataArrays
 from harmonix.benchmark.metrics import (
     distance_correlation_from,
     site_distances,
+    specificity_from,
+    subject_specificity_score,
     traveling_subject_ssim_score,
     truth_ssim_score,
 )
@@ -145,6 +147,7 @@ def score(run: MethodRun) -> None:
 # One function per metric: (run, protocol) -> (value, (ci_low, ci_high), reason)
 # ----------------------------------------------------------------------------------------
 _Result = tuple[float, tuple[float, float], str]
+_MetricFunc = Callable[["MethodRun", str], _Result]
 _MISSING_SEEN: _Result = (np.nan, _NO_CI, "needs the seen-site outputs, which failed")
 
 
@@ -192,12 +195,12 @@ def _pooled_tissues(run: MethodRun, protocol: str) -> Tissues:
     )
 
 
-def _traveling(run: MethodRun, protocol: str) -> _Result:
-    if "seen" not in run.outputs:
-        return _MISSING_SEEN
+def _cross_site(run: MethodRun, protocol: str, metric: Callable[..., Any]) -> tuple[Any, ...]:
+    """``metric(outputs, subjects, sites, mask, ...)`` on the pooled outputs with its pairs,
+    and the subjects of the pooled images."""
     d = run.plan.data
     ix, train = _pooled(run, protocol)
-    value, pairs = traveling_subject_ssim_score(
+    value, pairs = metric(
         _pooled_outputs(run, protocol),
         d.subjects[ix],
         d.sites[ix],
@@ -206,11 +209,29 @@ def _traveling(run: MethodRun, protocol: str) -> _Result:
         value_range=run.value_range,
         return_pairs=True,
     )
+    return value, pairs, d.subjects[ix]
+
+
+def _traveling(run: MethodRun, protocol: str) -> _Result:
+    if "seen" not in run.outputs:
+        return _MISSING_SEEN
+    value, pairs, subjects = _cross_site(run, protocol, traveling_subject_ssim_score)
     if np.isnan(value):
         return value, _NO_CI, "no subject has images at two sites"
     vals = np.array([p[2] for p in pairs])
-    groups = d.subjects[ix][[p[0] for p in pairs]]
+    groups = subjects[[p[0] for p in pairs]]
     return value, _ci(run, lambda k: float(vals[k].mean()), groups), ""
+
+
+def _specificity(run: MethodRun, protocol: str) -> _Result:
+    if "seen" not in run.outputs:
+        return _MISSING_SEEN
+    value, table, subjects = _cross_site(run, protocol, subject_specificity_score)
+    if np.isnan(value):
+        return value, _NO_CI, "needs subjects with images at two sites and other subjects there"
+    groups = subjects[table[:, 0].astype(int)]
+    same, other = table[:, 2], table[:, 3]
+    return value, _ci(run, lambda k: specificity_from(same[k], other[k]), groups), ""
 
 
 def _truth(run: MethodRun, protocol: str) -> _Result:
@@ -236,7 +257,7 @@ def _distances(run: MethodRun, protocol: str) -> _Result:
     dist = site_distances(d.imgs[idx], run.outputs[protocol], d.sites[idx], d.mask)
     value = distance_correlation_from(dist)
     if np.isnan(value):
-        return value, _NO_CI, "needs >= 3 subjects in a site"
+        return value, _NO_CI, "needs >= 3 subjects in a site, at distinct distances before"
     return value, _ci(run, lambda k: distance_correlation_from(dist, keep=k), d.subjects[idx]), ""
 
 
@@ -266,7 +287,7 @@ def _chance(run: MethodRun, protocol: str) -> _Result:
     return 1.0 / len(np.unique(run.plan.data.sites[ix])), _NO_CI, ""
 
 
-def _brain_age(null: bool) -> Callable[[MethodRun, str], _Result]:
+def _brain_age(null: bool = False, correlation: bool = False) -> _MetricFunc:
     def compute(run: MethodRun, protocol: str) -> _Result:
         d = run.plan.data
         if d.ages is None:
@@ -287,12 +308,11 @@ def _brain_age(null: bool) -> Callable[[MethodRun, str], _Result]:
                 return_predictions=True,
             )[1]
         p = run.cache[key]
+        groups = d.subjects[ix][p.index]
+        if correlation:
+            return p.correlation(), _ci(run, p.correlation, groups), ""
         err = np.abs((p.null if null else p.predicted) - p.age)
-        return (
-            float(err.mean()),
-            _ci(run, lambda k: float(err[k].mean()), d.subjects[ix][p.index]),
-            "",
-        )
+        return float(err.mean()), _ci(run, lambda k: float(err[k].mean()), groups), ""
 
     return compute
 
@@ -302,7 +322,7 @@ def _age_correlation(run: MethodRun, protocol: str, volumes: np.ndarray) -> _Res
     ages, sites = d.ages[idx], d.sites[idx]
     value = within_site_correlation(volumes, ages, sites)
     if np.isnan(value):
-        return value, _NO_CI, "GM volume or age is constant"
+        return value, _NO_CI, "needs >= 3 images of different ages in a site"
     return (
         value,
         _ci(
@@ -335,12 +355,14 @@ def _true_gm_age(run: MethodRun, protocol: str) -> _Result:
 
 METRIC_FUNCS: dict[str, Callable[[MethodRun, str], _Result]] = {
     "traveling_subject_ssim_score": _traveling,
+    "subject_specificity_score": _specificity,
     "truth_ssim_score": _truth,
     "distance_correlation_score": _distances,
     "site_predictability_error": _site_metric("tissue"),
     "site_histogram_error": _site_metric("histogram"),
     "site_chance_level": _chance,
-    "brain_age_error": _brain_age(null=False),
+    "brain_age_error": _brain_age(),
+    "brain_age_correlation_score": _brain_age(correlation=True),
     "brain_age_null_error": _brain_age(null=True),
     "gm_age_correlation": _gm_age,
     "true_gm_age_correlation": _true_gm_age,

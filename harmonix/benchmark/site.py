@@ -24,7 +24,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from harmonix._docs import fill_doc
-from harmonix.benchmark._folds import grouped_splits
+from harmonix.benchmark._folds import grouped_splits, subject_groups
 from harmonix.benchmark.scale import _as_labels, _as_mask, robust_scale
 from harmonix.benchmark.tissue import Tissues, segment_tissues
 
@@ -184,6 +184,7 @@ def site_predictability_error(
     X = site_features(
         imgs, mask, quantiles=quantiles, regions=regions, value_range=value_range, tissues=tissues
     )
+    groups = subject_groups(groups, len(X), "site_predictability_error")
     y, pred = site_predictions(X, sites, groups, n_splits=n_splits, random_state=random_state)
     return balanced_accuracy(y, pred)
 
@@ -224,6 +225,7 @@ def site_histogram_error(
         Balanced accuracy of the pooled out-of-fold predictions.
     """
     X = site_features(imgs, mask, kind="histogram", n_bins=n_bins, value_range=value_range)
+    groups = subject_groups(groups, len(X), "site_histogram_error")
     y, pred = site_predictions(X, sites, groups, n_splits=n_splits, random_state=random_state)
     return balanced_accuracy(y, pred)
 
