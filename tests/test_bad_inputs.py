@@ -366,6 +366,22 @@ ESTIMATOR_CASES = [
     ),
     Case("all-zero-image", "fit", _all_zero, raises(ValueError, "no brain voxels")),
     Case(
+        "scoring-returns-nan",
+        "fit",
+        _clean,
+        raises(ValueError, "must be a finite number"),
+        params={"scoring": lambda *a: float("nan")},
+        applies=_has_param("scoring"),
+    ),
+    Case(
+        "scoring-returns-none",
+        "fit",
+        _clean,
+        raises(TypeError, "must return a number"),
+        params={"scoring": lambda *a: None},
+        applies=_has_param("scoring"),
+    ),
+    Case(
         "int16-images",
         "fit",
         lambda d, t: d._replace(imgs=np.round(d.imgs * 100).astype(np.int16)),

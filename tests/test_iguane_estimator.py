@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import joblib
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -152,6 +153,21 @@ def test_resume_from_a_finished_checkpoint(data, tmp_path):
     again = IGUANeHarmonizer(**params, resume=True).fit(imgs, sites, ages)
     assert again.history_ == first.history_
     np.testing.assert_array_equal(again.transform(imgs[:2]), first.transform(imgs[:2]))
+    # the same sites and ages, two images of one site swapped: refused, nothing fitted
+    swapped = imgs.copy()
+    a, b = np.flatnonzero(sites == "site1")[:2]
+    swapped[[a, b]] = imgs[[b, a]]
+    other = IGUANeHarmonizer(**params, resume=True)
+    with pytest.raises(ValueError, match="the training images"):
+        other.fit(swapped, sites, ages)
+    assert not hasattr(other, "generator_")
+    # the images given as a list, or as files, are the same images: accepted
+    paths = []
+    for i, img in enumerate(imgs):
+        paths.append(str(tmp_path / f"img{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(img, np.eye(4)), paths[-1])
+    from_files = IGUANeHarmonizer(**params, resume=True).fit(paths, sites, ages)
+    assert from_files.history_ == first.history_
 
 
 def test_invalid_parameters_raise(data):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
-from harmonix.exceptions import SiteMismatchWarning
+from harmonix.exceptions import ModelSelectionWarning, SiteMismatchWarning
 from harmonix.histogram_matching import apply_landmarks, compute_landmarks
 from harmonix.iguane import CPU_RECIPE, PatchDiscriminator3D
 from harmonix.iguane import data as D
@@ -249,10 +249,12 @@ def test_scoring_callable_and_ties_go_to_the_later_checkpoint():
     assert calls and all(lab == ["site1"] * n for n, lab in calls)
 
     scores = iter([3.0, 2.0, 1.0, 0.0])
-    result = T.train(
-        vols, sites, "site0", config=config, scoring=lambda *a: next(scores), random_state=0
-    )
+    with pytest.warns(ModelSelectionWarning, match="below the unharmonized"):
+        result = T.train(
+            vols, sites, "site0", config=config, scoring=lambda *a: next(scores), random_state=0
+        )
     assert result.history["val_baseline"] == 3.0 and result.history["best_step"] == 1
+    assert result.history["selected_below_baseline"] is True
 
 
 def test_default_score_sees_a_bias_field_that_histograms_miss():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -105,6 +107,84 @@ def test_resume_refuses_other_settings_and_restarts_without_checkpoint(tmp_path)
         random_state=0,
     )
     assert fresh.step == 1
+
+
+def test_resume_refuses_other_or_permuted_images(tmp_path):
+    vols, sites, ages = _volumes(n_per_site=3)
+    config = T.TrainConfig(**FAST)
+    T.train(vols, sites, "ref", ages, config, checkpoint_dir=tmp_path, max_steps=2, random_state=0)
+    # the same sites and ages, two images of site "a" swapped: other data
+    swapped = list(vols)
+    swapped[3], swapped[4] = vols[4], vols[3]
+    with pytest.raises(ValueError, match="training images"):
+        T.train(swapped, sites, "ref", ages, config, checkpoint_dir=tmp_path, resume=True)
+    edited = list(_volumes(n_per_site=3)[0])
+    x, mask = edited[0]
+    edited[0] = (np.where(mask, x + 0.01, x).astype(np.float32), mask)
+    with pytest.raises(ValueError, match="training images"):
+        T.train(edited, sites, "ref", ages, config, checkpoint_dir=tmp_path, resume=True)
+    # the digest given by the caller (the estimator's, of the raw images) is the one used
+    with pytest.raises(ValueError, match="training images"):
+        T.train(
+            _volumes(n_per_site=3)[0],
+            sites,
+            "ref",
+            ages,
+            config,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            data_digest="0123456789abcdef",
+        )
+    done = T.train(
+        _volumes(n_per_site=3)[0], sites, "ref", ages, config, checkpoint_dir=tmp_path, resume=True
+    )
+    assert done.step == 4 and done.completed
+
+
+def test_checkpoint_of_an_older_harmonix_names_the_missing_digest():
+    from harmonix.iguane.checkpoints import describe_mismatch, fingerprint
+
+    vols, sites, ages = _volumes()
+    config = T.TrainConfig(**FAST)
+    old = json.loads(fingerprint(config, sites, "ref", ages))
+    del old["images"]
+    now = fingerprint(config, sites, "ref", ages, images="0123456789abcdef")
+    assert "no digest of its images" in describe_mismatch(json.dumps(old), now)
+
+
+def test_scoring_returning_nan_is_an_error_not_a_silent_last_model():
+    vols, sites, ages = _volumes()
+    config = T.TrainConfig(**FAST)
+    with pytest.raises(ValueError, match=r"returned nan for the unharmonized"):
+        T.train(vols, sites, "ref", ages, config, scoring=lambda *a: float("nan"))
+    scores = iter([0.0, float("nan")])  # the baseline is fine, the first checkpoint is not
+    with pytest.raises(ValueError, match=r"returned nan for the generator at step 2"):
+        T.train(vols, sites, "ref", ages, config, scoring=lambda *a: next(scores))
+    with pytest.raises(TypeError, match="must return a number"):
+        T.train(vols, sites, "ref", ages, config, scoring=lambda *a: None)
+
+
+def test_selected_model_below_the_baseline_warns_and_is_flagged():
+    from harmonix.exceptions import ModelSelectionWarning
+
+    vols, sites, ages = _volumes()
+    config = T.TrainConfig(**FAST)
+
+    def closeness_to_input(harmonize, volumes, labels):
+        # best when the images are left alone: every trained generator scores below that
+        return -float(np.mean([np.abs(harmonize(x, m) - x)[m].mean() for x, m in volumes]))
+
+    with pytest.warns(ModelSelectionWarning, match="below the unharmonized images"):
+        result = T.train(vols, sites, "ref", ages, config, scoring=closeness_to_input)
+    h = result.history
+    assert h["best_score"] < h["val_baseline"] == 0.0
+    assert h["selected_below_baseline"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelSelectionWarning)
+        result = T.train(vols, sites, "ref", ages, config, scoring=lambda *a: 1.0)  # ties
+    assert result.history["selected_below_baseline"] is False
+    no_val = T.train(vols, sites, "ref", ages, dataclasses.replace(config, val_fraction=0.0))
+    assert no_val.history["selected_below_baseline"] is None
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

@@ -76,7 +76,10 @@ print(iguane)
 # distance of the harmonized held-out images to the reference site, in intensity
 # distribution and regional intensity profile; higher is better). The score of the
 # unharmonized held-out images (``val_baseline``) gives the starting point; after so few
-# steps the generator is still (nearly) the identity and the score has barely moved.
+# steps the generator is still (nearly) the identity and the score has barely moved. When
+# the selected generator scores below that baseline, ``fit`` warns
+# (:class:`~harmonix.exceptions.ModelSelectionWarning`) and
+# ``history_["selected_below_baseline"]`` is True.
 history = iguane.history_
 fig, axes = plt.subplots(1, 2, figsize=(9, 3), layout="constrained")
 for key in ("loss_discriminator", "loss_adversarial", "loss_cycle", "loss_identity"):
@@ -91,7 +94,8 @@ axes[1].set_title("validation score (higher is better)", fontsize=9)
 axes[1].legend(fontsize=7)
 print(
     f"best step {history['best_step']}: score {history['best_score']:.5f}, "
-    f"baseline {history['val_baseline']:.5f}"
+    f"baseline {history['val_baseline']:.5f}, "
+    f"below the baseline: {history['selected_below_baseline']}"
 )
 
 # %%

@@ -4,8 +4,9 @@ belongs to the training being resumed.
 A checkpoint is a :func:`torch.save` file of plain tensors, numbers, strings, lists and
 dicts, read back with ``torch.load(weights_only=True)``; it is written to a temporary file
 that is renamed over the old one, so an interruption never corrupts the last good
-checkpoint. Its *fingerprint* (the training settings, sites, reference site and ages)
-must match the resumed training's; the batch size in it is the global one (per process
+checkpoint. Its *fingerprint* (the training settings, sites, reference site, ages and a
+digest of the training images, :class:`harmonix._digest.ImageDigest`) must match the
+resumed training's; the batch size in it is the global one (per process
 × processes, see :mod:`harmonix.iguane.distributed`).
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "load_checkpoint",
     "load_torch_file",
     "read_resume_state",
+    "volumes_digest",
 ]
 
 #: File name of the training checkpoint inside ``checkpoint_dir``.
@@ -50,6 +52,7 @@ def fingerprint(
     reference_site: Hashable,
     ages: np.ndarray | None,
     world_size: int = 1,
+    images: str | None = None,
 ) -> str:
     """What a checkpoint must share with the training that resumes it, as JSON.
 
@@ -64,6 +67,9 @@ def fingerprint(
     ages : ndarray or None
     world_size : int, default=1
         Processes of the training; the stored batch size is ``batch_size * world_size``.
+    images : str, default=None
+        Digest of the training images in their order
+        (:meth:`harmonix._digest.ImageDigest.hexdigest`).
 
     Returns
     -------
@@ -78,8 +84,24 @@ def fingerprint(
         "sites": [str(s) for s in sites.tolist()],
         "reference_site": str(reference_site),
         "ages": None if ages is None else [round(float(a), 6) for a in ages],
+        "images": images,
     }
     return json.dumps(info, sort_keys=True, default=str)
+
+
+def volumes_digest(volumes: Any) -> str:
+    """Digest of training volumes (``volumes[i]`` is ``(x, mask)``), read one at a time.
+
+    :func:`~harmonix.iguane.training.train` computes it for its checkpoint fingerprint
+    when it is not given one (:class:`~harmonix.IGUANeHarmonizer` gives the digest of the
+    raw images, computed in the pass that reads them for their medians).
+    """
+    from harmonix._digest import ImageDigest
+
+    digest = ImageDigest()
+    for i in range(len(volumes)):
+        digest.update(volumes[i][0])
+    return digest.hexdigest()
 
 
 def describe_mismatch(saved: str, current: str) -> str:
@@ -98,6 +120,10 @@ def describe_mismatch(saved: str, current: str) -> str:
     for key in ("sites", "reference_site", "ages"):
         if a.get(key) != b.get(key):
             diffs.append(f"the training {key.replace('_', ' ')}")
+    if "images" not in a:
+        diffs.append("the checkpoint has no digest of its images (an older harmonix)")
+    elif a["images"] != b.get("images"):
+        diffs.append("the training images (other images, or the same in another order)")
     return ", ".join(diffs) or "unknown"
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from sklearn.utils.validation import check_is_fitted
 
+from harmonix._digest import ImageDigest
 from harmonix._docs import fill_doc
 from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer, check_sites
@@ -108,7 +109,9 @@ class IGUANeHarmonizer(BaseHarmonizer):
     %(iguane_checkpoint_every)s
     resume : bool, default=False
         Continue an interrupted training from the checkpoint in ``checkpoint_dir`` (with
-        the same parameters and data); starts from scratch if there is none.
+        the same parameters and data); starts from scratch if there is none. A checkpoint
+        of other parameters, sites, ages or images (or the same images in another order:
+        a digest of them is stored) is refused with a ValueError.
     input_shape : tuple of 3 int, default=None
         None: every image is zero-padded to a multiple of 16 per axis. Otherwise images are
         cropped/padded to this shape without cutting brain voxels (the published network
@@ -210,7 +213,10 @@ class IGUANeHarmonizer(BaseHarmonizer):
         Per-step mean losses over source sites (``loss_discriminator``,
         ``loss_adversarial``, ``loss_cycle``, ``loss_identity``, ``loss_generator``),
         validation steps and scores (``val_step``, ``val_score``, ``val_baseline``,
-        ``best_step``, ``best_score``) and the held-out image indices (``val_indices``).
+        ``best_step``, ``best_score``), ``selected_below_baseline`` (True when the
+        selected generator scores below the unharmonized held-out images, with a
+        :class:`~harmonix.exceptions.ModelSelectionWarning`; None without validation)
+        and the held-out image indices (``val_indices``).
 
     See Also
     --------
@@ -244,7 +250,10 @@ class IGUANeHarmonizer(BaseHarmonizer):
     **Validation.** The selected generator is the best-scoring one on the held-out images
     (``scoring``; by default the closest to the reference site in intensity distribution
     and regional intensity profile, see :mod:`harmonix.iguane.selection`); ties go to the
-    later checkpoint.
+    later checkpoint. A ``scoring`` that returns NaN raises a ValueError; a selected
+    generator that scores below the unharmonized held-out images gives a
+    :class:`~harmonix.exceptions.ModelSelectionWarning`
+    (``history_["selected_below_baseline"]``).
 
     **Out-of-distribution guard.** A generator trained on a few sites may change an
     image of an unlike site in unlike ways. :meth:`distribution_distance` compares the
@@ -433,7 +442,9 @@ class IGUANeHarmonizer(BaseHarmonizer):
         medians = np.empty(len(imgs))
         n_brain = np.empty(len(imgs))
         landmarks = []
+        digest = ImageDigest()  # of the images in order: a resume on others is refused
         for i, (data, brain) in enumerate(self._iter_brains(imgs)):
+            digest.update(data)
             try:
                 medians[i] = brain_median(data, brain)
             except ValueError as exc:
@@ -475,6 +486,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
             verbose=self.verbose,
             distributed=self.distributed,
             scoring=self.scoring,
+            data_digest=digest.hexdigest(),
         )
         self.generator_ = result.generator
         self.input_shape_ = input_shape

@@ -265,7 +265,14 @@ class CheckpointSelection:
         indices = self.indices
         if self.scoring is not None:
             volumes = [self.volumes[i] for i in indices]
-            return float(self.scoring(fn, volumes, [self.sites[i] for i in indices]))
+            value = self.scoring(fn, volumes, [self.sites[i] for i in indices])
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"The scoring callable must return a number (higher is better); it "
+                    f"returned {type(value).__name__} {value!r:.80}."
+                ) from None
         dists = [
             self.site_distance.distance(fn(*self.volumes[i]), self.volumes[i][1])
             for i in self._mine(indices)

@@ -26,9 +26,13 @@ Validation (checkpoint selection)
     held-out image (whole volume, no augmentation) and is scored, higher being better (see
     :mod:`harmonix.iguane.selection`: by default minus the distance of the harmonized
     images to the reference site's intensity distribution and regional intensity profile;
-    or a ``scoring`` callable). The best-scoring generator is returned, ties going
+    or a ``scoring`` callable, which must return finite numbers: a NaN or an infinite
+    score raises a ValueError). The best-scoring generator is returned, ties going
     to the later one. ``history["val_baseline"]`` holds the score of the unharmonized
-    held-out images. Without held-out images the last weights are returned.
+    held-out images; when the selected generator scores below it,
+    ``history["selected_below_baseline"]`` is True and a
+    :class:`~harmonix.exceptions.ModelSelectionWarning` says so. Without held-out images
+    the last weights are returned.
 
 Checkpoints and resume
     With ``checkpoint_dir``, the whole training state (all weights, optimizer, scheduler and
@@ -37,7 +41,9 @@ Checkpoints and resume
     ``checkpoint_dir/iguane_checkpoint.pt``, through a temporary file renamed over the old
     one, so an interruption never corrupts the last good checkpoint. ``resume=True``
     continues from it exactly (on the same device type; bit-for-bit on CPU) and refuses a
-    checkpoint made with another configuration or other data. Checkpoints are written with
+    checkpoint made with another configuration or other data: other sites, ages, or
+    images (a digest of the training images, in their order, is part of the checkpoint's
+    fingerprint; see ``data_digest``). Checkpoints are written with
     :func:`torch.save` (plain tensors, numbers, strings, lists and dicts) and read with
     ``torch.load(weights_only=True)``.
 
@@ -57,7 +63,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
+import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +75,7 @@ import numpy as np
 import torch
 
 from harmonix._version import __version__
+from harmonix.exceptions import ModelSelectionWarning
 from harmonix.iguane._compat import deprecated_names
 from harmonix.iguane.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -75,6 +84,7 @@ from harmonix.iguane.checkpoints import (
     fingerprint,
     load_checkpoint,
     read_resume_state,
+    volumes_digest,
 )
 from harmonix.iguane.config import TrainConfig, check_int
 from harmonix.iguane.data import SitePairSampler
@@ -126,7 +136,8 @@ class TrainResult:
         ``loss_adversarial``, ``loss_cycle``, ``loss_identity``, ``loss_generator``; lists
         of float), validation steps and scores (``val_step``, ``val_score``),
         ``val_baseline`` (score before harmonization, or None), ``best_step`` and
-        ``best_score`` (None without validation).
+        ``best_score`` (None without validation), ``selected_below_baseline`` (whether
+        ``best_score < val_baseline``; None without validation).
     step : int
         Steps done, warm-up included (``config.total_steps`` unless stopped by
         ``max_steps``).
@@ -173,6 +184,7 @@ def train(
     verbose: int = 0,
     distributed: bool | None = None,
     scoring: Scoring | None = None,
+    data_digest: str | None = None,
 ) -> TrainResult:
     """Train IGUANe's generators and discriminators; return the selected generator.
 
@@ -220,7 +232,14 @@ def train(
         the generator to the reference on the held-out images, used to select the returned
         generator (see :mod:`harmonix.iguane.selection`). None: the default
         :class:`~harmonix.iguane.selection.SiteDistance` score, which sees intensity
-        distributions and regional (spatial) differences to the reference site.
+        distributions and regional (spatial) differences to the reference site. It must
+        return a finite number.
+    data_digest : str, default=None
+        A digest of the training images in their order, stored in the checkpoint's
+        fingerprint so that a resume on other images (or the same in another order) is
+        refused (:class:`~harmonix.IGUANeHarmonizer` passes the digest of the raw
+        images). None: with ``checkpoint_dir``, computed from ``volumes`` in one extra
+        pass over them (:func:`~harmonix.iguane.checkpoints.volumes_digest`).
 
     Returns
     -------
@@ -229,9 +248,16 @@ def train(
     Raises
     ------
     ValueError
-        For inconsistent inputs or settings, a checkpoint of another training, processes
-        of one distributed training given different data, or ``distributed=True``
-        without several processes.
+        For inconsistent inputs or settings, a checkpoint of another training (other
+        settings, sites, ages or images), processes of one distributed training given
+        different data, ``distributed=True`` without several processes, or a
+        ``scoring`` that returns NaN or an infinite value.
+
+    Warns
+    -----
+    ModelSelectionWarning
+        When the selected generator scores below the unharmonized held-out images
+        (``history["selected_below_baseline"]`` is then True).
     """
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):
@@ -270,6 +296,7 @@ def train(
         resume=resume,
         verbose=verbose,
         scoring=scoring,
+        data_digest=data_digest,
     )
     run.loop(config.total_steps if max_steps is None else min(config.total_steps, max_steps))
     return run.result()
@@ -305,13 +332,30 @@ class _Run:
         atomic_torch_save(state, self.checkpoint_path)
 
     def score(self, harmonize: bool) -> float:
-        """Score of the generator to the reference (or of the unharmonized images)."""
+        """Score of the generator to the reference (or of the unharmonized images).
+
+        Raises a ValueError for a score that is not a finite number: a NaN would never be
+        the best, and the last weights would be returned without a word.
+        """
         generator = self.trainer.to_reference
         generator.eval()
         try:
-            return self.selection.score(self.trainer.harmonizer() if harmonize else None)
+            value = self.selection.score(self.trainer.harmonizer() if harmonize else None)
         finally:
             generator.train()
+        if not math.isfinite(value):
+            what = (
+                f"the generator at step {self.trainer.step}"
+                if harmonize
+                else "the unharmonized held-out images (the baseline)"
+            )
+            source = "the scoring callable" if self.selection.scoring is not None else "scoring"
+            raise ValueError(
+                f"Checkpoint selection: {source} returned {value!r} for {what}; a score must "
+                "be a finite number, higher is better. Fix the scoring function (e.g. for "
+                "empty masks or constant images), or pass scoring=None for the default score."
+            )
+        return value
 
     def validate(self) -> None:
         """Score the generator, record the score and keep the weights if they are the best."""
@@ -356,9 +400,23 @@ class _Run:
         best = trainer.best_state
         generator.load_state_dict(best if best is not None else clone_state(trainer.to_reference))
         generator.eval()
+        history = copy.deepcopy(trainer.history)
+        history["selected_below_baseline"] = _below_baseline(history)
+        if history["selected_below_baseline"] and self.main:
+            warnings.warn(
+                f"The selected IGUANe generator (step {history['best_step']}) scores "
+                f"{history['best_score']:.4g} on the held-out images, below the "
+                f"unharmonized images ({history['val_baseline']:.4g}): by the selection "
+                "score, every checkpoint moved the images away from the reference site. "
+                "history['selected_below_baseline'] is True. Train longer or with other "
+                "settings (learning rate, identity_init), check the scoring, or do not "
+                "use this model.",
+                ModelSelectionWarning,
+                stacklevel=3,
+            )
         return TrainResult(
             generator=generator,
-            history=copy.deepcopy(trainer.history),
+            history=history,
             step=trainer.step,
             completed=trainer.step >= trainer.config.total_steps,
             val_indices=list(self.selection.indices),
@@ -380,6 +438,7 @@ def _start(
     resume: bool,
     verbose: int,
     scoring: Scoring | None = None,
+    data_digest: str | None = None,
 ) -> _Run:
     """:func:`train` after argument checks, up to the first step, in one process.
 
@@ -392,7 +451,11 @@ def _start(
         sites_arr, reference_site, config.val_fraction, np.random.default_rng(split_seed)
     )
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
-    run_id = fingerprint(config, sites_arr, reference_site, ages_arr, _world_size(context))
+    if data_digest is None and ckpt_path is not None:
+        data_digest = volumes_digest(volumes)
+    run_id = fingerprint(
+        config, sites_arr, reference_site, ages_arr, _world_size(context), data_digest
+    )
     if context is not None:
         context.check_same(f"{run_id}|{n_images}|{val_indices}", "data or settings")
     saved = read_resume_state(ckpt_path, run_id, context) if resume else None
@@ -423,6 +486,15 @@ def _start(
         if trainer.history["val_baseline"] is None:
             trainer.history["val_baseline"] = run.score(False)
     return run
+
+
+def _below_baseline(history: dict[str, Any]) -> bool | None:
+    """Whether the selected generator scores below the unharmonized held-out images (None
+    without validation)."""
+    best, baseline = history.get("best_score"), history.get("val_baseline")
+    if best is None or baseline is None:
+        return None
+    return bool(best < baseline)
 
 
 def _world_size(context: DistributedContext | None) -> int:
