@@ -35,6 +35,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -137,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--test-sites",
         nargs="*",
         default=None,
-        help="sites held out of fit (default: the last site)",
+        help="sites held out of fit (default: one non-reference site drawn with each seed)",
     )
     p.add_argument("--out", type=Path, default=HERE / "results", help="output folder")
     p.add_argument("--no-iguane", action="store_true", help="skip IGUANe")
@@ -340,13 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    runs, notes = [], []
+    runs, notes, held_out = [], [], []
     first = None
     for k, seed in enumerate(args.seeds):
         t0 = time.perf_counter()
         ds = make_multisite(args.n_subjects, args.n_sites, args.resolution, random_state=seed)
         methods, notes = build_methods(args, ds.reference_site)
-        test_sites = args.test_sites if args.test_sites is not None else [ds.site_names[-1]]
+        test_sites = args.test_sites  # None: one non-reference site drawn with the seed
+        shown = np.flatnonzero(ds.subjects == ds.subjects[0])  # the slices figure's images
         res = run_benchmark(
             methods,
             ds,
@@ -355,13 +357,22 @@ def main(argv: list[str] | None = None) -> int:
             oracle=True,
             n_boot=args.n_boot,
             verbose=args.verbose,
-            return_outputs=(k == 0),
+            return_outputs=shown if k == 0 else False,
         )
         if k == 0:
             df, outputs = res
-            first = (ds, outputs, test_sites)
+            view = SimpleNamespace(
+                imgs=ds.imgs[shown],
+                sites=ds.sites[shown],
+                subjects=ds.subjects[shown],
+                mask=ds.mask,
+                truth=ds.truth[shown],
+                reference_site=ds.reference_site,
+            )
+            first = (view, outputs, df.attrs["held_out"]["sites"])
         else:
             df = res
+        held_out.append((seed, df.attrs["held_out"]))
         df.insert(0, "seed", seed)
         runs.append(df)
         print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -387,8 +398,15 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{cmd}`  ",
         f"Data: `make_multisite(n_subjects={args.n_subjects}, n_sites={n_sites}, "
         f"resolution={args.resolution})` per seed, seeds {args.seeds}; every subject is "
-        "scanned at every site. Held-out (unseen) site(s): "
-        f"{', '.join(map(str, test_sites))}; reference site: {ds.reference_site}.  ",
+        "scanned at every site. Held-out (unseen) site per seed: "
+        + ", ".join(f"{', '.join(map(str, h['sites']))} (seed {s})" for s, h in held_out)
+        + (
+            " (given by --test-sites)"
+            if args.test_sites is not None
+            else " (drawn by `run_benchmark` with `random_state=seed` among the sites other "
+            "than the reference)"
+        )
+        + f"; reference site: {ds.reference_site}.  ",
         f"Methods: {', '.join(outputs)}. IGUANe config: "
         + (
             "the shipped CPU model (see the note below)."
@@ -418,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         f"## Results (mean ± sd over {len(args.seeds)} seeds)",
         "",
         "Seen sites: the training sites (site predictability chance = "
-        f"1/{n_sites - len(test_sites)}). Unseen sites: held out of fit; site "
+        f"1/{n_sites - len(held_out[0][1]['sites'])}). Unseen sites: held out of fit; site "
         f"predictability classifies all {n_sites} sites (chance = 1/{n_sites}), brain age is "
         "learned on seen-site outputs and tested on unseen-site outputs of other subjects.",
         "",
@@ -429,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
         "oracle stays below 1 there, and a method that also smooths noise can come closer "
         "to that target than the oracle; `traveling_subject_ssim_score` is the headline. "
         "The oracle's distance correlation compares the reference scans with the inputs of "
-        "another site, so it is not a ceiling there. `gm_age_correlation` is measured by a "
+        "another site, so it is not a ceiling there. `subject_specificity_score` is 1 for "
+        "the oracle by construction and 0 for outputs without subject information (one "
+        "image for all, noise: `benchmarks/results/benchmark_sanity.md`); "
+        "`brain_age_correlation_score` is 0 for predictions without age information, "
+        "whatever their bias. `gm_age_correlation` is measured by a "
         "partial-volume segmentation with tissue classes shared within each site "
         "(`harmonix.benchmark.gm_volumes`) and should equal `true_gm_age_correlation` "
         "(the true GM volumes); `brain_age_null_error` is what predicting the mean age gives.",
