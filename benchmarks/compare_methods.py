@@ -456,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         "(`harmonix.benchmark.gm_volumes`) and should equal `true_gm_age_correlation` "
         "(the true GM volumes); `brain_age_null_error` is what predicting the mean age gives.",
         "",
+        "What each metric can and cannot show: docs, *Benchmarking* (user guide).",
+        "",
         "## Metric checks",
         "",
         *metric_goal_lines(summary),
