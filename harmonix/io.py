@@ -8,7 +8,7 @@ turns results back into the same kind the user passed in.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -82,6 +82,11 @@ def load_img(img: PathLike | nib.spatialimages.SpatialImage) -> nib.Nifti1Image:
     shape = out.shape
     if len(shape) == 4 and shape[3] == 1:
         out = nib.Nifti1Image(np.asanyarray(out.dataobj)[..., 0], out.affine, out.header)
+    elif len(shape) < 3:
+        raise ValueError(
+            f"{source} has shape {shape}: a {len(shape)}-D image (a single slice?); "
+            "harmonix needs 3-D volumes. Use the full 3-D scan."
+        )
     elif len(shape) != 3:
         raise ValueError(
             f"{source} has shape {shape}; harmonix needs 3-D volumes. "
@@ -130,6 +135,24 @@ def _full_suffix(name: str) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+def _new_temporary(path: Path, suffix: str) -> Path:
+    """Create an empty file beside ``path`` with the mode a new file gets (0666 & ~umask).
+
+    :func:`tempfile.mkstemp` creates its files with mode 0600, and the rename would keep
+    that mode, so a lab group could not read the outputs; a file opened with mode 0666
+    gets the permissions the user's umask allows, like any file a program writes.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"Could not create a temporary file beside '{path}'.")
+
+
 @contextmanager
 def atomic_write(
     path: PathLike, *, suffix: str | None = None, fsync: bool = False
@@ -139,7 +162,9 @@ def atomic_write(
     The ``with`` body writes to the yielded temporary path (with any writer: nibabel,
     numpy, torch, :func:`open`); on success the temporary file replaces ``path`` in one
     :func:`os.replace`, so readers never see a half-written file. If the body raises, the
-    temporary file is removed and an existing ``path`` is left untouched.
+    temporary file is removed and an existing ``path`` is left untouched. The file gets
+    the permissions of any new file (``0666`` less the umask: ``rw-r--r--`` with the
+    usual umask 022).
 
     Parameters
     ----------
@@ -169,9 +194,7 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = _full_suffix(path.name)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_temporary(path, suffix)
     try:
         yield tmp
         if fsync:

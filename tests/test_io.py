@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 import warnings
 
 import nibabel as nib
@@ -39,8 +41,13 @@ def test_load_img_errors(tmp_path):
         load_img(bad)
     four_d = tmp_path / "4d.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.eye(4)), four_d)
-    with pytest.raises(ValueError, match="3-D"):
+    with pytest.raises(ValueError, match="Split 4-D files"):
         load_img(four_d)
+    two_d = tmp_path / "2d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), two_d)
+    with pytest.raises(ValueError, match=r"\(4, 4\): a 2-D image") as err:
+        load_img(two_d)
+    assert "4-D" not in str(err.value)
     with pytest.raises(TypeError):
         load_img(3.0)
     with pytest.raises(ValueError, match="list"):
@@ -130,6 +137,20 @@ def test_atomic_write_replaces_the_file_with_the_new_content(tmp_path):
         assert tmp.suffix == ".tmp"
         tmp.write_bytes(b"new")
     assert (tmp_path / "c.ckpt").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_files_follow_the_umask(tmp_path, umask, mode):
+    """Like any new file (mkstemp's 0600 would keep a lab group from reading outputs)."""
+    before = os.umask(umask)
+    try:
+        with atomic_write(tmp_path / "img.nii.gz") as tmp:
+            nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4)), tmp)
+        save_img(np.ones((2, 2, 2), np.float32), tmp_path / "saved.nii")
+    finally:
+        os.umask(before)
+    for name in ("img.nii.gz", "saved.nii"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
 
 
 def test_atomic_write_error_keeps_the_old_file_and_no_temporary(tmp_path):
