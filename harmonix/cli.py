@@ -177,7 +177,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     manifest, qc = run(
         args.manifest,
         out,
-        preprocessor=T1Preprocessor(n4=not args.no_n4),
+        preprocessor=T1Preprocessor(n4=not args.no_n4, assume_orientation=args.assume_orientation),
         n_jobs=args.n_jobs,
         overwrite=args.overwrite,
         qc_png=not args.no_qc_png,
@@ -197,6 +197,16 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         sys.stdout.write(f"failed: {row.source}: {row.error}\n")
     sys.stdout.write(f"{manifest}\n")
     return 1 if counts.get("failed", 0) else 0
+
+
+def _orientation(value: str) -> str:
+    """``--assume-orientation``: three axis letters such as LAS (checked before any work)."""
+    from harmonix.preprocessing.chain import orientation_codes
+
+    try:
+        return "".join(orientation_codes(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("assume_orientation", "it")) from exc
 
 
 def _cmd_to_native(args: argparse.Namespace) -> int:
@@ -481,7 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(ICBM152 2009a, 1 mm), normalize (brain median 500) and crop to 160x192x160 every "
         "scan of a manifest. Writes per scan NAME_prep.nii.gz, NAME_native_mask.nii.gz, "
         "NAME_prep.json (transform, QC) and NAME_qc.png, then qc.csv and manifest.csv "
-        "(for harmonix fit/transform). Finished scans are skipped: rerun to resume.",
+        "(for harmonix fit/transform). Scans beyond a hard QC limit (noise, phantoms, "
+        "failed registrations) are reported as failed, left out of manifest.csv, and the "
+        "command exits with status 1. Finished scans are skipped: rerun to resume.",
     )
     p.add_argument("--manifest", required=True, help="CSV with path,site[,age,subject]")
     _out_or_bids(
@@ -492,9 +504,21 @@ def build_parser() -> argparse.ArgumentParser:
         "desc-preproc_qc.tsv and desc-preproc_manifest.csv (needs BIDS entity "
         "columns in the manifest: harmonix bids-manifest)",
     )
-    p.add_argument("--n-jobs", type=int, default=1, help="scans processed at once (joblib)")
+    p.add_argument(
+        "--n-jobs",
+        type=int,
+        default=1,
+        help="scans processed at once (joblib; one thread each, same outputs as serial)",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo finished scans")
     p.add_argument("--no-n4", action="store_true", help="skip N4 bias correction")
+    p.add_argument(
+        "--assume-orientation",
+        metavar="AXES",
+        type=_orientation,
+        help="voxel axis directions (e.g. LAS) of scans stored without orientation "
+        "(NIfTI sform_code = qform_code = 0), which are refused otherwise",
+    )
     p.add_argument("--no-qc-png", action="store_true", help="skip the QC figures")
     p.set_defaults(func=_cmd_preprocess)
 
@@ -507,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="image in template space (NIfTI); leave out with --bids-out DIR to map every "
         "harmonized image of DIR back with the preprocessing files beside it",
     )
-    p.add_argument("--transform", help="the scan's NAME_prep.json (or ..._desc-preproc_T1w.json)")
+    p.add_argument("--transform", help="the scan's NAME_prep.json (or ..._desc-preproc_T1w.json; not the image)")
     p.add_argument("--mask", help="the scan's NAME_native_mask.nii.gz (zero outside)")
     p.add_argument(
         "--rescale",

@@ -118,6 +118,10 @@ def _four_d(path: Path, img: np.ndarray) -> None:
     _write(np.stack([img, img], axis=-1), path)
 
 
+def _two_d(path: Path, img: np.ndarray) -> None:
+    _write(img[:, :, img.shape[2] // 2], path)
+
+
 def _four_d_one_frame(path: Path, img: np.ndarray) -> None:
     _write(img[..., None], path)
 
@@ -394,6 +398,7 @@ ESTIMATOR_CASES = [
         harmonized,
     ),
     Case("4-d-nifti", "fit", _files_with(_four_d), raises(ValueError, "4-D")),
+    Case("2-d-nifti", "fit", _files_with(_two_d), raises(ValueError, "a 2-D image")),
     Case("4-d-nifti-one-frame", "fit", _files_with(_four_d_one_frame), harmonized),
     Case("not-a-nifti", "fit", _files_with(_garbage), raises(ValueError, "NIfTI")),
     Case(
@@ -525,6 +530,7 @@ ESTIMATOR_CASES = [
         harmonized,
     ),
     Case("4-d-nifti", "transform", _files_with(_four_d), raises(ValueError, "4-D")),
+    Case("2-d-nifti", "transform", _files_with(_two_d), raises(ValueError, "a 2-D image")),
     Case(
         "truncated-nifti",
         "transform",
@@ -718,6 +724,8 @@ def cli_data(tmp_path_factory) -> dict[str, Path]:
         first_row[0] = str(path)
         return "\n".join([header, ",".join(first_row), *rows[1:]]) + "\n"
 
+    files["gzip_json"] = bad / "gzipped_prep.json"  # e.g. a renamed .nii.gz
+    files["gzip_json"].write_bytes(first.read_bytes())
     manifest_with("no_path_column", "file,site\na.nii.gz,x\n")
     manifest_with("missing_files", "path,site\nnothere.nii.gz,x\nalso.nii.gz,y\n")
     manifest_with("bad_age", "path,site,age\n" + f"{first},site0,old\n")
@@ -826,7 +834,29 @@ def _to_native_bids_out(f: dict, image: str) -> list[str]:
     return ["to-native", "--input", str(f[image]), "--transform", transform, "--bids-out", out]
 
 
+def _to_native(transform: str) -> Callable[[dict], list[str]]:
+    return lambda f: [
+        "to-native",
+        "--input",
+        str(f["first"]),
+        "--transform",
+        str(f[transform]),
+        "--out",
+        str(f["img_out"] / "native.nii.gz"),
+    ]
+
+
 CLI_CASES = [
+    (
+        "to-native-image-as-transform",
+        _to_native("first"),
+        r"is an image, not a transform file: pass the NAME_prep.json",
+    ),
+    (
+        "to-native-binary-transform",
+        _to_native("gzip_json"),
+        r"not a JSON transform file .*utf-8.*: pass the NAME_prep.json",
+    ),
     ("unknown-method", _fit("magic", "manifest"), "unknown method"),
     ("unknown-parameter", _fit("hm", "manifest", "--param", "nonsense=1"), "unknown parameter"),
     (

@@ -32,8 +32,16 @@ from harmonix.preprocessing import (
     to_native,
 )
 from harmonix.preprocessing._optional import require
-from harmonix.preprocessing.qc import QC_LIMITS, flag_outliers, flags
-from harmonix.preprocessing.template import FSL_AFFINE
+from harmonix.preprocessing.qc import (
+    QC_FAIL_LIMITS,
+    QC_LIMITS,
+    QCFailedError,
+    failures,
+    flag_outliers,
+    flags,
+)
+from harmonix.preprocessing.steps import itk_seed, n4_correct, register_rigid
+from harmonix.preprocessing.template import FSL_AFFINE, load_template, resample
 
 MOVE = rigid_matrix((8.0, -6.0, 11.0), (12.0, -15.0, 9.0))
 GRID = {"zooms": (2.2, 2.0, 2.4), "axcodes": ("P", "I", "R")}
@@ -51,11 +59,21 @@ def skull_extractor(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(sizes))
 
 
-def _synthetic_head() -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+def _synthetic_head(stem_mm: float = 0.0) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """A skull and scalp around a synthetic brain (MNI space, 2 mm voxels).
+
+    ``stem_mm`` extends the brain's lowest slice downwards (a longer brainstem), below
+    FSL's field of view (z from -72 mm).
+    """
     ds = make_multisite(n_subjects=1, n_sites=2, resolution=2.0, random_state=0)
-    pad = 8
+    pad = 8 + int(stem_mm / 2)
     brain = np.pad(ds.imgs[0], pad).astype(np.float32)
     mask = np.pad(ds.masks[0], pad)
+    if stem_mm:
+        lowest = int(np.flatnonzero(mask.any(axis=(0, 1)))[0])
+        for k in range(lowest - int(stem_mm / 2), lowest):
+            mask[..., k] = mask[..., lowest]
+            brain[..., k] = brain[..., lowest]
     affine = ds.affine.copy()
     affine[:3, 3] -= ds.affine[:3, :3] @ np.full(3, pad)
     median = float(np.median(brain[mask]))
@@ -69,14 +87,28 @@ def _synthetic_head() -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     )
 
 
+#: Background voxels of the moved head set below 0 (as some reconstructions leave them).
+NEGATIVE_FRACTION = 0.004
+
+
+def _with_negative_background(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    data = img.get_fdata(dtype=np.float32)
+    rng = np.random.default_rng(1)
+    picked = (data == 0) & (rng.random(data.shape) < NEGATIVE_FRACTION / np.mean(data == 0))
+    data[picked] = -3.0
+    return nib.Nifti1Image(data, img.affine)
+
+
 @pytest.fixture(scope="module")
 def moved():
     """The moved head, its moved brain mask (gold) and the chain's result."""
     pytest.importorskip("SimpleITK")
     head, mask = _synthetic_head()
-    moved_head = move_scan(head, MOVE, **GRID)
+    moved_head = _with_negative_background(move_scan(head, MOVE, **GRID))
+    moved_head = nib.Nifti1Image.from_bytes(moved_head.to_bytes())  # as read from a file
     gold = move_scan(mask, MOVE, order=1, **GRID).get_fdata() > 0.5
-    result = T1Preprocessor(brain_extractor=skull_extractor).run(moved_head)
+    with pytest.warns(UserWarning, match=r"0\.4\d\d% negative voxels .* sets them to 0"):
+        result = T1Preprocessor(brain_extractor=skull_extractor).run(moved_head)
     return moved_head, gold, result
 
 
@@ -102,6 +134,8 @@ def test_output_grid_intensities_and_qc(moved):
         assert abs((idx[0] + idx[-1] + 1) / 2 - n / 2) <= 1
     assert result.qc["flags"] == []
     assert result.qc["template_dice"] > 0.9
+    assert result.qc["negative_fraction"] == pytest.approx(NEGATIVE_FRACTION, rel=0.1)
+    assert result.qc["output_shape"] == "160x192x160"
     assert set(result.timings) == {
         "reorient",
         "brain_extraction",
@@ -145,6 +179,10 @@ def test_way_back_to_native_space(moved, tmp_path):
     outside = result.native_mask.get_fdata() == 0
     assert (back.get_fdata()[outside] == 0).all()
     rescaled = result.transform.to_native(result.image, rescale=True)
+    # N4's field is normalized inside the brain: the raw scan's scale comes back
+    raw = head.get_fdata()
+    ratio = rescaled.get_fdata()[inside & (raw > 0)] / raw[inside & (raw > 0)]
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.02), np.median(ratio)
     np.testing.assert_allclose(
         rescaled.get_fdata() * result.transform.scale,
         result.transform.to_native(result.image).get_fdata(),
@@ -176,11 +214,190 @@ def test_save_writes_every_file_and_the_transform_round_trips(moved, tmp_path):
     )
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads(paths["json"].read_text())
-    assert saved["qc"]["template_ncc"] == result.qc["template_ncc"]
+    assert saved["qc"] == result.qc
+    assert set(saved) == {"transform", "qc"}  # no seconds: the same result, the same bytes
     back = TemplateTransform.load(paths["json"])
     np.testing.assert_allclose(back.matrix, result.transform.matrix)
     assert back == TemplateTransform.from_dict(result.transform.to_dict())
     assert nib.load(paths["image"]).shape == (160, 192, 160)
+
+
+# -- registration: any head orientation, the same result every run -------------------------
+@pytest.fixture(scope="module")
+def brain_2mm():
+    """The synthetic brain (MNI space), the template on a 2 mm grid (a fast registration
+    target) and the brain's registration in place (the reference of the errors below)."""
+    pytest.importorskip("SimpleITK")
+    ds = make_multisite(n_subjects=1, n_sites=2, resolution=2.0, random_state=0)
+    brain = nib.Nifti1Image(np.where(ds.masks[0], ds.imgs[0], 0).astype(np.float32), ds.affine)
+    template = load_template()
+    affine = template.affine @ np.diag([2.0, 2.0, 2.0, 1.0])
+    fixed = resample(template.data, template.affine, affine, (91, 109, 91))
+    in_place = register_rigid(brain.get_fdata(dtype=np.float32), brain.affine, fixed, affine)
+    return brain, fixed, affine, in_place
+
+
+def _mean_error_mm(matrix: np.ndarray, truth: np.ndarray) -> float:
+    template = load_template()
+    points = np.argwhere(template.mask)[::50]
+    points = template.affine @ np.c_[points, np.ones(len(points))].T
+    return float(np.linalg.norm((matrix @ points - truth @ points)[:3], axis=0).mean())
+
+
+@pytest.mark.parametrize(
+    ("rotation", "shift"),
+    [((30.0, 0.0, 15.0), (20.0, 0.0, 0.0)), ((0.0, -45.0, 0.0), (-40.0, 0.0, 25.0))],
+    ids=["30-0-15deg-20mm", "yaw-45deg-47mm"],
+)
+def test_registration_finds_tilted_heads(brain_2mm, rotation, shift):
+    brain, fixed, affine, in_place = brain_2mm
+    move = rigid_matrix(rotation, shift)
+    moved = move_scan(brain, move, **GRID)
+    matrix = register_rigid(moved.get_fdata(dtype=np.float32), moved.affine, fixed, affine)
+    assert _mean_error_mm(matrix, move @ in_place) < 0.5  # goal 1 mm
+
+
+def test_registration_without_pose_search_fails_on_tilted_heads(brain_2mm):
+    """What the pose search is for: from the centres of mass alone, 30 degrees is too far."""
+    brain, fixed, affine, in_place = brain_2mm
+    move = rigid_matrix((30.0, 0.0, 15.0), (20.0, 0.0, 0.0))
+    moved = move_scan(brain, move, **GRID)
+    data = moved.get_fdata(dtype=np.float32)
+    matrix = register_rigid(data, moved.affine, fixed, affine, pose_search=False)
+    assert _mean_error_mm(matrix, move @ in_place) > 10.0
+
+
+def test_registration_and_n4_are_reproducible(brain_2mm):
+    brain, fixed, affine, _ = brain_2mm
+    data = brain.get_fdata(dtype=np.float32)
+    runs = [register_rigid(data, brain.affine, fixed, affine, random_state=3) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    other = register_rigid(data, brain.affine, fixed, affine, random_state=4)
+    assert not np.array_equal(other, runs[0])  # the seed drives the sampling
+    assert _mean_error_mm(other, runs[0]) < 0.2
+    mask = data > 0
+    field = np.exp(np.linspace(-0.3, 0.3, data.shape[0]))[:, None, None]
+    corrected = [n4_correct(data * field, brain.affine, mask) for _ in range(2)]
+    np.testing.assert_array_equal(corrected[0], corrected[1])
+    # the field is normalized inside the mask: the brain keeps its scale
+    assert np.median(corrected[0][mask]) == pytest.approx(np.median(data[mask]), rel=0.03)
+
+
+def test_itk_seed_is_never_the_wall_clock():
+    assert itk_seed(0) == 1 and itk_seed(41) == 42
+    with pytest.raises(TypeError, match="int"):
+        itk_seed(1.5)
+    with pytest.raises(ValueError, match="random_state"):
+        itk_seed(-1)
+
+
+# -- orientation, grid, QC refusals --------------------------------------------------------
+class StopChain(Exception):
+    """Raised by a brain extractor that records what the chain gave it."""
+
+
+def _recording_extractor(seen: dict):
+    def extractor(data, affine):
+        seen["data"], seen["affine"] = data, affine
+        raise StopChain
+
+    return extractor
+
+
+def test_orientation_less_scans_are_refused_or_assumed(tmp_path):
+    data = np.random.default_rng(0).random((30, 32, 34)).astype(np.float32)
+    img = nib.Nifti1Image(data, None)
+    img.header.set_zooms((1.0, 1.2, 1.4))
+    assert int(img.header["sform_code"]) == int(img.header["qform_code"]) == 0
+    with pytest.raises(ValueError, match="no orientation .*assume_orientation"):
+        T1Preprocessor(brain_extractor=skull_extractor).run(img)
+    path = tmp_path / "flat.nii.gz"
+    nib.save(img, path)
+    with pytest.raises(ValueError, match=r"'.*flat.nii.gz' has no orientation \(NIfTI sform"):
+        T1Preprocessor(brain_extractor=skull_extractor).run(path)
+    seen: dict = {}
+    chain = T1Preprocessor(brain_extractor=_recording_extractor(seen), assume_orientation="las")
+    with pytest.raises(StopChain):
+        chain.run(path)
+    # LAS: the first voxel axis points left, so the standard (RAS) image is flipped along it
+    np.testing.assert_array_equal(seen["data"], data[::-1])
+    np.testing.assert_allclose(np.diag(seen["affine"])[:3], [1.0, 1.2, 1.4])
+    for bad in ("RRS", "LA", "XYZ"):
+        with pytest.raises(ValueError, match="assume_orientation must name one direction"):
+            T1Preprocessor(assume_orientation=bad).run(path)
+    # a scan with an orientation keeps it
+    seen.clear()
+    oriented = nib.Nifti1Image(data, np.diag([-1.0, 1.2, 1.4, 1.0]))
+    with pytest.raises(StopChain):
+        chain.run(oriented)
+    np.testing.assert_array_equal(seen["data"], data[::-1])
+
+
+def test_brain_beyond_the_fsl_grid_is_kept_and_fallback_flagged(moved, monkeypatch, caplog):
+    """A brainstem 16 mm longer: below FSL's field of view and too tall for 160 voxels."""
+    import harmonix.preprocessing.chain as chain_module
+
+    head, mask = (move_scan(img, MOVE, **GRID) for img in _synthetic_head(stem_mm=16.0))
+    gold = nib.as_closest_canonical(mask).get_fdata() > 0.5  # as the extractor sees it
+    matrix = moved[2].transform.matrix  # the same anatomy above the stem
+    monkeypatch.setattr(chain_module, "register_rigid", lambda *a, **k: matrix)
+    chain = T1Preprocessor(brain_extractor=lambda data, affine: gold, n4=False)
+    with caplog.at_level("WARNING", logger="harmonix.preprocessing.chain"):
+        result = chain.run(head)
+    assert result.image.shape == (176, 208, 176)
+    assert result.qc["output_shape"] == "176x208x176"
+    assert "fallback_grid" in result.qc["flags"]
+    assert "does not fit 160x192x160" in caplog.text
+    brain = np.argwhere(np.asarray(result.mask.dataobj) > 0)
+    lowest = (result.image.affine @ np.r_[brain[:, 2].min() * np.eye(3)[2], 1.0])[2]
+    assert lowest < -72 - 10  # FSL's grid starts at z = -72 mm: the stem is kept
+    assert len(brain) / 1000 == pytest.approx(result.qc["mask_volume_ml"], rel=0.01)
+    np.testing.assert_allclose(result.image.affine[:3, :3], FSL_AFFINE[:3, :3])
+
+
+def _sphere(radius_mm: float = 70.0, voxel: float = 2.0) -> nib.Nifti1Image:
+    """A water sphere in a shell (a phantom), with noise."""
+    n = int((2 * radius_mm + 40) / voxel)
+    dist = np.sqrt(((np.indices((n, n, n)) - (n - 1) / 2) ** 2).sum(axis=0)) * voxel
+    rng = np.random.default_rng(0)
+    data = np.where(dist <= radius_mm, 800.0, 0.0) + np.abs(rng.normal(0, 20, dist.shape))
+    data[(dist > radius_mm + 4) & (dist <= radius_mm + 10)] = 2000.0  # a bright shell
+    return nib.Nifti1Image(data.astype(np.float32), np.diag([voxel, voxel, voxel, 1.0]))
+
+
+def test_phantom_fails_qc_and_is_left_out(tmp_path):
+    path = tmp_path / "phantom.nii.gz"
+    nib.save(_sphere(), path)
+    chain = T1Preprocessor(brain_extractor=skull_extractor, n4=False)
+    table = preprocess_files([path], tmp_path / "out", preprocessor=chain, verbose=False)
+    row = table.loc[0]
+    assert row["status"] == "failed"
+    assert row["error"].startswith("QC failed (template_ncc<")
+    low = QC_FAIL_LIMITS["template_ncc"][0]
+    assert row["template_ncc"] < low
+    # its volume (1437 ml, plus the rim the extractor keeps) does not refuse it by itself
+    volume_low, volume_high = QC_FAIL_LIMITS["mask_volume_ml"]
+    assert 1300 < row["mask_volume_ml"] < 1700 and volume_low < 1300 < 1700 < volume_high
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+# -- the same bytes, whatever the route ------------------------------------------------------
+def test_outputs_are_byte_identical_api_and_parallel(moved, tmp_path):
+    head, _, result = moved
+    nib.save(head, tmp_path / "sub.nii.gz")
+    api = result.save(tmp_path / "api", "sub")
+    chain = T1Preprocessor(brain_extractor=skull_extractor)
+    table = preprocess_files(
+        [tmp_path / "sub.nii.gz"],
+        tmp_path / "parallel",
+        preprocessor=chain,
+        n_jobs=2,
+        verbose=False,
+    )
+    assert table["status"].tolist() == ["done"]
+    for name, path in api.items():
+        other = tmp_path / "parallel" / path.name
+        assert other.read_bytes() == path.read_bytes(), name
 
 
 # -- bad input ---------------------------------------------------------------------------
@@ -191,7 +408,7 @@ def _img(data: np.ndarray) -> nib.Nifti1Image:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        (np.ones((40, 40)), "3-D"),
+        (np.ones((40, 40)), "a 2-D image"),
         (np.ones((40, 40, 40, 2)), "3-D"),
         (np.zeros((40, 40, 40)), "empty"),
         (np.full((40, 40, 40), 7.0), "constant"),
@@ -237,11 +454,23 @@ def test_missing_extra_names_the_install_command(monkeypatch):
 
 # -- QC ----------------------------------------------------------------------------------
 def test_flags_use_the_limits():
-    good = {"mask_volume_ml": 1400.0, "template_ncc": 0.6, "template_dice": 0.95}
-    assert flags(good) == []
-    assert flags({**good, "mask_volume_ml": 300.0}) == ["mask_volume_ml<800"]
-    assert flags({**good, "template_ncc": 0.1}) == ["template_ncc<0.45"]
+    good = {
+        "mask_volume_ml": 1400.0,
+        "template_ncc": 0.6,
+        "template_dice": 0.95,
+        "negative_fraction": 0.0,
+    }
+    assert flags(good) == [] and failures(good) == []
+    assert flags({**good, "mask_volume_ml": 700.0}) == ["mask_volume_ml<800"]
+    assert flags({**good, "template_ncc": 0.4}) == ["template_ncc<0.45"]
+    assert flags({**good, "negative_fraction": 0.02}) == ["negative_fraction>0.01"]
     assert set(QC_LIMITS) == set(good)
+    # the hard limits: beyond them a scan fails; each lies beyond the soft one
+    assert failures({**good, "template_ncc": 0.4}) == []
+    for name, (low, high) in QC_FAIL_LIMITS.items():
+        soft_low, soft_high = QC_LIMITS[name]
+        assert low < soft_low and high >= soft_high
+        assert failures({**good, name: low - 0.01}) == [f"{name}<{low:g}"]
 
 
 def test_batch_outliers_are_flagged():
@@ -275,9 +504,11 @@ class FakePreprocessor(T1Preprocessor):
     """Returns the scan itself as the result; empty scans fail."""
 
     calls = 0
+    last = None
 
     def run(self, img):
         FakePreprocessor.calls += 1
+        FakePreprocessor.last = self
         img = nib.load(img)
         data = img.get_fdata(dtype=np.float32)
         if data.max() == 0:
@@ -398,6 +629,35 @@ def test_cli_preprocess_errors(fake_chain, tmp_path, capsys, args, message):
     assert err.startswith("harmonix preprocess: error:") and message in err
 
 
+def test_cli_refuses_scans_without_orientation(tmp_path, capsys):
+    """The real chain: the refusal comes before any heavy step."""
+    pytest.importorskip("deepbet")
+    data = np.random.default_rng(0).random((30, 32, 34)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, None), tmp_path / "flat.nii.gz")
+    pd.DataFrame({"path": ["flat.nii.gz"], "site": ["A"]}).to_csv(tmp_path / "raw.csv")
+    out = tmp_path / "prep"
+    argv = ["-q", "preprocess", "--manifest", str(tmp_path / "raw.csv"), "--out", str(out)]
+    assert main(argv) == 1
+    assert "flat.nii.gz' has no orientation" in capsys.readouterr().out
+    qc = pd.read_csv(out / "qc.csv")
+    assert qc["status"].tolist() == ["failed"]
+    assert "--assume-orientation LAS" in qc.loc[0, "error"]
+    assert pd.read_csv(out / "manifest.csv").empty
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "qc.csv"]
+    assert main(argv + ["--assume-orientation", "LRS"]) == 2  # a usage error, up front
+    assert "one direction per axis" in capsys.readouterr().err
+
+
+def test_cli_preprocess_passes_the_orientation(fake_chain, tmp_path):
+    raw = _raw_dataset(tmp_path, volumes=(1400,), empty=0)
+    out = tmp_path / "prep"
+    argv = ["-q", "preprocess", "--manifest", str(raw), "--out", str(out)]
+    assert main(argv + ["--assume-orientation", "lpi"]) == 0
+    assert FakePreprocessor.last.assume_orientation == "LPI"
+    assert main(argv + ["--overwrite"]) == 0
+    assert FakePreprocessor.last.assume_orientation is None
+
+
 def test_cli_preprocess_without_the_extra(tmp_path, capsys, monkeypatch):
     raw = _raw_dataset(tmp_path, volumes=(1400,), empty=0)
     monkeypatch.setitem(sys.modules, "deepbet", None)
@@ -444,5 +704,15 @@ def test_cli_to_native(moved, tmp_path, capsys):
 def test_implausible_masks_are_refused():
     img = _img(np.random.default_rng(0).random((160, 160, 160)) + 1)  # 2 mm voxels
     whole = T1Preprocessor(brain_extractor=lambda d, a: np.ones(d.shape, bool))
-    with pytest.raises(ValueError, match=r"No brain found .*32768 ml, expected 100-3000"):
+    low, high = QC_FAIL_LIMITS["mask_volume_ml"]
+    with pytest.raises(QCFailedError, match=rf"No brain found .*32768 ml, expected {low:.0f}-"):
         whole.run(img)
+
+    def cube(data, affine):  # 10x10x10 voxels of 2 mm: 8 ml
+        mask = np.zeros(data.shape, bool)
+        mask[70:80, 70:80, 70:80] = True
+        return mask
+
+    with pytest.raises(QCFailedError, match=r"No brain found .*\(brain mask 8 ml") as err:
+        T1Preprocessor(brain_extractor=cube).run(img)
+    assert err.value.qc == {"mask_volume_ml": 8.0}

@@ -41,16 +41,19 @@ images back onto each raw scan's grid. Install the optional dependencies once::
 #
 # Open their PNGs: the red line is the brain mask, the cyan lines are edges of the
 # ICBM152 template; on a good result they follow the image's own boundaries. A scan that
-# cannot be processed (a 4-D series, an empty or constant volume, no brain found) is
-# reported as ``failed:`` with the reason and nothing is written for it. Interrupted runs
-# resume: run the same command again and finished scans are skipped.
+# cannot be processed (a 4-D series, an empty or constant volume, a file without
+# orientation, no brain found) or whose QC numbers are beyond the hard limits (noise, a
+# phantom, a failed registration) is reported as ``failed:`` with the reason, left out of
+# ``manifest.csv``, and nothing is written for it; the command then exits with status 1.
+# Interrupted runs resume: run the same command again and finished scans are skipped.
+# Running it again gives the same bytes (serial or with ``--n-jobs``).
 #
 # The same chain from Python, one scan at a time:
 from harmonix.preprocessing import T1Preprocessor
 
 result = T1Preprocessor().run("raw/sub-01_T1w.nii.gz")
 print(result.image.shape)  # (160, 192, 160)
-print(result.qc)  # mask_volume_ml, template_ncc, template_dice, ..., flags
+print(result.qc)  # mask_volume_ml, template_scale, template_ncc, template_dice, ..., flags
 print(result.timings)  # seconds per stage
 paths = result.save("prep", "sub-01_T1w")  # what the command writes
 

@@ -24,6 +24,7 @@ from harmonix.preprocessing.grid import (
     pad_to_multiple,
     restore_grid,
 )
+from harmonix.preprocessing.qc import QCFailedError
 from harmonix.preprocessing.simulate import move_scan, rigid_matrix
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "PreprocessResult",
     "TemplateTransform",
     "to_native",
+    "QCFailedError",
     "preprocess_files",
     "preprocess_manifest",
     "move_scan",

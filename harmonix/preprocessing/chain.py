@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +31,17 @@ from harmonix.preprocessing.steps import (
     register_rigid,
     reorient_to_standard,
 )
-from harmonix.preprocessing.template import FSL_AFFINE, FSL_SHAPE, load_template, resample
+from harmonix.preprocessing.template import load_template, resample
 
 __all__ = ["PreprocessResult", "T1Preprocessor", "TemplateTransform", "to_native"]
 
 logger = logging.getLogger(__name__)
 
-#: Brain mask volumes accepted (ml): outside, the image is taken for a non-brain volume
-#: (deepbet finds nothing in some, and a mask filling the field of view in others).
-BRAIN_ML_RANGE = (100.0, 3000.0)
 #: Smallest image side accepted, in voxels.
 MIN_SIDE = 16
+#: Voxels added on each side of FSL's 182x218x182 grid before the crop, so that a brain
+#: larger than FSL's field of view (or placed low in it) loses no voxel.
+GRID_MARGIN = 16
 
 
 def _matrix(value: Any) -> np.ndarray:
@@ -130,7 +132,8 @@ class TemplateTransform:
             it are set to 0.
         rescale : bool, default=False
             Undo the median normalization (divide by :attr:`scale`), so intensities are
-            on the bias-corrected scan's scale.
+            on the bias-corrected scan's scale, which keeps the raw scan's brain median
+            (N4's field is normalized to median 1 inside the brain).
 
         Returns
         -------
@@ -192,10 +195,18 @@ class TemplateTransform:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Transform file not found: '{path}'.")
+        expected = "pass the NAME_prep.json that harmonix preprocess wrote beside NAME_prep.nii.gz"
+        if path.name.endswith((".nii", ".nii.gz")):
+            raise ValueError(f"'{path}' is an image, not a transform file: {expected}.")
         try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"'{path}' is not a JSON transform file ({exc}).") from exc
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            reason = " ".join(str(exc).split())
+            raise ValueError(
+                f"'{path}' is not a JSON transform file ({reason}): {expected}."
+            ) from exc
+        if not isinstance(values, dict):
+            raise ValueError(f"'{path}' is not a harmonix transform file: {expected}.")
         return cls.from_dict(values.get("transform", values))
 
 
@@ -248,9 +259,14 @@ class PreprocessResult:
     transform : TemplateTransform
         Template ↔ native mapping (see :func:`to_native`).
     qc : dict
-        QC numbers: ``mask_volume_ml``, ``template_ncc`` (normalized cross-correlation with
-        the template inside its brain mask), ``template_dice`` (brain mask vs template
-        mask), ``brain_median`` (before scaling); ``flags`` lists the failed checks.
+        QC numbers: ``mask_volume_ml``, ``template_scale`` (the brain's size relative to
+        the template's), ``template_ncc`` (normalized cross-correlation with the template
+        inside its brain mask) and ``template_dice`` (brain mask vs template mask), both
+        with the template at the brain's size (see
+        :func:`~harmonix.preprocessing.qc.qc_numbers`), ``negative_fraction`` (voxels
+        below 0 in the scan, set to 0), ``brain_median`` (before scaling),
+        ``output_shape``; ``flags`` lists the soft checks failed (beyond a hard limit the
+        chain raises :class:`~harmonix.preprocessing.qc.QCFailedError` instead).
     timings : dict
         Seconds per stage.
     """
@@ -265,9 +281,10 @@ class PreprocessResult:
     def save(self, out_dir: str | Path, stem: str, *, qc_png: bool = True) -> dict[str, Path]:
         """Write the outputs under ``out_dir``, each file atomically.
 
-        Files: ``{stem}_native_mask.nii.gz``, ``{stem}_prep.json`` (transform, QC numbers,
-        timings), ``{stem}_qc.png`` and, last, ``{stem}_prep.nii.gz``: when the image
-        exists, every other file does.
+        Files: ``{stem}_native_mask.nii.gz``, ``{stem}_prep.json`` (transform, QC
+        numbers), ``{stem}_qc.png`` and, last, ``{stem}_prep.nii.gz``: when the image
+        exists, every other file does. The same result gives the same bytes (the
+        seconds per stage, which vary, stay in :attr:`timings`).
 
         Parameters
         ----------
@@ -326,7 +343,6 @@ class PreprocessResult:
                 **metadata.get("json", {}),
                 "transform": self.transform.to_dict(),
                 "qc": self.qc,
-                "timings": self.timings,
             },
         )
         if qc_png:
@@ -354,10 +370,78 @@ def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
     }
 
 
-def _check_scan(img: Any) -> nib.Nifti1Image:
-    """Load a scan and refuse what the chain cannot process, saying why."""
-    img = load_img(img)  # paths or images; 2-D and 4-D (n > 1) are refused there
-    data = img.get_fdata(dtype=np.float32)
+_AXIS_PAIRS = ({"R", "L"}, {"A", "P"}, {"S", "I"})
+
+
+def _has_orientation(img: Any) -> bool:
+    """Whether a nibabel image says where its voxel axes point (NIfTI sform/qform code)."""
+    if isinstance(img, nib.Nifti1Image):  # Nifti2Image too
+        header = img.header
+        return int(header["sform_code"]) > 0 or int(header["qform_code"]) > 0
+    return not isinstance(img, nib.analyze.AnalyzeImage)  # ANALYZE: no orientation
+
+
+def orientation_codes(axcodes: str) -> tuple[str, str, str]:
+    """Check and normalize voxel axis directions such as ``"LAS"`` (``assume_orientation``).
+
+    Parameters
+    ----------
+    axcodes : str
+        Three letters, one of R/L, one of A/P and one of S/I, in any order and case.
+
+    Returns
+    -------
+    tuple of 3 str
+        The upper-case letters.
+    """
+    codes = tuple(str(axcodes).upper())
+    if len(codes) != 3 or sorted(
+        i for c in codes for i, pair in enumerate(_AXIS_PAIRS) if c in pair
+    ) != [0, 1, 2]:
+        raise ValueError(
+            f"assume_orientation must name one direction per axis, like 'RAS' or 'LPI' "
+            f"(one of R/L, one of A/P, one of S/I), got {axcodes!r}."
+        )
+    return codes  # type: ignore[return-value]
+
+
+def _assumed_affine(img: nib.Nifti1Image, axcodes: str) -> np.ndarray:
+    """Affine of a scan whose voxel axes point to ``axcodes``, centred on world 0."""
+    codes = orientation_codes(axcodes)
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+    axes = np.zeros((3, 3))
+    for voxel_axis, (world_axis, sign) in enumerate(nib.orientations.axcodes2ornt(codes)):
+        axes[int(world_axis), voxel_axis] = sign * zooms[voxel_axis]
+    affine = np.eye(4)
+    affine[:3, :3] = axes
+    affine[:3, 3] = -axes @ ((np.asarray(img.shape[:3]) - 1) / 2.0)
+    return affine
+
+
+def _check_scan(img: Any, assume_orientation: str | None) -> tuple[nib.Nifti1Image, float]:
+    """Load a scan and refuse what the chain cannot process, saying why.
+
+    Returns the scan (negative voxels set to 0; the assumed affine for a scan without
+    orientation) and the fraction of negative voxels.
+    """
+    scan = load_img(img)  # paths or images; 2-D and 4-D (n > 1) are refused there
+    is_path = isinstance(img, (str, os.PathLike))
+    source = f"'{img}'" if is_path else "The scan"
+    original = nib.load(os.fspath(img)) if is_path else img
+    affine = scan.affine
+    if not _has_orientation(original):
+        if assume_orientation is None:
+            raise ValueError(
+                f"{source} has no orientation (NIfTI sform_code = qform_code = 0): its "
+                "left and right cannot be told apart (nibabel would read it as LAS, maybe "
+                "mirrored). Convert the scanner's files again (e.g. dcm2niix) or, if you "
+                "know the voxel axes' directions, pass assume_orientation (e.g. 'LAS'; "
+                "harmonix preprocess --assume-orientation LAS)."
+            )
+        affine = _assumed_affine(scan, assume_orientation)
+    elif assume_orientation is not None:
+        _assumed_affine(scan, assume_orientation)  # validate it all the same
+    data = scan.get_fdata(dtype=np.float32)
     if min(data.shape) < MIN_SIDE:
         raise ValueError(
             f"The scan has shape {data.shape}; a head image needs at least {MIN_SIDE} voxels "
@@ -370,7 +454,19 @@ def _check_scan(img: Any) -> nib.Nifti1Image:
         raise ValueError("The scan is empty (no positive voxel); check the file.")
     if high == low:
         raise ValueError(f"The scan is constant (every voxel {high:g}); check the file.")
-    return nib.Nifti1Image(np.maximum(data, 0.0), img.affine, img.header)
+    negative = float(np.count_nonzero(data < 0)) / data.size
+    if negative > 0:
+        warnings.warn(
+            f"{source} has {negative:.3%} negative voxels (min {low:g}); the chain sets them "
+            "to 0 (it expects magnitude images). QC: negative_fraction.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return nib.Nifti1Image(np.maximum(data, 0.0), affine), negative
+
+
+def _grid_name(shape: tuple[int, ...]) -> str:
+    return "x".join(str(int(n)) for n in shape)
 
 
 class T1Preprocessor:
@@ -386,13 +482,26 @@ class T1Preprocessor:
     target_shape : tuple of 3 int, default=(160, 192, 160)
         Output grid, centred on the brain.
     fallback_shape : tuple of 3 int or None, default=(176, 208, 176)
-        Used when the brain does not fit in ``target_shape``.
+        Used when the brain does not fit in ``target_shape`` (a warning, and the QC flag
+        ``fallback_grid``).
     median : float, default=500
         Brain median after normalization.
-    n_threads : int, optional
-        Threads for SimpleITK and torch (default: their defaults).
+    n_threads : int or None, default=1
+        Threads for deepbet (torch) and SimpleITK. With one thread every run gives the
+        same bytes, on any machine and with any ``n_jobs``; with more, a single scan
+        finishes sooner but SimpleITK's and torch's sums depend on how the work is split
+        (outputs differ slightly between runs). None: the libraries' defaults.
     random_state : int, default=0
-        Seed of the registration metric's voxel sampling.
+        Seed of the registration metric's voxel sampling (fixed, not the clock: the same
+        scan gives the same result).
+    assume_orientation : str, optional
+        Voxel axis directions (e.g. ``"LAS"``) of scans that have none (NIfTI
+        ``sform_code = qform_code = 0``, or ANALYZE files); such scans are refused
+        without it. Scans with an orientation keep theirs.
+    qc_fail_limits : dict, optional
+        ``name -> (low, high)`` replacing entries of the hard QC limits
+        (:data:`~harmonix.preprocessing.qc.QC_FAIL_LIMITS`), e.g. for a cohort the
+        calibration did not cover.
 
     Examples
     --------
@@ -410,8 +519,10 @@ class T1Preprocessor:
         target_shape: tuple[int, int, int] = IGUANE_SHAPE,
         fallback_shape: tuple[int, int, int] | None = IGUANE_FALLBACK_SHAPE,
         median: float = 500.0,
-        n_threads: int | None = None,
+        n_threads: int | None = 1,
         random_state: int = 0,
+        assume_orientation: str | None = None,
+        qc_fail_limits: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         self.brain_extractor = brain_extractor
         self.n4 = n4
@@ -420,6 +531,8 @@ class T1Preprocessor:
         self.median = median
         self.n_threads = n_threads
         self.random_state = random_state
+        self.assume_orientation = assume_orientation
+        self.qc_fail_limits = qc_fail_limits
 
     def __repr__(self) -> str:
         extractor = self.brain_extractor
@@ -439,11 +552,10 @@ class T1Preprocessor:
             raise ValueError(
                 f"brain_extractor must be 'deepbet' or a callable, got {self.brain_extractor!r}."
             )
-        if self.n_threads is not None:
-            import torch
+        from harmonix.iguane.inference import intraop_threads
 
-            torch.set_num_threads(int(self.n_threads))
-        return extract_brain(data, affine)
+        with intraop_threads(self.n_threads):
+            return extract_brain(data, affine)
 
     def run(self, img: Any) -> PreprocessResult:
         """Preprocess one scan.
@@ -462,8 +574,13 @@ class T1Preprocessor:
         ------
         ValueError
             If the scan is 2-D, 4-D with several volumes, smaller than 16 voxels a side,
-            empty, constant or non-finite, or no brain is found in it (mask outside
-            100-3000 ml, or too large for the output grid after registration).
+            empty, constant or non-finite, has no orientation (and no
+            ``assume_orientation``), or no brain is found in it (mask too large to fit
+            the output grid after registration).
+        harmonix.preprocessing.qc.QCFailedError
+            (a ValueError) If a QC number lies beyond its hard limit
+            (:data:`~harmonix.preprocessing.qc.QC_FAIL_LIMITS`: noise, phantoms, other
+            contrasts, failed registrations); its ``qc`` attribute holds the numbers.
         ImportError
             If deepbet or SimpleITK is missing (``pip install "harmonix[preprocess]"``).
         """
@@ -476,18 +593,21 @@ class T1Preprocessor:
             times[name] = round(now - clock, 3)
             clock = now
 
-        scan = _check_scan(img)
+        scan, negative = _check_scan(img, self.assume_orientation)
         std = reorient_to_standard(scan)
         data, affine = std.get_fdata(dtype=np.float32), std.affine
         lap("reorient")
         mask = self._extract(data, affine)
         voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
         volume = float(mask.sum()) * voxel_ml
-        low, high = BRAIN_ML_RANGE
-        if not low <= volume <= high:
-            raise ValueError(
+        numbers: dict[str, Any] = {"mask_volume_ml": round(volume, 1)}
+        limits = {**_qc.QC_FAIL_LIMITS, **(self.qc_fail_limits or {})}
+        if _qc.failures(numbers, limits):
+            low, high = limits["mask_volume_ml"]
+            raise _qc.QCFailedError(
                 f"No brain found in the scan (brain mask {volume:.0f} ml, expected "
-                f"{low:.0f}-{high:.0f} ml): is it a T1-weighted head image?"
+                f"{low:.0f}-{high:.0f} ml): is it a T1-weighted head image?",
+                numbers,
             )
         lap("brain_extraction")
         if self.n4:
@@ -504,9 +624,11 @@ class T1Preprocessor:
             n_threads=self.n_threads,
         )
         lap("registration")
-        moved = resample(brain, affine, FSL_AFFINE, FSL_SHAPE, world=matrix)
+        grid = load_template(GRID_MARGIN)  # the FSL grid with margins, template inside
+        moved = resample(brain, affine, grid.affine, grid.data.shape, world=matrix)
         moved_mask = (
-            resample(mask.astype(np.float32), affine, FSL_AFFINE, FSL_SHAPE, world=matrix) > 0.5
+            resample(mask.astype(np.float32), affine, grid.affine, grid.data.shape, world=matrix)
+            > 0.5
         )
         if not moved_mask.any():
             raise ValueError(
@@ -519,7 +641,23 @@ class T1Preprocessor:
             raise ValueError("The brain's median intensity is 0; is the scan a T1 image?")
         scale = float(self.median) / brain_median
         moved *= np.float32(scale)
-        numbers = _qc.qc_numbers(moved, moved_mask, template, volume)
+        numbers = _qc.qc_numbers(moved, moved_mask, grid, volume)
+        numbers["negative_fraction"] = round(negative, 6)
+        failed = _qc.failures(numbers, limits)
+        if failed:
+            raise _qc.QCFailedError(
+                f"QC failed ({', '.join(failed)}; hard limits, QC_FAIL_LIMITS): the "
+                "registered image is not a T1-weighted brain in the template's pose (noise, "
+                "a phantom, another contrast or a failed registration?). Check the scan.",
+                numbers,
+            )
+        edge = [np.take(moved_mask, i, axis=a).any() for a in range(3) for i in (0, -1)]
+        if any(edge):
+            raise ValueError(
+                f"The registered brain reaches the edge of the template grid ({GRID_MARGIN} "
+                f"voxels beyond FSL's field of view; QC: {numbers}): brain extraction or "
+                "registration failed. Check the scan."
+            )
         try:
             cropped, change = crop_or_pad(
                 moved,
@@ -535,7 +673,7 @@ class T1Preprocessor:
             ) from exc
         shift = np.eye(4)
         shift[:3, 3] = change.offsets
-        out_affine = FSL_AFFINE @ shift
+        out_affine = grid.affine @ shift
         lap("resample")
         transform = TemplateTransform(
             matrix, scan.shape, scan.affine, cropped.shape, out_affine, scale
@@ -544,8 +682,16 @@ class T1Preprocessor:
             nib.io_orientation(affine), nib.io_orientation(scan.affine)
         )
         native_mask = nib.orientations.apply_orientation(mask, back).astype(np.uint8)
-        numbers["brain_median"] = brain_median
+        numbers["brain_median"] = round(brain_median, 3)
+        numbers["output_shape"] = _grid_name(cropped.shape)
         numbers["flags"] = _qc.flags(numbers)
+        if tuple(cropped.shape) != tuple(self.target_shape):
+            numbers["flags"].append("fallback_grid")
+            logger.warning(
+                "The brain does not fit %s; the image is %s (the fallback grid).",
+                _grid_name(self.target_shape),
+                numbers["output_shape"],
+            )
         if numbers["flags"]:
             logger.warning("QC flags: %s", ", ".join(numbers["flags"]))
         header = nib.Nifti1Header()

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from harmonix.io import atomic_write, read_manifest
 from harmonix.preprocessing.chain import T1Preprocessor, output_paths
-from harmonix.preprocessing.qc import QC_LIMITS, flag_outliers
+from harmonix.preprocessing.qc import QC_LIMITS, QCFailedError, flag_outliers
 
 __all__ = ["preprocess_files", "preprocess_manifest"]
 
@@ -51,6 +51,8 @@ def _one(
 ) -> dict[str, Any]:
     try:
         result = preprocessor.run(src)
+    except QCFailedError as exc:  # beyond a hard QC limit: the numbers say why
+        return {"status": "failed", "error": " ".join(str(exc).split()), **exc.qc}
     except ValueError as exc:  # a bad scan: recorded, the batch goes on
         return {"status": "failed", "error": " ".join(str(exc).split())}
     result.save_to(paths, qc_png=qc_png, metadata=metadata, title=stem)
@@ -86,7 +88,9 @@ def preprocess_files(
     preprocessor : T1Preprocessor, optional
         The chain (default ``T1Preprocessor()``).
     n_jobs : int, default=1
-        Scans processed at once (joblib); threads are shared out between them.
+        Scans processed at once (joblib). With the chain's default of one thread per
+        scan the outputs are the same bytes whatever ``n_jobs``; a chain with
+        ``n_threads=None`` gets the cores shared out between the jobs.
     overwrite : bool, default=False
         Redo finished scans.
     qc_png : bool, default=True
@@ -104,9 +108,10 @@ def preprocess_files(
     -------
     pandas.DataFrame
         One row per input, in input order: ``source``, ``stem``, ``status``
-        (``"done"``, ``"skipped"`` -- finished before -- or ``"failed"``), ``error``,
-        the QC numbers, ``flags`` (``;``-separated, batch outliers included) and
-        ``flagged``.
+        (``"done"``, ``"skipped"`` -- finished before -- or ``"failed"``: refused, with
+        the reason in ``error`` and, for a scan beyond a hard QC limit, its QC numbers),
+        ``seconds``, the QC numbers, ``flags`` (``;``-separated, batch outliers
+        included) and ``flagged``.
     """
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.is_file()]

@@ -12,51 +12,108 @@ from scipy import ndimage
 
 from harmonix.io import atomic_write
 
-__all__ = ["QC_LIMITS", "flags", "flag_outliers", "qc_numbers", "save_qc_png"]
+__all__ = [
+    "QC_FAIL_LIMITS",
+    "QC_LIMITS",
+    "QCFailedError",
+    "failures",
+    "flags",
+    "flag_outliers",
+    "qc_numbers",
+    "save_qc_png",
+]
 
-#: Absolute limits of the QC numbers; a scan outside them is flagged.
+#: Soft limits of the QC numbers: a scan outside them is flagged (and still processed).
 QC_LIMITS: dict[str, tuple[float, float]] = {
     "mask_volume_ml": (800.0, 2300.0),  # adult brains with cerebellum: ~1000-2000 ml
     # Colin27 registered to ICBM152 2009a: 0.63 (deepbet mask), 0.56 (its BET brain)
     "template_ncc": (0.45, 1.0),
     "template_dice": (0.85, 1.0),  # brain mask against the template's brain mask
+    "negative_fraction": (0.0, 0.01),  # voxels below 0 in the scan, set to 0
+}
+#: Hard limits: a scan outside them is reported as failed (no output, not in the
+#: manifest). Calibrated in ``benchmarks/results/preprocess_qc.md``: good scans (brains
+#: 0.55-1.26x Colin27's volume, tilted, noisy, biased, thick slices, other T1 contrasts)
+#: lie well inside, noise, phantoms and inverted contrast outside.
+QC_FAIL_LIMITS: dict[str, tuple[float, float]] = {
+    "mask_volume_ml": (300.0, 3000.0),
+    "template_ncc": (0.3, 1.0),
+    "template_dice": (0.7, 1.0),
 }
 #: Robust z-score (median / MAD) beyond which a scan is an outlier of its batch.
 OUTLIER_Z = 3.5
+#: The QC numbers compared with the batch by :func:`flag_outliers`.
+OUTLIER_NUMBERS = ("mask_volume_ml", "template_ncc", "template_dice")
+
+
+class QCFailedError(ValueError):
+    """A scan whose QC numbers lie beyond the hard limits (:data:`QC_FAIL_LIMITS`).
+
+    Attributes
+    ----------
+    qc : dict
+        The QC numbers measured before the refusal.
+    """
+
+    def __init__(self, message: str, qc: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.qc = dict(qc)
+
+
+#: Range of the brain-size factor the QC compares the template at.
+SCALE_RANGE = (0.7, 1.3)
 
 
 def qc_numbers(
     image: np.ndarray, mask: np.ndarray, template: Any, mask_volume_ml: float
 ) -> dict[str, Any]:
-    """QC numbers of a registered brain on the template grid.
+    """QC numbers of a registered brain on the template grid, whatever the brain's size.
+
+    The registration is rigid, so a brain smaller or larger than the template's keeps its
+    size: compared with the template as is, a normal brain of 1,100 ml (the template's is
+    1,880 ml) would look half-misregistered (correlation 0.32 instead of 0.64 for the same
+    head at the template's size). The template is therefore compared at the brain's size:
+    scaled about its brain's centre by ``template_scale``, the cube root of the volume
+    ratio (within 0.7-1.3). Pose errors are not scaled away: a brain rotated or shifted
+    off its registration still correlates poorly.
 
     Parameters
     ----------
-    image : ndarray of shape (182, 218, 182)
-        The registered brain (background 0).
+    image : ndarray of shape (i, j, k)
+        The registered brain (background 0) on ``template``'s grid.
     mask : ndarray of bool, same shape
         Its brain mask.
     template : harmonix.preprocessing.template.Template
-        The registration target.
+        The registration target, on the same grid.
     mask_volume_ml : float
         Brain mask volume in the scan's own space.
 
     Returns
     -------
     dict
-        ``mask_volume_ml``, ``template_ncc`` (normalized cross-correlation with the
-        template inside the template's brain mask) and ``template_dice``.
+        ``mask_volume_ml``, ``template_scale``, ``template_ncc`` (normalized
+        cross-correlation with the template inside the template's brain mask) and
+        ``template_dice`` (Dice overlap of the masks), both at the brain's size.
     """
     inside = template.mask
-    a = image[inside].astype(np.float64)
+    ratio = float(mask.sum()) / max(float(inside.sum()), 1.0)
+    scale = float(np.clip(ratio ** (1 / 3), *SCALE_RANGE))
+    points = np.argwhere(inside).T.astype(np.float64)  # template voxels ...
+    centre = points.mean(axis=1, keepdims=True)
+    there = centre + scale * (points - centre)  # ... and where they lie at the brain's size
+    a = ndimage.map_coordinates(np.asarray(image, np.float32), there, order=1, cval=0.0)
+    a = a.astype(np.float64)
     b = template.data[inside].astype(np.float64)
     a -= a.mean()
     b -= b.mean()
     denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
     ncc = float((a * b).sum() / denom) if denom > 0 else 0.0
-    dice = 2.0 * float((mask & inside).sum()) / float(mask.sum() + inside.sum())
+    both = ndimage.map_coordinates(mask.astype(np.float32), there, order=1, cval=0.0) > 0.5
+    # Dice in the template's frame: the brain's volume shrinks by scale**3 there
+    dice = 2.0 * float(both.sum()) / (float(mask.sum()) / scale**3 + float(inside.sum()))
     return {
         "mask_volume_ml": round(float(mask_volume_ml), 1),
+        "template_scale": round(scale, 3),
         "template_ncc": round(ncc, 4),
         "template_dice": round(dice, 4),
     }
@@ -91,6 +148,26 @@ def flags(
     return out
 
 
+def failures(
+    numbers: dict[str, Any], limits: dict[str, tuple[float, float]] | None = None
+) -> list[str]:
+    """Names of the QC numbers beyond the hard limits (:data:`QC_FAIL_LIMITS`).
+
+    Parameters
+    ----------
+    numbers : dict
+        Output of :func:`qc_numbers`.
+    limits : dict, optional
+        ``name -> (low, high)`` replacing those of :data:`QC_FAIL_LIMITS`.
+
+    Returns
+    -------
+    list of str
+        E.g. ``["template_ncc<0.3"]``; empty for a scan that passes.
+    """
+    return flags(numbers, {**QC_FAIL_LIMITS, **(limits or {})})
+
+
 def flag_outliers(table: pd.DataFrame, z: float = OUTLIER_Z) -> pd.DataFrame:
     """Add batch outliers to a QC table's ``flags`` column.
 
@@ -101,7 +178,7 @@ def flag_outliers(table: pd.DataFrame, z: float = OUTLIER_Z) -> pd.DataFrame:
     Parameters
     ----------
     table : pandas.DataFrame
-        One row per scan with the :data:`QC_LIMITS` columns and a ``flags`` column
+        One row per scan with the :data:`OUTLIER_NUMBERS` columns and a ``flags`` column
         (``;``-separated strings).
     z : float, default=3.5
 
@@ -115,7 +192,7 @@ def flag_outliers(table: pd.DataFrame, z: float = OUTLIER_Z) -> pd.DataFrame:
         table["flags"] = ""
     table["flags"] = table["flags"].fillna("").astype(str)
     if len(table) >= 5:
-        for name in QC_LIMITS:
+        for name in OUTLIER_NUMBERS:
             if name not in table.columns:
                 continue
             values = pd.to_numeric(table[name], errors="coerce")

@@ -30,12 +30,12 @@ class Template:
 
     Attributes
     ----------
-    data : ndarray of float32, shape (182, 218, 182)
+    data : ndarray of float32, shape (182, 218, 182) (plus margins)
         ICBM152 2009a T1 (skull-stripped), scaled so that its brain median is 500.
     mask : ndarray of bool, same shape
         Its brain mask.
     affine : ndarray of shape (4, 4)
-        :data:`FSL_AFFINE`.
+        :data:`FSL_AFFINE` (shifted by the margin, see :func:`load_template`).
     """
 
     data: np.ndarray
@@ -87,28 +87,46 @@ def resample(
     )
 
 
-@functools.lru_cache(maxsize=1)
-def load_template() -> Template:
+@functools.lru_cache(maxsize=2)
+def load_template(margin: int = 0) -> Template:
     """The ICBM152 2009a T1 and brain mask resampled once onto the FSL 1 mm grid.
 
     The images come from nilearn's bundled data (no download).
+
+    Parameters
+    ----------
+    margin : int, default=0
+        Voxels of zeros added on every side of the FSL grid (the chain resamples brains
+        onto the larger grid, so that no brain voxel falls outside FSL's field of view).
 
     Returns
     -------
     Template
     """
-    from nilearn import datasets as nl_datasets
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}.")
+    if margin:
+        base = load_template()
+        data, mask = (np.pad(a, int(margin)) for a in (base.data, base.mask))
+        shift = np.eye(4)
+        shift[:3, 3] = -int(margin)
+        affine = FSL_AFFINE @ shift
+    else:
+        from nilearn import datasets as nl_datasets
 
-    t1 = nl_datasets.load_mni152_template(resolution=1)
-    brain = nl_datasets.load_mni152_brain_mask(resolution=1)
-    data = resample(np.asarray(t1.dataobj, dtype=np.float32), t1.affine, FSL_AFFINE, FSL_SHAPE)
-    mask = (
-        resample(np.asarray(brain.dataobj, dtype=np.float32), brain.affine, FSL_AFFINE, FSL_SHAPE)
-        > 0.5
-    )
-    mask = ndimage.binary_fill_holes(mask)
-    data[~mask] = 0.0
-    data *= np.float32(500.0 / np.median(data[mask]))
-    for a in (data, mask):
+        t1 = nl_datasets.load_mni152_template(resolution=1)
+        brain = nl_datasets.load_mni152_brain_mask(resolution=1)
+        data = resample(np.asarray(t1.dataobj, dtype=np.float32), t1.affine, FSL_AFFINE, FSL_SHAPE)
+        mask = (
+            resample(
+                np.asarray(brain.dataobj, dtype=np.float32), brain.affine, FSL_AFFINE, FSL_SHAPE
+            )
+            > 0.5
+        )
+        mask = ndimage.binary_fill_holes(mask)
+        data[~mask] = 0.0
+        data *= np.float32(500.0 / np.median(data[mask]))
+        affine = FSL_AFFINE
+    for a in (data, mask, affine):
         a.flags.writeable = False
-    return Template(data, mask, FSL_AFFINE)
+    return Template(data, mask, affine)
