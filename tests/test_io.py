@@ -146,7 +146,7 @@ def test_atomic_write_files_follow_the_umask(tmp_path, umask, mode):
     try:
         with atomic_write(tmp_path / "img.nii.gz") as tmp:
             nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4)), tmp)
-        save_img(np.ones((2, 2, 2), np.float32), tmp_path / "saved.nii")
+        save_img(np.ones((2, 2, 2), np.float32), tmp_path / "saved.nii", affine=np.eye(4))
     finally:
         os.umask(before)
     for name in ("img.nii.gz", "saved.nii"):

@@ -36,7 +36,9 @@ _COARSE_MM, _FINE_MM = 8.0, 4.0
 _SMOOTH = 0.4
 
 
-def pose_matrix(params: Sequence[float], fixed_center: np.ndarray, moving_center: np.ndarray):
+def pose_matrix(
+    params: Sequence[float], fixed_center: np.ndarray, moving_center: np.ndarray
+) -> np.ndarray:
     """The rigid map of a pose: fixed world -> moving world (4x4, RAS mm).
 
     Parameters

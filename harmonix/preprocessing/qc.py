@@ -26,7 +26,7 @@ __all__ = [
 #: Soft limits of the QC numbers: a scan outside them is flagged (and still processed).
 QC_LIMITS: dict[str, tuple[float, float]] = {
     "mask_volume_ml": (800.0, 2300.0),  # adult brains with cerebellum: ~1000-2000 ml
-    # Colin27 registered to ICBM152 2009a: 0.63 (deepbet mask), 0.56 (its BET brain)
+    # Colin27 registered to ICBM152 2009a: 0.62 (0.59 at 0.9x its size, 0.46 at 0.82x)
     "template_ncc": (0.45, 1.0),
     "template_dice": (0.85, 1.0),  # brain mask against the template's brain mask
     "negative_fraction": (0.0, 0.01),  # voxels below 0 in the scan, set to 0
@@ -65,7 +65,12 @@ SCALE_RANGE = (0.7, 1.3)
 
 
 def qc_numbers(
-    image: np.ndarray, mask: np.ndarray, template: Any, mask_volume_ml: float
+    image: np.ndarray,
+    mask: np.ndarray,
+    template: Any,
+    mask_volume_ml: float,
+    *,
+    at_brain_size: bool = True,
 ) -> dict[str, Any]:
     """QC numbers of a registered brain on the template grid, whatever the brain's size.
 
@@ -87,6 +92,9 @@ def qc_numbers(
         The registration target, on the same grid.
     mask_volume_ml : float
         Brain mask volume in the scan's own space.
+    at_brain_size : bool, default=True
+        Compare the template at the brain's size (False: as it is, ``template_scale``
+        1; the former definition, kept to show the difference).
 
     Returns
     -------
@@ -97,7 +105,7 @@ def qc_numbers(
     """
     inside = template.mask
     ratio = float(mask.sum()) / max(float(inside.sum()), 1.0)
-    scale = float(np.clip(ratio ** (1 / 3), *SCALE_RANGE))
+    scale = float(np.clip(ratio ** (1 / 3), *SCALE_RANGE)) if at_brain_size else 1.0
     points = np.argwhere(inside).T.astype(np.float64)  # template voxels ...
     centre = points.mean(axis=1, keepdims=True)
     there = centre + scale * (points - centre)  # ... and where they lie at the brain's size
