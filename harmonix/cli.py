@@ -531,7 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="image in template space (NIfTI); leave out with --bids-out DIR to map every "
         "harmonized image of DIR back with the preprocessing files beside it",
     )
-    p.add_argument("--transform", help="the scan's NAME_prep.json (or ..._desc-preproc_T1w.json; not the image)")
+    p.add_argument(
+        "--transform",
+        help="the scan's NAME_prep.json (or ..._desc-preproc_T1w.json; not the image)",
+    )
     p.add_argument("--mask", help="the scan's NAME_native_mask.nii.gz (zero outside)")
     p.add_argument(
         "--rescale",

@@ -381,6 +381,46 @@ def identity_chain(monkeypatch):
     monkeypatch.setattr(optional, "require", lambda module, purpose: None)
 
 
+class FailingChain(IdentityChain):
+    """The stand-in chain, with sub-02's scan beyond a hard QC limit (as noise would be)."""
+
+    def run(self, img):
+        from harmonix.preprocessing.qc import QCFailedError, failures
+
+        result = super().run(img)
+        if "sub-02" in Path(img).name:
+            numbers = {**result.qc, "template_ncc": 0.1}
+            raise QCFailedError(f"QC failed ({', '.join(failures(numbers))})", numbers)
+        return result
+
+
+def test_preprocess_bids_out_leaves_qc_failures_out(raw, monkeypatch, tmp_path):
+    import harmonix.preprocessing as prep
+    import harmonix.preprocessing._optional as optional
+
+    monkeypatch.setattr(prep, "T1Preprocessor", FailingChain)
+    monkeypatch.setattr(optional, "require", lambda module, purpose: None)
+    manifest = tmp_path / "raw.csv"
+    assert main(["-q", "bids-manifest", str(raw), "--out", str(manifest)]) == 0
+    deriv = tmp_path / "derivatives" / "harmonix"
+    argv = ["-q", "preprocess", "--manifest", str(manifest), "--bids-out", str(deriv)]
+    assert main([*argv, "--no-qc-png"]) == 1  # a scan failed
+    written = sorted(_rel(p, deriv) for p in deriv.glob("sub-*/**/*") if p.is_file())
+    assert written and not [p for p in written if "sub-02" in p]
+    assert not (deriv / "sub-02").exists()
+    prep_rows = pd.read_csv(deriv / "desc-preproc_manifest.csv", dtype=str)
+    assert len(prep_rows) == len(pd.read_csv(manifest)) - 1
+    assert not prep_rows["path"].str.contains("sub-02").any()
+    qc = pd.read_csv(deriv / "desc-preproc_qc.tsv", sep="\t")
+    failed = qc[qc["status"] == "failed"]
+    assert failed["filename"].str.contains("sub-02_").tolist() == [True]
+    assert failed["error"].str.startswith("QC failed (template_ncc<0.3").all()
+    assert failed["template_ncc"].tolist() == [0.1]
+    # a rerun does not write it either, and still exits 1
+    assert main([*argv, "--no-qc-png"]) == 1
+    assert not (deriv / "sub-02").exists()
+
+
 def test_preprocess_transform_to_native_chain_traces_back_to_raw(
     raw, identity_chain, tmp_path, capsys
 ):
