@@ -1,7 +1,8 @@
 """The estimator contract shared by every harmonizer.
 
-:class:`BaseHarmonizer` validates what users pass to ``fit(imgs, sites, ages)`` and
-``transform(imgs, sites)`` and hands clean, lazy inputs to the private ``_fit`` and
+:class:`BaseHarmonizer` validates what users pass to ``fit(imgs, sites, ages,
+covariates)`` and ``transform(imgs, sites, ages, covariates)`` (covariates through
+:mod:`harmonix.covariates`) and hands clean, lazy inputs to the private ``_fit`` and
 ``_transform_one`` hooks that each method implements. It also keeps the background at 0
 and returns results in the form the input had.
 """
@@ -14,14 +15,22 @@ from os import PathLike
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from harmonix import grids
-from harmonix._docs import fill_doc
+from harmonix._docs import docdict, fill_doc
 from harmonix._labels import check_label, check_sites
+from harmonix.covariates import (
+    CovariateLevels,
+    check_covariates,
+    fit_covariate_levels,
+    match_covariates,
+)
 from harmonix.exceptions import BackgroundWarning
 from harmonix.io import ImageCollection, as_collection, load_img
+from harmonix.tables import FeatureTable, is_table
 
 __all__ = [
     "BRAIN_FILL_LIMIT",
@@ -39,6 +48,48 @@ __all__ = [
 BRAIN_FILL_LIMIT = 0.9
 
 
+docdict["covariates"] = """\
+covariates : pandas.DataFrame or mapping of str to array-like, default=None
+    Per-image biology to keep (one row per image, matched by position): continuous
+    columns (numbers) and categorical ones (strings, booleans, pandas categoricals), e.g.
+    ``age``, ``sex``, ``diagnosis``. ``ages`` is the short form of an ``age`` column
+    (giving both is an error). Missing values, constant columns and columns that the sites
+    determine are refused (:mod:`harmonix.covariates`). Methods that model covariates
+    (ComBat) keep their effects; the others document what they do with them."""
+
+docdict["fit_params"] = "\n".join(
+    [
+        "imgs : 4-D ndarray (n_images, i, j, k), list of 3-D arrays, or list of paths/images",
+        "    Skull-stripped images (background 0). Paths are loaded one at a time.",
+        "sites : array-like of shape (n_images,)",
+        "    Site (scanner) label of each image; at least two distinct sites.",
+        "ages : array-like of shape (n_images,), default=None",
+        "    Age of each subject, used by methods that keep age effects (the short form",
+        "    of an ``age`` covariate).",
+        docdict["covariates"],
+    ]
+)
+
+docdict["covariates_transform"] = """\
+covariates : pandas.DataFrame or mapping of str to array-like, default=None
+    Covariates of these images, with the columns given to :meth:`fit` (columns the fit
+    did not see are ignored); needed by methods that model them (ComBat). A category
+    unseen in fit is refused."""
+
+
+docdict["ignores_covariates"] = """\
+**Covariates.** ``ages`` and ``covariates`` are checked like every harmonizer's (same
+errors) and otherwise ignored: each image is mapped from its own intensities, which
+changes no covariate effect it holds, and transform needs none of them."""
+
+
+def _age_column(cov: pd.DataFrame | None, levels: CovariateLevels) -> np.ndarray | None:
+    """The continuous ``age`` covariate (what methods that only use ages read), or None."""
+    if cov is None or "age" not in cov.columns or levels.get("age", ()) is not None:
+        return None
+    return cov["age"].to_numpy(dtype=np.float64)
+
+
 def check_ages(ages: Any, n_images: int) -> np.ndarray | None:
     """Validate ages (``None`` or one finite number per image).
 
@@ -51,19 +102,8 @@ def check_ages(ages: Any, n_images: int) -> np.ndarray | None:
     -------
     ndarray of float64 or None
     """
-    if ages is None:
-        return None
-    try:
-        arr = np.asarray(ages, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"ages must be numbers, one per image ({exc}).") from exc
-    if arr.ndim != 1 or len(arr) != n_images:
-        raise ValueError(
-            f"Got {n_images} images but ages of shape {arr.shape}; give one age per image."
-        )
-    if not np.isfinite(arr).all():
-        raise ValueError("ages contain NaN or infinite values; give every image a finite age.")
-    return arr
+    frame = check_covariates(None, n_images, ages)
+    return None if frame is None else frame["age"].to_numpy()
 
 
 def check_background(
@@ -186,14 +226,16 @@ def _as_mask(mask: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 class BaseHarmonizer(TransformerMixin, BaseEstimator):
     """Base class of all harmonizers: validation, background and output handling.
 
-    Subclasses implement ``_fit(imgs, sites, ages)`` and
+    Subclasses implement ``_fit(imgs, sites, ages, covariates)`` and
     ``_transform_one(data, brain, site, age)``; they may override
-    ``_transform(imgs, sites, ages, stats)`` to process a whole collection at once.
-    Methods that pool the images of a site at transform time compute what they pool in
-    ``_site_statistics(imgs, sites, ages)`` (one streaming pass, a small value per site)
-    and read it from ``stats`` in ``_transform``; the public :meth:`site_statistics` and
-    ``transform(..., site_statistics=...)`` then let callers harmonize a site's images
-    a few at a time with the statistics of all of them.
+    ``_transform(imgs, sites, ages, covariates, stats)`` to process a whole collection at
+    once. ``ages`` is the continuous ``age`` covariate (or None) and ``covariates`` the
+    checked covariate frame (or None), ``age`` included. Methods that pool the images of
+    a site at transform time compute what they pool in
+    ``_site_statistics(imgs, sites, ages, covariates)`` (one streaming pass, a small value
+    per site) and read it from ``stats`` in ``_transform``; the public
+    :meth:`site_statistics` and ``transform(..., site_statistics=...)`` then let callers
+    harmonize a site's images a few at a time with the statistics of all of them.
 
     Notes
     -----
@@ -224,19 +266,21 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
     #: ``reference_site=None`` picks the site with the most training images; when False
     #: it means no reference site at all (ComBat's pooled grand mean).
     _none_is_largest_site: ClassVar[bool] = True
+    #: transform needs every covariate the fit had (methods that model them: ComBat).
+    _needs_covariates: ClassVar[bool] = False
+    #: fit and transform also take tables of features (n_samples, n_features).
+    _accepts_tables: ClassVar[bool] = False
 
     # -- public API ---------------------------------------------------------------------
-    def fit(self, imgs: Any, sites: Any, ages: Any = None) -> BaseHarmonizer:
+    @fill_doc
+    def fit(
+        self, imgs: Any, sites: Any, ages: Any = None, covariates: Any = None
+    ) -> BaseHarmonizer:
         """Learn the harmonization from images of several sites.
 
         Parameters
         ----------
-        imgs : 4-D ndarray (n_images, i, j, k), list of 3-D arrays, or list of paths/images
-            Skull-stripped images (background 0). Paths are loaded one at a time.
-        sites : array-like of shape (n_images,)
-            Site (scanner) label of each image; at least two distinct sites.
-        ages : array-like of shape (n_images,), default=None
-            Age of each subject, used by methods that keep age effects.
+        %(fit_params)s
 
         Returns
         -------
@@ -244,50 +288,69 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             The fitted harmonizer.
         """
         self._forget_fit()
-        coll = as_collection(imgs)
+        coll = self._as_input(imgs)
         sites = check_sites(sites, len(coll))
-        ages = check_ages(ages, len(coll))
+        cov = check_covariates(covariates, len(coll), ages)
         labels, counts = np.unique(sites, return_counts=True)
         if len(labels) < 2:
             raise ValueError(
                 f"Harmonization needs images from at least 2 sites; got only {labels.tolist()}."
             )
+        levels = fit_covariate_levels(cov, sites)
         mask, mask_affine = _as_mask(getattr(self, "mask", None))
-        shape = coll.shape(0)
-        voxelwise = self._fixed_shape or mask is not None
-        grid = grids.training_grid(
-            coll,
-            check=self._grid_check,
-            action=self._grid_action(),
-            owner=type(self).__name__,
-            voxel_size=grids.check_voxel_size(getattr(self, "voxel_size", None)),
-            voxelwise=voxelwise,
-            mask_shape=None if mask is None else mask.shape,
-            mask_affine=mask_affine,
-        )
+        table = isinstance(coll, FeatureTable)
+        shape = grid = None
+        voxelwise = False
+        if table:
+            if mask is not None:
+                raise ValueError(
+                    "mask applies to images; a feature table has no voxels: leave mask=None."
+                )
+        else:
+            shape = coll.shape(0)
+            voxelwise = self._fixed_shape or mask is not None
+            grid = grids.training_grid(
+                coll,
+                check=self._grid_check,
+                action=self._grid_action(),
+                owner=type(self).__name__,
+                voxel_size=grids.check_voxel_size(getattr(self, "voxel_size", None)),
+                voxelwise=voxelwise,
+                mask_shape=None if mask is None else mask.shape,
+                mask_affine=mask_affine,
+            )
         reference = self._check_reference(labels, counts)
         self.grid_ = grid
         self.mask_ = mask
         self.affine_ = (
-            np.asarray(grid["affine"]) if voxelwise and grid["affine"] is not None else None
+            np.asarray(grid["affine"])
+            if voxelwise and grid is not None and grid["affine"] is not None
+            else None
         )
         self.sites_ = labels
         self.n_images_ = len(coll)
         self.image_shape_ = shape if self._fixed_shape else None
+        self.covariate_levels_ = levels
+        if table:
+            self.n_features_in_ = coll.n_features
+            if coll.columns is not None:
+                self.feature_names_in_ = np.asarray(coll.columns, dtype=object)
         if reference is not None:
             self.reference_site_ = reference
         try:
-            self._fit(coll, sites, ages)
+            self._fit(coll, sites, _age_column(cov, levels), cov)
         except BaseException:
             self._forget_fit()  # a failed fit must not leave a half-fitted estimator
             raise
         return self
 
+    @fill_doc
     def transform(
         self,
         imgs: Any,
         sites: Any = None,
         ages: Any = None,
+        covariates: Any = None,
         *,
         site_statistics: Mapping[Any, Any] | None = None,
     ) -> Any:
@@ -304,6 +367,7 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             images of each site passed in this call.
         ages : array-like of shape (n_images,), default=None
             Ages; needed only by methods fitted with an age covariate (ComBat).
+        %(covariates_transform)s
         site_statistics : mapping, default=None
             What :meth:`site_statistics` returned for all the images of some sites: those
             sites are harmonized with these statistics instead of the ones of the images
@@ -318,12 +382,32 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             header.
         """
         check_is_fitted(self)
-        coll = as_collection(imgs)
+        coll = self._transformable(imgs)
         given = _given_statistics(site_statistics)
-        sites, ages = self.check_transform_metadata(len(coll), sites, ages, site_statistics=given)
-        self.check_grid(coll)
-        stats = self._statistics_for(coll, sites, ages, given)
-        return coll.wrap(self._transform(coll, sites, ages, stats))
+        sites, ages, cov = self.check_transform_metadata(
+            len(coll), sites, ages, covariates, site_statistics=given
+        )
+        if not isinstance(coll, FeatureTable):
+            self.check_grid(coll)
+        stats = self._statistics_for(coll, sites, ages, cov, given)
+        return coll.wrap(self._transform(coll, sites, ages, cov, stats))
+
+    def _transformable(self, imgs: Any) -> ImageCollection | FeatureTable:
+        """The images (or table) to transform, checked against what fit saw."""
+        coll = self._as_input(imgs)
+        fitted_table = hasattr(self, "n_features_in_")
+        if isinstance(coll, FeatureTable) != fitted_table:
+            raise ValueError(
+                f"This {type(self).__name__} was fitted on "
+                + (
+                    f"a table of {self.n_features_in_} features; transform needs a table too."
+                    if fitted_table
+                    else "images; transform needs images too, not a table."
+                )
+            )
+        if fitted_table:
+            coll = coll.matched(self.n_features_in_, getattr(self, "feature_names_in_", None))
+        return coll
 
     def check_grid(self, imgs: Any) -> None:
         """Compare the images' headers with the training grid, before any work.
@@ -378,7 +462,9 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         """``grid_mismatch`` checked ("error" for methods without the parameter)."""
         return grids.check_grid_action(getattr(self, "grid_mismatch", "error"))
 
-    def site_statistics(self, imgs: Any, sites: Any, ages: Any = None) -> dict[str, Any]:
+    def site_statistics(
+        self, imgs: Any, sites: Any, ages: Any = None, covariates: Any = None
+    ) -> dict[str, Any]:
         """The per-site statistics :meth:`transform` derives from all the images of a site.
 
         Most methods harmonize each image on its own and return ``{}``. Methods that pool
@@ -401,6 +487,8 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             Their site labels.
         ages : array-like of shape (n_images,), default=None
             Their ages (ComBat fitted with ages).
+        covariates : pandas.DataFrame or mapping, default=None
+            Their covariates (ComBat fitted with covariates).
 
         Returns
         -------
@@ -408,17 +496,18 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             Site label (text) -> statistics; small and picklable.
         """
         check_is_fitted(self)
-        coll = as_collection(imgs)
-        sites, ages = self.check_transform_metadata(len(coll), sites, ages)
+        coll = self._transformable(imgs)
+        sites, ages, cov = self.check_transform_metadata(len(coll), sites, ages, covariates)
         if sites is None:
             return {}
-        return self._site_statistics(coll, sites, ages)
+        return self._site_statistics(coll, sites, ages, cov)
 
     def _statistics_for(
         self,
-        imgs: ImageCollection,
+        imgs: ImageCollection | FeatureTable,
         sites: np.ndarray | None,
         ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
         given: dict[str, Any],
     ) -> dict[str, Any]:
         """``given`` statistics, completed from ``imgs`` for the sites it lacks."""
@@ -428,12 +517,17 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         todo = [i for i, s in enumerate(sites.tolist()) if s not in stats]
         if todo:
             sub_ages = None if ages is None else ages[todo]
-            computed = self._site_statistics(imgs.subset(todo), sites[todo], sub_ages)
+            sub_cov = None if covariates is None else covariates.iloc[todo].reset_index(drop=True)
+            computed = self._site_statistics(imgs.subset(todo), sites[todo], sub_ages, sub_cov)
             stats.update(computed)
         return stats
 
     def _site_statistics(
-        self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
+        self,
+        imgs: ImageCollection | FeatureTable,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
     ) -> dict[str, Any]:
         """Per-site statistics of the images of ``sites`` (none for per-image methods)."""
         return {}
@@ -443,10 +537,11 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         n_images: int,
         sites: Any = None,
         ages: Any = None,
+        covariates: Any = None,
         *,
         site_statistics: Mapping[Any, Any] | None = None,
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Check the sites and ages of ``n_images`` images to transform, before any work.
+    ) -> tuple[np.ndarray | None, np.ndarray | None, pd.DataFrame | None]:
+        """Check the sites, ages and covariates of ``n_images`` images, before any work.
 
         :meth:`transform` calls it first; :func:`harmonix.batch.transform_files` calls it
         before writing anything, so that a bad label fails the whole call, not the n-th
@@ -456,6 +551,7 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         ----------
         n_images : int
         sites, ages : array-like of shape (n_images,) or None
+        covariates : pandas.DataFrame, mapping or None
         site_statistics : mapping, default=None
             Statistics given for some sites (see :meth:`transform`): their images need
             not all be among these.
@@ -465,14 +561,18 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         sites : ndarray of str or None
             The validated labels, as text.
         ages : ndarray or None
-            The validated ages.
+            The ``age`` covariate when the fit had a continuous one and it is given.
+        covariates : pandas.DataFrame or None
+            The fitted covariates given (:func:`harmonix.covariates.match_covariates`).
 
         Raises
         ------
         ValueError
             If sites are needed but missing, a label is missing (None, NaN, empty...), a
-            length differs from ``n_images``, an age is not finite, or the fitted model
-            cannot transform these sites or ages (e.g. ComBat and a site unseen in fit).
+            length differs from ``n_images``, a value is missing or not finite, a category
+            was not seen in fit, or the fitted model cannot transform these sites or
+            covariates (e.g. ComBat and a site unseen in fit, or without a covariate it
+            was fitted with).
         """
         check_is_fitted(self)
         if sites is None and self._needs_sites:
@@ -480,19 +580,47 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
                 f"{type(self).__name__}.transform needs the site of each image: pass sites=[...]."
             )
         sites = None if sites is None else check_sites(sites, n_images)
-        ages = check_ages(ages, n_images)
-        self._check_metadata(sites, ages, frozenset(_given_statistics(site_statistics)))
-        return sites, ages
+        levels = self._fitted_covariate_levels()
+        cov = match_covariates(
+            check_covariates(covariates, n_images, ages),
+            levels,
+            required=self._needs_covariates,
+        )
+        self._check_metadata(sites, cov, frozenset(_given_statistics(site_statistics)))
+        return sites, _age_column(cov, levels), cov
+
+    def _fitted_covariate_levels(self) -> CovariateLevels:
+        """The fit's covariates (:func:`harmonix.covariates.fit_covariate_levels`).
+
+        Models saved before covariates existed have none recorded; subclasses that
+        modelled ages then override this."""
+        return getattr(self, "covariate_levels_", {})
 
     def _check_metadata(
-        self, sites: np.ndarray | None, ages: np.ndarray | None, prepared: frozenset = frozenset()
+        self,
+        sites: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+        prepared: frozenset = frozenset(),
     ) -> None:
-        """Method-specific checks of validated transform sites and ages (none by default);
-        ``prepared``: sites whose statistics the caller gives."""
+        """Method-specific checks of validated transform sites and covariates (none by
+        default); ``prepared``: sites whose statistics the caller gives."""
 
-    def fit_transform(self, imgs: Any, sites: Any, ages: Any = None) -> Any:
-        """Fit, then harmonize the same images; see :meth:`fit` and :meth:`transform`."""
-        return self.fit(imgs, sites, ages).transform(imgs, sites, ages)
+    @fill_doc
+    def fit_transform(
+        self, imgs: Any, sites: Any, ages: Any = None, covariates: Any = None
+    ) -> Any:
+        """Fit, then harmonize the same images; see :meth:`fit` and :meth:`transform`.
+
+        Parameters
+        ----------
+        %(fit_params)s
+
+        Returns
+        -------
+        ndarray, list of ndarray or list of nibabel.Nifti1Image
+            As :meth:`transform` returns.
+        """
+        return self.fit(imgs, sites, ages, covariates).transform(imgs, sites, ages, covariates)
 
     def save(self, path: str | PathLike) -> None:
         """Save the fitted harmonizer to an ``.npz`` file (no pickle involved).
@@ -548,6 +676,18 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         super().__setstate__(state)
         if "sites_" in state:  # a fitted model, maybe pickled by an older harmonix
             self._complete_loaded()
+
+    def _as_input(self, imgs: Any) -> ImageCollection | FeatureTable:
+        """The checked images (or, for methods that take them, feature table)."""
+        if is_table(imgs):
+            if self._accepts_tables:
+                return FeatureTable(imgs)
+            raise ValueError(
+                f"Got a 2-D table of shape {np.shape(imgs)}; {type(self).__name__} harmonizes "
+                "images, given as a 4-D array (n_images, i, j, k) or a list of 3-D images. "
+                "Tables of features (e.g. ROI volumes) are harmonized by ComBatHarmonizer."
+            )
+        return as_collection(imgs)
 
     def _forget_fit(self) -> None:
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
@@ -659,6 +799,7 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         imgs: ImageCollection,
         sites: np.ndarray | None,
         ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
         stats: Mapping[str, Any],
     ) -> list[np.ndarray]:
         out = []
@@ -672,7 +813,13 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             out.append(result)
         return out
 
-    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+    def _fit(
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+    ) -> None:
         raise NotImplementedError
 
     def _transform_one(
@@ -707,6 +854,10 @@ class IdentityHarmonizer(BaseHarmonizer):
     %(affine_)s
     %(grid_)s
 
+    Notes
+    -----
+    %(ignores_covariates)s
+
     Examples
     --------
     >>> import numpy as np
@@ -720,7 +871,13 @@ class IdentityHarmonizer(BaseHarmonizer):
     def __init__(self, mask: Any = None):
         self.mask = mask
 
-    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+    def _fit(
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+    ) -> None:
         for _ in self._iter_brains(imgs):  # validates every image
             pass
 

@@ -21,9 +21,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
+from harmonix.covariates import check_covariates
 from harmonix.exceptions import OutputExistsError
 from harmonix.io import atomic_write, load_img, save_img
 
@@ -71,6 +73,7 @@ def _one(
     dst: Path,
     site: Any,
     age: float | None,
+    row: pd.DataFrame | None,
     stats: dict | None,
     sidecar: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -79,6 +82,8 @@ def _one(
         kwargs["sites"] = [site]
     if age is not None:
         kwargs["ages"] = [age]
+    if row is not None:
+        kwargs["covariates"] = row
     if stats:
         kwargs["site_statistics"] = stats
     (img,) = model.transform([src], **kwargs)
@@ -105,6 +110,7 @@ def transform_files(
     *,
     sites: Sequence[Any] | None = None,
     ages: Sequence[float] | None = None,
+    covariates: Any = None,
     suffix: str = "_harmonized",
     outputs: Sequence[str | os.PathLike] | None = None,
     sidecars: Sequence[Mapping[str, Any]] | None = None,
@@ -116,10 +122,11 @@ def transform_files(
 ) -> list[Path]:
     """Harmonize NIfTI files site by site, one image at a time, and write the results.
 
-    The result equals ``model.transform(paths, sites=sites, ages=ages)`` written to
-    files, including for methods that pool a site's images at transform time (ComBat's
-    ``unseen_site="fit"``, IGUANe's per-site histogram map of a new site): images are
-    grouped by site, each group's statistics are computed in one streaming pass
+    The result equals ``model.transform(paths, sites=sites, ages=ages,
+    covariates=covariates)`` written to files, including for methods that pool a site's
+    images at transform time (ComBat's ``unseen_site="fit"``, IGUANe's per-site
+    histogram map of a new site): images are grouped by site, each group's statistics
+    are computed in one streaming pass
     (:meth:`~harmonix.base.BaseHarmonizer.site_statistics`), then its images are
     harmonized one at a time with them. Memory holds one image per worker and one
     site's statistics.
@@ -135,6 +142,10 @@ def transform_files(
     sites, ages : sequence, optional
         Per-file site labels and ages, for methods that need them (ComBat) and to group
         the images of a site.
+    covariates : pandas.DataFrame or mapping of str to sequence, optional
+        Per-file covariates (one row per file, in the order of ``paths``), for methods
+        that model them (ComBat); checked like ``transform`` checks them
+        (:mod:`harmonix.covariates`), before anything is written.
     suffix : str, default="_harmonized"
         Added to each output file name (when ``outputs`` is not given).
     outputs : sequence of str or path-like, optional
@@ -171,10 +182,10 @@ def transform_files(
         If an output exists (and neither ``overwrite`` nor ``skip_existing``) or would
         replace an input (a :class:`FileExistsError`).
     ValueError
-        If an input's header is not a 3-D NIfTI one, or the sites or ages do not suit the
-        model (e.g. sites unseen by ComBat), or an input's grid does not (another voxel
-        size for IGUANe, another affine for ComBat: see :mod:`harmonix.grids`), or an
-        image fails while harmonized.
+        If an input's header is not a 3-D NIfTI one, or the sites, ages or covariates do
+        not suit the model (e.g. sites unseen by ComBat, a missing covariate), or an input's
+        grid does not (another voxel size for IGUANe, another affine for ComBat: see
+        :mod:`harmonix.grids`), or an image fails while harmonized.
 
     Notes
     -----
@@ -202,8 +213,12 @@ def transform_files(
     if missing:
         raise FileNotFoundError(f"Input file(s) not found: {missing[:3]}")
     check = getattr(model, "check_transform_metadata", None)
-    if check is not None:
-        sites, ages = check(len(paths), sites, ages)  # labels as text, ages as floats
+    if check is not None:  # labels as text; the covariates the model uses (age included)
+        sites, ages, cov = check(len(paths), sites, ages, covariates)
+        if cov is not None:
+            ages = None  # the age column travels with the other covariates
+    else:
+        cov = check_covariates(covariates, len(paths))
     for src in paths:  # headers only: cheap, and catches non-NIfTI and 4-D files
         load_img(src)
     check_grid = getattr(model, "check_grid", None)
@@ -252,6 +267,7 @@ def transform_files(
                     [str(paths[i]) for i in group],
                     [sites[i] for i in group],
                     None if ages is None else [ages[i] for i in group],
+                    None if cov is None else cov.iloc[group].reset_index(drop=True),
                 )
             jobs = (
                 delayed(_one)(
@@ -260,6 +276,7 @@ def transform_files(
                     outputs[i],
                     None if sites is None else sites[i],
                     None if ages is None else float(ages[i]),
+                    None if cov is None else cov.iloc[[i]].reset_index(drop=True),
                     stats,
                     None if sidecars is None else sidecars[i],
                 )

@@ -1,12 +1,12 @@
-"""Voxel-wise ComBat with an age covariate: :class:`ComBatHarmonizer`.
+"""ComBat with covariates, on voxels or on tables of features: :class:`ComBatHarmonizer`.
 
-ComBat (Johnson et al. 2007; Fortin et al. 2018) models every voxel as a linear function
-of the covariates plus an additive (``gamma``) and a multiplicative (``delta``) site
-effect, shrinks the site effects with empirical Bayes priors pooled over voxels, and
-removes them. The numbers equal neuroHarmonize 2.5.2's ``harmonizationLearn`` /
-``harmonizationApply`` with covariates ``SITE`` and ``age`` (see
-:mod:`harmonix._combat_math`), with a fraction of its memory and a model file of
-float32 arrays.
+ComBat (Johnson et al. 2007; Fortin et al. 2018) models every voxel (or feature) as a
+linear function of the covariates plus an additive (``gamma``) and a multiplicative
+(``delta``) site effect, shrinks the site effects with empirical Bayes priors pooled over
+voxels, and removes them. The numbers equal neuroHarmonize 2.5.2's
+``harmonizationLearn`` / ``harmonizationApply`` with covariates ``SITE``, age, sex,
+diagnosis... (see :mod:`harmonix._combat_math`), with a fraction of its memory and a
+model file of float32 arrays.
 """
 
 from __future__ import annotations
@@ -24,9 +24,15 @@ from sklearn.utils.validation import check_is_fitted
 from harmonix import _combat_math as cm
 from harmonix._docs import fill_doc
 from harmonix._labels import as_labels
-from harmonix.base import BaseHarmonizer, check_ages, check_sites
+from harmonix.base import BaseHarmonizer, check_sites
+from harmonix.covariates import (
+    CovariateLevels,
+    check_covariates,
+    column_design,
+    match_covariates,
+)
 from harmonix.exceptions import UnseenSiteError
-from harmonix.io import ImageCollection, as_collection
+from harmonix.io import ImageCollection
 from harmonix.site_check import (
     SiteAgreement,
     act_on_agreements,
@@ -34,6 +40,7 @@ from harmonix.site_check import (
     check_policy,
     describe_mismatches,
 )
+from harmonix.tables import FeatureTable
 
 __all__ = ["ComBatHarmonizer"]
 
@@ -125,13 +132,14 @@ def _empty_stack(n: int, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
 
 @fill_doc
 class ComBatHarmonizer(BaseHarmonizer):
-    """Voxel-wise ComBat harmonization inside the common brain mask.
+    """ComBat harmonization of voxels (inside the common brain mask) or of table features.
 
-    Every voxel that is non-zero in all training images (and inside ``mask``) gets its
-    own location/scale model; site effects are shrunk by parametric empirical Bayes and
-    removed, while the age effect (linear, or a smooth spline) is kept. Images are
-    harmonized towards the pooled grand mean, or, with ``reference_site``, towards that
-    site (whose images stay unchanged).
+    Every voxel that is non-zero in all training images (and inside ``mask``) -- or every
+    column of a table of features -- gets its own location/scale model; site effects are
+    shrunk by parametric empirical Bayes and removed, while the covariate effects (age,
+    sex, diagnosis...: linear, indicators of categories, or smooth splines) are kept.
+    Data are harmonized towards the pooled grand mean, or, with ``reference_site``,
+    towards that site (whose data stay unchanged).
 
     Parameters
     ----------
@@ -147,11 +155,8 @@ class ComBatHarmonizer(BaseHarmonizer):
         over voxels). ``False`` uses the least-squares estimates.
     smooth_age : bool or int, default=False
         Model age with a natural cubic spline instead of a straight line: ``True`` gives
-        4 degrees of freedom, an int ``k >= 1`` gives ``k`` (1 is linear). One basis is
-        shared by all voxels (knots at equally spaced quantiles of the training ages), so
-        it only adds design-matrix columns. Natural splines are linear beyond the
-        youngest and oldest training age, so ages outside the training range extrapolate
-        linearly instead of failing.
+        4 degrees of freedom, an int ``k >= 1`` gives ``k`` (1 is linear). The short
+        form of ``smooth={"age": k}``.
     unseen_site : {"error", "fit", "keep"}, default="error"
         What :meth:`transform` does with a site label not seen in :meth:`fit`:
         ``"error"`` raises :class:`~harmonix.exceptions.UnseenSiteError` (a ValueError)
@@ -179,6 +184,13 @@ class ComBatHarmonizer(BaseHarmonizer):
     chunk_size : int, default=None
         Voxels processed at once by the fit. ``None`` picks about 64 MiB of float64 work
         arrays. The result does not depend on it (bit for bit).
+    smooth : sequence of str or dict, default=()
+        Continuous covariates with a nonlinear effect, each modelled by a natural cubic
+        spline: names (4 degrees of freedom each) or ``{name: degrees_of_freedom}``. One
+        basis per covariate is shared by all voxels (knots at equally spaced quantiles of
+        the training values), so it only adds design-matrix columns. Natural splines are
+        linear beyond the smallest and largest training value, so values outside the
+        training range extrapolate linearly instead of failing.
 
     Attributes
     ----------
@@ -189,26 +201,35 @@ class ComBatHarmonizer(BaseHarmonizer):
         The reference site, or ``None`` (pooled grand mean).
     site_counts_ : ndarray of int, shape (n_sites,)
         Training images per site.
-    voxel_mask_ : ndarray of bool, shape (i, j, k)
-        The modelled voxels: non-zero in every training image and inside ``mask``.
+    covariate_levels_ : dict
+        The covariates of the fit: name -> category levels (the first one is the
+        reference level, without a design column) or None for a continuous covariate.
+    voxel_mask_ : ndarray of bool, shape (i, j, k) or None
+        The modelled voxels: non-zero in every training image and inside ``mask``. None
+        for a table.
     affine_ : ndarray of shape (4, 4) or None
         Voxel-to-world affine of the training images (NIfTI inputs) or of a NIfTI
-        ``mask``; NIfTI images with another affine are refused. None for arrays.
+        ``mask``; NIfTI images with another affine are refused. None for arrays and
+        tables.
+    n_features_in_ : int
+        Number of features of a training table (absent for images).
+    feature_names_in_ : ndarray of str
+        Column names of a training DataFrame (absent otherwise).
     covariates_ : list of str
-        Names of the covariate columns of the design (``[]``, ``["age"]`` or
-        ``["age_ns1", ...]`` for the spline basis).
+        Names of the covariate columns of the design: ``"age"`` for a linear covariate,
+        ``"age_ns1", ...`` for a spline basis, ``"sex[M]"`` for the indicator of a level.
     covariate_means_ : ndarray of shape (k,)
         Training means of the covariate columns (the model is stored centred on them).
-    age_knots_ : ndarray of shape (df + 1,) or None
-        Spline knots in years when ``smooth_age`` is used.
-    grand_mean_ : ndarray of float32, shape (n_voxels,)
+    spline_knots_ : dict
+        Knots of every smooth covariate (name -> ndarray of shape (df + 1,)).
+    grand_mean_ : ndarray of shape (n_voxels,)
         Harmonized mean of each voxel at the mean covariates: the site-size weighted mean
         of the site intercepts (or the reference site's) plus ``covariate_means_ @ coef_``.
-    coef_ : ndarray of float32, shape (k, n_voxels)
+    coef_ : ndarray of shape (k, n_voxels)
         Covariate coefficients of each voxel.
-    var_pooled_ : ndarray of float32, shape (n_voxels,)
+    var_pooled_ : ndarray of shape (n_voxels,)
         Pooled residual variance (0 marks a constant voxel, which is left unchanged).
-    gamma_star_, delta_star_ : ndarray of float32, shape (n_sites, n_voxels)
+    gamma_star_, delta_star_ : ndarray of shape (n_sites, n_voxels)
         Additive and multiplicative site effects in standardized units (the reference
         site has 0 and 1).
     gamma_bar_, tau2_, a_prior_, b_prior_ : ndarray of shape (n_sites,)
@@ -221,21 +242,41 @@ class ComBatHarmonizer(BaseHarmonizer):
         ``empirical_bayes`` at fit; ``unseen_site="fit"`` uses it at transform time.
     %(grid_)s
 
+    The per-voxel arrays are float32 for images and float64 for tables ("voxels" are the
+    features of a table).
+
     See Also
     --------
     harmonix.base.BaseHarmonizer : the shared ``fit``/``transform`` contract.
+    harmonix.covariates : how covariates are checked and coded.
 
     Notes
     -----
-    **Numbers.** With linear age (or no age) the results equal neuroHarmonize 2.5.2's
+    **Covariates.** ``fit(imgs, sites, ages, covariates)`` models every covariate given:
+    continuous ones linearly (or as splines, ``smooth``), categorical ones by indicators
+    of every level but the first (the reference level: sorted order, or a pandas
+    categorical's order). Their effects are kept in the harmonized data exactly as
+    neuroHarmonize keeps them (the covariate-model mean ``x . beta`` is added back), and
+    :meth:`transform` needs the same covariates (a level unseen in fit is refused). A
+    covariate that differs between sites but is left out is partly removed as a site
+    effect: give every biological variable that is unbalanced across sites.
+
+    **Tables.** ``fit(X, sites, ...)`` with ``X`` a 2-D array or a DataFrame of features
+    (e.g. ROI volumes, one row per scan) harmonizes each column; :meth:`transform` returns
+    a float64 array, or a DataFrame with the same index and columns (given columns are
+    matched by name). Zeros are ordinary values there; every value must be finite.
+
+    **Numbers.** With linear covariates the results equal neuroHarmonize 2.5.2's
     ``harmonizationLearn(data, covars, eb=..., ref_batch=...)`` followed by
-    ``harmonizationApply`` on the flattened voxels, with ``covars`` holding ``SITE`` and
-    ``age`` (to about 1e-6 relative; parameters are stored as float32).
+    ``harmonizationApply`` (on the flattened voxels, or on the table), with ``covars``
+    holding ``SITE`` and the covariates (categorical ones coded 0/1 there), to about
+    1e-6 relative (image parameters are stored as float32).
 
     **Memory.** Images are loaded one at a time and only the common-mask voxels are kept
     (``n_images x n_voxels`` float32). The regressions run over chunks of voxels; the EB
     priors are means and variances over voxels, so they are computed from small
     per-voxel summaries after that pass and the iterations run on per-voxel vectors.
+    Tables are regressed with matrix products (:func:`harmonix._combat_math.table_regression`).
 
     **Degenerate cases** (never NaN): a voxel whose pooled variance is 0 (constant) is
     left unchanged and excluded from the EB priors; a site with a single training image
@@ -261,11 +302,11 @@ class ComBatHarmonizer(BaseHarmonizer):
     :meth:`transform` (like scikit-learn's ``handle_unknown``): changing them with
     ``set_params`` after fit applies at once. Every other parameter acts through fit.
 
-    Transforming is per image and needs the site labels (and ages when fitted with ages;
-    ages given to a model fitted without them are ignored), so any subset of the training
-    sites, or a single image, gives the same result as the full batch. With
-    ``unseen_site="fit"`` a new site's parameters come from all its images of the call
-    (or from :meth:`site_statistics` given to :meth:`transform`).
+    Transforming is per image and needs the site labels (and the covariates of the fit;
+    covariates the fit did not have are ignored), so any subset of the training sites,
+    or a single image, gives the same result as the full batch. With
+    ``unseen_site="fit"`` a new site's parameters come from all its images (rows) of the
+    call (or from :meth:`site_statistics` given to :meth:`transform`).
 
     **Site labels.** To a fitted model a site label names stored per-voxel effects
     (``gamma_star_``, ``delta_star_``). Before applying them, :meth:`transform` checks
@@ -296,6 +337,9 @@ class ComBatHarmonizer(BaseHarmonizer):
     >>> out = ComBatHarmonizer().fit_transform(imgs, sites)
     >>> out.shape
     (8, 4, 4, 4)
+    >>> X = rng.normal(1000, 50, size=(8, 3))  # a table: 8 scans x 3 ROI volumes
+    >>> ComBatHarmonizer().fit_transform(X, sites, covariates={"sex": list("FMFMFMFM")}).shape
+    (8, 3)
     """
 
     _fixed_shape: ClassVar[bool] = True
@@ -303,6 +347,8 @@ class ComBatHarmonizer(BaseHarmonizer):
     _needs_sites: ClassVar[bool] = True
     # None means "no reference batch" (pooled grand mean), not the largest site.
     _none_is_largest_site: ClassVar[bool] = False
+    _needs_covariates: ClassVar[bool] = True
+    _accepts_tables: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -313,6 +359,7 @@ class ComBatHarmonizer(BaseHarmonizer):
         site_check: str = "refit",
         mask: Any = None,
         chunk_size: int | None = None,
+        smooth: Any = (),
     ):
         self.reference_site = reference_site
         self.empirical_bayes = empirical_bayes
@@ -321,18 +368,44 @@ class ComBatHarmonizer(BaseHarmonizer):
         self.site_check = site_check
         self.mask = mask
         self.chunk_size = chunk_size
+        self.smooth = smooth
 
     # -- validation ----------------------------------------------------------------------
-    def _spline_df(self) -> int:
+    def _smooth_terms(self) -> dict[str, int]:
+        """Smooth covariates and their degrees of freedom (``smooth`` and ``smooth_age``)."""
         value = self.smooth_age
         if isinstance(value, (bool, np.bool_)):
-            return _DEFAULT_SPLINE_DF if value else 0
-        if isinstance(value, Integral) and value >= 1:
-            return int(value)
-        raise ValueError(
-            f"smooth_age must be True, False or an int >= 1 (spline degrees of freedom); "
-            f"got {value!r}."
-        )
+            age_df = _DEFAULT_SPLINE_DF if value else 0
+        elif isinstance(value, Integral) and value >= 1:
+            age_df = int(value)
+        else:
+            raise ValueError(
+                f"smooth_age must be True, False or an int >= 1 (spline degrees of freedom); "
+                f"got {value!r}."
+            )
+        smooth = self.smooth
+        if smooth is None or isinstance(smooth, str):
+            raise ValueError(
+                f"smooth must be a sequence of covariate names or a dict name -> degrees of "
+                f"freedom; got {smooth!r} (for one name write smooth=({smooth!r},))."
+            )
+        items = smooth.items() if isinstance(smooth, Mapping) else [(n, None) for n in smooth]
+        terms: dict[str, int] = {}
+        for name, df in items:
+            df = _DEFAULT_SPLINE_DF if df is None else df
+            if not isinstance(name, str) or isinstance(df, bool) or not isinstance(df, Integral):
+                raise ValueError(
+                    f"smooth names covariates (str) with an int number of degrees of "
+                    f"freedom; got {name!r}: {df!r}."
+                )
+            if df < 1:
+                raise ValueError(f"smooth[{name!r}] must be >= 1 degrees of freedom; got {df}.")
+            terms[name] = int(df)
+        if age_df and "age" in terms:
+            raise ValueError("age is smooth twice: give smooth_age or smooth=('age',), not both.")
+        if age_df:
+            terms = {"age": age_df, **terms}
+        return {name: df for name, df in terms.items() if df > 1}
 
     def _check_params(self) -> None:
         if self.unseen_site not in _UNSEEN_POLICIES:
@@ -347,28 +420,36 @@ class ComBatHarmonizer(BaseHarmonizer):
         cs = self.chunk_size
         if cs is not None and (isinstance(cs, bool) or not isinstance(cs, Integral) or cs < 1):
             raise ValueError(f"chunk_size must be None or an int >= 1; got {cs!r}.")
-        self._spline_df()
+        self._smooth_terms()
 
     # -- covariates ----------------------------------------------------------------------
-    def _covariate_frame(self, ages: np.ndarray | None, n: int) -> pd.DataFrame:
-        """Covariate columns, by name, for ``n`` images (empty frame without ages)."""
-        if not self.covariates_:
-            return pd.DataFrame(index=range(n))
-        if ages is None:
-            raise ValueError(
-                "This ComBatHarmonizer was fitted with ages (covariates "
-                f"{self.covariates_}); pass ages=[...], one per image, to transform."
-            )
-        if self.age_knots_ is None:
-            frame = pd.DataFrame({"age": ages})
-        else:
-            basis = cm.natural_spline_basis(ages, self.age_knots_)
-            names = [f"age_ns{j + 1}" for j in range(basis.shape[1])]
-            frame = pd.DataFrame(basis, columns=names)
-        missing = set(self.covariates_) - set(frame.columns)
-        if missing:  # pragma: no cover - guards a corrupted model file
-            raise ValueError(f"Covariates {sorted(missing)} of the model cannot be built.")
-        return frame[list(self.covariates_)]
+    def _fitted_covariate_levels(self) -> CovariateLevels:
+        levels = getattr(self, "covariate_levels_", None)
+        if levels is None:  # a model saved before covariates: age alone, or nothing
+            return {"age": None} if self.covariates_ else {}
+        return levels
+
+    def _fitted_knots(self) -> dict[str, np.ndarray]:
+        knots = getattr(self, "spline_knots_", None)
+        if knots is None:  # a model saved before covariates
+            age = getattr(self, "age_knots_", None)
+            return {} if age is None else {"age": age}
+        return knots
+
+    def _covariate_columns(
+        self, cov: pd.DataFrame | None, n: int, knots: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, list[str]]:
+        """The covariate part of the design (n, k) and its column names."""
+        blocks, names = [np.empty((n, 0))], []
+        for name, lev in self._fitted_covariate_levels().items():
+            if name in knots:
+                basis = cm.natural_spline_basis(cov[name].to_numpy(np.float64), knots[name])
+                blocks.append(basis)
+                names.extend(f"{name}_ns{j + 1}" for j in range(basis.shape[1]))
+            else:
+                blocks.append(column_design(cov[name], lev))
+                names.extend([name] if lev is None else [f"{name}[{v}]" for v in lev[1:]])
+        return np.hstack(blocks), names
 
     # -- fit -----------------------------------------------------------------------------
     def _complete_loaded(self) -> None:
@@ -376,9 +457,28 @@ class ComBatHarmonizer(BaseHarmonizer):
         if not hasattr(self, "empirical_bayes_"):  # an older file
             self.empirical_bayes_ = bool(self.empirical_bayes)
 
-    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+    def _fit(
+        self,
+        imgs: ImageCollection | FeatureTable,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+    ) -> None:
         self._check_params()
-        df = self._spline_df()
+        smooth = self._smooth_terms()
+        levels = self.covariate_levels_
+        for name in smooth:
+            if name == "age" and "age" not in levels:
+                raise ValueError(
+                    "smooth_age (or smooth=('age',)) needs ages: pass ages=[...] to fit, or "
+                    "no smooth age."
+                )
+            if name not in levels or levels[name] is not None:
+                what = "categorical" if name in levels else f"not among {list(levels)}"
+                raise ValueError(
+                    f"smooth names {name!r}, which is {what}: only continuous covariates of "
+                    "the fit can have a smooth effect."
+                )
         labels = self.sites_
         n_sites = len(labels)
         codes = np.searchsorted(labels, sites)
@@ -392,29 +492,24 @@ class ComBatHarmonizer(BaseHarmonizer):
                 "2 images of the reference site to estimate its variance. Choose another "
                 "reference or None."
             )
-        if df and ages is None:
-            raise ValueError("smooth_age needs ages: pass ages=[...] to fit, or smooth_age=False.")
-
-        # covariates, by name
-        self.age_knots_ = None
-        if ages is None:
-            self.covariates_ = []
-        elif df <= 1:
-            self.covariates_ = ["age"]
-        else:
-            self.age_knots_ = cm.spline_knots(ages, df)
-            self.covariates_ = [f"age_ns{j + 1}" for j in range(df)]
-        frame = self._covariate_frame(ages, len(sites))
-        covariates = frame.to_numpy(dtype=np.float64)
-        design = cm.design_matrix(codes, n_sites, covariates, ref_level)
+        self.spline_knots_ = {
+            name: cm.spline_knots(covariates[name].to_numpy(np.float64), df, name)
+            for name, df in smooth.items()
+        }
+        columns, self.covariates_ = self._covariate_columns(
+            covariates, len(sites), self.spline_knots_
+        )
+        design = cm.design_matrix(codes, n_sites, columns, ref_level)
         p = design.shape[1]
-        if len(sites) <= p or np.linalg.matrix_rank(design) < p:
+        gram = design.T @ design
+        if len(sites) <= p or np.linalg.matrix_rank(gram, hermitian=True) < p:
+            shown = self.covariates_[:8] + (["..."] if len(self.covariates_) > 8 else [])
             raise ValueError(
-                f"The ComBat design (sites {labels.tolist()} and covariates "
-                f"{self.covariates_}) has {p} columns but is rank deficient for "
-                f"{len(sites)} images: ages must vary within sites (not one age per site) "
-                "and there must be more images than columns. Fit without ages, with a "
-                "smaller smooth_age, or with more images."
+                f"The ComBat design (sites {labels.tolist()} and covariate columns "
+                f"{shown}) has {p} columns but is rank deficient for "
+                f"{len(sites)} images: there must be more images than columns, and the "
+                "spline terms must vary within sites. Fit with fewer covariates or spline "
+                "degrees of freedom, or with more images."
             )
         one = labels[(counts == 1)].tolist()
         if one:
@@ -426,25 +521,33 @@ class ComBatHarmonizer(BaseHarmonizer):
                 stacklevel=3,
             )
 
-        data = self._load_voxels(imgs)
-        n_vox = data.shape[1]
-        chunk = self.chunk_size or cm.auto_chunk_size(len(sites), p)
-        logger.info("ComBat: %d images, %d voxels, chunks of %d", len(sites), n_vox, chunk)
-        stats = cm.voxel_regression(data, design, codes, n_sites, ref_level, chunk)
-        del data
+        table = isinstance(imgs, FeatureTable)
+        if table:
+            self.voxel_mask_ = None
+            logger.info("ComBat: %d rows, %d features", len(sites), imgs.n_features)
+            stats = cm.table_regression(imgs.values, design, codes, n_sites, ref_level)
+        else:
+            data = self._load_voxels(imgs)
+            chunk = self.chunk_size or cm.auto_chunk_size(len(sites), p)
+            logger.info(
+                "ComBat: %d images, %d voxels, chunks of %d", len(sites), data.shape[1], chunk
+            )
+            stats = cm.voxel_regression(data, design, codes, n_sites, ref_level, chunk)
+            del data
 
         gamma, delta, priors, n_iter = self._site_effects(stats, counts, ref_level)
         valid = ~stats.degenerate
         beta = stats.coef[n_sites:]
-        self.covariate_means_ = covariates.mean(axis=0)
+        self.covariate_means_ = columns.mean(axis=0)
         centred_mean = stats.grand_mean + self.covariate_means_ @ beta
         var_pooled = np.where(valid, stats.var_pooled, 0.0)
+        dtype = np.float64 if table else np.float32
         self.site_counts_ = counts
-        self.grand_mean_ = centred_mean.astype(np.float32)
-        self.coef_ = beta.astype(np.float32)
-        self.var_pooled_ = var_pooled.astype(np.float32)
-        self.gamma_star_ = gamma.astype(np.float32)
-        self.delta_star_ = delta.astype(np.float32)
+        self.grand_mean_ = centred_mean.astype(dtype)
+        self.coef_ = beta.astype(dtype)
+        self.var_pooled_ = var_pooled.astype(dtype)
+        self.gamma_star_ = gamma.astype(dtype)
+        self.delta_star_ = delta.astype(dtype)
         self.gamma_bar_, self.tau2_, self.a_prior_, self.b_prior_ = (
             np.asarray(x, dtype=np.float64) for x in zip(*priors)
         )
@@ -584,35 +687,40 @@ class ComBatHarmonizer(BaseHarmonizer):
         return state
 
     def _model_mean(self, cov: np.ndarray, out: np.ndarray, work: np.ndarray) -> np.ndarray:
-        """Covariate-model mean (float32, n_voxels) of one image, written into ``out``."""
+        """Covariate-model mean (n_voxels, the parameters' dtype) of one image, written
+        into ``out``."""
         np.copyto(out, self.grand_mean_)
+        scalar = self.coef_.dtype.type
         for j, value in enumerate(cov - self.covariate_means_):
-            np.multiply(self.coef_[j], np.float32(value), out=work)
+            np.multiply(self.coef_[j], scalar(value), out=work)
             out += work
         return out
 
     def _affine(self, gamma: np.ndarray, delta: np.ndarray, sd: np.ndarray) -> tuple:
-        """Per-voxel ``(a, 1 - a, o)`` with ``out = a * y + (1 - a) * mean - o`` (float32).
+        """Per-voxel ``(a, 1 - a, o)`` with ``out = a * y + (1 - a) * mean - o``.
 
-        ``a = 1 / sqrt(delta)`` and ``o = gamma * sqrt(var_pooled) * a``; a constant voxel
-        (``gamma = 0``, ``delta = 1``) gives ``out = y`` exactly.
+        ``a = 1 / sqrt(delta)`` and ``o = gamma * sqrt(var_pooled) * a`` (in the dtype of
+        ``sd``); a constant voxel (``gamma = 0``, ``delta = 1``) gives ``out = y`` exactly.
         """
-        a = np.sqrt(np.asarray(delta, dtype=np.float32))
+        a = np.sqrt(np.asarray(delta, dtype=sd.dtype))
         np.reciprocal(a, out=a)
-        o = np.asarray(gamma, dtype=np.float32) * sd
+        o = np.asarray(gamma, dtype=sd.dtype) * sd
         o *= a
-        return a, np.float32(1.0) - a, o
+        return a, sd.dtype.type(1.0) - a, o
 
     def _known_sites(self) -> dict[str, int]:
         """Row of ``gamma_star_``/``delta_star_`` of each training site, by label text."""
         return {label: j for j, label in enumerate(as_labels(self.sites_).tolist())}
 
     def _check_metadata(
-        self, sites: np.ndarray | None, ages: np.ndarray | None, prepared: frozenset = frozenset()
+        self,
+        sites: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+        prepared: frozenset = frozenset(),
     ) -> None:
-        """Refuse unseen sites (``unseen_site="error"``), unseen sites with one image
-        (``"fit"``) and missing ages, before any work; warn about sites kept unchanged."""
-        self._covariate_frame(ages, 0 if ages is None else len(ages))
+        """Refuse unseen sites (``unseen_site="error"``) and unseen sites with one image
+        (``"fit"``), before any work; warn about sites kept unchanged. (The base class
+        checks the covariates.)"""
         check_policy(self.site_check)
         known = self._known_sites()
         labels = sites.tolist()
@@ -648,17 +756,22 @@ class ComBatHarmonizer(BaseHarmonizer):
                 )
 
     def _site_statistics(
-        self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
+        self,
+        imgs: ImageCollection | FeatureTable,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
     ) -> dict[str, Any]:
         """Per site of ``sites``: for a training site, None (its stored effects) once its
-        images passed the site check (:meth:`site_agreement`), or, when they disagree and
-        ``site_check="refit"``, what ``unseen_site`` gives a site unseen in fit; for an
-        unseen site with ``unseen_site="fit"``, its ``(gamma, delta)`` (float32) estimated
-        from its images; ``"keep"``: returned unchanged."""
+        images (rows) passed the site check (:meth:`site_agreement`), or, when they
+        disagree and ``site_check="refit"``, what ``unseen_site`` gives a site unseen in
+        fit; for an unseen site with ``unseen_site="fit"``, its ``(gamma, delta)``
+        estimated from its images (rows); ``"keep"``: returned unchanged."""
         known = self._known_sites()
         labels = sites.tolist()
-        cov = self._covariate_frame(ages, len(labels)).to_numpy(dtype=np.float64)
+        cov, _ = self._covariate_columns(covariates, len(labels), self._fitted_knots())
         new = self._act_on_site_check(self._site_agreements(imgs, labels, cov))
+        dtype = self.grand_mean_.dtype
         stats: dict[str, Any] = {}
         for label in dict.fromkeys(labels):
             idx = [i for i, s in enumerate(labels) if s == label]
@@ -676,21 +789,13 @@ class ComBatHarmonizer(BaseHarmonizer):
                         "use unseen_site='keep', or site_check='warn'."
                     )
                 gamma, delta = self._fit_unseen(imgs, idx, cov, label)
-                stats[label] = (gamma.astype(np.float32), delta.astype(np.float32))
+                stats[label] = (gamma.astype(dtype), delta.astype(dtype))
         return stats
 
-    def _transform(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        stats: Mapping[str, Any],
-    ) -> list[np.ndarray] | np.ndarray:
-        n = len(imgs)
-        cov = self._covariate_frame(ages, n).to_numpy(dtype=np.float64)
+    def _site_params(self, labels: list[Any], stats: Mapping[str, Any]) -> dict[Any, tuple | None]:
+        """``(a, 1 - a, o)`` of every site of ``labels`` (None: left unchanged)."""
         known = self._known_sites()
-        labels = sites.tolist()
-        sd = np.sqrt(self.var_pooled_.astype(np.float32))
+        sd = np.sqrt(self.var_pooled_)
         params: dict[Any, tuple | None] = {}
         for label in dict.fromkeys(labels):
             entry = stats.get(label)
@@ -701,6 +806,22 @@ class ComBatHarmonizer(BaseHarmonizer):
                 params[label] = self._affine(self.gamma_star_[j], self.delta_star_[j], sd)
             else:  # keep
                 params[label] = None
+        return params
+
+    def _transform(
+        self,
+        imgs: ImageCollection | FeatureTable,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+        stats: Mapping[str, Any],
+    ) -> list[np.ndarray] | np.ndarray:
+        n = len(imgs)
+        cov, _ = self._covariate_columns(covariates, n, self._fitted_knots())
+        labels = sites.tolist()
+        params = self._site_params(labels, stats)
+        if isinstance(imgs, FeatureTable):
+            return self._transform_table(imgs.values, sites, cov, params)
         shape = tuple(self.image_shape_)
         voxels = self._voxel_index()
         y, z, mean, work = (np.empty(voxels.c.size, dtype=np.float32) for _ in range(4))
@@ -733,34 +854,65 @@ class ComBatHarmonizer(BaseHarmonizer):
             out.append(result)
         return stacked if stacked is not None else out
 
+    def _transform_table(
+        self, X: np.ndarray, sites: np.ndarray, cov: np.ndarray, params: dict[Any, tuple | None]
+    ) -> np.ndarray:
+        """Harmonized table: ``a * y + (1 - a) * model_mean - o``, each row with its site's
+        ``(a, 1 - a, o)`` (rows of sites left unchanged get ``1, 0, 0``: exactly ``y``)."""
+        labels = list(params)
+        index = {label: j for j, label in enumerate(labels)}
+        codes = np.fromiter((index[s] for s in sites.tolist()), np.intp, len(sites))
+        unchanged = (np.ones(X.shape[1]), np.zeros(X.shape[1]), np.zeros(X.shape[1]))
+        a, one_minus_a, o = (
+            np.stack([(params[lab] or unchanged)[k] for lab in labels]) for k in range(3)
+        )
+        centred = cov - self.covariate_means_
+        out = np.empty_like(X, dtype=np.float64)
+        step = cm.row_block(X.shape[1])
+        for start in range(0, len(X), step):  # blocks of rows that fit in the cache
+            rows = slice(start, start + step)
+            c = codes[rows]
+            mean = centred[rows] @ self.coef_
+            mean += self.grand_mean_
+            mean *= np.take(one_minus_a, c, axis=0)
+            block = np.multiply(X[rows], np.take(a, c, axis=0), out=out[rows])
+            block += mean
+            block -= np.take(o, c, axis=0)
+        return out
+
     def _standardized(
-        self, imgs: ImageCollection, idx: Sequence[int], cov: np.ndarray
+        self, data: ImageCollection | FeatureTable, idx: Sequence[int], cov: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(s, present)`` per image of ``idx``: its standardized residuals
-        ``(y - model mean) / sqrt(var_pooled_)`` on ``voxel_mask_`` (float64) and the
-        voxels where they are defined (brain, non-constant)."""
-        voxels = self._voxel_index()
-        n_vox = voxels.c.size
+        """Yield ``(s, present)`` per image (or table row) of ``idx``: its standardized
+        residuals ``(y - model mean) / sqrt(var_pooled_)`` (float64) on ``voxel_mask_`` (or
+        the table's features) and where they are defined (brain, non-constant)."""
         var = self.var_pooled_.astype(np.float64)
         valid = var > 0
         sd = np.where(valid, np.sqrt(var), 1.0)
-        mean_buf, work = (np.empty(n_vox, dtype=np.float32) for _ in range(2))
+        mean_buf, work = (np.empty(var.size, dtype=self.grand_mean_.dtype) for _ in range(2))
+        table = isinstance(data, FeatureTable)
+        voxels = None if table else self._voxel_index()
         for i in idx:
-            self._check_affine(imgs, i)
-            data = imgs[i]
-            self._brain(data, i)  # shape check
-            y = voxels.take(data).astype(np.float64)
+            if table:
+                y, present = data.values[i], valid
+            else:
+                self._check_affine(data, i)
+                image = data[i]
+                self._brain(image, i)  # shape check
+                y = voxels.take(image).astype(np.float64)
+                present = (y != 0) & valid
             model = self._model_mean(cov[i], mean_buf, work).astype(np.float64)
-            yield (y - model) / sd, (y != 0) & valid
+            yield (y - model) / sd, present
 
     def _site_agreements(
-        self, imgs: ImageCollection, labels: list, cov: np.ndarray
+        self, imgs: ImageCollection | FeatureTable, labels: list, cov: np.ndarray
     ) -> list[SiteAgreement]:
         """The site check of every labelled group of a training site (see
         :meth:`site_agreement`)."""
         out = []
+        given = np.asarray(labels, dtype=str)
         for site, j in self._known_sites().items():
-            idx = [i for i, s in enumerate(labels) if s == site]
+            idx = np.flatnonzero(given == site).tolist()
             if not idx:
                 continue
             n_b = int(self.site_counts_[j])
@@ -770,10 +922,13 @@ class ComBatHarmonizer(BaseHarmonizer):
                 continue
             gamma = self.gamma_star_[j].astype(np.float64)
             delta = self.delta_star_[j].astype(np.float64)
-            total, count = 0.0, 0
-            for s, present in self._standardized(imgs, idx, cov):
-                total += float(np.sum(((s - gamma) ** 2 / delta)[present]))
-                count += int(present.sum())
+            if isinstance(imgs, FeatureTable):  # all rows at once, in blocks
+                total, count = self._table_deviation(imgs.values, idx, cov, gamma, delta)
+            else:
+                total, count = 0.0, 0
+                for s, present in self._standardized(imgs, idx, cov):
+                    total += float(np.sum(((s - gamma) ** 2 / delta)[present]))
+                    count += int(present.sum())
             # a new scan's squared residual over delta: (1 + 1/n_b) times a t statistic
             # with n_b - 1 degrees of freedom, whose square has mean (n_b - 1) / (n_b - 3)
             expected = (1.0 + 1.0 / n_b) * (n_b - 1) / (n_b - 3)
@@ -790,6 +945,32 @@ class ComBatHarmonizer(BaseHarmonizer):
                 )
             )
         return out
+
+    def _table_deviation(
+        self,
+        X: np.ndarray,
+        idx: list[int],
+        cov: np.ndarray,
+        gamma: np.ndarray,
+        delta: np.ndarray,
+    ) -> tuple[float, int]:
+        """Sum over the rows ``idx`` and the non-constant features of
+        ``(s - gamma)**2 / delta`` (``s``: standardized residuals, as
+        :meth:`_standardized` yields them row by row), and the number of terms."""
+        var = self.var_pooled_
+        valid = var > 0
+        sd = np.where(valid, np.sqrt(np.where(valid, var, 1.0)), 1.0)
+        centre = self.grand_mean_ + gamma * sd  # s - gamma = (y - model - gamma sd) / sd
+        scale = np.where(valid, 1.0 / (sd * np.sqrt(delta)), 0.0)
+        rows = np.asarray(idx)
+        total = 0.0
+        for start in range(0, len(rows), cm.row_block(X.shape[1])):
+            block = rows[start : start + cm.row_block(X.shape[1])]
+            r = X[block] - (cov[block] - self.covariate_means_) @ self.coef_
+            r -= centre
+            r *= scale
+            total += float(np.einsum("ij,ij->", r, r))
+        return total, len(rows) * int(valid.sum())
 
     def _act_on_site_check(self, agreements: list[SiteAgreement]) -> set:
         """Warn or raise by ``site_check`` about the groups that disagree; the labels to
@@ -810,7 +991,9 @@ class ComBatHarmonizer(BaseHarmonizer):
         }.get(self.unseen_site, "")
         return act_on_agreements(agreements, policy, what="site effects", as_new=as_new)
 
-    def site_agreement(self, imgs: Any, sites: Any, ages: Any = None) -> pd.DataFrame:
+    def site_agreement(
+        self, imgs: Any, sites: Any, ages: Any = None, covariates: Any = None
+    ) -> pd.DataFrame:
         """How each labelled group of a training site agrees with the site's stored effects.
 
         The check :meth:`transform` runs before applying stored effects (see
@@ -827,12 +1010,14 @@ class ComBatHarmonizer(BaseHarmonizer):
 
         Parameters
         ----------
-        imgs : 4-D ndarray, list of 3-D arrays, or list of paths/images
-            Images as for :meth:`transform`.
+        imgs : 4-D ndarray, list of 3-D arrays, list of paths/images, or a table
+            Images (or a table of features) as for :meth:`transform`.
         sites : array-like of shape (n_images,)
             Their site labels.
         ages : array-like of shape (n_images,), default=None
             Their ages (needed when fitted with ages).
+        covariates : pandas.DataFrame or mapping, default=None
+            Their covariates (those of the fit are needed).
 
         Returns
         -------
@@ -842,17 +1027,22 @@ class ComBatHarmonizer(BaseHarmonizer):
             words).
         """
         check_is_fitted(self)
-        coll = as_collection(imgs)
+        coll = self._transformable(imgs)
         sites = check_sites(sites, len(coll))
-        ages = check_ages(ages, len(coll))
-        cov = self._covariate_frame(ages, len(coll)).to_numpy(dtype=np.float64)
+        frame = match_covariates(
+            check_covariates(covariates, len(coll), ages),
+            self._fitted_covariate_levels(),
+            required=True,
+        )
+        cov, _ = self._covariate_columns(frame, len(coll), self._fitted_knots())
         return agreement_frame(self._site_agreements(coll, sites.tolist(), cov))
 
     def _fit_unseen(
-        self, imgs: ImageCollection, idx: list[int], cov: np.ndarray, label: Any
+        self, imgs: ImageCollection | FeatureTable, idx: list[int], cov: np.ndarray, label: Any
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Estimate an unseen site's gamma/delta from its images (``unseen_site='fit'``)."""
-        n_vox = self._voxel_index().c.size
+        """Estimate an unseen site's gamma/delta from its images or rows
+        (``unseen_site='fit'``)."""
+        n_vox = self.var_pooled_.size
         count = np.zeros(n_vox, dtype=np.int64)
         mean = np.zeros(n_vox)
         m2 = np.zeros(n_vox)

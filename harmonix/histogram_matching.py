@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from harmonix._docs import fill_doc
 from harmonix._voxelstats import percentiles as _percentiles
@@ -233,6 +234,8 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
     the voxel size, shape or orientation, so images of any grid are harmonized alike;
     the training grid is recorded (``grid_``) but never checked.
 
+    %(ignores_covariates)s
+
     Examples
     --------
     >>> import numpy as np
@@ -262,7 +265,13 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
         if not hasattr(self, "percentiles_"):  # an older file
             self.percentiles_ = _check_percentiles(self.percentiles)
 
-    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+    def _fit(
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+    ) -> None:
         q = _check_percentiles(self.percentiles)
         ref_landmarks = [_landmarks_of(v, q) for v in self._reference_values(imgs, sites)]
         self.standard_landmarks_ = standard_scale(np.stack(ref_landmarks))

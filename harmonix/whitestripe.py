@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import find_peaks
 
@@ -243,6 +244,8 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
     on the voxel size, shape, orientation or storage order, so images of any grid are
     harmonized alike; the training grid is recorded (``grid_``) but never checked.
 
+    %(ignores_covariates)s
+
     Examples
     --------
     >>> import numpy as np
@@ -269,7 +272,13 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
         if not hasattr(self, "width_"):  # an older file
             self.width_ = _check_width(self.width)
 
-    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+    def _fit(
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+    ) -> None:
         width = _check_width(self.width)
         stats = [_stripe_stats(v, width) for v in self._reference_values(imgs, sites)]
         means, stds, _ = zip(*stats)

@@ -6,6 +6,7 @@ Test modules import what they share from here, never from each other or from con
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 import harmonix
 from harmonix.base import BaseHarmonizer
@@ -79,3 +80,33 @@ def make(cls: type, **extra) -> BaseHarmonizer:
 def transform_kwargs(cls: type, sites, ages) -> dict:
     """The metadata ``cls.transform`` needs: sites and ages for methods that model sites."""
     return {"sites": sites, "ages": ages} if cls._needs_sites else {}
+
+
+def make_feature_study(n_per=(30, 40, 50), n_features=40, seed=0, confounded=True):
+    """A table of features with site effects and age, sex and diagnosis effects.
+
+    Diagnosis prevalence differs between sites (10 %, 40 %, 70 % when ``confounded``).
+    Returns X (n, n_features), sites, covariates (age, sex, diagnosis as strings).
+    """
+    rng = np.random.default_rng(seed)
+    labels = [f"s{k}" for k in range(len(n_per))]
+    sites = np.repeat(labels, n_per)
+    n = len(sites)
+    prevalence = np.repeat([0.1, 0.4, 0.7] if confounded else [0.4] * 3, n_per)
+    dx = np.where(rng.random(n) < prevalence, "AD", "CN")
+    sex = rng.choice(["F", "M"], n)
+    age = rng.uniform(20, 80, n)
+    base = rng.uniform(500, 1500, n_features)
+    X = (
+        base
+        + np.outer(age - 50, rng.normal(-2, 1, n_features))
+        + np.outer(sex == "M", rng.normal(30, 10, n_features))
+        + np.outer(dx == "AD", rng.normal(-60, 20, n_features))
+    )
+    for k, lab in enumerate(labels):
+        idx = sites == lab
+        gamma = rng.normal(50 * k, 20, n_features)
+        delta = rng.uniform(0.6, 1.6, n_features)
+        X[idx] += gamma + delta * rng.normal(0, 25, (idx.sum(), n_features))
+    cov = pd.DataFrame({"age": age, "sex": sex, "diagnosis": dx})
+    return X, sites, cov

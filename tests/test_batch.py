@@ -7,6 +7,7 @@ import json
 import joblib
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from _helpers import make
 
@@ -84,9 +85,9 @@ def test_transform_files_streams_site_by_site_and_equals_one_transform(tiny, tin
     calls = {"stats": [], "transform": []}
     site_statistics, transform = model.site_statistics, model.transform
 
-    def spy_stats(imgs, sites, ages=None):
+    def spy_stats(imgs, sites, ages=None, covariates=None):
         calls["stats"].append(list(sites))
-        return site_statistics(imgs, sites, ages)
+        return site_statistics(imgs, sites, ages, covariates)
 
     def spy_transform(imgs, **kwargs):
         calls["transform"].append(len(imgs))
@@ -171,3 +172,23 @@ def test_transform_files_checks_every_voxel_size_before_writing(tiny, tiny_nifti
     with pytest.raises(ValueError, match=r"coarse.nii.gz' has voxels of 4 mm, not 2 mm"):
         transform_files(model, [*paths[:3], other], out, verbose=False)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_transform_files_with_covariates_equals_transform(tiny, tiny_nifti, tmp_path):
+    imgs, sites, ages, _ = tiny
+    paths = tiny_nifti[0]
+    cov = pd.DataFrame({"dx": np.tile(["CN", "AD", "CN"], 3)})
+    combat = ComBatHarmonizer().fit(imgs, sites, ages, cov)
+    written = transform_files(
+        combat, paths, tmp_path / "out", sites=sites, ages=ages, covariates=cov, verbose=False
+    )
+    expected = combat.transform(imgs, sites, ages, cov)
+    for out, exp in zip(written, expected):
+        np.testing.assert_allclose(nib.load(out).get_fdata(), exp, rtol=1e-6, atol=1e-4)
+    # a bad covariate fails the whole call before anything is written
+    bad = cov.assign(dx=["MCI"] + cov["dx"].tolist()[1:])
+    with pytest.raises(ValueError, match="'dx' has level"):
+        transform_files(combat, paths, tmp_path / "bad", sites=sites, ages=ages, covariates=bad)
+    with pytest.raises(ValueError, match=r"column\(s\) \['dx'\]"):
+        transform_files(combat, paths, tmp_path / "bad", sites=sites, ages=ages, verbose=False)
+    assert not (tmp_path / "bad").exists()

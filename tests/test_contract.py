@@ -12,6 +12,7 @@ import pickle
 import joblib
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from _helpers import HARMONIZERS, make, transform_kwargs
 from sklearn.base import clone
@@ -58,6 +59,36 @@ def test_fit_and_transform_take_the_users_positional_call(cls):
         for p in [*fit.values(), *transform.values()]
         if p.name in ("imgs", "sites", "ages")
     )
+
+
+def test_every_entry_point_takes_covariates_after_ages(cls):
+    for method in ("fit", "transform", "fit_transform"):
+        params = inspect.signature(getattr(cls, method)).parameters
+        assert list(params)[4] == "covariates" and params["covariates"].default is None
+
+
+def test_covariates_are_checked_recorded_and_kept(cls, tiny):
+    imgs, sites, ages, _ = tiny
+    # 3 subjects per site: age and one more covariate are all the design can hold
+    cov = pd.DataFrame({"dx": np.tile(["CN", "CN", "AD"], 3)})
+    est = make(cls).fit(imgs, sites, ages, cov)
+    assert est.covariate_levels_ == {"age": None, "dx": ["AD", "CN"]}
+    kw = transform_kwargs(cls, sites, ages)
+    out = est.transform(imgs, **kw, covariates=cov)
+    assert out.shape == imgs.shape and np.isfinite(out).all()
+    np.testing.assert_array_equal(est.fit_transform(imgs, sites, ages, cov), out)
+    if cls._needs_covariates:  # modelled: transform needs them
+        with pytest.raises(ValueError, match="fitted with covariates"):
+            est.transform(imgs, **kw)
+    elif cls.__name__ != "IGUANeHarmonizer":  # ignored (IGUANe samples its pairs by them)
+        np.testing.assert_array_equal(est.transform(imgs), out)
+        np.testing.assert_array_equal(make(cls).fit(imgs, sites).transform(imgs), out)
+    with pytest.raises(ValueError, match=r"'dx' has level\(s\) \['MCI'\] not seen in fit"):
+        est.transform(
+            imgs[:1],
+            **transform_kwargs(cls, sites[:1], ages[:1]),
+            covariates={"dx": ["MCI"]},
+        )
 
 
 # -- scikit-learn API checks that do not need 2-D data -------------------------------------

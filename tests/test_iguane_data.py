@@ -126,3 +126,38 @@ def test_sampler_falls_back_when_ages_do_not_overlap():
     sampler = D.SitePairSampler(sites, "r", [20, 25, 70, 75])
     assert sampler.balanced == {"a": False}
     assert sampler.sample("a", np.random.default_rng(0)).source in (2, 3)
+
+
+def test_sampler_balances_strata_with_ages():
+    rng = np.random.default_rng(0)
+    sites = np.array(["ref"] * 60 + ["s"] * 60)
+    ages = rng.uniform(20, 80, 120)
+    # 10 % patients at the reference, 70 % at the source site: a pair never mixes them
+    dx = np.array(["AD"] * 6 + ["CN"] * 54 + ["AD"] * 42 + ["CN"] * 18)
+    sampler = D.SitePairSampler(sites, "ref", ages, age_bin_width=20, strata=dx)
+    assert sampler.balanced == {"s": True}
+    pairs = [sampler.sample("s", rng) for _ in range(3000)]
+    src, ref = np.array([p.source for p in pairs]), np.array([p.reference for p in pairs])
+    np.testing.assert_array_equal(dx[src], dx[ref])
+    edges, _ = D.age_bin_probabilities(ages[60:], ages[:60], 20)
+    np.testing.assert_array_equal(D._bin_of(ages[src], edges), D._bin_of(ages[ref], edges))
+    # the common distribution: min(10 %, 70 %) patients and min(90 %, 30 %) controls, so
+    # 0.1 / 0.4 = 25 % of the pairs are patients (70 % unbalanced)
+    assert 0.17 < (dx[src] == "AD").mean() < 0.33
+    # strata alone balance too; strata without a common level fall back to uniform
+    only = D.SitePairSampler(sites, "ref", strata=dx)
+    drawn = [only.sample("s", rng) for _ in range(500)]
+    assert all(dx[p.source] == dx[p.reference] for p in drawn)
+    apart = D.SitePairSampler(sites, "ref", strata=np.repeat(["x", "y"], 60))
+    assert apart.balanced == {"s": False}
+
+
+def test_sampler_with_one_stratum_draws_as_without():
+    rng_ages = np.random.default_rng(3)
+    sites = np.array(["ref"] * 30 + ["s"] * 30 + ["t"] * 20)
+    ages = rng_ages.uniform(20, 80, 80)
+    plain = D.SitePairSampler(sites, "ref", ages)
+    single = D.SitePairSampler(sites, "ref", ages, strata=["all"] * 80)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    for site in ["s", "t"] * 50:
+        assert plain.sample(site, a) == single.sample(site, b)

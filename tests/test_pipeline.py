@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import sklearn
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold, cross_validate
 from sklearn.pipeline import make_pipeline
 
-from harmonix import HarmonizerStep, IdentityHarmonizer
+from harmonix import ComBatHarmonizer, HarmonizerStep, IdentityHarmonizer
 from harmonix.base import BaseHarmonizer
 
 
@@ -19,8 +20,9 @@ class SiteMeanHarmonizer(BaseHarmonizer):
     def __init__(self, mask=None):
         self.mask = mask
 
-    def _fit(self, imgs, sites, ages):
+    def _fit(self, imgs, sites, ages, covariates):
         self.seen_ages_ = ages is not None
+        self.seen_covariates_ = None if covariates is None else covariates.to_dict("list")
 
     def _transform_one(self, data, brain, site, age):
         return data / data[brain].mean()
@@ -48,6 +50,37 @@ def test_cross_validate_with_metadata_routing(routing, tiny):
     step = res["estimator"][0][0]
     assert step.harmonizer_.seen_ages_  # ages reached the harmonizer
     assert set(step.harmonizer_.sites_) == set(sites)
+
+
+def test_covariates_are_routed_and_split_into_folds(routing, tiny):
+    imgs, sites, ages, subjects = tiny
+    cov = pd.DataFrame({"bmi": np.tile([20.0, 25.0, 31.0], 3) + np.repeat([0, 0.1, 0.2], 3)})
+    pipe = make_pipeline(HarmonizerStep(SiteMeanHarmonizer(), flatten=True), Ridge(alpha=1.0))
+    res = cross_validate(
+        pipe,
+        imgs,
+        ages,
+        params={"sites": sites, "covariates": cov, "groups": subjects},
+        cv=GroupKFold(n_splits=3),
+        return_estimator=True,
+        return_indices=True,
+    )
+    for est, train in zip(res["estimator"], res["indices"]["train"]):
+        seen = est[0].harmonizer_.seen_covariates_
+        assert seen["bmi"] == cov["bmi"][train].tolist()  # the training fold's rows
+
+
+def test_step_harmonizes_a_table_with_combat():
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(100, 10, (40, 5)), columns=list("abcde"))
+    sites = np.repeat(["s", "t"], 20)
+    cov = pd.DataFrame({"sex": np.tile(["F", "M"], 20)})
+    step = HarmonizerStep(ComBatHarmonizer())
+    out = step.fit_transform(X, sites=sites, covariates=cov)
+    expected = ComBatHarmonizer().fit_transform(X, sites, covariates=cov)
+    pd.testing.assert_frame_equal(out, expected)
+    flat = HarmonizerStep(ComBatHarmonizer(), flatten=True).fit(X, sites=sites, covariates=cov)
+    np.testing.assert_array_equal(flat.transform(X, sites=sites, covariates=cov), expected)
 
 
 def test_pipeline_without_routing(tiny):

@@ -53,6 +53,7 @@ def fingerprint(
     ages: np.ndarray | None,
     world_size: int = 1,
     images: str | None = None,
+    strata: np.ndarray | None = None,
 ) -> str:
     """What a checkpoint must share with the training that resumes it, as JSON.
 
@@ -70,6 +71,9 @@ def fingerprint(
     images : str, default=None
         Digest of the training images in their order
         (:meth:`harmonix._digest.ImageDigest.hexdigest`).
+    strata : ndarray or None, default=None
+        Categorical covariate combination of every image (recorded only when given, so
+        the fingerprints of trainings without covariates are unchanged).
 
     Returns
     -------
@@ -86,6 +90,8 @@ def fingerprint(
         "ages": None if ages is None else [round(float(a), 6) for a in ages],
         "images": images,
     }
+    if strata is not None:
+        info["strata"] = [str(s) for s in strata.tolist()]
     return json.dumps(info, sort_keys=True, default=str)
 
 
@@ -117,7 +123,7 @@ def describe_mismatch(saved: str, current: str) -> str:
         for k in sorted(set(a["config"]) | set(b["config"]))
         if a["config"].get(k) != b["config"].get(k)
     ]
-    for key in ("sites", "reference_site", "ages"):
+    for key in ("sites", "reference_site", "ages", "strata"):
         if a.get(key) != b.get(key):
             diffs.append(f"the training {key.replace('_', ' ')}")
     if "images" not in a:

@@ -9,7 +9,8 @@ Network scale
 Sampling
     For every step and every source site the trainer draws (source, reference) pairs with
     :class:`SitePairSampler`; with ages, pairs are age-balanced
-    (:func:`age_bin_probabilities`). Pairs are :class:`Pair` named tuples, so the order is
+    (:func:`age_bin_probabilities`), and with categorical covariates (strata) balanced over
+    them too. Pairs are :class:`Pair` named tuples, so the order is
     never ambiguous.
 
 Augmentation and patches
@@ -324,12 +325,22 @@ def age_bin_probabilities(
         return np.empty(0), np.empty(0)
     n_bins = max(1, math.ceil((high - low) / bin_width))
     edges = low + bin_width * np.arange(n_bins + 1, dtype=float)
-    p_src = np.bincount(_bin_of(src, edges), minlength=n_bins + 1)[:n_bins] / src.size
-    p_ref = np.bincount(_bin_of(ref, edges), minlength=n_bins + 1)[:n_bins] / ref.size
-    common = np.minimum(p_src, p_ref)
-    if common.sum() == 0:  # the ranges overlap but no bin holds images of both sites
+    probs = _common_distribution(_bin_of(src, edges), _bin_of(ref, edges), n_bins)
+    if probs.size == 0:  # the ranges overlap but no bin holds images of both sites
         return np.empty(0), np.empty(0)
-    return edges, common / common.sum()
+    return edges, probs
+
+
+def _common_distribution(src_keys: np.ndarray, ref_keys: np.ndarray, n_keys: int) -> np.ndarray:
+    """Bin-wise minimum of two sites' distributions over keys ``0..n_keys - 1``,
+    renormalized (key ``n_keys`` marks images outside every bin); empty when no key holds
+    images of both sites."""
+    p_src = np.bincount(src_keys, minlength=n_keys + 1)[:n_keys] / src_keys.size
+    p_ref = np.bincount(ref_keys, minlength=n_keys + 1)[:n_keys] / ref_keys.size
+    common = np.minimum(p_src, p_ref)
+    if common.sum() == 0:
+        return np.empty(0)
+    return common / common.sum()
 
 
 def _bin_of(ages: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -360,13 +371,20 @@ class SitePairSampler:
         Images that may be drawn (e.g. the training split); all by default.
     age_bin_width : float, default=5
         Width of the age bins, in years.
+    strata : array-like of shape (n_images,), default=None
+        A categorical label of every image (e.g. its sex and diagnosis,
+        :func:`harmonix.covariates.categorical_strata`). Pairs are then balanced over the
+        labels as over the age bins: the bins are (label, age bin) combinations, drawn
+        from the distribution the source and the reference share, so that a pair never
+        joins, say, a patient and a control.
 
     Attributes
     ----------
     source_sites : list
         Source labels (every label but the reference, in sorted order).
     balanced : dict
-        Per source site, whether its pairs are age-balanced.
+        Per source site, whether its pairs are balanced (over ages and/or strata). A site
+        that shares no bin with the reference is sampled uniformly.
     """
 
     def __init__(
@@ -377,6 +395,7 @@ class SitePairSampler:
         *,
         indices: Sequence[int] | None = None,
         age_bin_width: float = 5.0,
+        strata: Sequence[Hashable] | None = None,
     ) -> None:
         sites = np.asarray(sites)
         pool = np.arange(len(sites)) if indices is None else np.asarray(indices, dtype=int)
@@ -393,22 +412,50 @@ class SitePairSampler:
         self._src = {s: by_site[s] for s in self.source_sites}
         self._bins: dict[Any, tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]] = {}
         self.balanced = {s: False for s in self.source_sites}
+        if ages is None and strata is None:
+            return
+        codes = None
+        if strata is not None:
+            _, codes = np.unique(np.asarray(strata), return_inverse=True)
+            codes = codes.ravel()
+        ages = None if ages is None else np.asarray(ages, dtype=float)
+        for s in self.source_sites:
+            keys = self._keys(s, ages, codes, age_bin_width)
+            if keys is None:
+                continue
+            src_keys, ref_keys, n_keys = keys
+            probs = _common_distribution(src_keys, ref_keys, n_keys)
+            if probs.size == 0:
+                continue
+            self._bins[s] = (
+                probs,
+                [self._src[s][src_keys == b] for b in range(n_keys)],
+                [self._ref[ref_keys == b] for b in range(n_keys)],
+            )
+            self.balanced[s] = True
+
+    def _keys(
+        self, site: Hashable, ages: np.ndarray | None, codes: np.ndarray | None, width: float
+    ) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """Bin of every source and reference image: its age bin (of the pair's shared age
+        range) combined with its stratum; ``n_keys`` marks images outside every bin. None
+        when neither can balance the pair (ages that do not overlap, no strata)."""
+        src, ref = self._src[site], self._ref
+        src_keys, ref_keys, n_keys = np.zeros(src.size, int), np.zeros(ref.size, int), 1
         if ages is not None:
-            ages = np.asarray(ages, dtype=float)
-            for s in self.source_sites:
-                edges, probs = age_bin_probabilities(
-                    ages[self._src[s]], ages[self._ref], age_bin_width
-                )
-                if probs.size == 0:
-                    continue
-                src_bins = _bin_of(ages[self._src[s]], edges)
-                ref_bins = _bin_of(ages[self._ref], edges)
-                self._bins[s] = (
-                    probs,
-                    [self._src[s][src_bins == b] for b in range(len(probs))],
-                    [self._ref[ref_bins == b] for b in range(len(probs))],
-                )
-                self.balanced[s] = True
+            edges, probs = age_bin_probabilities(ages[src], ages[ref], width)
+            if probs.size:
+                n_keys = len(probs)
+                src_keys, ref_keys = _bin_of(ages[src], edges), _bin_of(ages[ref], edges)
+            elif codes is None:
+                return None
+        if codes is not None:
+            n_strata = int(codes.max()) + 1
+            outside = n_keys * n_strata
+            src_keys = np.where(src_keys == n_keys, outside, src_keys * n_strata + codes[src])
+            ref_keys = np.where(ref_keys == n_keys, outside, ref_keys * n_strata + codes[ref])
+            n_keys = outside
+        return src_keys, ref_keys, n_keys
 
     def sample(self, site: Hashable, rng: np.random.Generator) -> Pair:
         """Draw one pair for source site ``site``.

@@ -19,6 +19,7 @@ from harmonix._digest import ImageDigest
 from harmonix._docs import fill_doc
 from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer, check_sites
+from harmonix.covariates import categorical_strata
 from harmonix.iguane import _paramdocs  # noqa: F401  (the shared parameter docs)
 from harmonix.iguane.checkpoints import atomic_torch_save, load_torch_file
 from harmonix.iguane.config import TrainConfig, size_triple
@@ -281,6 +282,14 @@ class IGUANeHarmonizer(BaseHarmonizer):
     gives it one from its training images. With ``input_normalization="median"`` labels
     do not matter to :meth:`transform`.
 
+    **Covariates.** Training pairs are balanced: each (source, reference) pair is drawn
+    from one age bin (with ``ages`` or an ``age`` covariate) and one combination of the
+    categorical covariates (e.g. sex and diagnosis), with the distribution the two sites
+    share, so that the discriminators learn the site difference rather than a difference
+    of age, sex or diagnosis between the sites (:class:`harmonix.iguane.data.SitePairSampler`).
+    Other continuous covariates are checked and not used; :meth:`transform` needs no
+    covariates.
+
     **Training on a CPU.** :data:`harmonix.iguane.CPU_RECIPE` holds parameters for whole
     4 mm volumes on 2 cores (``IGUANeHarmonizer(reference_site=..., **CPU_RECIPE)``);
     such a model is a small model of its training data, not the published 1 mm model
@@ -427,7 +436,13 @@ class IGUANeHarmonizer(BaseHarmonizer):
         )
         return TrainConfig(**shared)
 
-    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+    def _fit(
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+    ) -> None:
         # validates them; the voxel size of the grid recorded by fit (headers or voxel_size)
         voxel = self.grid_["voxel_size"]
         config = self._train_config(None if voxel is None else tuple(voxel))
@@ -478,6 +493,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
             self.reference_site_,
             ages,
             config,
+            strata=categorical_strata(covariates, self.covariate_levels_),
             checkpoint_dir=self.checkpoint_dir,
             resume=bool(self.resume),
             max_steps=self.max_steps,
@@ -535,12 +551,19 @@ class IGUANeHarmonizer(BaseHarmonizer):
         return InputNormalizer() if values is None else InputNormalizer.from_dict(values)
 
     def _check_metadata(
-        self, sites: np.ndarray | None, ages: np.ndarray | None, prepared: frozenset = frozenset()
+        self,
+        sites: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+        prepared: frozenset = frozenset(),
     ) -> None:
         check_policy(self.site_check)
 
     def _site_statistics(
-        self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
     ) -> dict[str, Any]:
         """Per site of ``sites`` ("histogram" normalization): the mean landmarks of a site
         unseen in fit; for a training site, None (its stored map) once its images passed
@@ -639,6 +662,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         imgs: ImageCollection,
         sites: np.ndarray | None,
         ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
         stats: dict[str, Any],
     ) -> list[np.ndarray]:
         check_ood(self.ood_action, None)  # ood_threshold acts through fit (ood_threshold_)
@@ -685,7 +709,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         """Check the model is fitted; the images as a collection and the checked sites."""
         check_is_fitted(self)
         collection = as_collection(imgs)
-        sites, _ = self.check_transform_metadata(len(collection), sites)
+        sites, _, _ = self.check_transform_metadata(len(collection), sites)
         return collection, sites
 
     @fill_doc

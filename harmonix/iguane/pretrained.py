@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 
 from harmonix.base import BaseHarmonizer
 from harmonix.io import ImageCollection
@@ -105,7 +106,13 @@ class PretrainedIGUANe(BaseHarmonizer):
         """``model_`` with this wrapper's ``grid_mismatch``."""
         return self.model_.set_params(grid_mismatch=self._grid_action())
 
-    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+    def _fit(
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+    ) -> None:
         from harmonix.iguane.estimator import IGUANeHarmonizer
 
         if self.model_path is None:
@@ -119,9 +126,13 @@ class PretrainedIGUANe(BaseHarmonizer):
             pass
 
     def _site_statistics(
-        self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
     ) -> dict[str, Any]:
-        stats = self.model_._site_statistics(imgs, _as_new(sites), ages)
+        stats = self.model_._site_statistics(imgs, _as_new(sites), ages, None)
         return {key[len(_NEW) :]: value for key, value in stats.items()}
 
     def _transform(
@@ -129,6 +140,7 @@ class PretrainedIGUANe(BaseHarmonizer):
         imgs: ImageCollection,
         sites: np.ndarray | None,
         ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
         stats: dict[str, Any],
     ) -> list[np.ndarray]:
         # the caller's sites are never the model's training sites, even when their labels
@@ -136,7 +148,7 @@ class PretrainedIGUANe(BaseHarmonizer):
         new_stats = {_NEW + key: value for key, value in stats.items()}
         model = self._model()
         model.check_grid(imgs)
-        return model._transform(imgs, _as_new(sites), ages, new_stats)
+        return model._transform(imgs, _as_new(sites), ages, None, new_stats)
 
 
 #: Prefix that keeps the caller's site labels apart from the model's training sites.

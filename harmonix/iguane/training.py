@@ -176,6 +176,7 @@ def train(
     ages: Sequence[float] | None = None,
     config: TrainConfig | None = None,
     *,
+    strata: Sequence[Hashable] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     max_steps: int | None = None,
@@ -203,6 +204,10 @@ def train(
         (:class:`harmonix.iguane.data.SitePairSampler`).
     config : TrainConfig, default=None
         Hyper-parameters; ``TrainConfig()`` (the published ones) by default.
+    strata : sequence of hashable, length n_images, default=None
+        A categorical label of each image (e.g. its sex and diagnosis, see
+        :func:`harmonix.covariates.categorical_strata`); pairs are then balanced over
+        these labels too.
     checkpoint_dir : str or path-like, default=None
         Folder for the checkpoint (see the module notes); no checkpoint when None.
     resume : bool, default=False
@@ -270,6 +275,9 @@ def train(
     ages_arr = None if ages is None else np.asarray(ages, dtype=float)
     if ages_arr is not None and len(ages_arr) != n_images:
         raise ValueError(f"Got {n_images} volumes but {len(ages_arr)} ages.")
+    strata_arr = None if strata is None else np.asarray(list(strata))
+    if strata_arr is not None and len(strata_arr) != n_images:
+        raise ValueError(f"Got {n_images} volumes but {len(strata_arr)} strata.")
     if reference_site not in set(sites_arr.tolist()):
         raise ValueError(f"reference_site {reference_site!r} is not among the sites.")
     if len(set(sites_arr.tolist())) < 2:
@@ -292,6 +300,7 @@ def train(
         seeds,
         context,
         dev,
+        strata_arr=strata_arr,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         verbose=verbose,
@@ -434,6 +443,7 @@ def _start(
     context: DistributedContext | None,
     dev: torch.device,
     *,
+    strata_arr: np.ndarray | None = None,
     checkpoint_dir: str | os.PathLike | None,
     resume: bool,
     verbose: int,
@@ -454,7 +464,7 @@ def _start(
     if data_digest is None and ckpt_path is not None:
         data_digest = volumes_digest(volumes)
     run_id = fingerprint(
-        config, sites_arr, reference_site, ages_arr, _world_size(context), data_digest
+        config, sites_arr, reference_site, ages_arr, _world_size(context), data_digest, strata_arr
     )
     if context is not None:
         context.check_same(f"{run_id}|{n_images}|{val_indices}", "data or settings")
@@ -472,6 +482,7 @@ def _start(
         ages_arr,
         indices=train_indices,
         age_bin_width=config.age_bin_width,
+        strata=strata_arr,
     )
     trainer = Trainer(config, volumes, sampler, dev, trainer_seed, context)
     if saved is not None:
