@@ -110,7 +110,7 @@ class SiteScaler(BaseHarmonizer):
 
     _needs_sites = True
 
-    def _fit(self, imgs, sites, ages):
+    def _fit(self, imgs, sites, ages, covariates):
         meds = np.array([np.median(d[b]) for d, b in self._iter_brains(imgs)])
         self.scale_ = {str(s): float(meds[sites == s].mean()) for s in np.unique(sites)}
 
@@ -428,6 +428,7 @@ def results(tiny):
 
 
 SCORED = [m for m in METRICS if not m.endswith(("_seconds", "_mb"))]
+DISEASE_METRICS = ["disease_effect_error", "true_disease_effect", "disease_auc_score"]
 
 
 def test_run_benchmark_tidy_frame(results, tiny):
@@ -448,7 +449,10 @@ def test_run_benchmark_tidy_frame(results, tiny):
     assert set(df["metric"]) == set(METRICS)
     assert len(df) == 4 * 2 * len(METRICS)
     seen = df[(df.protocol == "seen") & (df.method != "oracle")]
-    assert seen["value"].notna().all(), seen[seen["value"].isna()]
+    disease = seen.metric.isin(DISEASE_METRICS)  # no diagnosis in these data: NaN, why
+    assert seen[~disease]["value"].notna().all(), seen[seen["value"].isna()]
+    assert seen[disease]["value"].isna().all()
+    assert (seen[disease]["reason"] == "dataset has no diagnosis covariate").all()
     none = df[(df.method == "none") & (df.protocol == "seen")].set_index("metric")
     assert none.loc["distance_correlation_score", "value"] == pytest.approx(1.0)
     assert 0 < none.loc["traveling_subject_ssim_score", "value"] < 1
@@ -523,6 +527,7 @@ def test_run_benchmark_unseen_refusal_gives_nan_with_reason(results, tiny):
     assert unseen[unseen.metric.isin(costs)]["value"].notna().all()
     assert np.isnan(outputs["scaler"][-1]).all()  # last site is the held-out one
     ok = df[(df.method == "none") & (df.protocol == "unseen")]
+    ok = ok[~ok.metric.isin(DISEASE_METRICS)]
     assert ok["value"].notna().all()
     assert (ok["reason"] == "").all()
     # the refusal is recognized by its type, not by its message
@@ -681,9 +686,12 @@ def test_metrics_registry_directions():
     for name, (direction, _) in METRICS.items():
         if name.endswith("_score"):
             assert direction == "higher"
-        if name.endswith("_error"):
-            assert direction in ("lower", "reference")
-        if direction in ("higher", "lower") and not name.endswith(("_seconds", "_mb")):
+        if name.endswith("_error"):  # a signed error is a target metric (0 is the truth)
+            assert direction in ("lower", "reference", "target")
+        if direction == "target":  # every target names what it should reach
+            target = metrics_module.METRIC_TARGETS[name]
+            assert target in METRICS or isinstance(target, float), name
+        if direction in ("higher", "lower", "target") and not name.endswith(("_seconds", "_mb")):
             assert callable(getattr(metrics_module, name)), name  # key = function name
 
 

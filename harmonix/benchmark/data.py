@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from harmonix.exceptions import BenchmarkWarning
 
@@ -33,6 +34,11 @@ class DataArrays:
     gm_volume: np.ndarray | None = None
     #: voxel size (mm) from the data set's ``affine``, None without one
     voxel_size: tuple[float, float, float] | None = None
+    covariates: pd.DataFrame | None = None
+    disease_region: np.ndarray | None = None
+    pattern_gm_volume: np.ndarray | None = None
+    reference_imgs: np.ndarray | None = None
+    resolution: float | None = None
 
     def digest(self) -> str:
         """A short fingerprint of the images and their labels: runs of the benchmark on
@@ -87,10 +93,25 @@ def dataset_arrays(dataset: Any) -> DataArrays:
         raise ValueError(f"dataset.mask must have shape {imgs.shape[1:]}, got {mask.shape}.")
     check_subjects(subjects, sites, ages, _sexes(dataset, n))
     gm_volume = getattr(dataset, "gm_volume", None)
-    if gm_volume is not None:
-        gm_volume = np.asarray(gm_volume, dtype=np.float64)
-        if gm_volume.shape != (n,):
-            raise ValueError(f"dataset.gm_volume must have one entry per image ({n}).")
+    pattern = getattr(dataset, "pattern_gm_volume", None)
+    for name, arr in (("gm_volume", gm_volume), ("pattern_gm_volume", pattern)):
+        if arr is not None and np.shape(arr) != (n,):
+            raise ValueError(f"dataset.{name} must have one entry per image ({n}).")
+    gm_volume = None if gm_volume is None else np.asarray(gm_volume, dtype=np.float64)
+    pattern = None if pattern is None else np.asarray(pattern, dtype=np.float64)
+    covariates = getattr(dataset, "covariates", None)
+    if covariates is not None:
+        covariates = pd.DataFrame(covariates).reset_index(drop=True)
+        if len(covariates) != n:
+            raise ValueError(f"dataset.covariates must have one row per image ({n}).")
+    region = getattr(dataset, "disease_region", None)
+    if region is not None:
+        region = np.asarray(region, dtype=bool)
+        if region.shape != imgs.shape[1:]:
+            raise ValueError("dataset.disease_region must have the shape of one image.")
+    reference_imgs = getattr(dataset, "reference_imgs", None)
+    if reference_imgs is not None and np.shape(reference_imgs) != imgs.shape:
+        raise ValueError("dataset.reference_imgs must have the shape of dataset.imgs.")
     affine = getattr(dataset, "affine", None)
     voxel_size = None
     if affine is not None:
@@ -106,6 +127,11 @@ def dataset_arrays(dataset: Any) -> DataArrays:
         getattr(dataset, "reference_site", None),
         gm_volume,
         voxel_size,
+        covariates,
+        region,
+        pattern,
+        reference_imgs,
+        getattr(dataset, "resolution", None),
     )
 
 

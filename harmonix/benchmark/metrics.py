@@ -6,11 +6,14 @@ per-image labels (sites, subjects, ages). Each metric's key in :data:`METRICS` i
 of its function, and the name says the direction: ``*_score`` is higher is better,
 ``*_error`` lower is better. :data:`METRICS` also lists *reference* values shown beside
 them (chance level, the null brain-age model, the correlation of the true GM volumes with
-age) and ``gm_age_correlation``, whose target is ``true_gm_age_correlation``.
+age, the true disease effect) and the *target* metrics (:data:`METRIC_TARGETS`):
+``gm_age_correlation``, whose target is ``true_gm_age_correlation``, and
+``disease_effect_error``, whose target is 0.
 
 This module holds the image-similarity metrics and re-exports the others: site
 predictability (:mod:`harmonix.benchmark.site`), brain age and GM volume
-(:mod:`harmonix.benchmark.biology`, on the segmentation of
+(:mod:`harmonix.benchmark.biology`), disease effects (:mod:`harmonix.benchmark.disease`,
+on the segmentation of
 :mod:`harmonix.benchmark.tissue`), cost (:mod:`harmonix.benchmark.cost`) and the common
 scale (:mod:`harmonix.benchmark.scale`).
 
@@ -67,6 +70,7 @@ from harmonix.benchmark.biology import (
     within_site_correlation,
 )
 from harmonix.benchmark.cost import measure_cost
+from harmonix.benchmark.disease import disease_auc_score, disease_effect, disease_effect_error
 from harmonix.benchmark.scale import (
     QUANTILES,
     _as_labels,
@@ -86,11 +90,15 @@ __all__ = [
     "METRICS",
     "METRIC_ALIASES",
     "METRIC_KINDS",
+    "METRIC_TARGETS",
     "QUANTILES",
     "Tissues",
     "brain_age_correlation_score",
     "brain_age_error",
     "brain_age_null_error",
+    "disease_auc_score",
+    "disease_effect",
+    "disease_effect_error",
     "distance_correlation_score",
     "gm_age_correlation",
     "gm_volumes",
@@ -170,6 +178,22 @@ METRICS: dict[str, tuple[str, str]] = {
         "reference",
         "the same correlation for the true GM volumes of the data set",
     ),
+    "disease_effect_error": (
+        "target",
+        "measured minus true standardized effect (d, adjusted for the other covariates) of "
+        "diagnosis on the disease region's GM volume, all sites pooled; 0 is the truth, "
+        "negative: part of the effect lost",
+    ),
+    "true_disease_effect": (
+        "reference",
+        "the standardized effect of diagnosis on the true regional GM volumes",
+    ),
+    "disease_auc_score": (
+        "higher",
+        "subject-grouped CV AUC of a logistic regression of diagnosis on regional tissue "
+        "fractions; site confounding inflates it where site effects remain: compare with "
+        "the oracle's",
+    ),
     "fit_seconds": ("lower", "wall-clock seconds of fit"),
     "fit_peak_mb": ("lower", "peak memory increase during fit (MB, see measure_cost)"),
     "transform_seconds": ("lower", "wall-clock seconds of transform per image"),
@@ -195,6 +219,9 @@ METRIC_KINDS: dict[str, str] = {
     "brain_age_null_error": "reference",
     "gm_age_correlation": "biology",
     "true_gm_age_correlation": "reference",
+    "disease_effect_error": "biology",
+    "disease_auc_score": "biology",
+    "true_disease_effect": "reference",
     "fit_seconds": "cost",
     "fit_peak_mb": "cost",
     "transform_seconds": "cost",
@@ -206,6 +233,13 @@ def metric_kind(name: str) -> str:
     """The kind of a metric (:data:`METRIC_KINDS`; ``"other"`` when not listed)."""
     return METRIC_KINDS.get(name, "other")
 
+
+#: The value each ``"target"`` metric should reach: another metric's name (its value in
+#: the same run) or a number.
+METRIC_TARGETS: dict[str, str | float] = {
+    "gm_age_correlation": "true_gm_age_correlation",
+    "disease_effect_error": 0.0,
+}
 
 #: Former metric names, still accepted (with a DeprecationWarning) where names are passed.
 METRIC_ALIASES: dict[str, str] = {

@@ -149,7 +149,9 @@ def oracle_outputs(dataset: Any) -> np.ndarray:
     ----------
     dataset : MultisiteDataset or object
         With ``imgs``, ``subjects``, ``sites``, ``mask`` and ``reference_site``; every
-        subject must have an image at the reference site.
+        subject must have an image at the reference site, unless the data set gives each
+        image's reference-site scan as ``reference_imgs`` (``make_multisite(...,
+        traveling=False)``), which is then returned.
 
     Returns
     -------
@@ -157,6 +159,8 @@ def oracle_outputs(dataset: Any) -> np.ndarray:
         Image ``k`` is the reference-site image of subject ``subjects[k]``.
     """
     data = dataset if isinstance(dataset, DataArrays) else dataset_arrays(dataset)
+    if data.reference_imgs is not None:  # subjects not scanned at every site
+        return np.asarray(data.reference_imgs, np.float32)
     if data.reference is None:
         raise ValueError("The oracle needs dataset.reference_site; this data set has none.")
     at_ref = {
@@ -186,6 +190,7 @@ def run_benchmark(
     verbose: bool = False,
     raise_errors: bool = False,
     return_outputs: bool | Sequence[int] = False,
+    covariates: Mapping[str, Iterable[str]] | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Fit every harmonizer on the training sites and score it on seen and unseen sites.
 
@@ -195,7 +200,8 @@ def run_benchmark(
     * the training images themselves — protocol ``"seen"``;
     * the images of ``test_sites`` — protocol ``"unseen"`` (sites never seen in fit).
 
-    ``sites`` and ``ages`` are passed to ``transform`` when it accepts them (ComBat needs
+    ``sites`` and the covariates (``dataset.covariates``: age, sex, diagnosis...; else
+    ``ages``) are passed to ``fit`` and ``transform`` when they accept them (ComBat needs
     them). Each metric of :data:`harmonix.benchmark.metrics.METRICS` is then computed per
     protocol with the same folds and seeds for every method:
 
@@ -213,6 +219,10 @@ def run_benchmark(
     brain_age_null_error         subjects, tested on unseen images of held-out subjects
     gm_age_correlation           within each seen / unseen site, averaged
     true_gm_age_correlation      the same with the true GM volumes (``dataset.gm``)
+    disease_effect_error,        seen images, all sites pooled / unseen images (needs
+    true_disease_effect          ``covariates["diagnosis"]``, ``disease_region`` and
+                                 ``pattern_gm_volume``; adjusted for the other covariates)
+    disease_auc_score            CV on seen images / on unseen images
     fit_seconds, fit_peak_mb     the one fit (same value in both protocols)
     transform_seconds (/image),  transform of the seen / unseen images
     transform_peak_mb
@@ -279,6 +289,11 @@ def run_benchmark(
         indices returns those images only, in that order (e.g. one subject's, for
         :func:`plot_slices`): the benchmark keeps one method's outputs in memory at a
         time, and all of them only when they are returned.
+    covariates : mapping of str to sequence of str, default=None
+        The columns of ``dataset.covariates`` each named harmonizer receives (e.g.
+        ``{"ComBat": ["age", "sex"], "ComBat+dx": ["age", "sex", "diagnosis"]}`` to run
+        ComBat with and without the diagnosis); harmonizers not named receive every
+        column.
 
     Returns
     -------
@@ -332,6 +347,7 @@ def run_benchmark(
         n_boot=int(n_boot),
     )
     keep = _output_indices(return_outputs, len(data.imgs))
+    columns = _check_covariate_columns(covariates, harmonizers, data)
     oracle_imgs = oracle_outputs(data) if oracle else None
     rows: list[dict[str, Any]] = []
     outputs: dict[str, np.ndarray] = {}
@@ -343,7 +359,7 @@ def run_benchmark(
         if estimator is None:
             _run_oracle(run, oracle_imgs)
         else:
-            _run_method(run, estimator)
+            _run_method(run, estimator, columns.get(str(name)))
         score(run)
         rows.extend(run.rows)
         if keep is not None:
@@ -380,6 +396,48 @@ def _output_indices(return_outputs: Any, n: int) -> np.ndarray | None:
     return idx % n
 
 
+def _check_covariate_columns(
+    covariates: Mapping[str, Iterable[str]] | None,
+    harmonizers: Mapping[str, Any],
+    data: DataArrays,
+) -> dict[str, list[str]]:
+    if covariates is None:
+        return {}
+    if not isinstance(covariates, Mapping):
+        raise ValueError("covariates must map harmonizer names to lists of column names.")
+    unknown = sorted(set(map(str, covariates)) - set(map(str, harmonizers)))
+    if unknown:
+        raise ValueError(f"covariates names {unknown}, which are not harmonizers.")
+    have = [] if data.covariates is None else list(data.covariates.columns)
+    out = {}
+    for name, cols in covariates.items():
+        cols = [cols] if isinstance(cols, str) else list(cols)
+        missing = [c for c in cols if c not in have]
+        if missing:
+            raise ValueError(
+                f"covariates[{name!r}] names {missing}, not columns of dataset.covariates {have}."
+            )
+        out[str(name)] = cols
+    return out
+
+
+def _metadata(
+    est_method: Callable[..., Any], data: DataArrays, idx: np.ndarray, columns: Any
+) -> dict:
+    """The ages or covariates (of images ``idx``) a fit or transform accepts."""
+    kwargs: dict[str, Any] = {}
+    cov = data.covariates
+    if cov is not None and columns is not None:
+        cov = cov[list(columns)]
+    if cov is not None and len(cov.columns) and _accepts(est_method, "covariates"):
+        kwargs["covariates"] = cov.iloc[idx].reset_index(drop=True)
+        if "age" in cov.columns:
+            return kwargs
+    if data.ages is not None and _accepts(est_method, "ages"):
+        kwargs["ages"] = data.ages[idx]
+    return kwargs
+
+
 def _run_oracle(run: MethodRun, oracle_imgs: np.ndarray) -> None:
     for protocol in run.plan.protocols:
         run.outputs[protocol] = oracle_imgs[run.plan.index(protocol)]
@@ -387,7 +445,7 @@ def _run_oracle(run: MethodRun, oracle_imgs: np.ndarray) -> None:
             run.add(protocol, metric, np.nan, reason="the oracle is not a method: no cost")
 
 
-def _run_method(run: MethodRun, estimator: Any) -> None:
+def _run_method(run: MethodRun, estimator: Any, columns: list[str] | None = None) -> None:
     plan, data = run.plan, run.plan.data
     try:
         est = clone(estimator)
@@ -396,10 +454,9 @@ def _run_method(run: MethodRun, estimator: Any) -> None:
             est.set_params(random_state=plan.method_seed)
         if params.get("voxel_size", 0) is None and data.voxel_size is not None:
             est.set_params(voxel_size=data.voxel_size)  # the arrays' voxel size (IGUANe)
-        fit_args: tuple[Any, ...] = (data.imgs[plan.train_idx], data.sites[plan.train_idx])
-        if data.ages is not None and _accepts(est.fit, "ages"):
-            fit_args += (data.ages[plan.train_idx],)
-        _, fit_s, fit_mb = measure_cost(est.fit, *fit_args)
+        fit_args = (data.imgs[plan.train_idx], data.sites[plan.train_idx])
+        fit_kwargs = _metadata(est.fit, data, plan.train_idx, columns)
+        _, fit_s, fit_mb = measure_cost(est.fit, *fit_args, **fit_kwargs)
     except Exception as exc:
         run.fail(plan.protocols, run.unexpected("fit", exc))
         return
@@ -407,11 +464,9 @@ def _run_method(run: MethodRun, estimator: Any) -> None:
         idx = plan.index(protocol)
         run.add(protocol, "fit_seconds", fit_s)
         run.add(protocol, "fit_peak_mb", fit_mb)
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = _metadata(est.transform, data, idx, columns)
         if _accepts(est.transform, "sites"):
             kwargs["sites"] = data.sites[idx]
-        if data.ages is not None and _accepts(est.transform, "ages"):
-            kwargs["ages"] = data.ages[idx]
         try:
             out, tr_s, tr_mb = measure_cost(est.transform, data.imgs[idx], **kwargs)
             run.outputs[protocol] = _as_output(out, len(idx), data.imgs.shape[1:])

@@ -19,6 +19,13 @@ import numpy as np
 from harmonix.benchmark.biology import brain_age_error, within_site_correlation
 from harmonix.benchmark.bootstrap import bootstrap_ci
 from harmonix.benchmark.data import DataArrays
+from harmonix.benchmark.disease import (
+    auc,
+    disease_auc_score,
+    effect_design,
+    effect_error,
+    standardized_effect,
+)
 from harmonix.benchmark.metrics import (
     distance_correlation_from,
     site_distances,
@@ -29,7 +36,12 @@ from harmonix.benchmark.metrics import (
 )
 from harmonix.benchmark.scale import robust_range, robust_scale
 from harmonix.benchmark.site import balanced_accuracy, site_features, site_predictions
-from harmonix.benchmark.tissue import Tissues, segment_tissues, site_gm_volumes
+from harmonix.benchmark.tissue import (
+    Tissues,
+    pattern_gm_volumes,
+    segment_tissues,
+    site_gm_volumes,
+)
 
 __all__ = ["COST_METRICS", "METRIC_FUNCS", "MethodRun", "Plan", "describe", "score"]
 
@@ -353,6 +365,76 @@ def _true_gm_age(run: MethodRun, protocol: str) -> _Result:
     return _age_correlation(run, protocol, true[run.plan.index(protocol)])
 
 
+def _disease_inputs(run: MethodRun, protocol: str) -> tuple[Any, ...] | str:
+    """Diagnosis, adjusting covariates and subjects of the protocol's images, or why the
+    disease metrics cannot be computed."""
+    d = run.plan.data
+    cov = d.covariates
+    if cov is None or "diagnosis" not in cov.columns:
+        return "dataset has no diagnosis covariate"
+    idx = run.plan.index(protocol)
+    dx = cov["diagnosis"].to_numpy()[idx]
+    if len(set(dx.tolist())) < 2:
+        return "needs patients and controls among these images"
+    adjust = cov.drop(columns="diagnosis").iloc[idx].reset_index(drop=True)
+    return dx, adjust, d.subjects[idx]
+
+
+def _region_margin(data: DataArrays) -> int:
+    """About 10 mm around the disease region, in voxels of the data set's grid."""
+    res = data.resolution or 2.0
+    return max(1, int(round(10.0 / float(res))))
+
+
+def _disease_effect(true_only: bool) -> Callable[[MethodRun, str], _Result]:
+    def compute(run: MethodRun, protocol: str) -> _Result:
+        d = run.plan.data
+        inputs = _disease_inputs(run, protocol)
+        if isinstance(inputs, str):
+            return np.nan, _NO_CI, inputs
+        if d.disease_region is None or d.pattern_gm_volume is None:
+            return np.nan, _NO_CI, "dataset has no disease region or true regional volumes"
+        dx, adjust, subjects = inputs
+        true = d.pattern_gm_volume[run.plan.index(protocol)]
+        design = effect_design(dx, adjust, len(dx), "CN")
+        degenerate = "the effect regression is degenerate (too few subjects for its columns)"
+        if true_only:
+            value = standardized_effect(true, design)
+            if np.isnan(value):
+                return value, _NO_CI, degenerate
+            return value, _ci(run, lambda k: standardized_effect(true[k], design[k]), subjects), ""
+        measured = pattern_gm_volumes(
+            run.outputs[protocol], d.mask, d.disease_region, margin=_region_margin(d)
+        )
+        value = effect_error(measured, true, design)
+        if np.isnan(value):
+            return value, _NO_CI, degenerate
+        return (
+            value,
+            _ci(run, lambda k: effect_error(measured[k], true[k], design[k]), subjects),
+            "",
+        )
+
+    return compute
+
+
+def _disease_auc(run: MethodRun, protocol: str) -> _Result:
+    inputs = _disease_inputs(run, protocol)
+    if isinstance(inputs, str):
+        return np.nan, _NO_CI, inputs
+    dx, _, subjects = inputs
+    value, p = disease_auc_score(
+        None,
+        dx,
+        run.plan.data.mask,
+        subjects,
+        tissues=run.tissues(protocol),
+        random_state=run.plan.metric_seed,
+        return_predictions=True,
+    )
+    return value, _ci(run, lambda k: auc(p.patient[k], p.score[k]), subjects[p.index]), ""
+
+
 METRIC_FUNCS: dict[str, Callable[[MethodRun, str], _Result]] = {
     "traveling_subject_ssim_score": _traveling,
     "subject_specificity_score": _specificity,
@@ -366,4 +448,7 @@ METRIC_FUNCS: dict[str, Callable[[MethodRun, str], _Result]] = {
     "brain_age_null_error": _brain_age(null=True),
     "gm_age_correlation": _gm_age,
     "true_gm_age_correlation": _true_gm_age,
+    "disease_effect_error": _disease_effect(true_only=False),
+    "true_disease_effect": _disease_effect(true_only=True),
+    "disease_auc_score": _disease_auc,
 }

