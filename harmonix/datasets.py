@@ -76,11 +76,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 from scipy.interpolate import PchipInterpolator
 from scipy.optimize import brentq
 
-__all__ = ["MultisiteDataset", "make_multisite", "write_nifti_dataset"]
+__all__ = ["MultisiteDataset", "disease_region", "make_multisite", "write_nifti_dataset"]
 
 # FSL MNI152 grids: shape and voxel size, all sharing the origin (90, -126, -72) mm and a
 # left-right flipped first axis (radiological voxel order, like FSL's MNI152_T1_*mm).
@@ -107,6 +108,13 @@ _AFFINE_RANGE = 0.03
 _ATROPHY_RATE = 0.004  # fraction of GM lost per year after 20, before the spatial weight
 _ATROPHY_MAX = 0.5
 _ATROPHY_PACE = (0.75, 1.25)  # individual ageing speed (multiplies the atrophy rate)
+# Disease (medial temporal GM loss) and sex effects, drawn only with diagnosis_prevalence.
+_DISEASE_LOSS = 0.15  # fraction of GM lost at the pattern's centre, at severity 1
+_DISEASE_SEVERITY = (0.5, 1.5)  # a patient's pattern size (multiplies _DISEASE_LOSS)
+_DISEASE_CENTRES_MM = ((25.0, -18.0, -18.0), (-25.0, -18.0, -18.0))  # left/right MTL
+_DISEASE_SIGMA_MM = (8.0, 14.0, 8.0)  # Gaussian extent (x, y, z), long along the MTL
+_SEX_GM_LOSS = 0.05  # males: fraction of GM lost where the sex weight is 1 (superior)
+_BIOLOGY_STREAM = 0xB10  # seed tag of the sex/diagnosis draws (independent of anatomy)
 _CURVE_XMAX = 2.5  # last knot of the intensity curve (in WM units)
 _LUT_SIZE = 4096
 
@@ -282,7 +290,64 @@ def _atrophy_weight(y_mm: np.ndarray) -> np.ndarray:
     return np.float32(0.6) + np.float32(0.8) * ramp
 
 
-def _draw_subject(anat: _Anatomy, rng: np.random.Generator, age: float) -> _Subject:
+def _disease_weight(x_mm: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray) -> np.ndarray:
+    """Spatial weight of the disease pattern: 1 at the left and right medial temporal lobe
+    (hippocampus, parahippocampal gyrus), a Gaussian of 8 x 14 x 8 mm around them."""
+    out = np.zeros(np.shape(x_mm), np.float32)
+    sx, sy, sz = (np.float32(v) for v in _DISEASE_SIGMA_MM)
+    for cx, cy, cz in _DISEASE_CENTRES_MM:
+        d2 = ((x_mm - np.float32(cx)) / sx) ** 2 + ((y_mm - np.float32(cy)) / sy) ** 2
+        d2 += ((z_mm - np.float32(cz)) / sz) ** 2
+        np.maximum(out, np.exp(np.float32(-0.5) * d2), out=out)
+    return out
+
+
+def _sex_weight(z_mm: np.ndarray) -> np.ndarray:
+    """Spatial weight of the sex effect: ~0 in the inferior brain to ~1 superiorly."""
+    return np.float32(0.5) + np.float32(0.5) * np.tanh(
+        (z_mm - np.float32(20.0)) / np.float32(20.0)
+    )
+
+
+def _grid_mm(anat: _Anatomy, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World (MNI, mm) coordinates of voxel coordinates ``coords`` (3, n)."""
+    res = np.float32(anat.resolution)
+    return (
+        np.float32(_ORIGIN[0]) - res * coords[0],  # the first axis is flipped
+        np.float32(_ORIGIN[1]) + res * coords[1],
+        np.float32(_ORIGIN[2]) + res * coords[2],
+    )
+
+
+def disease_region(resolution: float = 2.0) -> np.ndarray:
+    """Voxels of the simulated disease pattern: where its weight exceeds one half.
+
+    The medial temporal region whose grey matter :func:`make_multisite`'s patients lose
+    (both hemispheres), inside the template brain mask, on the FSL MNI grid of
+    ``resolution``. The truth of a subject's regional GM volume
+    (``MultisiteDataset.pattern_gm_volume``) is its GM map summed over this region.
+
+    Parameters
+    ----------
+    resolution : {1, 2, 4}, default=2.0
+        Voxel size in mm.
+
+    Returns
+    -------
+    ndarray of bool of shape (i, j, k)
+    """
+    anat = _load_anatomy(_check_resolution(resolution))
+    weight = _disease_weight(*_grid_mm(anat, anat.coords)).reshape(anat.mask.shape)
+    return (weight > 0.5) & anat.mask
+
+
+def _draw_subject(
+    anat: _Anatomy,
+    rng: np.random.Generator,
+    age: float,
+    sex: str | None = None,
+    severity: float = 0.0,
+) -> _Subject:
     shape = anat.mask.shape
     res = anat.resolution
 
@@ -334,6 +399,20 @@ def _draw_subject(anat: _Anatomy, rng: np.random.Generator, age: float) -> _Subj
     lost *= gm
     gm -= lost
     csf += lost
+    # Disease and sex (only when drawn): GM turning into CSF with patterns of their own.
+    if sex is not None:
+        x_mm, _, z_mm = _grid_mm(anat, q)
+        for loss, weight in (
+            (_DISEASE_LOSS * severity, lambda: _disease_weight(x_mm, y_mm, z_mm)),
+            (_SEX_GM_LOSS if sex == "M" else 0.0, lambda: _sex_weight(z_mm)),
+        ):
+            if loss > 0:
+                lost = weight()
+                lost *= np.float32(loss)
+                np.clip(lost, 0.0, _ATROPHY_MAX, out=lost)
+                lost *= gm
+                gm -= lost
+                csf += lost
     # Renormalise partial volumes so that tissues sum to 1 inside the brain.
     total = wm + gm + csf
     wm /= total
@@ -346,6 +425,7 @@ def _draw_subject(anat: _Anatomy, rng: np.random.Generator, age: float) -> _Subj
     local = np.ravel_multi_index(tuple(a - s.start for a, s in zip(ijk, bbox)), box_shape)
     params = {
         "age": age,
+        **({} if sex is None else {"sex": sex, "disease_severity": float(severity)}),
         "atrophy_pace": float(pace),
         "displacement_rms_mm": float(rms_mm),
         "affine": lin.tolist(),
@@ -569,7 +649,8 @@ class MultisiteDataset:
     """Synthetic traveling-subject data set returned by :func:`make_multisite`.
 
     Images are ordered **site-major**: image ``s * n_subjects + j`` is subject ``j``
-    scanned at site ``s``, so ``imgs[:n_subjects]`` are all subjects at the first site.
+    scanned at site ``s``, so ``imgs[:n_subjects]`` are all subjects at the first site
+    (without traveling subjects, subject ``j`` of site ``s``).
 
     Attributes
     ----------
@@ -611,6 +692,22 @@ class MultisiteDataset:
         0 for ``"legacy"``), on top of its site's component (``site_params[s]["inu_range"]``).
     style : {"preprocessed", "legacy"}
         Simulation style (see :func:`make_multisite`).
+    covariates : pandas.DataFrame
+        One row per image: ``age``, and with ``diagnosis_prevalence`` also ``sex``
+        (``"F"``/``"M"``) and ``diagnosis`` (``"AD"``/``"CN"``). Pass it to ``fit``.
+    pattern_gm_volume : ndarray of shape (n,), float64
+        True GM volume (mL) of each image's subject inside ``disease_region``: the
+        truth that a disease-effect measure should find.
+    disease_region : ndarray of bool, shape (i, j, k)
+        The medial temporal region of the disease pattern (:func:`disease_region`).
+    disease_severity : ndarray of shape (n,) or None
+        Each subject's pattern size (0 for controls; None without a diagnosis).
+    reference_imgs : ndarray of shape (n, i, j, k), float32, or None
+        Without traveling subjects: each image's subject scanned at the reference site
+        (with that site's bias and noise; the image itself at the reference site). None
+        for traveling subjects, whose reference-site scans are among ``imgs``.
+    traveling : bool
+        Whether every subject is scanned at every site.
     """
 
     imgs: np.ndarray
@@ -630,6 +727,12 @@ class MultisiteDataset:
     gm_volume: np.ndarray | None = None
     residual_inu: np.ndarray | None = None
     style: str = "preprocessed"
+    covariates: pd.DataFrame | None = None
+    pattern_gm_volume: np.ndarray | None = None
+    disease_region: np.ndarray | None = None
+    disease_severity: np.ndarray | None = None
+    reference_imgs: np.ndarray | None = None
+    traveling: bool = True
 
     def __len__(self) -> int:
         return int(self.imgs.shape[0])
@@ -678,6 +781,8 @@ def make_multisite(
     age_range: tuple[float, float] = (20, 80),
     site_names: Sequence[str] | None = None,
     style: str = "preprocessed",
+    diagnosis_prevalence: float | Sequence[float] | None = None,
+    traveling: bool = True,
 ) -> MultisiteDataset:
     """Simulate traveling subjects scanned at several sites, from real anatomy.
 
@@ -714,6 +819,20 @@ def make_multisite(
         (one strong bias field per site, blur drawn per axis, noise for 1 mm voxels), on
         which the shipped demo IGUANe model and the IGUANe learning benchmark were made.
         The subjects are the same in both styles.
+    diagnosis_prevalence : float or sequence of float, default=None
+        Simulate a disease and a sex. Each subject gets a sex (``"F"``/``"M"``, 50/50;
+        males lose 5 % of their GM, more in the superior brain) and a diagnosis:
+        ``round(prevalence * n_subjects)`` patients per site (``"AD"``, the others
+        ``"CN"``) lose GM in the medial temporal lobes (up to 15 % at the centre of the
+        pattern, times a severity drawn per patient in [0.5, 1.5]), a pattern of its own,
+        distinct from ageing's. One value per site makes the diagnosis site-confounded
+        (e.g. ``(0.1, 0.7, 0.4, 0.4)``; needs ``traveling=False``). None: neither is
+        drawn and the images are those of earlier versions for the same seed.
+    traveling : bool, default=True
+        Scan every subject at every site (traveling subjects). False: every site scans
+        ``n_subjects`` subjects of its own (site 0's are the traveling subjects), and
+        ``reference_imgs`` holds each subject's scan at the reference site (the
+        benchmark's oracle).
 
     Returns
     -------
@@ -725,8 +844,9 @@ def make_multisite(
     Raises
     ------
     ValueError
-        If a count, the resolution, the age range, the site names, the reference site or
-        the style is invalid.
+        If a count, the resolution, the age range, the site names, the reference site,
+        the style or the prevalences are invalid, or the prevalences differ between sites
+        of traveling subjects.
 
     Examples
     --------
@@ -777,6 +897,10 @@ def make_multisite(
         )
     legacy = style == "legacy"
 
+    if not isinstance(traveling, (bool, np.bool_)):
+        raise ValueError(f"traveling must be True or False, got {traveling!r}.")
+    prevalence = _check_prevalence(diagnosis_prevalence, n_sites, bool(traveling))
+
     rng = np.random.default_rng(random_state)
     site_seed, subject_seed, noise_seed = (int(s) for s in rng.integers(0, 2**63, size=3))
     anat = _load_anatomy(res)
@@ -792,49 +916,96 @@ def make_multisite(
         biases.append(bias)
         luts.append(_curve_lut(params))
 
+    def scan(subj: _Subject, s: int, noise_rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        """One scan of a subject at site ``s``: its values and its residual bias range."""
+        if legacy:
+            bias, inu = biases[s].reshape(-1)[subj.flat], 0.0
+        else:
+            bias, inu = _scan_bias(biases[s], subj, noise_rng)
+        return _render(subj, site_params[s], luts[s], res, bias, noise_rng), inu
+
     imgs = np.zeros((n, *shape), np.float32)
     truth = np.zeros((n, *shape), np.float32)
     gm = np.zeros((n, *shape), np.float32)
     masks = np.zeros((n, *shape), bool)
-    ages = np.empty(n_subjects, np.float64)
+    ages = np.empty(n, np.float64)
     residual_inu = np.zeros(n, np.float64)
-    subject_params = []
-    width = max(2, len(str(n_subjects - 1)))
-    subject_ids = [f"sub-{j:0{width}d}" for j in range(n_subjects)]
+    reference_imgs = None if traveling else np.zeros((n, *shape), np.float32)
+    n_ids = n_subjects if traveling else n
+    width = max(2, len(str(n_ids - 1)))
+    subject_ids = np.array([f"sub-{j:0{width}d}" for j in range(n_ids)])
+    biology = _draw_biology(prevalence, n_subjects, n_sites, subject_seed, traveling)
     noise_root = np.random.SeedSequence(noise_seed)
     subject_seqs = np.random.SeedSequence(subject_seed).spawn(n_subjects)
-    for j, seq in enumerate(subject_seqs):
+    # traveling: subject j is scanned at every site; otherwise image s * n_subjects + j is
+    # subject (s, j), seen at site s only (site 0's subjects are the traveling ones)
+    draws = (
+        [(j, None) for j in range(n_subjects)]
+        if traveling
+        else [(j, s) for s in range(n_sites) for j in range(n_subjects)]
+    )
+    subject_params = []
+    for j, site in draws:
+        i = j if traveling else site * n_subjects + j
+        seq = (
+            subject_seqs[j]
+            if traveling or site == 0
+            else np.random.SeedSequence(subject_seed, spawn_key=(j, site))
+        )
         subj_rng = np.random.default_rng(seq)
-        ages[j] = subj_rng.uniform(low, high) if high > low else low
-        subj = _draw_subject(anat, subj_rng, float(ages[j]))
-        subject_params.append({"subject": subject_ids[j], **subj.params})
-        clean = _render(subj, site_params[ref_idx], luts[ref_idx], res, None, None)
+        ages[i] = subj_rng.uniform(low, high) if high > low else low
+        sex, severity = (None, 0.0) if biology is None else biology[i]
+        subj = _draw_subject(anat, subj_rng, float(ages[i]), sex, severity)
+        subject_params.append({"subject": subject_ids[i], **subj.params})
+        truth[i].reshape(-1)[subj.flat] = _render(
+            subj, site_params[ref_idx], luts[ref_idx], res, None, None
+        )
+        gm[i].reshape(-1)[subj.flat] = subj.gm
+        masks[i].reshape(-1)[subj.flat] = True
         noise_seqs = np.random.SeedSequence(noise_root.entropy, spawn_key=(j,)).spawn(n_sites)
-        truth[j].reshape(-1)[subj.flat] = clean
-        gm[j].reshape(-1)[subj.flat] = subj.gm
-        masks[j].reshape(-1)[subj.flat] = True
-        for s in range(n_sites):
-            noise_rng = np.random.default_rng(noise_seqs[s])
-            if legacy:
-                bias = biases[s].reshape(-1)[subj.flat]
+        for s in range(n_sites) if traveling else [site]:
+            k = s * n_subjects + j
+            vals, residual_inu[k] = scan(subj, s, np.random.default_rng(noise_seqs[s]))
+            imgs[k].reshape(-1)[subj.flat] = vals
+        if reference_imgs is not None:  # the subject's scan at the reference site
+            if site == ref_idx:
+                reference_imgs[i] = imgs[i]
             else:
-                bias, residual_inu[s * n_subjects + j] = _scan_bias(biases[s], subj, noise_rng)
-            vals = _render(subj, site_params[s], luts[s], res, bias, noise_rng)
-            imgs[s * n_subjects + j].reshape(-1)[subj.flat] = vals
-    # Site-independent maps: copy the first site's block to the other sites.
-    common = masks[:n_subjects].all(axis=0)
-    for s in range(1, n_sites):
-        block = slice(s * n_subjects, (s + 1) * n_subjects)
-        truth[block] = truth[:n_subjects]
-        gm[block] = gm[:n_subjects]
-        masks[block] = masks[:n_subjects]
-    gm_volume = gm[:n_subjects].sum(axis=(1, 2, 3), dtype=np.float64) * (res**3 / 1000.0)
+                ref_seq = np.random.SeedSequence(noise_root.entropy, spawn_key=(j, site, 0))
+                vals, _ = scan(subj, ref_idx, np.random.default_rng(ref_seq))
+                reference_imgs[i].reshape(-1)[subj.flat] = vals
+    if traveling:  # site-independent maps: copy the first site's block to the other sites
+        for s in range(1, n_sites):
+            block = slice(s * n_subjects, (s + 1) * n_subjects)
+            truth[block] = truth[:n_subjects]
+            gm[block] = gm[:n_subjects]
+            masks[block] = masks[:n_subjects]
+            ages[block] = ages[:n_subjects]
+        subjects = np.tile(subject_ids, n_sites)
+    else:
+        subjects = subject_ids
+    common = masks.all(axis=0)
+    gm_volume = gm.sum(axis=(1, 2, 3), dtype=np.float64) * (res**3 / 1000.0)
+    region = disease_region(res)
+    pattern = gm[:, region].sum(axis=1, dtype=np.float64) * (res**3 / 1000.0)
+    covariates = pd.DataFrame({"age": ages})
+    if biology is not None:
+        order = [j for j, _ in draws] if traveling else range(n)
+        sexes = [biology[i][0] for i in order]
+        dx = ["AD" if biology[i][1] > 0 else "CN" for i in order]
+        severity = np.array([biology[i][1] for i in order])
+        reps = n_sites if traveling else 1
+        covariates["sex"] = np.tile(sexes, reps)
+        covariates["diagnosis"] = np.tile(dx, reps)
+        severity = np.tile(severity, reps)
+    else:
+        severity = None
 
     return MultisiteDataset(
         imgs=imgs,
         sites=np.repeat(np.array(names), n_subjects),
-        ages=np.tile(ages, n_sites),
-        subjects=np.tile(np.array(subject_ids), n_sites),
+        ages=ages,
+        subjects=subjects,
         affine=anat.affine.copy(),
         mask=common,
         masks=masks,
@@ -845,10 +1016,59 @@ def make_multisite(
         subject_params=subject_params,
         site_names=names,
         resolution=float(res),
-        gm_volume=np.tile(gm_volume, n_sites),
+        gm_volume=gm_volume,
         residual_inu=residual_inu,
         style=style,
+        covariates=covariates,
+        pattern_gm_volume=pattern,
+        disease_region=region,
+        disease_severity=severity,
+        reference_imgs=reference_imgs,
+        traveling=traveling,
     )
+
+
+def _check_prevalence(value: Any, n_sites: int, traveling: bool) -> np.ndarray | None:
+    """Per-site diagnosis prevalences (None: no diagnosis and no sex drawn)."""
+    if value is None:
+        return None
+    arr = np.atleast_1d(np.asarray(value, dtype=object))
+    if arr.ndim != 1 or len(arr) not in (1, n_sites):
+        raise ValueError(
+            f"diagnosis_prevalence must be a number in [0, 1] or one per site ({n_sites}); "
+            f"got {value!r}."
+        )
+    try:
+        prev = np.broadcast_to(arr.astype(np.float64), (n_sites,)).copy()
+    except (TypeError, ValueError):
+        prev = np.full(n_sites, np.nan)
+    if not (np.isfinite(prev).all() and (prev >= 0).all() and (prev <= 1).all()):
+        raise ValueError(f"diagnosis_prevalence values must lie in [0, 1]; got {value!r}.")
+    if traveling and np.ptp(prev) > 0:
+        raise ValueError(
+            f"Per-site prevalences {prev.tolist()} need traveling=False: a traveling subject "
+            "has one diagnosis at every site, so every site would hold the same patients."
+        )
+    return prev
+
+
+def _draw_biology(
+    prevalence: np.ndarray | None, n_subjects: int, n_sites: int, seed: int, traveling: bool
+) -> list[tuple[str, float]] | None:
+    """Sex and disease severity (0 for controls) of every subject, from their own stream
+    (the anatomy and age draws are unchanged by them). ``round(prevalence * n_subjects)``
+    patients per site (or in the traveling group), at random; sexes 50/50 at random."""
+    if prevalence is None:
+        return None
+    out: list[tuple[str, float]] = []
+    for s in range(1 if traveling else n_sites):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, _BIOLOGY_STREAM, s]))
+        sexes = np.where(rng.random(n_subjects) < 0.5, "F", "M")
+        k = int(round(prevalence[s] * n_subjects))
+        severity = np.zeros(n_subjects)
+        severity[rng.permutation(n_subjects)[:k]] = rng.uniform(*_DISEASE_SEVERITY, k)
+        out.extend((str(x), float(v)) for x, v in zip(sexes, severity))
+    return out
 
 
 def _safe_name(label: str) -> str:
@@ -867,7 +1087,8 @@ def write_nifti_dataset(
 
     Images are written as ``<site>/<subject>_<site>.nii.gz`` (``.nii`` when ``compress`` is
     false) under ``out_dir``, and ``manifest.csv`` lists them with columns
-    ``path,site,age,subject``; paths are relative to the manifest's folder. Each file is
+    ``path,site,age,subject`` and the other covariates (``sex,diagnosis`` for data made
+    with ``diagnosis_prevalence``); paths are relative to the manifest's folder. Each file is
     written under a temporary name and renamed, so no half-written file is left behind.
 
     Parameters
@@ -893,6 +1114,8 @@ def write_nifti_dataset(
     ext = ".nii.gz" if compress else ".nii"
     rows = []
     used: set[str] = set()
+    cov = getattr(dataset, "covariates", None)
+    others = [] if cov is None else [c for c in cov.columns if c != "age"]
     for i in range(len(dataset)):
         site, subject = str(dataset.sites[i]), str(dataset.subjects[i])
         site_dir, stem = _safe_name(site), f"{_safe_name(subject)}_{_safe_name(site)}"
@@ -903,11 +1126,12 @@ def write_nifti_dataset(
         img = nib.Nifti1Image(np.asarray(dataset.imgs[i], dtype=np.float32), dataset.affine)
         img.header.set_xyzt_units("mm")
         save_img(img, out / rel, overwrite=True)
-        rows.append((str(rel), site, repr(float(dataset.ages[i])), subject))
+        extra = [str(dataset.covariates[c].iloc[i]) for c in others]
+        rows.append((str(rel), site, repr(float(dataset.ages[i])), subject, *extra))
 
     manifest = out / "manifest.csv"
     with atomic_write(manifest) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "site", "age", "subject"])
+        writer.writerow(["path", "site", "age", "subject", *others])
         writer.writerows(rows)
     return manifest

@@ -311,19 +311,61 @@ def save_imgs(
 
 @dataclass(frozen=True)
 class Manifest:
-    """Contents of a manifest CSV (see :func:`read_manifest`)."""
+    """Contents of a manifest CSV (see :func:`read_manifest`).
+
+    ``extra`` holds the columns other than ``path, site, age, subject`` (e.g. ``sex``,
+    ``diagnosis``), in the CSV's order, or None when there are none.
+    """
 
     paths: list[Path]
     sites: np.ndarray
     ages: np.ndarray | None
     subjects: np.ndarray | None
+    extra: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def covariates(self, names: Sequence[str]) -> pd.DataFrame | None:
+        """The columns ``names`` of the manifest, as covariates (one row per image).
+
+        ``age`` is left out (it is :attr:`ages`, the short form of the ``age``
+        covariate); names are matched case-insensitively, like every manifest column.
+
+        Parameters
+        ----------
+        names : sequence of str
+
+        Returns
+        -------
+        pandas.DataFrame or None
+            None when no column is asked for (besides ``age``).
+
+        Raises
+        ------
+        ValueError
+            If a column is absent, naming the columns there are.
+        """
+        wanted = [str(n).strip().lower() for n in names]
+        wanted = [n for n in dict.fromkeys(wanted) if n != "age"]
+        if not wanted:
+            return None
+        have = [] if self.extra is None else list(self.extra.columns)
+        missing = [n for n in wanted if n not in have]
+        if missing:
+            raise ValueError(
+                f"The manifest has no column(s) {missing} for the covariates; its other "
+                f"columns are {have} (besides path, site, age, subject)."
+            )
+        return self.extra[wanted].reset_index(drop=True)
+
 
 def read_manifest(csv: PathLike, *, check_files: bool = True) -> Manifest:
-    """Read a manifest CSV with columns ``path, site[, age, subject]``.
+    """Read a manifest CSV with columns ``path, site[, age, subject, ...]``.
+
+    Further columns (e.g. ``sex``, ``diagnosis``) are kept in ``Manifest.extra``, for
+    covariates (:meth:`Manifest.covariates`). Column names are read case-insensitively
+    (lower-cased).
 
     Parameters
     ----------
@@ -335,10 +377,11 @@ def read_manifest(csv: PathLike, *, check_files: bool = True) -> Manifest:
     Returns
     -------
     Manifest
-        ``paths`` (absolute), ``sites`` (str), ``ages`` (float or None) and
-        ``subjects`` (str or None), in the CSV's row order. Values of ``path``,
-        ``site`` and ``subject`` are stripped of surrounding spaces, like the column
-        names; an empty ``path`` or ``site`` cell is an error naming its line.
+        ``paths`` (absolute), ``sites`` (str), ``ages`` (float or None),
+        ``subjects`` (str or None) and the other columns (``extra``), in the CSV's row
+        order. Values of ``path``, ``site`` and ``subject`` are stripped of surrounding
+        spaces, like the column names; an empty ``path`` or ``site`` cell is an error
+        naming its line.
     """
     csv = Path(csv)
     if not csv.is_file():
@@ -377,7 +420,9 @@ def read_manifest(csv: PathLike, *, check_files: bool = True) -> Manifest:
             rows = (np.flatnonzero(~np.isfinite(ages)) + 2).tolist()
             raise ValueError(f"Manifest {csv} has missing or non-numeric ages on line(s) {rows}.")
     subjects = df["subject"].astype(str).to_numpy() if "subject" in df.columns else None
-    return Manifest(paths, df["site"].astype(str).to_numpy(), ages, subjects)
+    rest = [c for c in df.columns if c not in ("path", "site", "age", "subject")]
+    extra = df[rest].reset_index(drop=True) if rest else None
+    return Manifest(paths, df["site"].astype(str).to_numpy(), ages, subjects, extra)
 
 
 class ImageCollection(Sequence):
