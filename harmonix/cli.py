@@ -117,12 +117,24 @@ def _default_model_suffix(method: str) -> str:
 def _cmd_make_dataset(args: argparse.Namespace) -> int:
     from harmonix.datasets import make_multisite, write_nifti_dataset
 
+    prevalence = None
+    if args.diagnosis_prevalence is not None:
+        try:
+            values = [float(v) for v in _names(args.diagnosis_prevalence)]
+        except ValueError:
+            raise CLIError(
+                f"--diagnosis-prevalence takes numbers, e.g. 0.3 or 0.1,0.7,0.4 (one per site); "
+                f"got {args.diagnosis_prevalence!r}"
+            ) from None
+        prevalence = values[0] if len(values) == 1 else values
     ds = make_multisite(
         n_subjects=args.n_subjects,
         n_sites=args.n_sites,
         resolution=args.resolution,
         random_state=args.seed,
         style=args.style,
+        diagnosis_prevalence=prevalence,
+        traveling=not args.no_traveling,
     )
     if args.bids:
         from harmonix.bids import write_bids_dataset
@@ -256,8 +268,21 @@ def _read_manifest(path: str) -> Any:
     return read_manifest(path)
 
 
+def _names(value: str | None) -> list[str]:
+    """A comma-separated option as a list of names."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
-    man = _read_manifest(args.manifest)
+    if (args.manifest is None) == (args.table is None):
+        raise CLIError("give either --manifest (images) or --table (a CSV of features)")
+    if args.table is not None and args.method != "combat":
+        raise CLIError(
+            f"--table needs --method combat (got {args.method}): only ComBat "
+            "harmonizes tables of features"
+        )
+    if args.id_columns and args.table is None:
+        raise CLIError("--id-columns applies to --table")
     est = make_harmonizer(args.method, _parse_params(args.param))
     if args.method == "iguane" and not args.quiet and "verbose" in est.get_params():
         est.set_params(verbose=1)
@@ -266,15 +291,28 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         out = out.with_suffix(_default_model_suffix(args.method))
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out} exists; pass --overwrite to replace it")
+    covariates = _names(args.covariates)
     start = time.perf_counter()
-    est.fit([str(p) for p in man.paths], man.sites, man.ages)
+    if args.table is not None:
+        from harmonix.tables import read_feature_csv
+
+        data = read_feature_csv(
+            args.table, covariates=covariates, id_columns=_names(args.id_columns)
+        )
+        est.fit(data.features, data.sites, None, data.covariates)
+        n = len(data.sites)
+    else:
+        man = _read_manifest(args.manifest)
+        est.fit([str(p) for p in man.paths], man.sites, man.ages, man.covariates(covariates))
+        n = len(man)
     if _process_rank() != 0:  # under torchrun every process holds the same model
         return 0
     est.save(out)
     logger.info(
-        "fitted %s on %d images in %.1f s",
+        "fitted %s on %d %s in %.1f s",
         type(est).__name__,
-        len(man),
+        n,
+        "rows" if args.table is not None else "images",
         time.perf_counter() - start,
     )
     sys.stdout.write(f"{out}\n")
@@ -287,6 +325,13 @@ def _process_rank() -> int:
     return process_rank()
 
 
+def _model_covariates(model: Any) -> list[str]:
+    """The covariate columns a fitted model needs at transform (none for most methods)."""
+    if not getattr(model, "_needs_covariates", False):
+        return []
+    return list(model._fitted_covariate_levels())
+
+
 def _cmd_transform(args: argparse.Namespace) -> int:
     from harmonix.batch import transform_files
     from harmonix.exceptions import OutputExistsError
@@ -297,13 +342,24 @@ def _cmd_transform(args: argparse.Namespace) -> int:
             model.set_params(grid_mismatch=args.grid_mismatch)
         else:
             logger.info("%s accepts images of any grid", type(model).__name__)
+    if args.table is not None:
+        return _transform_table(model, args)
+    needed = _model_covariates(model)
+    covariates = None
     if args.manifest:
         man = _read_manifest(args.manifest)
         paths, sites, ages = man.paths, list(man.sites), man.ages
+        covariates = man.covariates(needed)
     else:
         paths = [Path(p) for p in args.input]
         sites = [args.site] * len(paths) if args.site is not None else None
         ages = [args.age] * len(paths) if args.age is not None else None
+        other = [c for c in needed if c != "age"]
+        if other:
+            raise CLIError(
+                f"{type(model).__name__} was fitted with covariates {needed}: give them as "
+                "columns of a --manifest"
+            )
     if getattr(model, "_needs_sites", False) and sites is None:
         raise CLIError(f"{type(model).__name__} needs each image's site: use --manifest or --site")
     if args.overwrite and args.skip_existing:
@@ -311,6 +367,7 @@ def _cmd_transform(args: argparse.Namespace) -> int:
     common = {
         "sites": sites,
         "ages": ages,
+        "covariates": covariates,
         "n_jobs": args.n_jobs,
         "overwrite": args.overwrite,
         "skip_existing": args.skip_existing,
@@ -336,6 +393,35 @@ def _cmd_transform(args: argparse.Namespace) -> int:
     except OutputExistsError as exc:
         raise CLIError(exc.describe(lambda name: "--" + name.replace("_", "-"))) from exc
     logger.info("%d harmonized images in %s", len(written), args.bids_out or args.out)
+    return 0
+
+
+def _transform_table(model: Any, args: argparse.Namespace) -> int:
+    """``harmonix transform --table``: harmonize a CSV of features into another CSV."""
+    from harmonix.tables import read_feature_csv, write_feature_csv
+
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        raise CLIError(
+            f"{args.model} was not fitted on a table of named features (harmonix fit "
+            "--table); it cannot transform --table"
+        )
+    if args.out is None:
+        raise CLIError("--table writes a CSV: give it as --out (not --bids-out)")
+    out = Path(args.out)
+    if out.suffix.lower() != ".csv":
+        raise CLIError(f"--out must name a .csv file with --table, got {out}")
+    if out.resolve() == Path(args.table).resolve():
+        raise CLIError(f"{out} would overwrite the input table; write to another file")
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out} exists; pass --overwrite to replace it")
+    data = read_feature_csv(
+        args.table, covariates=_model_covariates(model), features=[str(n) for n in names]
+    )
+    harmonized = model.transform(data.features, data.sites, None, data.covariates)
+    write_feature_csv(data, harmonized, out, overwrite=args.overwrite)
+    logger.info("wrote %d harmonized rows to %s", len(harmonized), out)
+    sys.stdout.write(f"{out}\n")
     return 0
 
 
@@ -498,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="CSV with path,site[,age,subject]")
     _out_or_bids(
         p,
-        "output folder",
+        "output folder (a .csv file with --table)",
         "write a BIDS derivatives folder instead: sub-X/[ses-Y/]anat/"
         "..._space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz with sidecars, "
         "desc-preproc_qc.tsv and desc-preproc_manifest.csv (needs BIDS entity "
@@ -602,6 +688,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="site effects of preprocessed scans (default) or the older "
         "simulation (see harmonix.datasets.make_multisite)",
     )
+    p.add_argument(
+        "--diagnosis-prevalence",
+        metavar="P",
+        help="simulate sex and a diagnosis (AD/CN) with this fraction of patients, or one "
+        "fraction per site (comma-separated; needs --no-traveling): the manifest gets sex "
+        "and diagnosis columns",
+    )
+    p.add_argument(
+        "--no-traveling",
+        action="store_true",
+        help="every site scans subjects of its own instead of the same traveling subjects",
+    )
     p.set_defaults(func=_cmd_make_dataset)
 
     p = sub.add_parser(
@@ -612,7 +710,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--nproc_per_node=4 -m harmonix fit --method iguane ...`; process 0 saves the model.",
     )
     p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
-    p.add_argument("--manifest", required=True, help="CSV with path,site[,age,subject]")
+    p.add_argument(
+        "--manifest", help="images: CSV with path,site[,age,subject] and covariate columns"
+    )
+    p.add_argument(
+        "--table",
+        help="features (combat): CSV with a site column, the --covariates columns and one "
+        "column per feature (e.g. ROI volumes); every other column is a feature unless "
+        "named by --id-columns",
+    )
+    p.add_argument(
+        "--covariates",
+        metavar="NAMES",
+        help="comma-separated covariate columns of the manifest or table to keep, e.g. "
+        "age,sex,diagnosis (a manifest's age column is always used)",
+    )
+    p.add_argument(
+        "--id-columns",
+        metavar="NAMES",
+        help="comma-separated table columns that are neither features nor covariates",
+    )
     p.add_argument("--out", required=True, help="model file (.npz; .pt for iguane)")
     p.add_argument(
         "--param",
@@ -625,23 +742,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "transform",
-        help="harmonize NIfTI files with a saved model",
-        description="Harmonize NIfTI files with a saved model. Images are taken site by site "
+        help="harmonize NIfTI files (or a CSV of features) with a saved model",
+        description="Harmonize NIfTI files, or a table of features, with a saved model. "
+        "Images are taken site by site "
         "(the manifest's site column, or --site), so the result equals the model's "
         "transform of all of them at once: methods that pool a site's images (ComBat with "
         "unseen_site=fit, IGUANe's histogram map of a new site) see every image of the "
         "site. Outputs are written atomically: after an interruption, rerun with "
-        "--skip-existing to do the rest.",
+        "--skip-existing to do the rest. Covariates the model was fitted with are read "
+        "from the manifest's (or table's) columns of the same names.",
     )
     p.add_argument("--model", required=True)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--manifest", help="CSV with path,site[,age]")
+    src.add_argument("--manifest", help="CSV with path,site[,age] and covariate columns")
     src.add_argument("--input", nargs="+", help="NIfTI files")
+    src.add_argument(
+        "--table",
+        help="CSV of features with site and covariate columns (a model fitted with --table); "
+        "--out is then the output CSV: the same table, features harmonized",
+    )
     p.add_argument("--site", help="site of every --input file (ComBat)")
     p.add_argument("--age", type=float, help="age of every --input file (ComBat with ages)")
     _out_or_bids(
         p,
-        "output folder",
+        "output folder (a .csv file with --table)",
         "write a BIDS derivatives folder instead: <source entities>_desc-harmonized"
         "_T1w.nii.gz with a sidecar (Sources, method, model hash and parameters); the "
         "entities come from the manifest (harmonix bids-manifest) or the --input names",

@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from _helpers import HARMONIZERS, make, make_tiny_images
+from _helpers import HARMONIZERS, make, make_feature_study, make_tiny_images
 from sklearn.exceptions import NotFittedError
 
 from harmonix import bids as hbids
@@ -45,6 +45,7 @@ class Data(NamedTuple):
     imgs: Any
     sites: Any
     ages: Any
+    covariates: Any = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,12 @@ def raises(error: type[Exception], match: str) -> Callable[[type], Expect]:
 
 def harmonized(cls: type) -> Expect:
     return Expect(check=_check_output)
+
+
+def _check_table(out: Any, data: Data) -> None:
+    """A harmonized table: float64, the input's shape, finite."""
+    assert isinstance(out, np.ndarray) and out.dtype == np.float64
+    assert out.shape == np.shape(data.imgs) and np.isfinite(out).all()
 
 
 def _check_output(out: Any, data: Data) -> None:
@@ -91,7 +98,22 @@ def _with_voxel(value: float) -> Callable[[Data, Path], Data]:
 
 
 def _first_two(d: Data) -> Data:
-    return Data(d.imgs[:2], d.sites[:2], d.ages[:2])
+    return Data(d.imgs[:2], d.sites[:2], d.ages[:2], d.covariates.iloc[:2])
+
+
+def _covariates(**columns: Any) -> Callable[[Data, Path], Data]:
+    """The data with covariate columns replaced or added (``None`` removes one)."""
+
+    def build(d: Data, tmp: Path) -> Data:
+        cov = d.covariates.copy()
+        for name, values in columns.items():
+            if values is None:
+                cov = cov.drop(columns=name)
+            else:
+                cov[name] = values(len(cov)) if callable(values) else values
+        return d._replace(covariates=cov)
+
+    return build
 
 
 def _write(data: np.ndarray, path: Path) -> str:
@@ -339,6 +361,56 @@ ESTIMATOR_CASES = [
         raises(ValueError, "finite age"),
     ),
     Case(
+        "covariate-length-differs",
+        "fit",
+        lambda d, t: d._replace(covariates={"sex": d.covariates["sex"].tolist()[:-1]}),
+        raises(ValueError, "values of covariate 'sex'"),
+    ),
+    Case(
+        "covariate-missing-value",
+        "fit",
+        _covariates(sex=lambda n: [None] + ["F", "M"] * (n // 2)),
+        raises(ValueError, "'sex' has missing values"),
+    ),
+    Case(
+        "covariate-constant",
+        "fit",
+        _covariates(sex=lambda n: ["F"] * n),
+        raises(ValueError, "'sex' is constant"),
+    ),
+    Case(
+        "covariate-collinear-with-site",
+        "fit",
+        lambda d, t: _covariates(scanner=np.asarray(d.sites))(d, t),
+        raises(ValueError, "'scanner' is collinear with site"),
+    ),
+    Case(
+        "covariate-age-given-twice",
+        "fit",
+        lambda d, t: _covariates(age=np.asarray(d.ages))(d, t),
+        raises(ValueError, "given both as ages"),
+    ),
+    Case(
+        "covariates-not-a-table",
+        "fit",
+        lambda d, t: d._replace(covariates=["F", "M"]),
+        raises(TypeError, "DataFrame or a mapping"),
+    ),
+    Case(
+        "covariate-mixed-types",
+        "fit",
+        _covariates(sex=lambda n: ["F", 1.0] * (n // 2) + ["F"] * (n % 2)),
+        raises(TypeError, "'sex' mixes value types"),
+    ),
+    Case(
+        "feature-table-for-an-image-method",
+        "fit",
+        lambda d, t: d._replace(imgs=d.imgs.reshape(len(d.imgs), -1)),
+        lambda cls: (
+            Expect(check=_check_table) if cls._accepts_tables else Expect(ValueError, "2-D table")
+        ),
+    ),
+    Case(
         "one-site",
         "fit",
         lambda d, t: d._replace(sites=["a"] * len(d.sites)),
@@ -518,6 +590,40 @@ ESTIMATOR_CASES = [
         ),
     ),
     Case(
+        "covariate-level-unseen-in-fit",
+        "transform",
+        _covariates(sex=lambda n: ["X"] * n),
+        raises(ValueError, r"'sex' has level\(s\) \['X'\] not seen in fit"),
+    ),
+    Case(
+        "covariate-continuous-in-fit-text-now",
+        "transform",
+        lambda d, t: d._replace(ages=None, covariates=d.covariates.assign(age=["old"] * 2)),
+        raises(ValueError, "'age' was continuous in fit"),
+    ),
+    Case(
+        "covariate-missing-value",
+        "transform",
+        _covariates(sex=lambda n: [None] * n),
+        raises(ValueError, "'sex' has missing values"),
+    ),
+    Case(
+        "covariate-missing",
+        "transform",
+        _covariates(sex=None),
+        lambda cls: (
+            Expect(ValueError, r"column\(s\) \['sex'\]")
+            if cls._needs_covariates
+            else harmonized(cls)
+        ),
+    ),
+    Case(
+        "table-to-an-image-model",
+        "transform",
+        lambda d, t: d._replace(imgs=d.imgs.reshape(len(d.imgs), -1)),
+        lambda cls: Expect(ValueError, "fitted on images|2-D table"),
+    ),
+    Case(
         "int16-images",
         "transform",
         lambda d, t: d._replace(imgs=np.round(d.imgs * 100).astype(np.int16)),
@@ -552,7 +658,12 @@ def _snapshot(data: Data) -> Any:
 
     imgs = data.imgs
     items = [one(x) for x in imgs] if isinstance(imgs, list) else one(imgs)
-    return items, copy.deepcopy(data.sites), copy.deepcopy(data.ages)
+    return items, copy.deepcopy(data.sites), copy.deepcopy(data.ages), _frozen(data.covariates)
+
+
+def _frozen(cov: Any) -> Any:
+    """A comparable copy of covariates (a DataFrame as a dict of lists)."""
+    return cov.to_dict("list") if isinstance(cov, pd.DataFrame) else copy.deepcopy(cov)
 
 
 def _assert_same(before: Any, after: Any) -> None:
@@ -577,7 +688,8 @@ def _assert_same(before: Any, after: Any) -> None:
 @pytest.fixture(scope="module")
 def clean() -> Data:
     imgs, sites, ages, _ = make_tiny_images()
-    return Data(imgs, sites, ages)
+    sex = np.tile(["F", "M", "F"], len(imgs) // 3)  # one value per subject
+    return Data(imgs, sites, ages, pd.DataFrame({"sex": sex}))
 
 
 @pytest.fixture(scope="module")
@@ -587,7 +699,7 @@ def fitted(clean) -> dict[str, tuple[Any, np.ndarray]]:
     for cls in HARMONIZERS:
         est = make(cls).fit(*clean)
         few = _first_two(clean)
-        models[cls.__name__] = (est, est.transform(few.imgs, sites=few.sites, ages=few.ages))
+        models[cls.__name__] = (est, est.transform(*few))
     return models
 
 
@@ -611,13 +723,13 @@ def test_estimator_bad_input(cls, case, clean, fitted, tmp_path):
         est = make(cls, **params)
 
         def run() -> Any:
-            est.fit(data.imgs, data.sites, data.ages)
-            return est.transform(data.imgs, sites=data.sites, ages=data.ages)
+            est.fit(*data)
+            return est.transform(*data)
     else:
         est, reference = fitted[cls.__name__]
 
         def run() -> Any:
-            return est.transform(data.imgs, sites=data.sites, ages=data.ages)
+            return est.transform(*data)
 
     if expect.error is not None:
         with (
@@ -627,7 +739,7 @@ def test_estimator_bad_input(cls, case, clean, fitted, tmp_path):
             run()
         if case.stage == "fit":  # a failed fit leaves the estimator unfitted
             with pytest.raises(NotFittedError):
-                est.transform(clean.imgs[:1], sites=clean.sites[:1], ages=clean.ages[:1])
+                est.transform(*_first_two(clean))
     elif expect.warns is not None:
         with pytest.warns(expect.warns):
             out = run()
@@ -635,10 +747,7 @@ def test_estimator_bad_input(cls, case, clean, fitted, tmp_path):
     else:
         expect.check(run(), data)
     if case.stage == "transform":  # the model works as before
-        few = _first_two(clean)
-        np.testing.assert_array_equal(
-            est.transform(few.imgs, sites=few.sites, ages=few.ages), reference
-        )
+        np.testing.assert_array_equal(est.transform(*_first_two(clean)), reference)
     _assert_same(before, _snapshot(data))
 
 
@@ -651,7 +760,7 @@ def test_every_harmonizer_has_rows():
 def test_float64_and_float32_inputs_agree(clean, fitted):
     few = _first_two(clean)
     for est, reference in fitted.values():
-        out = est.transform(few.imgs.astype(np.float64), sites=few.sites, ages=few.ages)
+        out = est.transform(few.imgs.astype(np.float64), few.sites, few.ages, few.covariates)
         np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-5)
 
 
@@ -738,6 +847,27 @@ def cli_data(tmp_path_factory) -> dict[str, Path]:
     manifest_with("swapped_axes", f"path,site,age\n{files['swapped']},site0,40\n")
     files["first"] = first
     _bids_data(root, files)
+    # tables of features, good and bad, and a ComBat model fitted on the good one
+    X, sites, cov = make_feature_study(n_per=(8, 8, 8), n_features=3, seed=1)
+    table = pd.DataFrame(X, columns=["roi_a", "roi_b", "roi_c"]).assign(site=sites, **cov)
+    tables = root / "tables"
+    tables.mkdir()
+
+    def table_with(name: str, frame: pd.DataFrame) -> None:
+        files[name] = tables / f"{name}.csv"
+        frame.to_csv(files[name], index=False)
+
+    table_with("table", table)
+    table_with("table_text_feature", table.assign(roi_b=["big"] * len(table)))
+    table_with("table_nan_feature", table.assign(roi_c=[np.nan] + [1.0] * (len(table) - 1)))
+    table_with("table_no_site", table.drop(columns="site"))
+    table_with("table_no_sex", table.drop(columns="sex"))
+    table_with("table_new_level", table.assign(diagnosis=["MCI"] * len(table)))
+    table_with("table_no_roi", table.drop(columns="roi_a"))
+    files["table_model"] = root / "table_combat.npz"
+    fit_table = ["-q", "fit", "--method", "combat", "--table", str(files["table"])]
+    fit_table += ["--covariates", "age,sex,diagnosis", "--out", str(files["table_model"])]
+    assert main(fit_table) == 0
     return files
 
 
@@ -797,6 +927,33 @@ def _fit(method: str, manifest: str, *extra: str) -> Callable[[dict], list[str]]
     ]
 
 
+def _fit_table(method: str, table: str, *extra: str) -> Callable[[dict], list[str]]:
+    return lambda f: [
+        "fit",
+        "--method",
+        method,
+        "--table",
+        str(f[table]),
+        "--covariates",
+        "age,sex,diagnosis",
+        "--out",
+        str(f["model_out"]),
+        *extra,
+    ]
+
+
+def _transform_table(model: str, table: str, out: str = "table_out") -> Callable[[dict], list]:
+    return lambda f: [
+        "transform",
+        "--model",
+        str(f[model]),
+        "--table",
+        str(f[table]),
+        "--out",
+        str(f[out]) if out in f else out,
+    ]
+
+
 def _transform(model: str, *source: str) -> Callable[[dict], list[str]]:
     def argv(f: dict) -> list[str]:
         src = (
@@ -846,6 +1003,10 @@ def _to_native(transform: str) -> Callable[[dict], list[str]]:
     ]
 
 
+def _make_dataset(*extra: str) -> Callable[[dict], list[str]]:
+    return lambda f: ["make-dataset", "--out", str(f["img_out"]), "--resolution", "4", *extra]
+
+
 CLI_CASES = [
     (
         "to-native-image-as-transform",
@@ -856,6 +1017,16 @@ CLI_CASES = [
         "to-native-binary-transform",
         _to_native("gzip_json"),
         r"not a JSON transform file .*utf-8.*: pass the NAME_prep.json",
+    ),
+    (
+        "make-dataset-prevalence-not-a-number",
+        _make_dataset("--diagnosis-prevalence", "often"),
+        "takes numbers",
+    ),
+    (
+        "make-dataset-per-site-prevalence-of-traveling-subjects",
+        _make_dataset("--n-sites", "2", "--diagnosis-prevalence", "0.1,0.7"),
+        "need traveling=False",
     ),
     ("unknown-method", _fit("magic", "manifest"), "unknown method"),
     ("unknown-parameter", _fit("hm", "manifest", "--param", "nonsense=1"), "unknown parameter"),
@@ -889,6 +1060,63 @@ CLI_CASES = [
         "transform-combat-same-scan-swapped-axes",
         _transform("combat", "manifest", "swapped_axes"),
         "another affine",
+    ),
+    (
+        "fit-manifest-without-covariate-column",
+        _fit("combat", "manifest", "--covariates", "sex"),
+        r"no column\(s\) \['sex'\]",
+    ),
+    (
+        "fit-manifest-and-table",
+        lambda f: _fit("combat", "manifest")(f) + ["--table", str(f["table"])],
+        "either --manifest .* or --table",
+    ),
+    ("fit-table-with-an-image-method", _fit_table("hm", "table"), "--table needs --method combat"),
+    (
+        "fit-table-text-feature",
+        _fit_table("combat", "table_text_feature"),
+        r"\['roi_b'\] .*not numeric",
+    ),
+    (
+        "fit-table-nan-feature",
+        _fit_table("combat", "table_nan_feature"),
+        r"NaN or infinite.*roi_c",
+    ),
+    ("fit-table-without-site", _fit_table("combat", "table_no_site"), "one 'site' column"),
+    (
+        "fit-table-without-covariate",
+        _fit_table("combat", "table_no_sex"),
+        r"no column\(s\) \['sex'\]",
+    ),
+    (
+        "transform-table-with-an-image-model",
+        _transform_table("combat", "table"),
+        "not fitted on a table",
+    ),
+    (
+        "transform-table-without-covariate",
+        _transform_table("table_model", "table_no_sex"),
+        r"no column\(s\) \['sex'\]",
+    ),
+    (
+        "transform-table-without-feature",
+        _transform_table("table_model", "table_no_roi"),
+        r"no column\(s\) \['roi_a'\]",
+    ),
+    (
+        "transform-table-unseen-level",
+        _transform_table("table_model", "table_new_level"),
+        r"'diagnosis' has level\(s\) \['MCI'\] not seen in fit",
+    ),
+    (
+        "transform-table-output-not-csv",
+        _transform_table("table_model", "table", "img_out"),
+        r"must name a \.csv file",
+    ),
+    (
+        "transform-table-over-its-input",
+        _transform_table("table_model", "table", "table"),
+        "overwrite the input table",
     ),
     (
         "model-not-found",
@@ -1036,7 +1264,12 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def _outputs(tmp_path: Path) -> dict[str, Path]:
-    names = {"model_out": "model.npz", "img_out": "imgs", "csv_out": "manifest.csv"}
+    names = {
+        "model_out": "model.npz",
+        "img_out": "imgs",
+        "csv_out": "manifest.csv",
+        "table_out": "harmonized.csv",
+    }
     return {key: tmp_path / name for key, name in names.items()}
 
 

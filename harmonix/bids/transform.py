@@ -85,6 +85,7 @@ def transform_to_bids(
     entities: Sequence[Mapping[str, str]] | None = None,
     sites: Sequence[Any] | None = None,
     ages: Sequence[float] | None = None,
+    covariates: Any = None,
     model_path: str | os.PathLike | None = None,
     n_jobs: int | None = 1,
     overwrite: bool = False,
@@ -112,6 +113,9 @@ def transform_to_bids(
         :func:`harmonix.bids.manifest_entities`; by default parsed from the file names.
     sites, ages : sequence, optional
         Per-image sites and ages (ComBat needs them).
+    covariates : pandas.DataFrame or mapping of str to sequence, optional
+        Per-image covariates, for a model fitted with them (see
+        :func:`harmonix.batch.transform_files`).
     model_path : str or path-like, optional
         The model's file, whose name and hash go into the sidecars.
     n_jobs : int or None, default=1
@@ -159,6 +163,7 @@ def transform_to_bids(
         dataset.root,
         sites=sites,
         ages=ages,
+        covariates=covariates,
         outputs=outputs,
         sidecars=sidecars,
         n_jobs=n_jobs,
