@@ -356,10 +356,15 @@ def _report(r: dict, versions: dict, load: tuple, out: pathlib.Path) -> str:
         "",
     ]
     text = "\n".join(lines)
-    # keep the "Brain rim" section that benchmarks/bench_combat_rim.py writes
+    # keep the sections other scripts write: "Brain rim" (bench_combat_rim.py, to the end)
+    # and "Covariates and tables" (bench_combat_covariates.py, between its markers)
     previous = out.read_text() if out.exists() else ""
-    if RIM_BEGIN in previous:
-        text = text.rstrip("\n") + "\n\n" + RIM_BEGIN + previous.split(RIM_BEGIN, 1)[1]
+    kept = RIM_BEGIN + previous.split(RIM_BEGIN, 1)[1] if RIM_BEGIN in previous else ""
+    start, end = "<!-- covariates:start -->", "<!-- covariates:end -->"
+    if start in previous and end in previous and start not in kept:
+        kept += "\n\n" + start + previous.split(start, 1)[1].split(end, 1)[0] + end
+    if kept:
+        text = text.rstrip("\n") + "\n\n" + kept.strip("\n") + "\n"
     out.write_text(text)
     return text
 

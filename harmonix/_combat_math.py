@@ -303,9 +303,9 @@ def table_regression(
     The site columns of the design span the site indicators, so the least-squares
     residuals of each site sum to zero: the residual of a row is ``r - intercept`` with
     ``r = y - covariates . beta`` and its site's fitted intercept, and the standardized
-    data of a site differ from its residuals by a constant. Sums of squares are taken
-    around the fitted intercepts, which equal the site means of ``r`` to rounding, so no
-    precision is lost to cancellation.
+    data of a site differ from its residuals by a constant: the site mean of the
+    standardized data is ``(intercept - grand_mean) / sd`` and its sum of squares the
+    site's residual sum of squares over ``sd**2`` (no cancellation).
 
     Parameters
     ----------
@@ -335,18 +335,16 @@ def table_regression(
     beta = coef[n_sites:]
     onehot = np.zeros((n, n_sites))
     onehot[np.arange(n), codes] = 1.0
-    sums = np.zeros((n_sites, n_feat))  # of the residuals per site (0 to rounding)
     squares = np.zeros((n_sites, n_feat))  # of the squared residuals per site
     for rows in blocks:
         fit = design[rows, n_sites:] @ beta
         fit += np.take(intercepts, codes[rows], axis=0)
         resid = np.subtract(y[rows], fit, out=fit)
-        sums += onehot[rows].T @ resid
         squares += onehot[rows].T @ np.square(resid, out=resid)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        offset = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.0)
-    site_ss = squares - counts[:, None] * offset**2  # around the site means of r
-    site_r = intercepts + offset  # site means of r = y - covariates . beta
+    # the residuals of each site sum to zero: its intercept is the site mean of r and
+    # its sum of squared residuals that of the (shifted) standardized data
+    site_ss = squares
+    site_r = intercepts
     if ref_level is None:
         var_pooled = squares.sum(axis=0) / float(n)
         grand_mean = (counts / float(n)) @ coef[:n_sites]
@@ -355,9 +353,7 @@ def table_regression(
         grand_mean = coef[ref_level].copy()
     # the features' magnitude, for the constant-feature test: the largest site mean of y
     # (exactly the site mean of r plus its mean covariate effect) plus three sds
-    mean_cov = np.zeros((n_sites, design.shape[1] - n_sites))
-    np.add.at(mean_cov, codes, design[:, n_sites:])
-    mean_cov /= np.maximum(counts, 1)[:, None]
+    mean_cov = onehot.T @ design[:, n_sites:] / np.maximum(counts, 1)[:, None]
     site_y = site_r + mean_cov @ coef[n_sites:]
     scale = np.abs(site_y[counts > 0]).max(axis=0) + 3.0 * np.sqrt(site_ss.max(axis=0) / n)
     sd = np.sqrt(var_pooled)

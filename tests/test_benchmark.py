@@ -8,6 +8,7 @@ import warnings
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -1050,3 +1051,95 @@ def test_site_local_subject_ids_are_flagged(tiny):
     covariates = SimpleNamespace(**{**vars(tiny), "covariates": {"Sex": ["F", "M", "F"] * 4}})
     with pytest.warns(BenchmarkWarning, match="sex"):
         run_benchmark({"none": IdentityHarmonizer()}, covariates, metrics=["fit_seconds"])
+
+
+# -- disease metrics ------------------------------------------------------------------------
+def test_disease_effect_recovers_a_known_effect_and_auc_equals_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from harmonix.benchmark import disease_effect
+    from harmonix.benchmark.disease import auc
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    age, sex = rng.uniform(20, 80, n), rng.choice(["F", "M"], n)
+    dx = np.where(rng.random(n) < 0.4, "AD", "CN")
+    y = 10 + 0.05 * age + 0.8 * (sex == "M") - 1.5 * (dx == "AD") + rng.normal(0, 1, n)
+    cov = {"age": age, "sex": sex}
+    assert disease_effect(y, dx, cov) == pytest.approx(-1.5, abs=0.05)
+    # unadjusted, the age and sex variance dilutes the effect
+    assert abs(disease_effect(y, dx)) < 1.45
+    with pytest.raises(ValueError, match="control level 'CN'"):
+        disease_effect(y, np.where(dx == "AD", "AD", "HC"))
+    scores = np.round(rng.normal(size=300), 1)  # ties
+    labels = rng.random(300) < 0.3
+    assert auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+
+
+@pytest.fixture(scope="module")
+def confounded():
+    from harmonix.datasets import make_multisite
+
+    return make_multisite(
+        n_subjects=8,
+        n_sites=3,
+        resolution=4,
+        random_state=1,
+        diagnosis_prevalence=(0.25, 0.75, 0.5),
+        traveling=False,
+    )
+
+
+def test_run_benchmark_disease_metrics_and_covariates_per_method(confounded):
+    from harmonix import ComBatHarmonizer
+
+    combat = ComBatHarmonizer(reference_site="site0")
+    metrics = ["disease_effect_error", "true_disease_effect", "disease_auc_score"]
+    df, outputs = run_benchmark(
+        {"ComBat": combat, "ComBat+dx": combat},
+        confounded,
+        test_sites=[],
+        oracle=True,
+        metrics=metrics,
+        covariates={"ComBat": ["age", "sex"], "ComBat+dx": ["age", "sex", "diagnosis"]},
+        random_state=0,
+        n_boot=50,
+        return_outputs=True,
+        raise_errors=True,
+    )
+    assert set(df.metric) == set(metrics) and df["value"].notna().all()
+    true = df[df.metric == "true_disease_effect"]["value"]
+    assert true.nunique() == 1 and true.iloc[0] < -1  # the same truth for every row
+    # the oracle's images are each subject's reference-site scan
+    np.testing.assert_array_equal(outputs["oracle"], confounded.reference_imgs)
+    # the two ComBats were fitted with different covariates
+    assert not np.allclose(outputs["ComBat"], outputs["ComBat+dx"])
+    by_hand = combat.fit(confounded.imgs, confounded.sites, covariates=confounded.covariates)
+    np.testing.assert_allclose(
+        outputs["ComBat+dx"],
+        by_hand.transform(confounded.imgs, confounded.sites, covariates=confounded.covariates),
+        rtol=1e-6,
+        atol=1e-3,
+    )
+    for bad, match in (
+        ({"nobody": ["age"]}, "not harmonizers"),
+        ({"ComBat": ["age", "bmi"]}, r"names \['bmi'\], not columns"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            run_benchmark({"ComBat": combat}, confounded, test_sites=[], covariates=bad)
+
+
+def test_feature_metrics_take_tables():
+    from _helpers import make_feature_study
+
+    from harmonix import ComBatHarmonizer
+    from harmonix.benchmark import brain_age_error, brain_age_null_error
+    from harmonix.benchmark import site_predictability_error as site_error
+
+    X, sites, cov = make_feature_study(n_per=(40, 40, 40), n_features=12, seed=5)
+    harmonized = ComBatHarmonizer().fit_transform(X, sites, covariates=cov)
+    before = site_error(pd.DataFrame(X), sites, None, random_state=0)
+    after = site_error(harmonized, sites, None, random_state=0)
+    assert before > 0.75 and after < 0.5  # chance 1/3
+    mae = brain_age_error(harmonized, cov["age"], None, random_state=0)
+    assert mae < 0.8 * brain_age_null_error(cov["age"], random_state=0)

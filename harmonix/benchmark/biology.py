@@ -26,7 +26,7 @@ from sklearn.model_selection import GroupKFold
 
 from harmonix._docs import fill_doc
 from harmonix.benchmark._folds import grouped_splits, subject_groups
-from harmonix.benchmark.scale import _as_labels, _as_mask, robust_scale
+from harmonix.benchmark.scale import _as_labels, _as_mask, robust_scale, table_features
 from harmonix.benchmark.tissue import Tissues, segment_tissues, site_gm_volumes
 
 __all__ = [
@@ -161,7 +161,9 @@ def brain_age_error(
     With ``train``, the model learns only from the ``train`` images of the training
     subjects and is tested on the other images of the held-out subjects (e.g. learn on
     harmonized seen sites, test on harmonized unseen sites). Compare the result with
-    :func:`brain_age_null_error` on the same folds.
+    :func:`brain_age_null_error` on the same folds. A table of features ``(n_samples,
+    n_features)`` (e.g. harmonized ROI volumes) is used as the model's features directly
+    (``mask`` and ``features`` are then ignored).
 
     Parameters
     ----------
@@ -194,7 +196,10 @@ def brain_age_error(
     """
     if features not in ("tissue", "voxels"):
         raise ValueError(f"features must be 'tissue' or 'voxels', got {features!r}.")
-    if tissues is None or features == "voxels":
+    table = table_features(imgs) if tissues is None else None
+    if table is not None:
+        n = len(table)
+    elif tissues is None or features == "voxels":
         arr = robust_scale(imgs, mask, value_range=value_range)
         n = len(arr)
     else:
@@ -207,7 +212,9 @@ def brain_age_error(
     is_test = ~is_train if train is not None else np.ones(n, bool)
     if not is_train.any() or not is_test.any():
         raise ValueError("brain_age_error needs at least one training and one test image.")
-    if features == "voxels":
+    if table is not None:
+        X = table
+    elif features == "voxels":
         m = _as_mask(mask, arr.shape[1:])
         X = _brain_age_features(arr, m, downsample or _downsample_factor(int(m.sum())))
     else:

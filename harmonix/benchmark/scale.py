@@ -96,6 +96,16 @@ def _as_images(imgs: Any, name: str = "imgs") -> np.ndarray:
     return arr
 
 
+def table_features(imgs: Any) -> np.ndarray | None:
+    """The values of a table of features ``(n_samples, n_features)`` (a 2-D array or a
+    DataFrame, checked by :class:`harmonix.tables.FeatureTable`), or None for images:
+    the metrics that read features (site predictability, brain age) take tables as their
+    features directly."""
+    from harmonix.tables import FeatureTable, is_table
+
+    return FeatureTable(imgs).values if is_table(imgs) else None
+
+
 def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
     arr = np.asarray(mask)
     if arr.shape != tuple(shape):

@@ -25,7 +25,7 @@ from sklearn.preprocessing import StandardScaler
 
 from harmonix._docs import fill_doc
 from harmonix.benchmark._folds import grouped_splits, subject_groups
-from harmonix.benchmark.scale import _as_labels, _as_mask, robust_scale
+from harmonix.benchmark.scale import _as_labels, _as_mask, robust_scale, table_features
 from harmonix.benchmark.tissue import Tissues, segment_tissues
 
 __all__ = [
@@ -163,6 +163,9 @@ def site_predictability_error(
     by subject, predictions pooled over folds. Chance is ``1 / n_sites``; an image set
     without any site signal (every subject's images identical) scores about chance.
 
+    A table of features ``(n_samples, n_features)`` (e.g. harmonized ROI volumes) is used
+    as the classifier's features directly (``mask`` is then ignored).
+
     Parameters
     ----------
     %(bm_site_inputs)s
@@ -181,9 +184,16 @@ def site_predictability_error(
     float
         Balanced accuracy of the pooled out-of-fold predictions.
     """
-    X = site_features(
-        imgs, mask, quantiles=quantiles, regions=regions, value_range=value_range, tissues=tissues
-    )
+    X = table_features(imgs) if tissues is None else None
+    if X is None:
+        X = site_features(
+            imgs,
+            mask,
+            quantiles=quantiles,
+            regions=regions,
+            value_range=value_range,
+            tissues=tissues,
+        )
     groups = subject_groups(groups, len(X), "site_predictability_error")
     y, pred = site_predictions(X, sites, groups, n_splits=n_splits, random_state=random_state)
     return balanced_accuracy(y, pred)
