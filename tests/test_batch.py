@@ -192,3 +192,22 @@ def test_transform_files_with_covariates_equals_transform(tiny, tiny_nifti, tmp_
     with pytest.raises(ValueError, match=r"column\(s\) \['dx'\]"):
         transform_files(combat, paths, tmp_path / "bad", sites=sites, ages=ages, verbose=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_new_site_statistics_use_the_covariates(tiny, tiny_nifti, tmp_path):
+    """ComBat's unseen_site='fit' estimates a new site under the covariate model: its
+    statistics, one image at a time, equal one transform call on all images."""
+    imgs, sites, ages, _ = tiny
+    cov = pd.DataFrame({"age": ages, "dx": np.tile(["CN", "AD", "CN"], 3)})
+    train = sites != "site2"
+    model = ComBatHarmonizer(unseen_site="fit").fit(
+        imgs[train], sites[train], covariates=cov[train]
+    )
+    paths = tiny_nifti[0]
+    written = transform_files(model, paths, tmp_path, sites=sites, covariates=cov, verbose=False)
+    expected = model.transform(paths, sites=sites, covariates=cov)
+    for dst, want in zip(written, expected):
+        np.testing.assert_allclose(nib.load(dst).get_fdata(), want.get_fdata(), atol=1e-4)
+    stats = model.site_statistics(imgs, sites, covariates=cov)
+    ages_only = model.site_statistics(imgs, sites, covariates=cov.assign(dx="CN"))
+    assert not np.allclose(stats["site2"][0], ages_only["site2"][0])  # dx enters the model
