@@ -113,6 +113,45 @@ def check_label(value: Any, name: str) -> str:
     return label
 
 
+def _items(sites: Any, name: str) -> list[Any]:
+    """The labels of ``sites`` as a list, refusing anything but one label per image."""
+    if isinstance(sites, (pd.Series, pd.Index)):
+        items = sites.tolist()
+    elif isinstance(sites, np.ndarray):
+        if sites.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, one label per image; got shape {sites.shape}.")
+        items = sites.tolist()
+    else:
+        items = list(sites)
+    for item in items:
+        if not isinstance(item, (str, bytes)) and np.ndim(item) != 0:
+            shape = np.shape(items) if np.ndim(items) > 1 else (len(items), "...")
+            raise ValueError(f"{name} must be 1-D, one label per image; got shape {shape}.")
+    return items
+
+
+def _labels_by_value(sites: Any) -> tuple[np.ndarray, Any] | None:
+    """The labels' texts computed once per distinct value, for 1-D inputs of one kind of
+    value (text, integers, floats or booleans, where equal values have one text); None
+    for anything else (mixed types, objects), which takes the per-item path."""
+    if isinstance(sites, (pd.Series, pd.Index)):
+        sites = sites.to_numpy()
+    elif isinstance(sites, (list, tuple)):
+        if not sites or not isinstance(sites[0], str):
+            return None
+        sites = np.asarray(sites, dtype=object)
+    if not isinstance(sites, np.ndarray) or sites.ndim != 1:
+        return None
+    if sites.dtype == object:
+        if pd.api.types.infer_dtype(sites, skipna=False) != "string":
+            return None
+    elif sites.dtype.kind not in "USiub":
+        return None
+    codes, uniques = pd.factorize(sites)
+    texts = [as_label(u) for u in np.asarray(uniques, dtype=object).tolist()]
+    return np.asarray(texts, dtype=object)[codes], sites
+
+
 def check_sites(sites: Any, n_images: int, *, name: str = "sites") -> np.ndarray:
     """Validate site labels and return them as text (see :mod:`harmonix._labels`).
 
@@ -141,23 +180,24 @@ def check_sites(sites: Any, n_images: int, *, name: str = "sites") -> np.ndarray
             f"{name} must be a sequence with one label per image, got {sites!r}; "
             f"for one image pass [{sites!r}]."
         )
-    if isinstance(sites, (pd.Series, pd.Index)):
-        items = sites.tolist()
-    elif isinstance(sites, np.ndarray):
-        if sites.ndim != 1:
-            raise ValueError(f"{name} must be 1-D, one label per image; got shape {sites.shape}.")
-        items = sites.tolist()
+    fast = _labels_by_value(sites)
+    if fast is not None:  # one conversion per distinct label (10,000 labels of 10 sites)
+        if len(fast[0]) != n_images:
+            raise ValueError(
+                f"Got {n_images} images but {len(fast[0])} {name}; give exactly one label per "
+                "image."
+            )
+        labels, items = fast
+        if not any(label is None for label in set(labels.tolist())):
+            return labels.astype(str)
+        labels = labels.tolist()
     else:
-        items = list(sites)
-    for item in items:
-        if not isinstance(item, (str, bytes)) and np.ndim(item) != 0:
-            shape = np.shape(items) if np.ndim(items) > 1 else (len(items), "...")
-            raise ValueError(f"{name} must be 1-D, one label per image; got shape {shape}.")
-    if len(items) != n_images:
-        raise ValueError(
-            f"Got {n_images} images but {len(items)} {name}; give exactly one label per image."
-        )
-    labels = [as_label(s) for s in items]
+        items = _items(sites, name)
+        if len(items) != n_images:
+            raise ValueError(
+                f"Got {n_images} images but {len(items)} {name}; give exactly one label per image."
+            )
+        labels = [as_label(s) for s in items]
     missing = [i for i, s in enumerate(labels) if s is None]
     if missing:
         shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")

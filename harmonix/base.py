@@ -515,7 +515,9 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         if sites is None:
             return stats
         todo = [i for i, s in enumerate(sites.tolist()) if s not in stats]
-        if todo:
+        if len(todo) == len(sites):  # no statistics given: every image, no copy
+            stats.update(self._site_statistics(imgs, sites, ages, covariates))
+        elif todo:
             sub_ages = None if ages is None else ages[todo]
             sub_cov = None if covariates is None else covariates.iloc[todo].reset_index(drop=True)
             computed = self._site_statistics(imgs.subset(todo), sites[todo], sub_ages, sub_cov)

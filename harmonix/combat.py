@@ -860,8 +860,7 @@ class ComBatHarmonizer(BaseHarmonizer):
         """Harmonized table: ``a * y + (1 - a) * model_mean - o``, each row with its site's
         ``(a, 1 - a, o)`` (rows of sites left unchanged get ``1, 0, 0``: exactly ``y``)."""
         labels = list(params)
-        index = {label: j for j, label in enumerate(labels)}
-        codes = np.fromiter((index[s] for s in sites.tolist()), np.intp, len(sites))
+        codes = pd.Index(labels).get_indexer(sites)
         unchanged = (np.ones(X.shape[1]), np.zeros(X.shape[1]), np.zeros(X.shape[1]))
         a, one_minus_a, o = (
             np.stack([(params[lab] or unchanged)[k] for lab in labels]) for k in range(3)

@@ -112,3 +112,30 @@ def test_iguane_site_landmarks_found_whatever_the_label_type(numbered):
     # site 1's stored landmarks, not the pooled ones of the images of this call
     one = np.flatnonzero(text == "1")[:1]
     np.testing.assert_array_equal(est.transform(imgs[one], sites=[1]), expected[one])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array(["a", " a ", "b", "10"]),
+        ["x", "y ", " x"],
+        np.array([3, 1, 3, 2]),
+        np.array([True, False, True]),
+        pd.Series(["s1", "s2", "s1"], dtype="category"),
+        pd.Series(["s1", "s2", "s1"]),
+    ],
+)
+def test_labels_converted_once_per_value_equal_one_by_one(values):
+    """check_sites converts each distinct value once (10,000 labels of a few sites); the
+    result is the per-label rule's."""
+    from harmonix._labels import as_label
+
+    items = values.tolist() if hasattr(values, "tolist") else list(values)
+    expected = [as_label(v) for v in items]
+    np.testing.assert_array_equal(check_sites(values, len(items)), np.asarray(expected, dtype=str))
+
+
+@pytest.mark.parametrize("bad", [np.array(["a", "", "b"]), ["a", "nan"], np.array(["a", " "])])
+def test_missing_labels_found_by_the_fast_path_too(bad):
+    with pytest.raises(ValueError, match=r"missing label\(s\) at position\(s\) \[1\]"):
+        check_sites(bad, 3 if len(bad) == 3 else 2)
