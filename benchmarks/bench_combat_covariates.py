@@ -138,13 +138,13 @@ def parity_table() -> dict:
     return out
 
 
-def _voxel_data():
+def _voxel_data(n_subjects: int = 12, resolution: int = 2):
     from harmonix.datasets import make_multisite
 
     ds = make_multisite(
-        12,
+        n_subjects,
         4,
-        2,
+        resolution,
         random_state=0,
         diagnosis_prevalence=(0.1, 0.7, 0.4, 0.4),
         traveling=False,
@@ -183,7 +183,10 @@ def smooth(X: np.ndarray, sites: np.ndarray, cov: pd.DataFrame, nh_cov: pd.DataF
     ours_s = time.perf_counter() - t0
     diff = ours - theirs
     linear = ComBatHarmonizer().fit_transform(X, sites, None, cov)
+    with _quiet():
+        _, nh_linear = learn(X, nh_cov)
     return {
+        "nh_gam_vs_linear": rms(theirs - nh_linear) / rms(theirs),
         "rms_of_values": rms(diff) / rms(theirs),
         "rms_of_correction": rms(diff) / rms(theirs - X),
         "linear_rms_of_correction": rms(linear - theirs) / rms(theirs - X),
@@ -257,6 +260,7 @@ def speed(repeats: int) -> dict:
         "data_mb": X.nbytes / 1e6,
         "max_rel": diff,
         "loads": loads,
+        "repeats": repeats,
     }
 
 
@@ -323,7 +327,8 @@ def report(r: dict, cmd: str, load: tuple) -> tuple[str, str]:
     ]
     for key, label in (
         ("smooth_table", "table, 600 x 40, quadratic age effect"),
-        ("smooth_voxels", "300 voxels of the 2 mm images"),
+        ("smooth_voxels", "300 voxels of the 48 images at 2 mm"),
+        ("smooth_voxels_160", "300 voxels of 160 images at 4 mm (40 per site)"),
     ):
         sm = r.get(key)
         if not sm:
@@ -333,6 +338,20 @@ def report(r: dict, cmd: str, load: tuple) -> tuple[str, str]:
             f"{sm['linear_rms_of_correction']:.3f} | {sm['nh_s']:.1f} / {sm['ours_s']:.3f} "
             f"| ≤ 1 %: {_met(sm['rms_of_values'] <= GOALS['smooth_rms'])} |"
         )
+    lines += [
+        "",
+        "Two smooth fits differ where the data say little about the curve: with 12 images "
+        "per site (voxels whose age effect is nearly linear), neuroHarmonize's GAM, its "
+        "penalty chosen per voxel, and harmonix's unpenalized 4-df spline part by more "
+        "than 1 %; neuroHarmonize's own GAM differs from its linear fit by "
+        + ", ".join(
+            f"{r[k]['nh_gam_vs_linear'] * 100:.2f} % ({k})"
+            for k in ("smooth_voxels", "smooth_voxels_160")
+            if r.get(k)
+        )
+        + ". With 40 images per site, or the table's 600 rows and a clear curve, the two "
+        "smooth models agree within the goal.",
+    ]
     sp = r["speed"]
     (w_ours, w_ours_min), (w_nh, w_nh_min) = sp["wall"]["ours"], sp["wall"]["theirs"]
     (c_ours, c_ours_min), (c_nh, c_nh_min) = sp["cpu"]["ours"], sp["cpu"]["theirs"]
@@ -344,7 +363,7 @@ def report(r: dict, cmd: str, load: tuple) -> tuple[str, str]:
         "",
         "Covariates age, sex, diagnosis and ICV; 10 sites; `fit` + `transform` against "
         "`harmonizationLearn` + `harmonizationApply`, alternating, median (best) of "
-        f"{len(sp['wall']['ours'])} runs each; load average {sp['loads'][0]:.1f} before "
+        f"{sp['repeats']} runs each; load average {sp['loads'][0]:.1f} before "
         f"and {sp['loads'][1]:.1f} after. Peak memory: the tracemalloc peak of one call "
         f"(the table itself is {sp['data_mb']:.0f} MB and is not counted).",
         "",
@@ -379,8 +398,8 @@ def report(r: dict, cmd: str, load: tuple) -> tuple[str, str]:
             + (f" and {pv['max_rel']:.1e} (voxels)" if pv else "")
             + " relative; age smooth (GAM there, splines here): "
             + ", ".join(
-                f"{r[k]['rms_of_values'] * 100:.3f} % RMS ({k.split('_')[1]})"
-                for k in ("smooth_table", "smooth_voxels")
+                f"{r[k]['rms_of_values'] * 100:.2f} % RMS ({k.replace('smooth_', '')})"
+                for k in ("smooth_table", "smooth_voxels", "smooth_voxels_160")
                 if r.get(k)
             )
             + f"; 10,000 x 200 table with 4 covariates: {ratio:.1f}x faster in wall time "
@@ -419,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         steps += [
             ("parity_voxels", lambda: parity_voxels(*data)),
             ("smooth_voxels", lambda: smooth_voxels(*data)),
+            ("smooth_voxels_160", lambda: smooth_voxels(*_voxel_data(40, 4))),
         ]
     steps.append(("speed", lambda: speed(args.repeats)))
     for name, step in steps:
