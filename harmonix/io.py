@@ -309,12 +309,21 @@ def save_imgs(
     return [_write_img(img, p, affine) for img, p in zip(imgs, paths)]
 
 
+def _entity_columns() -> set[str]:
+    """Manifest columns that are BIDS entities (``subject``, ``session``, ``run``...)."""
+    from harmonix.bids.names import ENTITIES  # harmonix.bids imports this module
+
+    return {name for name, _ in ENTITIES}
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Contents of a manifest CSV (see :func:`read_manifest`).
 
-    ``extra`` holds the columns other than ``path, site, age, subject`` (e.g. ``sex``,
-    ``diagnosis``), in the CSV's order, or None when there are none.
+    ``extra`` holds the columns other than ``path, site, age`` and the BIDS entities
+    (``subject``, ``session``, ``run``...: :data:`harmonix.bids.names.ENTITIES`), e.g.
+    ``sex``, ``diagnosis``, in the CSV's order, or None when there are none. Entities
+    name images, never covariates.
     """
 
     paths: list[Path]
@@ -350,12 +359,18 @@ class Manifest:
         wanted = [n for n in dict.fromkeys(wanted) if n != "age"]
         if not wanted:
             return None
+        entities = [n for n in wanted if n in _entity_columns()]
+        if entities:
+            raise ValueError(
+                f"{entities} name BIDS entities of the images (which scan), not covariates; "
+                "give a participant or session property (e.g. sex, diagnosis) instead."
+            )
         have = [] if self.extra is None else list(self.extra.columns)
         missing = [n for n in wanted if n not in have]
         if missing:
             raise ValueError(
                 f"The manifest has no column(s) {missing} for the covariates; its other "
-                f"columns are {have} (besides path, site, age, subject)."
+                f"columns are {have} (besides path, site, age and the BIDS entities)."
             )
         return self.extra[wanted].reset_index(drop=True)
 
@@ -364,7 +379,8 @@ def read_manifest(csv: PathLike, *, check_files: bool = True) -> Manifest:
     """Read a manifest CSV with columns ``path, site[, age, subject, ...]``.
 
     Further columns (e.g. ``sex``, ``diagnosis``) are kept in ``Manifest.extra``, for
-    covariates (:meth:`Manifest.covariates`). Column names are read case-insensitively
+    covariates (:meth:`Manifest.covariates`); BIDS entity columns (``session``, ``run``...,
+    as :func:`harmonix.bids.bids_manifest` writes them) are not. Column names are read case-insensitively
     (lower-cased).
 
     Parameters
@@ -420,7 +436,8 @@ def read_manifest(csv: PathLike, *, check_files: bool = True) -> Manifest:
             rows = (np.flatnonzero(~np.isfinite(ages)) + 2).tolist()
             raise ValueError(f"Manifest {csv} has missing or non-numeric ages on line(s) {rows}.")
     subjects = df["subject"].astype(str).to_numpy() if "subject" in df.columns else None
-    rest = [c for c in df.columns if c not in ("path", "site", "age", "subject")]
+    taken = {"path", "site", "age", *_entity_columns()}
+    rest = [c for c in df.columns if c not in taken]
     extra = df[rest].reset_index(drop=True) if rest else None
     return Manifest(paths, df["site"].astype(str).to_numpy(), ages, subjects, extra)
 

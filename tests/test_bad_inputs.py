@@ -1067,6 +1067,11 @@ CLI_CASES = [
         r"no column\(s\) \['sex'\]",
     ),
     (
+        "fit-manifest-entity-as-covariate",
+        _fit("combat", "bids_manifest", "--covariates", "session"),
+        r"\['session'\] name BIDS entities",
+    ),
+    (
         "fit-manifest-and-table",
         lambda f: _fit("combat", "manifest")(f) + ["--table", str(f["table"])],
         "either --manifest .* or --table",

@@ -184,6 +184,18 @@ def test_cli_bids_manifest_equals_python_and_feeds_every_command(raw, tmp_path, 
     assert main(["-q", *argv, "--overwrite"]) == 0
 
 
+def test_entity_columns_are_never_covariates(raw, tmp_path):
+    table = bids_manifest(raw, covariates="age")
+    table["sex"] = ["F", "M"] * (len(table) // 2) + ["F"] * (len(table) % 2)
+    csv = tmp_path / "manifest.csv"
+    table.to_csv(csv, index=False)
+    man = read_manifest(csv)
+    assert list(man.extra.columns) == ["sex"]  # not session, run (nor subject)
+    assert man.covariates(["age", "sex"])["sex"].tolist() == table["sex"].tolist()
+    with pytest.raises(ValueError, match=r"\['session', 'run'\] name BIDS entities"):
+        man.covariates(["sex", "session", "run"])
+
+
 # -- names ------------------------------------------------------------------------------------
 def test_names_round_trip_in_bids_order():
     ents = {"run": "02", "subject": "01", "desc": "preproc", "space": SPACE, "session": "a"}
