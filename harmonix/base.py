@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from harmonix import grids
 from harmonix._docs import docdict, fill_doc
-from harmonix._labels import check_label, check_sites
+from harmonix._labels import check_label, check_sites, distinct_sites, site_codes
 from harmonix.covariates import (
     CovariateLevels,
     check_covariates,
@@ -291,7 +291,7 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         coll = self._as_input(imgs)
         sites = check_sites(sites, len(coll))
         cov = check_covariates(covariates, len(coll), ages)
-        labels, counts = np.unique(sites, return_counts=True)
+        labels, _, counts = site_codes(sites)
         if len(labels) < 2:
             raise ValueError(
                 f"Harmonization needs images from at least 2 sites; got only {labels.tolist()}."
@@ -514,7 +514,9 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         stats = dict(given)
         if sites is None:
             return stats
-        todo = [i for i, s in enumerate(sites.tolist()) if s not in stats]
+        labels, codes = distinct_sites(sites)
+        missing = np.asarray([label not in stats for label in labels], dtype=bool)
+        todo = np.flatnonzero(missing[codes]).tolist()
         if len(todo) == len(sites):  # no statistics given: every image, no copy
             stats.update(self._site_statistics(imgs, sites, ages, covariates))
         elif todo:

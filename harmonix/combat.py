@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from harmonix import _combat_math as cm
 from harmonix._docs import fill_doc
-from harmonix._labels import as_labels
+from harmonix._labels import as_labels, distinct_sites
 from harmonix.base import BaseHarmonizer, check_sites
 from harmonix.covariates import (
     CovariateLevels,
@@ -723,8 +723,8 @@ class ComBatHarmonizer(BaseHarmonizer):
         checks the covariates.)"""
         check_policy(self.site_check)
         known = self._known_sites()
-        labels = sites.tolist()
-        unseen = sorted({s for s in labels if s not in known})
+        labels, codes = distinct_sites(sites)
+        unseen = sorted(s for s in labels if s not in known)
         policy = self.unseen_site
         if unseen and policy not in _UNSEEN_POLICIES:
             raise ValueError(
@@ -745,7 +745,8 @@ class ComBatHarmonizer(BaseHarmonizer):
                 stacklevel=5,
             )
         if policy == "fit":
-            few = [s for s in unseen if s not in prepared and labels.count(s) < 2]
+            counts = dict(zip(labels, np.bincount(codes, minlength=len(labels)).tolist()))
+            few = [s for s in unseen if s not in prepared and counts[s] < 2]
             if few:
                 raise ValueError(
                     f"unseen_site='fit' needs at least 2 images of each unseen site in the "
@@ -768,13 +769,13 @@ class ComBatHarmonizer(BaseHarmonizer):
         fit; for an unseen site with ``unseen_site="fit"``, its ``(gamma, delta)``
         estimated from its images (rows); ``"keep"``: returned unchanged."""
         known = self._known_sites()
-        labels = sites.tolist()
-        cov, _ = self._covariate_columns(covariates, len(labels), self._fitted_knots())
-        new = self._act_on_site_check(self._site_agreements(imgs, labels, cov))
+        labels, codes = distinct_sites(sites)
+        cov, _ = self._covariate_columns(covariates, len(sites), self._fitted_knots())
+        new = self._act_on_site_check(self._site_agreements(imgs, sites, cov))
         dtype = self.grand_mean_.dtype
         stats: dict[str, Any] = {}
-        for label in dict.fromkeys(labels):
-            idx = [i for i, s in enumerate(labels) if s == label]
+        for k, label in enumerate(labels):
+            idx = np.flatnonzero(codes == k).tolist()
             if label in known and label not in new:
                 stats[label] = None
             elif self.unseen_site == "keep":
@@ -793,11 +794,11 @@ class ComBatHarmonizer(BaseHarmonizer):
         return stats
 
     def _site_params(self, labels: list[Any], stats: Mapping[str, Any]) -> dict[Any, tuple | None]:
-        """``(a, 1 - a, o)`` of every site of ``labels`` (None: left unchanged)."""
+        """``(a, 1 - a, o)`` of each distinct site of ``labels`` (None: left unchanged)."""
         known = self._known_sites()
         sd = np.sqrt(self.var_pooled_)
         params: dict[Any, tuple | None] = {}
-        for label in dict.fromkeys(labels):
+        for label in labels:
             entry = stats.get(label)
             if isinstance(entry, tuple):  # estimated from its images
                 params[label] = self._affine(*entry, sd)
@@ -818,10 +819,11 @@ class ComBatHarmonizer(BaseHarmonizer):
     ) -> list[np.ndarray] | np.ndarray:
         n = len(imgs)
         cov, _ = self._covariate_columns(covariates, n, self._fitted_knots())
-        labels = sites.tolist()
-        params = self._site_params(labels, stats)
+        distinct, codes = distinct_sites(sites)
+        params = self._site_params(distinct, stats)
         if isinstance(imgs, FeatureTable):
-            return self._transform_table(imgs.values, sites, cov, params)
+            return self._transform_table(imgs.values, codes, cov, [params[s] for s in distinct])
+        labels = sites.tolist()
         shape = tuple(self.image_shape_)
         voxels = self._voxel_index()
         y, z, mean, work = (np.empty(voxels.c.size, dtype=np.float32) for _ in range(4))
@@ -855,16 +857,14 @@ class ComBatHarmonizer(BaseHarmonizer):
         return stacked if stacked is not None else out
 
     def _transform_table(
-        self, X: np.ndarray, sites: np.ndarray, cov: np.ndarray, params: dict[Any, tuple | None]
+        self, X: np.ndarray, codes: np.ndarray, cov: np.ndarray, params: list[tuple | None]
     ) -> np.ndarray:
-        """Harmonized table: ``a * y + (1 - a) * model_mean - o``, each row with its site's
-        ``(a, 1 - a, o)`` (rows of sites left unchanged get ``1, 0, 0``: exactly ``y``)."""
-        labels = list(params)
-        codes = pd.Index(labels).get_indexer(sites)
+        """Harmonized table: ``a * y + (1 - a) * model_mean - o``, row ``i`` with the
+        ``(a, 1 - a, o)`` of ``params[codes[i]]`` (None: left unchanged, ``1, 0, 0``)."""
         unchanged = (np.ones(X.shape[1]), np.zeros(X.shape[1]), np.zeros(X.shape[1]))
-        a, one_minus_a, o = (
-            np.stack([(params[lab] or unchanged)[k] for lab in labels]) for k in range(3)
-        )
+        a, one_minus_a, o = (np.stack([(p or unchanged)[k] for p in params]) for k in range(3))
+        # (1 - a) * (grand_mean + effects) - o = (1 - a) * effects + shift, per site
+        shift = one_minus_a * self.grand_mean_ - o
         centred = cov - self.covariate_means_
         out = np.empty_like(X, dtype=np.float64)
         step = cm.row_block(X.shape[1])
@@ -872,11 +872,10 @@ class ComBatHarmonizer(BaseHarmonizer):
             rows = slice(start, start + step)
             c = codes[rows]
             mean = centred[rows] @ self.coef_
-            mean += self.grand_mean_
             mean *= np.take(one_minus_a, c, axis=0)
             block = np.multiply(X[rows], np.take(a, c, axis=0), out=out[rows])
             block += mean
-            block -= np.take(o, c, axis=0)
+            block += np.take(shift, c, axis=0)
         return out
 
     def _standardized(
@@ -904,7 +903,7 @@ class ComBatHarmonizer(BaseHarmonizer):
             yield (y - model) / sd, present
 
     def _site_agreements(
-        self, imgs: ImageCollection | FeatureTable, labels: list, cov: np.ndarray
+        self, imgs: ImageCollection | FeatureTable, labels: Sequence[str], cov: np.ndarray
     ) -> list[SiteAgreement]:
         """The site check of every labelled group of a training site (see
         :meth:`site_agreement`)."""

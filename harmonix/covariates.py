@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harmonix._labels import site_codes
+
 __all__ = [
     "CovariateLevels",
     "categorical_strata",
@@ -232,7 +234,8 @@ def _levels_of(col: pd.Series) -> list[str]:
     """The levels present in a checked categorical column, in its order (the user's
     categorical order, or sorted)."""
     cats = col.cat.categories
-    if len(cats) and (col.cat.codes.to_numpy()[:, None] == np.arange(len(cats))).any(0).all():
+    codes = col.cat.codes.to_numpy()
+    if len(cats) and np.bincount(codes[codes >= 0], minlength=len(cats)).all():
         return [str(c) for c in cats]
     return [str(c) for c in col.cat.remove_unused_categories().cat.categories]
 
@@ -340,8 +343,8 @@ def _check_separable(frame: pd.DataFrame, levels: CovariateLevels, sites: np.nda
     block is refused when it adds less rank than its width, first against the sites
     alone, then against the sites and the blocks before it.
     """
-    _, codes = np.unique(sites, return_inverse=True)
-    n_sites = int(codes.max()) + 1
+    _, codes, counts = site_codes(sites)
+    n_sites = len(counts)
     blocks = [_standardized(column_design(frame[n], lev)) for n, lev in levels.items()]
     design = np.hstack([np.eye(n_sites)[codes.ravel()], *blocks])
     gram = design.T @ design

@@ -380,8 +380,8 @@ def read_manifest(csv: PathLike, *, check_files: bool = True) -> Manifest:
 
     Further columns (e.g. ``sex``, ``diagnosis``) are kept in ``Manifest.extra``, for
     covariates (:meth:`Manifest.covariates`); BIDS entity columns (``session``, ``run``...,
-    as :func:`harmonix.bids.bids_manifest` writes them) are not. Column names are read case-insensitively
-    (lower-cased).
+    as :func:`harmonix.bids.bids_manifest` writes them) are not. Column names are read
+    case-insensitively (lower-cased).
 
     Parameters
     ----------

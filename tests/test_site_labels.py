@@ -12,7 +12,7 @@ import pytest
 from _helpers import HARMONIZERS, make, make_tiny_images
 
 from harmonix import ComBatHarmonizer, IGUANeHarmonizer
-from harmonix._labels import as_label, check_sites
+from harmonix._labels import as_label, check_sites, distinct_sites, site_codes
 
 
 @pytest.mark.parametrize(
@@ -139,3 +139,16 @@ def test_labels_converted_once_per_value_equal_one_by_one(values):
 def test_missing_labels_found_by_the_fast_path_too(bad):
     with pytest.raises(ValueError, match=r"missing label\(s\) at position\(s\) \[1\]"):
         check_sites(bad, 3 if len(bad) == 3 else 2)
+
+
+def test_site_codes_equal_numpy_unique_and_distinct_sites_keep_first_appearance():
+    rng = np.random.default_rng(0)
+    sites = check_sites(rng.choice(["b", "a10", "a2", "Z", "é"], 500), 500)
+    labels, codes, counts = site_codes(sites)
+    expected = np.unique(sites, return_inverse=True, return_counts=True)
+    for ours, theirs in zip((labels, codes, counts), expected):
+        np.testing.assert_array_equal(ours, theirs)
+    assert labels.dtype.kind == "U"
+    first, idx = distinct_sites(sites)
+    assert first == list(dict.fromkeys(sites.tolist()))
+    np.testing.assert_array_equal(np.asarray(first)[idx], sites)
