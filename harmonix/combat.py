@@ -317,7 +317,9 @@ class ComBatHarmonizer(BaseHarmonizer):
     reads each image of a training label once more before transforming. Unlike
     IGUANe's intensity maps (11 landmarks, estimated well from a few images), ComBat's
     effects of a new site are estimated voxel by voxel, which needs many images: so a
-    disagreeing group follows ``unseen_site``, like any site unseen in fit.
+    disagreeing group follows ``unseen_site``, like any site unseen in fit. Rows of a
+    table of features are trusted to their label (no check: with tens of features the
+    empirical-Bayes effects differ from a site's own means by design).
 
     References
     ----------
@@ -771,7 +773,9 @@ class ComBatHarmonizer(BaseHarmonizer):
         known = self._known_sites()
         labels, codes = distinct_sites(sites)
         cov, _ = self._covariate_columns(covariates, len(sites), self._fitted_knots())
-        new = self._act_on_site_check(self._site_agreements(imgs, sites, cov))
+        # tables: rows are trusted to their label (see site_agreement)
+        table = isinstance(imgs, FeatureTable)
+        new = set() if table else self._act_on_site_check(self._site_agreements(imgs, sites, cov))
         dtype = self.grand_mean_.dtype
         stats: dict[str, Any] = {}
         for k, label in enumerate(labels):
@@ -920,13 +924,10 @@ class ComBatHarmonizer(BaseHarmonizer):
                 continue
             gamma = self.gamma_star_[j].astype(np.float64)
             delta = self.delta_star_[j].astype(np.float64)
-            if isinstance(imgs, FeatureTable):  # all rows at once, in blocks
-                total, count = self._table_deviation(imgs.values, idx, cov, gamma, delta)
-            else:
-                total, count = 0.0, 0
-                for s, present in self._standardized(imgs, idx, cov):
-                    total += float(np.sum(((s - gamma) ** 2 / delta)[present]))
-                    count += int(present.sum())
+            total, count = 0.0, 0
+            for s, present in self._standardized(imgs, idx, cov):
+                total += float(np.sum(((s - gamma) ** 2 / delta)[present]))
+                count += int(present.sum())
             # a new scan's squared residual over delta: (1 + 1/n_b) times a t statistic
             # with n_b - 1 degrees of freedom, whose square has mean (n_b - 1) / (n_b - 3)
             expected = (1.0 + 1.0 / n_b) * (n_b - 1) / (n_b - 3)
@@ -943,32 +944,6 @@ class ComBatHarmonizer(BaseHarmonizer):
                 )
             )
         return out
-
-    def _table_deviation(
-        self,
-        X: np.ndarray,
-        idx: list[int],
-        cov: np.ndarray,
-        gamma: np.ndarray,
-        delta: np.ndarray,
-    ) -> tuple[float, int]:
-        """Sum over the rows ``idx`` and the non-constant features of
-        ``(s - gamma)**2 / delta`` (``s``: standardized residuals, as
-        :meth:`_standardized` yields them row by row), and the number of terms."""
-        var = self.var_pooled_
-        valid = var > 0
-        sd = np.where(valid, np.sqrt(np.where(valid, var, 1.0)), 1.0)
-        centre = self.grand_mean_ + gamma * sd  # s - gamma = (y - model - gamma sd) / sd
-        scale = np.where(valid, 1.0 / (sd * np.sqrt(delta)), 0.0)
-        rows = np.asarray(idx)
-        total = 0.0
-        for start in range(0, len(rows), cm.row_block(X.shape[1])):
-            block = rows[start : start + cm.row_block(X.shape[1])]
-            r = X[block] - (cov[block] - self.covariate_means_) @ self.coef_
-            r -= centre
-            r *= scale
-            total += float(np.einsum("ij,ij->", r, r))
-        return total, len(rows) * int(valid.sum())
 
     def _act_on_site_check(self, agreements: list[SiteAgreement]) -> set:
         """Warn or raise by ``site_check`` about the groups that disagree; the labels to
@@ -1008,8 +983,10 @@ class ComBatHarmonizer(BaseHarmonizer):
 
         Parameters
         ----------
-        imgs : 4-D ndarray, list of 3-D arrays, list of paths/images, or a table
-            Images (or a table of features) as for :meth:`transform`.
+        imgs : 4-D ndarray, list of 3-D arrays, or list of paths/images
+            Images as for :meth:`transform` (a model fitted on a table of features runs
+            no site check: with a few features the empirical-Bayes effects differ from a
+            site's own means by design, and the rows are trusted to their label).
         sites : array-like of shape (n_images,)
             Their site labels.
         ages : array-like of shape (n_images,), default=None
@@ -1026,6 +1003,12 @@ class ComBatHarmonizer(BaseHarmonizer):
         """
         check_is_fitted(self)
         coll = self._transformable(imgs)
+        if isinstance(coll, FeatureTable):
+            raise ValueError(
+                "The site check compares images with the stored per-voxel site effects; a "
+                "model fitted on a table of features trusts each row's site label (its "
+                "transform runs no check): give images, or no site_agreement call."
+            )
         sites = check_sites(sites, len(coll))
         frame = match_covariates(
             check_covariates(covariates, len(coll), ages),

@@ -173,6 +173,30 @@ def test_unseen_site_fit_and_keep_with_covariates(study):
     np.testing.assert_array_equal(kept, shifted)
 
 
+def test_site_check_uses_the_covariate_model_and_skips_tables(study):
+    """The site check of images standardizes with the full covariate model: the training
+    images agree with their sites, a relabelled site does not; its covariates are needed.
+    A table's rows are trusted to their label (the check is refused on tables)."""
+    X, sites, cov = study
+    imgs = X.reshape(len(X), 4, 5, 2).astype(np.float32)
+    h = ComBatHarmonizer().fit(imgs, sites, covariates=cov)
+    table = h.site_agreement(imgs, sites, covariates=cov)
+    assert table["site"].tolist() == ["s0", "s1", "s2"] and table["agrees"].all()
+    swapped = np.where(sites == "s0", "s2", np.where(sites == "s2", "s0", sites))
+    assert not h.site_agreement(imgs, swapped, covariates=cov)["agrees"].all()
+    with pytest.raises(ValueError, match=r"column\(s\) \['age', 'sex', 'diagnosis'\]"):
+        h.site_agreement(imgs, sites)
+    fitted = ComBatHarmonizer().fit(X[:, :5], sites, covariates=cov)
+    np.testing.assert_array_equal(  # no check: the rows keep their sites' effects
+        fitted.transform(X[:, :5], sites, covariates=cov),
+        ComBatHarmonizer(site_check="warn")
+        .fit(X[:, :5], sites, covariates=cov)
+        .transform(X[:, :5], sites, covariates=cov),
+    )
+    with pytest.raises(ValueError, match="trusts each row's site label"):
+        fitted.site_agreement(X[:, :5], sites, covariates=cov)
+
+
 # -- smooth covariates -------------------------------------------------------------------------
 def test_smooth_by_name(study):
     X, sites, cov = study
