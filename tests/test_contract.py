@@ -160,6 +160,7 @@ def _other_value(name, value, tiny, tmp_path):
         # ComBatHarmonizer
         "empirical_bayes": not value,
         "smooth_age": 2,
+        "smooth": ("age",),
         "unseen_site": "keep",
         "chunk_size": 7,
         # IGUANeHarmonizer

@@ -4,10 +4,12 @@ Every ``.. code-block:: python`` of ``docs/user_guide/*.rst`` and ``docs/index.r
 executed, the blocks of one page one after the other in one namespace (like a session),
 in a temporary folder. The namespace starts with harmonix's public names and small data
 under the names the pages use (``imgs``, ``sites``, ``ages``, ``subjects``, ``new_imgs``,
-``new_sites``, ``new_ages``, ``h``). A block that cannot run here (a GPU, hours of
-training) is preceded by a comment ``.. untested: <reason>``, which this test reads. What
-a page's shell steps would have left in the folder (bids.rst: a BIDS dataset ``ds/`` with
-harmonized derivatives) is made first (``SETUP``).
+``new_sites``, ``new_ages``, ``h``, and for covariates ``sexes``, ``diagnoses``,
+``covariates``, ``new_covariates``, ``rois``: a table of regional volumes). A block that
+cannot run here (a GPU, hours of training) is preceded by a comment
+``.. untested: <reason>``, which this test reads. What a page's shell steps would have
+left in the folder (bids.rst: a BIDS dataset ``ds/`` with harmonized derivatives;
+covariates.rst: ``aseg_volumes.csv``) is made first (``SETUP``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import sklearn
 
@@ -53,7 +56,16 @@ def _namespace() -> dict:
     ds = harmonix.make_multisite(n_subjects=5, n_sites=3, resolution=4, random_state=0)
     new = ds.sites == "site2"
     names = {name: getattr(harmonix, name) for name in harmonix.__all__}
+    # not functions of the subject (its 5 ages at every site), so a smooth age fits too
+    sexes = np.array(list("FMFFMMFMFFFFMMF")).astype(str)
+    diagnoses = np.array(["CN", "AD"])[[0, 1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 1, 0]]
+    covariates = pd.DataFrame({"age": ds.ages, "sex": sexes, "diagnosis": diagnoses})
     return {
+        "sexes": sexes,
+        "diagnoses": diagnoses,
+        "covariates": covariates,
+        "new_covariates": covariates[new][:2],
+        "rois": _rois(len(ds.sites)),
         **names,
         "imgs": ds.imgs,
         "sites": ds.sites,
@@ -64,6 +76,19 @@ def _namespace() -> dict:
         "new_ages": ds.ages[new][:2],
         "h": harmonix.HistogramMatchingHarmonizer(),
     }
+
+
+def _rois(n: int) -> pd.DataFrame:
+    """A small table of regional volumes (mL), one row per subject of the namespace."""
+    rng = np.random.default_rng(0)
+    values = rng.normal([4.0, 4.1, 1.2, 1.3], 0.3, size=(n, 4))
+    names = ["Left-Hippocampus", "Right-Hippocampus", "Left-Amygdala", "Right-Amygdala"]
+    return pd.DataFrame(values, columns=names, index=pd.Index(range(n), name="subject"))
+
+
+def _roi_table() -> None:
+    """``aseg_volumes.csv`` as covariates.rst reads it (features only, a subject index)."""
+    _rois(15).to_csv("aseg_volumes.csv")
 
 
 def _bids_dataset() -> None:
@@ -87,7 +112,7 @@ def _bids_dataset() -> None:
 
 
 #: what a page's earlier steps (shell commands, not run here) leave in the folder
-SETUP = {"bids.rst": _bids_dataset}
+SETUP = {"bids.rst": _bids_dataset, "covariates.rst": _roi_table}
 
 
 def test_the_pages_have_python_blocks():
