@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from harmonix._digest import ImageDigest
 from harmonix._docs import fill_doc
@@ -56,7 +57,13 @@ class MeanImageHarmonizer(BaseHarmonizer):
     def __init__(self, mask: Any = None):
         self.mask = mask
 
-    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+    def _fit(
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+    ) -> None:
         total = np.zeros(imgs.shape(0), np.float64)
         for data, _ in self._iter_brains(imgs):
             total += data
@@ -96,7 +103,13 @@ class NoiseHarmonizer(BaseHarmonizer):
         self.random_state = random_state
         self.mask = mask
 
-    def _fit(self, imgs: ImageCollection, sites: np.ndarray, ages: np.ndarray | None) -> None:
+    def _fit(
+        self,
+        imgs: ImageCollection,
+        sites: np.ndarray,
+        ages: np.ndarray | None,
+        covariates: pd.DataFrame | None,
+    ) -> None:
         seed = self.random_state
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
             raise ValueError(f"random_state must be an int or None, got {seed!r}.")
