@@ -1124,6 +1124,11 @@ CLI_CASES = [
         "overwrite the input table",
     ),
     (
+        "mixed-precision-for-hm",
+        lambda f: [*_transform("hm", "input", "first")(f), "--mixed-precision"],
+        "IGUANe models only",
+    ),
+    (
         "model-not-found",
         lambda f: [
             "transform",

@@ -335,3 +335,20 @@ def test_transform_refuses_images_of_another_voxel_size_unless_told(dataset_dir,
     with pytest.warns(UserWarning, match="voxels of 2 mm"):
         assert main([*argv, "--out", str(out), "--grid-mismatch", "warn"]) == 0
     assert len(list(out.glob("*_harmonized.nii.gz"))) == 1
+
+
+def test_transform_mixed_precision_iguane(dataset_dir, tmp_path, monkeypatch):
+    from harmonix.iguane import devices
+    from harmonix.iguane.pretrained import DEMO_MODEL_PATH, load_demo_model
+
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)  # no emulation warning
+    src = sorted(dataset_dir.rglob("*.nii.gz"))[0]
+    out = tmp_path / "out"
+    argv = ["-q", "transform", "--model", str(DEMO_MODEL_PATH), "--input", str(src)]
+    assert main([*argv, "--out", str(out), "--mixed-precision"]) == 0
+    written = nib.load(out / src.name.replace(".nii.gz", "_harmonized.nii.gz")).get_fdata()
+    model = load_demo_model()
+    plain = model.transform([src])[0].get_fdata()
+    bf16 = model.set_params(mixed_precision=True).transform([src])[0].get_fdata()
+    np.testing.assert_allclose(written, bf16, rtol=1e-6)  # what Python computes in bf16
+    assert not np.array_equal(written, plain)  # ... which is not the float32 result

@@ -199,6 +199,7 @@ def test_non_positive_median_names_the_image(data):
         IGUANeHarmonizer(**FAST).fit(bad, sites)
 
 
+@pytest.mark.filterwarnings("ignore::harmonix.iguane.devices.EmulatedBFloat16Warning")
 def test_mixed_precision_on_cpu(data):
     imgs, sites, _, _ = data
     est = IGUANeHarmonizer(**{**FAST, "steps_per_epoch": 1}, mixed_precision=True)

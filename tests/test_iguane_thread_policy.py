@@ -2,6 +2,7 @@
 logic on scripted machine states, not timings."""
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -58,12 +59,16 @@ def test_unknown_load_uses_the_limit():
 
 
 def test_reads_this_machine():
-    # on Linux /proc/stat is read; anywhere the answer is a valid thread count: 64 on an
-    # idle machine, up to 4x that with busy neighbours (fair share)
-    n = inference_threads(64)
-    assert 1 <= n <= 4 * 64
+    # on Linux /proc/stat is read; whatever the load, the answers are well-formed (the
+    # rule itself is checked on scripted loads above)
     running = inference._procs_running()
     assert running is None or running >= 1  # the caller itself is runnable
+    load = inference.busy_neighbours()
+    if load is not None:
+        busy, usable = load
+        assert busy >= 0 and 1 <= usable <= (os.cpu_count() or 1)
+    n = inference_threads(64)
+    assert 1 <= n <= 4 * 64  # 64 when idle, up to 4x with busy neighbours
 
 
 def _spy_calls(monkeypatch) -> list[tuple[int | None, bool]]:
@@ -88,22 +93,32 @@ def _spy_calls(monkeypatch) -> list[tuple[int | None, bool]]:
     return seen, g
 
 
-def test_harmonize_volume_uses_the_policy(monkeypatch):
+def test_harmonize_volume_follows_the_load_only_when_asked(monkeypatch):
     seen, g = _spy_calls(monkeypatch)
-    monkeypatch.setattr(inference, "busy_neighbours", lambda: (1, 2))  # one core busy
     x = np.zeros((16, 16, 16), np.float32)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+
+    def unexpected():
+        raise AssertionError("the default must not read the machine's load")
+
     try:
-        harmonize_volume(g, x)
-        harmonize_volume(g, x, num_threads=1)  # an explicit count bypasses the rule
+        monkeypatch.setattr(inference, "busy_neighbours", unexpected)
+        harmonize_volume(g, x)  # default: PyTorch's setting, whatever the load
+        harmonize_volume(g, x, num_threads=1)  # an explicit count
+        monkeypatch.setattr(inference, "busy_neighbours", lambda: (1, 2))  # one core busy
+        harmonize_volume(g, x, num_threads="auto")
         assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="'auto'"):
+            harmonize_volume(g, x, num_threads="all")
     finally:
         torch.set_num_threads(before)
-    assert [n for n, _ in seen] == [4, 1]  # one busy neighbour on 2 cores: 2 + 2 threads
+    # the default: no thread change (None), norms on one thread; "auto" with one busy
+    # neighbour on 2 cores: 2 + 2 threads
+    assert seen == [(None, False), (1, False), (4, False)]
 
 
-def test_norms_use_the_call_threads_only_on_an_idle_machine(monkeypatch):
+def test_auto_norms_use_the_call_threads_only_on_an_idle_machine(monkeypatch):
     seen, g = _spy_calls(monkeypatch)
     x = np.zeros((16, 16, 16), np.float32)
     before = torch.get_num_threads()
@@ -111,7 +126,7 @@ def test_norms_use_the_call_threads_only_on_an_idle_machine(monkeypatch):
     try:
         for load in ((0, 2), (1, 2), (3, 2), None):
             monkeypatch.setattr(inference, "busy_neighbours", lambda load=load: load)
-            harmonize_volume(g, x)
+            harmonize_volume(g, x, num_threads="auto")
         harmonize_volume(g, x, num_threads=2)  # the caller's count: the default (one thread)
     finally:
         torch.set_num_threads(before)
@@ -133,3 +148,55 @@ def test_norms_on_call_threads_lifts_the_one_thread_rule():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_norm_results_do_not_depend_on_the_thread_count():
+    # why the norms may change threads with the load ("auto") without changing outputs:
+    # their reductions never split a reduced axis between threads
+    from harmonix.iguane import fused_inference as fi
+    from harmonix.iguane.networks import MADInstanceNorm3d
+
+    torch.manual_seed(0)
+    before = torch.get_num_threads()
+    try:
+        layouts = (torch.channels_last_3d, torch.contiguous_format, torch.contiguous_format)
+        for c, layout in zip((16, 2, 1), layouts):
+            norm = MADInstanceNorm3d(c)
+            x = (torch.randn(1, c, 21, 40, 33) * 3 + 1).contiguous(memory_format=layout)
+            outs = []
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                with torch.inference_mode(), fi.norms_on_call_threads():
+                    outs.append(fi.relu_mad_norm_(x.clone(), norm))
+            assert all(torch.equal(o, outs[0]) for o in outs[1:]), (c, layout)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_default_fits_ignore_the_load_auto_reads_it(monkeypatch):
+    # two default fits with one random_state, on a simulated idle machine and next to two
+    # simulated busy processes: the default never reads the load, so the models are equal
+    from conftest import make_tiny_images
+
+    from harmonix.iguane.estimator import IGUANeHarmonizer
+
+    imgs, sites, ages, _ = make_tiny_images(shape=(12, 14, 12), n_subjects=3, n_sites=2)
+    reads = []
+
+    def fit(load, **params):
+        def simulated(*args, **kwargs):
+            reads.append(load)
+            return load
+
+        monkeypatch.setattr(inference, "busy_neighbours", simulated)
+        est = IGUANeHarmonizer(n_epochs=1, steps_per_epoch=2, base_width=2, random_state=0)
+        return est.set_params(**params).fit(imgs, sites, ages)
+
+    idle, loaded = fit((0, 2)), fit((2, 2))
+    assert reads == []
+    for key, value in idle.generator_.state_dict().items():
+        assert torch.equal(value, loaded.generator_.state_dict()[key]), key
+    assert np.array_equal(idle.transform(imgs), loaded.transform(imgs))
+    assert reads == []
+    fit((2, 2), cpu_threads="auto").transform(imgs[:1])
+    assert len(reads) >= 2  # every site-step and every transform call reads it

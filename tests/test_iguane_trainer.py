@@ -98,7 +98,7 @@ def _threads_seen(trainer: Trainer, monkeypatch) -> list[int]:
     return seen
 
 
-def test_site_steps_run_on_the_idle_cores_and_restore_the_setting(monkeypatch):
+def test_auto_site_steps_run_on_the_idle_cores_and_restore_the_setting(monkeypatch):
     from harmonix.iguane import trainer as trainer_module
 
     asked = []
@@ -109,6 +109,7 @@ def test_site_steps_run_on_the_idle_cores_and_restore_the_setting(monkeypatch):
 
     monkeypatch.setattr(trainer_module, "inference_threads", policy)
     trainer = _trainer()
+    object.__setattr__(trainer.config, "cpu_threads", "auto")  # frozen dataclass
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -119,6 +120,19 @@ def test_site_steps_run_on_the_idle_cores_and_restore_the_setting(monkeypatch):
     assert asked == [False, False]  # training: one thread when every core is shared
 
 
+def test_default_threads_do_not_follow_the_load(monkeypatch):
+    from harmonix.iguane import trainer as trainer_module
+
+    def unexpected(*args, **kwargs):
+        raise AssertionError("the default must not read the machine's load")
+
+    monkeypatch.setattr(trainer_module, "inference_threads", unexpected)
+    trainer = _trainer()
+    assert trainer.config.cpu_threads is None
+    # PyTorch's setting (1 in the tests), whatever the load
+    assert _threads_seen(trainer, monkeypatch) == [torch.get_num_threads()] * 2
+
+
 def test_cpu_threads_fixes_the_thread_count(monkeypatch):
     from harmonix.iguane import trainer as trainer_module
 
@@ -127,8 +141,10 @@ def test_cpu_threads_fixes_the_thread_count(monkeypatch):
     object.__setattr__(trainer.config, "cpu_threads", 2)  # frozen dataclass
     assert _threads_seen(trainer, monkeypatch) == [2, 2]
     assert torch.get_num_threads() == 1
-    with pytest.raises(ValueError, match="cpu_threads"):
-        TrainConfig(cpu_threads=0)
+    for bad in (0, "all", 1.5, True):
+        with pytest.raises(ValueError, match="cpu_threads must be None, 'auto'"):
+            TrainConfig(cpu_threads=bad)
+    assert TrainConfig(cpu_threads="auto").cpu_threads == "auto"
 
 
 def test_cpu_threads_is_not_part_of_the_checkpoint_settings():
@@ -137,4 +153,5 @@ def test_cpu_threads_is_not_part_of_the_checkpoint_settings():
     sites = np.array(["ref", "a"])
     a = fingerprint(TrainConfig(), sites, "ref", None)
     assert fingerprint(TrainConfig(cpu_threads=3), sites, "ref", None) == a
+    assert fingerprint(TrainConfig(cpu_threads="auto"), sites, "ref", None) == a
     assert fingerprint(TrainConfig(base_width=8), sites, "ref", None) != a

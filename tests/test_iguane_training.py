@@ -229,6 +229,7 @@ def test_patches_batches_and_mixed_shapes():
     assert T.train(vols, sites, "ref", ages, whole, random_state=0).completed
 
 
+@pytest.mark.filterwarnings("ignore::harmonix.iguane.devices.EmulatedBFloat16Warning")
 @pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
 def test_autocast_code_path_on_cpu(amp_dtype):
     vols, sites, _ = _volumes()

@@ -94,18 +94,30 @@ checkpoint_every : int, default=200
 
 docdict["iguane_mixed_precision"] = """\
 mixed_precision : bool, default=None
-    Run the networks under :func:`torch.autocast`; None means on CUDA only."""
+    Run the networks under :func:`torch.autocast`; None means on CUDA only (float16 with
+    loss scaling). On a CPU, True means bfloat16: faster where the CPU computes it
+    natively (AVX512-BF16 or AMX, e.g. AMD Zen 4, Intel Sapphire Rapids), emulated and
+    many times slower elsewhere (an ``EmulatedBFloat16Warning`` says so). The norm
+    statistics, the final projection and the residual sum stay in float32, and
+    convolutions of maps smaller than their kernel run in float32
+    (:mod:`harmonix.iguane.reduced_precision`). The default float32 gives the same
+    outputs on every CPU; bfloat16 moves them by about 1e-3 of the intensity range
+    (SSIM to float32 above 0.999 in the brain)."""
 
 docdict["iguane_cpu_threads"] = """\
-cpu_threads : int, default=None
-    CPU threads of the training. None: before every site-step, the cores idle at that
-    moment, at least 1 and at most :func:`torch.get_num_threads`
-    (:func:`~harmonix.iguane.inference.inference_threads` with ``fair_share=False``): on a
-    busy machine PyTorch's threads would wait at every parallel region for a thread that
-    shares its core (a training step about 2x slower with one busy process on 2 cores).
-    An int: that many threads throughout (float rounding can depend on the thread count:
-    fix it to repeat a training bit for bit on a machine whose load varies). Not part of a
-    checkpoint's settings."""
+cpu_threads : int, "auto" or None, default=None
+    CPU threads of training and inference. None: PyTorch's setting
+    (:func:`torch.get_num_threads`, one per physical core unless changed), whatever the
+    load, so that a ``random_state`` gives the same model (and a model the same
+    outputs) whether the machine is idle or busy: float rounding follows the thread
+    count. An int: that many threads. "auto": follow the load, at the price of that
+    reproducibility (outputs then differ in the last digits between runs, and trained
+    models by more): each training site-step runs on the cores idle when it starts
+    (:func:`~harmonix.iguane.inference.inference_threads` with ``fair_share=False``;
+    one busy process on 2 cores: 2.3 s per CPU-recipe site-step instead of 4.5 s) and
+    each transform call on more threads than cores next to busy processes (two busy
+    processes on 2 cores: 10.8 s per 160×192×160 volume instead of 15.1 s); on an idle
+    machine "auto" and None run the same. Not part of a checkpoint's settings."""
 
 docdict["iguane_guard_images"] = """\
 Parameters

@@ -18,7 +18,14 @@ from harmonix.iguane import _paramdocs  # noqa: F401  (the shared parameter docs
 from harmonix.iguane.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
 from harmonix.iguane.networks import SIZE_MULTIPLE
 
-__all__ = ["CPU_RECIPE", "LR_SCHEDULES", "TrainConfig", "check_int", "size_triple"]
+__all__ = [
+    "CPU_RECIPE",
+    "LR_SCHEDULES",
+    "TrainConfig",
+    "check_cpu_threads",
+    "check_int",
+    "size_triple",
+]
 
 #: Learning-rate schedules of :class:`TrainConfig`.
 LR_SCHEDULES = ("linear", "constant_then_linear")
@@ -91,7 +98,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     mixed_precision: bool | None = None
     amp_dtype: str | None = None
-    cpu_threads: int | None = None
+    cpu_threads: int | str | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -105,8 +112,7 @@ class TrainConfig:
         ):
             check_int(getattr(self, name), name, 1)
         check_int(self.warmup_steps, "warmup_steps", 0)
-        if self.cpu_threads is not None:
-            check_int(self.cpu_threads, "cpu_threads", 1)
+        check_cpu_threads(self.cpu_threads)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}."
@@ -178,6 +184,21 @@ def check_int(value: Any, name: str, minimum: int) -> None:
     """Raise ``ValueError`` unless ``value`` is an integer (not a bool) ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def check_cpu_threads(value: Any) -> int | str | None:
+    """``value`` if it is a valid ``cpu_threads`` (None, "auto" or an integer >= 1).
+
+    Raises
+    ------
+    ValueError
+        Otherwise, naming the accepted values.
+    """
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"cpu_threads must be None, 'auto' or an integer >= 1, got {value!r}.")
+    return int(value)
 
 
 def size_triple(value: Any, *, allow_int: bool = False) -> tuple[int, int, int] | None:

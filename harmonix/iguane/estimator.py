@@ -22,7 +22,7 @@ from harmonix.base import BaseHarmonizer, check_sites
 from harmonix.covariates import categorical_strata
 from harmonix.iguane import _paramdocs  # noqa: F401  (the shared parameter docs)
 from harmonix.iguane.checkpoints import atomic_torch_save, load_torch_file
-from harmonix.iguane.config import TrainConfig, size_triple
+from harmonix.iguane.config import TrainConfig, check_cpu_threads, size_triple
 from harmonix.iguane.data import (
     NETWORK_SCALE,
     SIZE_MULTIPLE,
@@ -126,8 +126,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
     %(iguane_cpu_threads)s
     random_state : int, numpy.random.Generator or None, default=None
         Seeds the held-out split, initialization, sampling and augmentation (local
-        generators; global seeds are never touched). Runs are reproducible on CPU (to the
-        last bit with a fixed ``cpu_threads`` where the machine's load varies).
+        generators; global seeds are never touched). Runs are reproducible on CPU to the
+        last bit, idle or busy (unless ``cpu_threads="auto"``).
     verbose : int, default=0
         Show a progress bar with running losses during fit.
     distributed : bool or None, default=None
@@ -365,7 +365,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         cache_size: int = 8,
         device: str = "auto",
         mixed_precision: bool | None = None,
-        cpu_threads: int | None = None,
+        cpu_threads: int | str | None = None,
         random_state: int | np.random.Generator | None = None,
         verbose: int = 0,
         distributed: bool | None = None,
@@ -519,7 +519,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
         sizes, corr = [], []
         for i in held + rest:  # one volume at a time
             volume = loader[i]
-            sizes.append(correction_size(*_forward(self.generator_, volume, amp)))
+            forward = _forward(self.generator_, volume, amp, config.cpu_threads)
+            sizes.append(correction_size(*forward))
             corr.append(profile.correlation(*volume))
         self._set_guard(profile, sizes, corr)
 
@@ -639,12 +640,13 @@ class IGUANeHarmonizer(BaseHarmonizer):
             generator = copy.deepcopy(generator).to(device)
         generator.eval()
         amp_dtype = autocast_dtype(self.mixed_precision, device)
+        threads = check_cpu_threads(getattr(self, "cpu_threads", None))
         scale = float(self.reference_median_)
         typical = getattr(self, "typical_correction_", 0.0)
         profile = self._contrast_profile()
         for prepared, brain, x in self._network_inputs(imgs, sites, stats):
             corr = float("nan") if profile is None else profile.correlation(x, prepared.mask)
-            y = harmonize_volume(generator, x, amp_dtype=amp_dtype)
+            y = harmonize_volume(generator, x, amp_dtype=amp_dtype, num_threads=threads)
             size = correction_size(x, y, prepared.mask)
             distance = size / typical if typical > 0 else float("nan")
             result = prepared.change.invert(from_network_scale(y, prepared.mask, scale))
@@ -1037,12 +1039,16 @@ def _new_generator(base_width: int, in_channels: int = 1) -> Generator3D:
 
 
 def _forward(
-    generator: Generator3D, volume: tuple[np.ndarray, np.ndarray], amp_dtype: torch.dtype | None
+    generator: Generator3D,
+    volume: tuple[np.ndarray, np.ndarray],
+    amp_dtype: torch.dtype | None,
+    num_threads: int | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x, y, mask)``: a prepared volume (background 0), its harmonization and mask."""
     x, mask = volume
     x = np.where(mask, x, np.float32(0.0))
-    return x, harmonize_volume(generator, x, amp_dtype=amp_dtype), mask
+    y = harmonize_volume(generator, x, amp_dtype=amp_dtype, num_threads=num_threads)
+    return x, y, mask
 
 
 def _check_input_shape(shape: Any) -> tuple[int, int, int] | None:

@@ -10,22 +10,30 @@ Speed and memory, against the TensorFlow original and a plain PyTorch pass, are 
 ``benchmarks/results/iguane_inference.md``. The output equals the plain float32 pass within
 about 1e-4 on the network scale.
 
-Threads (:func:`inference_threads`): by default a call counts the busy neighbours when it
-starts, from the number of runnable tasks of the other processes (``procs_running`` of
-``/proc/stat`` less this process's runnable threads, sampled a few times within a
-millisecond or two, the median kept), not from the load average: the load average lags by a
-minute and counts the caller's own earlier passes. On an idle machine every core is used
-(PyTorch's thread setting, one per physical core unless changed with
-:func:`torch.set_num_threads`). With busy neighbours the pass runs more threads than cores
-(``limit + 2·busy``, at most 4x): the scheduler is fair per thread, so the pass gets a
-larger share of the shared cores, and the many threads even out OpenMP's static split of
-the work (with two busy processes on 2 cores a full-size pass took 15.1 s with 2 threads and
-10.7 s with 6). A thread setting below the core count is kept as the user's cap;
-``num_threads`` overrides the rule. Where ``/proc/stat`` cannot be read (not Linux),
-PyTorch's setting is used. The fused pass runs its normalizations (many small
-memory-bound operations) on one thread, except when the call found no busy neighbour:
-then on the call's threads too (on a busy machine each of their barriers would wait for a
-descheduled thread; see :func:`~harmonix.iguane.fused_inference.norms_on_call_threads`).
+Threads: by default a call runs on PyTorch's thread setting (:func:`torch.get_num_threads`,
+one per physical core unless changed), whatever the load, because the output depends on
+the thread count: oneDNN blocks some convolutions differently for other counts (at
+64×80×64, 3 or 6 threads give outputs 1e-5 away from 1, 2 or 4 threads' on the network
+scale), so a count that followed the load would make the same call give different bits
+on an idle and on a busy machine. The fused normalizations run on one thread (their
+result does not depend on it).
+
+``num_threads="auto"`` opts into a load-following count (:func:`inference_threads`):
+the call counts the busy neighbours when it starts, from the number of runnable tasks of
+the other processes (``procs_running`` of ``/proc/stat`` less this process's runnable
+threads, sampled a few times within a millisecond or two, the median kept), not from the
+load average: the load average lags by a minute and counts the caller's own earlier
+passes. On an idle machine every core is used; with busy neighbours the pass runs more
+threads than cores (``limit + 2·busy``, at most 4x): the scheduler is fair per thread, so
+the pass gets a larger share of the shared cores, and the many threads even out OpenMP's
+static split of the work (with two busy processes on 2 cores a full-size pass took 15.1 s
+with 2 threads and 10.7 s with 6). A thread setting below the core count is kept as the
+user's cap. Where ``/proc/stat`` cannot be read (not Linux), PyTorch's setting is used.
+The normalizations then run on the call's threads on an idle machine and on one thread
+otherwise (on a busy machine each of their barriers would wait for a descheduled thread;
+see :func:`~harmonix.iguane.fused_inference.norms_on_call_threads`). The price of
+``"auto"``: outputs that can differ in the last digits from one call to the next when
+the load changes.
 
 Two process-wide settings make CPU inference faster (see the same results), because a pass
 allocates about 1 GB of fresh feature maps whose pages the kernel otherwise faults in 4 kB
@@ -46,7 +54,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from harmonix.iguane.devices import cpu_supports_bf16, resolve_amp_dtype
+from harmonix.iguane.devices import cpu_supports_bf16, resolve_amp_dtype, warn_if_emulated
 from harmonix.iguane.fused_inference import norms_on_call_threads
 from harmonix.iguane.networks import SIZE_MULTIPLE, Generator3D
 
@@ -227,7 +235,7 @@ def harmonize_volume(
     x: np.ndarray,
     *,
     amp_dtype: str | torch.dtype | None = None,
-    num_threads: int | None = None,
+    num_threads: int | str | None = None,
 ) -> np.ndarray:
     """Run the forward generator on one volume, network scale in and out.
 
@@ -242,13 +250,20 @@ def harmonize_volume(
         converted to the generator's dtype (float32 normally).
     amp_dtype : {None, "auto", "bfloat16", "float16"} or torch.dtype, default=None
         Mixed precision (:func:`torch.autocast`) for the convolutions; the normalization
-        statistics stay in float32. ``None`` (the default) computes in the generator's
-        dtype. See :func:`resolve_amp_dtype` for ``"auto"``. bfloat16 changes the output by
-        about 3e-2 on average on the network scale (up to 0.6 in single voxels), so it is off
-        by default.
-    num_threads : int, optional
-        CPU threads for this call (restored afterwards). By default (CPU only) the cores
-        idle when the call starts, at most PyTorch's setting (:func:`inference_threads`).
+        statistics, the final projection, ``tanh`` and the residual sum stay in float32.
+        ``None`` (the default) computes in the generator's dtype, which gives the same
+        output on every CPU up to float32 rounding. See :func:`resolve_amp_dtype` for
+        ``"auto"``. bfloat16 is faster on CPUs that compute it natively (AVX512-BF16,
+        AMX) and moves the output by about 1e-3 of its range (SSIM to float32 above 0.999
+        in the brain, ``benchmarks/results/iguane_bf16.md``); elsewhere it is emulated,
+        10-200 times slower, and warns
+        (:class:`~harmonix.iguane.devices.EmulatedBFloat16Warning`).
+    num_threads : int or "auto", optional
+        CPU threads for this call (restored afterwards). None (default): PyTorch's
+        setting, whatever the load (same output on every call). "auto": sized from the
+        busy neighbours when the call starts (:func:`inference_threads`; faster on a
+        shared machine, outputs may differ in the last digits as the load changes; see
+        the module notes).
 
     Returns
     -------
@@ -267,9 +282,8 @@ def harmonize_volume(
     Notes
     -----
     Memory: besides the generator and the volume, one 160×192×160 float32 forward pass
-    needs about 0.75 GB at its peak (two full-size 16-channel maps and the smaller ones).
-    bfloat16 autocast is about 3e-2 (mean) from float32 on the network scale, and on CPUs
-    without AVX512-BF16 or AMX it is emulated and many times slower.
+    needs about 0.5 GB at its peak (one full-size 16-channel map, the half-size
+    32-channel one and slab temporaries; less under bfloat16).
     """
     if not isinstance(generator, Generator3D):
         raise TypeError(f"generator must be a Generator3D, got {type(generator).__name__}.")
@@ -290,11 +304,18 @@ def harmonize_volume(
         raise ValueError("x must be a floating-point array of finite values.")
     device = _module_device(generator)
     amp = resolve_amp_dtype(amp_dtype, device)
+    warn_if_emulated(amp, device)
     norms_parallel = False
-    if num_threads is None and device.type == "cpu":
-        load = busy_neighbours()
-        num_threads = _threads_for(load, torch.get_num_threads(), fair_share=True)
-        norms_parallel = load is not None and load[0] == 0  # an idle machine
+    if isinstance(num_threads, str):
+        if num_threads != "auto":
+            raise ValueError(
+                f"num_threads must be a positive integer, 'auto' or None, got {num_threads!r}."
+            )
+        num_threads = None
+        if device.type == "cpu":
+            load = busy_neighbours()
+            num_threads = _threads_for(load, torch.get_num_threads(), fair_share=True)
+            norms_parallel = load is not None and load[0] == 0  # an idle machine
     param_dtype = next(generator.parameters()).dtype
     with (
         intraop_threads(num_threads),

@@ -27,13 +27,9 @@ from torch import nn
 
 from harmonix.iguane._compat import deprecated_names
 from harmonix.iguane.conv_backward import conv3d_onednn
-from harmonix.iguane.fused_inference import (
-    bf16_single_voxel_output,
-    conv3d_float32,
-    generator_forward_fused,
-    onednn_applies,
-)
+from harmonix.iguane.fused_inference import generator_forward_fused, onednn_applies
 from harmonix.iguane.norm_autograd import mad_norm
+from harmonix.iguane.reduced_precision import conv3d_float32, needs_float32
 
 __all__ = [
     "SIZE_MULTIPLE",
@@ -84,9 +80,9 @@ class OneDNNConv3d(nn.Conv3d):
     ``benchmarks/bench_iguane_training_speed.py``). With autograd on, the gradients are
     computed by :func:`~harmonix.iguane.conv_backward.conv3d_onednn` (oneDNN on every
     thread). Same parameters and outputs as ``nn.Conv3d`` (to float32 rounding); any other
-    case (autocast, float64, GPUs) is ``nn.Conv3d``'s,
-    except CPU bfloat16 convolutions with a strided single-voxel output, computed in
-    float32 (:func:`~harmonix.iguane.fused_inference.bf16_single_voxel_output`).
+    case (autocast, float64, GPUs) is ``nn.Conv3d``'s, except CPU bfloat16/float16
+    convolutions of maps too small for oneDNN's reduced-precision kernels, computed in
+    float32 (:func:`~harmonix.iguane.reduced_precision.needs_float32`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,10 +102,8 @@ class OneDNNConv3d(nn.Conv3d):
                 list(self.dilation),
                 self.groups,
             )
-        if (
-            isinstance(self.padding, tuple | list)
-            and self.padding_mode == "zeros"
-            and bf16_single_voxel_output(x, self.weight, self.stride, self.padding, self.dilation)
+        if self.padding_mode == "zeros" and needs_float32(
+            x, self.weight, self.stride, self.padding, self.dilation
         ):
             return conv3d_float32(
                 x,
@@ -130,13 +124,39 @@ class OneDNNConvTranspose3d(nn.ConvTranspose3d):
     :func:`~harmonix.iguane.conv_backward.conv3d_onednn` (``transposed=True``): the same forward
     (oneDNN), and a weight gradient computed by oneDNN on two halves of the volume instead
     of one single-threaded GEMM. Same parameters and outputs as ``nn.ConvTranspose3d``;
-    every other case is ``nn.ConvTranspose3d``'s.
+    every other case is ``nn.ConvTranspose3d``'s, except CPU bfloat16/float16 transposed
+    convolutions of maps too small for oneDNN's reduced-precision kernels, computed in
+    float32 (:func:`~harmonix.iguane.reduced_precision.needs_float32`).
     """
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is None and onednn_applies(x, self.weight) and _backward_on_onednn(self):
             return conv3d_onednn(
                 x, self.weight, self.bias, self.stride, self.padding, transposed=True
+            )
+        if (
+            output_size is None
+            and self.padding_mode == "zeros"
+            and needs_float32(
+                x,
+                self.weight,
+                self.stride,
+                self.padding,
+                self.dilation,
+                transposed=True,
+                output_padding=self.output_padding,
+            )
+        ):
+            return conv3d_float32(
+                x,
+                self.weight,
+                self.bias,
+                transposed=True,
+                stride=self.stride,
+                padding=self.padding,
+                output_padding=self.output_padding,
+                groups=self.groups,
+                dilation=self.dilation,
             )
         return super().forward(x, output_size)
 

@@ -21,7 +21,7 @@ from torch import nn
 from harmonix.iguane.augmentation import augment, crop_patch, random_brain_voxel
 from harmonix.iguane.config import TrainConfig
 from harmonix.iguane.data import SitePairSampler, network_input
-from harmonix.iguane.devices import autocast_dtype
+from harmonix.iguane.devices import autocast_dtype, warn_if_emulated
 from harmonix.iguane.distributed import DistributedContext
 from harmonix.iguane.fused_inference import norms_on_call_threads
 from harmonix.iguane.inference import inference_threads, intraop_threads
@@ -166,6 +166,7 @@ class Trainer:
         self._build_optimizers()
         #: The autocast dtype, None for full precision.
         self.amp_dtype = autocast_dtype(config.mixed_precision, device, config.amp_dtype)
+        warn_if_emulated(self.amp_dtype, device, stacklevel=2)
         scale = self.amp_dtype == torch.float16
         self.scaler_disc = torch.amp.GradScaler(device.type, enabled=scale)
         self.scaler_gen = torch.amp.GradScaler(device.type, enabled=scale)
@@ -420,12 +421,14 @@ class Trainer:
             self.sched_disc[k].step()
 
     def _site_step_threads(self) -> int | None:
-        """CPU threads of the next site-step (``config.cpu_threads``; None: no change)."""
-        if self.device.type != "cpu":
+        """CPU threads of the next site-step (``config.cpu_threads``; None: no change;
+        "auto": the cores idle now, :func:`~harmonix.iguane.inference.inference_threads`
+        with ``fair_share=False``)."""
+        if self.device.type != "cpu" or self.config.cpu_threads is None:
             return None
-        if self.config.cpu_threads is not None:
-            return self.config.cpu_threads
-        return inference_threads(fair_share=False)
+        if self.config.cpu_threads == "auto":
+            return inference_threads(fair_share=False)
+        return int(self.config.cpu_threads)
 
     @property
     def warming_up(self) -> bool:
