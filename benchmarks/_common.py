@@ -19,6 +19,39 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+#: CPU flags that decide how fast IGUANe runs (float32 vector width, native bfloat16).
+SPEED_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "avx_vnni",
+)
+
+
+def cpu_flags() -> str:
+    """The CPU flags of :data:`SPEED_FLAGS` this machine has (``/proc/cpuinfo``), and
+    whether PyTorch sees native bfloat16, as one line for a results file."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            lines = [line for line in fh if line.startswith("flags")]
+        flags = lines[0].split(":", 1)[1].split() if lines else []
+    except OSError:
+        flags = []
+    present = [f for f in SPEED_FLAGS if f in flags] or ["unknown (no /proc/cpuinfo)"]
+    try:
+        from harmonix.iguane.devices import cpu_supports_bf16
+
+        native = "yes" if cpu_supports_bf16() else "no (emulated: slow)"
+    except ImportError:  # pragma: no cover - harmonix not installed
+        native = "unknown"
+    return f"CPU flags: {' '.join(present)}; native bfloat16 (PyTorch): {native}"
+
+
 def load_line(start: Sequence[float], end: Sequence[float]) -> str:
     """A results-file line with the load averages at the start and at the end of a run."""
     fmt = " ".join

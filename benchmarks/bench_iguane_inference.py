@@ -11,17 +11,19 @@ One forward pass of the IGUANe generator on one volume, at the paper's size (160
 - ``keras onednn``: the same with ``TF_ENABLE_ONEDNN_OPTS=1``; the ratio is taken against
   the faster of the two Keras variants;
 - ``harmonix``: :func:`harmonix.iguane.inference.harmonize_volume` with its defaults (the
-  fused pass; threads chosen by :func:`~harmonix.iguane.inference.inference_threads`);
+  fused pass in float32, PyTorch's thread count whatever the load: reproducible outputs);
+- ``harmonix auto threads``: the same with ``num_threads="auto"`` (threads chosen from the
+  busy neighbours by :func:`~harmonix.iguane.inference.inference_threads`; faster on a
+  shared machine, outputs that follow the thread count in their last digits);
+- ``harmonix bf16``: the fused pass under bfloat16 autocast (``amp_dtype="bfloat16"``,
+  what ``IGUANeHarmonizer(mixed_precision=True)`` runs), default threads. Timed by default
+  only where the CPU computes bfloat16 natively (AVX512-BF16, AMX): elsewhere it is
+  emulated and many times slower (name it in ``--variants`` to time it anyway); its peak
+  memory and output difference are measured everywhere;
 - ``harmonix plain``: the plain module-by-module pass (``fused_inference = False``) with
   channels-last tensors, i.e. a straightforward PyTorch port (the reference of the output
   check; timed with ``--variants``);
-- ``harmonix 1 thread`` / ``harmonix all cores``: the fused pass with ``num_threads=1`` /
-  PyTorch's thread count (``--variants``);
-- ``harmonix 1-thread norms``: the defaults, but the fused normalizations always on one
-  thread (the rule before ``harmonize_volume`` let them use the call's threads on an idle
-  machine; ``--variants``);
-- ``harmonix bf16``: the fused pass under bfloat16 autocast (``--variants``, and only when
-  the CPU has native bfloat16; its error is reported with ``--accuracy``).
+- ``harmonix 1 thread``: the fused pass with ``num_threads=1`` (``--variants``).
 
 All variants compute the same function from the same weights: random weights (Glorot
 kernels, random biases and norm parameters) are set in the Keras model, saved as a Keras 2
@@ -40,7 +42,8 @@ stopped at the end; the load average is recorded before and after each phase. Me
 RSS (``resource.getrusage(...).ru_maxrss``) of a fresh process that imports the library,
 builds the network, loads the weights and runs one forward pass; the RSS just before the
 pass is reported too. Output differences are taken over the brain voxels against the plain
-float32 pass (``--accuracy``: also against a float64 pass on a 64^3 crop at 2 mm).
+float32 pass (``--accuracy``: also against a float64 pass on a 64^3 crop at 2 mm). The
+CPU's flags (AVX-512, AVX512-BF16, AMX) head the results.
 
 Environment (TensorFlow goes into its own virtual environment, so that it never changes the
 versions harmonix is tested with)::
@@ -59,7 +62,6 @@ rounds of timing per size and phase, ``--sizes 2mm`` for a quick run).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -72,7 +74,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import cpu_model
+from _common import cpu_flags, cpu_model
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # keras_reference: test and benchmark support
@@ -82,7 +84,8 @@ SIZES = {"1mm": (160, 192, 160), "2mm": (96, 112, 96)}
 #: convolutions unfold their input (about 8 GB at 96x112x96).
 CROP = "crop64"
 CROP_SHAPE = (64, 64, 64)
-SPEED_GOAL = 1.0  # harmonix / Keras time ratio at most this
+SPEED_GOAL = 1.0  # harmonix float32 / Keras time ratio at most this (idle and loaded)
+BF16_GOAL = 0.7  # harmonix bfloat16 / Keras float32 time ratio at most this (idle)
 #: Convolution work of one generator pass at 160x192x160 (2 FLOP per multiply-add, counted
 #: from the layer shapes; every layer scales with the number of voxels).
 GFLOP_1MM = 404.3
@@ -90,23 +93,14 @@ GFLOP_1MM = 404.3
 #: spin for a while after a call; a harmonix call starting meanwhile would count the
 #: previous worker's threads as busy neighbours and size its threads for a loaded machine.
 SETTLE = 0.5
-IDLE_GOAL = 0.8  # harmonix / Keras time ratio at most this on an idle machine
-MEMORY_GOAL_MB = 1200.0  # harmonix peak RSS for one full-size volume
-TIMED = ("keras", "keras onednn", "harmonix")
-VARIANTS = (
-    *TIMED,
-    "harmonix 1-thread norms",
-    "harmonix plain",
-    "harmonix 1 thread",
-    "harmonix all cores",
-    "harmonix bf16",
-)
+MEMORY_GOAL_MB = 1200.0  # harmonix peak RSS for one full-size volume (float32 and bf16)
+TIMED = ("keras", "keras onednn", "harmonix", "harmonix bf16")
+VARIANTS = (*TIMED, "harmonix auto threads", "harmonix plain", "harmonix 1 thread")
 KERAS = ("keras", "keras onednn")
 LABELS = {
     "keras": "Keras (TensorFlow defaults)",
     "keras onednn": "Keras (TF_ENABLE_ONEDNN_OPTS=1)",
-    "harmonix all cores": "harmonix (fused), all cores",
-    "harmonix 1-thread norms": "harmonix (fused), norms on 1 thread",
+    "harmonix auto threads": "harmonix (fused), num_threads='auto'",
     "harmonix": "harmonix (fused)",
     "harmonix plain": "harmonix plain pass",
     "harmonix 1 thread": "harmonix (fused), 1 thread",
@@ -123,12 +117,18 @@ NOTES = [
     "(relative error ~1e-5 against ~1e-7 for PyTorch's cascaded sums), amplified by the 18 "
     "normalizations; with the Keras norm's means accumulated in float64 the Keras and "
     "harmonix float32 outputs agree within ~1e-4 (checked separately at 96x112x96).",
-    "- bfloat16 autocast moves the output by ~3e-2 on average (up to ~0.6 in single voxels), "
-    "so it stays off by default; on CPUs without AVX512-BF16/AMX it is emulated and much "
-    "slower than float32, so it is only timed where the CPU has it.",
-    "- Threads: with no busy neighbour when a call starts (inference_threads: runnable "
-    "tasks of the machine, not the lagging load average) harmonix uses every core, the "
-    "fused norms included; with busy neighbours it runs more threads than cores "
+    "- bfloat16 (random weights here) moves the output by ~1e-2 on average on the network "
+    "scale; on trained models the SSIM to float32 in the brain is above 0.999 "
+    "(`iguane_bf16.md`). It stays off by default (float32: the same outputs on every CPU); "
+    "on CPUs without AVX512-BF16/AMX it is emulated and much slower than float32, so it "
+    "is only timed by default where the CPU has it.",
+    "- Threads: harmonix's default is PyTorch's thread count whatever the load, because "
+    "oneDNN blocks some layers differently for other thread counts (outputs 1e-5 apart on "
+    "the network scale between 2 and 3 threads): a count that followed the load would make "
+    "outputs depend on it. `num_threads='auto'` (the 'auto threads' rows) opts into the "
+    "load-following count: with no busy neighbour when a call starts (runnable tasks of "
+    "the machine, not the lagging load average) every core, the fused norms included; "
+    "with busy neighbours more threads than cores "
     "(limit + 2 per busy task, at most 4x) and the norms on one thread. At 160x192x160 "
     "with 2 busy processes on 2 cores: 2 threads 15.1 s, 4: 11.5 s, 6: 10.7 s, 8: 10.1 s "
     "(Keras about 14 s under the same load); at 96x112x96 on the idle machine: 2 threads 1.48 s, "
@@ -147,6 +147,11 @@ NOTES = [
     "- The full-resolution transposed convolution used to compute 14 output slices per 8 "
     "kept (its slab halo: 0.94 s at 43 GFLOP/s); a depth padding of 3 crops each slab to "
     "its own slices (1 mm pass 7.55 -> 7.18 s, same output).",
+    "- Memory: the first level's 16-channel full-resolution map is not kept from the "
+    "encoder to the decoder but recomputed there slab by slab (its convolution has one "
+    "input channel: about 1 % of the work, 2-3 % of the time): the peak holds one "
+    "full-resolution map instead of two (160x192x160: 1145 -> 898 MB peak RSS on the "
+    "AVX2 machine, 2026-12).",
     "- Where the time goes (torch.profiler, harmonix fused pass at 96x112x96, 2 threads, "
     "load ~9, 2026-11-29): oneDNN convolutions 59 % of the self CPU time (22 calls), "
     "transposed convolutions 17 % (7 calls, inside aten::_convolution), copies 13 % (425 "
@@ -217,13 +222,37 @@ def _make_input(size: str) -> np.ndarray:
     return _network_scale(vol)
 
 
-def prepare(workdir: Path, sizes: list[str]) -> None:
-    """Write random Keras weights (``weights.h5``) and one input volume per size."""
-    from keras_reference import build_keras_generator, random_keras_weights
+def _random_torch_weights(path: Path) -> None:
+    """Without TensorFlow: the same kind of random weights (Glorot kernels, norm scales in
+    [0.5, 1.5], biases and offsets with sd 0.1) for harmonix alone, as a state dict."""
+    import torch
 
-    model = build_keras_generator()
-    model.set_weights(random_keras_weights(model, np.random.default_rng(WEIGHT_SEED)))
-    model.save_weights(str(workdir / "weights.h5"))
+    from harmonix.iguane.networks import Generator3D
+
+    gen = Generator3D(16)
+    g = torch.Generator().manual_seed(WEIGHT_SEED)
+    with torch.no_grad():
+        for name, p in gen.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5, generator=g)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1, generator=g)
+    torch.save(gen.state_dict(), path)
+
+
+def prepare(workdir: Path, sizes: list[str]) -> None:
+    """Write random Keras weights (``weights.h5``; ``weights.pt`` for harmonix alone when
+    TensorFlow is not installed) and one input volume per size."""
+    try:
+        from keras_reference import build_keras_generator, random_keras_weights
+
+        model = build_keras_generator()
+    except ImportError:
+        print("TensorFlow/tf-keras not installed: harmonix variants only", file=sys.stderr)
+        _random_torch_weights(workdir / "weights.pt")
+    else:
+        model.set_weights(random_keras_weights(model, np.random.default_rng(WEIGHT_SEED)))
+        model.save_weights(str(workdir / "weights.h5"))
     for size in sizes:
         np.save(workdir / f"input_{size}.npy", _make_input(size))
     x2 = np.load(workdir / "input_2mm.npy") if "2mm" in sizes else _make_input("2mm")
@@ -255,20 +284,26 @@ def make_runner(variant: str, workdir: Path, size: str):
     from harmonix.iguane.inference import harmonize_volume
     from harmonix.iguane.keras_weights import load_keras_generator_weights
 
-    gen = load_keras_generator_weights(weights).eval()
+    if weights.exists():
+        gen = load_keras_generator_weights(weights).eval()
+    else:  # no TensorFlow: random harmonix weights (prepare)
+        from harmonix.iguane.networks import Generator3D
+
+        gen = Generator3D(16)
+        gen.load_state_dict(torch.load(workdir / "weights.pt", weights_only=True))
+        gen.eval()
     if variant == "harmonix":
         return lambda: harmonize_volume(gen, x)
     if variant == "harmonix 1 thread":
         return lambda: harmonize_volume(gen, x, num_threads=1)
-    if variant == "harmonix 1-thread norms":  # the fused norms on one thread, always
-        from harmonix.iguane import inference
-
-        inference.norms_on_call_threads = lambda enabled=True: contextlib.nullcontext()
-        return lambda: harmonize_volume(gen, x)
-    if variant == "harmonix all cores":
-        n = torch.get_num_threads()
-        return lambda: harmonize_volume(gen, x, num_threads=n)
+    if variant == "harmonix auto threads":
+        return lambda: harmonize_volume(gen, x, num_threads="auto")
     if variant == "harmonix bf16":
+        import warnings
+
+        from harmonix.iguane.devices import EmulatedBFloat16Warning
+
+        warnings.simplefilter("ignore", EmulatedBFloat16Warning)  # the header says it
         return lambda: harmonize_volume(gen, x, amp_dtype="bfloat16")
     if variant == "harmonix plain":
         gen.fused_inference = False
@@ -332,9 +367,51 @@ def worker(variant: str, workdir: Path, size: str) -> None:
         print(json.dumps(reply), flush=True)
 
 
+def _native_like_bf16_kernels() -> None:
+    """On a CPU that emulates bfloat16: make CPU bfloat16 convolutions allocate what
+    native kernels allocate, for the memory measurement only.
+
+    PyTorch's emulated bfloat16 convolutions (its reference kernels) unfold their input
+    into im2col buffers of hundreds of MB per slab, which native oneDNN kernels do not.
+    Here each convolution under CPU bfloat16 autocast rounds its input and kernel to
+    bfloat16, computes in float32 (oneDNN) and rounds the output to bfloat16: the maps are
+    the fused pass's bfloat16 maps, and the only extra memory is a float32 copy of one
+    slab's input and output (more than native kernels need, so the figure is an upper
+    bound). The values are those of native bfloat16 up to summation order.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def stand_in(original):
+        def conv(x, weight, bias=None, *args, **kwargs):
+            on = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == (
+                torch.bfloat16
+            )
+            if not (on and x.device.type == "cpu"):
+                return original(x, weight, bias, *args, **kwargs)
+            with torch.autocast("cpu", enabled=False):
+                xf = x.to(torch.bfloat16).float()
+                wf = weight.to(torch.bfloat16).float()
+                bf = None if bias is None else bias.to(torch.bfloat16).float()
+                y = original(xf, wf, bf, *args, **kwargs)
+                del xf
+                return y.to(torch.bfloat16)
+
+        return conv
+
+    F.conv3d = stand_in(F.conv3d)
+    F.conv_transpose3d = stand_in(F.conv_transpose3d)
+
+
 def memory_child(variant: str, workdir: Path, size: str) -> None:
-    """Fresh process: build, load, one forward pass; report peak RSS and save the output."""
+    """Fresh process: build, load, one forward pass; report peak RSS and save the output.
+
+    ``harmonix bf16`` on a CPU without native bfloat16 runs with
+    :func:`_native_like_bf16_kernels` (its peak RSS then stands for a native CPU's)."""
     t0 = time.perf_counter()
+    stand_in = variant == "harmonix bf16" and not _cpu_bf16()
+    if stand_in:
+        _native_like_bf16_kernels()
     run = make_runner(variant, workdir, size)
     before = _rss_mb()
     t1 = time.perf_counter()
@@ -350,6 +427,7 @@ def memory_child(variant: str, workdir: Path, size: str) -> None:
                 "peak_rss_mb": _rss_mb(),
                 "setup_s": t1 - t0,
                 "first_call_s": t2 - t1,
+                "stand_in": stand_in,
             }
         ),
         flush=True,
@@ -478,7 +556,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["1mm", "2mm"])
-    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(TIMED))
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=None,
+        help=f"default: {', '.join(TIMED)} (harmonix bf16 only with native bfloat16)",
+    )
     ap.add_argument(
         "--busy", type=int, default=0, help="also time with this many busy background processes"
     )
@@ -504,7 +588,11 @@ def main(argv: list[str] | None = None) -> None:
 
     load_start = _loadavg()
     bf16 = _cpu_bf16()
-    timed = [v for v in args.variants if v != "harmonix bf16" or bf16]
+    print(cpu_flags(), flush=True)
+    if args.variants is None:  # emulated bfloat16 is not timed unless asked for
+        timed = [v for v in TIMED if v != "harmonix bf16" or bf16]
+    else:
+        timed = list(args.variants)
     phases = [0] + ([args.busy] if args.busy else [])
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -512,13 +600,18 @@ def main(argv: list[str] | None = None) -> None:
         p = _spawn(["--prepare", "--workdir", str(workdir), "--sizes", *args.sizes])
         if p.wait():
             raise SystemExit("preparation failed")
+        if not (workdir / "weights.h5").exists():
+            timed = [v for v in timed if v not in KERAS]
         results = {}
         for size in args.sizes:
             print(f"timing {size} {SIZES[size]}...", flush=True)
             results[size] = time_variants(workdir, size, timed, args.repeats, phases)
             mem = {}
-            # the plain pass is the output reference; one Keras variant for its memory
-            measured = ["harmonix plain", *[v for v in ("harmonix", "keras onednn") if v in timed]]
+            # the plain pass is the output reference; one Keras variant for its memory;
+            # harmonix in float32 and bfloat16 always (memory and accuracy hold when
+            # bfloat16 is emulated, only slower)
+            measured = ["harmonix plain", "harmonix", "harmonix bf16"]
+            measured += [v for v in ("keras onednn",) if v in timed]
             for v in measured:
                 print(f"  memory/output {size}: {v}", flush=True)
                 mem[v] = measure_memory(workdir, size, v)
@@ -572,7 +665,8 @@ def render(
         "with its defaults.",
         "",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; "
-        f"native bfloat16: {'yes' if bf16 else 'no'}",
+        f"native bfloat16: {'yes' if bf16 else 'no (bfloat16 emulated: not timed by default)'}",
+        f"- {cpu_flags()}",
         f"- Python {platform.python_version()}, PyTorch {torch.__version__}; {keras_version}",
         f"- load average (1, 5, 15 min) at start: {load_start}; at end: {load_end}",
         f"- {args.repeats} alternating rounds per size and phase; medians",
@@ -598,31 +692,53 @@ def render(
                     f"| {load[0]} / {load[1]} | {LABELS[v]} | {med:.2f} | {min(ts):.2f} "
                     f"| {gflop / med:.0f} | {med / k:.2f} |"
                 )
-            if "harmonix" in times and keras:
-                ratio = statistics.median(times["harmonix"]) / k
-                goal = SPEED_GOAL if busy or float(load[0].split()[0]) >= 1.5 else IDLE_GOAL
+            idle = not busy and float(load[0].split()[0]) < 1.5
+            goals = {"harmonix": SPEED_GOAL, "harmonix auto threads": SPEED_GOAL}
+            if idle:  # bfloat16's goal is for an idle machine with native bfloat16
+                goals["harmonix bf16"] = BF16_GOAL
+            for v, goal in goals.items():
+                if v not in times or not keras:
+                    continue
+                ratio = statistics.median(times[v]) / k
+                note = "" if v != "harmonix bf16" or bf16 else " (emulated bfloat16)"
                 verdicts.append(
-                    f"- {size}, {label}: harmonix / Keras = {ratio:.2f} (goal <= {goal}: "
-                    f"{'met' if ratio <= goal else 'NOT met'})"
+                    f"- {size}, {label}: {LABELS[v]} / Keras float32 = {ratio:.2f} "
+                    f"(goal <= {goal}: {'met' if ratio <= goal else 'NOT met'}){note}"
                 )
     lines += ["", *verdicts, "", "## Peak memory (fresh process, one forward pass)", ""]
     lines += [
         "| size | variant | peak RSS before the pass (MB) | peak RSS (MB) | increase (MB) |",
         "|---|---|---:|---:|---:|",
     ]
+    stand_in = False
     for size, res in results.items():
         for v, m in res["memory"].items():
+            label = LABELS[v] + (" (*)" if m.get("stand_in") else "")
+            stand_in |= bool(m.get("stand_in"))
             lines.append(
-                f"| {size} | {LABELS[v]} | {m['rss_before_mb']:.0f} | {m['peak_rss_mb']:.0f} "
+                f"| {size} | {label} | {m['rss_before_mb']:.0f} | {m['peak_rss_mb']:.0f} "
                 f"| {m['peak_rss_mb'] - m['rss_before_mb']:.0f} |"
             )
-    if "1mm" in results and "harmonix" in results["1mm"]["memory"]:
-        peak = results["1mm"]["memory"]["harmonix"]["peak_rss_mb"]
+    if stand_in:
         lines += [
             "",
-            f"harmonix peak RSS at 160x192x160: {peak:.0f} MB (goal <= {MEMORY_GOAL_MB:.0f} MB: "
-            f"{'met' if peak <= MEMORY_GOAL_MB else 'NOT met'}).",
+            "(*) This CPU emulates bfloat16 with PyTorch's reference kernels, which unfold "
+            "their input into im2col buffers that native kernels do not allocate: the bf16 "
+            "pass was measured with convolutions that round input, kernel and output to "
+            "bfloat16 and compute in float32 (oneDNN), i.e. the fused pass's bfloat16 maps "
+            "plus a float32 copy of one slab (an upper bound of a native CPU's figure; the "
+            "output difference in the table below is that of these kernels).",
         ]
+    if "1mm" in results:
+        lines.append("")
+        for v in ("harmonix", "harmonix bf16"):
+            if v not in results["1mm"]["memory"]:
+                continue
+            peak = results["1mm"]["memory"][v]["peak_rss_mb"]
+            lines.append(
+                f"- {LABELS[v]} peak RSS at 160x192x160: {peak:.0f} MB (goal <= "
+                f"{MEMORY_GOAL_MB:.0f} MB: {'met' if peak <= MEMORY_GOAL_MB else 'NOT met'})"
+            )
     lines += [
         "",
         "## Output differences (brain voxels, network scale: brain median 0, typical values "

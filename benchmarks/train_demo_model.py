@@ -16,7 +16,9 @@ Run from the repository root::
     python benchmarks/train_demo_model.py [--checkpoint-dir DIR]
 
 With ``--checkpoint-dir`` the training state is kept there, and a finished or interrupted
-training in that folder is resumed instead of restarted. ``--add-profile-guard`` does not
+training in that folder is resumed instead of restarted. ``--seed N --out FILE`` trains the
+same recipe on seed N's data (another model of the same kind, e.g. for
+``bench_iguane_bf16.py``). ``--add-profile-guard`` does not
 train: it gives a model saved before the contrast-profile guard existed the profile that
 ``fit`` now computes (same calibration images), and saves it again (seconds).
 ``--rename-sites`` does not train either: it renames the training sites of a model saved
@@ -69,6 +71,7 @@ def rename_sites(est: IGUANeHarmonizer) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(DEMO_MODEL_PATH))
+    p.add_argument("--seed", type=int, default=SEED, help="data and training seed (0: shipped)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--add-profile-guard", action="store_true")
@@ -76,7 +79,8 @@ def main() -> None:
     p.add_argument("--add-grid", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    ds = make_multisite(n_subjects=8, n_sites=5, resolution=4, random_state=SEED, style="legacy")
+    seed = args.seed
+    ds = make_multisite(n_subjects=8, n_sites=5, resolution=4, random_state=seed, style="legacy")
     train = ds.sites != UNSEEN
     sites = np.char.add(DEMO_SITE_PREFIX, ds.sites[train])
     if args.rename_sites:
@@ -100,7 +104,7 @@ def main() -> None:
         reference_site=DEMO_SITE_PREFIX + "site0",
         **CPU_RECIPE,
         voxel_size=ds.resolution,
-        random_state=SEED,
+        random_state=seed,
         device="cpu",
         verbose=1,
         checkpoint_dir=args.checkpoint_dir,

@@ -116,8 +116,10 @@ cpu_threads : int, "auto" or None, default=None
     (:func:`~harmonix.iguane.inference.inference_threads` with ``fair_share=False``;
     one busy process on 2 cores: 2.3 s per CPU-recipe site-step instead of 4.5 s) and
     each transform call on more threads than cores next to busy processes (two busy
-    processes on 2 cores: 10.8 s per 160×192×160 volume instead of 15.1 s); on an idle
-    machine "auto" and None run the same. Not part of a checkpoint's settings."""
+    processes on 2 cores: 10.8 s per 160×192×160 volume instead of 15.1 s; on a heavily
+    shared 2-core machine, load 17, 30 s per site-step instead of 346 s); on an idle
+    machine "auto" and None run the same. ``cpu_threads=1`` is reproducible and never
+    waits for a descheduled thread. Not part of a checkpoint's settings."""
 
 docdict["iguane_guard_images"] = """\
 Parameters

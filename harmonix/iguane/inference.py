@@ -36,7 +36,7 @@ see :func:`~harmonix.iguane.fused_inference.norms_on_call_threads`). The price o
 the load changes.
 
 Two process-wide settings make CPU inference faster (see the same results), because a pass
-allocates about 1 GB of fresh feature maps whose pages the kernel otherwise faults in 4 kB
+allocates about 0.5 GB of fresh feature maps whose pages the kernel otherwise faults in 4 kB
 at a time; set them in the environment before Python starts (harmonix never changes them):
 ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch asks for transparent huge pages) or glibc's
 ``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296`` (freed memory is
