@@ -667,7 +667,8 @@ def render(
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; "
         f"native bfloat16: {'yes' if bf16 else 'no (bfloat16 emulated: not timed by default)'}",
         f"- {cpu_flags()}",
-        f"- Python {platform.python_version()}, PyTorch {torch.__version__}; {keras_version}",
+        f"- Python {platform.python_version()}, PyTorch {torch.__version__}; "
+        f"{keras_version or 'TensorFlow not installed (harmonix variants only)'}",
         f"- load average (1, 5, 15 min) at start: {load_start}; at end: {load_end}",
         f"- {args.repeats} alternating rounds per size and phase; medians",
         "",
@@ -690,7 +691,7 @@ def render(
                 lines.append(
                     f"| {SIZES[size][0]}x{SIZES[size][1]}x{SIZES[size][2]} | {label} "
                     f"| {load[0]} / {load[1]} | {LABELS[v]} | {med:.2f} | {min(ts):.2f} "
-                    f"| {gflop / med:.0f} | {med / k:.2f} |"
+                    f"| {gflop / med:.0f} | {f'{med / k:.2f}' if keras else 'n/a'} |"
                 )
             idle = not busy and float(load[0].split()[0]) < 1.5
             goals = {"harmonix": SPEED_GOAL, "harmonix auto threads": SPEED_GOAL}

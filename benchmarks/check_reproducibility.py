@@ -15,7 +15,8 @@ Run from the repository root::
 
     python benchmarks/check_reproducibility.py --fits --suite 3
 
-It writes ``benchmarks/results/reproducibility.md`` (``--out``).
+It writes ``benchmarks/results/reproducibility.md`` (``--out``; ``--append`` adds the
+sections to an existing file).
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fits", action="store_true", help="the two same-seed fits")
     ap.add_argument("--suite", type=int, default=0, help="run the test suite this many times")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "reproducibility.md")
+    ap.add_argument("--append", action="store_true", help="add the sections to --out")
     ap.add_argument("--fit-child", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cpu-threads", default="default", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.suite:
         lines += [*check_suite(args.suite), ""]
     lines.append(f"Load average at end: {_loadavg()}.")
+    if args.append and args.out.exists():  # the new sections under the existing ones
+        lines = [args.out.read_text().rstrip("\n"), "", *lines[lines.index("") + 1 :]]
     write_results(args.out, lines)
 
 
