@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from harmonix.iguane import data as D
+from harmonix.iguane.networks import Generator3D
 
 #: A training of a few seconds: 4 steps of width-2 networks, validation every 2 steps and a
 #: checkpoint every step.
@@ -33,3 +35,16 @@ def blob_volumes(n_per_site=3, sites=("ref", "a"), shape=(16, 16, 16), seed=0):
             labels.append(site)
             ages.append(20.0 + 10 * j)
     return vols, np.array(labels), np.array(ages)
+
+
+def random_generator(base_width=4, in_channels=1, dtype=torch.float32) -> Generator3D:
+    """A generator in eval mode with random biases and norm parameters (the defaults are 0
+    and 1), drawn from the global generator (seed it first)."""
+    g = Generator3D(base_width=base_width, in_channels=in_channels)
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.2)
+    return g.to(dtype).eval()

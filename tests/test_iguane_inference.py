@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from _iguane_helpers import random_generator
 
 from harmonix.iguane import fused_inference
 from harmonix.iguane.fused_inference import conv3d, relu_mad_norm_
@@ -30,16 +31,7 @@ def _seed_and_one_thread():
     torch.set_num_threads(before)
 
 
-def _generator(base_width=4, in_channels=1, dtype=torch.float32):
-    """A generator with random biases and norm parameters (the defaults are 0 and 1)."""
-    g = Generator3D(base_width=base_width, in_channels=in_channels)
-    with torch.no_grad():
-        for name, p in g.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.2)
-    return g.to(dtype).eval()
+_generator = random_generator
 
 
 def _both(g, x):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _iguane_helpers import TINY_TRAINING, blob_volumes
+from _iguane_helpers import TINY_TRAINING, blob_volumes, random_generator
 
 from harmonix.iguane import devices
 from harmonix.iguane import reduced_precision as R
@@ -231,14 +231,7 @@ def test_bf16_training_relapse_on_native_cpu(repeats):
 # -- inference -----------------------------------------------------------------------------
 def _random_generator(width=4):
     torch.manual_seed(0)
-    g = Generator3D(base_width=width)
-    with torch.no_grad():
-        for name, p in g.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.2)
-    return g.eval()
+    return random_generator(base_width=width)
 
 
 def _brain_volume(shape=(32, 48, 32)):
