@@ -19,6 +19,11 @@
 # On a CPU without native bfloat16 the bf16 variants are left out of the timings (emulated,
 # many times slower); bf16 memory and accuracy are measured anyway (and in
 # benchmarks/bench_iguane_bf16.py).
+# On a CPU with AVX512-BF16 or AMX (grep -wE 'avx512_bf16|amx_bf16' /proc/cpuinfo) this
+# script times the bf16 variants too (inference ratio to Keras float32, goal <= 0.7x; the
+# training site-step ratio); issue 26's other bf16 figures there take one command each:
+#   python benchmarks/bench_iguane_bf16.py          # SSIM(bf16, float32), traveling SSIM
+#   python benchmarks/check_bf16_training.py --repeats 50 --without-rule   # 50 trainings
 # The full-size training site-step (160x192x160) is not part of the 10 minutes; run it
 # separately (about 4-6 minutes idle):
 #   .venv-bench/bin/python benchmarks/bench_iguane_training_speed.py --configs full \

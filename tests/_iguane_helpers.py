@@ -1,4 +1,5 @@
-"""Support shared by the IGUANe training tests and their torchrun worker (tests/ddp_worker.py)."""
+"""Support shared by the IGUANe training tests, their torchrun worker (tests/ddp_worker.py)
+and benchmarks/check_bf16_training.py."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import torch
 
 from harmonix.iguane import data as D
+from harmonix.iguane import training as T
 from harmonix.iguane.networks import Generator3D
 
 #: A training of a few seconds: 4 steps of width-2 networks, validation every 2 steps and a
@@ -48,3 +50,25 @@ def random_generator(base_width=4, in_channels=1, dtype=torch.float32) -> Genera
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.2)
     return g.to(dtype).eval()
+
+
+def bf16_short_training(steps=2) -> T.TrainResult:
+    """The 2-step bfloat16 training of issue 26's NaN (width-2 networks on 16^3 blobs,
+    seed 0): the discriminator's last convolution sees 2x2x2 maps."""
+    vols, sites, _ = blob_volumes()
+    config = T.TrainConfig(
+        **{**TINY_TRAINING, "steps_per_epoch": steps, "val_every": steps},
+        mixed_precision=True,
+        amp_dtype="bfloat16",
+    )
+    return T.train(vols, sites, "ref", config=config, random_state=0)
+
+
+def fill_freed_memory_with_nan() -> None:
+    """Allocate blocks of many sizes filled with 0xFF bytes (NaN in bfloat16 and float32)
+    and free them: the allocator hands this memory out again, so a kernel that reads
+    outside its tensors reads NaN."""
+    blocks = []
+    for n in (8, 24, 64, 200, 512, 1500, 4096, 12000, 32768, 100000, 262144):
+        blocks += [torch.full((n,), -1, dtype=torch.int16) for _ in range(24)]
+    del blocks

@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _iguane_helpers import TINY_TRAINING, blob_volumes, random_generator
+from _iguane_helpers import bf16_short_training, fill_freed_memory_with_nan, random_generator
 
 from harmonix.iguane import devices
 from harmonix.iguane import reduced_precision as R
-from harmonix.iguane import training as T
 from harmonix.iguane.devices import EmulatedBFloat16Warning, cpu_supports_bf16
 from harmonix.iguane.inference import harmonize_volume
 from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D
@@ -174,35 +173,14 @@ def test_fused_pass_runs_the_same_layers_in_float32(monkeypatch):
 
 
 # -- training ------------------------------------------------------------------------------
-def _bf16_training(steps=2):
-    """The 2-step training of the issue's NaN (test_autocast_code_path_on_cpu)."""
-    vols, sites, _ = blob_volumes()
-    config = T.TrainConfig(
-        **{**TINY_TRAINING, "steps_per_epoch": steps, "val_every": steps},
-        mixed_precision=True,
-        amp_dtype="bfloat16",
-    )
-    return T.train(vols, sites, "ref", config=config, random_state=0)
-
-
 def test_bf16_training_is_finite_and_repeats(no_emulation_warning):
-    a, b = _bf16_training(steps=1), _bf16_training(steps=1)
+    a, b = bf16_short_training(steps=1), bf16_short_training(steps=1)
     for result in (a, b):
         assert np.isfinite(result.history["loss_generator"]).all()
         assert np.isfinite(result.history["loss_discriminator"]).all()
     assert a.history == b.history
     for name, value in a.generator.state_dict().items():
         assert torch.equal(value, b.generator.state_dict()[name]), name
-
-
-def _fill_freed_memory_with_nan() -> None:
-    """Allocate blocks of many sizes filled with 0xFF bytes (NaN in bfloat16 and float32)
-    and free them: the allocator hands this memory out again, so a kernel that reads
-    outside its tensors reads NaN."""
-    blocks = []
-    for n in (8, 24, 64, 200, 512, 1500, 4096, 12000, 32768, 100000, 262144):
-        blocks += [torch.full((n,), -1, dtype=torch.int16) for _ in range(24)]
-    del blocks
 
 
 @pytest.mark.skipif(
@@ -216,8 +194,8 @@ def test_bf16_training_relapse_on_native_cpu(repeats):
     # others differed from each other: every run must now be finite and identical.
     first = None
     for i in range(repeats):
-        _fill_freed_memory_with_nan()
-        result = _bf16_training()
+        fill_freed_memory_with_nan()
+        result = bf16_short_training()
         history = result.history
         for key in ("loss_discriminator", "loss_generator", "val_score"):
             assert np.isfinite(history[key]).all(), (i, key, history[key])
@@ -299,7 +277,7 @@ def test_emulated_bf16_warns(monkeypatch):
     with pytest.warns(EmulatedBFloat16Warning, match="emulated"):
         harmonize_volume(g, x, amp_dtype="bfloat16")
     with pytest.warns(EmulatedBFloat16Warning, match="mixed_precision=False"):
-        _bf16_training(steps=1)
+        bf16_short_training(steps=1)
     monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
     import warnings
 
