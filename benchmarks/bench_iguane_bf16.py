@@ -24,8 +24,9 @@ outputs. Seconds per image are reported too, with the CPU's flags: on CPUs witho
 AVX512-BF16/AMX bfloat16 is emulated (same numbers up to the kernels' summation order,
 10-200 times slower), so its time there is not the point.
 
-Run from the repository root (about 10 minutes on an AVX2 machine, less with native
-bfloat16)::
+Run from the repository root (with native bfloat16 a few minutes; on an AVX2 machine,
+emulated, the shipped row alone took 17 min at load 16, and the random-weight width-16
+row over 40 min more: add ``--skip-published`` there)::
 
     python benchmarks/bench_iguane_bf16.py --recipe-model seed1.pt
 
