@@ -56,7 +56,7 @@ from harmonix.iguane.devices import EmulatedBFloat16Warning
 from harmonix.iguane.estimator import IGUANeHarmonizer
 from harmonix.iguane.inference import harmonize_volume
 from harmonix.iguane.networks import Generator3D
-from harmonix.iguane.pretrained import load_demo_model
+from harmonix.iguane.pretrained import DEMO_SITE_PREFIX, load_demo_model
 
 SSIM_GOAL = 0.999
 TRAVELING_GOAL = 0.002
@@ -86,9 +86,11 @@ def compare_images(y32: np.ndarray, y16: np.ndarray, brains: np.ndarray) -> dict
 
 
 def timed_transform(model: IGUANeHarmonizer, ds, mixed: bool) -> tuple[np.ndarray, float]:
+    """bf16 or float32 outputs of the images under the labels the model was trained with
+    (``train_demo_model.py`` prefixes the sites with ``DEMO_SITE_PREFIX``)."""
     model.set_params(mixed_precision=mixed, ood_action="ignore")
     start = time.perf_counter()
-    out = model.transform(ds.imgs, ds.sites)
+    out = model.transform(ds.imgs, np.char.add(DEMO_SITE_PREFIX, ds.sites))
     return out, (time.perf_counter() - start) / len(ds.imgs)
 
 
