@@ -3,8 +3,8 @@
 Two checks of issue 26, each run in fresh processes:
 
 - ``--fits``: ``IGUANeHarmonizer(n_epochs=1, steps_per_epoch=2, base_width=4,
-  random_state=0)`` (the issue's fit, default threads) fitted twice on the same 4 mm data,
-  once with nothing added to the machine and once next to two busy processes (pure
+  random_state=0, voxel_size=4)`` (the issue's fit, default threads) fitted twice on the
+  same 4 mm data, once with nothing added to the machine and once next to two busy processes (pure
   Python loops started by this script); the two models' weights and their outputs on the
   data are compared bit for bit. The same pair with ``cpu_threads="auto"`` shows what
   following the load costs.
@@ -63,7 +63,7 @@ def fit_child(out: Path, cpu_threads: str | None) -> None:
     from harmonix.iguane.estimator import IGUANeHarmonizer
 
     ds = make_multisite(n_subjects=4, n_sites=3, resolution=4, random_state=0)
-    est = IGUANeHarmonizer(**FIT, cpu_threads=cpu_threads)
+    est = IGUANeHarmonizer(**FIT, voxel_size=ds.resolution, cpu_threads=cpu_threads)
     est.fit(ds.imgs, ds.sites, ds.ages)
     torch.save(est.generator_.state_dict(), out / "generator.pt")
     np.save(out / "outputs.npy", est.transform(ds.imgs))
@@ -108,7 +108,7 @@ def check_fits() -> list[str]:
     lines = [
         "## Two fits with one random_state, idle and next to two busy processes",
         "",
-        f"`IGUANeHarmonizer({', '.join(f'{k}={v}' for k, v in FIT.items())})` on "
+        f"`IGUANeHarmonizer({', '.join(f'{k}={v}' for k, v in FIT.items())}, voxel_size=4)` on "
         "`make_multisite(n_subjects=4, n_sites=3, resolution=4, random_state=0)`, each fit "
         "in a fresh process; 'busy' = two pure-Python loops started by the script.",
         "",

@@ -189,7 +189,9 @@ def test_default_fits_ignore_the_load_auto_reads_it(monkeypatch):
             return load
 
         monkeypatch.setattr(inference, "busy_neighbours", simulated)
-        est = IGUANeHarmonizer(n_epochs=1, steps_per_epoch=2, base_width=2, random_state=0)
+        est = IGUANeHarmonizer(
+            n_epochs=1, steps_per_epoch=2, base_width=2, random_state=0, voxel_size=1.0
+        )
         return est.set_params(**params).fit(imgs, sites, ages)
 
     idle, loaded = fit((0, 2)), fit((2, 2))
