@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BinnedVoxels", "percentiles", "quantile_ranks", "scatter_brain"]
+from harmonix._docs import fill_doc
+
+__all__ = [
+    "BinnedVoxels",
+    "brain_values",
+    "percentiles",
+    "quantile_ranks",
+    "scatter_brain",
+]
 
 #: bins used by :func:`percentiles` between the smallest and largest voxel.
 _N_BINS = 4096
@@ -137,3 +145,45 @@ def scatter_brain(values: np.ndarray, brain: np.ndarray) -> np.ndarray:
     out = np.zeros(brain.shape, dtype=np.float32)
     out[brain] = values
     return out
+
+
+@fill_doc
+def brain_values(
+    data: np.ndarray, brain: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The brain voxels of one image, for the functions that take ``(data, brain)``.
+
+    Parameters
+    ----------
+    data : ndarray of shape (i, j, k)
+        The image; float64 stays float64, any other type becomes float32.
+    %(brain)s
+
+    Returns
+    -------
+    values : ndarray of shape (n_brain_voxels,)
+        ``data[brain]``.
+    brain : ndarray of bool of shape (i, j, k)
+        The brain mask used.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or the image has no brain voxel.
+
+    Notes
+    -----
+    Without ``brain``, the brain is the non-zero voxels: a background that is not exactly
+    0 counts as brain. The estimators warn about it (:func:`check_background`); these
+    per-image functions, often given bare voxel values, do not.
+    """
+    data = np.asarray(data)
+    if data.dtype != np.float64:
+        data = data.astype(np.float32, copy=False)
+    brain = data != 0 if brain is None else np.asarray(brain, dtype=bool)
+    if brain.shape != data.shape:
+        raise ValueError(f"brain mask shape {brain.shape} differs from image shape {data.shape}.")
+    values = data[brain]
+    if values.size == 0:
+        raise ValueError("The image has no brain voxels (all zero or outside the mask).")
+    return values, brain

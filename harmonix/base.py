@@ -36,7 +36,6 @@ __all__ = [
     "BRAIN_FILL_LIMIT",
     "BaseHarmonizer",
     "IdentityHarmonizer",
-    "brain_values",
     "check_ages",
     "check_background",
     "check_sites",
@@ -149,48 +148,6 @@ def check_background(
         BackgroundWarning,
         stacklevel=stacklevel,
     )
-
-
-@fill_doc
-def brain_values(
-    data: np.ndarray, brain: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The brain voxels of one image, for the functions that take ``(data, brain)``.
-
-    Parameters
-    ----------
-    data : ndarray of shape (i, j, k)
-        The image; float64 stays float64, any other type becomes float32.
-    %(brain)s
-
-    Returns
-    -------
-    values : ndarray of shape (n_brain_voxels,)
-        ``data[brain]``.
-    brain : ndarray of bool of shape (i, j, k)
-        The brain mask used.
-
-    Raises
-    ------
-    ValueError
-        If the shapes differ or the image has no brain voxel.
-
-    Notes
-    -----
-    Without ``brain``, the brain is the non-zero voxels: a background that is not exactly
-    0 counts as brain. The estimators warn about it (:func:`check_background`); these
-    per-image functions, often given bare voxel values, do not.
-    """
-    data = np.asarray(data)
-    if data.dtype != np.float64:
-        data = data.astype(np.float32, copy=False)
-    brain = data != 0 if brain is None else np.asarray(brain, dtype=bool)
-    if brain.shape != data.shape:
-        raise ValueError(f"brain mask shape {brain.shape} differs from image shape {data.shape}.")
-    values = data[brain]
-    if values.size == 0:
-        raise ValueError("The image has no brain voxels (all zero or outside the mask).")
-    return values, brain
 
 
 def _given_statistics(value: Any) -> dict[str, Any]:

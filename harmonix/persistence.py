@@ -184,10 +184,8 @@ def load_estimator(path: str | os.PathLike, expected: type | None = None) -> Any
         The fitted estimator.
     """
     meta = read_model_info(path)
-    module_name, _, cls_name = meta["class"].rpartition(".")
-    if not module_name.startswith("harmonix."):
-        raise ValueError(f"'{path}' names class {meta['class']!r}, which is not harmonix's.")
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    cls = _harmonix_class(meta["class"], path)
+    cls_name = cls.__name__
     if expected is not None and not issubclass(cls, expected):
         raise ValueError(
             f"'{path}' holds a {cls_name}, not a {expected.__name__}; "
@@ -272,8 +270,43 @@ def load_model(path: str | os.PathLike) -> Any:
     if path.suffix == ".npz":
         try:
             return load_estimator(path)
-        except ValueError:  # not an npz model: maybe an IGUANe file saved under .npz
+        except ValueError:  # not an npz model: maybe a torch model saved under .npz
             pass
-    from harmonix.iguane.estimator import IGUANeHarmonizer
+    return _harmonix_class(_torch_model_class(path), path).load(path)
 
-    return IGUANeHarmonizer.load(path)
+
+def _harmonix_class(name: str, path: Path | str | os.PathLike) -> type:
+    """The harmonix class a model file names (``module.Class``), imported by its name."""
+    module_name, _, cls_name = str(name).rpartition(".")
+    if not module_name.startswith("harmonix."):
+        raise ValueError(f"'{path}' names class {name!r}, which is not harmonix's.")
+    try:
+        return getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(
+            f"'{path}' names class {name!r}, which this harmonix {__version__} does not have."
+        ) from exc
+
+
+def _torch_model_class(path: Path) -> str:
+    """The class name stored in a model file written with :func:`torch.save`.
+
+    The file is memory-mapped, so the weights are not read here (the class's own ``load``
+    reads them).
+    """
+    import torch  # a baseline-only session never needs torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise ValueError(
+            f"'{path}' is not a harmonix model file ({reason}); save models with .save()."
+        ) from exc
+    name = payload.get("class") if isinstance(payload, dict) else None
+    if not isinstance(name, str):
+        raise ValueError(
+            f"'{path}' is not a harmonix model file (no class name stored); "
+            "save models with .save()."
+        )
+    return name

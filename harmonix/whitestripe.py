@@ -24,8 +24,8 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.signal import find_peaks
 
 from harmonix._docs import fill_doc
-from harmonix._voxelstats import BinnedVoxels, percentiles, scatter_brain
-from harmonix.base import BaseHarmonizer, brain_values
+from harmonix._voxelstats import BinnedVoxels, brain_values, percentiles, scatter_brain
+from harmonix.base import BaseHarmonizer
 from harmonix.io import ImageCollection
 
 __all__ = ["WhiteStripeHarmonizer", "whitestripe_stats"]

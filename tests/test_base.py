@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harmonix.base import brain_values
-from harmonix.histogram_matching import compute_landmarks
+from harmonix._voxelstats import brain_values
+from harmonix.landmarks import compute_landmarks
 from harmonix.whitestripe import whitestripe_stats
 
 

@@ -16,8 +16,8 @@ from harmonix import (
     WhiteStripeHarmonizer,
 )
 from harmonix._docs import docdict, fill_doc
-from harmonix.base import brain_values
-from harmonix.histogram_matching import compute_landmarks
+from harmonix._voxelstats import brain_values
+from harmonix.landmarks import compute_landmarks
 from harmonix.whitestripe import whitestripe_stats
 
 

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 
 from harmonix._voxelstats import percentiles as fast_percentiles
-from harmonix.histogram_matching import (
-    HistogramMatchingHarmonizer,
-    apply_landmarks,
-    compute_landmarks,
-)
+from harmonix.histogram_matching import HistogramMatchingHarmonizer
+from harmonix.landmarks import apply_landmarks, compute_landmarks
 
 Q = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
 

@@ -13,13 +13,13 @@ import torch
 
 from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
 from harmonix.exceptions import ModelSelectionWarning, SiteMismatchWarning
-from harmonix.histogram_matching import apply_landmarks, compute_landmarks
 from harmonix.iguane import CPU_RECIPE, PatchDiscriminator3D
 from harmonix.iguane import data as D
 from harmonix.iguane import training as T
 from harmonix.iguane.checkpoints import CHECKPOINT_NAME, load_checkpoint
 from harmonix.iguane.estimator import OutOfDistributionWarning
 from harmonix.iguane.selection import SiteDistance
+from harmonix.landmarks import apply_landmarks, compute_landmarks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

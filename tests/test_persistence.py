@@ -140,10 +140,29 @@ def test_load_model_errors_name_the_fix(fitted, tmp_path):
         load_model(tmp_path / "junk.npz")
 
 
-def test_cli_load_model_is_the_persistence_loader():
-    from harmonix import cli
+def test_load_model_takes_the_class_from_the_file(tmp_path, monkeypatch):
+    """The class named in the file is loaded; a file naming another package's class, or a
+    class this version lacks, or none at all, is refused before anything is built."""
+    import torch
 
-    assert cli.load_model is load_model
+    payload = torch.load(DEMO_MODEL_PATH, map_location="cpu", weights_only=True)
+    calls = []
+    monkeypatch.setattr(
+        IGUANeHarmonizer, "load", classmethod(lambda cls, path: calls.append((cls, path)))
+    )
+    torch.save(payload, tmp_path / "ok.pt")
+    load_model(tmp_path / "ok.pt")
+    assert calls == [(IGUANeHarmonizer, tmp_path / "ok.pt")]
+    cases = {
+        "other.pt": ("evil.module.Cls", "which is not harmonix's"),
+        "gone.pt": ("harmonix.iguane.estimator.NoSuchModel", "does not have"),
+        "none.pt": (None, "no class name stored"),
+    }
+    for name, (cls_name, message) in cases.items():
+        torch.save({**payload, "class": cls_name}, tmp_path / name)
+        with pytest.raises(ValueError, match=message):
+            load_model(tmp_path / name)
+    assert len(calls) == 1
 
 
 def test_to_plain_serves_both_model_formats(tmp_path):

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from harmonix._labels import as_label, as_labels
-from harmonix.histogram_matching import apply_landmarks, compute_landmarks, standard_scale
 from harmonix.iguane.data import brain_median
 from harmonix.iguane.site_agreement import LandmarkSpread, map_slopes
+from harmonix.landmarks import apply_landmarks, compute_landmarks, standard_scale
 from harmonix.site_check import SiteAgreement
 
 __all__ = ["INPUT_NORMALIZATIONS", "InputNormalizer", "correction_size", "image_landmarks"]
