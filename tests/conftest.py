@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from _helpers import make_tiny_images  # some tests still import it from here
+from _helpers import make_tiny_images
 
 # Tiny test volumes run faster on one thread (and CI machines have only two cores).
 torch.set_num_threads(1)

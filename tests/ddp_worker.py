@@ -30,7 +30,7 @@ REFERENCE = "site0"
 
 def volumes() -> tuple[list, np.ndarray, np.ndarray]:
     """Network-ready tiny volumes of three sites (one shape, so splits are equivalent)."""
-    from conftest import make_tiny_images
+    from _helpers import make_tiny_images
 
     imgs, sites, ages, _ = make_tiny_images(shape=(16, 16, 16), n_subjects=4, n_sites=3)
     vols = []

@@ -137,7 +137,7 @@ def test_processes_given_different_data_fail_together(ddp_out):
 
 
 def test_cli_fit_under_torchrun_saves_one_model(tmp_path):
-    from conftest import make_tiny_images
+    from _helpers import make_tiny_images
 
     from harmonix import IGUANeHarmonizer
     from harmonix.io import save_img

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_images
+from _helpers import make_tiny_images
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 

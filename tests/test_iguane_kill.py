@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
-    from conftest import make_tiny_images
+    from _helpers import make_tiny_images
     from harmonix import IGUANeHarmonizer
     imgs, sites, ages, _ = make_tiny_images(shape=(16, 16, 16))
     IGUANeHarmonizer(n_epochs=1, steps_per_epoch={n}, base_width=2, val_fraction=0.0,
@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_sigkill_then_resume(tmp_path):
-    from conftest import make_tiny_images
+    from _helpers import make_tiny_images
 
     ckpt_dir = tmp_path / "ckpt"
     script = SCRIPT.format(tests=os.path.dirname(__file__), n=N_STEPS, ckpt=str(ckpt_dir))

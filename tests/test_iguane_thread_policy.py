@@ -176,7 +176,7 @@ def test_norm_results_do_not_depend_on_the_thread_count():
 def test_default_fits_ignore_the_load_auto_reads_it(monkeypatch):
     # two default fits with one random_state, on a simulated idle machine and next to two
     # simulated busy processes: the default never reads the load, so the models are equal
-    from conftest import make_tiny_images
+    from _helpers import make_tiny_images
 
     from harmonix.iguane.estimator import IGUANeHarmonizer
 

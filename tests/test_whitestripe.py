@@ -142,15 +142,23 @@ def test_background_zero_unseen_site_and_mask():
     assert np.all(out[~mask] == 0)
 
 
-def test_small_images_work():
+def test_small_images_are_mapped_onto_the_reference_stripe():
+    """8x8x8 images: each output's own white stripe has the reference's mean and sd (the
+    map is affine, so the stripe quantiles follow it), the background stays 0."""
     rng = np.random.default_rng(0)
     imgs = [
-        np.where(rng.random((8, 8, 8)) < 0.7, rng.normal(600, 80, (8, 8, 8)), 0) + 0
-        for _ in range(2)
+        np.abs(np.where(rng.random((8, 8, 8)) < 0.7, rng.normal(600, 80, (8, 8, 8)), 0)) * scale
+        for scale in (1.0, 1.5)
     ]
-    imgs = [np.abs(x).astype(np.float32) for x in imgs]
-    out = WhiteStripeHarmonizer().fit_transform(imgs, ["a", "b"])
-    assert np.isfinite(out).all()
+    imgs = [x.astype(np.float32) for x in imgs]
+    ws = WhiteStripeHarmonizer().fit(imgs, ["a", "b"])
+    out = ws.transform(imgs, ["a", "b"])
+    for before, after in zip(imgs, out):
+        mu, sigma, _ = whitestripe_stats(after)
+        assert mu == pytest.approx(ws.reference_mean_, rel=1e-3)
+        assert sigma == pytest.approx(ws.reference_std_, rel=1e-3)
+        np.testing.assert_array_equal(after[before == 0], 0)
+    assert not np.allclose(out[1], imgs[1])  # the scaled site really moved
 
 
 def test_save_load_round_trip(tmp_path):
