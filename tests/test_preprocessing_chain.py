@@ -40,7 +40,12 @@ from harmonix.preprocessing.qc import (
     flag_outliers,
     flags,
 )
-from harmonix.preprocessing.steps import itk_seed, n4_correct, register_rigid
+from harmonix.preprocessing.steps import (
+    itk_seed,
+    n4_correct,
+    register_rigid,
+    within_field_of_view,
+)
 from harmonix.preprocessing.template import FSL_AFFINE, load_template, resample
 
 MOVE = rigid_matrix((8.0, -6.0, 11.0), (12.0, -15.0, 9.0))
@@ -353,6 +358,55 @@ def test_brain_beyond_the_fsl_grid_is_kept_and_fallback_flagged(moved, monkeypat
     assert lowest < -72 - 10  # FSL's grid starts at z = -72 mm: the stem is kept
     assert len(brain) / 1000 == pytest.approx(result.qc["mask_volume_ml"], rel=0.01)
     np.testing.assert_allclose(result.image.affine[:3, :3], FSL_AFFINE[:3, :3])
+
+
+def test_within_field_of_view_drops_made_up_brain_only():
+    """Mask voxels more than reach_mm from any signal go; sulci and partial volumes stay."""
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm along k
+    data = np.zeros((30, 30, 30), np.float32)
+    data[5:25, 5:25, 10:25] = 100.0  # acquired slices: k = 10..24
+    data[14:16, 5:25, 12:25] = 0.0  # a 2-voxel zero slit (a stripped sulcus)
+    mask = np.zeros(data.shape, bool)
+    mask[8:22, 8:22, 2:22] = True  # reaches 8 slices (16 mm) below the first one
+    out = within_field_of_view(mask, data, affine, reach_mm=2.0)
+    np.testing.assert_array_equal(out[..., 9:], mask[..., 9:])  # 1 slice = 2 mm kept
+    assert not out[..., :9].any()
+    np.testing.assert_array_equal(out[14:16, 8:22, 12:22], True)  # the slit: 1 mm from data
+    wide = within_field_of_view(mask, data, affine, reach_mm=4.0)
+    assert wide[..., 8].all() == mask[..., 8].all() and not wide[..., :8].any()
+    np.testing.assert_array_equal(within_field_of_view(mask, data + 1.0, affine), mask)
+    assert not within_field_of_view(mask, np.zeros_like(data), affine).any()
+    with pytest.raises(ValueError, match="reach_mm must be >= 0"):
+        within_field_of_view(mask, data, affine, reach_mm=-1.0)
+
+
+def test_brain_beyond_the_field_of_view_is_dropped_but_a_real_one_is_refused(moved, monkeypatch):
+    """A mask with a 40 mm brainstem below the template grid's margin: refused when the
+    scan shows it (a failed extraction or registration), kept without the stem when the
+    scan's field of view ends above it (zeros: nothing was measured there), as deepbet
+    does on a tilted scan resliced to the scanner's axes."""
+    import harmonix.preprocessing.chain as chain_module
+
+    head, mask = (move_scan(img, MOVE, **GRID) for img in _synthetic_head(stem_mm=40.0))
+    gold = nib.as_closest_canonical(mask).get_fdata() > 0.5
+    matrix = moved[2].transform.matrix  # the same anatomy above the stem
+    monkeypatch.setattr(chain_module, "register_rigid", lambda *a, **k: matrix)
+    chain = T1Preprocessor(brain_extractor=lambda data, affine: gold, n4=False)
+    with pytest.raises(ValueError, match="reaches the edge of the template grid"):
+        chain.run(head)
+
+    # the field of view ends at the stem's top: an oblique plane in the scan's voxels
+    cut = -70.0  # mm, template world (z): the unmoved brain ends at -68, the stem at -108
+    ijk = np.indices(head.shape).reshape(3, -1)
+    world = np.linalg.inv(MOVE) @ head.affine @ np.r_[ijk, np.ones((1, ijk.shape[1]))]
+    data = head.get_fdata(dtype=np.float32)
+    data[(world[2] < cut).reshape(head.shape)] = 0.0
+    result = chain.run(nib.Nifti1Image(data, head.affine))
+    brain = np.argwhere(np.asarray(result.mask.dataobj) > 0)
+    lowest = (result.image.affine @ np.r_[brain[:, 2].min() * np.eye(3)[2], 1.0])[2]
+    assert cut - 2.0 - 2.4 - 1.0 <= lowest < cut  # 2 mm reach, a voxel, resampling
+    native = np.asarray(result.native_mask.dataobj) > 0
+    assert native.sum() < gold.sum()
 
 
 def _sphere(radius_mm: float = 70.0, voxel: float = 2.0) -> nib.Nifti1Image:

@@ -30,6 +30,7 @@ from harmonix.preprocessing.steps import (
     n4_correct,
     register_rigid,
     reorient_to_standard,
+    within_field_of_view,
 )
 from harmonix.preprocessing.template import load_template, resample
 
@@ -476,7 +477,9 @@ class T1Preprocessor:
     ----------
     brain_extractor : "deepbet" or callable, default="deepbet"
         ``"deepbet"`` runs deepbet on the CPU; a callable ``f(data, affine) -> mask``
-        (bool array of ``data``'s shape) replaces it, e.g. with an existing mask.
+        (bool array of ``data``'s shape) replaces it, e.g. with an existing mask. Either
+        mask loses its voxels more than 2 mm from any voxel with signal (beyond the
+        scan's field of view: ``harmonix.preprocessing.steps.within_field_of_view``).
     n4 : bool, default=True
         Run N4 bias correction inside the brain mask.
     target_shape : tuple of 3 int, default=(160, 192, 160)
@@ -597,7 +600,8 @@ class T1Preprocessor:
         std = reorient_to_standard(scan)
         data, affine = std.get_fdata(dtype=np.float32), std.affine
         lap("reorient")
-        mask = self._extract(data, affine)
+        # brain beyond the field of view (zeros of a resliced tilted scan) is made up
+        mask = within_field_of_view(self._extract(data, affine), data, affine)
         voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
         volume = float(mask.sum()) * voxel_ml
         numbers: dict[str, Any] = {"mask_volume_ml": round(volume, 1)}

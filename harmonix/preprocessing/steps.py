@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from harmonix.preprocessing._optional import require
 from harmonix.preprocessing.pose import brain_centre, initial_pose
@@ -21,6 +22,7 @@ from harmonix.preprocessing.pose import brain_centre, initial_pose
 __all__ = [
     "reorient_to_standard",
     "extract_brain",
+    "within_field_of_view",
     "n4_correct",
     "register_rigid",
     "itk_seed",
@@ -145,6 +147,66 @@ def extract_brain(data: np.ndarray, affine: np.ndarray, *, threshold: float = 0.
         nib.orientations.axcodes2ornt("RAS"), nib.io_orientation(affine)
     )
     return nib.orientations.apply_orientation(mask, back).astype(bool)
+
+
+#: Farthest a brain mask may reach (mm) from the nearest voxel with signal.
+FIELD_OF_VIEW_REACH_MM = 2.0
+
+
+def within_field_of_view(
+    mask: np.ndarray,
+    data: np.ndarray,
+    affine: np.ndarray,
+    *,
+    reach_mm: float = FIELD_OF_VIEW_REACH_MM,
+) -> np.ndarray:
+    """A brain mask without the voxels that lie beyond the scan's field of view.
+
+    A scan stored on a grid larger than the acquired field of view (an oblique or tilted
+    acquisition resampled to the scanner's axes, a reslice) holds zeros where nothing
+    was measured. Where the field of view cuts through the head, deepbet extends the brain
+    it sees (here the brainstem) into those zeros: on Colin27 tilted (-30, 30, -30)°
+    it reached 18 mm beyond the cut, and that made-up brain, registered, fell beyond the
+    template grid's margin. Voxels farther than ``reach_mm`` from every voxel with signal
+    (above 0) are dropped; voxels closer (partial volumes at the cut, zeros in sulci or
+    ventricles of a skull-stripped scan) are kept.
+
+    Parameters
+    ----------
+    mask : ndarray of bool of shape (i, j, k)
+        The brain mask.
+    data : ndarray of shape (i, j, k)
+        The scan (no signal: values <= 0).
+    affine : ndarray of shape (4, 4)
+        Its voxel-to-world affine (the voxel sizes set the distances).
+    reach_mm : float, default=2.0
+        Largest distance (mm) kept between a mask voxel and the nearest voxel with signal.
+
+    Returns
+    -------
+    ndarray of bool, same shape
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if reach_mm < 0:
+        raise ValueError(f"reach_mm must be >= 0, got {reach_mm}.")
+    if not mask.any():
+        return mask
+    zooms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    pad = np.ceil(reach_mm / zooms).astype(int) + 1  # the nearest signal lies within
+    inside = np.argwhere(mask)
+    low = np.maximum(inside.min(axis=0) - pad, 0)
+    high = np.minimum(inside.max(axis=0) + pad + 1, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(low, high))
+    empty = np.asarray(data)[box] <= 0
+    if not empty.any():
+        return mask
+    if empty.all():
+        distance = np.full(empty.shape, np.inf)
+    else:
+        distance = ndimage.distance_transform_edt(empty, sampling=zooms)
+    out = mask.copy()
+    out[box] &= distance <= reach_mm
+    return out
 
 
 def n4_correct(
