@@ -332,13 +332,13 @@ def table_regression(
     site_rows = np.zeros((n_sites, n_sites))  # the site part of each site's design row
     site_rows[codes, :] = design[:, :n_sites]
     intercepts = site_rows @ coef[:n_sites]  # (n_sites, n_feat)
-    beta = coef[n_sites:]
     onehot = np.zeros((n, n_sites))
     onehot[np.arange(n), codes] = 1.0
     squares = np.zeros((n_sites, n_feat))  # of the squared residuals per site
+    work = np.empty((min(step, n), n_feat))  # reused: no allocation per block
     for rows in blocks:
-        fit = design[rows, n_sites:] @ beta
-        fit += np.take(intercepts, codes[rows], axis=0)
+        # the design's site part gives each row its site's intercept
+        fit = np.matmul(design[rows], coef, out=work[: rows.stop - rows.start])
         resid = np.subtract(y[rows], fit, out=fit)
         squares += onehot[rows].T @ np.square(resid, out=resid)
     # the residuals of each site sum to zero: its intercept is the site mean of r and

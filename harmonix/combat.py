@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from harmonix import _combat_math as cm
 from harmonix._docs import fill_doc
-from harmonix._labels import as_labels, distinct_sites
+from harmonix._labels import as_labels, distinct_sites, site_codes
 from harmonix.base import BaseHarmonizer, check_sites
 from harmonix.covariates import (
     CovariateLevels,
@@ -483,7 +483,7 @@ class ComBatHarmonizer(BaseHarmonizer):
                 )
         labels = self.sites_
         n_sites = len(labels)
-        codes = np.searchsorted(labels, sites)
+        codes = site_codes(sites)[1]  # labels are the sorted distinct sites
         counts = np.bincount(codes, minlength=n_sites)
         ref = getattr(self, "reference_site_", None)
         self.reference_site_ = ref
@@ -779,12 +779,12 @@ class ComBatHarmonizer(BaseHarmonizer):
         dtype = self.grand_mean_.dtype
         stats: dict[str, Any] = {}
         for k, label in enumerate(labels):
-            idx = np.flatnonzero(codes == k).tolist()
             if label in known and label not in new:
                 stats[label] = None
             elif self.unseen_site == "keep":
                 stats[label] = "keep"
             elif self.unseen_site == "fit":
+                idx = np.flatnonzero(codes == k).tolist()
                 if len(idx) < 2:
                     raise ValueError(
                         f"Site {label!r} is handled as a site unseen in fit (its images do "
@@ -872,14 +872,19 @@ class ComBatHarmonizer(BaseHarmonizer):
         centred = cov - self.covariate_means_
         out = np.empty_like(X, dtype=np.float64)
         step = cm.row_block(X.shape[1])
+        # two work blocks, reused: no allocation (nor page faults) per block
+        mean_buf, site_buf = np.empty((2, min(step, len(X)), X.shape[1]))
         for start in range(0, len(X), step):  # blocks of rows that fit in the cache
             rows = slice(start, start + step)
             c = codes[rows]
-            mean = centred[rows] @ self.coef_
-            mean *= np.take(one_minus_a, c, axis=0)
-            block = np.multiply(X[rows], np.take(a, c, axis=0), out=out[rows])
+            mean, per_site = mean_buf[: len(c)], site_buf[: len(c)]
+            np.matmul(centred[rows], self.coef_, out=mean)
+            mean *= np.take(one_minus_a, c, axis=0, out=per_site, mode="clip")
+            mean += np.take(shift, c, axis=0, out=per_site, mode="clip")
+            block = np.multiply(
+                X[rows], np.take(a, c, axis=0, out=per_site, mode="clip"), out=out[rows]
+            )
             block += mean
-            block += np.take(shift, c, axis=0)
         return out
 
     def _standardized(
