@@ -346,8 +346,13 @@ def _check_separable(frame: pd.DataFrame, levels: CovariateLevels, sites: np.nda
     _, codes, counts = site_codes(sites)
     n_sites = len(counts)
     blocks = [_standardized(column_design(frame[n], lev)) for n, lev in levels.items()]
-    design = np.hstack([np.eye(n_sites)[codes.ravel()], *blocks])
-    gram = design.T @ design
+    covs = np.hstack([np.empty((len(codes), 0)), *blocks])
+    # the Gram matrix of [site indicators | covs] from per-site sums (no n x n_sites
+    # indicator matrix): diag(counts), the covariates' sums per site, covs' covs
+    per_site = np.zeros((n_sites, covs.shape[1]))
+    for j, col in enumerate(covs.T):
+        per_site[:, j] = np.bincount(codes, weights=col, minlength=n_sites)
+    gram = np.block([[np.diag(counts.astype(np.float64)), per_site], [per_site.T, covs.T @ covs]])
     site_cols = np.arange(n_sites)
     start, seen = n_sites, []
     for (name, lev), block in zip(levels.items(), blocks):
@@ -359,8 +364,8 @@ def _check_separable(frame: pd.DataFrame, levels: CovariateLevels, sites: np.nda
                 if lev is not None
                 else "it is constant within every site"
             )
-            if len(design) < n_sites + len(cols):
-                what = f"only {len(design)} images for {n_sites + len(cols)} design columns"
+            if len(codes) < n_sites + len(cols):
+                what = f"only {len(codes)} images for {n_sites + len(cols)} design columns"
             raise ValueError(
                 f"covariate {name!r} is collinear with site ({what}): the design cannot "
                 "separate its effect from the site effect. Drop it, or add images where it "
