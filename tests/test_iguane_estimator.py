@@ -168,6 +168,11 @@ def test_resume_from_a_finished_checkpoint(data, tmp_path):
         nib.save(nib.Nifti1Image(img, np.eye(4)), paths[-1])
     from_files = IGUANeHarmonizer(**params, resume=True).fit(paths, sites, ages)
     assert from_files.history_ == first.history_
+    # other input normalization: the networks would see other inputs, refused
+    renormalized = IGUANeHarmonizer(**params, resume=True, input_normalization="histogram")
+    with pytest.raises(ValueError, match="input_normalization='median' \\(now 'histogram'\\)"):
+        renormalized.fit(imgs, sites, ages)
+    assert not hasattr(renormalized, "generator_")
 
 
 def test_invalid_parameters_raise(data):

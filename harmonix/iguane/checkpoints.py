@@ -54,6 +54,7 @@ def fingerprint(
     world_size: int = 1,
     images: str | None = None,
     strata: np.ndarray | None = None,
+    input_normalization: str | None = None,
 ) -> str:
     """What a checkpoint must share with the training that resumes it, as JSON.
 
@@ -74,6 +75,10 @@ def fingerprint(
     strata : ndarray or None, default=None
         Categorical covariate combination of every image (recorded only when given, so
         the fingerprints of trainings without covariates are unchanged).
+    input_normalization : str or None, default=None
+        How the images were normalized before training (the estimator's
+        ``input_normalization``): the networks see other inputs when it changes. Recorded
+        only when given.
 
     Returns
     -------
@@ -92,6 +97,8 @@ def fingerprint(
     }
     if strata is not None:
         info["strata"] = [str(s) for s in strata.tolist()]
+    if input_normalization is not None:
+        info["input_normalization"] = str(input_normalization)
     return json.dumps(info, sort_keys=True, default=str)
 
 
@@ -126,6 +133,11 @@ def describe_mismatch(saved: str, current: str) -> str:
     for key in ("sites", "reference_site", "ages", "strata"):
         if a.get(key) != b.get(key):
             diffs.append(f"the training {key.replace('_', ' ')}")
+    if a.get("input_normalization") != b.get("input_normalization"):
+        diffs.append(
+            f"input_normalization={a.get('input_normalization')!r} "
+            f"(now {b.get('input_normalization')!r})"
+        )
     if "images" not in a:
         diffs.append("the checkpoint has no digest of its images (an older harmonix)")
     elif a["images"] != b.get("images"):

@@ -43,7 +43,12 @@ from harmonix.iguane.guard import (
 from harmonix.iguane.inference import harmonize_volume
 from harmonix.iguane.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
 from harmonix.iguane.networks import Generator3D
-from harmonix.iguane.normalization import InputNormalizer, correction_size, image_landmarks
+from harmonix.iguane.normalization import (
+    InputNormalizer,
+    check_kind,
+    correction_size,
+    image_landmarks,
+)
 from harmonix.iguane.training import train
 from harmonix.io import ImageCollection, as_collection
 from harmonix.persistence import to_plain
@@ -453,7 +458,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int | np.integer):
             raise ValueError(f"cache_size must be an integer >= 0, got {self.cache_size!r}.")
         histogram = self.input_normalization == "histogram"
-        InputNormalizer.fit(self.input_normalization, None, sites, None)  # validates the kind
+        check_kind(self.input_normalization)
         medians = np.empty(len(imgs))
         n_brain = np.empty(len(imgs))
         landmarks = []
@@ -503,6 +508,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
             distributed=self.distributed,
             scoring=self.scoring,
             data_digest=digest.hexdigest(),
+            input_normalization=self.input_normalization,
         )
         self.generator_ = result.generator
         self.input_shape_ = input_shape

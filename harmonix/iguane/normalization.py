@@ -41,10 +41,25 @@ from harmonix.iguane.site_agreement import LandmarkSpread, map_slopes
 from harmonix.landmarks import apply_landmarks, compute_landmarks, standard_scale
 from harmonix.site_check import SiteAgreement
 
-__all__ = ["INPUT_NORMALIZATIONS", "InputNormalizer", "correction_size", "image_landmarks"]
+__all__ = [
+    "INPUT_NORMALIZATIONS",
+    "InputNormalizer",
+    "check_kind",
+    "correction_size",
+    "image_landmarks",
+]
 
 #: Accepted values of ``input_normalization``.
 INPUT_NORMALIZATIONS = ("median", "histogram")
+
+
+def check_kind(kind: Any) -> None:
+    """Refuse an ``input_normalization`` that is not one of :data:`INPUT_NORMALIZATIONS`."""
+    if kind not in INPUT_NORMALIZATIONS:
+        raise ValueError(
+            f"input_normalization must be one of {INPUT_NORMALIZATIONS}, got {kind!r}."
+        )
+
 
 #: Landmark percentiles of the "histogram" normalization (those of the HM baseline).
 LANDMARK_PERCENTILES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
@@ -98,10 +113,7 @@ class InputNormalizer:
         -------
         InputNormalizer
         """
-        if kind not in INPUT_NORMALIZATIONS:
-            raise ValueError(
-                f"input_normalization must be one of {INPUT_NORMALIZATIONS}, got {kind!r}."
-            )
+        check_kind(kind)
         if kind == "median" or landmarks is None:
             return cls("median")
         labels = list(dict.fromkeys(sites.tolist()))

@@ -186,6 +186,7 @@ def train(
     distributed: bool | None = None,
     scoring: Scoring | None = None,
     data_digest: str | None = None,
+    input_normalization: str | None = None,
 ) -> TrainResult:
     """Train IGUANe's generators and discriminators; return the selected generator.
 
@@ -245,6 +246,10 @@ def train(
         refused (:class:`~harmonix.IGUANeHarmonizer` passes the digest of the raw
         images). None: with ``checkpoint_dir``, computed from ``volumes`` in one extra
         pass over them (:func:`~harmonix.iguane.checkpoints.volumes_digest`).
+    input_normalization : str, default=None
+        How ``volumes`` were normalized (:class:`~harmonix.IGUANeHarmonizer` passes its
+        ``input_normalization``), stored in the fingerprint so that a resume after
+        changing it is refused.
 
     Returns
     -------
@@ -306,6 +311,7 @@ def train(
         verbose=verbose,
         scoring=scoring,
         data_digest=data_digest,
+        input_normalization=input_normalization,
     )
     run.loop(config.total_steps if max_steps is None else min(config.total_steps, max_steps))
     return run.result()
@@ -449,6 +455,7 @@ def _start(
     verbose: int,
     scoring: Scoring | None = None,
     data_digest: str | None = None,
+    input_normalization: str | None = None,
 ) -> _Run:
     """:func:`train` after argument checks, up to the first step, in one process.
 
@@ -464,7 +471,14 @@ def _start(
     if data_digest is None and ckpt_path is not None:
         data_digest = volumes_digest(volumes)
     run_id = fingerprint(
-        config, sites_arr, reference_site, ages_arr, _world_size(context), data_digest, strata_arr
+        config,
+        sites_arr,
+        reference_site,
+        ages_arr,
+        _world_size(context),
+        data_digest,
+        strata_arr,
+        input_normalization,
     )
     if context is not None:
         context.check_same(f"{run_id}|{n_images}|{val_indices}", "data or settings")
