@@ -90,7 +90,10 @@ def timed_run(chain: T1Preprocessor, img: nib.Nifti1Image, sampler: RSSSampler):
     for stage, seconds in result.timings.items():
         inside = [(r, c) for s, r, c in sampler.samples if t <= s <= t + seconds]
         peak = max((r for r, _ in inside), default=np.nan)
-        cpu = inside[-1][1] - inside[0][1] if len(inside) > 1 else np.nan
+        # a stage shorter than the sampling period (20 ms) holds under two samples: its
+        # CPU time is below what the sampler resolves, counted as 0 (not NaN, which made
+        # the per-scan CPU sum NaN)
+        cpu = inside[-1][1] - inside[0][1] if len(inside) > 1 else 0.0
         rows.append((stage, seconds, peak, cpu))
         t += seconds
     return result, total, rows
