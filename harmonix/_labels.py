@@ -184,9 +184,7 @@ def check_sites(sites: Any, n_images: int, *, name: str = "sites") -> np.ndarray
     Returns
     -------
     ndarray of str of shape (n_images,)
-        The labels as text, surrounding whitespace stripped; read-only when the
-        labels were converted per distinct value (their factorization is remembered
-        for :func:`distinct_sites`).
+        The labels as text, surrounding whitespace stripped.
 
     Raises
     ------
