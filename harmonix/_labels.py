@@ -161,10 +161,9 @@ def _labels_by_value(sites: Any) -> tuple[np.ndarray, Any] | None:
     if None not in texts:  # the usual case: text labels, indexed once (no per-label objects)
         distinct = np.asarray(texts, dtype=str)
         labels = distinct[codes]
-        texts = distinct.tolist()
-        first = list(dict.fromkeys(texts))  # values with one text (" a", "a") merged
-        position = {text: k for k, text in enumerate(first)}
-        _remember(labels, first, np.asarray([position[t] for t in texts], dtype=np.intp)[codes])
+        first = distinct.tolist()
+        if len(set(first)) == len(first):  # the factorization is that of the texts
+            _remember(labels, first, codes)
         return labels, sites
     return np.asarray(texts, dtype=object)[codes], sites
 

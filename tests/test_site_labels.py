@@ -152,27 +152,3 @@ def test_site_codes_equal_numpy_unique_and_distinct_sites_keep_first_appearance(
     first, idx = distinct_sites(sites)
     assert first == list(dict.fromkeys(sites.tolist()))
     np.testing.assert_array_equal(np.asarray(first)[idx], sites)
-
-
-@pytest.mark.parametrize(
-    "values", [np.array(["b", " a", "b", "a ", "c"]), ["b", "a", "b"], pd.Series([2, 1, 2])]
-)
-def test_checked_labels_are_factorized_once_and_never_stale(values):
-    """check_sites returns a read-only array whose factorization distinct_sites reuses;
-    it equals a fresh one (on a writable copy), and an array made writable again and
-    changed is factorized afresh."""
-    n = len(values)
-    sites = check_sites(values, n)
-    assert not sites.flags.writeable
-    first, codes = distinct_sites(sites)
-    fresh_first, fresh_codes = distinct_sites(sites.copy())
-    assert first == fresh_first
-    np.testing.assert_array_equal(codes, fresh_codes)
-    assert not codes.flags.writeable  # shared by the calls: nobody may change it
-    first.append("x")  # the returned list is the caller's
-    assert distinct_sites(sites)[0] == fresh_first
-    sites.setflags(write=True)
-    sites[0] = "q"
-    again, codes = distinct_sites(sites)
-    assert again[0] == "q"
-    np.testing.assert_array_equal(np.asarray(again)[codes], sites)
