@@ -17,7 +17,6 @@ an image without a site must never become a site called "nan".
 from __future__ import annotations
 
 import numbers
-import weakref
 from typing import Any
 
 import numpy as np
@@ -159,12 +158,7 @@ def _labels_by_value(sites: Any) -> tuple[np.ndarray, Any] | None:
     codes, uniques = pd.factorize(sites)
     texts = [as_label(u) for u in np.asarray(uniques, dtype=object).tolist()]
     if None not in texts:  # the usual case: text labels, indexed once (no per-label objects)
-        distinct = np.asarray(texts, dtype=str)
-        labels = distinct[codes]
-        first = distinct.tolist()
-        if len(set(first)) == len(first):  # the factorization is that of the texts
-            _remember(labels, first, codes)
-        return labels, sites
+        return np.asarray(texts, dtype=str)[codes], sites
     return np.asarray(texts, dtype=object)[codes], sites
 
 
@@ -227,32 +221,10 @@ def check_sites(sites: Any, n_images: int, *, name: str = "sites") -> np.ndarray
     return np.asarray(labels, dtype=str)
 
 
-#: The factorization of the label arrays :func:`check_sites` returned and that are still
-#: alive: ``id -> (weak reference, distinct labels, codes)``. Those arrays are read-only,
-#: so fit and transform, which ask :func:`distinct_sites` about the same labels several
-#: times, factorize 10,000 labels once (each factorization takes about 0.7 ms).
-_FACTORIZED: dict[int, tuple[weakref.ref, list[str], np.ndarray]] = {}
-
-
-def _remember(labels: np.ndarray, first: list[str], codes: np.ndarray) -> None:
-    """Make ``labels`` (a new array) read-only and remember its factorization until it is
-    garbage collected."""
-    labels.setflags(write=False)
-    codes = np.asarray(codes)
-    codes.setflags(write=False)
-    key = id(labels)
-    ref = weakref.ref(labels, lambda _ref, key=key: _FACTORIZED.pop(key, None))
-    _FACTORIZED[key] = (ref, first, codes)
-
-
 def distinct_sites(sites: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The distinct labels of checked sites (:func:`check_sites`), in order of first
-    appearance, and each image's position among them (a read-only array): one hash pass
-    in C, where a Python loop over 10,000 labels (``dict.fromkeys(sites.tolist())``) takes
-    milliseconds, and none for an array that :func:`check_sites` returned."""
-    known = _FACTORIZED.get(id(sites))
-    if known is not None and known[0]() is sites and not sites.flags.writeable:
-        return list(known[1]), known[2]
+    appearance, and each image's position among them: one hash pass in C, where a Python
+    loop over 10,000 labels (``dict.fromkeys(sites.tolist())``) takes milliseconds."""
     codes, uniques = pd.factorize(np.asarray(sites))
     return [str(u) for u in uniques.tolist()], codes
 
