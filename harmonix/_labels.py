@@ -155,7 +155,7 @@ def _labels_by_value(sites: Any) -> tuple[np.ndarray, Any] | None:
             return None
     elif sites.dtype.kind not in "USiub":
         return None
-    codes, uniques = pd.factorize(sites)
+    codes, uniques = _factorize(sites)
     texts = [as_label(u) for u in np.asarray(uniques, dtype=object).tolist()]
     if None not in texts:  # the usual case: text labels, indexed once (no per-label objects)
         return np.asarray(texts, dtype=str)[codes], sites
@@ -221,11 +221,41 @@ def check_sites(sites: Any, n_images: int, *, name: str = "sites") -> np.ndarray
     return np.asarray(labels, dtype=str)
 
 
+def _text_keys(values: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each text of a 1-D ``<U`` array (its code points as the
+    coefficients of a polynomial, computed with unsigned wrap-around)."""
+    width = values.dtype.itemsize // 4
+    words = np.ascontiguousarray(values).view(np.uint32).reshape(len(values), width)
+    weights = np.full(width, 1_000_003, dtype=np.uint64) ** np.arange(width, dtype=np.uint64)
+    return words.astype(np.uint64) @ weights
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(values)`` (codes in order of first appearance, and the distinct
+    values), faster for fixed-width text (numpy ``<U``) arrays.
+
+    pandas hashes Python objects, so a ``<U`` array is first turned into 10,000 ``str``
+    objects (most of its 0.6 ms). Here each text's UTF-32 code points are hashed into one
+    64-bit integer (a polynomial with wrap-around), the integers are factorized, and the
+    result is verified: every value must equal its group's first value, else (a hash
+    collision: never seen, but possible) the object path answers. Exact either way.
+    """
+    if values.dtype.kind != "U" or values.ndim != 1 or values.dtype.itemsize == 0:
+        return pd.factorize(values)
+    codes, _ = pd.factorize(_text_keys(values))
+    first = np.empty(codes.max() + 1 if len(codes) else 0, dtype=np.intp)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
+    uniques = values[first]
+    if not np.array_equal(uniques[codes], values):
+        return pd.factorize(values)
+    return codes, uniques
+
+
 def distinct_sites(sites: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The distinct labels of checked sites (:func:`check_sites`), in order of first
     appearance, and each image's position among them: one hash pass in C, where a Python
     loop over 10,000 labels (``dict.fromkeys(sites.tolist())``) takes milliseconds."""
-    codes, uniques = pd.factorize(np.asarray(sites))
+    codes, uniques = _factorize(np.asarray(sites))
     return [str(u) for u in uniques.tolist()], codes
 
 

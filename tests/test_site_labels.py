@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from _helpers import HARMONIZERS, make, make_tiny_images
 
-from harmonix import ComBatHarmonizer, IGUANeHarmonizer
+from harmonix import ComBatHarmonizer, IGUANeHarmonizer, _labels
 from harmonix._labels import as_label, check_sites, distinct_sites, site_codes
 
 
@@ -128,8 +128,6 @@ def test_iguane_site_landmarks_found_whatever_the_label_type(numbered):
 def test_labels_converted_once_per_value_equal_one_by_one(values):
     """check_sites converts each distinct value once (10,000 labels of a few sites); the
     result is the per-label rule's."""
-    from harmonix._labels import as_label
-
     items = values.tolist() if hasattr(values, "tolist") else list(values)
     expected = [as_label(v) for v in items]
     np.testing.assert_array_equal(check_sites(values, len(items)), np.asarray(expected, dtype=str))
@@ -152,3 +150,24 @@ def test_site_codes_equal_numpy_unique_and_distinct_sites_keep_first_appearance(
     first, idx = distinct_sites(sites)
     assert first == list(dict.fromkeys(sites.tolist()))
     np.testing.assert_array_equal(np.asarray(first)[idx], sites)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_text_factorization_equals_pandas(seed):
+    """The hashed factorization of ``<U`` labels gives pandas' codes and uniques, for
+    texts of mixed lengths and non-ASCII characters."""
+    rng = np.random.default_rng(seed)
+    pool = ["a", "aa", "site 1", "Zürich", "東京", "x" * 40, "b", "site 10"]
+    values = rng.choice(pool, 2000)
+    codes, uniques = _labels._factorize(values)
+    ref_codes, ref_uniques = pd.factorize(values)
+    np.testing.assert_array_equal(codes, ref_codes)
+    assert uniques.tolist() == ref_uniques.tolist()
+
+
+def test_text_factorization_falls_back_on_a_hash_collision(monkeypatch):
+    """Texts with the same hash (forced: every key 0) are still told apart."""
+    monkeypatch.setattr(_labels, "_text_keys", lambda v: np.zeros(len(v), dtype=np.uint64))
+    codes, uniques = _labels._factorize(np.array(["A", "B", "A", "C", "B"]))
+    assert codes.tolist() == [0, 1, 0, 2, 1]
+    assert uniques.tolist() == ["A", "B", "C"]
