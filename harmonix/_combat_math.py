@@ -282,6 +282,43 @@ def row_block(n_columns: int, budget_bytes: int = 1024 * 1024) -> int:
     return max(16, budget_bytes // (8 * max(n_columns, 1)))
 
 
+def _site_moments(
+    y: np.ndarray, cov: np.ndarray, codes: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """One pass over a table, site by site: per site ``b`` its first row ``shift[b]`` and,
+    of the rows shifted by it, the sums ``s1[b]``, sums of squares ``s2[b]`` and the
+    cross products ``cy[b] = C_b' (Y_b - shift[b])`` with the covariate columns; and the
+    Gram matrix ``gram[b]`` of ``[1 | C_b]``.
+
+    The rows of a site are gathered in blocks that fit in the cache (the table is read
+    once, in any row order); shifting by a row of the same site keeps the sums of squares
+    near the site's spread, so that ``s2 - s1**2 / n`` loses no precision to a large
+    mean.
+    """
+    n_sites, n_feat, q = len(counts), y.shape[1], cov.shape[1]
+    order = np.argsort(codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    ones_cov = np.hstack([np.ones((len(cov), 1)), cov])  # sums and cross products at once
+    shift, s2 = np.zeros((n_sites, n_feat)), np.zeros((n_sites, n_feat))
+    sums = np.zeros((n_sites, q + 1, n_feat))
+    gram = np.zeros((n_sites, q + 1, q + 1))
+    step = row_block(n_feat, budget_bytes=1024 * 1024)
+    for b in range(n_sites):
+        rows_b = order[bounds[b] : bounds[b + 1]]
+        if not len(rows_b):
+            continue
+        shift[b] = y[rows_b[0]]
+        design_b = ones_cov[rows_b]
+        gram[b] = design_b.T @ design_b
+        for start in range(0, len(rows_b), step):
+            rows = rows_b[start : start + step]
+            block = np.take(y, rows, axis=0)
+            block -= shift[b]
+            sums[b] += design_b[start : start + step].T @ block
+            s2[b] += np.einsum("ij,ij->j", block, block)
+    return shift, sums[:, 0], s2, sums[:, 1:], gram
+
+
 def table_regression(
     data: np.ndarray,
     design: np.ndarray,
@@ -289,23 +326,24 @@ def table_regression(
     n_sites: int,
     ref_level: int | None,
 ) -> VoxelStats:
-    """:func:`voxel_regression` for a table of features, with matrix products.
+    """:func:`voxel_regression` for a table of features, from per-site sums.
 
-    The same model and formulas; the sums over images run inside BLAS and over blocks of
-    rows instead of Python loops over images, so the numbers agree with
-    :func:`voxel_regression` to rounding (about 1e-12 relative), not bit for bit. Fast
-    when there are many rows (10,000 subjects) and few columns (features): the table is
-    read twice, in blocks of rows whose temporaries fit in the cache. A feature is
-    constant (left unchanged) when its pooled standard deviation is below
+    The same model and formulas, computed from sufficient statistics gathered in one
+    pass over the table (:func:`_site_moments`): the site columns of the design span the
+    site indicators, so the covariate effects ``beta`` are the pooled within-site
+    regression (``(sum_b C_b'C_b)^-1 sum_b C_b'y_b``, covariates and data centred per
+    site), each site's intercept is its mean of ``y - covariates . beta`` and its residual
+    sum of squares ``S_yy - 2 beta'S_cy + beta'S_cc beta`` (within-site sums). The numbers
+    agree with :func:`voxel_regression` to rounding (about 1e-12 relative), not bit for
+    bit; a feature whose covariates explain more than ``1 - 1e-4`` of a site's variance
+    (where that difference would cancel digits) gets its residuals computed explicitly.
+    A feature is constant (left unchanged) when its pooled standard deviation is below
     ``DEGENERATE_RTOL`` times its magnitude (the largest site mean plus three standard
     deviations, instead of the images' largest absolute value).
 
-    The site columns of the design span the site indicators, so the least-squares
-    residuals of each site sum to zero: the residual of a row is ``r - intercept`` with
-    ``r = y - covariates . beta`` and its site's fitted intercept, and the standardized
-    data of a site differ from its residuals by a constant: the site mean of the
-    standardized data is ``(intercept - grand_mean) / sd`` and its sum of squares the
-    site's residual sum of squares over ``sd**2`` (no cancellation).
+    The standardized data of a site differ from its residuals by a constant: the site
+    mean of the standardized data is ``(intercept - grand_mean) / sd`` and its sum of
+    squares the site's residual sum of squares over ``sd**2``.
 
     Parameters
     ----------
@@ -319,48 +357,56 @@ def table_regression(
     VoxelStats
     """
     y = np.asarray(data, dtype=np.float64)
-    n, n_feat = y.shape
+    n = len(y)
     counts = np.bincount(codes, minlength=n_sites)
-    step = row_block(n_feat)
-    blocks = [slice(start, min(start + step, n)) for start in range(0, n, step)]
-    # coef = inv(D'D) D'y, as neuroHarmonize (D'y accumulated over blocks of rows)
-    dty = np.zeros((design.shape[1], n_feat))
-    for rows in blocks:
-        dty += design[rows].T @ y[rows]
-    coef = np.linalg.solve(design.T @ design, dty)
-    # residuals y - covariates . beta - the site's intercept, summed per site
+    size = np.maximum(counts, 1).astype(np.float64)
+    offset = design[:, n_sites:].mean(axis=0)
+    cov = design[:, n_sites:] - offset  # centred: the per-site sums below lose no digits
+    shift, s1, s2, cy, gram = _site_moments(y, cov, codes, counts)
+    # within-site centred moments of the covariates
+    c_sum = gram[:, 0, 1:]
+    c_mean = c_sum / size[:, None]
+    scc = gram[:, 1:, 1:] - c_sum[:, :, None] * c_mean[:, None, :]
+    # and of the data: S_yy and S_cy per site
+    mean_b = s1 / size[:, None]  # of the shifted rows
+    syy = s2 - s1 * mean_b
+    scy = cy - c_sum[:, :, None] * mean_b[:, None, :]
+    beta = np.linalg.solve(scc.sum(axis=0), scy.sum(axis=0))  # (q, n_feat)
+    centred_intercepts = shift + mean_b - c_mean @ beta  # (n_sites, n_feat)
+    rss = syy - 2.0 * np.einsum("bjf,jf->bf", scy, beta)
+    rss += np.einsum("jf,bjl,lf->bf", beta, scc, beta)
+    cancelled = np.flatnonzero((rss < 1e-4 * syy).any(axis=0))
+    if cancelled.size:  # explicit residuals where the difference lost digits
+        fit = centred_intercepts[:, cancelled][codes] + cov @ beta[:, cancelled]
+        resid = y[:, cancelled] - fit
+        for b in range(n_sites):
+            r_b = resid[codes == b]
+            rss[b, cancelled] = np.einsum("ij,ij->j", r_b, r_b)
+    intercepts = centred_intercepts - offset @ beta  # of the design's covariates
+    site_ss = np.maximum(rss, 0.0)
+    site_ss[counts == 0] = 0.0
+    # the design's coefficients: the site part gives each site its intercept
     site_rows = np.zeros((n_sites, n_sites))  # the site part of each site's design row
     site_rows[codes, :] = design[:, :n_sites]
-    intercepts = site_rows @ coef[:n_sites]  # (n_sites, n_feat)
-    onehot = np.zeros((n, n_sites))
-    onehot[np.arange(n), codes] = 1.0
-    squares = np.zeros((n_sites, n_feat))  # of the squared residuals per site
-    work = np.empty((min(step, n), n_feat))  # reused: no allocation per block
-    for rows in blocks:
-        # the design's site part gives each row its site's intercept
-        fit = np.matmul(design[rows], coef, out=work[: rows.stop - rows.start])
-        resid = np.subtract(y[rows], fit, out=fit)
-        squares += onehot[rows].T @ np.square(resid, out=resid)
-    # the residuals of each site sum to zero: its intercept is the site mean of r and
-    # its sum of squared residuals that of the (shifted) standardized data
-    site_ss = squares
-    site_r = intercepts
+    present = counts > 0
+    site_coef = np.zeros((n_sites, y.shape[1]))
+    site_coef[present] = np.linalg.solve(site_rows[np.ix_(present, present)], intercepts[present])
+    coef = np.vstack([site_coef, beta])
     if ref_level is None:
-        var_pooled = squares.sum(axis=0) / float(n)
-        grand_mean = (counts / float(n)) @ coef[:n_sites]
+        var_pooled = site_ss.sum(axis=0) / float(n)
+        grand_mean = (counts / float(n)) @ intercepts
     else:
-        var_pooled = squares[ref_level] / float(counts[ref_level])
-        grand_mean = coef[ref_level].copy()
+        var_pooled = site_ss[ref_level] / float(counts[ref_level])
+        grand_mean = intercepts[ref_level].copy()
     # the features' magnitude, for the constant-feature test: the largest site mean of y
-    # (exactly the site mean of r plus its mean covariate effect) plus three sds
-    mean_cov = onehot.T @ design[:, n_sites:] / np.maximum(counts, 1)[:, None]
-    site_y = site_r + mean_cov @ coef[n_sites:]
-    scale = np.abs(site_y[counts > 0]).max(axis=0) + 3.0 * np.sqrt(site_ss.max(axis=0) / n)
+    # plus three sds
+    site_y = shift + mean_b
+    scale = np.abs(site_y[present]).max(axis=0) + 3.0 * np.sqrt(site_ss.max(axis=0) / n)
     sd = np.sqrt(var_pooled)
     degenerate = ~(sd > DEGENERATE_RTOL * scale)
     sd[degenerate] = 1.0
-    site_mean = (site_r - grand_mean) / sd
-    site_mean[counts == 0] = 0.0
+    site_mean = (intercepts - grand_mean) / sd
+    site_mean[~present] = 0.0
     return VoxelStats(coef, grand_mean, var_pooled, site_mean, site_ss / sd**2, degenerate)
 
 

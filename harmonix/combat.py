@@ -866,8 +866,11 @@ class ComBatHarmonizer(BaseHarmonizer):
         """Harmonized table: ``a * y + (1 - a) * model_mean - o``, row ``i`` with the
         ``(a, 1 - a, o)`` of ``params[codes[i]]`` (None: left unchanged, ``1, 0, 0``)."""
         unchanged = (np.ones(X.shape[1]), np.zeros(X.shape[1]), np.zeros(X.shape[1]))
-        a, one_minus_a, o = (np.stack([(p or unchanged)[k] for p in params]) for k in range(3))
-        # (1 - a) * (grand_mean + effects) - o = (1 - a) * effects + shift, per site
+        one_minus_a = np.stack([(p or unchanged)[1] for p in params])
+        o = np.stack([(p or unchanged)[2] for p in params])
+        # a * y + (1 - a) * (grand_mean + effects) - o = y + (1 - a) * (m - y) + shift,
+        # with m = effects = centred covariates . coef and shift = (1 - a) * grand_mean - o:
+        # exactly y where a = 1 and o = 0 (a site or a constant feature left unchanged)
         shift = one_minus_a * self.grand_mean_ - o
         centred = cov - self.covariate_means_
         out = np.empty_like(X, dtype=np.float64)
@@ -879,12 +882,10 @@ class ComBatHarmonizer(BaseHarmonizer):
             c = codes[rows]
             mean, per_site = mean_buf[: len(c)], site_buf[: len(c)]
             np.matmul(centred[rows], self.coef_, out=mean)
-            mean *= np.take(one_minus_a, c, axis=0, out=per_site, mode="clip")
-            mean += np.take(shift, c, axis=0, out=per_site, mode="clip")
-            block = np.multiply(
-                X[rows], np.take(a, c, axis=0, out=per_site, mode="clip"), out=out[rows]
-            )
-            block += mean
+            block = np.subtract(mean, X[rows], out=out[rows])
+            block *= np.take(one_minus_a, c, axis=0, out=per_site, mode="clip")
+            block += np.take(shift, c, axis=0, out=per_site, mode="clip")
+            block += X[rows]
         return out
 
     def _standardized(

@@ -88,6 +88,35 @@ def test_table_and_voxel_regressions_agree(study):
             np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("case", ["large_offset", "exact_fit", "constant"])
+def test_table_regression_keeps_its_digits_on_hard_features(study, case):
+    """Features whose sums of squares would cancel digits: a mean 1e8 times the spread
+    (against the same feature without the offset: the voxel regression's own sums lose
+    digits there), a feature the covariates explain to 1e-7 of its variance (explicit
+    residuals), a constant feature."""
+    X, sites, cov = study
+    rng = np.random.default_rng(3)
+    labels, codes = np.unique(sites, return_inverse=True)
+    columns = np.column_stack([cov["age"], cov["sex"] == "M"]).astype(float)
+    design = cm.design_matrix(codes, len(labels), columns, None)
+    hard, offset = X.copy(), np.zeros(X.shape[1])
+    if case == "large_offset":
+        hard[:, 0] = rng.normal(0, 1, len(X)) + codes
+        offset[0] = 1e8
+    elif case == "exact_fit":
+        hard[:, 0] = 3.0 * columns[:, 0] + 5.0 * codes + 1e-5 * rng.normal(0, 1, len(X))
+    else:
+        hard[:, 0] = 42.0
+    a = cm.voxel_regression(hard, design, codes, len(labels), None, chunk_size=13)
+    b = cm.table_regression(hard + offset, design, codes, len(labels), None)
+    b.coef[: len(labels)] -= offset  # the site intercepts carry the offset
+    b.grand_mean -= offset
+    grain = 1e-9 + 2 * np.spacing(offset.max())  # what 1e8 + intercept can hold
+    for name in ("coef", "grand_mean", "var_pooled", "site_mean", "site_ss"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-8, atol=grain)
+    assert b.degenerate[0] == (case == "constant")
+
+
 def test_string_and_numeric_codings_give_the_same_model(study):
     X, sites, cov = study
     strings = ComBatHarmonizer().fit(X, sites, covariates=cov)
