@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -411,27 +412,32 @@ def table_regression(
 
 
 # -- pass 2: empirical Bayes ----------------------------------------------------------------
-def _mean_var(x: np.ndarray) -> tuple[float, float]:
-    """``np.mean(x)`` and ``np.var(x, ddof=1)``, with the same operations (so the same
-    bits), without their per-call overhead (a table's EB runs them for every site)."""
+def _mean_var(x: np.ndarray) -> tuple[Any, Any]:
+    """``np.mean(x, axis=-1)`` and ``np.var(x, ddof=1, axis=-1)``, with the same
+    operations (so the same bits), without their per-call overhead; floats for 1-D
+    ``x``, one value per row for 2-D ``x``."""
     x = np.asarray(x, dtype=np.float64)
-    mean = x.sum() / x.size
-    dev = x - mean
+    size = x.shape[-1]
+    mean = x.sum(axis=-1) / size
+    dev = x - mean[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        return float(mean), float(np.multiply(dev, dev, out=dev).sum() / (x.size - 1))
+        var = np.multiply(dev, dev, out=dev).sum(axis=-1) / (size - 1)
+    if x.ndim == 1:
+        return float(mean), float(var)
+    return mean, var
 
 
-def eb_priors(gamma_hat: np.ndarray, delta_hat: np.ndarray) -> tuple[float, float, float, float]:
+def eb_priors(gamma_hat: np.ndarray, delta_hat: np.ndarray) -> tuple[Any, Any, Any, Any]:
     """Method-of-moments hyper-parameters pooled over voxels (neuroHarmonize's formulas).
 
     Parameters
     ----------
-    gamma_hat, delta_hat : ndarray of shape (V,)
-        One site's location and scale estimates.
+    gamma_hat, delta_hat : ndarray of shape (V,) or (n_sites, V)
+        One site's location and scale estimates (or one row per site).
 
     Returns
     -------
-    gamma_bar, tau2, a_prior, b_prior : float
+    gamma_bar, tau2, a_prior, b_prior : float, or ndarray of shape (n_sites,)
         Normal prior ``N(gamma_bar, tau2)`` on ``gamma`` and inverse-gamma
         ``IG(a_prior, b_prior)`` on ``delta``.
     """
@@ -440,48 +446,47 @@ def eb_priors(gamma_hat: np.ndarray, delta_hat: np.ndarray) -> tuple[float, floa
     with np.errstate(divide="ignore", invalid="ignore"):
         a_prior = (2 * s2 + m**2) / s2
         b_prior = (m * s2 + m**3) / s2
-    return gamma_bar, tau2, float(a_prior), float(b_prior)
-
-
-def _max_nan(current: float, new: float) -> float:
-    """Running maximum that, like ``ndarray.max``, sticks at NaN once one is seen."""
-    if np.isnan(current) or np.isnan(new):
-        return np.nan
-    return max(current, new)
+    if np.ndim(gamma_hat) == 1:
+        return gamma_bar, tau2, float(a_prior), float(b_prior)
+    return gamma_bar, tau2, a_prior, b_prior
 
 
 def empirical_bayes(
     gamma_hat: np.ndarray,
     site_mean: np.ndarray,
     site_ss: np.ndarray,
-    n: int | np.ndarray,
-    priors: tuple[float, float, float, float],
+    n: Any,
+    priors: tuple[Any, Any, Any, Any],
     *,
     conv: float = EB_CONV,
     max_iter: int = EB_MAX_ITER,
     block: int = 16384,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Parametric EB estimates of one site's ``gamma`` and ``delta`` (``it_sol``).
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Parametric EB estimates of one site's ``gamma`` and ``delta`` (``it_sol``), or of
+    several sites at once (one row each).
 
-    The fixed-point iterations stop when the largest relative change over all voxels is
-    at most ``conv``, as in neuroHarmonize (whose criterion divides by the signed old
-    value). A voxel whose own relative changes fell below ``EB_FREEZE`` (1e-12) has
-    reached its fixed point to rounding; it is frozen (no longer updated), which changes
-    its estimates by about 1e-12 relative and never the number of iterations, and makes
-    the many fast voxels cheap while a few slow ones decide the count.
+    The fixed-point iterations of a site stop when the largest relative change over all
+    its voxels is at most ``conv``, as in neuroHarmonize (whose criterion divides by the
+    signed old value); the rows of several sites iterate together, each stopping at its
+    own count (a table's sites: one call instead of one per site). A voxel whose own
+    relative changes fell below ``EB_FREEZE`` (1e-12) has reached its fixed point to
+    rounding; it is frozen (no longer updated), which changes its estimates by about
+    1e-12 relative and never the number of iterations, and makes the many fast voxels
+    cheap while a few slow ones decide the count.
 
     Parameters
     ----------
-    gamma_hat : ndarray of shape (V,)
+    gamma_hat : ndarray of shape (V,) or (n_sites, V)
         Least-squares location estimates.
-    site_mean : ndarray of shape (V,)
+    site_mean : ndarray like ``gamma_hat``
         Mean of the site's standardized data (equals ``gamma_hat`` without a reference).
-    site_ss : ndarray of shape (V,)
+    site_ss : ndarray like ``gamma_hat``
         Sum of squared deviations of the site's standardized data from ``site_mean``.
-    n : int or ndarray of shape (V,)
+    n : int, or ndarray of shape (V,), (n_sites,) or (n_sites, V)
         Number of images behind each voxel's estimates (>= 2).
     priors : tuple
-        ``(gamma_bar, tau2, a_prior, b_prior)`` from :func:`eb_priors`.
+        ``(gamma_bar, tau2, a_prior, b_prior)`` from :func:`eb_priors` (floats, or one
+        value per site).
     conv : float, default=1e-4
         Stop when the largest relative change over all voxels is at most ``conv``.
     max_iter : int, default=1000
@@ -490,39 +495,51 @@ def empirical_bayes(
 
     Returns
     -------
-    gamma_star, delta_star : ndarray of shape (V,)
-    n_iter : int
+    gamma_star, delta_star : ndarray like ``gamma_hat``
+    n_iter : int, or ndarray of int of shape (n_sites,)
     """
-    gamma_bar, tau2, a_prior, b_prior = priors
-    n_vox = gamma_hat.size
-    n_arr = np.broadcast_to(np.asarray(n, dtype=np.float64), (n_vox,))
+    one_site = np.ndim(gamma_hat) == 1
+    gamma_hat = np.atleast_2d(np.asarray(gamma_hat, dtype=np.float64))
+    n_rows, n_vox = gamma_hat.shape
+
+    def per_voxel(value: Any) -> np.ndarray:  # a site's value (or voxel values), flat
+        value = np.asarray(value, dtype=np.float64)
+        if value.ndim == 1 and not one_site:
+            value = value[:, None]
+        return np.broadcast_to(value, (n_rows, n_vox)).ravel()
+
+    gamma_bar, tau2, a_prior, b_prior = (per_voxel(p) for p in priors)
+    n_arr = per_voxel(n)
     # per-voxel constants: postmean = (tn_g + d * g_bar) / (tn + d);
     # postvar = (0.5 * (ss + n * (mean - g)**2) + b) / (n / 2 + a - 1) = c1 + c2 * (mean - g)**2
     denom = n_arr / 2.0 + a_prior - 1.0
     tn = tau2 * n_arr
+    ss = np.asarray(site_ss, dtype=np.float64).ravel()
     state = {
-        "index": np.arange(n_vox),
+        "index": np.arange(n_rows * n_vox),
+        "row": np.repeat(np.arange(n_rows), n_vox),
+        "g_bar": gamma_bar,
         "tn": tn,
-        "tn_g": tn * gamma_hat,
-        "c1": (0.5 * site_ss + b_prior) / denom,
+        "tn_g": tn * gamma_hat.ravel(),
+        "c1": (0.5 * ss + b_prior) / denom,
         "c2": 0.5 * n_arr / denom,
-        "mean": np.asarray(site_mean, dtype=np.float64),
-        "g": np.array(gamma_hat, dtype=np.float64),
-        "d": site_ss / (n_arr - 1),
+        "mean": np.asarray(site_mean, dtype=np.float64).ravel(),
+        "g": gamma_hat.ravel().copy(),
+        "d": ss / (n_arr - 1),
     }
-    g_out, d_out = np.empty(n_vox), np.empty(n_vox)
-    change, count = 1.0, 0
+    g_out, d_out = np.empty(n_rows * n_vox), np.empty(n_rows * n_vox)
+    n_iter = np.zeros(n_rows, dtype=np.int64)
+    count = 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        while change > conv:
+        while state["g"].size:
             count += 1
             g, d, size = state["g"], state["d"], state["g"].size
             g_new, d_new = np.empty(size), np.empty(size)
             rg, rd = np.empty(size), np.empty(size)
-            cg, cd = -np.inf, -np.inf
             for start in range(0, size, block):
                 sl = slice(start, min(start + block, size))
                 go, do, gn, dn, a, b = g[sl], d[sl], g_new[sl], d_new[sl], rg[sl], rd[sl]
-                np.multiply(do, gamma_bar, out=a)
+                np.multiply(do, state["g_bar"][sl], out=a)
                 np.add(state["tn_g"][sl], a, out=a)
                 np.add(state["tn"][sl], do, out=b)
                 np.divide(a, b, out=gn)
@@ -536,24 +553,33 @@ def empirical_bayes(
                 np.subtract(dn, do, out=b)
                 np.abs(b, out=b)
                 np.divide(b, do, out=b)
-                cg, cd = _max_nan(cg, a.max()), _max_nan(cd, b.max())
-            change = max(float(cg), float(cd))
             state["g"], state["d"] = g_new, d_new
-            if count % 4 == 0 or change <= conv:
-                frozen = (np.abs(rg) <= EB_FREEZE) & (np.abs(rd) <= EB_FREEZE)
-                if change <= conv or frozen.sum() > 0.2 * size:
-                    keep = ~frozen
-                    idx = state["index"][frozen]
-                    g_out[idx], d_out[idx] = g_new[frozen], d_new[frozen]
-                    state = {k: v[keep] for k, v in state.items()}
-            if count >= max_iter and change > conv:
+            # each site's largest relative changes (NaN sticks), combined as Python's
+            # max(cg, cd) does: cd only where it is larger
+            rows = state["row"]
+            starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+            cg, cd = np.maximum.reduceat(rg, starts), np.maximum.reduceat(rd, starts)
+            change = np.where(cd > cg, cd, cg)
+            done = ~(change > conv)
+            stuck = ~done & (count >= max_iter)
+            for r in rows[starts[stuck]]:
                 warnings.warn(
                     f"ComBat empirical Bayes did not converge in {max_iter} iterations "
-                    f"(largest relative change {change:.3g}); using the last estimates.",
+                    f"(largest relative change {change[rows[starts] == r][0]:.3g}); using "
+                    "the last estimates.",
                     RuntimeWarning,
                     stacklevel=3,
                 )
-                break
-    g_out[state["index"]], d_out[state["index"]] = state["g"], state["d"]
-    logger.debug("EB converged after %d iterations", count)
-    return g_out, d_out, count
+            finished = done | stuck
+            n_iter[rows[starts[finished]]] = count
+            if count % 4 == 0 or finished.any():
+                ended = np.repeat(finished, np.diff(np.r_[starts, size]))
+                frozen = (np.abs(rg) <= EB_FREEZE) & (np.abs(rd) <= EB_FREEZE)
+                if finished.any() or frozen.sum() > 0.2 * size:
+                    frozen |= ended
+                    idx = state["index"][frozen]
+                    g_out[idx], d_out[idx] = g_new[frozen], d_new[frozen]
+                    state = {k: v[~frozen] for k, v in state.items()}
+    logger.debug("EB converged after %s iterations", n_iter.tolist())
+    shape = (n_vox,) if one_site else (n_rows, n_vox)
+    return g_out.reshape(shape), d_out.reshape(shape), int(n_iter[0]) if one_site else n_iter

@@ -615,47 +615,54 @@ class ComBatHarmonizer(BaseHarmonizer):
             )
             eb = False
         ref_mean = stats.site_mean[ref_level, valid] if ref_level is not None else 0.0
-        for b in range(n_sites):
-            if b == ref_level:
-                continue
-            mean_b = stats.site_mean[b, valid]
-            # least-squares gamma_hat as neuroHarmonize's batch regression defines it
-            gamma_hat = mean_b - ref_mean
-            n_b = int(counts[b])
-            if n_b == 1:
-                if eb:
-                    g_bar, tau2 = float(np.mean(gamma_hat)), float(np.var(gamma_hat, ddof=1))
-                    priors[b] = (g_bar, tau2, np.nan, np.nan)
-                    # neuroCombat's mean-only posterior: n = 1, delta = 1
-                    gamma[b, valid] = (tau2 * gamma_hat + g_bar) / (tau2 + 1.0)
-                else:
-                    gamma[b, valid] = mean_b
-                continue
-            ss_b = stats.site_ss[b, valid]
-            delta_hat = ss_b / (n_b - 1)
-            g_star = d_star = None
+        means = stats.site_mean[:, valid]
+        gamma_hat = means - ref_mean  # least squares, as neuroHarmonize's batch regression
+        others = [b for b in range(n_sites) if b != ref_level]
+        for b in (b for b in others if counts[b] == 1):
             if eb:
-                pri = cm.eb_priors(gamma_hat, delta_hat)
-                if all(np.isfinite(pri)) and pri[1] >= 0 and pri[3] > 0:
-                    g_star, d_star, n_iter[b] = cm.empirical_bayes(
-                        gamma_hat, mean_b, ss_b, n_b, pri
-                    )
-                    priors[b] = pri
-                else:
-                    warnings.warn(
-                        f"Empirical Bayes priors of site {self.sites_[b]!r} are undefined "
-                        "(site effects identical over voxels); using least-squares estimates.",
-                        UserWarning,
-                        stacklevel=4,
-                    )
-            if g_star is None:  # least squares; with a reference, gamma_hat + gamma_hat[ref]
-                g_star, d_star = mean_b, np.where(delta_hat > 0, delta_hat, 1.0)
-            bad = ~(np.isfinite(g_star) & np.isfinite(d_star) & (d_star > 0))
-            if bad.any():  # never NaN: fall back to location-only least squares there
-                g_star = np.where(bad, mean_b, g_star)
-                d_star = np.where(bad, 1.0, d_star)
-            gamma[b, valid] = g_star
-            delta[b, valid] = d_star
+                g_bar, tau2 = float(np.mean(gamma_hat[b])), float(np.var(gamma_hat[b], ddof=1))
+                priors[b] = (g_bar, tau2, np.nan, np.nan)
+                # neuroCombat's mean-only posterior: n = 1, delta = 1
+                gamma[b, valid] = (tau2 * gamma_hat[b] + g_bar) / (tau2 + 1.0)
+            else:
+                gamma[b, valid] = means[b]
+        rows = np.asarray([b for b in others if counts[b] >= 2], dtype=np.intp)
+        if not rows.size:
+            return gamma, delta, priors, n_iter
+        n_rows = counts[rows].astype(np.float64)
+        ss = stats.site_ss[rows][:, valid]
+        delta_hat = ss / (n_rows - 1)[:, None]
+        g_star, d_star = means[rows], np.where(delta_hat > 0, delta_hat, 1.0)  # least squares
+        if eb:
+            pri = np.column_stack(cm.eb_priors(gamma_hat[rows], delta_hat))
+            usable = np.isfinite(pri).all(axis=1) & (pri[:, 1] >= 0) & (pri[:, 3] > 0)
+            for b in rows[~usable]:
+                warnings.warn(
+                    f"Empirical Bayes priors of site {self.sites_[b]!r} are undefined "
+                    "(site effects identical over voxels); using least-squares estimates.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            # the sites at once where their rows are small (a table), one by one otherwise
+            use = np.flatnonzero(usable)
+            groups = [use] if use.size * n_valid <= 2**18 else [[i] for i in use]
+            for group in groups:
+                g_eb, d_eb, its = cm.empirical_bayes(
+                    gamma_hat[rows[group]],
+                    means[rows[group]],
+                    ss[group],
+                    n_rows[group],
+                    tuple(pri[group].T),
+                )
+                g_star[group], d_star[group] = g_eb, d_eb
+                for b, k, count in zip(rows[group], group, its):
+                    priors[b], n_iter[b] = tuple(pri[k]), int(count)
+        # never NaN: fall back to location-only least squares there
+        bad = ~(np.isfinite(g_star) & np.isfinite(d_star) & (d_star > 0))
+        g_star = np.where(bad, means[rows], g_star)
+        d_star = np.where(bad, 1.0, d_star)
+        gamma[np.ix_(rows, valid)] = g_star
+        delta[np.ix_(rows, valid)] = d_star
         return gamma, delta, priors, n_iter
 
     # -- transform -----------------------------------------------------------------------

@@ -392,6 +392,27 @@ def test_eb_iterations_match_neurocombat_it_sol():
     assert n7 == n_iter > 1
 
 
+def test_eb_of_several_sites_at_once_equals_one_by_one():
+    """Rows of sites iterated together stop at their own counts and give each site's
+    one-site estimates (to the freezing's 1e-12), with the one-site priors."""
+    from harmonix import _combat_math as cm
+
+    rng = np.random.default_rng(1)
+    n = np.array([4, 9, 30])
+    g_hat = rng.normal([[0.0], [0.5], [-0.4]], 0.5, (3, 500))
+    ss = rng.gamma(3.0, 1.0, (3, 500)) * n[:, None]
+    priors = cm.eb_priors(g_hat, ss / (n[:, None] - 1))
+    g, d, n_iter = cm.empirical_bayes(g_hat, g_hat, ss, n, priors)
+    for b in range(3):
+        one = cm.eb_priors(g_hat[b], ss[b] / (n[b] - 1))
+        assert one == tuple(float(p[b]) for p in priors)
+        g_b, d_b, it_b = cm.empirical_bayes(g_hat[b], g_hat[b], ss[b], int(n[b]), one)
+        np.testing.assert_allclose(g[b], g_b, rtol=1e-11, atol=1e-14)
+        np.testing.assert_allclose(d[b], d_b, rtol=1e-11)
+        assert n_iter[b] == it_b
+    assert len(set(n_iter.tolist())) > 1  # the sites did stop at different counts
+
+
 def test_memory_order_of_inputs_does_not_matter(data):
     imgs, sites, ages = data
     h = ComBatHarmonizer().fit(imgs, sites, ages)
