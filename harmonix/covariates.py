@@ -142,7 +142,9 @@ def _clean_column(col: pd.Series) -> pd.Series:
     order = np.argsort(text)
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    levels = pd.Categorical.from_codes(rank[codes], categories=[text[i] for i in order])
+    levels = pd.Categorical.from_codes(  # codes made here: no validation needed
+        rank[codes], categories=[text[i] for i in order], validate=False
+    )
     return pd.Series(levels, name=name)
 
 
