@@ -317,16 +317,45 @@ class Case:
     applies: Callable[[type], bool] = lambda cls: True
 
 
-ESTIMATOR_CASES = [
-    # -- fit -----------------------------------------------------------------------------
-    Case("nan-voxel", "fit", _with_voxel(np.nan), raises(ValueError, "NaN or infinite")),
-    Case("inf-voxel", "fit", _with_voxel(np.inf), raises(ValueError, "NaN or infinite")),
-    Case(
+def _bad_param(id: str, name: str, value: Any, error: type[Exception], match: str) -> Case:
+    """A row for a constructor parameter the fit refuses (methods without it have none)."""
+    return Case(
+        id, "fit", _clean, raises(error, match), params={name: value}, applies=_has_param(name)
+    )
+
+
+#: Rows that hold alike for fit and for transform: (id, build, expect).
+_EITHER_STAGE = [
+    ("nan-voxel", _with_voxel(np.nan), raises(ValueError, "NaN or infinite")),
+    (
         "2-d-images",
-        "fit",
         lambda d, t: d._replace(imgs=[i[0] for i in d.imgs]),
         raises(ValueError, "every image must be 3-D"),
     ),
+    ("all-zero-image", _all_zero, raises(ValueError, "no brain voxels")),
+    *(
+        (f"missing-site-{name}", build, raises(ValueError, _MISSING_SITE))
+        for name, build in _MISSING_SITE_BUILDS
+    ),
+    (
+        "int16-images",
+        lambda d, t: d._replace(imgs=np.round(d.imgs * 100).astype(np.int16)),
+        harmonized,
+    ),
+    ("float64-images", lambda d, t: d._replace(imgs=d.imgs.astype(np.float64)), harmonized),
+    ("4-d-nifti", _files_with(_four_d), raises(ValueError, "4-D")),
+    ("2-d-nifti", _files_with(_two_d), raises(ValueError, "a 2-D image")),
+    ("truncated-nifti", _files_with(_truncated), raises(ValueError, "truncated|corrupt")),
+]
+
+ESTIMATOR_CASES = [
+    *(
+        Case(name, stage, build, expect)
+        for stage in ("fit", "transform")
+        for name, build, expect in _EITHER_STAGE
+    ),
+    # -- fit -----------------------------------------------------------------------------
+    Case("inf-voxel", "fit", _with_voxel(np.inf), raises(ValueError, "NaN or infinite")),
     Case(
         "5-d-array", "fit", lambda d, t: d._replace(imgs=d.imgs[None]), raises(ValueError, "4-D")
     ),
@@ -416,21 +445,19 @@ ESTIMATOR_CASES = [
         lambda d, t: d._replace(sites=["a"] * len(d.sites)),
         raises(ValueError, "at least 2 sites"),
     ),
-    Case(
+    _bad_param(
         "unknown-reference-site",
-        "fit",
-        _clean,
-        raises(ValueError, "not among the training sites"),
-        params={"reference_site": "nowhere"},
-        applies=_has_param("reference_site"),
+        "reference_site",
+        "nowhere",
+        ValueError,
+        "not among the training sites",
     ),
-    Case(
+    _bad_param(
         "unknown-site-check-policy",
-        "fit",
-        _clean,
-        raises(ValueError, "site_check must be one of"),
-        params={"site_check": "sometimes"},
-        applies=_has_param("site_check"),
+        "site_check",
+        "sometimes",
+        ValueError,
+        "site_check must be one of",
     ),
     Case(
         "empty-mask",
@@ -440,55 +467,26 @@ ESTIMATOR_CASES = [
         params=lambda d: {"mask": np.zeros(d.imgs.shape[1:], bool)},
         applies=_has_param("mask"),
     ),
-    Case("all-zero-image", "fit", _all_zero, raises(ValueError, "no brain voxels")),
-    Case(
+    _bad_param(
         "scoring-returns-nan",
-        "fit",
-        _clean,
-        raises(ValueError, "must be a finite number"),
-        params={"scoring": lambda *a: float("nan")},
-        applies=_has_param("scoring"),
+        "scoring",
+        lambda *a: float("nan"),
+        ValueError,
+        "must be a finite number",
     ),
-    Case(
-        "scoring-returns-none",
-        "fit",
-        _clean,
-        raises(TypeError, "must return a number"),
-        params={"scoring": lambda *a: None},
-        applies=_has_param("scoring"),
+    _bad_param(
+        "scoring-returns-none", "scoring", lambda *a: None, TypeError, "must return a number"
     ),
-    Case(
-        "int16-images",
-        "fit",
-        lambda d, t: d._replace(imgs=np.round(d.imgs * 100).astype(np.int16)),
-        harmonized,
-    ),
-    Case(
-        "float64-images",
-        "fit",
-        lambda d, t: d._replace(imgs=d.imgs.astype(np.float64)),
-        harmonized,
-    ),
-    Case("4-d-nifti", "fit", _files_with(_four_d), raises(ValueError, "4-D")),
-    Case("2-d-nifti", "fit", _files_with(_two_d), raises(ValueError, "a 2-D image")),
     Case("4-d-nifti-one-frame", "fit", _files_with(_four_d_one_frame), harmonized),
     Case("not-a-nifti", "fit", _files_with(_garbage), raises(ValueError, "NIfTI")),
-    Case(
-        "truncated-nifti", "fit", _files_with(_truncated), raises(ValueError, "truncated|corrupt")
-    ),
     Case("nan-in-nifti", "fit", _files_with(_nan_file), raises(ValueError, "NaN or infinite")),
     Case("missing-file", "fit", _files_with(_missing), raises(FileNotFoundError, "not found")),
-    *(
-        Case(f"missing-site-{name}", "fit", build, raises(ValueError, _MISSING_SITE))
-        for name, build in _MISSING_SITE_BUILDS
-    ),
-    Case(
+    _bad_param(
         "reference-site-nan",
-        "fit",
-        _clean,
-        raises(ValueError, "reference_site=nan is a missing value"),
-        params={"reference_site": float("nan")},
-        applies=_has_param("reference_site"),
+        "reference_site",
+        float("nan"),
+        ValueError,
+        "reference_site=nan is a missing value",
     ),
     Case("same-scan-swapped-axes", "fit", _files_with(_swapped_axes), _voxel_wise_refuses),
     Case(
@@ -508,13 +506,8 @@ ESTIMATOR_CASES = [
         applies=_has_param("mask"),
     ),
     Case("background-1e-6", "fit", _background(1e-6), _background_warning),
-    Case(
-        "arrays-without-voxel-size",
-        "fit",
-        _clean,
-        raises(ValueError, "voxel size is not known"),
-        params={"voxel_size": None},
-        applies=_has_param("voxel_size"),
+    _bad_param(
+        "arrays-without-voxel-size", "voxel_size", None, ValueError, "voxel size is not known"
     ),
     Case(
         "voxel-size-contradicts-headers",
@@ -537,13 +530,6 @@ ESTIMATOR_CASES = [
         ),
     ),
     # -- transform -------------------------------------------------------------------------
-    Case("nan-voxel", "transform", _with_voxel(np.nan), raises(ValueError, "NaN or infinite")),
-    Case(
-        "2-d-images",
-        "transform",
-        lambda d, t: d._replace(imgs=[i[0] for i in d.imgs]),
-        raises(ValueError, "every image must be 3-D"),
-    ),
     Case(
         "shape-differs-from-fit",
         "transform",
@@ -567,11 +553,6 @@ ESTIMATOR_CASES = [
         "transform",
         lambda d, t: d._replace(sites=["new"] * len(d.sites)),
         _unseen_site,
-    ),
-    Case("all-zero-image", "transform", _all_zero, raises(ValueError, "no brain voxels")),
-    *(
-        Case(f"missing-site-{name}", "transform", build, raises(ValueError, _MISSING_SITE))
-        for name, build in _MISSING_SITE_BUILDS
     ),
     Case("background-noise", "transform", _background("noise"), _background_warning),
     Case("background--1e-3", "transform", _background(-1e-3), _negative_background),
@@ -622,26 +603,6 @@ ESTIMATOR_CASES = [
         "transform",
         lambda d, t: d._replace(imgs=d.imgs.reshape(len(d.imgs), -1)),
         lambda cls: Expect(ValueError, "fitted on images|2-D table"),
-    ),
-    Case(
-        "int16-images",
-        "transform",
-        lambda d, t: d._replace(imgs=np.round(d.imgs * 100).astype(np.int16)),
-        harmonized,
-    ),
-    Case(
-        "float64-images",
-        "transform",
-        lambda d, t: d._replace(imgs=d.imgs.astype(np.float64)),
-        harmonized,
-    ),
-    Case("4-d-nifti", "transform", _files_with(_four_d), raises(ValueError, "4-D")),
-    Case("2-d-nifti", "transform", _files_with(_two_d), raises(ValueError, "a 2-D image")),
-    Case(
-        "truncated-nifti",
-        "transform",
-        _files_with(_truncated),
-        raises(ValueError, "truncated|corrupt"),
     ),
 ]
 
