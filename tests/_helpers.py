@@ -10,6 +10,7 @@ import pandas as pd
 
 import harmonix
 from harmonix.base import BaseHarmonizer
+from harmonix.datasets import MultisiteDataset, make_multisite
 
 N_SITES = 3
 N_SUBJECTS = 3
@@ -110,3 +111,22 @@ def make_feature_study(n_per=(30, 40, 50), n_features=40, seed=0, confounded=Tru
         X[idx] += gamma + delta * rng.normal(0, 25, (idx.sum(), n_features))
     cov = pd.DataFrame({"age": age, "sex": sex, "diagnosis": dx})
     return X, sites, cov
+
+
+def make_own_subjects(
+    n_subjects: int, random_state: int, diagnosis_prevalence=(0.1, 0.7, 0.4)
+) -> MultisiteDataset:
+    """Three sites at 4 mm that scan subjects of their own (``traveling=False``).
+
+    With the default prevalence of patients per site (10 %, 70 %, 40 %) the diagnosis is
+    confounded with the site; ``diagnosis_prevalence=None`` gives the same subjects without
+    diagnosis and sex.
+    """
+    return make_multisite(
+        n_subjects=n_subjects,
+        n_sites=3,
+        resolution=4,
+        random_state=random_state,
+        diagnosis_prevalence=diagnosis_prevalence,
+        traveling=False,
+    )

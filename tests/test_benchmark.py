@@ -1079,16 +1079,9 @@ def test_disease_effect_recovers_a_known_effect_and_auc_equals_sklearn():
 
 @pytest.fixture(scope="module")
 def confounded():
-    from harmonix.datasets import make_multisite
+    from _helpers import make_own_subjects
 
-    return make_multisite(
-        n_subjects=8,
-        n_sites=3,
-        resolution=4,
-        random_state=1,
-        diagnosis_prevalence=(0.25, 0.75, 0.5),
-        traveling=False,
-    )
+    return make_own_subjects(n_subjects=8, random_state=1, diagnosis_prevalence=(0.25, 0.75, 0.5))
 
 
 def test_run_benchmark_disease_metrics_and_covariates_per_method(confounded):

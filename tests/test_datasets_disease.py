@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _helpers import make_own_subjects
 
 from harmonix.benchmark.disease import disease_effect
 from harmonix.datasets import disease_region, make_multisite, write_nifti_dataset
@@ -24,14 +25,7 @@ def sick():
 
 @pytest.fixture(scope="module")
 def confounded():
-    return make_multisite(
-        n_subjects=10,
-        n_sites=3,
-        resolution=4,
-        random_state=7,
-        diagnosis_prevalence=(0.1, 0.7, 0.4),
-        traveling=False,
-    )
+    return make_own_subjects(n_subjects=10, random_state=7)
 
 
 def test_without_options_the_dataset_has_age_only(plain):
@@ -73,7 +67,7 @@ def test_disease_pattern_is_medial_temporal_and_distinct_from_sex(confounded):
         np.testing.assert_allclose(side.mean(axis=0), [sign * 25, -18, -18], atol=6)
     # the same subjects without diagnosis and sex: patients lost GM in the region, men
     # elsewhere (the sex effect lies in the superior brain)
-    plain = make_multisite(n_subjects=10, n_sites=3, resolution=4, random_state=7, traveling=False)
+    plain = make_own_subjects(n_subjects=10, random_state=7, diagnosis_prevalence=None)
     np.testing.assert_array_equal(plain.ages, confounded.ages)
     dx = confounded.covariates["diagnosis"].to_numpy()
     men = confounded.covariates["sex"].to_numpy() == "M"
@@ -111,14 +105,7 @@ def test_site_confounded_subjects_of_their_own(confounded, sick):
 
 
 def test_reproducible_and_written_with_the_covariates(confounded, tmp_path):
-    again = make_multisite(
-        n_subjects=10,
-        n_sites=3,
-        resolution=4,
-        random_state=7,
-        diagnosis_prevalence=(0.1, 0.7, 0.4),
-        traveling=False,
-    )
+    again = make_own_subjects(n_subjects=10, random_state=7)
     np.testing.assert_array_equal(again.imgs, confounded.imgs)
     man = read_manifest(write_nifti_dataset(confounded, tmp_path, compress=False))
     assert list(man.extra.columns) == ["sex", "diagnosis"]
