@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
@@ -428,23 +430,19 @@ def results(tiny):
     )
 
 
+def documented_columns(func: Callable) -> list[str]:
+    """The columns that ``func``'s docstring promises (its "columns ``a, b, ...``")."""
+    text = " ".join(func.__doc__.split())
+    return re.search(r"[Cc]olumns ``([^`]+)``", text)[1].split(", ")
+
+
 SCORED = [m for m in METRICS if not m.endswith(("_seconds", "_mb"))]
 DISEASE_METRICS = ["disease_effect_error", "true_disease_effect", "disease_auc_score"]
 
 
 def test_run_benchmark_tidy_frame(results, tiny):
     df, outputs = results
-    assert list(df.columns) == [
-        "method",
-        "protocol",
-        "metric",
-        "value",
-        "ci_low",
-        "ci_high",
-        "reason",
-        "held_out",
-        "dataset",
-    ]
+    assert list(df.columns) == documented_columns(run_benchmark)
     assert set(df["held_out"]) == {"site2"} and df["dataset"].nunique() == 1
     assert set(df["protocol"]) == {"seen", "unseen"}
     assert set(df["metric"]) == set(METRICS)
@@ -597,19 +595,10 @@ def test_summarize_and_markdown(results, tiny):
         )
     assert set(df2.metric) == {"fit_seconds", "site_histogram_error"}
     summary = summarize([df, df2])
-    expected = "method protocol metric mean sd ci_low ci_high n n_datasets reason held_out".split()
-    assert list(summary.columns) == expected
-    row = summary[
-        (summary.method == "none")
-        & (summary.metric == "fit_seconds")
-        & (summary.protocol == "seen")
-    ].iloc[0]
-    assert row["n"] == 2 and np.isfinite(row["sd"])
-    plain = summary[
-        (summary.method == "plain")
-        & (summary.metric == "fit_seconds")
-        & (summary.protocol == "seen")
-    ].iloc[0]
+    assert list(summary.columns) == documented_columns(summarize)
+    fit_seconds = summary[(summary.metric == "fit_seconds") & (summary.protocol == "seen")]
+    none, plain = (fit_seconds.set_index("method").loc[m] for m in ("none", "plain"))
+    assert none["n"] == 2 and np.isfinite(none["sd"])
     assert plain["n"] == 1 and np.isnan(plain["sd"])
     # two runs on one data set: their intervals are averaged, not narrowed
     key = ["method", "protocol", "metric"]
