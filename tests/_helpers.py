@@ -83,6 +83,12 @@ def transform_kwargs(cls: type, sites, ages) -> dict:
     return {"sites": sites, "ages": ages} if cls._needs_sites else {}
 
 
+def rel_diff(a, b) -> float:
+    """Largest absolute difference of ``a`` from ``b``, relative to ``b``'s largest value."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
 def make_feature_study(n_per=(30, 40, 50), n_features=40, seed=0, confounded=True):
     """A table of features with site effects and age, sex and diagnosis effects.
 

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import rel_diff
 
 from harmonix.combat import ComBatHarmonizer
 from harmonix.exceptions import SiteMismatchWarning
@@ -41,11 +42,6 @@ def make_data(n_per=(8, 10, 12), shape=SHAPE, seed=0, same_ages=False, n_sites=N
         noise = rng.normal(0, 30, (idx.sum(), n_vox))
         data[idx] = base + np.outer(ages[idx], slope) + gamma + delta * noise
     return data.astype(np.float32).reshape(len(sites), *shape), sites, ages
-
-
-def rel_diff(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.fixture(scope="module")

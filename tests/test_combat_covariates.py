@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _helpers import make_feature_study as make_study
+from _helpers import rel_diff
 
 from harmonix import _combat_math as cm
 from harmonix.combat import ComBatHarmonizer
@@ -29,11 +30,6 @@ def numeric_covars(sites, cov):
             "diagnosis": (cov["diagnosis"] == "CN").astype(float),
         }
     )
-
-
-def rel_diff(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.fixture(scope="module")

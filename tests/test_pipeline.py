@@ -35,17 +35,25 @@ def routing():
     sklearn.set_config(enable_metadata_routing=False)
 
 
-def test_cross_validate_with_metadata_routing(routing, tiny):
-    imgs, sites, ages, subjects = tiny
+def _cross_validate(tiny, metadata: dict, **kwargs) -> dict:
+    """Ages predicted by Ridge from SiteMeanHarmonizer's images, 3 folds grouped by
+    subject, with ``metadata`` routed (``cross_validate(..., params=...)``)."""
+    imgs, _, ages, subjects = tiny
     pipe = make_pipeline(HarmonizerStep(SiteMeanHarmonizer(), flatten=True), Ridge(alpha=1.0))
-    res = cross_validate(
+    return cross_validate(
         pipe,
         imgs,
         ages,
-        params={"sites": sites, "ages": ages, "groups": subjects},
+        params={**metadata, "groups": subjects},
         cv=GroupKFold(n_splits=3),
         return_estimator=True,
+        **kwargs,
     )
+
+
+def test_cross_validate_with_metadata_routing(routing, tiny):
+    _, sites, ages, _ = tiny
+    res = _cross_validate(tiny, {"sites": sites, "ages": ages})
     assert len(res["test_score"]) == 3 and np.isfinite(res["test_score"]).all()
     step = res["estimator"][0][0]
     assert step.harmonizer_.seen_ages_  # ages reached the harmonizer
@@ -53,18 +61,9 @@ def test_cross_validate_with_metadata_routing(routing, tiny):
 
 
 def test_covariates_are_routed_and_split_into_folds(routing, tiny):
-    imgs, sites, ages, subjects = tiny
+    sites = tiny[1]
     cov = pd.DataFrame({"bmi": np.tile([20.0, 25.0, 31.0], 3) + np.repeat([0, 0.1, 0.2], 3)})
-    pipe = make_pipeline(HarmonizerStep(SiteMeanHarmonizer(), flatten=True), Ridge(alpha=1.0))
-    res = cross_validate(
-        pipe,
-        imgs,
-        ages,
-        params={"sites": sites, "covariates": cov, "groups": subjects},
-        cv=GroupKFold(n_splits=3),
-        return_estimator=True,
-        return_indices=True,
-    )
+    res = _cross_validate(tiny, {"sites": sites, "covariates": cov}, return_indices=True)
     for est, train in zip(res["estimator"], res["indices"]["train"]):
         seen = est[0].harmonizer_.seen_covariates_
         assert seen["bmi"] == cov["bmi"][train].tolist()  # the training fold's rows
