@@ -30,7 +30,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from _helpers import HARMONIZERS, make, make_feature_study, make_tiny_images
+from _helpers import (
+    HARMONIZERS,
+    make,
+    make_feature_study,
+    make_tiny_images,
+    transform_manifest_to_bids,
+)
 from sklearn.exceptions import NotFittedError
 
 from harmonix import bids as hbids
@@ -1314,20 +1320,9 @@ def test_cli_usage_errors_exit_2(capsys):
 
 # -- the BIDS table from Python ---------------------------------------------------------------
 def _transform_to_bids(manifest: str, out: str | None = None) -> Callable[[dict], Any]:
-    def call(f: dict) -> Any:
-        from harmonix.io import read_manifest
-
-        man = read_manifest(f[manifest])
-        return hbids.transform_to_bids(
-            load_model(f["hm"]),
-            man.paths,
-            f[out] if out else f["img_out"],
-            entities=hbids.manifest_entities(f[manifest]),
-            sites=man.sites,
-            verbose=False,
-        )
-
-    return call
+    return lambda f: transform_manifest_to_bids(
+        load_model(f["hm"]), f[manifest], f[out] if out else f["img_out"]
+    )
 
 
 BIDS_CASES = [

@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import transform_manifest_to_bids
 
 from harmonix.benchmark import dataset_from_manifest
 from harmonix.bids import (
@@ -24,7 +25,6 @@ from harmonix.bids import (
     bids_manifest,
     build_name,
     harmonized_path,
-    manifest_entities,
     parse_name,
     preprocessed_paths,
     transform_to_bids,
@@ -310,19 +310,8 @@ def test_round_trip_pybids_indexes_a_derivative_traceable_to_its_sources(round_t
 
 def test_transform_to_bids_python_equals_cli_and_resumes(round_trip, tmp_path):
     manifest, model, deriv, _ = round_trip
-    man = read_manifest(manifest)
-    fitted = load_model(model)
     out = tmp_path / "deriv"
-    written = transform_to_bids(
-        fitted,
-        man.paths,
-        out,
-        entities=manifest_entities(manifest),
-        sites=man.sites,
-        ages=man.ages,
-        model_path=model,
-        verbose=False,
-    )
+    written = transform_manifest_to_bids(load_model(model), manifest, out, model_path=model)
     for path in written:
         rel = _rel(path, out)
         np.testing.assert_array_equal(
