@@ -921,14 +921,20 @@ def _transform_table(model: str, table: str, out: str = "table_out") -> Callable
     ]
 
 
-def _transform(model: str, *source: str) -> Callable[[dict], list[str]]:
+def _transform(
+    model: str, *source: str, bids_out: str | None = None
+) -> Callable[[dict], list[str]]:
+    """``transform`` of ``source`` (``"manifest", key`` or ``"input", key, ...``) into
+    img_out, or with ``--bids-out`` into the folder of the key ``bids_out``."""
+
     def argv(f: dict) -> list[str]:
         src = (
             ["--manifest", str(f[source[1]])]
             if source[0] == "manifest"
             else ["--input", *(str(f[s]) for s in source[1:])]
         )
-        return ["transform", "--model", str(f[model]), *src, "--out", str(f["img_out"])]
+        out = ["--bids-out", str(f[bids_out])] if bids_out else ["--out", str(f["img_out"])]
+        return ["transform", "--model", str(f[model]), *src, *out]
 
     return argv
 
@@ -941,33 +947,22 @@ def _bids_manifest(data: str, *extra: str) -> Callable[[dict], list[str]]:
     return lambda f: ["bids-manifest", str(f[data]), "--out", str(f["csv_out"]), *extra]
 
 
-def _transform_bids_out(manifest: str, out: str | None = None) -> Callable[[dict], list[str]]:
-    return lambda f: [
-        "transform",
-        "--model",
-        str(f["hm"]),
-        "--manifest",
-        str(f[manifest]),
-        "--bids-out",
-        str(f[out] if out else f["img_out"]),
-    ]
+def _to_native(
+    transform: str, image: str = "first", bids_out: bool = False
+) -> Callable[[dict], list[str]]:
+    """``to-native`` of the file of the key ``image`` through ``transform`` (a key, or a
+    file name in the data folder) into img_out/native.nii.gz, or img_out with --bids-out."""
 
+    def argv(f: dict) -> list[str]:
+        path = f[transform] if transform in f else f["root"] / transform
+        out = (
+            ["--bids-out", str(f["img_out"])]
+            if bids_out
+            else ["--out", str(f["img_out"] / "native.nii.gz")]
+        )
+        return ["to-native", "--input", str(f[image]), "--transform", str(path), *out]
 
-def _to_native_bids_out(f: dict, image: str) -> list[str]:
-    transform, out = str(f["root"] / "none.json"), str(f["img_out"])
-    return ["to-native", "--input", str(f[image]), "--transform", transform, "--bids-out", out]
-
-
-def _to_native(transform: str) -> Callable[[dict], list[str]]:
-    return lambda f: [
-        "to-native",
-        "--input",
-        str(f["first"]),
-        "--transform",
-        str(f[transform]),
-        "--out",
-        str(f["img_out"] / "native.nii.gz"),
-    ]
+    return argv
 
 
 def _make_dataset(*extra: str) -> Callable[[dict], list[str]]:
@@ -1175,22 +1170,22 @@ CLI_CASES = [
     # BIDS derivatives out
     (
         "transform-bids-out-into-raw-dataset",
-        _transform_bids_out("bids_manifest", "bids"),
+        _transform("hm", "manifest", "bids_manifest", bids_out="bids"),
         "is a raw BIDS dataset",
     ),
     (
         "transform-bids-out-two-images-one-key",
-        _transform_bids_out("manifest"),
+        _transform("hm", "manifest", "manifest", bids_out="img_out"),
         "sub-00_site0.nii.gz' and .*sub-00_site1.nii.gz' have the same BIDS entities",
     ),
     (
         "transform-bids-out-without-entities",
-        _transform_bids_out("no_ages"),
+        _transform("hm", "manifest", "no_ages", bids_out="img_out"),
         "no 'subject' column",
     ),
     (
         "transform-bids-out-input-not-bids-named",
-        lambda f: _transform("hm", "input", "first")(f)[:-2] + ["--bids-out", str(f["img_out"])],
+        _transform("hm", "input", "first", bids_out="img_out"),
         "sub-00_site0.nii.gz' is not a BIDS T1w file name",
     ),
     (
@@ -1204,7 +1199,7 @@ CLI_CASES = [
     ),
     (
         "to-native-bids-out-input-not-bids-named",
-        lambda f: _to_native_bids_out(f, "four_d"),
+        _to_native("none.json", "four_d", bids_out=True),
         "four_d.nii.gz' is not a BIDS file name",
     ),
     (
@@ -1226,7 +1221,7 @@ CLI_CASES = [
     ),
     (
         "to-native-bids-out-input-not-in-a-template-space",
-        lambda f: _to_native_bids_out(f, "first"),
+        _to_native("none.json", "first", bids_out=True),
         "sub-00_site0.nii.gz' has no space- entity",
     ),
 ]
