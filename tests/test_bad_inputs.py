@@ -921,11 +921,17 @@ def _transform_table(model: str, table: str, out: str = "table_out") -> Callable
     ]
 
 
+def _file(f: dict, name: str) -> Path:
+    """The file of the key ``name``, else the file ``name`` in the data folder."""
+    return f[name] if name in f else f["root"] / name
+
+
 def _transform(
     model: str, *source: str, bids_out: str | None = None
 ) -> Callable[[dict], list[str]]:
-    """``transform`` of ``source`` (``"manifest", key`` or ``"input", key, ...``) into
-    img_out, or with ``--bids-out`` into the folder of the key ``bids_out``."""
+    """``transform`` with ``model`` (a key, or a file name in the data folder) of
+    ``source`` (``"manifest", key`` or ``"input", key, ...``) into img_out, or with
+    ``--bids-out`` into the folder of the key ``bids_out``."""
 
     def argv(f: dict) -> list[str]:
         src = (
@@ -934,7 +940,7 @@ def _transform(
             else ["--input", *(str(f[s]) for s in source[1:])]
         )
         out = ["--bids-out", str(f[bids_out])] if bids_out else ["--out", str(f["img_out"])]
-        return ["transform", "--model", str(f[model]), *src, *out]
+        return ["transform", "--model", str(_file(f, model)), *src, *out]
 
     return argv
 
@@ -954,13 +960,19 @@ def _to_native(
     file name in the data folder) into img_out/native.nii.gz, or img_out with --bids-out."""
 
     def argv(f: dict) -> list[str]:
-        path = f[transform] if transform in f else f["root"] / transform
         out = (
             ["--bids-out", str(f["img_out"])]
             if bids_out
             else ["--out", str(f["img_out"] / "native.nii.gz")]
         )
-        return ["to-native", "--input", str(f[image]), "--transform", str(path), *out]
+        return [
+            "to-native",
+            "--input",
+            str(f[image]),
+            "--transform",
+            str(_file(f, transform)),
+            *out,
+        ]
 
     return argv
 
@@ -1092,26 +1104,13 @@ CLI_CASES = [
     ),
     (
         "model-not-found",
-        lambda f: [
-            "transform",
-            "--model",
-            str(f["root"] / "none.npz"),
-            "--input",
-            str(f["first"]),
-            "--out",
-            str(f["img_out"]),
-        ],
+        _transform("none.npz", "input", "first"),
         "not found",
     ),
     (
         "output-would-replace-input",
-        lambda f: [
-            "transform",
-            "--model",
-            str(f["hm"]),
-            "--input",
-            str(f["first"]),
-            "--out",
+        lambda f: [  # --out: the input's own folder
+            *_transform("hm", "input", "first")(f)[:-1],
             str(f["first"].parent),
             "--suffix",
             "",
