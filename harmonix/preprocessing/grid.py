@@ -89,20 +89,21 @@ class GridChange:
 
     def apply(self, data: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Move ``data`` (input grid) onto the output grid."""
-        if data.shape[-3:] != self.input_shape:
-            raise ValueError(f"Expected shape {self.input_shape}, got {data.shape[-3:]}.")
-        out = np.full(data.shape[:-3] + self.output_shape, fill, dtype=data.dtype)
-        src, dst = self._slices()
-        out[(..., *dst)] = data[(..., *src)]
-        return out
+        return self._move(data, fill, forward=True)
 
     def invert(self, data: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Move ``data`` (output grid) back onto the input grid."""
-        if data.shape[-3:] != self.output_shape:
-            raise ValueError(f"Expected shape {self.output_shape}, got {data.shape[-3:]}.")
-        out = np.full(data.shape[:-3] + self.input_shape, fill, dtype=data.dtype)
+        return self._move(data, fill, forward=False)
+
+    def _move(self, data: np.ndarray, fill: float, forward: bool) -> np.ndarray:
         src, dst = self._slices()
-        out[(..., *src)] = data[(..., *dst)]
+        shape_from, shape_to = self.input_shape, self.output_shape
+        if not forward:
+            src, dst, shape_from, shape_to = dst, src, shape_to, shape_from
+        if data.shape[-3:] != shape_from:
+            raise ValueError(f"Expected shape {shape_from}, got {data.shape[-3:]}.")
+        out = np.full(data.shape[:-3] + shape_to, fill, dtype=data.dtype)
+        out[(..., *dst)] = data[(..., *src)]
         return out
 
 
