@@ -1112,6 +1112,18 @@ def test_run_benchmark_disease_metrics_and_covariates_per_method(confounded):
             run_benchmark({"ComBat": combat}, confounded, test_sites=[], covariates=bad)
 
 
+def test_traveling_metrics_say_why_without_traveling_subjects(confounded):
+    cross_site = ["traveling_subject_ssim_score", "subject_specificity_score"]
+    df = run_benchmark({"none": IdentityHarmonizer()}, confounded, metrics=cross_site, n_boot=20)
+    reasons = df.set_index(["protocol", "metric"])["reason"]
+    assert df["value"].isna().all() and df[["ci_low", "ci_high"]].isna().all(axis=None)
+    for protocol in ("seen", "unseen"):
+        assert reasons[protocol, cross_site[0]] == "no subject has images at two sites"
+        assert reasons[protocol, cross_site[1]] == (
+            "needs subjects with images at two sites and other subjects there"
+        )
+
+
 def test_feature_metrics_take_tables():
     from _helpers import make_feature_study
 

@@ -207,9 +207,18 @@ def _pooled_tissues(run: MethodRun, protocol: str) -> Tissues:
     )
 
 
-def _cross_site(run: MethodRun, protocol: str, metric: Callable[..., Any]) -> tuple[Any, ...]:
-    """``metric(outputs, subjects, sites, mask, ...)`` on the pooled outputs with its pairs,
-    and the subjects of the pooled images."""
+def _cross_site(
+    run: MethodRun,
+    protocol: str,
+    metric: Callable[..., Any],
+    interval: Callable[[Any, np.ndarray], tuple[Callable[[np.ndarray], float], np.ndarray]],
+    empty: str,
+) -> _Result:
+    """``metric(outputs, subjects, sites, mask, ...)`` on the pooled outputs, with the
+    bootstrap statistic and groups that ``interval(pairs, subjects)`` makes of the metric's
+    pairs and the pooled images' subjects; NaN with the reason ``empty`` without a value."""
+    if "seen" not in run.outputs:
+        return _MISSING_SEEN
     d = run.plan.data
     ix, train = _pooled(run, protocol)
     value, pairs = metric(
@@ -221,29 +230,27 @@ def _cross_site(run: MethodRun, protocol: str, metric: Callable[..., Any]) -> tu
         value_range=run.value_range,
         return_pairs=True,
     )
-    return value, pairs, d.subjects[ix]
+    if np.isnan(value):
+        return value, _NO_CI, empty
+    return value, _ci(run, *interval(pairs, d.subjects[ix])), ""
 
 
 def _traveling(run: MethodRun, protocol: str) -> _Result:
-    if "seen" not in run.outputs:
-        return _MISSING_SEEN
-    value, pairs, subjects = _cross_site(run, protocol, traveling_subject_ssim_score)
-    if np.isnan(value):
-        return value, _NO_CI, "no subject has images at two sites"
-    vals = np.array([p[2] for p in pairs])
-    groups = subjects[[p[0] for p in pairs]]
-    return value, _ci(run, lambda k: float(vals[k].mean()), groups), ""
+    def interval(pairs: list, subjects: np.ndarray) -> tuple[Callable, np.ndarray]:
+        vals = np.array([p[2] for p in pairs])
+        return lambda k: float(vals[k].mean()), subjects[[p[0] for p in pairs]]
+
+    empty = "no subject has images at two sites"
+    return _cross_site(run, protocol, traveling_subject_ssim_score, interval, empty)
 
 
 def _specificity(run: MethodRun, protocol: str) -> _Result:
-    if "seen" not in run.outputs:
-        return _MISSING_SEEN
-    value, table, subjects = _cross_site(run, protocol, subject_specificity_score)
-    if np.isnan(value):
-        return value, _NO_CI, "needs subjects with images at two sites and other subjects there"
-    groups = subjects[table[:, 0].astype(int)]
-    same, other = table[:, 2], table[:, 3]
-    return value, _ci(run, lambda k: specificity_from(same[k], other[k]), groups), ""
+    def interval(table: np.ndarray, subjects: np.ndarray) -> tuple[Callable, np.ndarray]:
+        same, other = table[:, 2], table[:, 3]
+        return lambda k: specificity_from(same[k], other[k]), subjects[table[:, 0].astype(int)]
+
+    empty = "needs subjects with images at two sites and other subjects there"
+    return _cross_site(run, protocol, subject_specificity_score, interval, empty)
 
 
 def _truth(run: MethodRun, protocol: str) -> _Result:
