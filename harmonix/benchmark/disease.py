@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from harmonix._docs import fill_doc
+from harmonix._docs import docdict, fill_doc
 from harmonix.benchmark._folds import grouped_splits
 from harmonix.benchmark.biology import _tissue_age_features
 from harmonix.benchmark.scale import _as_labels, robust_scale
@@ -39,6 +39,19 @@ __all__ = [
     "disease_effect",
     "disease_effect_error",
 ]
+
+# Parameters documented once for the disease functions (harmonix._docs.fill_doc).
+docdict["bm_diagnosis"] = """\
+diagnosis : array-like of shape (n_images,)
+    Two levels: ``control`` and the patients'."""
+
+docdict["bm_adjust_for"] = """\
+covariates : pandas.DataFrame or mapping, default=None
+    Columns to adjust for (e.g. age and sex), one row per image."""
+
+docdict["bm_control"] = """\
+control : hashable, default="CN"
+    The control level."""
 
 
 def _patients(diagnosis: Any, n: int, control: Any) -> np.ndarray:
@@ -92,6 +105,7 @@ def effect_design(diagnosis: Any, covariates: Any, n: int, control: Any) -> np.n
     )
 
 
+@fill_doc
 def disease_effect(
     volumes: Any, diagnosis: Any, covariates: Any = None, *, control: Any = "CN"
 ) -> float:
@@ -106,12 +120,9 @@ def disease_effect(
     ----------
     volumes : array-like of shape (n_images,)
         E.g. the GM volume of the disease's region.
-    diagnosis : array-like of shape (n_images,)
-        Two levels: ``control`` and the patients'.
-    covariates : pandas.DataFrame or mapping, default=None
-        Columns to adjust for (e.g. age and sex), one row per image.
-    control : hashable, default="CN"
-        The control level.
+    %(bm_diagnosis)s
+    %(bm_adjust_for)s
+    %(bm_control)s
 
     Returns
     -------
@@ -149,17 +160,14 @@ def disease_effect_error(
     Parameters
     ----------
     %(bm_harmonized)s
-    diagnosis : array-like of shape (n_images,)
-        Two levels: ``control`` and the patients'.
+    %(bm_diagnosis)s
     %(bm_mask2)s
     region : ndarray of bool of shape (i, j, k)
         The disease's region (``make_multisite(...).disease_region``).
     true_volumes : array-like of shape (n_images,)
         True GM volume of the region (``make_multisite(...).pattern_gm_volume``).
-    covariates : pandas.DataFrame or mapping, default=None
-        Columns to adjust for (e.g. age and sex).
-    control : hashable, default="CN"
-        The control level.
+    %(bm_adjust_for)s
+    %(bm_control)s
     margin : int, default=5
         Neighbourhood of the region for the local normalization, in voxels.
 
@@ -252,12 +260,10 @@ def disease_auc_score(
     Parameters
     ----------
     %(bm_harmonized)s
-    diagnosis : array-like of shape (n_images,)
-        Two levels: ``control`` and the patients'.
+    %(bm_diagnosis)s
     %(bm_mask2)s
     %(bm_groups)s
-    control : hashable, default="CN"
-        The control level.
+    %(bm_control)s
     n_splits : int, default=5
         Folds (fewer when a class has fewer subjects).
     regions : int, default=6
