@@ -81,10 +81,6 @@ class HarmonizerStep(TransformerMixin, BaseEstimator):
         -------
         self : HarmonizerStep
         """
-        self._fit(X, sites, ages, covariates)
-        return self
-
-    def _fit(self, X: Any, sites: Any, ages: Any, covariates: Any) -> None:
         if sites is None:
             raise ValueError(
                 "HarmonizerStep.fit needs sites. In a Pipeline pass them as "
@@ -92,6 +88,7 @@ class HarmonizerStep(TransformerMixin, BaseEstimator):
                 "(sklearn.set_config(enable_metadata_routing=True)) and pass sites=sites."
             )
         self.harmonizer_ = clone(self.harmonizer).fit(X, sites, ages, covariates)
+        return self
 
     def transform(
         self, X: Any, *, sites: Any = None, ages: Any = None, covariates: Any = None
@@ -114,18 +111,10 @@ class HarmonizerStep(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         return self._format(self.harmonizer_.transform(X, sites, ages, covariates))
 
-    def fit_transform(
-        self,
-        X: Any,
-        y: Any = None,
-        *,
-        sites: Any = None,
-        ages: Any = None,
-        covariates: Any = None,
-    ) -> Any:
-        """Fit, then transform ``X``; see :meth:`fit` and :meth:`transform`."""
-        self._fit(X, sites, ages, covariates)
-        return self._format(self.harmonizer_.transform(X, sites, ages, covariates))
+    def fit_transform(self, X: Any, y: Any = None, **metadata: Any) -> Any:
+        """Fit, then transform ``X`` with the same ``sites``, ``ages`` and ``covariates``;
+        see :meth:`fit` and :meth:`transform`."""
+        return self.fit(X, y, **metadata).transform(X, **metadata)
 
     def _format(self, out: Any) -> Any:
         if isinstance(out, pd.DataFrame) or (isinstance(out, np.ndarray) and out.ndim == 2):

@@ -101,3 +101,5 @@ def test_step_outputs(tiny):
     # the harmonized images no longer carry the per-site gain
     means = [out[i][imgs[i] > 0].mean() for i in range(len(imgs))]
     np.testing.assert_allclose(means, 1.0, rtol=1e-5)
+    with pytest.raises(TypeError, match="'site'"):  # a misspelt metadata name
+        HarmonizerStep(SiteMeanHarmonizer()).fit_transform(imgs, site=sites)
