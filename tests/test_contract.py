@@ -27,7 +27,7 @@ from sklearn.utils.estimator_checks import (
 )
 
 import harmonix
-from harmonix.cli import METHODS
+from harmonix.cli.methods import METHODS
 
 
 def fit_args(cls, tiny):
