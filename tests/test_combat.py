@@ -371,7 +371,7 @@ def test_save_load_roundtrip(data, tmp_path, reference):
 def test_eb_iterations_match_neurocombat_it_sol():
     """Frozen-voxel, block-wise EB equals neuroCombat's ``it_sol`` on all voxels."""
     nc = pytest.importorskip("neuroCombat.neuroCombat")
-    from harmonix import _combat_math as cm
+    from harmonix.combat import _math as cm
 
     rng = np.random.default_rng(0)
     sdat = rng.normal(rng.normal(0.3, 0.5, (3000, 1)), rng.uniform(0.5, 2, (3000, 1)), (3000, 4))

@@ -14,8 +14,8 @@ import pytest
 from _helpers import make_feature_study as make_study
 from _helpers import rel_diff
 
-from harmonix import _combat_math as cm
 from harmonix.combat import ComBatHarmonizer
+from harmonix.combat import _math as cm
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 

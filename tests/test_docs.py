@@ -103,7 +103,12 @@ def test_fill_doc_indents_like_the_placeholder_and_names_unknown_entries():
 
 @pytest.mark.parametrize(
     "module",
-    ["harmonix.base", "harmonix.histogram_matching", "harmonix.whitestripe", "harmonix.combat"],
+    [
+        "harmonix.base",
+        "harmonix.histogram_matching",
+        "harmonix.whitestripe",
+        "harmonix.combat.estimator",
+    ],
 )
 def test_docstring_examples_run_and_have_a_background(module):
     """The examples users copy run as shown, on images whose background is 0."""

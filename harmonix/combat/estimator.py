@@ -5,7 +5,7 @@ linear function of the covariates plus an additive (``gamma``) and a multiplicat
 (``delta``) site effect, shrinks the site effects with empirical Bayes priors pooled over
 voxels, and removes them. The numbers equal neuroHarmonize 2.5.2's
 ``harmonizationLearn`` / ``harmonizationApply`` with covariates ``SITE``, age, sex,
-diagnosis... (see :mod:`harmonix._combat_math`), with a fraction of its memory and a
+diagnosis... (see :mod:`harmonix.combat._math`), with a fraction of its memory and a
 model file of float32 arrays.
 """
 
@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
-from harmonix import _combat_math as cm
 from harmonix._docs import fill_doc
 from harmonix._labels import as_labels, distinct_sites, site_codes
 from harmonix.base import BaseHarmonizer, check_sites
+from harmonix.combat import _math as cm
 from harmonix.covariates import (
     CovariateLevels,
     check_covariates,
@@ -276,7 +276,7 @@ class ComBatHarmonizer(BaseHarmonizer):
     (``n_images x n_voxels`` float32). The regressions run over chunks of voxels; the EB
     priors are means and variances over voxels, so they are computed from small
     per-voxel summaries after that pass and the iterations run on per-voxel vectors.
-    Tables are regressed with matrix products (:func:`harmonix._combat_math.table_regression`).
+    Tables are regressed with matrix products (:func:`harmonix.combat._math.table_regression`).
 
     **Degenerate cases** (never NaN): a voxel whose pooled variance is 0 (constant) is
     left unchanged and excluded from the EB priors; a site with a single training image
