@@ -53,7 +53,7 @@ from bench_iguane_learning import per_image_ssim
 
 from harmonix import ComBatHarmonizer, HistogramMatchingHarmonizer
 from harmonix.benchmark.metrics import robust_range
-from harmonix.combat.estimator import SITE_CHECK_THRESHOLD
+from harmonix.combat._site_check import SITE_CHECK_THRESHOLD
 from harmonix.datasets import make_multisite
 from harmonix.exceptions import SiteMismatchWarning
 from harmonix.iguane.normalization import InputNormalizer, image_landmarks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 import warnings
 
 import numpy as np
@@ -11,6 +13,7 @@ from _helpers import rel_diff
 
 from harmonix.combat import ComBatHarmonizer
 from harmonix.exceptions import SiteMismatchWarning
+from harmonix.persistence import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
@@ -366,6 +369,30 @@ def test_save_load_roundtrip(data, tmp_path, reference):
     )
     params = 4 * (1 + 2 + 1 + 2 * 3) * imgs[0].size  # float32 model
     assert path.stat().st_size < params + 64_000
+
+
+def test_models_saved_before_the_combat_package_load(data, tmp_path):
+    # files and pickles written while ComBatHarmonizer lived in harmonix/combat.py name the
+    # class harmonix.combat.ComBatHarmonizer: the package hands it on, so they still load
+    # (by the name stored) and transform as the model that wrote them
+    imgs, sites, ages = data
+    h = ComBatHarmonizer().fit(imgs, sites, ages)
+    expected = h.transform(imgs, sites, ages)
+    h.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as f:
+        arrays = dict(f)
+    meta = json.loads(bytes(arrays["__harmonix__"]).decode())
+    assert meta["class"] == "harmonix.combat.estimator.ComBatHarmonizer"
+    meta["class"] = "harmonix.combat.ComBatHarmonizer"
+    arrays["__harmonix__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    for loaded in (load_model(tmp_path / "old.npz"), ComBatHarmonizer.load(tmp_path / "old.npz")):
+        assert type(loaded) is ComBatHarmonizer
+        np.testing.assert_array_equal(loaded.transform(imgs, sites, ages), expected)
+    new = pickle.dumps(h, protocol=0)  # text opcodes: the class is "c<module>\n<name>\n"
+    old = new.replace(b"charmonix.combat.estimator\n", b"charmonix.combat\n")
+    assert old != new
+    np.testing.assert_array_equal(pickle.loads(old).transform(imgs, sites, ages), expected)
 
 
 def test_eb_iterations_match_neurocombat_it_sol():

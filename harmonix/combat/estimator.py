@@ -11,8 +11,6 @@ model file of float32 arrays.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from numbers import Integral
 from typing import Any, ClassVar
@@ -22,116 +20,31 @@ import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
 from harmonix._docs import fill_doc
-from harmonix._labels import as_labels, distinct_sites, site_codes
-from harmonix.base import BaseHarmonizer, check_sites
+from harmonix._labels import as_labels, check_sites
+from harmonix.base import BaseHarmonizer
 from harmonix.combat import _math as cm
+from harmonix.combat._fit import ComBatFit
+from harmonix.combat._site_check import ComBatSiteCheck
+from harmonix.combat._transform import ComBatTransform
+from harmonix.combat._unseen import UNSEEN_POLICIES
+from harmonix.combat._voxels import FlatIndex
 from harmonix.covariates import (
     CovariateLevels,
     check_covariates,
     column_design,
     match_covariates,
 )
-from harmonix.exceptions import UnseenSiteError
 from harmonix.io import ImageCollection
-from harmonix.site_check import (
-    SiteAgreement,
-    act_on_agreements,
-    agreement_frame,
-    check_policy,
-    describe_mismatches,
-)
+from harmonix.site_check import agreement_frame, check_policy
 from harmonix.tables import FeatureTable
 
 __all__ = ["ComBatHarmonizer"]
 
-logger = logging.getLogger(__name__)
-
-_UNSEEN_POLICIES = ("error", "fit", "keep")
 _DEFAULT_SPLINE_DF = 4
-#: A labelled group disagrees with its training site when its statistic (see
-#: :meth:`ComBatHarmonizer.site_agreement`) exceeds this.
-SITE_CHECK_THRESHOLD = 10.0
-#: Training images a site needs for its variance to be a yardstick (the statistic's
-#: expected value (n - 1) / (n - 3) needs n > 3).
-SITE_CHECK_MIN_IMAGES = 4
-
-
-def _c_to_f_index(flat_c: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Fortran-order flat indices of the voxels with C-order flat indices ``flat_c``."""
-    rest = flat_c.astype(np.int64)
-    out = np.zeros_like(rest)
-    f_stride = int(np.prod(shape[:-1]))
-    for axis in range(len(shape) - 1, -1, -1):  # last axis first (C's fastest)
-        rest, coord = np.divmod(rest, shape[axis])
-        out += coord * f_stride
-        f_stride //= shape[axis - 1] if axis else 1
-    return out
-
-
-class _FlatIndex:
-    """Voxels given by C-order flat indices, read from C- or F-ordered volumes without
-    copying them (NIfTI data is usually F-ordered)."""
-
-    def __init__(self, flat_c: np.ndarray, shape: tuple[int, ...]):
-        self.c = flat_c
-        self.shape = shape
-        self._f: np.ndarray | None = None
-
-    def view(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A 1-D view of ``arr`` (a copy if it is neither C- nor F-contiguous) and the
-        matching indices."""
-        if arr.flags.c_contiguous:
-            return arr.reshape(-1), self.c
-        if arr.flags.f_contiguous:
-            if self._f is None:
-                self._f = _c_to_f_index(self.c, self.shape)
-            return arr.ravel(order="F"), self._f
-        return np.ascontiguousarray(arr).reshape(-1), self.c
-
-    def take(self, arr: np.ndarray, select: np.ndarray | None = None) -> np.ndarray:
-        flat, idx = self.view(arr)
-        return flat[idx if select is None else idx[select]]
-
-
-#: Values converted to float64 at a time by :func:`_line_fit` (a small reused buffer).
-_LINE_FIT_CHUNK = 1 << 16
-
-
-def _line_fit(y: np.ndarray, z: np.ndarray) -> tuple[float, float]:
-    """Least-squares ``(slope, intercept)`` of ``z`` on ``y`` over the voxels where
-    ``y != 0`` (``z`` is 0 where ``y`` is); slope 1 and a mean shift when ``y`` is constant
-    there. Sums in float64, over all voxels (the absent ones add 0), chunk by chunk."""
-    n = 0
-    sy = sz = syy = syz = 0.0
-    a, b = np.empty(_LINE_FIT_CHUNK), np.empty(_LINE_FIT_CHUNK)
-    for start in range(0, y.size, _LINE_FIT_CHUNK):
-        stop = min(start + _LINE_FIT_CHUNK, y.size)
-        ya, za = a[: stop - start], b[: stop - start]
-        ya[...] = y[start:stop]
-        za[...] = z[start:stop]
-        n += int(np.count_nonzero(ya))
-        sy += float(ya.sum())
-        sz += float(za.sum())
-        syy += float(np.dot(ya, ya))
-        syz += float(np.dot(ya, za))
-    if n == 0:
-        return 1.0, 0.0
-    var = syy - sy * sy / n
-    if not var > 1e-12 * syy:
-        return 1.0, (sz - sy) / n
-    slope = (syz - sy * sz / n) / var
-    return slope, (sz - slope * sy) / n
-
-
-def _empty_stack(n: int, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
-    """Uninitialized float32 ``(n, *shape)`` array whose items are C- or F-contiguous."""
-    if not fortran:
-        return np.empty((n, *shape), dtype=np.float32)
-    return np.empty((n, *shape[::-1]), dtype=np.float32).transpose(0, *range(len(shape), 0, -1))
 
 
 @fill_doc
-class ComBatHarmonizer(BaseHarmonizer):
+class ComBatHarmonizer(ComBatFit, ComBatTransform, ComBatSiteCheck, BaseHarmonizer):
     """ComBat harmonization of voxels (inside the common brain mask) or of table features.
 
     Every voxel that is non-zero in all training images (and inside ``mask``) -- or every
@@ -410,9 +323,9 @@ class ComBatHarmonizer(BaseHarmonizer):
         return {name: df for name, df in terms.items() if df > 1}
 
     def _check_params(self) -> None:
-        if self.unseen_site not in _UNSEEN_POLICIES:
+        if self.unseen_site not in UNSEEN_POLICIES:
             raise ValueError(
-                f"unseen_site must be one of {list(_UNSEEN_POLICIES)}; got {self.unseen_site!r}."
+                f"unseen_site must be one of {list(UNSEEN_POLICIES)}; got {self.unseen_site!r}."
             )
         if not isinstance(self.empirical_bayes, (bool, np.bool_)):
             raise ValueError(
@@ -453,247 +366,26 @@ class ComBatHarmonizer(BaseHarmonizer):
                 names.extend([name] if lev is None else [f"{name}[{v}]" for v in lev[1:]])
         return np.hstack(blocks), names
 
-    # -- fit -----------------------------------------------------------------------------
+    # -- loaded and pickled models -------------------------------------------------------
     def _complete_loaded(self) -> None:
         super()._complete_loaded()
         if not hasattr(self, "empirical_bayes_"):  # an older file
             self.empirical_bayes_ = bool(self.empirical_bayes)
 
-    def _fit(
-        self,
-        imgs: ImageCollection | FeatureTable,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> None:
-        self._check_params()
-        smooth = self._smooth_terms()
-        levels = self.covariate_levels_
-        for name in smooth:
-            if name == "age" and "age" not in levels:
-                raise ValueError(
-                    "smooth_age (or smooth=('age',)) needs ages: pass ages=[...] to fit, or "
-                    "no smooth age."
-                )
-            if name not in levels or levels[name] is not None:
-                what = "categorical" if name in levels else f"not among {list(levels)}"
-                raise ValueError(
-                    f"smooth names {name!r}, which is {what}: only continuous covariates of "
-                    "the fit can have a smooth effect."
-                )
-        labels = self.sites_
-        n_sites = len(labels)
-        codes = site_codes(sites)[1]  # labels are the sorted distinct sites
-        counts = np.bincount(codes, minlength=n_sites)
-        ref = getattr(self, "reference_site_", None)
-        self.reference_site_ = ref
-        ref_level = None if ref is None else int(labels.tolist().index(ref))
-        if ref_level is not None and counts[ref_level] < 2:
-            raise ValueError(
-                f"reference_site={ref!r} has {counts[ref_level]} image; ComBat needs at least "
-                "2 images of the reference site to estimate its variance. Choose another "
-                "reference or None."
-            )
-        self.spline_knots_ = {
-            name: cm.spline_knots(covariates[name].to_numpy(np.float64), df, name)
-            for name, df in smooth.items()
-        }
-        columns, self.covariates_ = self._covariate_columns(
-            covariates, len(sites), self.spline_knots_
-        )
-        design = cm.design_matrix(codes, n_sites, columns, ref_level)
-        p = design.shape[1]
-        gram = design.T @ design
-        if len(sites) <= p or np.linalg.matrix_rank(gram, hermitian=True) < p:
-            shown = self.covariates_[:8] + (["..."] if len(self.covariates_) > 8 else [])
-            raise ValueError(
-                f"The ComBat design (sites {labels.tolist()} and covariate columns "
-                f"{shown}) has {p} columns but is rank deficient for "
-                f"{len(sites)} images: there must be more images than columns, and the "
-                "spline terms must vary within sites. Fit with fewer covariates or spline "
-                "degrees of freedom, or with more images."
-            )
-        one = labels[(counts == 1)].tolist()
-        if one:
-            warnings.warn(
-                f"Site(s) {one} have a single training image: their variance cannot be "
-                "estimated, so they are harmonized for location only (delta = 1). Use at "
-                "least 2 (better many) images per site.",
-                UserWarning,
-                stacklevel=3,
-            )
-
-        table = isinstance(imgs, FeatureTable)
-        if table:
-            self.voxel_mask_ = None
-            logger.info("ComBat: %d rows, %d features", len(sites), imgs.n_features)
-            stats = cm.table_regression(imgs.values, design, codes, n_sites, ref_level)
-        else:
-            data = self._load_voxels(imgs)
-            chunk = self.chunk_size or cm.auto_chunk_size(len(sites), p)
-            logger.info(
-                "ComBat: %d images, %d voxels, chunks of %d", len(sites), data.shape[1], chunk
-            )
-            stats = cm.voxel_regression(data, design, codes, n_sites, ref_level, chunk)
-            del data
-
-        gamma, delta, priors, n_iter = self._site_effects(stats, counts, ref_level)
-        valid = ~stats.degenerate
-        beta = stats.coef[n_sites:]
-        self.covariate_means_ = columns.mean(axis=0)
-        centred_mean = stats.grand_mean + self.covariate_means_ @ beta
-        var_pooled = np.where(valid, stats.var_pooled, 0.0)
-        dtype = np.float64 if table else np.float32
-        self.site_counts_ = counts
-        self.grand_mean_ = centred_mean.astype(dtype)
-        self.coef_ = beta.astype(dtype)
-        self.var_pooled_ = var_pooled.astype(dtype)
-        self.gamma_star_ = gamma.astype(dtype)
-        self.delta_star_ = delta.astype(dtype)
-        self.gamma_bar_, self.tau2_, self.a_prior_, self.b_prior_ = (
-            np.asarray(x, dtype=np.float64) for x in zip(*priors)
-        )
-        self.n_iter_ = np.asarray(n_iter, dtype=np.int64)
-        self.n_degenerate_ = int(stats.degenerate.sum())
-        self.empirical_bayes_ = bool(self.empirical_bayes)
-
-    def _load_voxels(self, imgs: ImageCollection) -> np.ndarray:
-        """Stack the common-mask voxels of all images, loading each image once.
-
-        The common mask shrinks as images are read; each row is stored on the mask known
-        at its time and compacted at the end, so no full volume is kept.
-        """
-        n = len(imgs)
-        for i, (data, brain) in enumerate(self._iter_brains(imgs)):
-            if i == 0:
-                shape = brain.shape
-                first = _FlatIndex(np.flatnonzero(brain), shape)
-                n_first = first.c.size
-                death = np.full(n_first, n, dtype=np.int32)  # index of the image dropping it
-                buf = np.empty((n, n_first), dtype=np.float32)
-                alive_first = np.ones(n_first, dtype=bool)
-            else:
-                still = first.take(brain)
-                dropped = alive_first & ~still
-                death[dropped] = i
-                alive_first &= still
-            vals = first.take(data, alive_first)
-            buf[i, : vals.size] = vals
-        if not alive_first.any():
-            raise ValueError(
-                "No voxel is non-zero in every training image (inside the mask): the images "
-                "do not overlap. Register them to one space, or check the mask."
-            )
-        for i in range(n):
-            kept = death[death > i] == n
-            width = kept.size
-            buf[i, : int(kept.sum())] = buf[i, :width][kept]
-        n_vox = int(alive_first.sum())
-        mask = np.zeros(int(np.prod(shape)), dtype=bool)
-        mask[first.c[alive_first]] = True
-        self.voxel_mask_ = mask.reshape(shape)
-        return buf[:, :n_vox]
-
-    def _site_effects(
-        self, stats: cm.VoxelStats, counts: np.ndarray, ref_level: int | None
-    ) -> tuple[np.ndarray, np.ndarray, list[tuple[float, ...]], list[int]]:
-        n_sites, n_vox = stats.site_mean.shape
-        valid = ~stats.degenerate
-        gamma = np.zeros((n_sites, n_vox))
-        delta = np.ones((n_sites, n_vox))
-        nan4 = (np.nan, np.nan, np.nan, np.nan)
-        priors: list[tuple[float, ...]] = [nan4] * n_sites
-        n_iter = [0] * n_sites
-        n_valid = int(valid.sum())
-        eb = bool(self.empirical_bayes)
-        if eb and n_valid < 2:
-            warnings.warn(
-                f"Only {n_valid} non-constant voxel(s): empirical Bayes needs several, so the "
-                "least-squares site effects are used.",
-                UserWarning,
-                stacklevel=4,
-            )
-            eb = False
-        ref_mean = stats.site_mean[ref_level, valid] if ref_level is not None else 0.0
-        means = stats.site_mean[:, valid]
-        gamma_hat = means - ref_mean  # least squares, as neuroHarmonize's batch regression
-        others = [b for b in range(n_sites) if b != ref_level]
-        for b in (b for b in others if counts[b] == 1):
-            if eb:
-                g_bar, tau2 = float(np.mean(gamma_hat[b])), float(np.var(gamma_hat[b], ddof=1))
-                priors[b] = (g_bar, tau2, np.nan, np.nan)
-                # neuroCombat's mean-only posterior: n = 1, delta = 1
-                gamma[b, valid] = (tau2 * gamma_hat[b] + g_bar) / (tau2 + 1.0)
-            else:
-                gamma[b, valid] = means[b]
-        rows = np.asarray([b for b in others if counts[b] >= 2], dtype=np.intp)
-        if not rows.size:
-            return gamma, delta, priors, n_iter
-        n_rows = counts[rows].astype(np.float64)
-        ss = stats.site_ss[rows][:, valid]
-        delta_hat = ss / (n_rows - 1)[:, None]
-        g_star, d_star = means[rows], np.where(delta_hat > 0, delta_hat, 1.0)  # least squares
-        if eb:
-            pri = np.column_stack(cm.eb_priors(gamma_hat[rows], delta_hat))
-            usable = np.isfinite(pri).all(axis=1) & (pri[:, 1] >= 0) & (pri[:, 3] > 0)
-            for b in rows[~usable]:
-                warnings.warn(
-                    f"Empirical Bayes priors of site {self.sites_[b]!r} are undefined "
-                    "(site effects identical over voxels); using least-squares estimates.",
-                    UserWarning,
-                    stacklevel=4,
-                )
-            # the sites at once where their rows are small (a table), one by one otherwise
-            use = np.flatnonzero(usable)
-            groups = [use] if use.size * n_valid <= 2**18 else [[i] for i in use]
-            for group in groups:
-                g_eb, d_eb, its = cm.empirical_bayes(
-                    gamma_hat[rows[group]],
-                    means[rows[group]],
-                    ss[group],
-                    n_rows[group],
-                    tuple(pri[group].T),
-                )
-                g_star[group], d_star[group] = g_eb, d_eb
-                for b, k, count in zip(rows[group], group, its):
-                    priors[b], n_iter[b] = tuple(pri[k]), int(count)
-        # never NaN: fall back to location-only least squares there
-        bad = ~(np.isfinite(g_star) & np.isfinite(d_star) & (d_star > 0))
-        g_star = np.where(bad, means[rows], g_star)
-        d_star = np.where(bad, 1.0, d_star)
-        gamma[np.ix_(rows, valid)] = g_star
-        delta[np.ix_(rows, valid)] = d_star
-        return gamma, delta, priors, n_iter
-
-    # -- transform -----------------------------------------------------------------------
-    def _voxel_index(self) -> _FlatIndex:
-        """Flat indices of ``voxel_mask_`` (cached, never saved or pickled)."""
-        cache = self.__dict__.get("_voxel_index_cache")
-        if cache is None or cache[0] is not self.voxel_mask_:
-            index = _FlatIndex(np.flatnonzero(self.voxel_mask_), self.voxel_mask_.shape)
-            cache = (self.voxel_mask_, index)
-            self._voxel_index_cache = cache
-        return cache[1]
-
-    def _harmonize_rim(
-        self, data: np.ndarray, brain: np.ndarray, result: np.ndarray, y: np.ndarray, z: np.ndarray
-    ) -> None:
-        """Map the image's brain voxels outside ``voxel_mask_`` (the rim) into ``result``
-        with the straight line that best fits (least squares) ComBat's map of the image's
-        own ``voxel_mask_`` voxels: inputs ``y``, outputs ``z`` (0 outside its brain)."""
-        rim = np.greater(brain, self.voxel_mask_)  # brain and not voxel_mask_
-        if not rim.any():
-            return
-        slope, intercept = _line_fit(y, z)
-        values = data[rim]
-        values *= values.dtype.type(slope)  # a copy: the caller's data is not changed
-        values += values.dtype.type(intercept)
-        result[rim] = values
-
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())  # a copy: the live object keeps its cache
         state.pop("_voxel_index_cache", None)
         return state
+
+    # -- the fitted model, read by transform and the site check --------------------------
+    def _voxel_index(self) -> FlatIndex:
+        """Flat indices of ``voxel_mask_`` (cached, never saved or pickled)."""
+        cache = self.__dict__.get("_voxel_index_cache")
+        if cache is None or cache[0] is not self.voxel_mask_:
+            index = FlatIndex(np.flatnonzero(self.voxel_mask_), self.voxel_mask_.shape)
+            cache = (self.voxel_mask_, index)
+            self._voxel_index_cache = cache
+        return cache[1]
 
     def _model_mean(self, cov: np.ndarray, out: np.ndarray, work: np.ndarray) -> np.ndarray:
         """Covariate-model mean (n_voxels, the parameters' dtype) of one image, written
@@ -705,195 +397,9 @@ class ComBatHarmonizer(BaseHarmonizer):
             out += work
         return out
 
-    def _affine(self, gamma: np.ndarray, delta: np.ndarray, sd: np.ndarray) -> tuple:
-        """Per-voxel ``(a, 1 - a, o)`` with ``out = a * y + (1 - a) * mean - o``.
-
-        ``a = 1 / sqrt(delta)`` and ``o = gamma * sqrt(var_pooled) * a`` (in the dtype of
-        ``sd``); a constant voxel (``gamma = 0``, ``delta = 1``) gives ``out = y`` exactly.
-        """
-        a = np.sqrt(np.asarray(delta, dtype=sd.dtype))
-        np.reciprocal(a, out=a)
-        o = np.asarray(gamma, dtype=sd.dtype) * sd
-        o *= a
-        return a, sd.dtype.type(1.0) - a, o
-
     def _known_sites(self) -> dict[str, int]:
         """Row of ``gamma_star_``/``delta_star_`` of each training site, by label text."""
         return {label: j for j, label in enumerate(as_labels(self.sites_).tolist())}
-
-    def _check_metadata(
-        self,
-        sites: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-        prepared: frozenset = frozenset(),
-    ) -> None:
-        """Refuse unseen sites (``unseen_site="error"``) and unseen sites with one image
-        (``"fit"``), before any work; warn about sites kept unchanged. (The base class
-        checks the covariates.)"""
-        check_policy(self.site_check)
-        known = self._known_sites()
-        labels, codes = distinct_sites(sites)
-        unseen = sorted(s for s in labels if s not in known)
-        policy = self.unseen_site
-        if unseen and policy not in _UNSEEN_POLICIES:
-            raise ValueError(
-                f"unseen_site must be one of {list(_UNSEEN_POLICIES)}; got {policy!r}."
-            )
-        if unseen and policy == "error":
-            raise UnseenSiteError(
-                f"Site(s) {unseen} were not seen in fit (known sites: "
-                f"{list(known)}); ComBat has no parameters for them. Pass "
-                "unseen_site='fit' to estimate them from these images, unseen_site='keep' "
-                "to leave them unchanged, or refit including them."
-            )
-        if unseen and policy == "keep":
-            warnings.warn(
-                f"Site(s) {unseen} were not seen in fit (known sites: {list(known)}): "
-                "their images are returned unchanged (unseen_site='keep').",
-                UserWarning,
-                stacklevel=5,
-            )
-        if policy == "fit":
-            counts = dict(zip(labels, np.bincount(codes, minlength=len(labels)).tolist()))
-            few = [s for s in unseen if s not in prepared and counts[s] < 2]
-            if few:
-                raise ValueError(
-                    f"unseen_site='fit' needs at least 2 images of each unseen site in the "
-                    f"same transform call to estimate its scale; site(s) {few} have 1. Pass "
-                    "all images of a site together (harmonix transform and "
-                    "harmonix.batch.transform_files group a manifest's images by site), use "
-                    "unseen_site='keep', or refit with them."
-                )
-
-    def _site_statistics(
-        self,
-        imgs: ImageCollection | FeatureTable,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> dict[str, Any]:
-        """Per site of ``sites``: for a training site, None (its stored effects) once its
-        images (rows) passed the site check (:meth:`site_agreement`), or, when they
-        disagree and ``site_check="refit"``, what ``unseen_site`` gives a site unseen in
-        fit; for an unseen site with ``unseen_site="fit"``, its ``(gamma, delta)``
-        estimated from its images (rows); ``"keep"``: returned unchanged."""
-        known = self._known_sites()
-        labels, codes = distinct_sites(sites)
-        cov, _ = self._covariate_columns(covariates, len(sites), self._fitted_knots())
-        # tables: rows are trusted to their label (see site_agreement)
-        table = isinstance(imgs, FeatureTable)
-        new = set() if table else self._act_on_site_check(self._site_agreements(imgs, sites, cov))
-        dtype = self.grand_mean_.dtype
-        stats: dict[str, Any] = {}
-        for k, label in enumerate(labels):
-            if label in known and label not in new:
-                stats[label] = None
-            elif self.unseen_site == "keep":
-                stats[label] = "keep"
-            elif self.unseen_site == "fit":
-                idx = np.flatnonzero(codes == k).tolist()
-                if len(idx) < 2:
-                    raise ValueError(
-                        f"Site {label!r} is handled as a site unseen in fit (its images do "
-                        "not look like the training site of that name) and unseen_site='fit' "
-                        "needs at least 2 of its images in the same transform call to "
-                        "estimate its effects; got 1. Pass all images of the site together, "
-                        "use unseen_site='keep', or site_check='warn'."
-                    )
-                gamma, delta = self._fit_unseen(imgs, idx, cov, label)
-                stats[label] = (gamma.astype(dtype), delta.astype(dtype))
-        return stats
-
-    def _site_params(self, labels: list[Any], stats: Mapping[str, Any]) -> dict[Any, tuple | None]:
-        """``(a, 1 - a, o)`` of each distinct site of ``labels`` (None: left unchanged)."""
-        known = self._known_sites()
-        sd = np.sqrt(self.var_pooled_)
-        params: dict[Any, tuple | None] = {}
-        for label in labels:
-            entry = stats.get(label)
-            if isinstance(entry, tuple):  # estimated from its images
-                params[label] = self._affine(*entry, sd)
-            elif label in known and entry is None:  # the stored effects
-                j = known[label]
-                params[label] = self._affine(self.gamma_star_[j], self.delta_star_[j], sd)
-            else:  # keep
-                params[label] = None
-        return params
-
-    def _transform(
-        self,
-        imgs: ImageCollection | FeatureTable,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-        stats: Mapping[str, Any],
-    ) -> list[np.ndarray] | np.ndarray:
-        n = len(imgs)
-        cov, _ = self._covariate_columns(covariates, n, self._fitted_knots())
-        distinct, codes = distinct_sites(sites)
-        params = self._site_params(distinct, stats)
-        if isinstance(imgs, FeatureTable):
-            return self._transform_table(imgs.values, codes, cov, [params[s] for s in distinct])
-        labels = sites.tolist()
-        shape = tuple(self.image_shape_)
-        voxels = self._voxel_index()
-        y, z, mean, work = (np.empty(voxels.c.size, dtype=np.float32) for _ in range(4))
-        stacked = None
-        out = []
-        for i, (data, brain) in enumerate(self._iter_brains(imgs)):
-            # keep the memory order of the input (F for NIfTI data): no transposing copy
-            fortran = data.flags.f_contiguous and not data.flags.c_contiguous
-            if imgs.kind == "array":
-                if stacked is None:
-                    stacked = _empty_stack(n, shape, fortran)
-                result = stacked[i]
-            else:
-                result = np.empty(shape, dtype=np.float32, order="F" if fortran else "C")
-            # a new array (never the caller's); background (and outside mask_) -> 0
-            np.multiply(data, brain, out=result, casting="unsafe")
-            par = params[labels[i]]
-            if par is not None:
-                a, one_minus_a, o = par
-                view, flat = voxels.view(data)
-                np.take(view, flat, out=y)
-                np.multiply(a, y, out=z)
-                np.multiply(one_minus_a, self._model_mean(cov[i], mean, work), out=mean)
-                z += mean
-                z -= o
-                np.multiply(z, y != 0, out=z)  # voxels outside this image's brain stay 0
-                view, flat = voxels.view(result)
-                view[flat] = z
-                self._harmonize_rim(data, brain, result, y, z)
-            out.append(result)
-        return stacked if stacked is not None else out
-
-    def _transform_table(
-        self, X: np.ndarray, codes: np.ndarray, cov: np.ndarray, params: list[tuple | None]
-    ) -> np.ndarray:
-        """Harmonized table: ``a * y + (1 - a) * model_mean - o``, row ``i`` with the
-        ``(a, 1 - a, o)`` of ``params[codes[i]]`` (None: left unchanged, ``1, 0, 0``)."""
-        unchanged = (np.ones(X.shape[1]), np.zeros(X.shape[1]), np.zeros(X.shape[1]))
-        one_minus_a = np.stack([(p or unchanged)[1] for p in params])
-        o = np.stack([(p or unchanged)[2] for p in params])
-        # a * y + (1 - a) * (grand_mean + effects) - o = y + (1 - a) * (m - y) + shift,
-        # with m = effects = centred covariates . coef and shift = (1 - a) * grand_mean - o:
-        # exactly y where a = 1 and o = 0 (a site or a constant feature left unchanged)
-        shift = one_minus_a * self.grand_mean_ - o
-        centred = cov - self.covariate_means_
-        out = np.empty_like(X, dtype=np.float64)
-        step = cm.row_block(X.shape[1])
-        # two work blocks, reused: no allocation (nor page faults) per block
-        mean_buf, site_buf = np.empty((2, min(step, len(X)), X.shape[1]))
-        for start in range(0, len(X), step):  # blocks of rows that fit in the cache
-            rows = slice(start, start + step)
-            c = codes[rows]
-            mean, per_site = mean_buf[: len(c)], site_buf[: len(c)]
-            np.matmul(centred[rows], self.coef_, out=mean)
-            block = np.subtract(mean, X[rows], out=out[rows])
-            block *= np.take(one_minus_a, c, axis=0, out=per_site, mode="clip")
-            block += np.take(shift, c, axis=0, out=per_site, mode="clip")
-            block += X[rows]
-        return out
 
     def _standardized(
         self, data: ImageCollection | FeatureTable, idx: Sequence[int], cov: np.ndarray
@@ -918,64 +424,6 @@ class ComBatHarmonizer(BaseHarmonizer):
                 present = (y != 0) & valid
             model = self._model_mean(cov[i], mean_buf, work).astype(np.float64)
             yield (y - model) / sd, present
-
-    def _site_agreements(
-        self, imgs: ImageCollection | FeatureTable, labels: Sequence[str], cov: np.ndarray
-    ) -> list[SiteAgreement]:
-        """The site check of every labelled group of a training site (see
-        :meth:`site_agreement`)."""
-        out = []
-        given = np.asarray(labels, dtype=str)
-        for site, j in self._known_sites().items():
-            idx = np.flatnonzero(given == site).tolist()
-            if not idx:
-                continue
-            n_b = int(self.site_counts_[j])
-            if n_b < SITE_CHECK_MIN_IMAGES:
-                note = f"not checked: {n_b} training image(s) of the site, fewer than 4"
-                out.append(SiteAgreement(site, len(idx), np.nan, SITE_CHECK_THRESHOLD, note))
-                continue
-            gamma = self.gamma_star_[j].astype(np.float64)
-            delta = self.delta_star_[j].astype(np.float64)
-            total, count = 0.0, 0
-            for s, present in self._standardized(imgs, idx, cov):
-                total += float(np.sum(((s - gamma) ** 2 / delta)[present]))
-                count += int(present.sum())
-            # a new scan's squared residual over delta: (1 + 1/n_b) times a t statistic
-            # with n_b - 1 degrees of freedom, whose square has mean (n_b - 1) / (n_b - 3)
-            expected = (1.0 + 1.0 / n_b) * (n_b - 1) / (n_b - 3)
-            stat = total / max(count, 1) / expected if count else np.nan
-            out.append(
-                SiteAgreement(
-                    site,
-                    len(idx),
-                    stat,
-                    SITE_CHECK_THRESHOLD,
-                    f"their voxels deviate from the stored site's effects {stat:.3g} times as "
-                    "much (in squared standardized residual) as new scans of that site would "
-                    "(or their covariates are far from the training ones)",
-                )
-            )
-        return out
-
-    def _act_on_site_check(self, agreements: list[SiteAgreement]) -> set:
-        """Warn or raise by ``site_check`` about the groups that disagree; the labels to
-        handle as sites unseen in fit."""
-        policy = check_policy(self.site_check)
-        bad = [a for a in agreements if not a.agrees]
-        if bad and policy == "refit" and self.unseen_site == "error":
-            raise UnseenSiteError(
-                f"{describe_mismatches(bad, 'site effects')} ComBat treats them as sites "
-                "unseen in fit (site_check='refit'), and has no parameters for those "
-                "(unseen_site='error'). Give them a new label and pass unseen_site='fit' to "
-                "estimate their effects from these images (or 'keep' to leave them "
-                "unchanged), or pass site_check='warn' to apply the stored effects anyway."
-            )
-        as_new = {
-            "fit": "its effects are estimated from these images (unseen_site='fit')",
-            "keep": "its images are returned unchanged (unseen_site='keep')",
-        }.get(self.unseen_site, "")
-        return act_on_agreements(agreements, policy, what="site effects", as_new=as_new)
 
     def site_agreement(
         self, imgs: Any, sites: Any, ages: Any = None, covariates: Any = None
@@ -1030,35 +478,3 @@ class ComBatHarmonizer(BaseHarmonizer):
         )
         cov, _ = self._covariate_columns(frame, len(coll), self._fitted_knots())
         return agreement_frame(self._site_agreements(coll, sites.tolist(), cov))
-
-    def _fit_unseen(
-        self, imgs: ImageCollection | FeatureTable, idx: list[int], cov: np.ndarray, label: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Estimate an unseen site's gamma/delta from its images or rows
-        (``unseen_site='fit'``)."""
-        n_vox = self.var_pooled_.size
-        count = np.zeros(n_vox, dtype=np.int64)
-        mean = np.zeros(n_vox)
-        m2 = np.zeros(n_vox)
-        for s, present in self._standardized(imgs, idx, cov):
-            count += present
-            step = np.where(present, s - mean, 0.0)
-            mean += step / np.maximum(count, 1)
-            m2 += step * np.where(present, s - mean, 0.0)
-        gamma = np.zeros(n_vox)
-        delta = np.ones(n_vox)
-        ok = count >= 2
-        if ok.any():
-            n_ok = count[ok]
-            g_hat, ss = mean[ok], m2[ok]
-            d_hat = ss / (n_ok - 1)
-            g_star, d_star = g_hat, np.where(d_hat > 0, d_hat, 1.0)
-            if self.empirical_bayes_ and ok.sum() >= 2:
-                pri = cm.eb_priors(g_hat, d_hat)
-                if all(np.isfinite(pri)) and pri[1] >= 0 and pri[3] > 0:
-                    g_star, d_star, _ = cm.empirical_bayes(g_hat, g_hat, ss, n_ok, pri)
-            bad = ~(np.isfinite(g_star) & np.isfinite(d_star) & (d_star > 0))
-            gamma[ok] = np.where(bad, g_hat, g_star)
-            delta[ok] = np.where(bad, 1.0, d_star)
-        logger.info("ComBat: estimated unseen site %r from %d images", label, len(idx))
-        return gamma, delta
