@@ -91,6 +91,40 @@ grid_mismatch : {"error", "warn", "ignore"}, default="error"
     themselves alike. Read at transform time: ``set_params(grid_mismatch="warn")`` on a
     fitted model applies at once."""
 
+docdict["covariates"] = """\
+covariates : pandas.DataFrame or mapping of str to array-like, default=None
+    Per-image biology to keep (one row per image, matched by position): continuous
+    columns (numbers) and categorical ones (strings, booleans, pandas categoricals), e.g.
+    ``age``, ``sex``, ``diagnosis``. ``ages`` is the short form of an ``age`` column
+    (giving both is an error). Missing values, constant columns and columns that the sites
+    determine are refused (:mod:`harmonix.covariates`). Methods that model covariates
+    (ComBat) keep their effects; the others document what they do with them."""
+
+docdict["fit_params"] = "\n".join(
+    [
+        "imgs : 4-D ndarray (n_images, i, j, k), list of 3-D arrays, or list of paths/images",
+        "    Skull-stripped images (background 0). Paths are loaded one at a time.",
+        "sites : array-like of shape (n_images,)",
+        "    Site (scanner) label of each image; at least two distinct sites.",
+        "ages : array-like of shape (n_images,), default=None",
+        "    Age of each subject, used by methods that keep age effects (the short form",
+        "    of an ``age`` covariate).",
+        docdict["covariates"],
+    ]
+)
+
+docdict["covariates_transform"] = """\
+covariates : pandas.DataFrame or mapping of str to array-like, default=None
+    Covariates of these images, with the columns given to :meth:`fit` (columns the fit
+    did not see are ignored); needed by methods that model them (ComBat). A category
+    unseen in fit is refused."""
+
+
+docdict["ignores_covariates"] = """\
+**Covariates.** ``ages`` and ``covariates`` are checked like every harmonizer's (same
+errors) and otherwise ignored: each image is mapped from its own intensities, which
+changes no covariate effect it holds, and transform needs none of them."""
+
 _BLOCK = re.compile(r"^([ \t]*)%\((\w+)\)s[ \t]*$", re.MULTILINE)
 _INLINE = re.compile(r"%\((\w+)\)s")
 

@@ -174,8 +174,9 @@ def brain_values(
     Notes
     -----
     Without ``brain``, the brain is the non-zero voxels: a background that is not exactly
-    0 counts as brain. The estimators warn about it (:func:`check_background`); these
-    per-image functions, often given bare voxel values, do not.
+    0 counts as brain. The estimators warn about it
+    (:func:`harmonix.background.check_background`); these per-image functions, often given
+    bare voxel values, do not.
     """
     data = np.asarray(data)
     if data.dtype != np.float64:

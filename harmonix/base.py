@@ -10,7 +10,7 @@ and returns results in the form the input had.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from os import PathLike
 from typing import Any, ClassVar
 
@@ -20,134 +20,20 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from harmonix import grids
-from harmonix._docs import docdict, fill_doc
+from harmonix._docs import fill_doc
+from harmonix._inputs import InputReading
 from harmonix._labels import check_label, check_sites, distinct_sites, site_codes
 from harmonix.covariates import (
     CovariateLevels,
+    age_column,
     check_covariates,
     fit_covariate_levels,
     match_covariates,
 )
-from harmonix.exceptions import BackgroundWarning
-from harmonix.io import ImageCollection, as_collection, load_img
-from harmonix.tables import FeatureTable, is_table
+from harmonix.io import ImageCollection, as_collection
+from harmonix.tables import FeatureTable
 
-__all__ = [
-    "BRAIN_FILL_LIMIT",
-    "BaseHarmonizer",
-    "IdentityHarmonizer",
-    "check_ages",
-    "check_background",
-    "check_sites",
-]
-
-#: A "brain" (non-zero voxels) filling more than this fraction of its volume means that
-#: the background is not 0 (a skull-stripped brain fills 20-30 % of a 1 mm MNI volume,
-#: about half of its own bounding box).
-BRAIN_FILL_LIMIT = 0.9
-
-
-docdict["covariates"] = """\
-covariates : pandas.DataFrame or mapping of str to array-like, default=None
-    Per-image biology to keep (one row per image, matched by position): continuous
-    columns (numbers) and categorical ones (strings, booleans, pandas categoricals), e.g.
-    ``age``, ``sex``, ``diagnosis``. ``ages`` is the short form of an ``age`` column
-    (giving both is an error). Missing values, constant columns and columns that the sites
-    determine are refused (:mod:`harmonix.covariates`). Methods that model covariates
-    (ComBat) keep their effects; the others document what they do with them."""
-
-docdict["fit_params"] = "\n".join(
-    [
-        "imgs : 4-D ndarray (n_images, i, j, k), list of 3-D arrays, or list of paths/images",
-        "    Skull-stripped images (background 0). Paths are loaded one at a time.",
-        "sites : array-like of shape (n_images,)",
-        "    Site (scanner) label of each image; at least two distinct sites.",
-        "ages : array-like of shape (n_images,), default=None",
-        "    Age of each subject, used by methods that keep age effects (the short form",
-        "    of an ``age`` covariate).",
-        docdict["covariates"],
-    ]
-)
-
-docdict["covariates_transform"] = """\
-covariates : pandas.DataFrame or mapping of str to array-like, default=None
-    Covariates of these images, with the columns given to :meth:`fit` (columns the fit
-    did not see are ignored); needed by methods that model them (ComBat). A category
-    unseen in fit is refused."""
-
-
-docdict["ignores_covariates"] = """\
-**Covariates.** ``ages`` and ``covariates`` are checked like every harmonizer's (same
-errors) and otherwise ignored: each image is mapped from its own intensities, which
-changes no covariate effect it holds, and transform needs none of them."""
-
-
-def _age_column(cov: pd.DataFrame | None, levels: CovariateLevels) -> np.ndarray | None:
-    """The continuous ``age`` covariate (what methods that only use ages read), or None."""
-    if cov is None or "age" not in cov.columns or levels.get("age", ()) is not None:
-        return None
-    return cov["age"].to_numpy(dtype=np.float64)
-
-
-def check_ages(ages: Any, n_images: int) -> np.ndarray | None:
-    """Validate ages (``None`` or one finite number per image).
-
-    Parameters
-    ----------
-    ages : array-like of shape (n_images,) or None
-    n_images : int
-
-    Returns
-    -------
-    ndarray of float64 or None
-    """
-    frame = check_covariates(None, n_images, ages)
-    return None if frame is None else frame["age"].to_numpy()
-
-
-def check_background(
-    fractions: Sequence[tuple[int, float]],
-    *,
-    mask_advice: bool = False,
-    stacklevel: int = 3,
-) -> None:
-    """Warn about images whose brain fills more than :data:`BRAIN_FILL_LIMIT` of the volume.
-
-    The one background rule of harmonix: the background is the voxels equal to 0 (and,
-    for methods with a ``mask``, those outside it). A background of small non-zero values
-    (1e-6, -1e-3, noise left by interpolation or by an unmasked scan) is then brain:
-    harmonized like tissue, it shifts every intensity statistic the methods learn
-    (landmarks, white-matter stripe, voxel means) and comes out as non-zero intensities.
-    Nothing can tell such a background from tissue in general, so harmonix warns
-    (:class:`~harmonix.exceptions.BackgroundWarning`) when the brain fills nearly the whole
-    volume, which a skull-stripped brain never does.
-
-    Parameters
-    ----------
-    fractions : sequence of (int, float)
-        Image index and the fraction of its voxels that are brain; only those above
-        :data:`BRAIN_FILL_LIMIT` are reported.
-    mask_advice : bool, default=False
-        Also suggest the estimator's ``mask`` parameter.
-    stacklevel : int, default=3
-        Of the warning.
-    """
-    flagged = [(i, f) for i, f in fractions if f > BRAIN_FILL_LIMIT]
-    if not flagged:
-        return
-    which = f"In {len(flagged)} image(s) (indices {[i for i, _ in flagged[:20]]})"
-    most = max(f for _, f in flagged)
-    warnings.warn(
-        f"{which}, the non-zero voxels fill more than {BRAIN_FILL_LIMIT:.0%} of the volume "
-        f"(up to {most:.0%}): harmonix takes the voxels equal to 0 as background, so a "
-        "background that is not exactly 0 (1e-6, -1e-3, noise) is harmonized as brain and "
-        "shifts every intensity statistic. Set the background to exactly 0 (e.g. "
-        "img[np.abs(img) < threshold] = 0, or img * brain_mask)"
-        + (", or pass mask=<brain mask>" if mask_advice else "")
-        + ".",
-        BackgroundWarning,
-        stacklevel=stacklevel,
-    )
+__all__ = ["BaseHarmonizer", "IdentityHarmonizer"]
 
 
 def _given_statistics(value: Any) -> dict[str, Any]:
@@ -162,25 +48,7 @@ def _given_statistics(value: Any) -> dict[str, Any]:
     return {check_label(k, "a site_statistics key"): v for k, v in value.items()}
 
 
-def _as_mask(mask: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The mask as a boolean array, and its affine when it is a NIfTI file or image."""
-    if mask is None:
-        return None, None
-    affine = None
-    if isinstance(mask, (str, PathLike)) or hasattr(mask, "dataobj"):
-        img = load_img(mask)
-        affine = np.asarray(img.affine, dtype=np.float64)
-        mask = np.asanyarray(img.dataobj)
-    arr = np.asarray(mask)
-    if arr.ndim != 3:
-        raise ValueError(f"mask must be a 3-D array or image; got shape {arr.shape}.")
-    arr = arr != 0
-    if not arr.any():
-        raise ValueError("mask is empty (no non-zero voxel); pass a brain mask.")
-    return arr, affine
-
-
-class BaseHarmonizer(TransformerMixin, BaseEstimator):
+class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
     """Base class of all harmonizers: validation, background and output handling.
 
     Subclasses implement ``_fit(imgs, sites, ages, covariates)`` and
@@ -198,8 +66,8 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
     -----
     Background voxels (``== 0``, or outside ``mask`` when the estimator has one) stay 0
     in every output; images whose non-zero voxels fill nearly the whole volume get a
-    :class:`~harmonix.exceptions.BackgroundWarning` (:func:`check_background`). Inputs are
-    never modified in place.
+    :class:`~harmonix.exceptions.BackgroundWarning`
+    (:func:`~harmonix.background.check_background`). Inputs are never modified in place.
 
     Every fit records the training images' grid in ``grid_`` (:mod:`harmonix.grids`);
     :meth:`check_grid` compares new images with it.
@@ -254,48 +122,23 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
                 f"Harmonization needs images from at least 2 sites; got only {labels.tolist()}."
             )
         levels = fit_covariate_levels(cov, sites)
-        mask, mask_affine = _as_mask(getattr(self, "mask", None))
-        table = isinstance(coll, FeatureTable)
-        shape = grid = None
-        voxelwise = False
-        if table:
-            if mask is not None:
-                raise ValueError(
-                    "mask applies to images; a feature table has no voxels: leave mask=None."
-                )
-        else:
-            shape = coll.shape(0)
-            voxelwise = self._fixed_shape or mask is not None
-            grid = grids.training_grid(
-                coll,
-                check=self._grid_check,
-                action=self._grid_action(),
-                owner=type(self).__name__,
-                voxel_size=grids.check_voxel_size(getattr(self, "voxel_size", None)),
-                voxelwise=voxelwise,
-                mask_shape=None if mask is None else mask.shape,
-                mask_affine=mask_affine,
-            )
+        mask, shape, grid, affine = self._training_grid(coll)
         reference = self._check_reference(labels, counts)
         self.grid_ = grid
         self.mask_ = mask
-        self.affine_ = (
-            np.asarray(grid["affine"])
-            if voxelwise and grid is not None and grid["affine"] is not None
-            else None
-        )
+        self.affine_ = affine
         self.sites_ = labels
         self.n_images_ = len(coll)
         self.image_shape_ = shape if self._fixed_shape else None
         self.covariate_levels_ = levels
-        if table:
+        if isinstance(coll, FeatureTable):
             self.n_features_in_ = coll.n_features
             if coll.columns is not None:
                 self.feature_names_in_ = np.asarray(coll.columns, dtype=object)
         if reference is not None:
             self.reference_site_ = reference
         try:
-            self._fit(coll, sites, _age_column(cov, levels), cov)
+            self._fit(coll, sites, age_column(cov, levels), cov)
         except BaseException:
             self._forget_fit()  # a failed fit must not leave a half-fitted estimator
             raise
@@ -349,23 +192,6 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         stats = self._statistics_for(coll, sites, ages, cov, given)
         return coll.wrap(self._transform(coll, sites, ages, cov, stats))
 
-    def _transformable(self, imgs: Any) -> ImageCollection | FeatureTable:
-        """The images (or table) to transform, checked against what fit saw."""
-        coll = self._as_input(imgs)
-        fitted_table = hasattr(self, "n_features_in_")
-        if isinstance(coll, FeatureTable) != fitted_table:
-            raise ValueError(
-                f"This {type(self).__name__} was fitted on "
-                + (
-                    f"a table of {self.n_features_in_} features; transform needs a table too."
-                    if fitted_table
-                    else "images; transform needs images too, not a table."
-                )
-            )
-        if fitted_table:
-            coll = coll.matched(self.n_features_in_, getattr(self, "feature_names_in_", None))
-        return coll
-
     def check_grid(self, imgs: Any) -> None:
         """Compare the images' headers with the training grid, before any work.
 
@@ -414,10 +240,6 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             action=self._grid_action(),
             stacklevel=4,
         )
-
-    def _grid_action(self) -> str:
-        """``grid_mismatch`` checked ("error" for methods without the parameter)."""
-        return grids.check_grid_action(getattr(self, "grid_mismatch", "error"))
 
     def site_statistics(
         self, imgs: Any, sites: Any, ages: Any = None, covariates: Any = None
@@ -548,7 +370,7 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
             required=self._needs_covariates,
         )
         self._check_metadata(sites, cov, frozenset(_given_statistics(site_statistics)))
-        return sites, _age_column(cov, levels), cov
+        return sites, age_column(cov, levels), cov
 
     def _fitted_covariate_levels(self) -> CovariateLevels:
         """The fit's covariates (:func:`harmonix.covariates.fit_covariate_levels`).
@@ -638,18 +460,6 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
         if "sites_" in state:  # a fitted model, maybe pickled by an older harmonix
             self._complete_loaded()
 
-    def _as_input(self, imgs: Any) -> ImageCollection | FeatureTable:
-        """The checked images (or, for methods that take them, feature table)."""
-        if is_table(imgs):
-            if self._accepts_tables:
-                return FeatureTable(imgs)
-            raise ValueError(
-                f"Got a 2-D table of shape {np.shape(imgs)}; {type(self).__name__} harmonizes "
-                "images, given as a 4-D array (n_images, i, j, k) or a list of 3-D images. "
-                "Tables of features (e.g. ROI volumes) are harmonized by ComBatHarmonizer."
-            )
-        return as_collection(imgs)
-
     def _forget_fit(self) -> None:
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
             delattr(self, attr)
@@ -672,88 +482,6 @@ class BaseHarmonizer(TransformerMixin, BaseEstimator):
                 f"reference_site={ref!r} is not among the training sites {labels.tolist()}; {fix}."
             )
         return labels[labels.tolist().index(ref)]
-
-    def _brain(self, data: np.ndarray, index: int | None = None) -> np.ndarray:
-        """Boolean brain mask of one image: non-zero voxels, inside ``mask_`` if set."""
-        where = "" if index is None else f"Image {index} "
-        mask = getattr(self, "mask_", None)
-        expected = mask.shape if mask is not None else getattr(self, "image_shape_", None)
-        if expected is not None and data.shape != tuple(expected):
-            raise ValueError(
-                f"{where}has shape {data.shape} but this harmonizer was fitted on "
-                f"{tuple(expected)}: resample it to the training grid."
-            )
-        brain = data != 0
-        if mask is not None:
-            brain &= mask
-        if not brain.any():
-            raise ValueError(
-                f"{where or 'An image '}has no brain voxels (all zero"
-                f"{' inside the mask' if mask is not None else ''}); remove it or check it."
-            )
-        return brain
-
-    def _check_affine(self, imgs: ImageCollection, index: int) -> None:
-        """Refuse an image whose affine differs from the training grid's (``affine_``)."""
-        grids.check_affine(getattr(self, "affine_", None), imgs, index, type(self).__name__)
-
-    def _iter_brains(self, imgs: ImageCollection) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(data, brain)`` for each image, loading files one at a time.
-
-        Images whose brain fills nearly the whole volume are reported
-        (:func:`check_background`): the first at once (the method may fail on it), all of
-        them together after the last image; with a ``"voxel"`` grid check, images of
-        unknown voxel size whose brain has far more or fewer voxels than the training
-        images' are grid mismatches (:func:`harmonix.grids.brain_voxels_problem`), unless
-        their background is the problem.
-        """
-        mask = getattr(self, "mask_", None)
-        fitted = getattr(self, "grid_", None)
-        extent = None
-        if self._grid_check == "voxel" and fitted is not None and fitted.get("brain_voxels"):
-            known = fitted.get("voxel_size") is not None and imgs.kind == "nifti"
-            extent = None if known else fitted
-        filled, problems = [], []
-        mask_advice = "mask" in self.get_params(deep=False)
-        for i in range(len(imgs)):
-            self._check_affine(imgs, i)
-            data = imgs[i]
-            brain = self._brain(data, i)
-            n_brain = np.count_nonzero(brain)
-            fill = n_brain / brain.size if mask is None else 0.0
-            if fill > BRAIN_FILL_LIMIT:
-                if not filled:
-                    check_background([(i, fill)], mask_advice=mask_advice, stacklevel=4)
-                filled.append((i, fill))
-            # a background that is not 0 makes the brain's size meaningless: say that instead
-            check_size = extent is not None and fill <= BRAIN_FILL_LIMIT
-            why = grids.brain_voxels_problem(extent, n_brain) if check_size else None
-            if why is not None:
-                problems.append((imgs.describe(i), why))
-                if self._grid_action() == "error":
-                    self._report_extent(problems, fitted)
-            yield data, brain
-        if len(filled) > 1:
-            check_background(filled, mask_advice=mask_advice, stacklevel=4)
-        self._report_extent(problems, fitted)
-
-    def _report_extent(self, problems: list[tuple[str, str]], fitted: dict | None) -> None:
-        grids.report_mismatches(
-            problems,
-            what=f"the grid {type(self).__name__} was fitted on",
-            owner=type(self).__name__,
-            fitted=fitted or {},
-            action=self._grid_action(),
-            stacklevel=5,
-        )
-
-    def _reference_values(self, imgs: ImageCollection, sites: np.ndarray) -> Iterator[np.ndarray]:
-        """Yield the brain voxel values of each ``reference_site_`` image; every image of
-        ``imgs`` is read and validated on the way."""
-        reference = sites == self.reference_site_
-        for i, (data, brain) in enumerate(self._iter_brains(imgs)):
-            if reference[i]:
-                yield data[brain]
 
     def _transform(
         self,

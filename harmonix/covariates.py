@@ -37,7 +37,9 @@ from harmonix._labels import site_codes
 
 __all__ = [
     "CovariateLevels",
+    "age_column",
     "categorical_strata",
+    "check_ages",
     "check_covariates",
     "column_design",
     "covariate_design",
@@ -217,6 +219,42 @@ def check_covariates(covariates: Any, n_images: int, ages: Any = None) -> pd.Dat
     if not columns:
         return None
     return pd.DataFrame(columns)
+
+
+def check_ages(ages: Any, n_images: int) -> np.ndarray | None:
+    """Validate ages (``None`` or one finite number per image).
+
+    Parameters
+    ----------
+    ages : array-like of shape (n_images,) or None
+    n_images : int
+
+    Returns
+    -------
+    ndarray of float64 or None
+    """
+    frame = check_covariates(None, n_images, ages)
+    return None if frame is None else frame["age"].to_numpy()
+
+
+def age_column(cov: pd.DataFrame | None, levels: CovariateLevels) -> np.ndarray | None:
+    """The continuous ``age`` covariate: what methods that only use ages read.
+
+    Parameters
+    ----------
+    cov : pandas.DataFrame or None
+        Checked covariates (:func:`check_covariates`).
+    levels : dict
+        The fit's covariates (:func:`fit_covariate_levels`).
+
+    Returns
+    -------
+    ndarray of float64 or None
+        The ages, or None when there is no continuous ``age`` covariate.
+    """
+    if cov is None or "age" not in cov.columns or levels.get("age", ()) is not None:
+        return None
+    return cov["age"].to_numpy(dtype=np.float64)
 
 
 def _as_levels(col: pd.Series) -> pd.Series:

@@ -85,7 +85,7 @@ class BackgroundWarning(UserWarning):
 
     harmonix takes the voxels equal to 0 as background; a background of small non-zero
     values (1e-6, -1e-3, noise) is then harmonized as if it were tissue and shifts every
-    intensity statistic of the brain. See :func:`harmonix.base.check_background`.
+    intensity statistic of the brain. See :func:`harmonix.background.check_background`.
     """
 
 

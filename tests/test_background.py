@@ -11,7 +11,7 @@ import pytest
 from _helpers import HARMONIZERS, make, make_tiny_images, transform_kwargs
 
 from harmonix import HistogramMatchingHarmonizer
-from harmonix.base import BRAIN_FILL_LIMIT
+from harmonix.background import BRAIN_FILL_LIMIT
 from harmonix.exceptions import BackgroundWarning
 
 
