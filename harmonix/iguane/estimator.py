@@ -17,8 +17,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from harmonix._digest import ImageDigest
 from harmonix._docs import fill_doc
+from harmonix._labels import check_sites
 from harmonix._version import __version__
-from harmonix.base import BaseHarmonizer, check_sites
+from harmonix.base import BaseHarmonizer
 from harmonix.covariates import categorical_strata
 from harmonix.iguane import _paramdocs  # noqa: F401  (the shared parameter docs)
 from harmonix.iguane.checkpoints import atomic_torch_save, load_torch_file

@@ -179,7 +179,7 @@ class InputNormalizer:
         Parameters
         ----------
         sites : ndarray of str of shape (n_images,) or None
-            Site labels of the images (text, as :func:`harmonix.base.check_sites` gives).
+            Site labels of the images (text, as :func:`harmonix._labels.check_sites` gives).
         landmarks : callable
             ``landmarks(i)``: the landmarks of image ``i``.
 
@@ -244,7 +244,7 @@ class InputNormalizer:
         Parameters
         ----------
         sites : ndarray of str of shape (n_images,) or None
-            Site labels of the images (text, as :func:`harmonix.base.check_sites` gives).
+            Site labels of the images (text, as :func:`harmonix._labels.check_sites` gives).
         landmarks : callable
             ``landmarks(i)``: the landmarks of image ``i`` (read only for these sites).
         also : collection, default=()
