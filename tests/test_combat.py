@@ -418,7 +418,7 @@ def test_eb_iterations_match_neurocombat_it_sol():
 def test_eb_of_several_sites_at_once_equals_one_by_one():
     """Rows of sites iterated together stop at their own counts and give each site's
     one-site estimates (to the freezing's 1e-12), with the one-site priors."""
-    from harmonix import _combat_math as cm
+    from harmonix.combat import _math as cm
 
     rng = np.random.default_rng(1)
     n = np.array([4, 9, 30])
