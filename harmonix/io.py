@@ -20,6 +20,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from harmonix._bids_entities import ENTITIES
+
 __all__ = [
     "ImageCollection",
     "Manifest",
@@ -311,8 +313,6 @@ def save_imgs(
 
 def _entity_columns() -> set[str]:
     """Manifest columns that are BIDS entities (``subject``, ``session``, ``run``...)."""
-    from harmonix.bids.names import ENTITIES  # harmonix.bids imports this module
-
     return {name for name, _ in ENTITIES}
 
 
@@ -321,7 +321,7 @@ class Manifest:
     """Contents of a manifest CSV (see :func:`read_manifest`).
 
     ``extra`` holds the columns other than ``path, site, age`` and the BIDS entities
-    (``subject``, ``session``, ``run``...: :data:`harmonix.bids.names.ENTITIES`), e.g.
+    (``subject``, ``session``, ``run``...), e.g.
     ``sex``, ``diagnosis``, in the CSV's order, or None when there are none. Entities
     name images, never covariates.
     """

@@ -7,7 +7,7 @@ an upgraded scanner collide with it, and the stored parameters of another scanne
 damage every image of the group without a sign. So :meth:`transform` first asks each
 labelled group whether its images agree with what the model stored for that name, with
 the spread of the training images as the yardstick and a test that accounts for the
-group size (each method computes its own statistic: :mod:`harmonix.iguane.site_agreement`,
+group size (each method computes its own statistic: :mod:`harmonix.iguane.inputs.site_agreement`,
 :meth:`harmonix.ComBatHarmonizer.site_agreement`), and acts on a disagreement by its
 ``site_check`` policy:
 

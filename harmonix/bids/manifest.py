@@ -17,8 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from harmonix._bids_entities import ENTITIES
 from harmonix.bids._pybids import require_pybids
-from harmonix.bids.names import ENTITIES, check_entities
+from harmonix.bids.names import check_entities
 from harmonix.io import atomic_write
 
 __all__ = [

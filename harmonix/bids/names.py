@@ -13,31 +13,10 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-__all__ = ["ENTITIES", "build_name", "check_entities", "parse_name", "relative_path"]
+from harmonix._bids_entities import ENTITIES
 
-#: The entities a T1w image or its derivatives may carry, as (pybids name, file-name key),
-#: in the order BIDS file names use (the specification's entity table).
-ENTITIES: tuple[tuple[str, str], ...] = (
-    ("subject", "sub"),
-    ("session", "ses"),
-    ("task", "task"),
-    ("acquisition", "acq"),
-    ("ceagent", "ce"),
-    ("reconstruction", "rec"),
-    ("direction", "dir"),
-    ("run", "run"),
-    ("echo", "echo"),
-    ("flip", "flip"),
-    ("inv", "inv"),
-    ("mt", "mt"),
-    ("part", "part"),
-    ("proc", "proc"),
-    ("space", "space"),
-    ("chunk", "chunk"),
-    ("res", "res"),
-    ("den", "den"),
-    ("desc", "desc"),
-)
+__all__ = ["build_name", "check_entities", "parse_name", "relative_path"]
+
 _KEYS = {name: key for name, key in ENTITIES}
 _NAMES = {key: name for name, key in ENTITIES}
 #: Entities whose label is an index (digits only).

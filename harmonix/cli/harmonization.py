@@ -70,7 +70,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _process_rank() -> int:
-    from harmonix.iguane.distributed import process_rank
+    from harmonix.iguane.training.distributed import process_rank
 
     return process_rank()
 

@@ -17,7 +17,7 @@ n_epochs : int, default=100"""
 docdict["iguane_steps_per_epoch"] = """\
 steps_per_epoch : int, default=200
     One step updates every source site once (see
-    :func:`harmonix.iguane.training.train`)."""
+    :func:`harmonix.iguane.training.loop.train`)."""
 
 docdict["iguane_base_width"] = """\
 base_width : int, default=16
@@ -56,7 +56,7 @@ warmup_steps : int, default=0
 docdict["iguane_augment"] = """\
 augment : bool, default=True
     Random rotation and shift of training volumes (see
-    :func:`harmonix.iguane.data.augment`); False turns both off."""
+    :func:`harmonix.iguane.training.augmentation.augment`); False turns both off."""
 
 docdict["iguane_rotation_degrees"] = """\
 rotation_degrees : float, default=10
@@ -100,7 +100,7 @@ mixed_precision : bool, default=None
     many times slower elsewhere (an ``EmulatedBFloat16Warning`` says so). The norm
     statistics, the final projection and the residual sum stay in float32, and
     convolutions of maps smaller than their kernel run in float32
-    (:mod:`harmonix.iguane.reduced_precision`). The default float32 gives the same
+    (:mod:`harmonix.iguane._kernels.reduced_precision`). The default float32 gives the same
     outputs on every CPU; bfloat16 moves them by about 1e-3 of the intensity range
     (SSIM to float32 above 0.999 in the brain)."""
 

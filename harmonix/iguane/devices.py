@@ -1,8 +1,9 @@
 """Where and in which precision IGUANe runs: the device and the autocast dtype.
 
-One rule for mixed precision serves training (:class:`~harmonix.iguane.config.TrainConfig`),
-the estimator and inference: :func:`autocast_dtype` turns the ``mixed_precision`` switch
-into a dtype, :func:`resolve_amp_dtype` turns an ``amp_dtype`` name into one.
+One rule for mixed precision serves training
+(:class:`~harmonix.iguane.training.config.TrainConfig`), the estimator and inference:
+:func:`autocast_dtype` turns the ``mixed_precision`` switch into a dtype,
+:func:`resolve_amp_dtype` turns an ``amp_dtype`` name into one.
 """
 
 from __future__ import annotations

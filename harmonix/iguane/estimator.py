@@ -2,70 +2,29 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.utils.validation import check_is_fitted
 
-from harmonix._digest import ImageDigest
 from harmonix._docs import fill_doc
 from harmonix._labels import check_sites
-from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer
-from harmonix.covariates import categorical_strata
-from harmonix.iguane import _paramdocs  # noqa: F401  (the shared parameter docs)
-from harmonix.iguane.checkpoints import atomic_torch_save, load_torch_file
-from harmonix.iguane.config import TrainConfig, check_cpu_threads, size_triple
-from harmonix.iguane.data import (
-    NETWORK_SCALE,
-    SIZE_MULTIPLE,
-    PreparedVolume,
-    VolumeLoader,
-    brain_median,
-    from_network_scale,
-    prepare_volume,
+from harmonix.iguane import (
+    _fitting,
+    _harmonizing,
+    _model_file,
+    _paramdocs,  # noqa: F401  (the shared parameter docs)
 )
-from harmonix.iguane.devices import autocast_dtype, resolve_device
-from harmonix.iguane.guard import (
-    ContrastProfile,
-    check_ood,
-    correction_threshold,
-    evenly,
-    profile_threshold,
-)
-from harmonix.iguane.inference import harmonize_volume
-from harmonix.iguane.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
-from harmonix.iguane.networks import Generator3D
-from harmonix.iguane.normalization import (
-    InputNormalizer,
-    check_kind,
-    correction_size,
-    image_landmarks,
-)
-from harmonix.iguane.training import train
+from harmonix.iguane.inputs.normalization import image_landmarks
+from harmonix.iguane.inputs.volumes import NETWORK_SCALE, check_input_shape
+from harmonix.iguane.model.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
 from harmonix.io import ImageCollection, as_collection
-from harmonix.persistence import to_plain
-from harmonix.preprocessing import IGUANE_SHAPE
-from harmonix.site_check import act_on_agreements, agreement_frame, check_policy
+from harmonix.site_check import agreement_frame, check_policy
 
-__all__ = ["IGUANeHarmonizer", "OutOfDistributionWarning"]
-
-
-class OutOfDistributionWarning(UserWarning):
-    """An image lies outside what an IGUANe model saw in training."""
-
-
-_MODEL_FORMAT = "harmonix.IGUANeHarmonizer/1"
-#: Reference site of the published IGUANe model.
-OFFICIAL_REFERENCE_SITE = "SALD"
+__all__ = ["IGUANeHarmonizer"]
 
 
 @fill_doc
@@ -148,7 +107,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         returns the histogram-matched image. One map per site (from the site's mean
         landmarks), so differences between a site's subjects are kept: pass ``sites`` to
         :meth:`transform` for images of sites unseen in fit (without labels each image
-        is mapped by its own landmarks). See :mod:`harmonix.iguane.normalization` and
+        is mapped by its own landmarks). See :mod:`harmonix.iguane.inputs.normalization` and
         "Site labels" in the Notes.
     max_steps : int, default=None
         Stop after this many steps (warm-up included) and keep the model reached; with
@@ -173,7 +132,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
     scoring : callable, default=None
         ``scoring(harmonize, volumes, sites) -> float`` (higher is better) selects the
         returned generator among the validation checkpoints; None: the default score of
-        :mod:`harmonix.iguane.selection` (intensity distribution and regional profile
+        :mod:`harmonix.iguane.training.selection` (intensity distribution and regional profile
         distance to the reference site). Not saved by :meth:`save`.
     %(grid_mismatch)s
         A mismatch is another voxel size (by more than 5 %) or orientation (axis codes);
@@ -227,7 +186,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
 
     See Also
     --------
-    harmonix.iguane.training.train : the training loop, usable on its own.
+    harmonix.iguane.training.loop.train : the training loop, usable on its own.
 
     Notes
     -----
@@ -239,7 +198,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
     **Voxel size.** A network learns structures of a given size in voxels, so a model
     is specific to the voxel size of its training images (and to their orientation):
     :meth:`transform` refuses images of another voxel size (``grid_mismatch``), e.g. the
-    shipped 4 mm model (:func:`harmonix.iguane.pretrained.load_demo_model`) on the 1 mm
+    shipped 4 mm model (:func:`harmonix.iguane.weights.pretrained.load_demo_model`) on the 1 mm
     images ``harmonix preprocess`` writes; resample them to the model's voxel size first.
 
     **Parameters read by transform.** ``ood_action``, ``grid_mismatch`` and
@@ -249,74 +208,46 @@ class IGUANeHarmonizer(BaseHarmonizer):
     fit.
 
     **Output scale.** The forward generator's output ``y`` is mapped back with
-    ``(y + 1) * 500`` (IGUANe's median-500 scale) and then multiplied by
-    ``reference_median_ / 500``, i.e. ``(y + 1) * reference_median_``: a harmonized image
-    has the intensity scale of the reference site's images. Background stays 0 and
-    intensities are clamped at 0.
+    ``(y + 1) * reference_median_``: a harmonized image has the intensity scale of the
+    reference site's images. Background stays 0 and intensities are clamped at 0.
 
-    **Validation.** The selected generator is the best-scoring one on the held-out images
-    (``scoring``; by default the closest to the reference site in intensity distribution
-    and regional intensity profile, see :mod:`harmonix.iguane.selection`); ties go to the
-    later checkpoint. A ``scoring`` that returns NaN raises a ValueError; a selected
-    generator that scores below the unharmonized held-out images gives a
-    :class:`~harmonix.exceptions.ModelSelectionWarning`
-    (``history_["selected_below_baseline"]``).
-
-    **Out-of-distribution guard.** A generator trained on a few sites may change an
-    image of an unlike site in unlike ways. :meth:`distribution_distance` compares the
-    size of the generator's correction of an image with its corrections of held-out
-    training images, and :meth:`profile_correlation` the image's regional intensity
-    profile with the reference site's (it catches another contrast, which the generator
-    may change no more than a T1); :meth:`transform` warns about images above
-    ``ood_threshold_`` or below ``profile_threshold_`` (see ``ood_action``).
-    :meth:`guard_report` sums both up per labelled group, so a site that is off shows at
-    once.
+    **Validation and the guard.** The selected generator is the best-scoring one on the
+    held-out images (``scoring``; ties go to the later checkpoint; see ``history_``).
+    :meth:`transform` flags images whose correction is unusually large
+    (:meth:`distribution_distance`) or whose regional intensity profile is unlike the
+    reference site's (:meth:`profile_correlation`; another contrast); :meth:`guard_report`
+    sums both up per labelled group (see ``ood_action`` and :mod:`harmonix.iguane.guard`).
 
     **Site labels.** To a fitted model with ``input_normalization="histogram"`` a site
-    label names an intensity map: the images of a training site's label are mapped with
-    the map stored for that site (from its training images), those of any other label
-    with a map fitted on the images of that label in the call, and images without a
-    label each with its own landmarks. A label is only a name: before applying a stored
-    map, :meth:`transform` checks that the group's images agree with it (their mean
-    landmarks against the site's, with the spread of the training images around their
-    site's landmarks as the yardstick and the group size taken into account:
-    :mod:`harmonix.iguane.site_agreement`); a group that disagrees is another scanner
-    with the same name and is handled by ``site_check``. Give new data labels the model
-    did not see in fit unless the images really come from a training site (new scans
-    of a training scanner then get its stored map, bit for bit). A model saved before
-    the check existed has no yardstick and trusts its labels; :meth:`fit_site_check`
-    gives it one from its training images. With ``input_normalization="median"`` labels
-    do not matter to :meth:`transform`.
+    label names an intensity map: a training site's label gets the map stored for that
+    site, any other label a map fitted on its images in the call, images without a label
+    each their own landmarks. Before applying a stored map, :meth:`transform` checks that
+    the group's images agree with it (:mod:`harmonix.iguane.inputs.site_agreement`); a
+    group that disagrees is another scanner with the same name, handled by
+    ``site_check``. A model saved before the check existed trusts its labels until
+    :meth:`fit_site_check` gives it the check's yardstick. With
+    ``input_normalization="median"`` labels do not matter to :meth:`transform`.
 
-    **Covariates.** Training pairs are balanced: each (source, reference) pair is drawn
-    from one age bin (with ``ages`` or an ``age`` covariate) and one combination of the
-    categorical covariates (e.g. sex and diagnosis), with the distribution the two sites
-    share, so that the discriminators learn the site difference rather than a difference
-    of age, sex or diagnosis between the sites (:class:`harmonix.iguane.data.SitePairSampler`).
-    Other continuous covariates are checked and not used; :meth:`transform` needs no
-    covariates.
+    **Covariates.** Each training pair is drawn from one age bin and one combination of
+    the categorical covariates, with the distribution the two sites share, so that the
+    discriminators learn the site difference rather than a difference of age, sex or
+    diagnosis (:class:`harmonix.iguane.training.sampling.SitePairSampler`). Other
+    continuous covariates are checked and not used; :meth:`transform` needs none.
 
     **Training on a CPU.** :data:`harmonix.iguane.CPU_RECIPE` holds parameters for whole
-    4 mm volumes on 2 cores (``IGUANeHarmonizer(reference_site=..., **CPU_RECIPE)``);
-    such a model is a small model of its training data, not the published 1 mm model
+    4 mm volumes on 2 cores (``IGUANeHarmonizer(reference_site=..., **CPU_RECIPE)``): a
+    small model of its training data, not the published 1 mm model
     (:meth:`from_keras_weights`).
 
-    **Devices.** Training and inference run on ``device``; ``generator_`` is kept on CPU
-    and copied to the GPU for :meth:`transform`. Checkpoint-and-resume is exact on CPU.
+    **Devices.** Training and inference run on ``device``; ``generator_`` is kept on CPU.
+    Checkpoint-and-resume is exact on CPU. Under ``torchrun`` with ``W`` processes, each
+    trains on ``batch_size`` pairs of every update, which is the same training as one
+    process with ``batch_size=W * batch_size``; every process ends with the same model
+    (save it from process 0; :mod:`harmonix.iguane.training.distributed`).
 
-    **Several GPUs or nodes.** Run the fitting script with ``torchrun`` (e.g.
-    ``torchrun --nproc_per_node=4 fit.py``) and give every process the same arguments:
-    each process trains on its share of every batch (``batch_size`` pairs per process, so
-    ``4 * batch_size`` per update), gradients are averaged with
-    :class:`~torch.nn.parallel.DistributedDataParallel`, and every process ends with the
-    same fitted model (save it from process 0, ``torch.distributed.get_rank() == 0``). It
-    is the same training as one process with ``batch_size=4 * batch_size``; see
-    :mod:`harmonix.iguane.distributed`.
-
-    **Persistence.** :meth:`save` writes parameters, fitted values, the harmonix version
-    and the generator weights with :func:`torch.save` (plain tensors and values only) and
-    :meth:`load` reads them with ``torch.load(weights_only=True)``; a ``random_state``
-    that is a numpy Generator is saved as None. Pickling (joblib) also works.
+    **Persistence.** :meth:`save` and :meth:`load` (plain values and tensors,
+    ``torch.load(weights_only=True)``); a ``random_state`` that is a numpy Generator is
+    saved as None. Pickling (joblib) also works.
 
     Examples
     --------
@@ -428,19 +359,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
     def _complete_loaded(self) -> None:
         super()._complete_loaded()
         if not hasattr(self, "input_shape_"):  # saved before transform stopped reading it
-            self.input_shape_ = _check_input_shape(self.input_shape)
-
-    def _train_config(self, voxel_size: tuple[float, float, float] | None) -> TrainConfig:
-        """The :class:`TrainConfig` of this estimator's parameters (it validates them)."""
-        params = self.get_params(deep=False)
-        names = [f.name for f in dataclasses.fields(TrainConfig) if f.name in params]
-        shared = {name: params[name] for name in names}
-        shared.update(
-            voxel_size=voxel_size,
-            augment=bool(self.augment),
-            identity_init=bool(self.identity_init),
-        )
-        return TrainConfig(**shared)
+            self.input_shape_ = check_input_shape(self.input_shape)
 
     def _fit(
         self,
@@ -449,115 +368,9 @@ class IGUANeHarmonizer(BaseHarmonizer):
         ages: np.ndarray | None,
         covariates: pd.DataFrame | None,
     ) -> None:
-        # validates them; the voxel size of the grid recorded by fit (headers or voxel_size)
-        voxel = self.grid_["voxel_size"]
-        config = self._train_config(None if voxel is None else tuple(voxel))
-        device = resolve_device(self.device)
-        input_shape = _check_input_shape(self.input_shape)
-        check_ood(self.ood_action, self.ood_threshold)
-        check_policy(self.site_check)
-        if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int | np.integer):
-            raise ValueError(f"cache_size must be an integer >= 0, got {self.cache_size!r}.")
-        histogram = self.input_normalization == "histogram"
-        check_kind(self.input_normalization)
-        medians = np.empty(len(imgs))
-        n_brain = np.empty(len(imgs))
-        landmarks = []
-        digest = ImageDigest()  # of the images in order: a resume on others is refused
-        for i, (data, brain) in enumerate(self._iter_brains(imgs)):
-            digest.update(data)
-            try:
-                medians[i] = brain_median(data, brain)
-            except ValueError as exc:
-                raise ValueError(f"Image {i}: {exc}") from None
-            n_brain[i] = np.count_nonzero(brain)
-            if histogram:
-                landmarks.append(image_landmarks(data))
-        reference = np.flatnonzero(sites == self.reference_site_)
-        normalizer = InputNormalizer.fit(
-            self.input_normalization,
-            np.stack(landmarks) if histogram else None,
-            sites,
-            self.reference_site_,
-        )
-        site_lm = normalizer.site_landmarks_of(sites, landmarks.__getitem__)
-        if histogram:
-            medians[:] = normalizer.median
-
-        def normalized(index: int) -> np.ndarray:
-            return normalizer(imgs[index], site_lm[index] if histogram else None)[0]
-
-        loader = VolumeLoader(
-            normalized,
-            medians,
-            input_shape=input_shape,
-            cache_size=int(self.cache_size) if imgs.kind == "nifti" else 0,
-        )
-        result = train(
-            loader,
-            sites,
-            self.reference_site_,
-            ages,
-            config,
-            strata=categorical_strata(covariates, self.covariate_levels_),
-            checkpoint_dir=self.checkpoint_dir,
-            resume=bool(self.resume),
-            max_steps=self.max_steps,
-            device=device,
-            random_state=self.random_state,
-            verbose=self.verbose,
-            distributed=self.distributed,
-            scoring=self.scoring,
-            data_digest=digest.hexdigest(),
-            input_normalization=self.input_normalization,
-        )
-        self.generator_ = result.generator
-        self.input_shape_ = input_shape
-        self.grid_["brain_voxels"] = float(np.median(n_brain))
-        self.input_normalization_ = normalizer.to_dict()
-        self.reference_median_ = float(np.median(medians[reference]))
-        self.history_ = {**result.history, "val_indices": list(result.val_indices)}
-        # the guard: corrections on held-out images (and a sample of training images)
-        held = list(result.val_indices)
-        skip = set(held)
-        rest = evenly([i for i in np.flatnonzero(sites != self.reference_site_) if i not in skip])
-        amp = autocast_dtype(self.mixed_precision, device)
-        profile = ContrastProfile().fit(loader[i] for i in evenly(reference))
-        sizes, corr = [], []
-        for i in held + rest:  # one volume at a time
-            volume = loader[i]
-            forward = _forward(self.generator_, volume, amp, config.cpu_threads)
-            sizes.append(correction_size(*forward))
-            corr.append(profile.correlation(*volume))
-        self._set_guard(profile, sizes, corr)
-
-    def _set_guard(
-        self, profile: ContrastProfile, sizes: Sequence[float], correlations: Sequence[float]
-    ) -> None:
-        """The guard's fitted attributes from its calibration images (see
-        :mod:`harmonix.iguane.guard`)."""
-        self.training_corrections_ = np.asarray(sizes, dtype=np.float64)
-        self.typical_correction_, self.ood_threshold_ = correction_threshold(
-            sizes, self.ood_threshold
-        )
-        self.reference_profile_ = np.asarray(profile.reference, dtype=np.float64)
-        self.training_profile_correlations_, self.profile_threshold_ = profile_threshold(
-            correlations
-        )
-
-    def _contrast_profile(self) -> ContrastProfile | None:
-        reference = getattr(self, "reference_profile_", None)
-        if reference is None:
-            return None
-        profile = ContrastProfile()
-        profile.reference = np.asarray(reference, dtype=np.float64)
-        return profile
+        _fitting.fit_estimator(self, imgs, sites, ages, covariates)
 
     # -- transform -------------------------------------------------------------------------
-    def _normalizer(self) -> InputNormalizer:
-        values = getattr(self, "input_normalization_", None)
-        return InputNormalizer() if values is None else InputNormalizer.from_dict(values)
-
     def _check_metadata(
         self,
         sites: np.ndarray | None,
@@ -573,98 +386,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
         ages: np.ndarray | None,
         covariates: pd.DataFrame | None,
     ) -> dict[str, Any]:
-        """Per site of ``sites`` ("histogram" normalization): the mean landmarks of a site
-        unseen in fit; for a training site, None (its stored map) once its images passed
-        the site check, or their mean landmarks when they disagree with it and
-        ``site_check="refit"`` (see :meth:`site_agreement`)."""
-        return self._checked_statistics(imgs, sites)[0]
-
-    def _site_check(
-        self, imgs: ImageCollection, sites: np.ndarray | None
-    ) -> tuple[list, Callable[[int], np.ndarray]]:
-        """The site agreements of the training labels, and the images' landmarks (cached)."""
-        cache: dict[int, np.ndarray] = {}
-
-        def landmarks(i: int) -> np.ndarray:
-            if i not in cache:
-                cache[i] = image_landmarks(imgs[i])
-            return cache[i]
-
-        return self._normalizer().check_sites(sites, landmarks), landmarks
-
-    def _checked_statistics(
-        self, imgs: ImageCollection, sites: np.ndarray | None
-    ) -> tuple[dict[str, Any], list]:
-        """:meth:`_site_statistics` after the site check (which may warn or raise), and
-        the agreements."""
-        agreements, landmarks = self._site_check(imgs, sites)
-        new = act_on_agreements(
-            agreements,
-            check_policy(self.site_check),
-            what="intensity map",
-            as_new="its intensity map is fitted from its own images",
-        )
-        pooled = self._normalizer().pooled_landmarks(sites, landmarks, also=new)
-        checked = {a.site for a in agreements}
-        stats: dict[str, Any] = {}
-        for site in dict.fromkeys([] if sites is None else sites.tolist()):
-            if site in pooled:
-                stats[site] = pooled[site]
-            elif site in checked:
-                stats[site] = None  # the stored map, checked
-        return stats, agreements
-
-    def _network_inputs(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray | None = None,
-        stats: dict[str, Any] | None = None,
-    ) -> Iterator[tuple[PreparedVolume, np.ndarray, np.ndarray]]:
-        """Yield (prepared volume, brain mask, network input with background 0) per image,
-        normalized as in :meth:`transform` (``stats``: :meth:`site_statistics` of some
-        sites)."""
-        input_shape = _check_input_shape(self.input_shape_)
-        normalizer = self._normalizer()
-        site_lm = normalizer.site_landmarks_of(
-            sites, lambda i: image_landmarks(imgs[i]), pooled=stats
-        )
-        for i, (data, brain) in enumerate(self._iter_brains(imgs)):  # one image at a time
-            normalized, median = normalizer(data, site_lm[i] if site_lm else None)
-            prepared = prepare_volume(normalized, median, input_shape=input_shape)
-            yield prepared, brain, np.where(prepared.mask, prepared.x, np.float32(0.0))
-
-    def _harmonize_all(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray | None = None,
-        stats: dict[str, Any] | None = None,
-    ) -> Iterator[tuple[np.ndarray, Callable[[], np.ndarray], float, float]]:
-        """Yield (harmonized image, normalized input on demand, distance, profile
-        correlation) per image."""
-        device = resolve_device(self.device)
-        generator = self.generator_
-        if device.type != "cpu":
-            generator = copy.deepcopy(generator).to(device)
-        generator.eval()
-        amp_dtype = autocast_dtype(self.mixed_precision, device)
-        threads = check_cpu_threads(getattr(self, "cpu_threads", None))
-        scale = float(self.reference_median_)
-        typical = getattr(self, "typical_correction_", 0.0)
-        profile = self._contrast_profile()
-        for prepared, brain, x in self._network_inputs(imgs, sites, stats):
-            corr = float("nan") if profile is None else profile.correlation(x, prepared.mask)
-            y = harmonize_volume(generator, x, amp_dtype=amp_dtype, num_threads=threads)
-            size = correction_size(x, y, prepared.mask)
-            distance = size / typical if typical > 0 else float("nan")
-            result = prepared.change.invert(from_network_scale(y, prepared.mask, scale))
-            result[~brain] = 0.0
-
-            def plain(x=x, prepared=prepared, brain=brain) -> np.ndarray:
-                out = prepared.change.invert(from_network_scale(x, prepared.mask, scale))
-                out[~brain] = 0.0
-                return out
-
-            yield result, plain, distance, corr
+        """See :func:`harmonix.iguane._harmonizing.checked_statistics`."""
+        return _harmonizing.checked_statistics(self, imgs, sites)[0]
 
     def _transform(
         self,
@@ -674,59 +397,14 @@ class IGUANeHarmonizer(BaseHarmonizer):
         covariates: pd.DataFrame | None,
         stats: dict[str, Any],
     ) -> list[np.ndarray]:
-        check_ood(self.ood_action, None)  # ood_threshold acts through fit (ood_threshold_)
-        threshold = getattr(self, "ood_threshold_", float("inf"))
-        min_corr = getattr(self, "profile_threshold_", -float("inf"))
-        out, flagged = [], []
-        for i, (result, plain, distance, corr) in enumerate(
-            self._harmonize_all(imgs, sites, stats)
-        ):
-            if distance > threshold or corr < min_corr:
-                flagged.append(i)
-                if self.ood_action == "fallback":
-                    result = plain()
-            out.append(result)
-        if flagged and self.ood_action != "ignore":
-            what = (
-                "returned without the generator's correction"
-                if self.ood_action == "fallback"
-                else "check them"
-            )
-            by_site = ""
-            if sites is not None:
-                labels, counts = np.unique(sites[flagged], return_counts=True)
-                total = {s: int(np.sum(sites == s)) for s in labels.tolist()}
-                by_site = " by site: " + ", ".join(
-                    f"{s!r} {c} of {total[s]}" for s, c in zip(labels.tolist(), counts)
-                )
-                by_site = f";{by_site}"
-            warnings.warn(
-                f"{len(flagged)} of {len(out)} image(s) (indices {flagged[:20]}{by_site}) "
-                "lie outside "
-                f"what the model saw in training: the generator changed them more than "
-                f"{threshold:.2f} times its typical correction on held-out training images, "
-                f"or their regional intensity profile correlates less than "
-                f"{min_corr:.2f} with the reference site's (another contrast, or not "
-                f"registered); {what} (see distribution_distance, profile_correlation and "
-                f"ood_action).",
-                OutOfDistributionWarning,
-                stacklevel=3,
-            )
-        return out
-
-    def _fitted_inputs(self, imgs: Any, sites: Any) -> tuple[ImageCollection, np.ndarray | None]:
-        """Check the model is fitted; the images as a collection and the checked sites."""
-        check_is_fitted(self)
-        collection = as_collection(imgs)
-        sites, _, _ = self.check_transform_metadata(len(collection), sites)
-        return collection, sites
+        return _harmonizing.transform_images(self, imgs, sites, stats)
 
     @fill_doc
     def distribution_distance(self, imgs: Any, sites: Any = None) -> np.ndarray:
         """How far each image lies from what the model saw in training.
 
         The size of the forward generator's correction of the image (mean absolute
-        change inside the brain, :func:`harmonix.iguane.normalization.correction_size`)
+        change inside the brain, :func:`harmonix.iguane.inputs.normalization.correction_size`)
         divided by its median correction of held-out training images
         (``typical_correction_``): about 1 for images like the training ones. Images above
         ``ood_threshold_`` get a warning from :meth:`transform` (or, with
@@ -735,38 +413,34 @@ class IGUANeHarmonizer(BaseHarmonizer):
         %(iguane_guard_images)s
             NaN for a model without held-out corrections (e.g. official weights).
         """
-        collection, sites = self._fitted_inputs(imgs, sites)
-        stats, _ = self._checked_statistics(collection, sites)
-        return np.array([d for _, _, d, _ in self._harmonize_all(collection, sites, stats)])
+        collection, sites = _harmonizing.fitted_inputs(self, imgs, sites)
+        stats, _ = _harmonizing.checked_statistics(self, collection, sites)
+        harmonized = _harmonizing.harmonize_all(self, collection, sites, stats)
+        return np.array([d for _, _, d, _ in harmonized])
 
     @fill_doc
     def profile_correlation(self, imgs: Any, sites: Any = None) -> np.ndarray:
         """Correlation of each image's regional intensity profile with the reference site's.
 
-        The second half of the guard (:class:`harmonix.iguane.guard.ContrastProfile`):
-        the normalized network input is averaged in the cells of a 24-per-axis grid, the
-        log of the cell means is high-passed (smooth bias fields and global contrast
-        removed), and the pattern is correlated with the reference site's mean pattern
-        (``reference_profile_``): about 0.6-0.95 for a T1-weighted image registered like
-        the training images, whatever its site, and about -0.8 for an inverted (T2-like)
-        contrast, which the size of the generator's correction does not reveal. Images
-        below ``profile_threshold_`` are flagged by :meth:`transform`.
+        The second half of the guard (:class:`harmonix.iguane.guard.ContrastProfile`): the
+        image's local contrast pattern correlated with the reference site's
+        (``reference_profile_``): high for T1-weighted images registered like the training
+        images whatever their site, negative for an inverted (T2-like) contrast, which the
+        size of the generator's correction does not reveal (measured in
+        ``benchmarks/results/iguane_learning.md``). Images below ``profile_threshold_``
+        are flagged by :meth:`transform`.
 
         %(iguane_guard_images)s
             NaN for a model fitted without the profile (e.g. official weights, or a model
             saved before the profile guard existed).
         """
-        collection, sites = self._fitted_inputs(imgs, sites)
-        profile = self._contrast_profile()
+        collection, sites = _harmonizing.fitted_inputs(self, imgs, sites)
+        profile = _harmonizing.contrast_profile(self)
         if profile is None:
             return np.full(len(collection), np.nan)
-        stats, _ = self._checked_statistics(collection, sites)
-        return np.array(
-            [
-                profile.correlation(x, prepared.mask)
-                for prepared, _, x in self._network_inputs(collection, sites, stats)
-            ]
-        )
+        stats, _ = _harmonizing.checked_statistics(self, collection, sites)
+        inputs = _harmonizing.network_inputs(self, collection, sites, stats)
+        return np.array([profile.correlation(x, prepared.mask) for prepared, _, x in inputs])
 
     def site_agreement(self, imgs: Any, sites: Any) -> pd.DataFrame:
         """How each labelled group of a training site agrees with the site's stored map.
@@ -790,10 +464,10 @@ class IGUANeHarmonizer(BaseHarmonizer):
             for a model with ``input_normalization="median"`` or without the check's
             yardstick (see :meth:`fit_site_check`).
         """
-        collection, sites = self._fitted_inputs(imgs, sites)
+        collection, sites = _harmonizing.fitted_inputs(self, imgs, sites)
         if sites is None:
             raise ValueError("site_agreement needs the site labels: pass sites=[...].")
-        agreements, _ = self._site_check(collection, sites)
+        agreements, _ = _harmonizing.site_check(self, collection, sites)
         return agreement_frame(agreements)
 
     def guard_report(self, imgs: Any, sites: Any = None) -> pd.DataFrame:
@@ -823,47 +497,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
             not checked); ``distance_median``, ``distance_max``, ``profile_median``,
             ``profile_min``; ``n_flagged``: images :meth:`transform` flags.
         """
-        collection, sites = self._fitted_inputs(imgs, sites)
-        stats, agreements = self._checked_statistics(collection, sites)
-        threshold = getattr(self, "ood_threshold_", float("inf"))
-        min_corr = getattr(self, "profile_threshold_", -float("inf"))
-        scores = np.array([(d, c) for _, _, d, c in self._harmonize_all(collection, sites, stats)])
-        dist, corr = scores.reshape(-1, 2).T
-        flagged = (dist > threshold) | (corr < min_corr)
-        labels = [None] * len(collection) if sites is None else sites.tolist()
-        normalizer = self._normalizer()
-        checked = {a.site: a for a in agreements}
-        rows = []
-        for label in dict.fromkeys(labels):
-            idx = np.array([lab == label for lab in labels])
-            if normalizer.kind == "median":
-                how = "median"
-            elif label is None:
-                how = "per image"
-            elif normalizer.known_landmarks(label) is None:
-                how = "new site"
-            elif stats.get(label) is not None:
-                how = "refit"
-            elif label in checked and not checked[label].agrees:
-                how = "stored (disagrees)"
-            else:
-                how = "stored"
-            agreement = checked.get(label)
-            rows.append(
-                {
-                    "site": label,
-                    "n_images": int(idx.sum()),
-                    "site_map": how,
-                    "agreement": np.nan if agreement is None else agreement.statistic,
-                    "agreement_threshold": np.nan if agreement is None else agreement.threshold,
-                    "distance_median": float(np.median(dist[idx])),
-                    "distance_max": float(np.max(dist[idx])),
-                    "profile_median": float(np.median(corr[idx])),
-                    "profile_min": float(np.min(corr[idx])),
-                    "n_flagged": int(flagged[idx].sum()),
-                }
-            )
-        return pd.DataFrame(rows)
+        collection, sites = _harmonizing.fitted_inputs(self, imgs, sites)
+        return _harmonizing.guard_table(self, collection, sites)
 
     def fit_site_check(self, imgs: Any, sites: Any) -> IGUANeHarmonizer:
         """Give a model fitted before the site check its yardstick, from its training images.
@@ -896,7 +531,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         collection = as_collection(imgs)
         sites = check_sites(sites, len(collection))
         landmarks = np.stack([image_landmarks(data) for data, _ in self._iter_brains(collection)])
-        normalizer = self._normalizer().with_spread(landmarks, sites)
+        normalizer = _harmonizing.normalizer(self).with_spread(landmarks, sites)
         self.input_normalization_ = normalizer.to_dict()
         return self
 
@@ -914,32 +549,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
             Destination file (used as given).
         """
         check_is_fitted(self)
-        params = {
-            k: to_plain(v, f"parameter {k!r}", target="torch")
-            for k, v in self.get_params(deep=False).items()
-        }
-        fitted = {
-            k: to_plain(v, f"fitted attribute {k!r}", target="torch")
-            for k, v in vars(self).items()
-            if k.endswith("_") and not k.startswith("_") and k != "generator_"
-        }
-        gen = self.generator_
-        payload = {
-            "format": _MODEL_FORMAT,
-            "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "version": __version__,
-            "params": params,
-            "fitted": fitted,
-            "array_attrs": [k for k, v in vars(self).items() if isinstance(v, np.ndarray)],
-            "generator": {
-                "base_width": int(gen.base_width),
-                "in_channels": int(gen.in_channels),
-                "state_dict": {
-                    k: v.detach().to("cpu", copy=True) for k, v in gen.state_dict().items()
-                },
-            },
-        }
-        atomic_torch_save(payload, Path(path))
+        _model_file.write_model(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> IGUANeHarmonizer:
@@ -954,27 +564,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         IGUANeHarmonizer
             The fitted harmonizer, ``generator_`` on CPU in eval mode.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Model file not found: '{path}'.")
-        payload = load_torch_file(
-            path,
-            _MODEL_FORMAT,
-            "the model",
-            "an IGUANe model saved by harmonix",
-            "save models with IGUANeHarmonizer.save()",
-        )
-        est = cls(**payload["params"])
-        arrays = set(payload.get("array_attrs", []))
-        for name, value in payload["fitted"].items():
-            setattr(est, name, np.asarray(value) if name in arrays else value)
-        spec = payload["generator"]
-        est.generator_ = _new_generator(spec["base_width"], spec["in_channels"])
-        est.generator_.load_state_dict(spec["state_dict"])
-        est.generator_.eval()
-        est._saved_version = payload["version"]
-        est._complete_loaded()
-        return est
+        return _model_file.read_model(cls, path)
 
     @classmethod
     def from_keras_weights(
@@ -1008,63 +598,4 @@ class IGUANeHarmonizer(BaseHarmonizer):
         IGUANeHarmonizer
             A fitted harmonizer (``reference_site_="SALD"``); call :meth:`transform`.
         """
-        from harmonix.iguane.keras_weights import load_keras_generator_weights
-
-        if not (np.isfinite(reference_median) and reference_median > 0):
-            raise ValueError(
-                f"reference_median must be a positive number, got {reference_median!r}."
-            )
-        params = {"input_shape": IGUANE_SHAPE, **params}
-        if params.get("base_width", 16) != 16:
-            raise ValueError("The official IGUANe generator has base_width=16.")
-        params["base_width"] = 16
-        est = cls(**params)
-        generator = load_keras_generator_weights(path, _new_generator(16, 1))
-        est.generator_ = generator.to("cpu").eval()
-        est.reference_site_ = OFFICIAL_REFERENCE_SITE
-        est.sites_ = np.asarray([OFFICIAL_REFERENCE_SITE])
-        est.n_images_ = 0
-        est.mask_ = None
-        est.image_shape_ = None
-        est.input_shape_ = _check_input_shape(est.input_shape)
-        # the published model: 1 mm MNI images (orientation and brain size not published)
-        est.grid_ = {
-            "voxel_size": [1.0, 1.0, 1.0],
-            "shape": None,
-            "affine": None,
-            "orientation": None,
-            "brain_voxels": None,
-        }
-        est.reference_median_ = float(reference_median)
-        est.history_ = {}
-        return est
-
-
-def _new_generator(base_width: int, in_channels: int = 1) -> Generator3D:
-    with torch.random.fork_rng(devices=[]):  # keep the global RNG untouched
-        return Generator3D(int(base_width), int(in_channels))
-
-
-def _forward(
-    generator: Generator3D,
-    volume: tuple[np.ndarray, np.ndarray],
-    amp_dtype: torch.dtype | None,
-    num_threads: int | str | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(x, y, mask)``: a prepared volume (background 0), its harmonization and mask."""
-    x, mask = volume
-    x = np.where(mask, x, np.float32(0.0))
-    y = harmonize_volume(generator, x, amp_dtype=amp_dtype, num_threads=num_threads)
-    return x, y, mask
-
-
-def _check_input_shape(shape: Any) -> tuple[int, int, int] | None:
-    if shape is None:
-        return None
-    out = size_triple(shape)
-    if out is None:
-        raise ValueError(
-            f"input_shape must be None or 3 multiples of {SIZE_MULTIPLE}, e.g. (160, 192, 160); "
-            f"got {shape!r}."
-        )
-    return out
+        return _model_file.official_model(cls, path, reference_median, params)

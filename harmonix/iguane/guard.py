@@ -40,11 +40,17 @@ __all__ = [
     "GUARD_SAMPLE",
     "OOD_ACTIONS",
     "ContrastProfile",
+    "OutOfDistributionWarning",
     "check_ood",
     "correction_threshold",
     "evenly",
     "profile_threshold",
 ]
+
+
+class OutOfDistributionWarning(UserWarning):
+    """An image lies outside what an IGUANe model saw in training."""
+
 
 #: Training images whose corrections calibrate the guard (besides the held-out ones).
 GUARD_SAMPLE = 32

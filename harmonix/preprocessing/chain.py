@@ -555,7 +555,7 @@ class T1Preprocessor:
             raise ValueError(
                 f"brain_extractor must be 'deepbet' or a callable, got {self.brain_extractor!r}."
             )
-        from harmonix.iguane.inference import intraop_threads
+        from harmonix._threads import intraop_threads
 
         with intraop_threads(self.n_threads):
             return extract_brain(data, affine)

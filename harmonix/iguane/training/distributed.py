@@ -1,6 +1,6 @@
 """Data-parallel IGUANe training over several processes with :mod:`torch.distributed`.
 
-:func:`harmonix.iguane.training.train` (and so :meth:`IGUANeHarmonizer.fit
+:func:`harmonix.iguane.training.loop.train` (and so :meth:`IGUANeHarmonizer.fit
 <harmonix.IGUANeHarmonizer.fit>`) runs data-parallel when it is started by ``torchrun``
 (or inside a process group the caller initialized): every process holds all networks,
 each network update is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`,

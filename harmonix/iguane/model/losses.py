@@ -1,6 +1,6 @@
 """Losses of IGUANe: least-squares GAN, cycle consistency and identity.
 
-Small pure functions on tensors; the training loop (:mod:`harmonix.iguane.training`)
+Small pure functions on tensors; the training loop (:mod:`harmonix.iguane.training.loop`)
 combines them. They compute in float32 at least (outputs of networks run under
 :func:`torch.autocast` may be half precision; float64 inputs stay float64).
 

@@ -7,7 +7,7 @@ that is renamed over the old one, so an interruption never corrupts the last goo
 checkpoint. Its *fingerprint* (the training settings, sites, reference site, ages and a
 digest of the training images, :class:`harmonix._digest.ImageDigest`) must match the
 resumed training's; the batch size in it is the global one (per process
-× processes, see :mod:`harmonix.iguane.distributed`).
+× processes, see :mod:`harmonix.iguane.training.distributed`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 from harmonix.io import atomic_write
 
 if TYPE_CHECKING:
-    from harmonix.iguane.config import TrainConfig
-    from harmonix.iguane.distributed import DistributedContext
+    from harmonix.iguane.training.config import TrainConfig
+    from harmonix.iguane.training.distributed import DistributedContext
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -105,7 +105,7 @@ def fingerprint(
 def volumes_digest(volumes: Any) -> str:
     """Digest of training volumes (``volumes[i]`` is ``(x, mask)``), read one at a time.
 
-    :func:`~harmonix.iguane.training.train` computes it for its checkpoint fingerprint
+    :func:`~harmonix.iguane.training.loop.train` computes it for its checkpoint fingerprint
     when it is not given one (:class:`~harmonix.IGUANeHarmonizer` gives the digest of the
     raw images, computed in the pass that reads them for their medians).
     """

@@ -4,7 +4,7 @@
 generators of a training, and performs one step (:meth:`Trainer.train_step`): for every
 source site, in a shuffled order, one update of its two discriminators, then one joint
 update of the generator *to the reference* (shared by all sites) and the site's generator
-*to the source*. :func:`harmonix.iguane.training.train` drives it.
+*to the source*. :func:`harmonix.iguane.training.loop.train` drives it.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from harmonix.iguane.augmentation import augment, crop_patch, random_brain_voxel
-from harmonix.iguane.config import TrainConfig
-from harmonix.iguane.data import SitePairSampler, network_input
+from harmonix import _threads
+from harmonix.iguane._kernels.fused_inference import norms_on_call_threads
 from harmonix.iguane.devices import autocast_dtype, warn_if_emulated
-from harmonix.iguane.distributed import DistributedContext
-from harmonix.iguane.fused_inference import norms_on_call_threads
-from harmonix.iguane.inference import inference_threads, intraop_threads
-from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D, glorot_init
-from harmonix.iguane.updates import DiscriminatorStep, GeneratorStep, masked
+from harmonix.iguane.inputs.volumes import network_input
+from harmonix.iguane.model.networks import Generator3D, PatchDiscriminator3D, glorot_init
+from harmonix.iguane.training.augmentation import augment, crop_patch, random_brain_voxel
+from harmonix.iguane.training.config import TrainConfig
+from harmonix.iguane.training.distributed import DistributedContext
+from harmonix.iguane.training.sampling import SitePairSampler
+from harmonix.iguane.training.updates import DiscriminatorStep, GeneratorStep, masked
 
 __all__ = ["LOSS_NAMES", "Trainer", "clone_state", "lr_factor"]
 
@@ -62,7 +63,7 @@ def lr_factor(schedule: str, total: int, ratio: float) -> Callable[[int], float]
     Parameters
     ----------
     schedule : {"linear", "constant_then_linear"}
-        See :class:`~harmonix.iguane.config.TrainConfig`.
+        See :class:`~harmonix.iguane.training.config.TrainConfig`.
     total : int
         Scheduler steps of the whole training.
     ratio : float
@@ -111,7 +112,7 @@ class Trainer:
     ----------
     config : TrainConfig
     volumes : sequence of (x, mask)
-        The images on the network scale (see :func:`harmonix.iguane.training.train`).
+        The images on the network scale (see :func:`harmonix.iguane.training.loop.train`).
     sampler : SitePairSampler
         Draws the training pairs (held-out images excluded).
     device : torch.device
@@ -133,7 +134,7 @@ class Trainer:
     step : int
         Steps done, warm-up included.
     history : dict
-        See :class:`harmonix.iguane.training.TrainResult`.
+        See :class:`harmonix.iguane.training.loop.TrainResult`.
     best_state : dict or None
         The state dict of the best-scoring ``to_reference`` so far.
     """
@@ -422,12 +423,12 @@ class Trainer:
 
     def _site_step_threads(self) -> int | None:
         """CPU threads of the next site-step (``config.cpu_threads``; None: no change;
-        "auto": the cores idle now, :func:`~harmonix.iguane.inference.inference_threads`
+        "auto": the cores idle now, :func:`harmonix._threads.inference_threads`
         with ``fair_share=False``)."""
         if self.device.type != "cpu" or self.config.cpu_threads is None:
             return None
         if self.config.cpu_threads == "auto":
-            return inference_threads(fair_share=False)
+            return _threads.inference_threads(fair_share=False)
         return int(self.config.cpu_threads)
 
     @property
@@ -456,7 +457,7 @@ class Trainer:
             site = self.sources[k]
             # the no-grad generator passes may run their norms on the site-step's threads:
             # the thread count already leaves out the cores of busy neighbours
-            with intraop_threads(self._site_step_threads()), norms_on_call_threads():
+            with _threads.intraop_threads(self._site_step_threads()), norms_on_call_threads():
                 d_loss = self._update_discriminators(k, site)
                 if warmup:
                     nan = torch.full((4,), float("nan"), dtype=d_loss.dtype, device=d_loss.device)

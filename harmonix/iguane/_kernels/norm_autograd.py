@@ -1,6 +1,6 @@
 """IGUANe's MAD instance norm as one autograd node, with a closed-form backward.
 
-Autograd of :class:`~harmonix.iguane.networks.MADInstanceNorm3d` records about ten
+Autograd of :class:`~harmonix.iguane.model.networks.MADInstanceNorm3d` records about ten
 operations over the whole feature map and replays about fifteen in the backward pass;
 :func:`mad_norm` computes the same function and its gradients in fewer passes (forward
 and backward 1.4-1.7x faster at 48×64×48; the ReLU before it stays an in-place autograd
@@ -67,7 +67,7 @@ class _MADNorm(torch.autograd.Function):
 def mad_norm(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """:class:`~harmonix.iguane.networks.MADInstanceNorm3d`'s function, differentiable.
+    """:class:`~harmonix.iguane.model.networks.MADInstanceNorm3d`'s function, differentiable.
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """3-D convolutions whose backward pass stays on oneDNN, in parallel (CPU float32 training).
 
-:class:`~harmonix.iguane.networks.OneDNNConv3d` forces oneDNN for its forward pass, but
+:class:`~harmonix.iguane.model.networks.OneDNNConv3d` forces oneDNN for its forward pass, but
 autograd differentiates :func:`torch.mkldnn_convolution` with the generic
 ``convolution_backward``, which chooses its kernels again, and badly for IGUANe's
 one-volume batches:
@@ -184,7 +184,7 @@ def conv3d_onednn(
     """Undilated, ungrouped (transposed) 3-D convolution with this module's backward pass.
 
     For CPU float32 tensors outside autocast (see
-    :func:`~harmonix.iguane.fused_inference.onednn_applies`), zero padding of at most
+    :func:`~harmonix.iguane._kernels.fused_inference.onednn_applies`), zero padding of at most
     ``k - 1`` per axis and no output padding; the caller checks these conditions.
 
     Parameters

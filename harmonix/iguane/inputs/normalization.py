@@ -18,7 +18,7 @@ training sites are stored in the model; for other images the caller's site label
 them (:meth:`InputNormalizer.site_landmarks_of`), and an image without a site label uses
 its own landmarks. A group whose label names a training site uses that site's stored map
 only when its images agree with it (:meth:`InputNormalizer.check_sites`, measured with
-the spread of the training images: :mod:`harmonix.iguane.site_agreement`); a label is a
+the spread of the training images: :mod:`harmonix.iguane.inputs.site_agreement`); a label is a
 name, and another scanner may carry it.
 
 :func:`correction_size` measures how much the forward generator changed an image; the
@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from harmonix._labels import as_label, as_labels
-from harmonix.iguane.data import brain_median
-from harmonix.iguane.site_agreement import LandmarkSpread, map_slopes
+from harmonix.iguane.inputs.site_agreement import LandmarkSpread, map_slopes
+from harmonix.iguane.inputs.volumes import brain_median
 from harmonix.landmarks import apply_landmarks, compute_landmarks, standard_scale
 from harmonix.site_check import SiteAgreement
 

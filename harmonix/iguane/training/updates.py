@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harmonix.iguane.losses import (
+from harmonix.iguane.model.losses import (
     cycle_loss,
     discriminator_loss,
     generator_adversarial_loss,

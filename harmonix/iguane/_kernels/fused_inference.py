@@ -1,6 +1,6 @@
 """The generator's fused inference pass and its CPU kernels.
 
-Without autograd, :class:`~harmonix.iguane.networks.Generator3D` runs
+Without autograd, :class:`~harmonix.iguane.model.networks.Generator3D` runs
 :func:`generator_forward_fused`: the same function as its plain pass, with far less memory
 traffic and memory. Channels-last feature maps throughout; ReLU and the MAD instance norm
 fused and in place (:func:`relu_mad_norm_`); full-resolution convolutions computed in
@@ -8,7 +8,7 @@ depth slabs; convolutions that always take oneDNN on CPU (:func:`conv3d`). Speed
 memory are measured in ``benchmarks/results/iguane_inference.md``.
 
 These are functions on tensors and on the generator's modules; the modules themselves are
-in :mod:`harmonix.iguane.networks`.
+in :mod:`harmonix.iguane.model.networks`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harmonix.iguane.reduced_precision import conv3d_float32, needs_float32
+from harmonix.iguane._kernels.reduced_precision import conv3d_float32, needs_float32
 
 __all__ = [
     "conv3d",
@@ -255,7 +255,8 @@ def conv3d(
     convolution or the 12×14×12 maps of a 2 mm volume) to its slow reference kernel;
     :func:`torch.mkldnn_convolution` skips that heuristic. Any other case (autocast,
     float64, other devices, no oneDNN) goes through ``F.conv3d``, in float32 where CPU
-    reduced precision is unsafe (:func:`~harmonix.iguane.reduced_precision.needs_float32`).
+    reduced precision is unsafe
+    (:func:`~harmonix.iguane._kernels.reduced_precision.needs_float32`).
     """
     if onednn_applies(x, weight) and x.is_contiguous(memory_format=_CL):
         try:
@@ -277,7 +278,7 @@ def conv_transpose3d(
     stride: int = 2,
 ) -> torch.Tensor:
     """``F.conv_transpose3d``, in float32 where CPU reduced precision is unsafe
-    (:func:`~harmonix.iguane.reduced_precision.needs_float32`)."""
+    (:func:`~harmonix.iguane._kernels.reduced_precision.needs_float32`)."""
     if needs_float32(x, weight, [stride] * 3, padding, transposed=True):
         return conv3d_float32(x, weight, bias, transposed=True, stride=stride, padding=padding)
     return F.conv_transpose3d(x, weight, bias, stride=stride, padding=padding)
@@ -494,7 +495,7 @@ def _up_conv_slabs(conv: nn.ConvTranspose3d, src: torch.Tensor, slab: int) -> to
 
 
 def generator_forward_fused(gen: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """:class:`~harmonix.iguane.networks.Generator3D` ``gen`` on ``x``, without autograd.
+    """:class:`~harmonix.iguane.model.networks.Generator3D` ``gen`` on ``x``, without autograd.
 
     The same function as the generator's plain, differentiable pass.
 
@@ -515,7 +516,8 @@ def generator_forward_fused(gen: nn.Module, x: torch.Tensor) -> torch.Tensor:
     bfloat16 autocast) plus the half-resolution ``2·base_width``-channel map.
 
     Under CPU bfloat16 autocast the convolutions run in bfloat16 (the tiny ones that
-    oneDNN gets wrong in float32, :func:`~harmonix.iguane.reduced_precision.needs_float32`)
+    oneDNN gets wrong in float32,
+    :func:`~harmonix.iguane._kernels.reduced_precision.needs_float32`)
     and the maps are kept in bfloat16; the norm statistics, the final projection, ``tanh``
     and the residual sum are computed in float32, and the output is float32 (the dtype
     of ``x``).

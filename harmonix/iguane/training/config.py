@@ -1,7 +1,18 @@
-"""Settings of IGUANe training: the frozen :class:`TrainConfig` and its validation.
+"""Settings of IGUANe training: the frozen :class:`TrainConfig`, its validation, and recipes.
 
-Also :data:`CPU_RECIPE`, explicit :class:`~harmonix.IGUANeHarmonizer` parameters for a
-training that fits on a 2-core CPU (see :mod:`harmonix.iguane.recipes`).
+``IGUANeHarmonizer()``'s defaults are the published GPU training (1 mm images, width 16,
+20,000 steps). :data:`CPU_RECIPE` is a training that fits on a 2-core CPU in well under
+half an hour on 4 mm images (e.g. ``make_multisite(resolution=4)``), found by the
+experiments of ``benchmarks/bench_iguane_learning.py`` (results in
+``benchmarks/results/iguane_learning.md``)::
+
+    from harmonix import IGUANeHarmonizer
+    from harmonix.iguane import CPU_RECIPE
+    h = IGUANeHarmonizer(reference_site="site0", **CPU_RECIPE, voxel_size=4)
+    h.fit(imgs, sites, ages)  # 4 mm arrays (NIfTI images give their voxel size)
+
+A 4 mm CPU model is a small model of the data it was trained on, not the published 1 mm
+model (load that one with :meth:`IGUANeHarmonizer.from_keras_weights`).
 """
 
 from __future__ import annotations
@@ -15,8 +26,8 @@ import numpy as np
 from harmonix._docs import fill_doc
 from harmonix.grids import check_voxel_size
 from harmonix.iguane import _paramdocs  # noqa: F401  (the shared parameter docs)
-from harmonix.iguane.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
-from harmonix.iguane.networks import SIZE_MULTIPLE
+from harmonix.iguane.model.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
+from harmonix.iguane.model.networks import SIZE_MULTIPLE, size_triple
 
 __all__ = [
     "CPU_RECIPE",
@@ -24,7 +35,6 @@ __all__ = [
     "TrainConfig",
     "check_cpu_threads",
     "check_int",
-    "size_triple",
 ]
 
 #: Learning-rate schedules of :class:`TrainConfig`.
@@ -199,32 +209,6 @@ def check_cpu_threads(value: Any) -> int | str | None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"cpu_threads must be None, 'auto' or an integer >= 1, got {value!r}.")
     return int(value)
-
-
-def size_triple(value: Any, *, allow_int: bool = False) -> tuple[int, int, int] | None:
-    """``value`` as 3 spatial sizes that the generator accepts, or None if it is not.
-
-    Parameters
-    ----------
-    value : sequence of 3 int, or int with ``allow_int``
-        Each size must be a positive multiple of
-        :data:`~harmonix.iguane.networks.SIZE_MULTIPLE`.
-    allow_int : bool, default=False
-        Accept one int for the 3 sizes.
-
-    Returns
-    -------
-    tuple of 3 int or None
-    """
-    if allow_int and isinstance(value, int | np.integer) and not isinstance(value, bool):
-        value = (int(value),) * 3
-    try:
-        sizes = tuple(int(v) for v in value)
-    except TypeError:
-        return None
-    if len(sizes) != 3 or any(v < SIZE_MULTIPLE or v % SIZE_MULTIPLE for v in sizes):
-        return None
-    return sizes  # type: ignore[return-value]
 
 
 def _check_number(value: Any, name: str, *, positive: bool) -> None:

@@ -15,7 +15,7 @@ a Keras ``Conv3D`` kernel ``(kd, kh, kw, in, out)`` becomes a torch ``Conv3d`` w
 ``(out, in, kd, kh, kw)``, a ``Conv3DTranspose`` kernel ``(kd, kh, kw, out, in)`` a torch
 ``ConvTranspose3d`` weight ``(in, out, kd, kh, kw)`` (same axis permutation, no flip), and
 the ``scale``/``offset`` of the original's instance normalization become the
-``weight``/``bias`` of :class:`~harmonix.iguane.networks.MADInstanceNorm3d`.
+``weight``/``bias`` of :class:`~harmonix.iguane.model.networks.MADInstanceNorm3d`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harmonix.iguane.networks import Generator3D, MADInstanceNorm3d
+from harmonix.iguane.model.networks import Generator3D, MADInstanceNorm3d
 
 __all__ = ["load_keras_generator_weights"]
 

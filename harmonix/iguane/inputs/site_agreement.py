@@ -3,7 +3,7 @@
 IGUANe's "histogram" input normalization maps every image of a site through one
 piecewise-linear map, from the site's landmarks ``M_s`` (the mean of its training
 images' landmarks) to the reference site's standard landmarks ``S``
-(:mod:`harmonix.iguane.normalization`). Images that carry a training label but come from
+(:mod:`harmonix.iguane.inputs.normalization`). Images that carry a training label but come from
 another scanner would be mapped with that scanner's map; this module measures, on the
 standard scale, how far they lie from it (see :mod:`harmonix.site_check` for what
 :meth:`~harmonix.IGUANeHarmonizer.transform` does with the answer).

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from harmonix.iguane.distributed import DistributedContext
+    from harmonix.iguane.training.distributed import DistributedContext
 
 __all__ = [
     "QUANTILE_LEVELS",

@@ -1,8 +1,8 @@
 """Training of IGUANe: the many-to-one CycleGAN loop, validation, checkpoints and resume.
 
-:func:`train` wires the networks of :mod:`harmonix.iguane.networks`, the losses of
-:mod:`harmonix.iguane.losses` and the sampling of :mod:`harmonix.iguane.data` the way the
-original implementation does:
+:func:`train` wires the networks of :mod:`harmonix.iguane.model.networks`, the losses of
+:mod:`harmonix.iguane.model.losses` and the sampling of
+:mod:`harmonix.iguane.training.sampling` the way the original implementation does:
 
 - one generator *to the reference* site shared by all source sites; per source site a
   generator *to the source* site and two discriminators (one judging reference images
@@ -16,15 +16,15 @@ original implementation does:
   each, from pairs not shared between the two), then one joint update of the generator to
   the reference and the site's generator to the source on fresh pairs.
 
-The settings are a :class:`~harmonix.iguane.config.TrainConfig`; the networks, optimizers
-and the update step are held by :class:`harmonix.iguane.trainer.Trainer`; this module holds
-the loop: validation, checkpoints and the result.
+The settings are a :class:`~harmonix.iguane.training.config.TrainConfig`; the networks,
+optimizers and the update step are held by :class:`harmonix.iguane.training.trainer.Trainer`;
+this module holds the loop: validation, checkpoints and the result.
 
 Validation (checkpoint selection)
     A fraction ``val_fraction`` of every source site's images is held out of training.
     Every ``val_every`` steps and at the end, the generator to the reference harmonizes each
     held-out image (whole volume, no augmentation) and is scored, higher being better (see
-    :mod:`harmonix.iguane.selection`: by default minus the distance of the harmonized
+    :mod:`harmonix.iguane.training.selection`: by default minus the distance of the harmonized
     images to the reference site's intensity distribution and regional intensity profile;
     or a ``scoring`` callable, which must return finite numbers: a NaN or an infinite
     score raises a ValueError). The best-scoring generator is returned, ties going
@@ -51,7 +51,7 @@ Several processes (GPUs, nodes)
     Started by ``torchrun``, training is data-parallel with
     :class:`~torch.nn.parallel.DistributedDataParallel`: ``W`` processes with
     ``batch_size=b`` run the same training as one process with ``batch_size=W * b``. See
-    :mod:`harmonix.iguane.distributed`.
+    :mod:`harmonix.iguane.training.distributed`.
 
 Randomness
     Every (source, reference) pair comes with its own seed, drawn with the pair from the
@@ -76,50 +76,32 @@ import torch
 
 from harmonix._version import __version__
 from harmonix.exceptions import ModelSelectionWarning
-from harmonix.iguane._compat import deprecated_names
-from harmonix.iguane.checkpoints import (
+from harmonix.iguane.devices import resolve_device
+from harmonix.iguane.model.networks import Generator3D
+from harmonix.iguane.training.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
     atomic_torch_save,
     fingerprint,
-    load_checkpoint,
     read_resume_state,
     volumes_digest,
 )
-from harmonix.iguane.config import TrainConfig, check_int
-from harmonix.iguane.data import SitePairSampler
-from harmonix.iguane.devices import resolve_device
-from harmonix.iguane.distributed import DistributedContext, setup_distributed
-from harmonix.iguane.networks import Generator3D, glorot_init
-from harmonix.iguane.selection import (
-    QUANTILE_LEVELS,
+from harmonix.iguane.training.config import TrainConfig, check_int
+from harmonix.iguane.training.distributed import DistributedContext, setup_distributed
+from harmonix.iguane.training.sampling import SitePairSampler
+from harmonix.iguane.training.selection import (
     CheckpointSelection,
     Scoring,
     record_score,
     validation_split,
 )
-from harmonix.iguane.trainer import Trainer, clone_state, lr_factor
+from harmonix.iguane.training.trainer import Trainer, clone_state
 
-__all__ = [
-    "CHECKPOINT_NAME",
-    "QUANTILE_LEVELS",
-    "TrainConfig",
-    "TrainResult",
-    "load_checkpoint",
-    "lr_factor",
-    "resolve_device",
-    "train",
-]
+__all__ = ["TrainResult", "train"]
 
 logger = logging.getLogger(__name__)
 
 Volumes = Sequence[tuple[np.ndarray, np.ndarray]]
-
-
-#: ``init_weights``, the old name of :func:`harmonix.iguane.networks.glorot_init`.
-__getattr__ = deprecated_names(
-    __name__, {"init_weights": ("harmonix.iguane.networks.glorot_init", glorot_init)}
-)
 
 
 @dataclass
@@ -195,14 +177,14 @@ def train(
     volumes : sequence of (x, mask)
         ``volumes[i]`` is image ``i`` on the network scale: a float32 array (background -1,
         every size a multiple of 16) and its bool brain mask; e.g. a
-        :class:`harmonix.iguane.data.VolumeLoader`, which loads files on demand.
+        :class:`harmonix.iguane.inputs.volumes.VolumeLoader`, which loads files on demand.
     sites : sequence of hashable, length n_images
         Site of each image.
     reference_site : hashable
         Target site of the forward generator.
     ages : sequence of float, default=None
         With ages, training pairs are age-balanced
-        (:class:`harmonix.iguane.data.SitePairSampler`).
+        (:class:`harmonix.iguane.training.sampling.SitePairSampler`).
     config : TrainConfig, default=None
         Hyper-parameters; ``TrainConfig()`` (the published ones) by default.
     strata : sequence of hashable, length n_images, default=None
@@ -228,7 +210,7 @@ def train(
         Show a progress bar with running losses, and log validation scores (process 0
         only in a distributed training).
     distributed : bool or None, default=None
-        Data-parallel training over processes (:mod:`harmonix.iguane.distributed`).
+        Data-parallel training over processes (:mod:`harmonix.iguane.training.distributed`).
         None: when launched by ``torchrun`` with several processes or inside an
         initialized process group; False: never (e.g. independent trainings per process);
         True: required. Every process must call :func:`train` with the same arguments;
@@ -236,8 +218,8 @@ def train(
     scoring : callable, default=None
         ``scoring(harmonize, volumes, sites) -> float``, higher is better: the score of
         the generator to the reference on the held-out images, used to select the returned
-        generator (see :mod:`harmonix.iguane.selection`). None: the default
-        :class:`~harmonix.iguane.selection.SiteDistance` score, which sees intensity
+        generator (see :mod:`harmonix.iguane.training.selection`). None: the default
+        :class:`~harmonix.iguane.training.selection.SiteDistance` score, which sees intensity
         distributions and regional (spatial) differences to the reference site. It must
         return a finite number.
     data_digest : str, default=None
@@ -245,7 +227,7 @@ def train(
         fingerprint so that a resume on other images (or the same in another order) is
         refused (:class:`~harmonix.IGUANeHarmonizer` passes the digest of the raw
         images). None: with ``checkpoint_dir``, computed from ``volumes`` in one extra
-        pass over them (:func:`~harmonix.iguane.checkpoints.volumes_digest`).
+        pass over them (:func:`~harmonix.iguane.training.checkpoints.volumes_digest`).
     input_normalization : str, default=None
         How ``volumes`` were normalized (:class:`~harmonix.IGUANeHarmonizer` passes its
         ``input_normalization``), stored in the fingerprint so that a resume after

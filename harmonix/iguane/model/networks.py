@@ -21,15 +21,17 @@ pass.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harmonix.iguane._compat import deprecated_names
-from harmonix.iguane.conv_backward import conv3d_onednn
-from harmonix.iguane.fused_inference import generator_forward_fused, onednn_applies
-from harmonix.iguane.norm_autograd import mad_norm
-from harmonix.iguane.reduced_precision import conv3d_float32, needs_float32
+from harmonix.iguane._kernels.conv_backward import conv3d_onednn
+from harmonix.iguane._kernels.fused_inference import generator_forward_fused, onednn_applies
+from harmonix.iguane._kernels.norm_autograd import mad_norm
+from harmonix.iguane._kernels.reduced_precision import conv3d_float32, needs_float32
 
 __all__ = [
     "SIZE_MULTIPLE",
@@ -39,6 +41,7 @@ __all__ = [
     "OneDNNConvTranspose3d",
     "PatchDiscriminator3D",
     "glorot_init",
+    "size_triple",
 ]
 
 #: Number of times the generator halves each spatial size.
@@ -59,7 +62,7 @@ def _autocast_on(device_type: str) -> bool:
 
 def _backward_on_onednn(conv: nn.Conv3d | nn.ConvTranspose3d) -> bool:
     """Whether ``conv`` (on a CPU float32 input) takes the backward pass of
-    :mod:`harmonix.iguane.conv_backward`: with autograd on, for undilated, ungrouped
+    :mod:`harmonix.iguane._kernels.conv_backward`: with autograd on, for undilated, ungrouped
     convolutions with zero padding below the kernel size and no output padding."""
     return (
         torch.is_grad_enabled()
@@ -78,11 +81,11 @@ class OneDNNConv3d(nn.Conv3d):
     PyTorch's heuristic sends one-volume batches of thin maps to its reference kernel,
     whose backward pass is slow; forcing oneDNN makes CPU training updates faster (see
     ``benchmarks/bench_iguane_training_speed.py``). With autograd on, the gradients are
-    computed by :func:`~harmonix.iguane.conv_backward.conv3d_onednn` (oneDNN on every
+    computed by :func:`~harmonix.iguane._kernels.conv_backward.conv3d_onednn` (oneDNN on every
     thread). Same parameters and outputs as ``nn.Conv3d`` (to float32 rounding); any other
     case (autocast, float64, GPUs) is ``nn.Conv3d``'s, except CPU bfloat16/float16
     convolutions of maps too small for oneDNN's reduced-precision kernels, computed in
-    float32 (:func:`~harmonix.iguane.reduced_precision.needs_float32`).
+    float32 (:func:`~harmonix.iguane._kernels.reduced_precision.needs_float32`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,12 +124,13 @@ class OneDNNConvTranspose3d(nn.ConvTranspose3d):
     """``nn.ConvTranspose3d`` whose CPU float32 training gradients use every thread.
 
     With autograd on, CPU float32 inputs outside autocast go through
-    :func:`~harmonix.iguane.conv_backward.conv3d_onednn` (``transposed=True``): the same forward
-    (oneDNN), and a weight gradient computed by oneDNN on two halves of the volume instead
-    of one single-threaded GEMM. Same parameters and outputs as ``nn.ConvTranspose3d``;
-    every other case is ``nn.ConvTranspose3d``'s, except CPU bfloat16/float16 transposed
-    convolutions of maps too small for oneDNN's reduced-precision kernels, computed in
-    float32 (:func:`~harmonix.iguane.reduced_precision.needs_float32`).
+    :func:`~harmonix.iguane._kernels.conv_backward.conv3d_onednn` (``transposed=True``): the
+    same forward (oneDNN), and a weight gradient computed by oneDNN on two halves of the
+    volume instead of one single-threaded GEMM. Same parameters and outputs as
+    ``nn.ConvTranspose3d``; every other case is ``nn.ConvTranspose3d``'s, except CPU
+    bfloat16/float16 transposed convolutions of maps too small for oneDNN's
+    reduced-precision kernels, computed in float32
+    (:func:`~harmonix.iguane._kernels.reduced_precision.needs_float32`).
     """
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
@@ -194,7 +198,7 @@ class MADInstanceNorm3d(nn.Module):
     The statistics and the affine transform are computed in float32 even under
     :func:`torch.autocast` or with a half-precision input (in float64 for a float64 input);
     the result is returned in the input's dtype. With autograd on, float32/float64 inputs
-    outside autocast go through :func:`~harmonix.iguane.norm_autograd.mad_norm` (one
+    outside autocast go through :func:`~harmonix.iguane._kernels.norm_autograd.mad_norm` (one
     autograd node with a closed-form backward; same values).
     """
 
@@ -288,6 +292,32 @@ def glorot_init(module: nn.Module, generator: torch.Generator | None = None) -> 
                 nn.init.zeros_(m.bias)
 
 
+def size_triple(value: Any, *, allow_int: bool = False) -> tuple[int, int, int] | None:
+    """``value`` as 3 spatial sizes that the generator accepts, or None if it is not.
+
+    Parameters
+    ----------
+    value : sequence of 3 int, or int with ``allow_int``
+        Each size must be a positive multiple of
+        :data:`SIZE_MULTIPLE`.
+    allow_int : bool, default=False
+        Accept one int for the 3 sizes.
+
+    Returns
+    -------
+    tuple of 3 int or None
+    """
+    if allow_int and isinstance(value, int | np.integer) and not isinstance(value, bool):
+        value = (int(value),) * 3
+    try:
+        sizes = tuple(int(v) for v in value)
+    except TypeError:
+        return None
+    if len(sizes) != 3 or any(v < SIZE_MULTIPLE or v % SIZE_MULTIPLE for v in sizes):
+        return None
+    return sizes  # type: ignore[return-value]
+
+
 def _check_widths(base_width: int, in_channels: int) -> tuple[int, int]:
     """``base_width`` and ``in_channels`` as positive ints (ValueError otherwise)."""
     if int(base_width) < 1:
@@ -337,11 +367,11 @@ class Generator3D(nn.Module):
 
     :meth:`layers_in_order` lists the layers in forward order, which is also the order of the
     layers of the Keras original (used by
-    :func:`harmonix.iguane.keras_weights.load_keras_generator_weights`).
+    :func:`harmonix.iguane.weights.keras.load_keras_generator_weights`).
 
     Without autograd (:func:`torch.inference_mode` or :func:`torch.no_grad`), :meth:`forward`
-    runs a fused pass (:mod:`harmonix.iguane.fused_inference`: channels-last maps, ReLU and
-    norm fused in place, no concatenation copies, full-resolution convolutions in depth
+    runs a fused pass (:mod:`harmonix.iguane._kernels.fused_inference`: channels-last maps,
+    ReLU and norm fused in place, no concatenation copies, full-resolution convolutions in depth
     slabs, maps freed early) that computes the same function with less CPU time and memory
     than the plain pass (measured in ``benchmarks/results/iguane_inference.md``); set the
     attribute ``fused_inference = False`` on an instance to always run the plain pass. The
@@ -453,7 +483,7 @@ class Generator3D(nn.Module):
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """The same function as :meth:`_forward_plain`, for use without autograd
-        (:func:`harmonix.iguane.fused_inference.generator_forward_fused`)."""
+        (:func:`harmonix.iguane._kernels.fused_inference.generator_forward_fused`)."""
         return generator_forward_fused(self, x)
 
 
@@ -523,9 +553,3 @@ class PatchDiscriminator3D(nn.Module):
         h = F.leaky_relu(self.norm2(self.conv2(h)), 0.2, inplace=True)
         h = F.leaky_relu(self.norm3(self.conv3(h)), 0.2, inplace=True)
         return self.out_conv(h)
-
-
-#: ``Conv3d``, the old name of :class:`OneDNNConv3d` (it shadowed ``torch.nn.Conv3d``).
-__getattr__ = deprecated_names(
-    __name__, {"Conv3d": ("harmonix.iguane.networks.OneDNNConv3d", OneDNNConv3d)}
-)

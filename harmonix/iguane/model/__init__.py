@@ -1,0 +1,1 @@
+"""The IGUANe networks: the generator, the patch discriminator and their losses."""
