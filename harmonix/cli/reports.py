@@ -41,7 +41,7 @@ def _run_and_report(
     harmonizers = {}
     for m in methods:
         if m == "iguane" and pretrained_iguane:
-            from harmonix.iguane.weights.pretrained import PretrainedIGUANe
+            from harmonix.iguane.pretrained import PretrainedIGUANe
 
             harmonizers[m] = PretrainedIGUANe()
             continue

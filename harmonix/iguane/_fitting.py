@@ -7,19 +7,22 @@ landmarks, a digest of the images in order), fits the input normalization
 volumes (:func:`harmonix.iguane.training.loop.train`) and calibrates the
 out-of-distribution guard (:mod:`harmonix.iguane.guard`) on held-out and sampled training
 images, setting the estimator's fitted attributes.
+
+The functions take the estimator as ``est`` (typed :class:`~harmonix.base.BaseHarmonizer`:
+the estimator module imports this one, not the other way round).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from harmonix._digest import ImageDigest
+from harmonix.base import BaseHarmonizer
 from harmonix.covariates import categorical_strata
 from harmonix.iguane.devices import autocast_dtype, resolve_device
 from harmonix.iguane.guard import (
@@ -43,14 +46,11 @@ from harmonix.iguane.training.loop import train
 from harmonix.io import ImageCollection
 from harmonix.site_check import check_policy
 
-if TYPE_CHECKING:
-    from harmonix.iguane.estimator import IGUANeHarmonizer
-
 __all__ = ["fit_estimator", "set_guard", "train_config"]
 
 
 def train_config(
-    est: IGUANeHarmonizer, voxel_size: tuple[float, float, float] | None
+    est: BaseHarmonizer, voxel_size: tuple[float, float, float] | None
 ) -> TrainConfig:
     """The :class:`TrainConfig` of the estimator's parameters (it validates them)."""
     params = est.get_params(deep=False)
@@ -65,7 +65,7 @@ def train_config(
 
 
 def fit_estimator(
-    est: IGUANeHarmonizer,
+    est: BaseHarmonizer,
     imgs: ImageCollection,
     sites: np.ndarray,
     ages: np.ndarray | None,
@@ -156,7 +156,7 @@ def fit_estimator(
 
 
 def set_guard(
-    est: IGUANeHarmonizer,
+    est: BaseHarmonizer,
     profile: ContrastProfile,
     sizes: Sequence[float],
     correlations: Sequence[float],

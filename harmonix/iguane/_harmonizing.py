@@ -7,6 +7,9 @@ normalization and the network grid (:mod:`harmonix.iguane.inputs`), the forward 
 (:mod:`harmonix.iguane.guard`) and the way back to the image's grid and to the reference
 site's intensity scale. :func:`transform_images` acts on the guard's flags
 (``ood_action``); :func:`guard_table` sums everything up per labelled group.
+
+The functions take the estimator as ``est`` (typed :class:`~harmonix.base.BaseHarmonizer`:
+the estimator module imports this one, not the other way round).
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
+from harmonix.base import BaseHarmonizer
 from harmonix.iguane.devices import autocast_dtype, resolve_device
 from harmonix.iguane.guard import ContrastProfile, OutOfDistributionWarning, check_ood
 from harmonix.iguane.inference import harmonize_volume
@@ -33,9 +37,6 @@ from harmonix.iguane.inputs.volumes import (
 from harmonix.iguane.training.config import check_cpu_threads
 from harmonix.io import ImageCollection, as_collection
 from harmonix.site_check import act_on_agreements, check_policy
-
-if TYPE_CHECKING:
-    from harmonix.iguane.estimator import IGUANeHarmonizer
 
 __all__ = [
     "checked_statistics",
@@ -51,7 +52,7 @@ __all__ = [
 
 
 def fitted_inputs(
-    est: IGUANeHarmonizer, imgs: Any, sites: Any
+    est: BaseHarmonizer, imgs: Any, sites: Any
 ) -> tuple[ImageCollection, np.ndarray | None]:
     """Check the model is fitted; the images as a collection and the checked sites."""
     check_is_fitted(est)
@@ -60,13 +61,13 @@ def fitted_inputs(
     return collection, sites
 
 
-def normalizer(est: IGUANeHarmonizer) -> InputNormalizer:
+def normalizer(est: BaseHarmonizer) -> InputNormalizer:
     """The fitted input normalization (median normalization for a model without one)."""
     values = getattr(est, "input_normalization_", None)
     return InputNormalizer() if values is None else InputNormalizer.from_dict(values)
 
 
-def contrast_profile(est: IGUANeHarmonizer) -> ContrastProfile | None:
+def contrast_profile(est: BaseHarmonizer) -> ContrastProfile | None:
     """The fitted contrast profile of the guard; None for a model without one."""
     reference = getattr(est, "reference_profile_", None)
     if reference is None:
@@ -77,7 +78,7 @@ def contrast_profile(est: IGUANeHarmonizer) -> ContrastProfile | None:
 
 
 def site_check(
-    est: IGUANeHarmonizer, imgs: ImageCollection, sites: np.ndarray | None
+    est: BaseHarmonizer, imgs: ImageCollection, sites: np.ndarray | None
 ) -> tuple[list, Callable[[int], np.ndarray]]:
     """The site agreements of the training labels, and the images' landmarks (cached)."""
     cache: dict[int, np.ndarray] = {}
@@ -91,7 +92,7 @@ def site_check(
 
 
 def checked_statistics(
-    est: IGUANeHarmonizer, imgs: ImageCollection, sites: np.ndarray | None
+    est: BaseHarmonizer, imgs: ImageCollection, sites: np.ndarray | None
 ) -> tuple[dict[str, Any], list]:
     """Per site of ``sites`` ("histogram" normalization), after the site check (which may
     warn or raise): the mean landmarks of a site unseen in fit; for a training site, None
@@ -116,7 +117,7 @@ def checked_statistics(
 
 
 def network_inputs(
-    est: IGUANeHarmonizer,
+    est: BaseHarmonizer,
     imgs: ImageCollection,
     sites: np.ndarray | None = None,
     stats: dict[str, Any] | None = None,
@@ -133,7 +134,7 @@ def network_inputs(
 
 
 def harmonize_all(
-    est: IGUANeHarmonizer,
+    est: BaseHarmonizer,
     imgs: ImageCollection,
     sites: np.ndarray | None = None,
     stats: dict[str, Any] | None = None,
@@ -167,7 +168,7 @@ def harmonize_all(
 
 
 def transform_images(
-    est: IGUANeHarmonizer,
+    est: BaseHarmonizer,
     imgs: ImageCollection,
     sites: np.ndarray | None,
     stats: dict[str, Any],
@@ -213,7 +214,7 @@ def transform_images(
 
 
 def guard_table(
-    est: IGUANeHarmonizer, imgs: ImageCollection, sites: np.ndarray | None
+    est: BaseHarmonizer, imgs: ImageCollection, sites: np.ndarray | None
 ) -> pd.DataFrame:
     """The table of the estimator's ``guard_report`` (see there)."""
     stats, agreements = checked_statistics(est, imgs, sites)

@@ -7,27 +7,28 @@ the harmonix version, the constructor parameters, the fitted attributes (arrays 
 ``array_attrs``) and the forward generator (width, input channels, weights). It is read
 back with ``torch.load(weights_only=True)``. :func:`official_model` builds a fitted
 estimator around the published Keras generator instead.
+
+The functions take the estimator as ``est`` (typed :class:`~harmonix.base.BaseHarmonizer`:
+the estimator module imports this one, not the other way round).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from harmonix._version import __version__
+from harmonix.base import BaseHarmonizer
 from harmonix.iguane.inputs.volumes import check_input_shape
+from harmonix.iguane.model.keras_weights import load_keras_generator_weights
 from harmonix.iguane.model.networks import Generator3D
 from harmonix.iguane.training.checkpoints import atomic_torch_save, load_torch_file
-from harmonix.iguane.weights.keras import load_keras_generator_weights
 from harmonix.persistence import to_plain
 from harmonix.preprocessing import IGUANE_SHAPE
-
-if TYPE_CHECKING:
-    from harmonix.iguane.estimator import IGUANeHarmonizer
 
 __all__ = [
     "MODEL_FORMAT",
@@ -51,7 +52,7 @@ def new_generator(base_width: int, in_channels: int = 1) -> Generator3D:
         return Generator3D(int(base_width), int(in_channels))
 
 
-def model_payload(est: IGUANeHarmonizer) -> dict[str, Any]:
+def model_payload(est: BaseHarmonizer) -> dict[str, Any]:
     """What ``save`` writes: parameters, fitted values and the generator, as plain values."""
     params = {
         k: to_plain(v, f"parameter {k!r}", target="torch")
@@ -80,12 +81,12 @@ def model_payload(est: IGUANeHarmonizer) -> dict[str, Any]:
     }
 
 
-def write_model(est: IGUANeHarmonizer, path: str | os.PathLike) -> None:
+def write_model(est: BaseHarmonizer, path: str | os.PathLike) -> None:
     """Write :func:`model_payload` to ``path`` (atomically: a temporary file renamed)."""
     atomic_torch_save(model_payload(est), Path(path))
 
 
-def read_model(cls: type[IGUANeHarmonizer], path: str | os.PathLike) -> IGUANeHarmonizer:
+def read_model(cls: type[BaseHarmonizer], path: str | os.PathLike) -> BaseHarmonizer:
     """The fitted estimator of a model file (what ``load`` returns)."""
     path = Path(path)
     if not path.is_file():
@@ -111,11 +112,11 @@ def read_model(cls: type[IGUANeHarmonizer], path: str | os.PathLike) -> IGUANeHa
 
 
 def official_model(
-    cls: type[IGUANeHarmonizer],
+    cls: type[BaseHarmonizer],
     path: str | os.PathLike,
     reference_median: float,
     params: dict[str, Any],
-) -> IGUANeHarmonizer:
+) -> BaseHarmonizer:
     """A fitted estimator around the official Keras generator (what
     ``from_keras_weights`` returns)."""
     if not (np.isfinite(reference_median) and reference_median > 0):

@@ -9,15 +9,11 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
+import harmonix.iguane._paramdocs  # noqa: F401  (registers the shared parameter docs)
 from harmonix._docs import fill_doc
 from harmonix._labels import check_sites
 from harmonix.base import BaseHarmonizer
-from harmonix.iguane import (
-    _fitting,
-    _harmonizing,
-    _model_file,
-    _paramdocs,  # noqa: F401  (the shared parameter docs)
-)
+from harmonix.iguane import _fitting, _harmonizing, _model_file
 from harmonix.iguane.inputs.normalization import image_landmarks
 from harmonix.iguane.inputs.volumes import NETWORK_SCALE, check_input_shape
 from harmonix.iguane.model.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
@@ -198,7 +194,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
     **Voxel size.** A network learns structures of a given size in voxels, so a model
     is specific to the voxel size of its training images (and to their orientation):
     :meth:`transform` refuses images of another voxel size (``grid_mismatch``), e.g. the
-    shipped 4 mm model (:func:`harmonix.iguane.weights.pretrained.load_demo_model`) on the 1 mm
+    shipped 4 mm model (:func:`harmonix.iguane.pretrained.load_demo_model`) on the 1 mm
     images ``harmonix preprocess`` writes; resample them to the model's voxel size first.
 
     **Parameters read by transform.** ``ood_action``, ``grid_mismatch`` and

@@ -1,1 +1,2 @@
-"""The IGUANe networks: the generator, the patch discriminator and their losses."""
+"""The IGUANe networks: the generator, the patch discriminator, their losses, and the
+official generator weights."""

@@ -367,7 +367,7 @@ class Generator3D(nn.Module):
 
     :meth:`layers_in_order` lists the layers in forward order, which is also the order of the
     layers of the Keras original (used by
-    :func:`harmonix.iguane.weights.keras.load_keras_generator_weights`).
+    :func:`harmonix.iguane.model.keras_weights.load_keras_generator_weights`).
 
     Without autograd (:func:`torch.inference_mode` or :func:`torch.no_grad`), :meth:`forward`
     runs a fused pass (:mod:`harmonix.iguane._kernels.fused_inference`: channels-last maps,

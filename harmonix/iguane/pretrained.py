@@ -28,7 +28,7 @@ from harmonix.io import ImageCollection
 __all__ = ["DEMO_MODEL_PATH", "DEMO_SITE_PREFIX", "PretrainedIGUANe", "load_demo_model"]
 
 #: The shipped CPU model (inside the installed package; never downloaded).
-DEMO_MODEL_PATH = Path(__file__).resolve().parent.parent / "data" / "iguane_cpu_demo.pt"
+DEMO_MODEL_PATH = Path(__file__).resolve().parents[1] / "data" / "iguane_cpu_demo.pt"
 #: Prefix of the shipped model's training site labels (``demo-train-site0``...).
 DEMO_SITE_PREFIX = "demo-train-"
 

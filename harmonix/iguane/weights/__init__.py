@@ -1,1 +1,0 @@
-"""Ready-made generator weights: the official Keras weights and the shipped demo model."""
