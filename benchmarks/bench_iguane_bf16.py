@@ -55,7 +55,7 @@ from harmonix.datasets import make_multisite
 from harmonix.iguane.devices import EmulatedBFloat16Warning
 from harmonix.iguane.estimator import IGUANeHarmonizer
 from harmonix.iguane.inference import harmonize_volume
-from harmonix.iguane.networks import Generator3D
+from harmonix.iguane.model.networks import Generator3D
 from harmonix.iguane.pretrained import DEMO_SITE_PREFIX, load_demo_model
 
 SSIM_GOAL = 0.999
@@ -206,7 +206,7 @@ def render(rows: list[dict], args: argparse.Namespace, load: tuple) -> list[str]
         "up to the kernels' summation order: the accuracy figures hold on both; the times "
         "only on the CPU they were measured on.",
         "- Convolutions of maps smaller than their kernel run in float32 "
-        "(`harmonix.iguane.reduced_precision`); none of these volumes has such maps.",
+        "(`harmonix.iguane._kernels.reduced_precision`); none of these volumes has such maps.",
         "- The random-weight network is the published architecture without its training: "
         "its corrections are not those of a trained model (larger, noisier), so its error "
         "is an upper bound rather than the expected figure.",

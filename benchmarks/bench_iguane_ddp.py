@@ -7,7 +7,8 @@ a fresh process:
 - ``1 process, batch 1``: the single-process training of one pair per update;
 - ``1 process, batch P``: the same work as P processes, in one process using P threads;
 - ``P processes (torchrun, gloo), batch 1 each``: DistributedDataParallel, one thread per
-  process; the same training as the previous line (see :mod:`harmonix.iguane.distributed`).
+  process; the same training as the previous line (see
+  :mod:`harmonix.iguane.training.distributed`).
 
 Reports seconds per step and (source, reference) pairs trained per second, and writes
 ``benchmarks/results/iguane_ddp.md``. On a small CPU machine the processes share its
@@ -50,13 +51,14 @@ def worker(steps: int, batch_size: int, threads: int, out: pathlib.Path) -> None
     import torch
 
     from harmonix.datasets import make_multisite
-    from harmonix.iguane import data as D
-    from harmonix.iguane import training as T
+    from harmonix.iguane.inputs import volumes as D
+    from harmonix.iguane.training import loop as T
+    from harmonix.iguane.training.config import TrainConfig
 
     torch.set_num_threads(threads)
     ds = make_multisite(n_subjects=8, n_sites=3, resolution=4, random_state=0)
     vols = [(p.x, p.mask) for p in (D.prepare_volume(img) for img in ds.imgs)]
-    config = T.TrainConfig(**CONFIG, steps_per_epoch=steps, batch_size=batch_size)
+    config = TrainConfig(**CONFIG, steps_per_epoch=steps, batch_size=batch_size)
     start = time.perf_counter()
     result = T.train(vols, ds.sites, "site0", ds.ages, config, random_state=0, device="cpu")
     seconds = time.perf_counter() - start

@@ -13,7 +13,7 @@ One forward pass of the IGUANe generator on one volume, at the paper's size (160
 - ``harmonix``: :func:`harmonix.iguane.inference.harmonize_volume` with its defaults (the
   fused pass in float32, PyTorch's thread count whatever the load: reproducible outputs);
 - ``harmonix auto threads``: the same with ``num_threads="auto"`` (threads chosen from the
-  busy neighbours by :func:`~harmonix.iguane.inference.inference_threads`; faster on a
+  busy neighbours by :func:`~harmonix._threads.inference_threads`; faster on a
   shared machine, outputs that follow the thread count in their last digits);
 - ``harmonix bf16``: the fused pass under bfloat16 autocast (``amp_dtype="bfloat16"``,
   what ``IGUANeHarmonizer(mixed_precision=True)`` runs), default threads. Timed by default
@@ -28,7 +28,7 @@ One forward pass of the IGUANe generator on one volume, at the paper's size (160
 All variants compute the same function from the same weights: random weights (Glorot
 kernels, random biases and norm parameters) are set in the Keras model, saved as a Keras 2
 ``.h5`` file and loaded into harmonix with
-:func:`harmonix.iguane.keras_weights.load_keras_generator_weights`. The input is a
+:func:`harmonix.iguane.model.keras_weights.load_keras_generator_weights`. The input is a
 simulated brain (:func:`harmonix.datasets.make_multisite`) on the network scale.
 
 Timing: each variant lives in its own worker process (so that the libraries' thread pools
@@ -227,7 +227,7 @@ def _random_torch_weights(path: Path) -> None:
     [0.5, 1.5], biases and offsets with sd 0.1) for harmonix alone, as a state dict."""
     import torch
 
-    from harmonix.iguane.networks import Generator3D
+    from harmonix.iguane.model.networks import Generator3D
 
     gen = Generator3D(16)
     g = torch.Generator().manual_seed(WEIGHT_SEED)
@@ -282,12 +282,12 @@ def make_runner(variant: str, workdir: Path, size: str):
     import torch
 
     from harmonix.iguane.inference import harmonize_volume
-    from harmonix.iguane.keras_weights import load_keras_generator_weights
+    from harmonix.iguane.model.keras_weights import load_keras_generator_weights
 
     if weights.exists():
         gen = load_keras_generator_weights(weights).eval()
     else:  # no TensorFlow: random harmonix weights (prepare)
-        from harmonix.iguane.networks import Generator3D
+        from harmonix.iguane.model.networks import Generator3D
 
         gen = Generator3D(16)
         gen.load_state_dict(torch.load(workdir / "weights.pt", weights_only=True))
@@ -344,9 +344,9 @@ def worker(variant: str, workdir: Path, size: str) -> None:
     run = make_runner(variant, workdir, size)
     threads: list[int] = []
     if variant not in KERAS:  # record the thread count of every harmonix call
-        from harmonix.iguane import inference
+        from harmonix import _threads
 
-        set_threads = inference.intraop_threads
+        set_threads = _threads.intraop_threads
 
         def recording(n):
             import torch
@@ -354,7 +354,7 @@ def worker(variant: str, workdir: Path, size: str) -> None:
             threads.append(torch.get_num_threads() if n is None else int(n))
             return set_threads(n)
 
-        inference.intraop_threads = recording
+        _threads.intraop_threads = recording
     run()
     print(json.dumps({"ready": True, "versions": _versions(variant)}), flush=True)
     for line in sys.stdin:
@@ -545,7 +545,7 @@ def _diff(workdir: Path, size: str, variant: str, reference: str) -> tuple[float
 
 def _cpu_bf16() -> bool:
     try:
-        from harmonix.iguane.inference import cpu_supports_bf16
+        from harmonix.iguane.devices import cpu_supports_bf16
 
         return cpu_supports_bf16()
     except Exception:

@@ -6,7 +6,7 @@ sites of which the last is held out of training ("unseen"), plus the same subjec
 at the sites of a second family (:mod:`benchmarks.site_family_b`: gamma curves, slice
 blur, linear-gradient bias, Gaussian noise), never seen in training either.
 
-Training: :func:`harmonix.iguane.training.train` with the settings of
+Training: :func:`harmonix.iguane.training.loop.train` with the settings of
 :data:`harmonix.iguane.CPU_RECIPE` (or the ones given on the command line), in chunks of
 ``--eval-every`` steps resumed from the checkpoint (the resume is exact, so the chunks are
 one training). After each chunk the *current* forward generator harmonizes every image
@@ -61,10 +61,10 @@ from harmonix.benchmark.metrics import (
 from harmonix.datasets import make_multisite
 from harmonix.histogram_matching import HistogramMatchingHarmonizer
 from harmonix.iguane import CPU_RECIPE
-from harmonix.iguane.checkpoints import CHECKPOINT_NAME, load_checkpoint
 from harmonix.iguane.estimator import IGUANeHarmonizer
-from harmonix.iguane.networks import Generator3D
-from harmonix.iguane.normalization import InputNormalizer, image_landmarks
+from harmonix.iguane.inputs.normalization import InputNormalizer, image_landmarks
+from harmonix.iguane.model.networks import Generator3D
+from harmonix.iguane.training.checkpoints import CHECKPOINT_NAME, load_checkpoint
 from harmonix.whitestripe import WhiteStripeHarmonizer
 
 

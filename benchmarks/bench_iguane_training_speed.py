@@ -18,7 +18,7 @@ Variants, each in its own worker process, timed in alternating rounds (medians; 
 request 0.5 s after the previous reply, ``SETTLE``, so that the previous worker's spinning
 threads are not counted as busy neighbours by harmonix's thread rule):
 
-- ``harmonix``: :func:`harmonix.iguane.training.train` with its defaults (float32,
+- ``harmonix``: :func:`harmonix.iguane.training.loop.train` with its defaults (float32,
   PyTorch's thread count whatever the load: ``TrainConfig.cpu_threads=None``, the same
   model from the same seed idle or busy); a site-step is timed between two updates of
   the discriminators' optimizer (an optimizer step hook), so data handling and
@@ -98,7 +98,7 @@ NOTES = [
     "of thin maps (`C·D·H <= 20480`, every 3×3×3 layer of a width-4 generator below full "
     "resolution) went to PyTorch's reference kernel, and oneDNN computed most weight "
     "gradients as im2col + GEMM parallel over the batch only, i.e. on one thread. "
-    "`harmonix.iguane.conv_backward` computes the input gradient of stride-1 layers as a "
+    "`harmonix.iguane._kernels.conv_backward` computes the input gradient of stride-1 layers as a "
     "oneDNN forward convolution with the flipped kernel and every weight gradient from the "
     "two depth halves of the volume as a batch of two. Per layer (2 threads, idle): "
     "16→32 at 24×32×24 input gradient 37.9 → 7.1 ms, weight gradient 25.5 → 11.6 ms; "
@@ -107,7 +107,7 @@ NOTES = [
     "norm below, one generator forward + backward at 48×64×48: width 4 258 → 147 ms, "
     "width 16 993 → 862 ms (same gradients: tests/test_iguane_conv_backward.py).",
     "- **MAD norm.** One autograd node with the closed-form backward "
-    "(`harmonix.iguane.norm_autograd`: `gx = a - mean(a)`, `a = γr·g - k·sign(d)`, "
+    "(`harmonix.iguane._kernels.norm_autograd`: `gx = a - mean(a)`, `a = γr·g - k·sign(d)`, "
     "`k = γr²·mean(g·d)`): forward + backward 1.4-1.7x faster than autograd of the plain "
     "norm (after an in-place ReLU, at 48×64×48: 4 channels 6.5 → 4.7 ms, 16 channels "
     "16.4 → 9.8 ms); fusing the ReLU into the node was slower.",
@@ -185,7 +185,7 @@ def site_step_gflop(width: int, disc: int, shape: tuple) -> dict[str, float]:
     of them start from data, which needs no gradient) and 2 discriminator passes with
     input gradients only (2D + 2D). Total ``22G - 4G1 + 28D - 8D1``.
     """
-    from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D
+    from harmonix.iguane.model.networks import Generator3D, PatchDiscriminator3D
 
     g = _conv_gflop_per_layer(Generator3D(width), shape)
     d = _conv_gflop_per_layer(PatchDiscriminator3D(disc), shape)
@@ -201,13 +201,13 @@ def conv_limit(repeats: int = 3) -> dict[str, float]:
     """This machine's oneDNN conv3d throughput (GFLOP/s, PyTorch's default threads).
 
     3×3×3 convolutions, channels-last float32
-    (:class:`harmonix.iguane.networks.OneDNNConv3d`), 32 → 32 channels on 48×64×48 and
+    (:class:`harmonix.iguane.model.networks.OneDNNConv3d`), 32 → 32 channels on 48×64×48 and
     64 → 64 channels on 24×32×24: forward alone, and forward + backward (input and weight
     gradients, 3× the forward work); the better shape's median of ``repeats`` runs.
     """
     import torch
 
-    from harmonix.iguane.networks import OneDNNConv3d
+    from harmonix.iguane.model.networks import OneDNNConv3d
 
     out: dict[str, float] = {
         "threads": torch.get_num_threads(),
@@ -261,9 +261,9 @@ def harmonix_worker(cfg: dict, variant: str, profile: int = 0) -> None:
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from harmonix.iguane.config import TrainConfig
-    from harmonix.iguane.trainer import Trainer
-    from harmonix.iguane.training import train
+    from harmonix.iguane.training.config import TrainConfig
+    from harmonix.iguane.training.loop import train
+    from harmonix.iguane.training.trainer import Trainer
 
     policy = Trainer._site_step_threads
 

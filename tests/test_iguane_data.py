@@ -1,4 +1,4 @@
-"""IGUANe data handling (harmonix.iguane.data): intensity scale, loading, sampling."""
+"""IGUANe data handling (harmonix.iguane.inputs.volumes): intensity scale, loading, sampling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harmonix.iguane import data as D
+from harmonix.iguane.inputs import volumes as D
+from harmonix.iguane.training import sampling as S
+from harmonix.iguane.training.sampling import Pair, SitePairSampler, age_bin_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,11 +64,11 @@ def test_volume_loader_caches_lru():
 def test_age_bin_probabilities_common_distribution():
     src = [20, 21, 22, 31, 41, 42, 70]
     ref = [25, 26, 27, 28, 35, 36, 44]
-    edges, probs = D.age_bin_probabilities(src, ref, bin_width=10)
+    edges, probs = age_bin_probabilities(src, ref, bin_width=10)
     np.testing.assert_allclose(edges, [25, 35, 45])  # shared range 25..44
     # src: [25,35) 1/7, [35,45] 2/7 ; ref: 4/7, 3/7 -> min 1/7, 2/7
     np.testing.assert_allclose(probs, [1 / 3, 2 / 3])
-    _, none = D.age_bin_probabilities([10, 12], [50, 60])
+    _, none = age_bin_probabilities([10, 12], [50, 60])
     assert none.size == 0
 
 
@@ -77,12 +79,12 @@ def test_age_bin_probabilities_common_distribution():
     st.floats(0.5, 20),
 )
 def test_age_bin_probabilities_properties(src, ref, width):
-    edges, probs = D.age_bin_probabilities(src, ref, width)
+    edges, probs = age_bin_probabilities(src, ref, width)
     if probs.size == 0:
         return
     assert probs.sum() == pytest.approx(1.0) and (probs >= 0).all()
-    src_bins = D._bin_of(np.asarray(src), edges)
-    ref_bins = D._bin_of(np.asarray(ref), edges)
+    src_bins = S._bin_of(np.asarray(src), edges)
+    ref_bins = S._bin_of(np.asarray(ref), edges)
     for b in range(len(probs)):  # a bin missing on either side gets 0
         if not ((src_bins == b).any() and (ref_bins == b).any()):
             assert probs[b] == 0
@@ -94,15 +96,15 @@ def test_sampler_balances_ages_and_orders_pairs():
     src_ages = np.concatenate([rng.uniform(20, 40, 8), rng.uniform(40, 80, 32)])
     sites = np.array(["ref"] * 40 + ["s"] * 40)
     ages = np.concatenate([ref_ages, src_ages])
-    sampler = D.SitePairSampler(sites, "ref", ages, age_bin_width=10)
+    sampler = SitePairSampler(sites, "ref", ages, age_bin_width=10)
     assert sampler.source_sites == ["s"] and sampler.balanced == {"s": True}
     pairs = [sampler.sample("s", rng) for _ in range(4000)]
-    assert all(isinstance(p, D.Pair) for p in pairs)
+    assert all(isinstance(p, Pair) for p in pairs)
     assert all(sites[p.source] == "s" and sites[p.reference] == "ref" for p in pairs)
     src_drawn = ages[[p.source for p in pairs]]
     ref_drawn = ages[[p.reference for p in pairs]]
-    edges, probs = D.age_bin_probabilities(src_ages, ref_ages, 10)
-    src_bins, ref_bins = D._bin_of(src_drawn, edges), D._bin_of(ref_drawn, edges)
+    edges, probs = age_bin_probabilities(src_ages, ref_ages, 10)
+    src_bins, ref_bins = S._bin_of(src_drawn, edges), S._bin_of(ref_drawn, edges)
     np.testing.assert_array_equal(src_bins, ref_bins)  # both images of a pair share a bin
     freq = np.bincount(src_bins, minlength=len(probs))[: len(probs)] / len(pairs)
     np.testing.assert_allclose(freq, probs, atol=0.03)
@@ -113,17 +115,17 @@ def test_sampler_balances_ages_and_orders_pairs():
 
 def test_sampler_without_ages_respects_indices():
     sites = np.array(["r", "r", "r", "a", "a", "b"])
-    sampler = D.SitePairSampler(sites, "r", indices=[0, 1, 3, 5])
+    sampler = SitePairSampler(sites, "r", indices=[0, 1, 3, 5])
     rng = np.random.default_rng(1)
     seen = {sampler.sample(s, rng) for s in ("a", "b") for _ in range(50)}
     assert {p.source for p in seen} == {3, 5} and {p.reference for p in seen} == {0, 1}
     with pytest.raises(ValueError, match="no training image"):
-        D.SitePairSampler(sites, "r", indices=[0, 3])
+        SitePairSampler(sites, "r", indices=[0, 3])
 
 
 def test_sampler_falls_back_when_ages_do_not_overlap():
     sites = np.array(["r", "r", "a", "a"])
-    sampler = D.SitePairSampler(sites, "r", [20, 25, 70, 75])
+    sampler = SitePairSampler(sites, "r", [20, 25, 70, 75])
     assert sampler.balanced == {"a": False}
     assert sampler.sample("a", np.random.default_rng(0)).source in (2, 3)
 
@@ -134,21 +136,21 @@ def test_sampler_balances_strata_with_ages():
     ages = rng.uniform(20, 80, 120)
     # 10 % patients at the reference, 70 % at the source site: a pair never mixes them
     dx = np.array(["AD"] * 6 + ["CN"] * 54 + ["AD"] * 42 + ["CN"] * 18)
-    sampler = D.SitePairSampler(sites, "ref", ages, age_bin_width=20, strata=dx)
+    sampler = SitePairSampler(sites, "ref", ages, age_bin_width=20, strata=dx)
     assert sampler.balanced == {"s": True}
     pairs = [sampler.sample("s", rng) for _ in range(3000)]
     src, ref = np.array([p.source for p in pairs]), np.array([p.reference for p in pairs])
     np.testing.assert_array_equal(dx[src], dx[ref])
-    edges, _ = D.age_bin_probabilities(ages[60:], ages[:60], 20)
-    np.testing.assert_array_equal(D._bin_of(ages[src], edges), D._bin_of(ages[ref], edges))
+    edges, _ = age_bin_probabilities(ages[60:], ages[:60], 20)
+    np.testing.assert_array_equal(S._bin_of(ages[src], edges), S._bin_of(ages[ref], edges))
     # the common distribution: min(10 %, 70 %) patients and min(90 %, 30 %) controls, so
     # 0.1 / 0.4 = 25 % of the pairs are patients (70 % unbalanced)
     assert 0.17 < (dx[src] == "AD").mean() < 0.33
     # strata alone balance too; strata without a common level fall back to uniform
-    only = D.SitePairSampler(sites, "ref", strata=dx)
+    only = SitePairSampler(sites, "ref", strata=dx)
     drawn = [only.sample("s", rng) for _ in range(500)]
     assert all(dx[p.source] == dx[p.reference] for p in drawn)
-    apart = D.SitePairSampler(sites, "ref", strata=np.repeat(["x", "y"], 60))
+    apart = SitePairSampler(sites, "ref", strata=np.repeat(["x", "y"], 60))
     assert apart.balanced == {"s": False}
 
 
@@ -156,8 +158,8 @@ def test_sampler_with_one_stratum_draws_as_without():
     rng_ages = np.random.default_rng(3)
     sites = np.array(["ref"] * 30 + ["s"] * 30 + ["t"] * 20)
     ages = rng_ages.uniform(20, 80, 80)
-    plain = D.SitePairSampler(sites, "ref", ages)
-    single = D.SitePairSampler(sites, "ref", ages, strata=["all"] * 80)
+    plain = SitePairSampler(sites, "ref", ages)
+    single = SitePairSampler(sites, "ref", ages, strata=["all"] * 80)
     a, b = np.random.default_rng(5), np.random.default_rng(5)
     for site in ["s", "t"] * 50:
         assert plain.sample(site, a) == single.sample(site, b)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from harmonix.iguane import devices as V
-from harmonix.iguane import inference, training
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -16,7 +15,6 @@ def test_resolve_device():
     assert V.resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises(ValueError, match="device"):
         V.resolve_device("tpu")
-    assert training.resolve_device is V.resolve_device  # the old import path
 
 
 def test_resolve_amp_dtype(monkeypatch):
@@ -32,7 +30,6 @@ def test_resolve_amp_dtype(monkeypatch):
         V.resolve_amp_dtype(torch.float32, CPU)
     with pytest.raises(ValueError, match="amp_dtype"):
         V.resolve_amp_dtype("half", CPU)
-    assert inference.resolve_amp_dtype is V.resolve_amp_dtype  # the old import path
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from harmonix.iguane import training as T
-from harmonix.iguane.distributed import launched_by_torchrun, setup_distributed
+from harmonix.iguane.training import loop as T
+from harmonix.iguane.training.checkpoints import CHECKPOINT_NAME, load_checkpoint
+from harmonix.iguane.training.config import TrainConfig
+from harmonix.iguane.training.distributed import launched_by_torchrun, setup_distributed
 
 TESTS = Path(__file__).parent
 #: float64 runs agree to rounding (measured: 4e-14 after 4 steps); other trainings differ
@@ -70,7 +72,7 @@ def _single(batch_size: int, **kwargs) -> T.TrainResult:
     import ddp_worker as W
 
     vols, sites, ages = W.volumes()
-    config = T.TrainConfig(**{**W.CONFIG, "batch_size": batch_size})
+    config = TrainConfig(**{**W.CONFIG, "batch_size": batch_size})
     return T.train(
         vols, sites, W.REFERENCE, ages, config, random_state=W.SEED, device="cpu", **kwargs
     )
@@ -114,7 +116,7 @@ def test_two_processes_equal_one_process_with_twice_the_batch(ddp_out, float64):
 def test_distributed_checkpoint_resumes_in_one_process(ddp_out, float64, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(ddp_out / "ckpt_step2", ckpt)
-    assert T.load_checkpoint(ckpt / T.CHECKPOINT_NAME)["trainer"]["step"] == 2
+    assert load_checkpoint(ckpt / CHECKPOINT_NAME)["trainer"]["step"] == 2
     with pytest.raises(ValueError, match="global batch_size=2 .now 1"):
         _single(batch_size=1, checkpoint_dir=ckpt, resume=True)
     result = _single(batch_size=2, checkpoint_dir=ckpt, resume=True)
@@ -125,8 +127,8 @@ def test_distributed_checkpoint_resumes_in_one_process(ddp_out, float64, tmp_pat
 
 
 def test_only_process_zero_writes_one_checkpoint(ddp_out):
-    assert sorted(p.name for p in (ddp_out / "ckpt").iterdir()) == [T.CHECKPOINT_NAME]
-    state = T.load_checkpoint(ddp_out / "ckpt" / T.CHECKPOINT_NAME)
+    assert sorted(p.name for p in (ddp_out / "ckpt").iterdir()) == [CHECKPOINT_NAME]
+    state = load_checkpoint(ddp_out / "ckpt" / CHECKPOINT_NAME)
     assert state["trainer"]["step"] == 4
 
 

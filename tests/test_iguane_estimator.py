@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 
 from harmonix._version import __version__
 from harmonix.iguane.estimator import IGUANeHarmonizer
-from harmonix.iguane.networks import Generator3D
+from harmonix.iguane.model.networks import Generator3D
 
 # voxel_size: the tiny arrays carry none, and augmentation shifts in mm
 FAST = dict(
@@ -217,7 +217,7 @@ def test_mixed_precision_on_cpu(data):
 
 def test_from_keras_weights(tmp_path, data):
     h5py = pytest.importorskip("h5py")
-    from harmonix.iguane.keras_weights import _TORCH_TO_KERAS, _expected_params
+    from harmonix.iguane.model.keras_weights import _TORCH_TO_KERAS, _expected_params
 
     torch.manual_seed(0)
     source = Generator3D(16).eval()

@@ -1,5 +1,5 @@
-"""Tests of the fused inference pass of the IGUANe generator (harmonix.iguane.fused_inference)
-and of harmonize_volume (harmonix.iguane.inference)."""
+"""Tests of the fused inference pass of the IGUANe generator
+(harmonix.iguane._kernels.fused_inference) and of harmonize_volume (harmonix.iguane.inference)."""
 
 import copy
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from _iguane_helpers import random_generator
 
-from harmonix.iguane import fused_inference
-from harmonix.iguane.fused_inference import conv3d, relu_mad_norm_
+from harmonix.iguane._kernels import fused_inference
+from harmonix.iguane._kernels.fused_inference import conv3d, relu_mad_norm_
 from harmonix.iguane.inference import harmonize_volume
-from harmonix.iguane.networks import Generator3D, MADInstanceNorm3d
+from harmonix.iguane.model.networks import Generator3D, MADInstanceNorm3d
 
 CL = torch.channels_last_3d
 #: float32 fused pass against the float32 plain pass (observed <= 1.3e-4 at 32^3, where the

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from harmonix import IGUANeHarmonizer
-from harmonix.iguane import training as T
+from harmonix.iguane.training.checkpoints import CHECKPOINT_NAME, load_checkpoint
 
 N_STEPS = 16
 SCRIPT = textwrap.dedent(
@@ -40,13 +40,13 @@ def test_sigkill_then_resume(tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     script = SCRIPT.format(tests=os.path.dirname(__file__), n=N_STEPS, ckpt=str(ckpt_dir))
     proc = subprocess.Popen([sys.executable, "-c", script])
-    ckpt = ckpt_dir / T.CHECKPOINT_NAME
+    ckpt = ckpt_dir / CHECKPOINT_NAME
     # wait for the step-4 checkpoint however slow the machine is (the cap only stops a
     # hung child): a deadline of seconds made this test fail on busy machines
     deadline = time.monotonic() + 1800
     try:
         while proc.poll() is None:
-            if ckpt.exists() and T.load_checkpoint(ckpt)["trainer"]["step"] >= 4:
+            if ckpt.exists() and load_checkpoint(ckpt)["trainer"]["step"] >= 4:
                 break
             assert time.monotonic() < deadline, "no checkpoint of step 4 after 30 minutes"
             time.sleep(0.05)
@@ -57,7 +57,7 @@ def test_sigkill_then_resume(tmp_path):
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     # the last good checkpoint is intact (loads) and no temporary file replaced it
-    saved_step = T.load_checkpoint(ckpt)["trainer"]["step"]
+    saved_step = load_checkpoint(ckpt)["trainer"]["step"]
     assert 4 <= saved_step < N_STEPS
 
     imgs, sites, ages, _ = make_tiny_images(shape=(16, 16, 16))
@@ -72,7 +72,7 @@ def test_sigkill_then_resume(tmp_path):
         random_state=0,
         voxel_size=1.0,
     ).fit(imgs, sites, ages)
-    assert T.load_checkpoint(ckpt)["trainer"]["step"] == N_STEPS
+    assert load_checkpoint(ckpt)["trainer"]["step"] == N_STEPS
     # the resumed run continued from the checkpoint: the loss history covers every step once
     assert len(est.history_["loss_generator"]) == N_STEPS
     out = est.transform(imgs)

@@ -1,11 +1,11 @@
-"""IGUANe losses (harmonix.iguane.losses)."""
+"""IGUANe losses (harmonix.iguane.model.losses)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from harmonix.iguane import losses as L
+from harmonix.iguane.model import losses as L
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,11 +14,14 @@ import torch
 from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
 from harmonix.exceptions import ModelSelectionWarning, SiteMismatchWarning
 from harmonix.iguane import CPU_RECIPE, PatchDiscriminator3D
-from harmonix.iguane import data as D
-from harmonix.iguane import training as T
-from harmonix.iguane.checkpoints import CHECKPOINT_NAME, load_checkpoint
-from harmonix.iguane.estimator import OutOfDistributionWarning
-from harmonix.iguane.selection import SiteDistance
+from harmonix.iguane.guard import OutOfDistributionWarning
+from harmonix.iguane.inputs import volumes as D
+from harmonix.iguane.training import loop as T
+from harmonix.iguane.training.augmentation import augment
+from harmonix.iguane.training.checkpoints import CHECKPOINT_NAME, load_checkpoint
+from harmonix.iguane.training.config import TrainConfig
+from harmonix.iguane.training.selection import SiteDistance
+from harmonix.iguane.training.trainer import lr_factor
 from harmonix.landmarks import apply_landmarks, compute_landmarks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,19 +52,19 @@ TINY = dict(n_epochs=1, steps_per_epoch=2, base_width=2, val_every=1, voxel_size
 
 # -- schedules, beta1, shifts ----------------------------------------------------------------
 def test_lr_schedules_at_chosen_steps():
-    linear = T.lr_factor("linear", 10, 0.1)
+    linear = lr_factor("linear", 10, 0.1)
     assert [linear(s) for s in (0, 5, 10, 20)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
-    cyc = T.lr_factor("constant_then_linear", 10, 0.0)
+    cyc = lr_factor("constant_then_linear", 10, 0.0)
     assert [cyc(s) for s in (0, 3, 5, 6, 8, 10, 12)] == pytest.approx(
         [1.0, 1.0, 1.0, 0.8, 0.4, 0.0, 0.0]
     )
     with pytest.raises(ValueError, match="lr_schedule"):
-        T.TrainConfig(lr_schedule="cosine")
+        TrainConfig(lr_schedule="cosine")
 
 
 def test_schedules_and_beta1_reach_the_optimizers(tmp_path):
     imgs, sites = _blobs()
-    config = T.TrainConfig(
+    config = TrainConfig(
         **{**TINY, "steps_per_epoch": 4, "val_every": 4},
         beta1=0.5,
         learning_rate=1e-3,
@@ -89,14 +92,14 @@ def test_schedules_and_beta1_reach_the_optimizers(tmp_path):
 
 
 def test_shift_in_millimetres():
-    assert T.TrainConfig().max_shift_voxels == (5, 5, 5)  # the original: 5 voxels of 1 mm
-    assert T.TrainConfig(voxel_size=(4, 4, 4)).max_shift_voxels == (1, 1, 1)
-    assert T.TrainConfig(shift_mm=6, voxel_size=(1, 2, 4)).max_shift_voxels == (6, 3, 1)
-    assert T.TrainConfig(augment=False).max_shift_voxels == (0, 0, 0)
+    assert TrainConfig().max_shift_voxels == (5, 5, 5)  # the original: 5 voxels of 1 mm
+    assert TrainConfig(voxel_size=(4, 4, 4)).max_shift_voxels == (1, 1, 1)
+    assert TrainConfig(shift_mm=6, voxel_size=(1, 2, 4)).max_shift_voxels == (6, 3, 1)
+    assert TrainConfig(augment=False).max_shift_voxels == (0, 0, 0)
     with pytest.raises(ValueError, match="voxel_size"):
-        T.TrainConfig(voxel_size=(1, 0, 1))
+        TrainConfig(voxel_size=(1, 0, 1))
     with pytest.raises(ValueError, match="shift_mm"):
-        T.TrainConfig(shift_mm=-1)
+        TrainConfig(shift_mm=-1)
 
 
 def test_augment_respects_per_axis_shift_bounds():
@@ -104,13 +107,13 @@ def test_augment_respects_per_axis_shift_bounds():
     x[4:8, 4:8, 4:8] = 0.5
     mask = x > -1
     for seed in range(30):
-        _, m = D.augment(
+        _, m = augment(
             x, mask, np.random.default_rng(seed), rotation_probability=0.0, max_shift=(2, 0, 1)
         )
         idx = np.argwhere(m.numpy())
         lo = idx.min(0) - 4
         assert abs(lo[0]) <= 2 and lo[1] == 0 and abs(lo[2]) <= 1
-    same, m = D.augment(x, mask, np.random.default_rng(0), rotation_probability=0.0, max_shift=0)
+    same, m = augment(x, mask, np.random.default_rng(0), rotation_probability=0.0, max_shift=0)
     assert torch.equal(same, x) and torch.equal(m, mask)
 
 
@@ -139,7 +142,7 @@ def test_estimator_reads_the_voxel_size_from_nifti_and_uses_it_for_shifts(tmp_pa
 # -- warm-up ----------------------------------------------------------------------------------
 def test_warmup_updates_discriminators_only(tmp_path):
     imgs, sites = _blobs()
-    config = T.TrainConfig(**TINY, disc_pairs=1, warmup_steps=3, checkpoint_every=1)
+    config = TrainConfig(**TINY, disc_pairs=1, warmup_steps=3, checkpoint_every=1)
     vols = _volumes(imgs)
     T.train(
         vols, sites, "site0", config=config, checkpoint_dir=tmp_path, max_steps=1, random_state=0
@@ -183,7 +186,7 @@ def test_warmed_up_discriminator_separates_two_contrasts(tmp_path):
     imgs, sites = _blobs(n_per_site=8, gammas=(1.0, 2.2), shape=(32, 32, 32), seed=1)
     train_idx = [0, 1, 2, 3, 8, 9, 10, 11]
     test_idx = [4, 5, 6, 7, 12, 13, 14, 15]
-    config = T.TrainConfig(
+    config = TrainConfig(
         n_epochs=1,
         steps_per_epoch=1,
         warmup_steps=80,
@@ -241,7 +244,7 @@ def test_scoring_callable_and_ties_go_to_the_later_checkpoint():
         assert y.shape == volumes[0][0].shape and (y[~volumes[0][1]] == -1).all()
         return 1.0
 
-    config = T.TrainConfig(**{**TINY, "steps_per_epoch": 3})
+    config = TrainConfig(**{**TINY, "steps_per_epoch": 3})
     result = T.train(vols, sites, "site0", config=config, scoring=constant, random_state=0)
     h = result.history
     assert h["val_step"] == [1, 2, 3] and h["val_score"] == [1.0, 1.0, 1.0]

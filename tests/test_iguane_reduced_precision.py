@@ -1,5 +1,5 @@
 """CPU reduced precision in IGUANe: which convolutions run in float32
-(harmonix.iguane.reduced_precision), bfloat16 training and inference numerics, the warning
+(harmonix.iguane._kernels.reduced_precision), bfloat16 training and inference numerics, the warning
 on CPUs that emulate bfloat16, and a relapse test of the bfloat16 NaN (native CPUs only)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import torch
 from _iguane_helpers import bf16_short_training, fill_freed_memory_with_nan, random_generator
 
 from harmonix.iguane import devices
-from harmonix.iguane import reduced_precision as R
+from harmonix.iguane._kernels import reduced_precision as R
 from harmonix.iguane.devices import EmulatedBFloat16Warning, cpu_supports_bf16
 from harmonix.iguane.inference import harmonize_volume
-from harmonix.iguane.networks import Generator3D, PatchDiscriminator3D
+from harmonix.iguane.model.networks import Generator3D, PatchDiscriminator3D
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,7 +151,8 @@ def test_networks_run_small_maps_in_float32_forward_and_backward(network, expect
 
 
 def test_fused_pass_runs_the_same_layers_in_float32(monkeypatch):
-    from harmonix.iguane import fused_inference, networks
+    from harmonix.iguane._kernels import fused_inference
+    from harmonix.iguane.model import networks
 
     calls = []
     real = R.conv3d_float32

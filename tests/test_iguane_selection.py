@@ -1,5 +1,5 @@
-"""Checkpoint selection of IGUANe training (harmonix.iguane.selection): the held-out split,
-the record of scores and the score of a generator on the held-out images."""
+"""Checkpoint selection of IGUANe training (harmonix.iguane.training.selection): the held-out
+split, the record of scores and the score of a generator on the held-out images."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from harmonix.iguane import selection as S
+from harmonix.iguane.training import selection as S
 
 
 def _history() -> dict:

@@ -1,4 +1,4 @@
-"""The thread policy of IGUANe inference (harmonix.iguane.inference.inference_threads): its
+"""The CPU thread policy (harmonix._threads) and how IGUANe inference uses it: its
 logic on scripted machine states, not timings."""
 
 import itertools
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from harmonix.iguane import inference
-from harmonix.iguane.inference import harmonize_volume, inference_threads
-from harmonix.iguane.networks import Generator3D
+from harmonix import _threads
+from harmonix._threads import inference_threads
+from harmonix.iguane.inference import harmonize_volume
+from harmonix.iguane.model.networks import Generator3D
 
 
 def _reader(*values):
@@ -61,9 +62,9 @@ def test_unknown_load_uses_the_limit():
 def test_reads_this_machine():
     # on Linux /proc/stat is read; whatever the load, the answers are well-formed (the
     # rule itself is checked on scripted loads above)
-    running = inference._procs_running()
+    running = _threads._procs_running()
     assert running is None or running >= 1  # the caller itself is runnable
-    load = inference.busy_neighbours()
+    load = _threads.busy_neighbours()
     if load is not None:
         busy, usable = load
         assert busy >= 0 and 1 <= usable <= (os.cpu_count() or 1)
@@ -73,10 +74,10 @@ def test_reads_this_machine():
 
 def _spy_calls(monkeypatch) -> list[tuple[int | None, bool]]:
     """(threads, norms on the call's threads) of every harmonize_volume call."""
-    from harmonix.iguane import fused_inference
+    from harmonix.iguane._kernels import fused_inference
 
     seen = []
-    real = inference.intraop_threads
+    real = _threads.intraop_threads
 
     def spy(n):
         seen.append((n, None))
@@ -86,7 +87,7 @@ def _spy_calls(monkeypatch) -> list[tuple[int | None, bool]]:
         n, _ = seen[-1]
         seen[-1] = (n, not fused_inference._NORMS_SINGLE_THREAD.get())
 
-    monkeypatch.setattr(inference, "intraop_threads", spy)
+    monkeypatch.setattr(_threads, "intraop_threads", spy)
     g = Generator3D(base_width=2).eval()
     g.enc_convs[0].norm.register_forward_pre_hook(record_norms)
     g.fused_inference = False  # the plain pass calls the norm modules (hook above)
@@ -103,10 +104,10 @@ def test_harmonize_volume_follows_the_load_only_when_asked(monkeypatch):
         raise AssertionError("the default must not read the machine's load")
 
     try:
-        monkeypatch.setattr(inference, "busy_neighbours", unexpected)
+        monkeypatch.setattr(_threads, "busy_neighbours", unexpected)
         harmonize_volume(g, x)  # default: PyTorch's setting, whatever the load
         harmonize_volume(g, x, num_threads=1)  # an explicit count
-        monkeypatch.setattr(inference, "busy_neighbours", lambda: (1, 2))  # one core busy
+        monkeypatch.setattr(_threads, "busy_neighbours", lambda: (1, 2))  # one core busy
         harmonize_volume(g, x, num_threads="auto")
         assert torch.get_num_threads() == 2
         with pytest.raises(ValueError, match="'auto'"):
@@ -125,7 +126,7 @@ def test_auto_norms_use_the_call_threads_only_on_an_idle_machine(monkeypatch):
     torch.set_num_threads(2)
     try:
         for load in ((0, 2), (1, 2), (3, 2), None):
-            monkeypatch.setattr(inference, "busy_neighbours", lambda load=load: load)
+            monkeypatch.setattr(_threads, "busy_neighbours", lambda load=load: load)
             harmonize_volume(g, x, num_threads="auto")
         harmonize_volume(g, x, num_threads=2)  # the caller's count: the default (one thread)
     finally:
@@ -134,7 +135,7 @@ def test_auto_norms_use_the_call_threads_only_on_an_idle_machine(monkeypatch):
 
 
 def test_norms_on_call_threads_lifts_the_one_thread_rule():
-    from harmonix.iguane import fused_inference as fi
+    from harmonix.iguane._kernels import fused_inference as fi
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -153,8 +154,8 @@ def test_norms_on_call_threads_lifts_the_one_thread_rule():
 def test_norm_results_do_not_depend_on_the_thread_count():
     # why the norms may change threads with the load ("auto") without changing outputs:
     # their reductions never split a reduced axis between threads
-    from harmonix.iguane import fused_inference as fi
-    from harmonix.iguane.networks import MADInstanceNorm3d
+    from harmonix.iguane._kernels import fused_inference as fi
+    from harmonix.iguane.model.networks import MADInstanceNorm3d
 
     torch.manual_seed(0)
     before = torch.get_num_threads()
@@ -188,7 +189,7 @@ def test_default_fits_ignore_the_load_auto_reads_it(monkeypatch):
             reads.append(load)
             return load
 
-        monkeypatch.setattr(inference, "busy_neighbours", simulated)
+        monkeypatch.setattr(_threads, "busy_neighbours", simulated)
         est = IGUANeHarmonizer(
             n_epochs=1, steps_per_epoch=2, base_width=2, random_state=0, voxel_size=1.0
         )

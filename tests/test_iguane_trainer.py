@@ -1,4 +1,4 @@
-"""The state and update step of one IGUANe training (harmonix.iguane.trainer)."""
+"""The state and update step of one IGUANe training (harmonix.iguane.training.trainer)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 from _iguane_helpers import TINY_TRAINING, blob_volumes
 
-from harmonix.iguane import training
-from harmonix.iguane.config import TrainConfig
-from harmonix.iguane.data import SitePairSampler
-from harmonix.iguane.networks import Generator3D, glorot_init
-from harmonix.iguane.trainer import LOSS_NAMES, Trainer
+from harmonix import _threads
+from harmonix.iguane.model.networks import Generator3D, glorot_init
+from harmonix.iguane.training.config import TrainConfig
+from harmonix.iguane.training.sampling import SitePairSampler
+from harmonix.iguane.training.trainer import LOSS_NAMES, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,9 +75,7 @@ def test_state_keeps_the_checkpoint_file_keys_and_round_trips():
     assert trainer.train_step() == other.train_step()  # the same next step
 
 
-def test_init_weights_is_a_deprecated_alias_of_glorot_init():
-    with pytest.warns(DeprecationWarning, match="glorot_init"):
-        assert training.init_weights is glorot_init
+def test_glorot_init_is_seeded_and_zeroes_the_biases():
     a, b = Generator3D(2), Generator3D(2)
     glorot_init(a, torch.Generator().manual_seed(3))
     glorot_init(b, torch.Generator().manual_seed(3))
@@ -99,15 +97,13 @@ def _threads_seen(trainer: Trainer, monkeypatch) -> list[int]:
 
 
 def test_auto_site_steps_run_on_the_idle_cores_and_restore_the_setting(monkeypatch):
-    from harmonix.iguane import trainer as trainer_module
-
     asked = []
 
     def policy(limit=None, *, fair_share=True):
         asked.append(fair_share)
         return 1  # as if one of the two cores were busy
 
-    monkeypatch.setattr(trainer_module, "inference_threads", policy)
+    monkeypatch.setattr(_threads, "inference_threads", policy)
     trainer = _trainer()
     object.__setattr__(trainer.config, "cpu_threads", "auto")  # frozen dataclass
     before = torch.get_num_threads()
@@ -121,12 +117,10 @@ def test_auto_site_steps_run_on_the_idle_cores_and_restore_the_setting(monkeypat
 
 
 def test_default_threads_do_not_follow_the_load(monkeypatch):
-    from harmonix.iguane import trainer as trainer_module
-
     def unexpected(*args, **kwargs):
         raise AssertionError("the default must not read the machine's load")
 
-    monkeypatch.setattr(trainer_module, "inference_threads", unexpected)
+    monkeypatch.setattr(_threads, "inference_threads", unexpected)
     trainer = _trainer()
     assert trainer.config.cpu_threads is None
     # PyTorch's setting (1 in the tests), whatever the load
@@ -134,9 +128,7 @@ def test_default_threads_do_not_follow_the_load(monkeypatch):
 
 
 def test_cpu_threads_fixes_the_thread_count(monkeypatch):
-    from harmonix.iguane import trainer as trainer_module
-
-    monkeypatch.setattr(trainer_module, "inference_threads", lambda *a, **k: 99)
+    monkeypatch.setattr(_threads, "inference_threads", lambda *a, **k: 99)
     trainer = _trainer()
     object.__setattr__(trainer.config, "cpu_threads", 2)  # frozen dataclass
     assert _threads_seen(trainer, monkeypatch) == [2, 2]
@@ -148,7 +140,7 @@ def test_cpu_threads_fixes_the_thread_count(monkeypatch):
 
 
 def test_cpu_threads_is_not_part_of_the_checkpoint_settings():
-    from harmonix.iguane.checkpoints import fingerprint
+    from harmonix.iguane.training.checkpoints import fingerprint
 
     sites = np.array(["ref", "a"])
     a = fingerprint(TrainConfig(), sites, "ref", None)

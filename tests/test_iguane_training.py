@@ -1,4 +1,4 @@
-"""The IGUANe training loop (harmonix.iguane.training; tiny volumes, seconds)."""
+"""The IGUANe training loop (harmonix.iguane.training.loop; tiny volumes, seconds)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import pytest
 import torch
 from _iguane_helpers import TINY_TRAINING, blob_volumes
 
-from harmonix.iguane import data as D
-from harmonix.iguane import training as T
+from harmonix.iguane.devices import resolve_device
+from harmonix.iguane.inputs import volumes as D
+from harmonix.iguane.training import loop as T
+from harmonix.iguane.training.checkpoints import CHECKPOINT_NAME, load_checkpoint
+from harmonix.iguane.training.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,10 +29,10 @@ FAST = TINY_TRAINING
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_raises():
     with pytest.raises(ValueError, match="CUDA is not available"):
-        T.resolve_device("cuda")
+        resolve_device("cuda")
     vols, sites, _ = _volumes()
     with pytest.raises(ValueError, match="CUDA is not available"):
-        T.train(vols, sites, "ref", config=T.TrainConfig(**FAST), device="cuda")
+        T.train(vols, sites, "ref", config=TrainConfig(**FAST), device="cuda")
 
 
 # -- training ------------------------------------------------------------------------------
@@ -52,7 +55,7 @@ def _states_equal(a: dict, b: dict) -> None:
 def test_train_history_validation_and_global_rng(tmp_path):
     vols, sites, ages = _volumes()
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()  # noqa: NPY002
-    result = T.train(vols, sites, "ref", ages, T.TrainConfig(**FAST), random_state=0)
+    result = T.train(vols, sites, "ref", ages, TrainConfig(**FAST), random_state=0)
     assert torch.equal(torch.get_rng_state(), torch_state)  # no global seeding
     assert np.random.get_state()[1].tolist() == np_state[1].tolist()  # noqa: NPY002
     h = result.history
@@ -70,7 +73,7 @@ def test_train_history_validation_and_global_rng(tmp_path):
 
 def test_four_steps_equal_two_plus_resume_plus_two(tmp_path):
     vols, sites, ages = _volumes()
-    config = T.TrainConfig(**{**FAST, "augment": True})
+    config = TrainConfig(**{**FAST, "augment": True})
 
     def run(folder: str, **kwargs) -> T.TrainResult:
         folder = tmp_path / folder
@@ -84,14 +87,14 @@ def test_four_steps_equal_two_plus_resume_plus_two(tmp_path):
     assert resumed.step == 4 and resumed.completed
     assert resumed.history == full.history
     _states_equal(full.generator.state_dict(), resumed.generator.state_dict())
-    a = T.load_checkpoint(tmp_path / "a" / T.CHECKPOINT_NAME)
-    b = T.load_checkpoint(tmp_path / "b" / T.CHECKPOINT_NAME)
+    a = load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME)
+    b = load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)
     _states_equal(a["trainer"], b["trainer"])  # weights, optimizers, schedulers, RNGs
 
 
 def test_resume_refuses_other_settings_and_restarts_without_checkpoint(tmp_path):
     vols, sites, ages = _volumes()
-    config = T.TrainConfig(**{**FAST, "steps_per_epoch": 1})
+    config = TrainConfig(**{**FAST, "steps_per_epoch": 1})
     T.train(vols, sites, "ref", ages, config, checkpoint_dir=tmp_path, random_state=0)
     other = dataclasses.replace(config, cycle_weight=10.0)
     with pytest.raises(ValueError, match="cycle_weight"):
@@ -111,7 +114,7 @@ def test_resume_refuses_other_settings_and_restarts_without_checkpoint(tmp_path)
 
 def test_resume_refuses_other_or_permuted_images(tmp_path):
     vols, sites, ages = _volumes(n_per_site=3)
-    config = T.TrainConfig(**FAST)
+    config = TrainConfig(**FAST)
     T.train(vols, sites, "ref", ages, config, checkpoint_dir=tmp_path, max_steps=2, random_state=0)
     # the same sites and ages, two images of site "a" swapped: other data
     swapped = list(vols)
@@ -142,10 +145,10 @@ def test_resume_refuses_other_or_permuted_images(tmp_path):
 
 
 def test_checkpoint_of_an_older_harmonix_names_the_missing_digest():
-    from harmonix.iguane.checkpoints import describe_mismatch, fingerprint
+    from harmonix.iguane.training.checkpoints import describe_mismatch, fingerprint
 
     vols, sites, ages = _volumes()
-    config = T.TrainConfig(**FAST)
+    config = TrainConfig(**FAST)
     old = json.loads(fingerprint(config, sites, "ref", ages))
     del old["images"]
     now = fingerprint(config, sites, "ref", ages, images="0123456789abcdef")
@@ -154,7 +157,7 @@ def test_checkpoint_of_an_older_harmonix_names_the_missing_digest():
 
 def test_scoring_returning_nan_is_an_error_not_a_silent_last_model():
     vols, sites, ages = _volumes()
-    config = T.TrainConfig(**FAST)
+    config = TrainConfig(**FAST)
     with pytest.raises(ValueError, match=r"returned nan for the unharmonized"):
         T.train(vols, sites, "ref", ages, config, scoring=lambda *a: float("nan"))
     scores = iter([0.0, float("nan")])  # the baseline is fine, the first checkpoint is not
@@ -168,7 +171,7 @@ def test_selected_model_below_the_baseline_warns_and_is_flagged():
     from harmonix.exceptions import ModelSelectionWarning
 
     vols, sites, ages = _volumes()
-    config = T.TrainConfig(**FAST)
+    config = TrainConfig(**FAST)
 
     def closeness_to_input(harmonize, volumes, labels):
         # best when the images are left alone: every trained generator scores below that
@@ -189,9 +192,9 @@ def test_selected_model_below_the_baseline_warns_and_is_flagged():
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     vols, sites, ages = _volumes()
-    config = T.TrainConfig(**{**FAST, "steps_per_epoch": 3, "checkpoint_every": 1})
+    config = TrainConfig(**{**FAST, "steps_per_epoch": 3, "checkpoint_every": 1})
     T.train(vols, sites, "ref", ages, config, checkpoint_dir=tmp_path, max_steps=1, random_state=0)
-    path = tmp_path / T.CHECKPOINT_NAME
+    path = tmp_path / CHECKPOINT_NAME
     good = path.read_bytes()
     # a crash in the middle of writing the next checkpoint leaves the good one in place
     real_save = torch.save
@@ -200,17 +203,17 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         fh.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(T.torch, "save", crashing_save)
+    monkeypatch.setattr(torch, "save", crashing_save)
     with pytest.raises(OSError, match="disk full"):
         T.train(vols, sites, "ref", ages, config, checkpoint_dir=tmp_path, resume=True)
-    monkeypatch.setattr(T.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     assert path.read_bytes() == good
-    assert os.listdir(tmp_path) == [T.CHECKPOINT_NAME]  # the temporary file was removed
+    assert os.listdir(tmp_path) == [CHECKPOINT_NAME]  # the temporary file was removed
     # a stray partial temporary file (e.g. from a killed process) is ignored on resume
-    (tmp_path / f".{T.CHECKPOINT_NAME}.abc123.tmp").write_bytes(b"garbage")
+    (tmp_path / f".{CHECKPOINT_NAME}.abc123.tmp").write_bytes(b"garbage")
     out = T.train(vols, sites, "ref", ages, config, checkpoint_dir=tmp_path, resume=True)
     assert out.step == 3 and out.completed
-    assert T.load_checkpoint(path)["trainer"]["step"] == 3
+    assert load_checkpoint(path)["trainer"]["step"] == 3
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="Could not read the checkpoint"):
         T.train(vols, sites, "ref", ages, config, checkpoint_dir=tmp_path, resume=True)
@@ -220,12 +223,12 @@ def test_patches_batches_and_mixed_shapes():
     vols, sites, ages = _volumes(shape=(32, 32, 16))
     small, _, _ = _volumes(shape=(16, 16, 16), seed=1)
     vols = vols[:-1] + [small[0]]  # one volume of another shape
-    config = T.TrainConfig(
+    config = TrainConfig(
         **{**FAST, "steps_per_epoch": 1, "patch_size": 16, "batch_size": 2, "val_fraction": 0}
     )
     result = T.train(vols, sites, "ref", ages, config, random_state=0)
     assert result.history["val_step"] == [] and result.history["best_step"] is None
-    whole = T.TrainConfig(**{**FAST, "steps_per_epoch": 1, "batch_size": 2})
+    whole = TrainConfig(**{**FAST, "steps_per_epoch": 1, "batch_size": 2})
     assert T.train(vols, sites, "ref", ages, whole, random_state=0).completed
 
 
@@ -233,7 +236,7 @@ def test_patches_batches_and_mixed_shapes():
 @pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
 def test_autocast_code_path_on_cpu(amp_dtype):
     vols, sites, _ = _volumes()
-    config = T.TrainConfig(
+    config = TrainConfig(
         **{**FAST, "steps_per_epoch": 2, "mixed_precision": True, "amp_dtype": amp_dtype}
     )
     try:
@@ -248,7 +251,7 @@ def test_autocast_code_path_on_cpu(amp_dtype):
 
 def test_same_seed_same_result_and_progress_bar(capsys):
     vols, sites, _ = _volumes()
-    config = T.TrainConfig(**{**FAST, "steps_per_epoch": 2})
+    config = TrainConfig(**{**FAST, "steps_per_epoch": 2})
     a = T.train(vols, sites, "ref", config=config, random_state=5, verbose=1)
     b = T.train(vols, sites, "ref", config=config, random_state=5)
     assert a.history == b.history
@@ -258,7 +261,7 @@ def test_same_seed_same_result_and_progress_bar(capsys):
 
 def test_identity_init_starts_generators_as_identity():
     vols, sites, _ = _volumes()
-    config = T.TrainConfig(
+    config = TrainConfig(
         **{**FAST, "steps_per_epoch": 1, "identity_init": True, "val_fraction": 0},
         learning_rate=1e-12,
         final_learning_rate=1e-12,

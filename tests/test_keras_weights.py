@@ -1,4 +1,4 @@
-"""Tests of the Keras weights loader (harmonix.iguane.keras_weights).
+"""Tests of the Keras weights loader (harmonix.iguane.model.keras_weights).
 
 The synthetic-file tests need h5py only. The parity test builds the IGUANe generator in
 Keras and needs tf-keras (an optional test dependency); it is skipped without it.
@@ -11,8 +11,8 @@ import pytest
 import torch
 from keras_reference import build_keras_generator, random_keras_weights
 
-from harmonix.iguane.keras_weights import load_keras_generator_weights
-from harmonix.iguane.networks import Generator3D
+from harmonix.iguane.model.keras_weights import load_keras_generator_weights
+from harmonix.iguane.model.networks import Generator3D
 
 h5py = pytest.importorskip("h5py")
 

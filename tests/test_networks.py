@@ -1,11 +1,11 @@
-"""Tests of the IGUANe networks (harmonix.iguane.networks)."""
+"""Tests of the IGUANe networks (harmonix.iguane.model.networks)."""
 
 import math
 
 import pytest
 import torch
 
-from harmonix.iguane.networks import Generator3D, MADInstanceNorm3d, PatchDiscriminator3D
+from harmonix.iguane.model.networks import Generator3D, MADInstanceNorm3d, PatchDiscriminator3D
 
 
 def _n_params(module: torch.nn.Module) -> int:
@@ -271,7 +271,7 @@ def test_mad_norm_rejects_wrong_channels():
 
 
 def test_onednn_conv3d_matches_torch_conv3d_with_gradients():
-    from harmonix.iguane.networks import OneDNNConv3d
+    from harmonix.iguane.model.networks import OneDNNConv3d
 
     torch.manual_seed(0)
     for kwargs in (dict(kernel_size=3, padding=1), dict(kernel_size=4, stride=2, padding=1)):
@@ -290,10 +290,3 @@ def test_onednn_conv3d_matches_torch_conv3d_with_gradients():
             w_ours = torch.autograd.grad(ours(x).square().sum(), ours.weight)[0]
             w_ref = torch.autograd.grad(ref(x).square().sum(), ref.weight)[0]
             torch.testing.assert_close(w_ours, w_ref, rtol=10 * tol, atol=10 * tol)
-
-
-def test_old_conv3d_name_is_a_deprecated_alias():
-    from harmonix.iguane import networks
-
-    with pytest.warns(DeprecationWarning, match="OneDNNConv3d"):
-        assert networks.Conv3d is networks.OneDNNConv3d

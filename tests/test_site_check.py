@@ -17,8 +17,8 @@ from harmonix.benchmark import traveling_subject_ssim_score
 from harmonix.benchmark.metrics import robust_range
 from harmonix.datasets import make_multisite
 from harmonix.exceptions import SiteMismatchError, SiteMismatchWarning, UnseenSiteError
-from harmonix.iguane import site_agreement as SA
-from harmonix.iguane.normalization import InputNormalizer
+from harmonix.iguane.inputs import site_agreement as SA
+from harmonix.iguane.inputs.normalization import InputNormalizer
 from harmonix.iguane.pretrained import DEMO_SITE_PREFIX, load_demo_model
 from harmonix.landmarks import standard_scale
 from harmonix.site_check import SiteAgreement, act_on_agreements, check_policy

@@ -26,7 +26,7 @@ import numpy as np
 
 from harmonix import IGUANeHarmonizer
 from harmonix.datasets import make_multisite
-from harmonix.iguane.networks import Generator3D
+from harmonix.iguane.model.networks import Generator3D
 
 ds = make_multisite(n_subjects=6, n_sites=3, resolution=4, random_state=0)
 train = ds.sites != "site2"

@@ -99,10 +99,9 @@ mixed_precision : bool, default=None
     natively (AVX512-BF16 or AMX, e.g. AMD Zen 4, Intel Sapphire Rapids), emulated and
     many times slower elsewhere (an ``EmulatedBFloat16Warning`` says so). The norm
     statistics, the final projection and the residual sum stay in float32, and
-    convolutions of maps smaller than their kernel run in float32
-    (:mod:`harmonix.iguane._kernels.reduced_precision`). The default float32 gives the same
-    outputs on every CPU; bfloat16 moves them by about 1e-3 of the intensity range
-    (SSIM to float32 above 0.999 in the brain)."""
+    convolutions of maps smaller than their kernel run in float32. The default float32
+    gives the same outputs on every CPU; bfloat16 moves them slightly (speed and
+    accuracy in ``benchmarks/results/iguane_bf16.md``)."""
 
 docdict["iguane_cpu_threads"] = """\
 cpu_threads : int, "auto" or None, default=None
@@ -112,14 +111,12 @@ cpu_threads : int, "auto" or None, default=None
     outputs) whether the machine is idle or busy: float rounding follows the thread
     count. An int: that many threads. "auto": follow the load, at the price of that
     reproducibility (outputs then differ in the last digits between runs, and trained
-    models by more): each training site-step runs on the cores idle when it starts
-    (:func:`~harmonix.iguane.inference.inference_threads` with ``fair_share=False``;
-    one busy process on 2 cores: 2.3 s per CPU-recipe site-step instead of 4.5 s) and
-    each transform call on more threads than cores next to busy processes (two busy
-    processes on 2 cores: 10.8 s per 160×192×160 volume instead of 15.1 s; on a heavily
-    shared 2-core machine, load 17, 30 s per site-step instead of 346 s); on an idle
-    machine "auto" and None run the same. ``cpu_threads=1`` is reproducible and never
-    waits for a descheduled thread. Not part of a checkpoint's settings."""
+    models by more): each training site-step runs on the cores idle when it starts and
+    each transform call on more threads than cores next to busy processes (the policy
+    of :mod:`harmonix._threads`; what it gains on a shared machine is measured in
+    ``benchmarks/results/iguane_training_speed.md`` and ``iguane_inference.md``); on an
+    idle machine "auto" and None run the same. ``cpu_threads=1`` is reproducible and
+    never waits for a descheduled thread. Not part of a checkpoint's settings."""
 
 docdict["iguane_guard_images"] = """\
 Parameters

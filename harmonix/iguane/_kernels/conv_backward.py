@@ -8,14 +8,13 @@ one-volume batches:
 - a batch of one thin map (``C·D·H <= 20480``, e.g. every 3×3×3 convolution of a width-4
   generator below full resolution) goes to PyTorch's slow reference kernel;
 - oneDNN (AVX2) computes most weight gradients as im2col + GEMM parallel over the batch
-  only: with one volume, on one thread (the 32→16 convolution of a width-16 generator at
-  48×64×48: 174 ms, against 98 ms on two threads).
+  only: with one volume, on one thread.
 
 :func:`conv3d_onednn` (also transposed) computes the same gradients with
 oneDNN kernels that use every thread:
 
 - the input gradient of a stride-1 convolution as the forward convolution of the output
-  gradient with the flipped, transposed kernel (``padding k - 1 - p``), 3-15x faster than
+  gradient with the flipped, transposed kernel (``padding k - 1 - p``), much faster than
   the reference kernel on thin maps and as fast elsewhere; strided and transposed
   convolutions keep ATen's (oneDNN) input gradient;
 - the weight gradient of a one-volume batch from the volume split in two depth halves, each
@@ -24,7 +23,8 @@ oneDNN kernels that use every thread:
   strided convolution from its output to its input.
 
 Same values as autograd of ``F.conv3d`` / ``F.conv_transpose3d`` (float32 rounding: the
-sums run in another order). Measured in ``benchmarks/results/iguane_training_speed.md``.
+sums run in another order). The gains, per layer and per site-step, are measured in
+``benchmarks/results/iguane_training_speed.md`` ("Convolution gradients").
 """
 
 from __future__ import annotations

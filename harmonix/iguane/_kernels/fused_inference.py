@@ -8,7 +8,9 @@ depth slabs; convolutions that always take oneDNN on CPU (:func:`conv3d`). Speed
 memory are measured in ``benchmarks/results/iguane_inference.md``.
 
 These are functions on tensors and on the generator's modules; the modules themselves are
-in :mod:`harmonix.iguane.model.networks`.
+in :mod:`harmonix.iguane.model.networks`. The file is a little over 600 lines because the
+pass is one algorithm: the slab-wise convolutions, the fused norm and the level
+recomputation share private helpers that would otherwise cross module boundaries.
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ def norms_on_call_threads(enabled: bool = True) -> Iterator[None]:
     """Let the fused normalizations of the enclosed passes use the call's threads.
 
     By default they run on one thread (see :func:`_single_intraop_thread`); on an idle
-    machine the call's threads make a full-size pass about 5 % faster, on a busy one
-    they make it several times slower. :func:`~harmonix.iguane.inference.harmonize_volume`
-    enables this with ``num_threads="auto"`` when it finds no busy neighbour, the trainer
-    for its no-grad generator passes. The values do not depend on it (each channel's sums
+    machine the call's threads make a full-size pass a little faster, on a busy one
+    several times slower (``benchmarks/results/iguane_inference.md``).
+    :func:`~harmonix.iguane.inference.harmonize_volume` enables this with
+    ``num_threads="auto"`` when it finds no busy neighbour, the trainer for its no-grad
+    generator passes. The values do not depend on it (each channel's sums
     are made by one thread).
 
     Parameters
@@ -508,7 +511,7 @@ def generator_forward_fused(gen: nn.Module, x: torch.Tensor) -> torch.Tensor:
     slab along the depth axis (``*_slabs`` helpers), with small temporaries that the
     allocator reuses: the first level's output is not kept from the encoder to the decoder
     but recomputed there one slab at a time (:class:`_RecomputedLevel`: its convolution
-    has one input channel, about 1 % of the pass's work, and 2-3 % of its time), the
+    has one input channel: about 1 % of the pass's work), the
     concatenation is made one slab at a time and the last decoder convolution overwrites
     the upsampled maps as it goes. With the final 1×1×1 convolution split into its
     feature and input parts, the peak memory is about one full-resolution

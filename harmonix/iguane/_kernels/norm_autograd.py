@@ -2,9 +2,9 @@
 
 Autograd of :class:`~harmonix.iguane.model.networks.MADInstanceNorm3d` records about ten
 operations over the whole feature map and replays about fifteen in the backward pass;
-:func:`mad_norm` computes the same function and its gradients in fewer passes (forward
-and backward 1.4-1.7x faster at 48×64×48; the ReLU before it stays an in-place autograd
-ReLU, faster than fusing it here).
+:func:`mad_norm` computes the same function and its gradients in fewer passes (the ReLU
+before it stays an in-place autograd ReLU, faster than fusing it here; both measured in
+``benchmarks/results/iguane_training_speed.md``, "MAD norm").
 
 Per sample and channel over the ``V`` voxels of ``x``,
 ``d = x - mean(x)``, ``m = mean(|d|)``, ``r = 1 / (m + eps)``,

@@ -1,0 +1,97 @@
+"""The package layout: no import circle anywhere in harmonix, and one public surface for
+harmonix.iguane (what its __init__ exports is what docs/api.rst lists)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import harmonix
+import harmonix.iguane
+
+PACKAGE = Path(harmonix.__file__).parent
+API = PACKAGE.parent / "docs" / "api.rst"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """For every module of harmonix, the harmonix modules it imports anywhere in its code
+    (at the top, in functions, under TYPE_CHECKING): for ``from a.b import c``, module
+    ``a.b.c`` when it exists, else ``a.b``. A package's ``__init__`` run implicitly by
+    importing one of its submodules does not count (it only hands names on)."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    found.add(full if full in files else node.module)
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        graph[name] = {m for m in found if m in files and m != name}
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    done: set[str] = set()
+
+    def visit(module: str, stack: list[str]) -> list[str] | None:
+        if module in stack:
+            return [*stack[stack.index(module) :], module]
+        if module in done:
+            return None
+        for dep in sorted(graph[module]):
+            cycle = visit(dep, [*stack, module])
+            if cycle:
+                return cycle
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        cycle = visit(module, [])
+        if cycle:
+            return cycle
+    return None
+
+
+def test_no_import_cycle_in_harmonix():
+    graph = _imports()
+    # the walk sees submodules imported from their package and imports inside functions
+    assert "harmonix.iguane._fitting" in graph["harmonix.iguane.estimator"]
+    assert "harmonix._threads" in graph["harmonix.preprocessing.chain"]
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_cycle_finder_sees_a_cycle_through_a_function_import():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _find_cycle(graph) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_low_modules_do_not_import_up():
+    # the thread policy and the BIDS entity table sit below what uses them
+    graph = _imports()
+    assert graph["harmonix._threads"] == set()
+    assert not any(m.startswith("harmonix.bids") for m in graph["harmonix.io"])
+    assert not any(m.startswith("harmonix.iguane") for m in graph["harmonix.preprocessing.chain"])
+
+
+def test_iguane_public_surface_is_what_the_api_page_lists():
+    text = API.read_text()
+    section = text.split(".. currentmodule:: harmonix.iguane\n", 1)[1]
+    section = section.split(".. currentmodule::", 1)[0]  # up to the next section
+    listed = set(re.findall(r"^   (\w+)$", section, re.M))
+    listed |= set(re.findall(r"autodata:: harmonix\.iguane\.(\w+)", text))
+    assert listed == set(harmonix.iguane.__all__)
+    for name in harmonix.iguane.__all__:  # each defined in a submodule, handed on here
+        obj = getattr(harmonix.iguane, name)
+        home = getattr(obj, "__module__", None)
+        assert home is None or home.startswith("harmonix.iguane."), (name, home)
