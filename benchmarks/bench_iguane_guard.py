@@ -43,6 +43,8 @@ from site_family_b import make_family_b
 from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
 from harmonix.benchmark.metrics import robust_range
 from harmonix.datasets import make_multisite
+from harmonix.iguane._fitting import set_guard
+from harmonix.iguane._harmonizing import checked_statistics, fitted_inputs, network_inputs
 from harmonix.iguane.guard import ContrastProfile, evenly
 from harmonix.iguane.pretrained import DEMO_SITE_PREFIX
 
@@ -97,12 +99,13 @@ def calibrate_profile(est: IGUANeHarmonizer, ds, score: Scorer) -> None:
     rest = [i for i in np.flatnonzero(sites != est.reference_site_) if i not in set(held)]
 
     def inputs(idx: list) -> list:
-        site_lm, _, _ = est._site_maps(imgs[idx], sites[idx], stacklevel=2)
-        return [(x, p.mask) for p, _, x in est._network_inputs(imgs[idx], site_lm)]
+        collection, labels = fitted_inputs(est, imgs[idx], sites[idx])
+        stats, _ = checked_statistics(est, collection, labels)
+        return [(x, p.mask) for p, _, x in network_inputs(est, collection, labels, stats)]
 
     profile = ContrastProfile().fit(inputs(evenly(np.flatnonzero(sites == est.reference_site_))))
     corr = [profile.correlation(x, m) for x, m in inputs(held + evenly(rest))]
-    est._set_guard(profile, est.training_corrections_, corr)
+    set_guard(est, profile, est.training_corrections_, corr)
 
 
 def training_labels(est: IGUANeHarmonizer, sites: np.ndarray) -> np.ndarray:

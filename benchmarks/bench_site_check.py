@@ -56,6 +56,7 @@ from harmonix.benchmark.metrics import robust_range
 from harmonix.combat._site_check import SITE_CHECK_THRESHOLD
 from harmonix.datasets import make_multisite
 from harmonix.exceptions import SiteMismatchWarning
+from harmonix.iguane._harmonizing import normalizer
 from harmonix.iguane.inputs.normalization import InputNormalizer, image_landmarks
 from harmonix.iguane.pretrained import DEMO_SITE_PREFIX, load_demo_model
 
@@ -269,7 +270,7 @@ def shipped(seeds: tuple) -> tuple[list[str], dict]:
     ]
     checked, _ = _transform(model, ds.imgs[new], labels, "refit")
     unchecked, _ = _transform(model, ds.imgs[new], labels, "warn")
-    norm = model._normalizer()
+    norm = normalizer(model)
     own_maps = norm.site_landmarks_of(labels, lambda i: image_landmarks(ds.imgs[new][i]))
     stored_maps = [norm.site_landmarks[norm.sites.index(s)] for s in labels]
     same_maps = all(np.array_equal(a, b) for a, b in zip(own_maps, stored_maps))

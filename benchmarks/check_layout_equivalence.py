@@ -1,7 +1,8 @@
 """Behaviour unchanged by a re-layout of ``harmonix.iguane``: digests of three small trainings.
 
 Three small IGUANe trainings, through the public API only (``IGUANeHarmonizer``,
-``make_multisite``), each exercising other modules:
+``CPU_RECIPE``, ``make_multisite``: the same names in both layouts), each exercising other
+modules:
 
 - ``a_recipe``: the CPU recipe (histogram input normalization, identity initialization,
   constant-then-linear schedule, validation and checkpoint selection) for a few steps;
@@ -54,32 +55,18 @@ import torch
 
 from harmonix import IGUANeHarmonizer
 from harmonix.datasets import make_multisite
+from harmonix.iguane import CPU_RECIPE
 
 CHECKPOINT = "iguane_checkpoint.pt"
 
-#: The CPU recipe's parameters (as ``harmonix.iguane``'s ``CPU_RECIPE`` holds them), here
-#: as literals so the script needs nothing but the estimator from the package.
-RECIPE = {
-    "n_epochs": 1,
-    "steps_per_epoch": 200,
-    "warmup_steps": 100,
-    "base_width": 4,
-    "disc_base_width": 16,
-    "patch_size": None,
-    "learning_rate": 5e-4,
-    "final_learning_rate": 0.0,
-    "lr_schedule": "constant_then_linear",
-    "beta1": 0.5,
-    "cycle_weight": 10.0,
-    "identity_weight": 5.0,
-    "augment": False,
-    "identity_init": True,
-    "input_normalization": "histogram",
-    "val_every": 50,
-}
-
 CONFIGS: dict[str, dict[str, Any]] = {
-    "a_recipe": {**RECIPE, "warmup_steps": 2, "max_steps": 4, "val_every": 2, "random_state": 0},
+    "a_recipe": {
+        **CPU_RECIPE,
+        "warmup_steps": 2,
+        "max_steps": 4,
+        "val_every": 2,
+        "random_state": 0,
+    },
     "b_augment": {
         "n_epochs": 1,
         "steps_per_epoch": 3,

@@ -14,6 +14,7 @@ import torch
 from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
 from harmonix.exceptions import ModelSelectionWarning, SiteMismatchWarning
 from harmonix.iguane import CPU_RECIPE, PatchDiscriminator3D
+from harmonix.iguane._fitting import train_config
 from harmonix.iguane.guard import OutOfDistributionWarning
 from harmonix.iguane.inputs import volumes as D
 from harmonix.iguane.training import loop as T
@@ -136,7 +137,7 @@ def test_estimator_reads_the_voxel_size_from_nifti_and_uses_it_for_shifts(tmp_pa
     no_shift = IGUANeHarmonizer(**{**tiny, "shift_mm": 0}).fit(imgs, sites)
     assert no_shift.grid_["voxel_size"] is None  # nothing in mm: unknown is fine
     est = IGUANeHarmonizer(shift_mm=5, voxel_size=(4, 4, 2))
-    assert est._train_config((4.0, 4.0, 2.0)).max_shift_voxels == (1, 1, 2)
+    assert train_config(est, (4.0, 4.0, 2.0)).max_shift_voxels == (1, 1, 2)
 
 
 # -- warm-up ----------------------------------------------------------------------------------
@@ -391,7 +392,7 @@ def test_cpu_recipe_is_a_valid_parameter_set():
     est = IGUANeHarmonizer(reference_site="site0", **CPU_RECIPE)
     params = est.get_params()
     assert all(params[k] == v for k, v in CPU_RECIPE.items())
-    config = est._train_config((4.0, 4.0, 4.0))
+    config = train_config(est, (4.0, 4.0, 4.0))
     assert config.patch_size is None and config.warmup_steps > 0 and config.beta1 == 0.5
 
 

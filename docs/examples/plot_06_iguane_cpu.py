@@ -26,7 +26,7 @@ import numpy as np
 
 from harmonix import IGUANeHarmonizer
 from harmonix.datasets import make_multisite
-from harmonix.iguane.model.networks import Generator3D
+from harmonix.iguane import Generator3D
 
 ds = make_multisite(n_subjects=6, n_sites=3, resolution=4, random_state=0)
 train = ds.sites != "site2"
@@ -177,7 +177,7 @@ with tempfile.TemporaryDirectory() as tmp:
 from harmonix import HistogramMatchingHarmonizer
 from harmonix.benchmark import traveling_subject_ssim_score
 from harmonix.benchmark.metrics import robust_range
-from harmonix.iguane.pretrained import load_demo_model
+from harmonix.iguane import load_demo_model
 
 new = make_multisite(n_subjects=6, n_sites=3, resolution=4, random_state=1)
 model = load_demo_model()

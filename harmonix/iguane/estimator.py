@@ -182,7 +182,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
 
     See Also
     --------
-    harmonix.iguane.training.loop.train : the training loop, usable on its own.
+    harmonix.iguane.train : the training loop, usable on its own.
 
     Notes
     -----
@@ -194,7 +194,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
     **Voxel size.** A network learns structures of a given size in voxels, so a model
     is specific to the voxel size of its training images (and to their orientation):
     :meth:`transform` refuses images of another voxel size (``grid_mismatch``), e.g. the
-    shipped 4 mm model (:func:`harmonix.iguane.pretrained.load_demo_model`) on the 1 mm
+    shipped 4 mm model (:func:`harmonix.iguane.load_demo_model`) on the 1 mm
     images ``harmonix preprocess`` writes; resample them to the model's voxel size first.
 
     **Parameters read by transform.** ``ood_action``, ``grid_mismatch`` and
