@@ -162,9 +162,11 @@ def run(workdir: Path, source: Path | None) -> dict[str, Any]:
         "data": {"imgs": tensor_digest(imgs), "sites": value_digest(list(sites))},
     }
     workdir.mkdir(parents=True, exist_ok=True)
+    source = None if source is None else source.resolve()
+    os.chdir(workdir)  # relative paths: the checkpoint_dir saved in a model is the same
     for name, params in CONFIGS.items():
         t0 = time.perf_counter()
-        folder = workdir / name
+        folder = Path(name)
         folder.mkdir(exist_ok=True)
         model_path = folder / "model.pt"
         entry: dict[str, Any] = {}
@@ -257,7 +259,8 @@ def main() -> None:
         text=True,
     ).stdout.strip()
     t0 = time.perf_counter()
-    digests = run(args.workdir, args.source)
+    out = args.json.resolve()  # run() works inside the workdir
+    digests = run(args.workdir.resolve(), args.source)
     record = {
         "commit": commit or "unknown",
         "torch": torch.__version__,
@@ -266,8 +269,8 @@ def main() -> None:
         "load": " ".join(f"{v:.2f}" for v in os.getloadavg()),
         "digests": digests,
     }
-    args.json.write_text(json.dumps(record, indent=1, sort_keys=True))
-    print(f"wrote {args.json} ({record['seconds']} s)", file=sys.stderr)
+    out.write_text(json.dumps(record, indent=1, sort_keys=True))
+    print(f"wrote {out} ({record['seconds']} s)", file=sys.stderr)
 
 
 if __name__ == "__main__":
