@@ -15,11 +15,11 @@ images):
   ``24 x 24 x 24`` grid, the log of the cell means is high-passed (minus its Gaussian
   smoothing over 2 cells, which removes smooth bias fields and global contrast), and the
   result is correlated with the mean pattern of the reference site's training images.
-  A T1-weighted image registered like the training images scores about 0.6-0.95 whatever
-  its site; an inverted (T2-like) contrast scores about -0.8, and ghosting, stripes or
-  heavy noise lower it. The generator may change such an image no more than a T1 (on
-  the simulated sites an inverted image had a correction size of 0.8-1.2 times the
-  usual), so the size alone cannot see it.
+  A T1-weighted image registered like the training images scores high whatever its
+  site; an inverted (T2-like) contrast scores negative, and ghosting, stripes or heavy
+  noise lower it. The generator may change such an image no more than a T1, so the size
+  alone cannot see it (both measured in ``benchmarks/results/iguane_learning.md``, "The
+  guard's second half").
 
 An image is flagged when its correction size exceeds ``ood_threshold_`` or its profile
 correlation falls below ``profile_threshold_``; both thresholds widen the range seen in

@@ -32,11 +32,9 @@ tens of thousands.
 site's mean and of the covariance, is scored against the rest (``n = 1``), and the
 threshold is :data:`MARGIN` times the largest of these scores. Few training images give
 a rough covariance and large leave-one-out scores, so the threshold widens by itself
-where the yardstick is uncertain. Measured on ``make_multisite`` data (24 seeds, both
-styles, ``benchmarks/bench_site_check.py``): with 5 or 8 training images per site no
-group of new scans of a true site crossed it, and at most 1 in 288 colliding groups
-passed (with 8: 1 single image, no group of 2 or more); with 3 training images per site,
-1-5 % of the groups of new scans crossed it.
+where the yardstick is uncertain. How often new scans of a true site cross it, and how
+often a colliding scanner passes, by the number of training images per site, is measured
+in ``benchmarks/results/site_check.md`` (``benchmarks/bench_site_check.py``).
 """
 
 from __future__ import annotations
