@@ -5,15 +5,61 @@ grid and the background warnings (:mod:`harmonix.background`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from harmonix import grids
+from harmonix._labels import distinct_sites
 from harmonix.background import BRAIN_FILL_LIMIT, as_mask, check_background
 from harmonix.io import ImageCollection, as_collection
 from harmonix.tables import FeatureTable, is_table
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One call's checked inputs, as ``fit``, ``transform`` and ``site_statistics`` hand
+    them to a method's ``_fit``, ``_transform`` and ``_site_statistics``.
+
+    Attributes
+    ----------
+    imgs : ImageCollection or FeatureTable
+        The images (or table).
+    sites : ndarray of str or None
+        Their site labels as text (:func:`harmonix._labels.check_sites`).
+    ages : ndarray or None
+        The ``age`` covariate, when the method models one and it is given.
+    covariates : pandas.DataFrame or None
+        The checked covariates (one row per image).
+    """
+
+    imgs: ImageCollection | FeatureTable
+    sites: np.ndarray | None
+    ages: np.ndarray | None = None
+    covariates: pd.DataFrame | None = None
+
+    def __len__(self) -> int:
+        return len(self.imgs)
+
+    @cached_property
+    def site_groups(self) -> tuple[list[str], np.ndarray]:
+        """The distinct labels in order of first appearance and each image's index into
+        them (:func:`harmonix._labels.distinct_sites`, computed once per call)."""
+        return distinct_sites(self.sites)
+
+    def subset(self, rows: Sequence[int]) -> Inputs:
+        """The inputs of the images at positions ``rows``."""
+        cov = self.covariates
+        return Inputs(
+            self.imgs.subset(rows),
+            None if self.sites is None else self.sites[rows],
+            None if self.ages is None else self.ages[rows],
+            None if cov is None else cov.iloc[rows].reset_index(drop=True),
+        )
 
 
 class InputReading:

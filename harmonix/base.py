@@ -21,8 +21,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from harmonix import grids
 from harmonix._docs import fill_doc
-from harmonix._inputs import InputReading
-from harmonix._labels import check_label, check_sites, distinct_sites, site_codes
+from harmonix._inputs import InputReading, Inputs
+from harmonix._labels import check_label, check_sites, site_codes
 from harmonix.covariates import (
     CovariateLevels,
     age_column,
@@ -30,7 +30,7 @@ from harmonix.covariates import (
     fit_covariate_levels,
     match_covariates,
 )
-from harmonix.io import ImageCollection, as_collection
+from harmonix.io import as_collection
 from harmonix.tables import FeatureTable
 
 __all__ = ["BaseHarmonizer", "IdentityHarmonizer"]
@@ -138,7 +138,7 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
         if reference is not None:
             self.reference_site_ = reference
         try:
-            self._fit(coll, sites, age_column(cov, levels), cov)
+            self._fit(Inputs(coll, sites, age_column(cov, levels), cov))
         except BaseException:
             self._forget_fit()  # a failed fit must not leave a half-fitted estimator
             raise
@@ -189,8 +189,8 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
         )
         if not isinstance(coll, FeatureTable):
             self.check_grid(coll)
-        stats = self._statistics_for(coll, sites, ages, cov, given)
-        return coll.wrap(self._transform(coll, sites, ages, cov, stats))
+        data = Inputs(coll, sites, ages, cov)
+        return coll.wrap(self._transform(data, self._statistics_for(data, given)))
 
     def check_grid(self, imgs: Any) -> None:
         """Compare the images' headers with the training grid, before any work.
@@ -279,40 +279,24 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
         sites, ages, cov = self.check_transform_metadata(len(coll), sites, ages, covariates)
         if sites is None:
             return {}
-        return self._site_statistics(coll, sites, ages, cov)
+        return self._site_statistics(Inputs(coll, sites, ages, cov))
 
-    def _statistics_for(
-        self,
-        imgs: ImageCollection | FeatureTable,
-        sites: np.ndarray | None,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-        given: dict[str, Any],
-    ) -> dict[str, Any]:
-        """``given`` statistics, completed from ``imgs`` for the sites it lacks."""
+    def _statistics_for(self, data: Inputs, given: dict[str, Any]) -> dict[str, Any]:
+        """``given`` statistics, completed from ``data`` for the sites it lacks."""
         stats = dict(given)
-        if sites is None:
+        if data.sites is None:
             return stats
-        labels, codes = distinct_sites(sites)
+        labels, codes = data.site_groups
         missing = np.asarray([label not in stats for label in labels], dtype=bool)
         todo = np.flatnonzero(missing[codes]).tolist()
-        if len(todo) == len(sites):  # no statistics given: every image, no copy
-            stats.update(self._site_statistics(imgs, sites, ages, covariates))
+        if len(todo) == len(data):  # no statistics given: every image, no copy
+            stats.update(self._site_statistics(data))
         elif todo:
-            sub_ages = None if ages is None else ages[todo]
-            sub_cov = None if covariates is None else covariates.iloc[todo].reset_index(drop=True)
-            computed = self._site_statistics(imgs.subset(todo), sites[todo], sub_ages, sub_cov)
-            stats.update(computed)
+            stats.update(self._site_statistics(data.subset(todo)))
         return stats
 
-    def _site_statistics(
-        self,
-        imgs: ImageCollection | FeatureTable,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> dict[str, Any]:
-        """Per-site statistics of the images of ``sites`` (none for per-image methods)."""
+    def _site_statistics(self, data: Inputs) -> dict[str, Any]:
+        """Per-site statistics of the images of ``data`` (none for per-image methods)."""
         return {}
 
     def check_transform_metadata(
@@ -483,32 +467,21 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
             )
         return labels[labels.tolist().index(ref)]
 
-    def _transform(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray | None,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-        stats: Mapping[str, Any],
-    ) -> list[np.ndarray]:
+    def _transform(self, data: Inputs, stats: Mapping[str, Any]) -> list[np.ndarray]:
+        """The harmonized images of ``data``, one :meth:`_transform_one` per image."""
         out = []
-        for i, (data, brain) in enumerate(self._iter_brains(imgs)):
-            site = None if sites is None else sites[i]
-            age = None if ages is None else float(ages[i])
-            result = np.asarray(self._transform_one(data, brain, site, age), dtype=np.float32)
-            if np.may_share_memory(result, data):  # never write into the caller's array
+        for i, (image, brain) in enumerate(self._iter_brains(data.imgs)):
+            site = None if data.sites is None else data.sites[i]
+            age = None if data.ages is None else float(data.ages[i])
+            result = np.asarray(self._transform_one(image, brain, site, age), dtype=np.float32)
+            if np.may_share_memory(result, image):  # never write into the caller's array
                 result = result.copy()
             result[~brain] = 0.0
             out.append(result)
         return out
 
-    def _fit(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> None:
+    def _fit(self, data: Inputs) -> None:
+        """Learn from the checked inputs of :meth:`fit` (each method's own work)."""
         raise NotImplementedError
 
     def _transform_one(
@@ -560,14 +533,8 @@ class IdentityHarmonizer(BaseHarmonizer):
     def __init__(self, mask: Any = None):
         self.mask = mask
 
-    def _fit(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> None:
-        for _ in self._iter_brains(imgs):  # validates every image
+    def _fit(self, data: Inputs) -> None:
+        for _ in self._iter_brains(data.imgs):  # validates every image
             pass
 
     def _transform_one(

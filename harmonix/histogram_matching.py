@@ -19,12 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from harmonix._docs import fill_doc
+from harmonix._inputs import Inputs
 from harmonix._voxelstats import scatter_brain
 from harmonix.base import BaseHarmonizer
-from harmonix.io import ImageCollection
 from harmonix.landmarks import (
     _DEFAULT_PERCENTILES,
     _check_percentiles,
@@ -111,16 +110,11 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
         if not hasattr(self, "percentiles_"):  # an older file
             self.percentiles_ = _check_percentiles(self.percentiles)
 
-    def _fit(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> None:
+    def _fit(self, data: Inputs) -> None:
         q = _check_percentiles(self.percentiles)
-        ref_landmarks = [_landmarks_of(v, q) for v in self._reference_values(imgs, sites)]
-        self.standard_landmarks_ = standard_scale(np.stack(ref_landmarks))
+        reference = self._reference_values(data.imgs, data.sites)
+        landmarks = np.stack([_landmarks_of(v, q) for v in reference])
+        self.standard_landmarks_ = standard_scale(landmarks)
         self.percentiles_ = q
 
     def _transform_one(

@@ -19,14 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import find_peaks
 
 from harmonix._docs import fill_doc
+from harmonix._inputs import Inputs
 from harmonix._voxelstats import BinnedVoxels, brain_values, percentiles, scatter_brain
 from harmonix.base import BaseHarmonizer
-from harmonix.io import ImageCollection
 
 __all__ = ["WhiteStripeHarmonizer", "whitestripe_stats"]
 
@@ -272,15 +271,9 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
         if not hasattr(self, "width_"):  # an older file
             self.width_ = _check_width(self.width)
 
-    def _fit(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> None:
+    def _fit(self, data: Inputs) -> None:
         width = _check_width(self.width)
-        stats = [_stripe_stats(v, width) for v in self._reference_values(imgs, sites)]
+        stats = [_stripe_stats(v, width) for v in self._reference_values(data.imgs, data.sites)]
         means, stds, _ = zip(*stats)
         self.reference_mean_ = float(np.mean(means))
         self.reference_std_ = float(np.mean(stds))

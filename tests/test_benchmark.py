@@ -113,8 +113,9 @@ class SiteScaler(BaseHarmonizer):
 
     _needs_sites = True
 
-    def _fit(self, imgs, sites, ages, covariates):
-        meds = np.array([np.median(d[b]) for d, b in self._iter_brains(imgs)])
+    def _fit(self, data):
+        meds = np.array([np.median(d[b]) for d, b in self._iter_brains(data.imgs)])
+        sites = data.sites
         self.scale_ = {str(s): float(meds[sites == s].mean()) for s in np.unique(sites)}
 
     def _transform_one(self, data, brain, site, age):

@@ -20,9 +20,10 @@ class SiteMeanHarmonizer(BaseHarmonizer):
     def __init__(self, mask=None):
         self.mask = mask
 
-    def _fit(self, imgs, sites, ages, covariates):
-        self.seen_ages_ = ages is not None
-        self.seen_covariates_ = None if covariates is None else covariates.to_dict("list")
+    def _fit(self, data):
+        self.seen_ages_ = data.ages is not None
+        cov = data.covariates
+        self.seen_covariates_ = None if cov is None else cov.to_dict("list")
 
     def _transform_one(self, data, brain, site, age):
         return data / data[brain].mean()

@@ -21,12 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from harmonix._digest import ImageDigest
 from harmonix._docs import fill_doc
+from harmonix._inputs import Inputs
 from harmonix.base import BaseHarmonizer
-from harmonix.io import ImageCollection
 
 __all__ = ["MeanImageHarmonizer", "NoiseHarmonizer"]
 
@@ -57,17 +56,11 @@ class MeanImageHarmonizer(BaseHarmonizer):
     def __init__(self, mask: Any = None):
         self.mask = mask
 
-    def _fit(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> None:
-        total = np.zeros(imgs.shape(0), np.float64)
-        for data, _ in self._iter_brains(imgs):
-            total += data
-        self.mean_image_ = (total / len(imgs)).astype(np.float32)
+    def _fit(self, data: Inputs) -> None:
+        total = np.zeros(data.imgs.shape(0), np.float64)
+        for image, _ in self._iter_brains(data.imgs):
+            total += image
+        self.mean_image_ = (total / len(data)).astype(np.float32)
 
     def _transform_one(
         self, data: np.ndarray, brain: np.ndarray, site: Any, age: float | None
@@ -103,18 +96,13 @@ class NoiseHarmonizer(BaseHarmonizer):
         self.random_state = random_state
         self.mask = mask
 
-    def _fit(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> None:
+    def _fit(self, data: Inputs) -> None:
         seed = self.random_state
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
             raise ValueError(f"random_state must be an int or None, got {seed!r}.")
-        step = max(1, len(imgs) // 20)  # percentiles from at most ~20 images
-        values = [d[b] for k, (d, b) in enumerate(self._iter_brains(imgs)) if k % step == 0]
+        step = max(1, len(data) // 20)  # percentiles from at most ~20 images
+        brains = enumerate(self._iter_brains(data.imgs))
+        values = [d[b] for k, (d, b) in brains if k % step == 0]
         low, high = np.percentile(np.concatenate(values), [1.0, 99.0])
         self.value_range_ = (float(low), float(high))
 

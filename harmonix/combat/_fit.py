@@ -7,9 +7,8 @@ import logging
 import warnings
 
 import numpy as np
-import pandas as pd
 
-from harmonix._labels import site_codes
+from harmonix._inputs import Inputs
 from harmonix.combat import _math as cm
 from harmonix.combat._voxels import FlatIndex
 from harmonix.io import ImageCollection
@@ -21,13 +20,8 @@ logger = logging.getLogger(__name__)
 class ComBatFit:
     """``_fit`` and its parts; mixed into :class:`~harmonix.combat.ComBatHarmonizer`."""
 
-    def _fit(
-        self,
-        imgs: ImageCollection | FeatureTable,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> None:
+    def _fit(self, data: Inputs) -> None:
+        imgs, sites, covariates = data.imgs, data.sites, data.covariates
         self._check_params()
         smooth = self._smooth_terms()
         levels = self.covariate_levels_
@@ -45,7 +39,8 @@ class ComBatFit:
                 )
         labels = self.sites_
         n_sites = len(labels)
-        codes = site_codes(sites)[1]  # labels are the sorted distinct sites
+        first, codes = data.site_groups  # labels are the sorted distinct sites
+        codes = np.searchsorted(labels, np.asarray(first, dtype=str))[codes]
         counts = np.bincount(codes, minlength=n_sites)
         ref = getattr(self, "reference_site_", None)
         self.reference_site_ = ref
@@ -91,13 +86,13 @@ class ComBatFit:
             logger.info("ComBat: %d rows, %d features", len(sites), imgs.n_features)
             stats = cm.table_regression(imgs.values, design, codes, n_sites, ref_level)
         else:
-            data = self._load_voxels(imgs)
+            voxels = self._load_voxels(imgs)
             chunk = self.chunk_size or cm.auto_chunk_size(len(sites), p)
             logger.info(
-                "ComBat: %d images, %d voxels, chunks of %d", len(sites), data.shape[1], chunk
+                "ComBat: %d images, %d voxels, chunks of %d", len(sites), voxels.shape[1], chunk
             )
-            stats = cm.voxel_regression(data, design, codes, n_sites, ref_level, chunk)
-            del data
+            stats = cm.voxel_regression(voxels, design, codes, n_sites, ref_level, chunk)
+            del voxels
 
         gamma, delta, priors, n_iter = self._site_effects(stats, counts, ref_level)
         valid = ~stats.degenerate

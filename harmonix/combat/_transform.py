@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harmonix._inputs import Inputs
 from harmonix._labels import distinct_sites
 from harmonix.combat import _math as cm
 from harmonix.combat._unseen import UNSEEN_POLICIES, unseen_site_effects
 from harmonix.combat._voxels import empty_stack, harmonize_rim
 from harmonix.exceptions import UnseenSiteError
-from harmonix.io import ImageCollection
 from harmonix.site_check import check_policy
 from harmonix.tables import FeatureTable
 
@@ -83,21 +83,16 @@ class ComBatTransform:
                     "unseen_site='keep', or refit with them."
                 )
 
-    def _site_statistics(
-        self,
-        imgs: ImageCollection | FeatureTable,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> dict[str, Any]:
+    def _site_statistics(self, data: Inputs) -> dict[str, Any]:
         """Per site of ``sites``: for a training site, None (its stored effects) once its
         images (rows) passed the site check (:meth:`site_agreement`), or, when they
         disagree and ``site_check="refit"``, what ``unseen_site`` gives a site unseen in
         fit; for an unseen site with ``unseen_site="fit"``, its ``(gamma, delta)``
         estimated from its images (rows); ``"keep"``: returned unchanged."""
+        imgs, sites = data.imgs, data.sites
         known = self._known_sites()
-        labels, codes = distinct_sites(sites)
-        cov, _ = self._covariate_columns(covariates, len(sites), self._fitted_knots())
+        labels, codes = data.site_groups
+        cov, _ = self._covariate_columns(data.covariates, len(sites), self._fitted_knots())
         # tables: rows are trusted to their label (see site_agreement)
         table = isinstance(imgs, FeatureTable)
         new = set() if table else self._act_on_site_check(self._site_agreements(imgs, sites, cov))
@@ -143,17 +138,10 @@ class ComBatTransform:
                 params[label] = None
         return params
 
-    def _transform(
-        self,
-        imgs: ImageCollection | FeatureTable,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-        stats: Mapping[str, Any],
-    ) -> list[np.ndarray] | np.ndarray:
-        n = len(imgs)
-        cov, _ = self._covariate_columns(covariates, n, self._fitted_knots())
-        distinct, codes = distinct_sites(sites)
+    def _transform(self, data: Inputs, stats: Mapping[str, Any]) -> list[np.ndarray] | np.ndarray:
+        imgs, sites, n = data.imgs, data.sites, len(data)
+        cov, _ = self._covariate_columns(data.covariates, n, self._fitted_knots())
+        distinct, codes = data.site_groups
         params = self._site_params(distinct, stats)
         if isinstance(imgs, FeatureTable):
             return self._transform_table(imgs.values, codes, cov, [params[s] for s in distinct])
@@ -163,9 +151,9 @@ class ComBatTransform:
         y, z, mean, work = (np.empty(voxels.c.size, dtype=np.float32) for _ in range(4))
         stacked = None
         out = []
-        for i, (data, brain) in enumerate(self._iter_brains(imgs)):
+        for i, (image, brain) in enumerate(self._iter_brains(imgs)):
             # keep the memory order of the input (F for NIfTI data): no transposing copy
-            fortran = data.flags.f_contiguous and not data.flags.c_contiguous
+            fortran = image.flags.f_contiguous and not image.flags.c_contiguous
             if imgs.kind == "array":
                 if stacked is None:
                     stacked = empty_stack(n, shape, fortran)
@@ -173,11 +161,11 @@ class ComBatTransform:
             else:
                 result = np.empty(shape, dtype=np.float32, order="F" if fortran else "C")
             # a new array (never the caller's); background (and outside mask_) -> 0
-            np.multiply(data, brain, out=result, casting="unsafe")
+            np.multiply(image, brain, out=result, casting="unsafe")
             par = params[labels[i]]
             if par is not None:
                 a, one_minus_a, o = par
-                view, flat = voxels.view(data)
+                view, flat = voxels.view(image)
                 np.take(view, flat, out=y)
                 np.multiply(a, y, out=z)
                 np.multiply(one_minus_a, self._model_mean(cov[i], mean, work), out=mean)
@@ -186,7 +174,7 @@ class ComBatTransform:
                 np.multiply(z, y != 0, out=z)  # voxels outside this image's brain stay 0
                 view, flat = voxels.view(result)
                 view[flat] = z
-                harmonize_rim(data, brain, self.voxel_mask_, result, y, z)
+                harmonize_rim(image, brain, self.voxel_mask_, result, y, z)
             out.append(result)
         return stacked if stacked is not None else out
 

@@ -11,13 +11,14 @@ from sklearn.utils.validation import check_is_fitted
 
 import harmonix.iguane._paramdocs  # noqa: F401  (registers the shared parameter docs)
 from harmonix._docs import fill_doc
+from harmonix._inputs import Inputs
 from harmonix._labels import check_sites
 from harmonix.base import BaseHarmonizer
 from harmonix.iguane import _fitting, _harmonizing, _model_file
 from harmonix.iguane.inputs.normalization import image_landmarks
 from harmonix.iguane.inputs.volumes import NETWORK_SCALE, check_input_shape
 from harmonix.iguane.model.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
-from harmonix.io import ImageCollection, as_collection
+from harmonix.io import as_collection
 from harmonix.site_check import agreement_frame, check_policy
 
 __all__ = ["IGUANeHarmonizer"]
@@ -357,14 +358,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
         if not hasattr(self, "input_shape_"):  # saved before transform stopped reading it
             self.input_shape_ = check_input_shape(self.input_shape)
 
-    def _fit(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> None:
-        _fitting.fit_estimator(self, imgs, sites, ages, covariates)
+    def _fit(self, data: Inputs) -> None:
+        _fitting.fit_estimator(self, data.imgs, data.sites, data.ages, data.covariates)
 
     # -- transform -------------------------------------------------------------------------
     def _check_metadata(
@@ -375,25 +370,12 @@ class IGUANeHarmonizer(BaseHarmonizer):
     ) -> None:
         check_policy(self.site_check)
 
-    def _site_statistics(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> dict[str, Any]:
+    def _site_statistics(self, data: Inputs) -> dict[str, Any]:
         """See :func:`harmonix.iguane._harmonizing.checked_statistics`."""
-        return _harmonizing.checked_statistics(self, imgs, sites)[0]
+        return _harmonizing.checked_statistics(self, data.imgs, data.sites)[0]
 
-    def _transform(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray | None,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-        stats: dict[str, Any],
-    ) -> list[np.ndarray]:
-        return _harmonizing.transform_images(self, imgs, sites, stats)
+    def _transform(self, data: Inputs, stats: dict[str, Any]) -> list[np.ndarray]:
+        return _harmonizing.transform_images(self, data.imgs, data.sites, stats)
 
     @fill_doc
     def distribution_distance(self, imgs: Any, sites: Any = None) -> np.ndarray:

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 
+from harmonix._inputs import Inputs
 from harmonix.base import BaseHarmonizer
-from harmonix.io import ImageCollection
 
 __all__ = ["DEMO_MODEL_PATH", "DEMO_SITE_PREFIX", "PretrainedIGUANe", "load_demo_model"]
 
@@ -106,13 +105,7 @@ class PretrainedIGUANe(BaseHarmonizer):
         """``model_`` with this wrapper's ``grid_mismatch``."""
         return self.model_.set_params(grid_mismatch=self._grid_action())
 
-    def _fit(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> None:
+    def _fit(self, data: Inputs) -> None:
         from harmonix.iguane.estimator import IGUANeHarmonizer
 
         if self.model_path is None:
@@ -121,39 +114,30 @@ class PretrainedIGUANe(BaseHarmonizer):
             model = IGUANeHarmonizer.load(self.model_path)
         self.model_ = model
         model = self._model()
-        model.check_grid(imgs)  # the model's voxel size and orientation
-        for _ in model._iter_brains(imgs):  # validates every image (and its brain's size)
+        model.check_grid(data.imgs)  # the model's voxel size and orientation
+        for _ in model._iter_brains(data.imgs):  # validates every image (and its brain's size)
             pass
 
-    def _site_statistics(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-    ) -> dict[str, Any]:
-        stats = self.model_._site_statistics(imgs, _as_new(sites), ages, None)
+    def _site_statistics(self, data: Inputs) -> dict[str, Any]:
+        stats = self.model_._site_statistics(_as_new(data))
         return {key[len(_NEW) :]: value for key, value in stats.items()}
 
-    def _transform(
-        self,
-        imgs: ImageCollection,
-        sites: np.ndarray | None,
-        ages: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-        stats: dict[str, Any],
-    ) -> list[np.ndarray]:
+    def _transform(self, data: Inputs, stats: dict[str, Any]) -> list[np.ndarray]:
         # the caller's sites are never the model's training sites, even when their labels
         # coincide ("site1" of another data set): keep them apart from the stored ones
         new_stats = {_NEW + key: value for key, value in stats.items()}
         model = self._model()
-        model.check_grid(imgs)
-        return model._transform(imgs, _as_new(sites), ages, None, new_stats)
+        model.check_grid(data.imgs)
+        return model._transform(_as_new(data), new_stats)
 
 
 #: Prefix that keeps the caller's site labels apart from the model's training sites.
 _NEW = "(new) "
 
 
-def _as_new(sites: np.ndarray | None) -> np.ndarray | None:
-    return None if sites is None else np.asarray([_NEW + s for s in sites.tolist()])
+def _as_new(data: Inputs) -> Inputs:
+    """The inputs with each site label prefixed by ``_NEW`` (and no covariates: the
+    model has none)."""
+    sites = data.sites
+    new = None if sites is None else np.asarray([_NEW + s for s in sites.tolist()])
+    return Inputs(data.imgs, new, data.ages)
