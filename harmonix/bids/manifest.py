@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from harmonix._bids_entities import ENTITIES
+from harmonix.io._entities import ENTITIES
 from harmonix.bids._pybids import require_pybids
 from harmonix.bids.names import check_entities
 from harmonix.io import atomic_write

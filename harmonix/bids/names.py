@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from harmonix._bids_entities import ENTITIES
+from harmonix.io._entities import ENTITIES
 
 __all__ = ["build_name", "check_entities", "parse_name", "relative_path"]
 
