@@ -31,6 +31,7 @@ from harmonix.covariates import (
     match_covariates,
 )
 from harmonix.io import as_collection
+from harmonix.persistence import load_estimator, register_class, save_estimator
 from harmonix.tables import FeatureTable
 
 __all__ = ["BaseHarmonizer", "IdentityHarmonizer"]
@@ -95,6 +96,10 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
     _needs_covariates: ClassVar[bool] = False
     #: fit and transform also take tables of features (n_samples, n_features).
     _accepts_tables: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register_class(cls)  # model files find it by name even after a module moved
 
     # -- public API ---------------------------------------------------------------------
     @fill_doc
@@ -397,8 +402,6 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
         path : str or path-like
             Destination file; written atomically.
         """
-        from harmonix.persistence import save_estimator
-
         check_is_fitted(self)
         save_estimator(self, path)
 
@@ -415,8 +418,6 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
         BaseHarmonizer
             The fitted harmonizer, of the class that saved it.
         """
-        from harmonix.persistence import load_estimator
-
         return load_estimator(path, expected=cls)
 
     # -- helpers for subclasses ------------------------------------------------------------

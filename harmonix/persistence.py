@@ -269,20 +269,37 @@ def load_model(path: str | os.PathLike) -> Any:
     path = model_file(path)
     if path.suffix == ".npz":
         try:
-            return load_estimator(path)
+            read_model_info(path)
         except ValueError:  # not an npz model: maybe a torch model saved under .npz
             pass
+        else:
+            return load_estimator(path)
     return _harmonix_class(_torch_model_class(path), path).load(path)
 
 
+#: harmonix's harmonizer classes by name (:class:`~harmonix.base.BaseHarmonizer` registers
+#: its subclasses): how a file written before its class's module moved finds the class.
+_CLASSES: dict[str, type] = {}
+
+
+def register_class(cls: type) -> None:
+    """Record a harmonix harmonizer class under its name (the first one of a name stays)."""
+    if cls.__module__.startswith("harmonix."):
+        _CLASSES.setdefault(cls.__name__, cls)
+
+
 def _harmonix_class(name: str, path: Path | str | os.PathLike) -> type:
-    """The harmonix class a model file names (``module.Class``), imported by its name."""
+    """The harmonix class a model file names (``module.Class``), imported by its name;
+    a file written before its module moved (``harmonix.histogram_matching``, now in
+    :mod:`harmonix.intensity`) finds it by its name among the registered harmonizers."""
     module_name, _, cls_name = str(name).rpartition(".")
     if not module_name.startswith("harmonix."):
         raise ValueError(f"'{path}' names class {name!r}, which is not harmonix's.")
     try:
         return getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError) as exc:
+        if cls_name in _CLASSES:
+            return _CLASSES[cls_name]
         raise ValueError(
             f"'{path}' names class {name!r}, which this harmonix {__version__} does not have."
         ) from exc

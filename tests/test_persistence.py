@@ -73,14 +73,32 @@ def test_object_array_attribute_is_refused(fitted, tmp_path):
 
 def test_foreign_class_is_refused(fitted, tmp_path):
     path = save_estimator(fitted, tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="not harmonix"):
+        load_estimator(_restamped(path, tmp_path, "os.system"))
+
+
+def _restamped(path, tmp_path, class_name):
+    """A copy of the model file at ``path`` that names ``class_name`` as its class."""
     with np.load(path) as data:
         arrays = dict(data)
     meta = json.loads(bytes(arrays["__harmonix__"]).decode())
-    meta["class"] = "os.system"
+    meta["class"] = class_name
     arrays["__harmonix__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(tmp_path / "f.npz", **arrays)
-    with pytest.raises(ValueError, match="not harmonix"):
-        load_estimator(tmp_path / "f.npz")
+    np.savez(tmp_path / "restamped.npz", **arrays)
+    return tmp_path / "restamped.npz"
+
+
+def test_file_naming_a_module_that_moved_loads_by_class_name(tiny, tmp_path):
+    """A file written when histogram matching was harmonix.histogram_matching loads and
+    transforms as the original; an unknown class is still refused."""
+    hm = HistogramMatchingHarmonizer().fit(tiny[0], tiny[1])
+    path = save_estimator(hm, tmp_path / "hm.npz")
+    old = _restamped(path, tmp_path, "harmonix.histogram_matching.HistogramMatchingHarmonizer")
+    loaded = load_model(old)
+    assert type(loaded) is HistogramMatchingHarmonizer
+    np.testing.assert_array_equal(loaded.transform(tiny[0]), hm.transform(tiny[0]))
+    with pytest.raises(ValueError, match="does not have"):
+        load_model(_restamped(path, tmp_path, "harmonix.gone.NoSuchHarmonizer"))
 
 
 def test_wrong_class_and_missing_file(fitted, tmp_path):

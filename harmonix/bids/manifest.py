@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from harmonix.io._entities import ENTITIES
 from harmonix.bids._pybids import require_pybids
 from harmonix.bids.names import check_entities
 from harmonix.io import atomic_write
+from harmonix.io._entities import ENTITIES
 
 __all__ = [
     "DEFAULT_SITE_FIELDS",
