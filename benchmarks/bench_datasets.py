@@ -44,6 +44,7 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from unittest import mock  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
@@ -103,13 +104,11 @@ ABLATIONS = {
 
 
 @contextlib.contextmanager
-def _ablation(datasets, change: dict):
+def _ablation(change: dict):
     """Temporarily switch off one effect of the preprocessed simulation."""
-    draw, site_inu, scan_inu = (
-        datasets._draw_site_preprocessed,
-        datasets._SITE_INU_RANGE,
-        datasets._SCAN_INU_RANGE,
-    )
+    from harmonix.datasets import multisite, sites
+
+    draw = sites._draw_site_preprocessed
     overrides = {k: v for k, v in change.items() if k != "inu"}
 
     def patched(*a, **kw):
@@ -117,14 +116,13 @@ def _ablation(datasets, change: dict):
         params.update(overrides)
         return params, log_bias
 
-    datasets._draw_site_preprocessed = patched
-    if change.get("inu"):
-        datasets._SITE_INU_RANGE = datasets._SCAN_INU_RANGE = (1e-6, 1e-6)
-    try:
+    with contextlib.ExitStack() as stack:
+        # make_multisite looks the site draw up in its own module, the draw its ranges in sites
+        stack.enter_context(mock.patch.object(multisite, "_draw_site_preprocessed", patched))
+        if change.get("inu"):
+            for name in ("_SITE_INU_RANGE", "_SCAN_INU_RANGE"):
+                stack.enter_context(mock.patch.object(sites, name, (1e-6, 1e-6)))
         yield
-    finally:
-        datasets._draw_site_preprocessed = draw
-        datasets._SITE_INU_RANGE, datasets._SCAN_INU_RANGE = site_inu, scan_inu
 
 
 def effects(args: argparse.Namespace) -> int:
@@ -132,6 +130,7 @@ def effects(args: argparse.Namespace) -> int:
     datasets = _import_datasets()
     from harmonix import HistogramMatchingHarmonizer
     from harmonix.benchmark.metrics import traveling_subject_ssim_score
+    from harmonix.datasets.anatomy import _load_anatomy
 
     def scores(ds) -> tuple[float, float]:
         hm = HistogramMatchingHarmonizer(reference_site=ds.reference_site)
@@ -141,7 +140,7 @@ def effects(args: argparse.Namespace) -> int:
         )
 
     for res in (2, 4):  # template loading is not generation time
-        datasets._load_anatomy(res)
+        _load_anatomy(res)
     rows = []
     styles = ("preprocessed", "legacy")
     configs = [(res, style, "all effects") for res in (2, 4) for style in styles]
@@ -150,7 +149,7 @@ def effects(args: argparse.Namespace) -> int:
         none, hm, secs = [], [], []
         for seed in args.seeds:
             start = time.perf_counter()
-            with _ablation(datasets, ABLATIONS[name]):
+            with _ablation(ABLATIONS[name]):
                 ds = datasets.make_multisite(
                     args.effects_subjects,
                     args.n_sites,
@@ -236,11 +235,12 @@ def main(argv: list[str] | None = None) -> int:
 
         datasets = _import_datasets()
         import_s = time.perf_counter() - start
+        from harmonix.datasets.anatomy import _load_anatomy
 
         load_s = {}
         for res in (2, 1):
             start = time.perf_counter()
-            datasets._load_anatomy(res)
+            _load_anatomy(res)
             load_s[res] = time.perf_counter() - start
 
         # Warm-up (first-touch allocations, caches), not timed.

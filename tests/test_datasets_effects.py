@@ -9,27 +9,35 @@ import math
 import numpy as np
 import pytest
 
-from harmonix import datasets as hd
 from harmonix.datasets import make_multisite
+from harmonix.datasets.anatomy import _load_anatomy
+from harmonix.datasets.sites import (
+    _curve_lut,
+    _draw_site_preprocessed,
+    _grid_snr,
+    _render,
+    _scan_bias,
+)
+from harmonix.datasets.subjects import _draw_subject
 
 RES = 4
 
 
 @pytest.fixture(scope="module")
 def anat():
-    return hd._load_anatomy(RES)
+    return _load_anatomy(RES)
 
 
 @pytest.fixture(scope="module")
 def subjects(anat):
-    return [hd._draw_subject(anat, np.random.default_rng(seed), 50.0) for seed in (0, 1)]
+    return [_draw_subject(anat, np.random.default_rng(seed), 50.0) for seed in (0, 1)]
 
 
 def _site(anat, seed=0, **overrides):
     """A preprocessed-style site with some parameters planted."""
-    params, log_bias = hd._draw_site_preprocessed(anat, np.random.default_rng(seed), "s")
+    params, log_bias = _draw_site_preprocessed(anat, np.random.default_rng(seed), "s")
     params.update(overrides)
-    return params, log_bias, hd._curve_lut(params)
+    return params, log_bias, _curve_lut(params)
 
 
 def _volume(anat, subj, vals):
@@ -105,7 +113,7 @@ def test_scan_bias_differs_between_two_subjects_of_one_site(anat, subjects):
     _, log_bias, _ = _site(anat)
     residuals = []
     for k, subj in enumerate(subjects):
-        bias, inu = hd._scan_bias(log_bias, subj, np.random.default_rng(10 + k))
+        bias, inu = _scan_bias(log_bias, subj, np.random.default_rng(10 + k))
         assert bias.dtype == np.float32 and bias.shape == subj.flat.shape
         assert 0.05 <= inu <= 0.15
         resid = np.log(bias.astype(np.float64)) - log_bias.reshape(-1)[subj.flat]
@@ -139,13 +147,13 @@ def test_reference_scans_bias_in_data_set(style):
 
 def test_slice_thickness_blurs_one_axis_only():
     # At 2 mm, the benchmarks' grid: 3 mm slices along the last axis against 1 mm ones.
-    anat2 = hd._load_anatomy(2)
-    subj = hd._draw_subject(anat2, np.random.default_rng(0), 50.0)
+    anat2 = _load_anatomy(2)
+    subj = _draw_subject(anat2, np.random.default_rng(0), 50.0)
     params, _, lut = _site(anat2)
 
     def render(voxel):
         p = dict(params, blur_sigma_mm=[0.5 * v for v in voxel])
-        return _volume(anat2, subj, hd._render(subj, p, lut, 2, None, None))
+        return _volume(anat2, subj, _render(subj, p, lut, 2, None, None))
 
     power = {}
 
@@ -178,21 +186,21 @@ def test_blur_is_in_mm_and_scales_with_resolution():
 
 
 def test_grid_snr_rule():
-    assert hd._grid_snr(20.0, [1, 1, 1], 1) == pytest.approx(20.0)
-    assert hd._grid_snr(20.0, [1, 1, 1], 2) == pytest.approx(20.0 * math.sqrt(8))
-    assert hd._grid_snr(20.0, [1, 1, 3], 2) == pytest.approx(20.0 * math.sqrt(24))
+    assert _grid_snr(20.0, [1, 1, 1], 1) == pytest.approx(20.0)
+    assert _grid_snr(20.0, [1, 1, 1], 2) == pytest.approx(20.0 * math.sqrt(8))
+    assert _grid_snr(20.0, [1, 1, 3], 2) == pytest.approx(20.0 * math.sqrt(24))
     # A grid finer than the acquisition voxel averages nothing: SNR is linear in volume.
-    assert hd._grid_snr(20.0, [1, 1, 3], 1) == pytest.approx(60.0)
-    assert hd._grid_snr(20.0, [0.8, 0.8, 1], 1) == pytest.approx(20.0 * 0.64 * 1.25)
+    assert _grid_snr(20.0, [1, 1, 3], 1) == pytest.approx(60.0)
+    assert _grid_snr(20.0, [0.8, 0.8, 1], 1) == pytest.approx(20.0 * 0.64 * 1.25)
 
 
 def test_noise_sd_matches_snr_rule(anat, subjects):
     params, _, lut = _site(anat, seed=2, scale=4095.0)  # large scale: rounding negligible
     assert params["noise_sigma"] == pytest.approx(
-        1.0 / hd._grid_snr(params["snr_wm"], params["voxel_mm"], RES)
+        1.0 / _grid_snr(params["snr_wm"], params["voxel_mm"], RES)
     )
     subj = subjects[0]
-    a, b = (hd._render(subj, params, lut, RES, None, np.random.default_rng(s)) for s in (1, 2))
+    a, b = (_render(subj, params, lut, RES, None, np.random.default_rng(s)) for s in (1, 2))
     wm = subj.wm > 0.9  # bright voxels: Rician noise is Gaussian there
     sd = np.std((a - b)[wm]) / math.sqrt(2.0) / params["scale"]
     assert sd == pytest.approx(params["noise_sigma"], rel=0.05)

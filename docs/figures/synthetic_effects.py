@@ -24,7 +24,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from harmonix import datasets as hd
+from harmonix.datasets import make_multisite
+from harmonix.datasets.anatomy import _ORIGIN, _load_anatomy
+from harmonix.datasets.sites import (
+    _CURVE_XMAX,
+    _curve_lut,
+    _draw_site,
+    _draw_site_preprocessed,
+    _grid_snr,
+    _render,
+    _scan_bias,
+)
+from harmonix.datasets.subjects import _draw_subject
 
 HERE = pathlib.Path(__file__).resolve().parent
 RES = 2
@@ -44,14 +55,14 @@ def _show(ax, img, title, **kw):
 
 
 def _site(anat, seed, **overrides):
-    params, log_bias = hd._draw_site_preprocessed(anat, np.random.default_rng(seed), "s")
+    params, log_bias = _draw_site_preprocessed(anat, np.random.default_rng(seed), "s")
     params.update(overrides)
-    return params, log_bias, hd._curve_lut(params)
+    return params, log_bias, _curve_lut(params)
 
 
 def bias_figure(anat, subjects) -> None:
     _, log_bias, _ = _site(anat, 4)
-    legacy_params, legacy_bias = hd._draw_site(anat, np.random.default_rng(4), "s")
+    legacy_params, legacy_bias = _draw_site(anat, np.random.default_rng(4), "s")
     fig, axes = plt.subplots(1, 5, figsize=(13, 3.2), layout="constrained")
     kw = {"cmap": "RdBu_r", "vmin": 0.8, "vmax": 1.2}
     _show(
@@ -62,7 +73,7 @@ def bias_figure(anat, subjects) -> None:
     )
     totals = []
     for k, subj in enumerate(subjects):
-        bias, inu = hd._scan_bias(log_bias, subj, np.random.default_rng(10 + k))
+        bias, inu = _scan_bias(log_bias, subj, np.random.default_rng(10 + k))
         vol = _volume(anat, subj, bias)
         vol[vol == 0] = np.nan
         totals.append(vol)
@@ -96,7 +107,7 @@ def resolution_figure(anat, subj) -> None:
     imgs = []
     for ax, (title, voxel) in zip(axes, cases):
         p = dict(params, blur_sigma_mm=[0.5 * v for v in voxel])
-        img = _volume(anat, subj, hd._render(subj, p, lut, RES, None, None))
+        img = _volume(anat, subj, _render(subj, p, lut, RES, None, None))
         _show(ax, img[20:72, CORONAL, 30:82], f"{title}\nsigma = {[0.5 * v for v in voxel]} mm")
         imgs.append((title, img))
     diff = imgs[1][1] - imgs[0][1]
@@ -109,7 +120,7 @@ def resolution_figure(anat, subj) -> None:
         vmin=-lim,
         vmax=lim,
     )
-    z = np.arange(anat.mask.shape[2]) * RES + hd._ORIGIN[2]
+    z = np.arange(anat.mask.shape[2]) * RES + _ORIGIN[2]
     for title, img in imgs:
         axes[4].plot(z, img[45, CORONAL, :], label=title)
     axes[4].set_xlim(0, 70)
@@ -125,7 +136,7 @@ def noise_figure(anat, subj) -> None:
     thickness = np.linspace(1.0, 3.0, 50)
     for res, style in ((1, ":"), (2, "-"), (4, "--")):
         for a, colour in ((0.8, "C0"), (1.4, "C1")):
-            snr = [hd._grid_snr(18.5, [a, a, t], res) for t in thickness]
+            snr = [_grid_snr(18.5, [a, a, t], res) for t in thickness]
             axes[0].plot(
                 thickness, snr, style, color=colour, label=f"{res} mm grid, {a} mm in-plane"
             )
@@ -136,9 +147,9 @@ def noise_figure(anat, subj) -> None:
     axes[0].set_title("SNR: linear in the acquisition voxel, then averaging", fontsize=9)
     params, _, lut = _site(anat, 0, blur_sigma_mm=[0.5, 0.5, 0.5], scale=1000.0)
     for ax, (snr1, voxel) in zip(axes[1:], ((13.0, [0.8, 0.8, 1.0]), (24.0, [1.4, 1.4, 3.0]))):
-        snr = hd._grid_snr(snr1, voxel, RES)
+        snr = _grid_snr(snr1, voxel, RES)
         p = dict(params, noise_sigma=1.0 / snr)
-        img = _volume(anat, subj, hd._render(subj, p, lut, RES, None, np.random.default_rng(0)))
+        img = _volume(anat, subj, _render(subj, p, lut, RES, None, np.random.default_rng(0)))
         title = f"snr_wm {snr1:g}, voxel {voxel} mm: grid SNR {snr:.0f}"
         _show(ax, img[15:75, 20:95, AXIAL], title, vmin=0, vmax=1300)
     fig.savefig(HERE / "synthetic_noise.png", dpi=90)
@@ -146,13 +157,13 @@ def noise_figure(anat, subj) -> None:
 
 
 def contrast_figure() -> None:
-    ds = hd.make_multisite(1, 5, resolution=RES, random_state=0)
+    ds = make_multisite(1, 5, resolution=RES, random_state=0)
     fig, axes = plt.subplots(1, 6, figsize=(15, 3.4), layout="constrained")
     xs = np.linspace(0.0, 1.4, 200)
     for p in ds.site_params:
-        lut = hd._curve_lut(p)
+        lut = _curve_lut(p)
         axes[0].plot(
-            xs, np.interp(xs, np.linspace(0, hd._CURVE_XMAX, lut.size), lut), label=p["name"]
+            xs, np.interp(xs, np.linspace(0, _CURVE_XMAX, lut.size), lut), label=p["name"]
         )
     axes[0].set_xlabel("tissue model WM + r_gm GM + r_csf CSF")
     axes[0].set_ylabel("intensity (WM = 1)")
@@ -173,8 +184,8 @@ def contrast_figure() -> None:
 
 
 def main() -> None:
-    anat = hd._load_anatomy(RES)
-    subjects = [hd._draw_subject(anat, np.random.default_rng(s), 50.0) for s in (0, 1)]
+    anat = _load_anatomy(RES)
+    subjects = [_draw_subject(anat, np.random.default_rng(s), 50.0) for s in (0, 1)]
     bias_figure(anat, subjects)
     resolution_figure(anat, subjects[0])
     noise_figure(anat, subjects[0])
