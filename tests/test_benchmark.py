@@ -865,7 +865,7 @@ def test_ssim_of_unrelated_images_is_about_zero(tiny):
     a, b = (np.where(m, rng.random(m.shape), 0.0) for _ in range(2))
     assert abs(masked_ssim(a, b, m)) <= 0.05  # windows with background gave 0.23
     assert masked_ssim(a, a, m) == pytest.approx(1.0)
-    from harmonix.benchmark.metrics import _ssim_map
+    from harmonix.benchmark.similarity import _ssim_map
 
     # where a window lies in the mask, the map is skimage's SSIM exactly
     x, y = rng.random((2, 20, 20, 20))

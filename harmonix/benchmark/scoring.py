@@ -26,7 +26,8 @@ from harmonix.benchmark.disease import (
     effect_error,
     standardized_effect,
 )
-from harmonix.benchmark.metrics import (
+from harmonix.benchmark.scale import robust_range, robust_scale
+from harmonix.benchmark.similarity import (
     distance_correlation_from,
     site_distances,
     specificity_from,
@@ -34,7 +35,6 @@ from harmonix.benchmark.metrics import (
     traveling_subject_ssim_score,
     truth_ssim_score,
 )
-from harmonix.benchmark.scale import robust_range, robust_scale
 from harmonix.benchmark.site import balanced_accuracy, site_features, site_predictions
 from harmonix.benchmark.tissue import (
     Tissues,
