@@ -2,18 +2,15 @@
 
 :mod:`harmonix.preprocessing.grid` holds the light helpers IGUANe uses on images that are
 already in MNI space (median normalization, crop/pad with an exact inverse). The chain
-that starts from a raw scanner T1 (:class:`T1Preprocessor`, :func:`preprocess_manifest`,
-and :func:`to_native` for the way back) lives in :mod:`harmonix.preprocessing.chain`; it needs
-the optional dependencies of ``pip install "harmonix[preprocess]"`` (deepbet, SimpleITK),
-imported only when a chain runs.
+that starts from a raw scanner T1 lives in :mod:`harmonix.preprocessing.chain`
+(:class:`T1Preprocessor`, one scan), :mod:`harmonix.preprocessing.files` (many scans,
+:func:`preprocess_manifest`) and :mod:`harmonix.preprocessing.outputs` (what it returns, and
+:func:`to_native` for the way back); it needs the optional dependencies of
+``pip install "harmonix[preprocess]"`` (deepbet, SimpleITK), imported only when a chain
+runs.
 """
 
-from harmonix.preprocessing.chain import (
-    PreprocessResult,
-    T1Preprocessor,
-    TemplateTransform,
-    to_native,
-)
+from harmonix.preprocessing.chain import T1Preprocessor
 from harmonix.preprocessing.files import preprocess_files, preprocess_manifest
 from harmonix.preprocessing.grid import (
     IGUANE_FALLBACK_SHAPE,
@@ -24,6 +21,7 @@ from harmonix.preprocessing.grid import (
     pad_to_multiple,
     restore_grid,
 )
+from harmonix.preprocessing.outputs import PreprocessResult, TemplateTransform, to_native
 from harmonix.preprocessing.qc import QCFailedError
 from harmonix.preprocessing.simulate import move_scan, rigid_matrix
 

@@ -14,7 +14,8 @@ from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from harmonix.io import atomic_write, read_manifest
-from harmonix.preprocessing.chain import T1Preprocessor, output_paths
+from harmonix.preprocessing.chain import T1Preprocessor
+from harmonix.preprocessing.outputs import output_paths
 from harmonix.preprocessing.qc import QC_LIMITS, QCFailedError, flag_outliers
 
 __all__ = ["preprocess_files", "preprocess_manifest"]
