@@ -36,7 +36,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-from _common import cpu_model
+from _helpers.common import cpu_model, load_now
 
 SHAPE = (182, 218, 182)
 VOLUME_BYTES = int(np.prod(SHAPE)) * 4  # one float32 volume
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from harmonix.datasets import make_multisite
 
-    load_before = os.getloadavg()[0]
+    load_before = load_now()[0]
     ds = make_multisite(n_subjects=args.subjects, n_sites=args.sites, resolution=1, random_state=0)
     imgs, sites = ds.imgs, np.asarray(ds.sites)
     assert imgs.shape[1:] == SHAPE, imgs.shape
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         gc.collect()
         memory = measure_memory(list(timing["wall"]), np.array(imgs[len(imgs) // 2]), workdir)
         print("memory", memory)
-    text = report(timing, fit_times, memory, args, load_before, os.getloadavg()[0])
+    text = report(timing, fit_times, memory, args, load_before, load_now()[0])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

@@ -15,9 +15,7 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import pathlib
 import statistics
 import sys
@@ -26,7 +24,7 @@ import time
 
 import nibabel as nib
 import numpy as np
-from _common import cpu_model, load_line, write_results
+from _helpers.common import command_line, load_now, machine_lines, script_parser, write_results
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -71,17 +69,15 @@ def timed(fn, repeats: int) -> tuple[list[float], list[float], object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__, "bids_manifest.md", repeats=3)
     parser.add_argument("--subjects", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=pathlib.Path, default=HERE / "results" / "bids_manifest.md")
     args = parser.parse_args()
 
     import bids
 
     from harmonix.bids import bids_manifest
 
-    start_load = os.getloadavg()
+    start_load = load_now()
     with tempfile.TemporaryDirectory(prefix="harmonix-bench-bids-") as tmp:
         root = pathlib.Path(tmp) / "ds"
         root.mkdir()
@@ -97,7 +93,6 @@ def main() -> None:
         table = ours[2]
         assert len(table) == len(plain[2]) == 2 * args.subjects
         assert set(table["path"]) == {str(pathlib.Path(p).resolve()) for p in plain[2]}
-    end_load = os.getloadavg()
 
     def row(name: str, result) -> str:
         wall, cpu, _ = result
@@ -110,13 +105,11 @@ def main() -> None:
     lines = [
         "# `harmonix bids-manifest` speed on a large BIDS dataset",
         "",
-        f"Produced by `python benchmarks/bench_bids.py --subjects {args.subjects} "
-        f"--repeats {args.repeats}`.",
+        f"Produced by `{command_line()}`.",
         "",
         f"- dataset: {args.subjects} subjects x 2 sessions, each with 1 T1w image and 4 BOLD "
         f"runs, a JSON sidecar per image: {n_files} files, {2 * args.subjects} T1w images",
-        f"- CPU: {cpu_model()}; `os.cpu_count()` = {os.cpu_count()}",
-        load_line(start_load, end_load),
+        *machine_lines(start_load),
         f"- Python {sys.version.split()[0]}, pybids {bids.__version__}",
         "",
         "| way | median CPU s | median wall s | wall runs s |",
@@ -129,12 +122,6 @@ def main() -> None:
         "the load of the machine; the CPU times are the figures to compare.",
         "",
     ]
-    if max(*start_load[:1], *end_load[:1]) > 1.5:
-        lines[-1:-1] = [
-            "The machine was loaded (1-min load above 1.5): re-run on an idle machine for "
-            "wall-clock figures.",
-            "",
-        ]
     write_results(args.out, lines)
 
 

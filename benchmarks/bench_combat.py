@@ -44,7 +44,7 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import cpu_model  # noqa: E402
+from _helpers.common import cpu_model, load_now  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 #: Start of the section of combat.md that bench_combat_rim.py writes (kept on rewrite).
@@ -240,7 +240,7 @@ def step_nh_gam(work: pathlib.Path, n_voxels: int) -> dict:
 def _run_step(name: str, work: pathlib.Path, *extra: str) -> dict:
     cmd = [sys.executable, __file__, "--step", name, "--workdir", str(work), *extra]
     print(f"[bench_combat] {name} ...", flush=True)
-    load = os.getloadavg()[0]
+    load = load_now()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"step {name} failed:\n{proc.stderr[-4000:]}")
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         results = json.loads((args.workdir / "results.json").read_text())
         print(_report(results, _versions(), tuple(results["load_start"]), args.out))
         return
-    load = os.getloadavg()
+    load = load_now()
     work = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="bench_combat_"))
     work.mkdir(parents=True, exist_ok=True)
     try:

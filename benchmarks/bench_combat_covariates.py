@@ -47,7 +47,7 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from _common import cpu_model  # noqa: E402
+from _helpers.common import cpu_model, load_now  # noqa: E402
 
 from harmonix import ComBatHarmonizer  # noqa: E402
 
@@ -238,7 +238,7 @@ def speed(repeats: int) -> dict:
     _ours(X, sites, cov), _theirs(X, nh_cov)  # warm up (imports, caches)
     wall = {"ours": [], "theirs": []}
     cpu = {"ours": [], "theirs": []}
-    loads = [os.getloadavg()[0]]
+    loads = [load_now()[0]]
     for _ in range(repeats):
         for name, run in (
             ("ours", lambda: _ours(X, sites, cov)),
@@ -249,7 +249,7 @@ def speed(repeats: int) -> dict:
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
             time.sleep(0.2)
-    loads.append(os.getloadavg()[0])
+    loads.append(load_now()[0])
     diff = max_rel(_ours(X, sites, cov), _theirs(X, nh_cov))
     return {
         "wall": {k: (float(np.median(v)), float(min(v))) for k, v in wall.items()},
@@ -335,7 +335,7 @@ def speed_report(sp: dict, prof: list[tuple[str, float]], cmd: str, load: tuple)
         "",
         f"Command: `{cmd}`  ",
         f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs; 1-min load average "
-        f"{load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; BLAS limited to "
+        f"{load[0]:.1f} at the start, {load_now()[0]:.1f} at the end; BLAS limited to "
         "one thread for both libraries.",
         "",
         "Covariates age, sex, diagnosis and ICV; 10 sites; `fit` + `transform` against "
@@ -397,7 +397,7 @@ def report(r: dict, cmd: str, load: tuple) -> tuple[str, str]:
         "",
         f"Command: `{cmd}`  ",
         f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs; 1-min load average "
-        f"{load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; BLAS limited to "
+        f"{load[0]:.1f} at the start, {load_now()[0]:.1f} at the end; BLAS limited to "
         f"one thread for both libraries. Versions: harmonix {harmonix.__version__}, "
         f"neuroHarmonize {version('neuroHarmonize')}, numpy {np.__version__}, python "
         f"{platform.python_version()}.",
@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
-    load = os.getloadavg()
+    load = load_now()
     cmd = " ".join(["python", "benchmarks/bench_combat_covariates.py", *(argv or sys.argv[1:])])
     if args.speed_only:
         text = speed_report(speed(args.repeats), stages(args.repeats), cmd, load)

@@ -48,7 +48,7 @@ from unittest import mock  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
-from _common import cpu_model  # noqa: E402
+from _helpers.common import cpu_model, load_now  # noqa: E402
 
 from harmonix.io import atomic_write  # noqa: E402
 
@@ -202,7 +202,7 @@ def effects(args: argparse.Namespace) -> int:
         + ".",
         "",
         f"- CPU: {cpu_model()}; load average at the end: "
-        + " / ".join(f"{v:.2f}" for v in os.getloadavg()),
+        + " / ".join(f"{v:.2f}" for v in load_now()),
         "",
     ]
     out = args.out if args.out is not None else HERE / "results" / "datasets_effects.md"
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-    load_avg = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    load_avg = load_now()
     try:
         n_usable = len(os.sched_getaffinity(0))
     except AttributeError:

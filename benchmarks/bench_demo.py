@@ -13,8 +13,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import os
 import pathlib
 import platform
 import resource
@@ -24,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from _common import cpu_model, load_line, write_results
+from _helpers.common import command_line, load_now, machine_lines, script_parser, write_results
 
 GOAL_S = 180.0
 HERE = pathlib.Path(__file__).resolve().parent
@@ -48,21 +46,17 @@ def _run_once() -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=pathlib.Path, default=HERE / "results" / "demo.md")
-    args = parser.parse_args(argv)
+    args = script_parser(__doc__, "demo.md", repeats=3).parse_args(argv)
 
     import torch
 
     import harmonix
 
-    load_start = os.getloadavg()
+    load_start = load_now()
     runs = []
     for i in range(args.repeats):
         runs.append(_run_once())
         print(f"run {i + 1}: {runs[-1]['wall']:.1f} s wall", flush=True)
-    load_end = os.getloadavg()
     wall = statistics.median(r["wall"] for r in runs)
     cpu = statistics.median(r["cpu"] for r in runs)
     peak = max(r["peak_mb"] for r in runs)
@@ -70,16 +64,15 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# `harmonix demo`: whole-process time",
         "",
-        f"Written by `benchmarks/bench_demo.py`: {args.repeats} runs of "
+        f"Written by `{command_line(argv)}`: {args.repeats} runs of "
         "`python -m harmonix --quiet demo` (synthetic data at 4 mm, 8 subjects x 5 sites, "
         "site4 unseen; none, HM, WS, ComBat, the shipped CPU IGUANe model and the oracle "
         "row; benchmark tables with 95 % intervals (200 bootstrap samples) and plots "
         "written), each in a fresh process.",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores",
+        *machine_lines(load_start),
         f"- Python {platform.python_version()}, harmonix {harmonix.__version__}, "
         f"PyTorch {torch.__version__}",
-        load_line(load_start, load_end),
         "",
         "| run | wall (s) | CPU, user + system (s) |",
         "|---|---:|---:|",

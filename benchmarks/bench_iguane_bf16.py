@@ -38,17 +38,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import cpu_flags, cpu_model, load_line, write_results
+from _helpers.common import cpu_flags, cpu_model, load_line, load_now, write_results
 
 from harmonix.benchmark.metrics import masked_ssim, robust_range, traveling_subject_ssim_score
 from harmonix.datasets import make_multisite
@@ -226,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     print(cpu_flags(), flush=True)
     warnings.simplefilter("ignore", EmulatedBFloat16Warning)  # the flags line says it
-    start = os.getloadavg()
+    start = load_now()
     rows = [trained_model_row("shipped (CPU_RECIPE, seed 0)", load_demo_model(), 0)]
     print(rows[-1], flush=True)
     if args.recipe_model is not None:
@@ -237,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_published:
         rows.append(published_row())
         print(rows[-1], flush=True)
-    write_results(args.out, render(rows, args, (start, os.getloadavg())))
+    write_results(args.out, render(rows, args, (start, load_now())))
 
 
 if __name__ == "__main__":

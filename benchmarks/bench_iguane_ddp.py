@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from _common import cpu_model, load_line, write_results
+from _helpers.common import cpu_model, load_line, load_now, write_results
 
 HERE = pathlib.Path(__file__).resolve().parent
 CONFIG = dict(
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         (f"1 process, batch {p} ({p} threads)", p, p, None),
         (f"{p} processes (torchrun, gloo), batch 1 and 1 thread each", 1, 1, p),
     ]
-    load_start = os.getloadavg()
+    load_start = load_now()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, batch, threads, procs) in enumerate(runs):
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             results.append((name, json.loads(out.read_text())))
             print(f"{name}: {results[-1][1]['seconds']:.1f} s", flush=True)
-    load_end = os.getloadavg()
+    load_end = load_now()
 
     def pairs_per_s(r: dict) -> float:
         return r["steps"] * r["n_sources"] * r["pairs_per_update"] / r["seconds"]

@@ -27,93 +27,21 @@ Models: files saved by ``IGUANeHarmonizer.save`` after training on the same seed
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_iguane_learning import Scorer, per_image_ssim
-from site_family_b import make_family_b
+from _helpers.iguane_scores import (
+    Scorer,
+    artifact_kinds,
+    calibrate_profile,
+    per_image_ssim,
+    training_labels,
+)
+from _helpers.site_family_b import make_family_b
 
 from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
 from harmonix.benchmark.metrics import robust_range
 from harmonix.datasets import make_multisite
-from harmonix.iguane._fitting import set_guard
-from harmonix.iguane._harmonizing import checked_statistics, fitted_inputs, network_inputs
-from harmonix.iguane.guard import ContrastProfile, evenly
-from harmonix.iguane.pretrained import DEMO_SITE_PREFIX
-
-
-def _lesions(rng: np.random.Generator, mask: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    def damage(x: np.ndarray) -> np.ndarray:
-        y = x.copy()
-        inside = np.argwhere(mask)
-        grid = np.indices(x.shape)
-        for _ in range(3):
-            centre = inside[rng.integers(len(inside))]
-            dist = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(0))
-            y[dist < 2] *= 0.3
-        return y
-
-    return damage
-
-
-def artifact_kinds(imgs: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> dict:
-    """The damaged versions of ``imgs`` (see the module docstring), background kept at 0."""
-    top = float(np.percentile(imgs[:, mask], 99.5))
-    median = float(np.median(imgs[:, mask]))
-    axis0 = np.indices(imgs.shape[1:])[0]
-    kinds = {
-        "inverted": lambda x: 1.05 * top - x,
-        "ghost": lambda x: x + 0.5 * np.roll(x, x.shape[1] // 4, axis=1),
-        "blur": lambda x: ndimage.gaussian_filter(x, 1.5),
-        "noise": lambda x: np.abs(x + rng.normal(0.0, 0.25 * median, x.shape)),
-        "lesions": _lesions(rng, mask),
-        "stripes": lambda x: x * (1 + 0.6 * np.sin(axis0 / 1.5)),
-    }
-    out = {}
-    for name, damage in kinds.items():
-        damaged = np.stack([damage(x) for x in imgs]).astype(np.float32)
-        damaged[:, ~mask] = 0
-        damaged[:, mask] = np.maximum(damaged[:, mask], 1e-3 * median)
-        out[name] = damaged
-    return out
-
-
-def calibrate_profile(est: IGUANeHarmonizer, ds, score: Scorer) -> None:
-    """Give a model saved before the profile guard its profile, as ``fit`` computes it.
-
-    Reference profile from (up to 32 of) the reference site's training images, threshold
-    from the held-out images and up to 32 other source-site training images; indices are
-    those of the training subset the model was fitted on.
-    """
-    if getattr(est, "reference_profile_", None) is not None:
-        return
-    imgs, sites = ds.imgs[score.train], training_labels(est, ds.sites[score.train])
-    held = [int(i) for i in est.history_["val_indices"]]
-    rest = [i for i in np.flatnonzero(sites != est.reference_site_) if i not in set(held)]
-
-    def inputs(idx: list) -> list:
-        collection, labels = fitted_inputs(est, imgs[idx], sites[idx])
-        stats, _ = checked_statistics(est, collection, labels)
-        return [(x, p.mask) for p, _, x in network_inputs(est, collection, labels, stats)]
-
-    profile = ContrastProfile().fit(inputs(evenly(np.flatnonzero(sites == est.reference_site_))))
-    corr = [profile.correlation(x, m) for x, m in inputs(held + evenly(rest))]
-    set_guard(est, profile, est.training_corrections_, corr)
-
-
-def training_labels(est: IGUANeHarmonizer, sites: np.ndarray) -> np.ndarray:
-    """The model's names of the data's training sites (``site1`` -> ``demo-train-site1``
-    for the shipped model, whose training sites carry a prefix), so that the training
-    sites keep their stored maps."""
-    names = {s.removeprefix(DEMO_SITE_PREFIX): s for s in est.sites_.tolist()}
-    return np.asarray([names.get(s, s) for s in sites.tolist()])
 
 
 def flags(est: IGUANeHarmonizer, imgs: np.ndarray, sites: np.ndarray) -> tuple:

@@ -74,10 +74,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import cpu_flags, cpu_model
+from _helpers.common import (
+    cpu_flags,
+    cpu_model,
+    load_text,
+    start_busy,
+    stop_busy,
+    use_test_helpers,
+)
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # keras_reference: test and benchmark support
+use_test_helpers()  # keras_reference: test and benchmark support
 SIZES = {"1mm": (160, 192, 160), "2mm": (96, 112, 96)}
 #: Accuracy checks against float64 (and bf16 on CPUs without native bf16, where it is
 #: emulated and very slow) run on the central 64^3 crop of the 2 mm volume: PyTorch's float64
@@ -176,13 +183,6 @@ def _worker_env() -> dict[str, str]:
         [str(HERE), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
     )
     return env
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:  # pragma: no cover - not on Linux
-        return "n/a"
 
 
 def _rss_mb() -> float:
@@ -455,18 +455,6 @@ def _last_json(text: str) -> dict:
     raise RuntimeError(f"no result in child output:\n{text}")
 
 
-def start_busy(n: int) -> list[subprocess.Popen]:
-    """``n`` busy background processes (pure Python loops); stop them with
-    :func:`stop_busy`."""
-    return [subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"]) for _ in range(n)]
-
-
-def stop_busy(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.terminate()
-        p.wait(timeout=10)
-
-
 def time_variants(
     workdir: Path, size: str, variants: list[str], repeats: int, phases: list[int]
 ) -> dict:
@@ -492,7 +480,7 @@ def time_variants(
                     time.sleep(5)  # let the load show in the load average a little
                 times: dict[str, list[float]] = {v: [] for v in variants}
                 used: dict[str, int | None] = {}
-                load_start = _loadavg()
+                load_start = load_text()
                 for rep in range(repeats):
                     k = rep % len(variants)
                     for v in variants[k:] + variants[:k]:
@@ -509,10 +497,10 @@ def time_variants(
                             + (f" ({used[v]} threads)" if used.get(v) else "")
                             for v in variants
                         )
-                        + f" (load {_loadavg()})",
+                        + f" (load {load_text()})",
                         flush=True,
                     )
-                out["phases"][busy] = {"times": times, "load": (load_start, _loadavg())}
+                out["phases"][busy] = {"times": times, "load": (load_start, load_text())}
             finally:
                 stop_busy(background)
     finally:
@@ -586,7 +574,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_child:
         return memory_child(args.memory_child, args.workdir, args.size)
 
-    load_start = _loadavg()
+    load_start = load_text()
     bf16 = _cpu_bf16()
     print(cpu_flags(), flush=True)
     if args.variants is None:  # emulated bfloat16 is not timed unless asked for
@@ -634,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
                     crop_diffs[(v, "plain float32")] = _diff(
                         workdir, CROP, v, f"out_harmonix_plain_{CROP}.npy"
                     )
-    load_end = _loadavg()
+    load_end = load_text()
     report = render(results, crop_diffs, args, load_start, load_end, bf16)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

@@ -3,7 +3,7 @@
 Data: ``make_multisite(resolution=4, style="legacy")`` (family A, 46x55x46 voxels of 4 mm;
 the legacy simulation the shipped model and the results were made with), ``--n-sites``
 sites of which the last is held out of training ("unseen"), plus the same subjects scanned
-at the sites of a second family (:mod:`benchmarks.site_family_b`: gamma curves, slice
+at the sites of a second family (``benchmarks/_helpers/site_family_b.py``: gamma curves, slice
 blur, linear-gradient bias, Gaussian noise), never seen in training either.
 
 Training: :func:`harmonix.iguane.training.loop.train` with the settings of
@@ -36,36 +36,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _helpers.common import load_line, load_now
+from _helpers.iguane_scores import Scorer
+from _helpers.site_family_b import make_family_b
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import load_line
-from site_family_b import make_family_b
-
-from harmonix.benchmark.metrics import (
-    distance_correlation_score,
-    gm_age_correlation,
-    masked_ssim,
-    robust_range,
-    robust_scale,
-    traveling_subject_ssim_score,
-)
 from harmonix.datasets import make_multisite
-from harmonix.histogram_matching import HistogramMatchingHarmonizer
 from harmonix.iguane import CPU_RECIPE
 from harmonix.iguane.estimator import IGUANeHarmonizer
 from harmonix.iguane.inputs.normalization import InputNormalizer, image_landmarks
 from harmonix.iguane.model.networks import Generator3D
 from harmonix.iguane.training.checkpoints import CHECKPOINT_NAME, load_checkpoint
-from harmonix.whitestripe import WhiteStripeHarmonizer
 
 
 def parse_args() -> argparse.Namespace:
@@ -115,89 +101,6 @@ def recipe(overrides: list[str]) -> dict:
         name, _, value = item.partition("=")
         params[name] = json.loads(value)
     return params
-
-
-def per_image_ssim(out: np.ndarray, ref_out: np.ndarray, mask: np.ndarray, vr) -> np.ndarray:
-    """SSIM of each image to its subject's reference-site image (both on one scale)."""
-    a = robust_scale(out, mask, value_range=vr)
-    b = robust_scale(ref_out, mask, value_range=vr)
-    return np.array([masked_ssim(x, y, mask) for x, y in zip(a, b)])
-
-
-class Scorer:
-    """Scores of one method's outputs on the A data set and the B sites."""
-
-    def __init__(self, ds, ds_b, unseen: str) -> None:
-        self.ds, self.b = ds, ds_b
-        self.train = ds.sites != unseen
-        self.unseen = ds.sites == unseen
-        self.seen_src = self.train & (ds.sites != ds.reference_site)
-        self.ref_index = {
-            s: i for i, s in enumerate(ds.subjects) if ds.sites[i] == ds.reference_site
-        }
-
-    def oracle(self, out_a: np.ndarray) -> np.ndarray:
-        """Each A image replaced by its subject's reference-site image in ``out_a``."""
-        return np.stack([out_a[self.ref_index[s]] for s in self.ds.subjects])
-
-    def baselines(self) -> dict[str, dict]:
-        """Scores of none, HM, WS (fitted on the training images) and the oracle.
-
-        The oracle harmonizes every image into its subject's reference-site scan: the
-        ceiling of the SSIM scores, and what a perfect harmonization does to the distance
-        correlation (between-subject differences as the reference scanner sees them).
-        """
-        ds, ds_b, tr = self.ds, self.b, self.train
-        rows = {}
-        for name, factory in (
-            ("none", None),
-            ("HM", HistogramMatchingHarmonizer),
-            ("WS", WhiteStripeHarmonizer),
-        ):
-            if factory is None:
-                out_a, out_b = ds.imgs, ds_b.imgs
-            else:
-                h = factory(reference_site=ds.reference_site).fit(ds.imgs[tr], ds.sites[tr])
-                out_a, out_b = h.transform(ds.imgs), h.transform(ds_b.imgs)
-            rows[name] = self(out_a, out_b)
-        oracle_a = self.oracle(ds.imgs)
-        oracle_b = np.stack([ds.imgs[self.ref_index[s]] for s in ds_b.subjects])
-        rows["oracle"] = self(oracle_a, oracle_b)
-        return rows
-
-    def __call__(self, out_a: np.ndarray, out_b: np.ndarray) -> dict[str, float]:
-        ds, b = self.ds, self.b
-        vr = robust_range(out_a[self.train], ds.mask)
-        both = np.concatenate([out_a, out_b])
-        subjects = np.concatenate([ds.subjects, b.subjects])
-        sites = np.concatenate([ds.sites, b.sites])
-        flags = {
-            "unseen": np.r_[self.unseen, np.zeros(len(out_b), bool)],
-            "seen": np.r_[self.seen_src, np.zeros(len(out_b), bool)],
-            "family_b": np.r_[np.zeros(len(out_a), bool), np.ones(len(out_b), bool)],
-        }
-        res = {}
-        for name, inc in flags.items():
-            res[f"ssim_{name}"] = traveling_subject_ssim_score(
-                both, subjects, sites, ds.mask, include=inc, value_range=vr
-            )
-        res["distance_corr_unseen"] = distance_correlation_score(
-            ds.imgs[self.unseen], out_a[self.unseen], ds.sites[self.unseen], ds.mask
-        )
-        res["distance_corr_oracle_unseen"] = distance_correlation_score(
-            self.oracle(ds.imgs)[self.unseen], out_a[self.unseen], ds.sites[self.unseen], ds.mask
-        )
-        res["gm_age_r_true_unseen"] = float(
-            np.corrcoef(ds.gm_volume[self.unseen], ds.ages[self.unseen])[0, 1]
-        )
-        res["gm_age_r_unseen"] = gm_age_correlation(
-            out_a[self.unseen], ds.ages[self.unseen], ds.mask
-        )
-        ref = np.stack([out_a[self.ref_index[s]] for s in b.subjects])
-        res["per_image_b"] = per_image_ssim(out_b, ref, ds.mask, vr).tolist()
-        ref_a = np.stack([out_a[self.ref_index[s]] for s in ds.subjects[self.unseen]])
-        res["per_image_unseen"] = per_image_ssim(out_a[self.unseen], ref_a, ds.mask, vr).tolist()
-        return res
 
 
 def fitted_from(generator: Generator3D, params: dict, ds, reference_median: float):
@@ -594,7 +497,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     params = recipe(args.set)
-    load_start = os.getloadavg()
+    load_start = load_now()
     for seed in args.seeds:
         rows = run_seed(seed, args, params)
         rows["label"] = args.label
@@ -610,7 +513,7 @@ def main() -> None:
         if args.json:
             with open(args.json, "a") as fh:
                 fh.write(json.dumps(rows) + "\n")
-    print(load_line(load_start, os.getloadavg()), flush=True)
+    print(load_line(load_start, load_now()), flush=True)
 
 
 if __name__ == "__main__":

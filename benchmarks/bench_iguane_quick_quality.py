@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _helpers.common import load_now
 
 from harmonix._version import __version__
 from harmonix.benchmark.metrics import truth_ssim_score
@@ -103,7 +104,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+    load_before = load_now()[0]
     ds = make_multisite(args.n_subjects, args.n_sites, resolution=4, random_state=args.seed)
     reference = ds.reference_site
     before = {
@@ -231,7 +232,7 @@ def write_report(
         "intensity scale before harmonization, so 'before' is not a strawman.",
         "- HM: `HistogramMatchingHarmonizer` fitted on the same training images (context).",
         f"- Machine: {os.cpu_count()} CPUs shared with other jobs (load average "
-        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after); torch threads: "
+        f"{load_before:.1f} before, {load_now()[0]:.1f} after); torch threads: "
         f"{args.threads}. Versions: python {platform.python_version()}, harmonix "
         f"{__version__}, torch {torch.__version__}, numpy {np.__version__}.",
         "",

@@ -8,7 +8,7 @@ For each configuration (``--configs``):
 - ``full``: the published widths on one whole 160×192×160 volume (slow: one round);
 
 it reports seconds per *site-step* (one source site's two discriminator updates on 2 real +
-2 generated volumes and one joint generator update, see ``tf_iguane_step.py``), the
+2 generated volumes and one joint generator update, see ``_helpers/tf_iguane_step.py``), the
 convolution work of a site-step counted from the layer shapes (forward and backward, see
 :func:`site_step_gflop`), the GFLOP/s achieved, and the same machine's oneDNN conv3d
 throughput (:func:`conv_limit`, forward + backward of a well-shaped 3×3×3 layer) as the
@@ -29,7 +29,7 @@ threads are not counted as busy neighbours by harmonix's thread rule):
   Timed by default only where the CPU computes bfloat16 natively (AVX512-BF16, AMX);
   elsewhere it is emulated and many times slower (name it in ``--variants`` to time it
   anyway);
-- ``tf``: ``tf_iguane_step.TFSiteStep`` with TensorFlow's defaults (on CPUs without
+- ``tf``: ``_helpers.tf_iguane_step.TFSiteStep`` with TensorFlow's defaults (on CPUs without
   AVX512-VNNI/BF16/AMX, such as AVX2-only ones, TensorFlow does *not* use oneDNN by
   default);
 - ``tf onednn``: the same with ``TF_ENABLE_ONEDNN_OPTS=1`` (TensorFlow's fastest setting
@@ -63,9 +63,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import cpu_flags, cpu_model  # noqa: E402
-from tf_iguane_step import synthetic_volume  # noqa: E402
+from _helpers.common import cpu_flags, cpu_model, load_text, start_busy, stop_busy  # noqa: E402
+from _helpers.tf_iguane_step import synthetic_volume  # noqa: E402
 
 RESULTS = HERE / "results" / "iguane_training_speed.md"
 CONFIGS = {
@@ -136,10 +135,6 @@ NOTES = [
     "width-4 site-step at load 8 against ~5 s with `TF_ENABLE_ONEDNN_OPTS=1`. The ratios "
     "are taken against the faster setting.",
 ]
-
-
-def _loadavg() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 # -- work counted from the layer shapes ----------------------------------------------------
@@ -422,7 +417,7 @@ def _profile_groups(prof) -> dict[str, float]:
 
 def tf_worker(cfg: dict) -> None:
     """TensorFlow site-steps on orders."""
-    from tf_iguane_step import TFSiteStep
+    from _helpers.tf_iguane_step import TFSiteStep
 
     step = TFSiteStep(cfg["width"], cfg["disc"], cfg["shape"])
     t0 = time.perf_counter()
@@ -490,7 +485,7 @@ def time_config(
             try:
                 if busy:
                     time.sleep(5)
-                load_start = _loadavg()
+                load_start = load_text()
                 times: dict[str, list[float]] = {v: [] for v in variants}
                 threads: dict[str, str] = {}
                 for r in range(rounds):
@@ -505,10 +500,10 @@ def time_config(
                         + ", ".join(
                             f"{v} {statistics.median(times[v][-steps:]):.2f}s" for v in variants
                         )
-                        + f" (load {_loadavg()})",
+                        + f" (load {load_text()})",
                         flush=True,
                     )
-                out[busy] = {"times": times, "threads": threads, "load": (load_start, _loadavg())}
+                out[busy] = {"times": times, "threads": threads, "load": (load_start, load_text())}
             finally:
                 stop_busy(background)
     finally:
@@ -540,18 +535,6 @@ def profile_harmonix(name: str, steps: int, python: str) -> dict:
             p.stdin.write("stop\n")
             p.stdin.close()
             p.wait(timeout=60)
-
-
-def start_busy(n: int) -> list[subprocess.Popen]:
-    """``n`` busy background processes (pure Python loops), stopped by the caller."""
-    code = "while True:\n    pass\n"
-    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
-
-
-def stop_busy(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.terminate()
-        p.wait(timeout=10)
 
 
 def render(results: dict, limit: dict, args, load: tuple[str, str], tf_ok: bool) -> list[str]:
@@ -693,9 +676,9 @@ def main(argv: list[str] | None = None) -> None:
         args.variants = [v for v in DEFAULT_VARIANTS if v != "harmonix bf16" or native]
     variants = [v for v in args.variants if tf_ok or not v.startswith("tf")]
     phases = [0] + ([args.busy] if args.busy else [])
-    load_start = _loadavg()
+    load_start = load_text()
     limit = conv_limit()
-    limit["load"] = _loadavg().split()[0]
+    limit["load"] = load_text().split()[0]
     print(f"limit: {limit}", flush=True)
     results = {}
     for name in args.configs:
@@ -711,7 +694,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = CONFIGS[name]
         results[name]["gflop"] = site_step_gflop(cfg["width"], cfg["disc"], cfg["shape"])
     prof = profile_harmonix("recipe", args.profile, python) if args.profile else None
-    load_end = _loadavg()
+    load_end = load_text()
     lines = render(results, limit, args, (load_start, load_end), tf_ok)
     if prof is not None:
         lines += ["", *render_profile(prof, args.profile, load_end)]

@@ -21,15 +21,11 @@ figures only: they do not depend on the machine's load.
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import write_results
+from _helpers.common import write_results
 
 from harmonix import HistogramMatchingHarmonizer, __version__, make_multisite
 from harmonix.benchmark import run_benchmark

@@ -43,7 +43,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import nibabel as nib
 import numpy as np
-from _common import cpu_model, load_line, write_results
+from _helpers.common import cpu_model, load_line, load_now, machine_lines, write_results
+from _helpers.moved_head import GRID, MOVE, scaled_head, spread_mm
 
 from harmonix.preprocessing import T1Preprocessor, move_scan, rigid_matrix, to_native
 from harmonix.preprocessing.qc import qc_numbers
@@ -51,8 +52,6 @@ from harmonix.preprocessing.steps import register_rigid
 from harmonix.preprocessing.template import FSL_AFFINE, FSL_SHAPE, load_template, resample
 
 HERE = pathlib.Path(__file__).resolve().parent
-MOVE = rigid_matrix((10.0, -7.0, 12.0), (15.0, -12.0, 8.0))
-GRID = {"zooms": (1.2, 1.0, 1.1), "axcodes": ("P", "I", "R")}
 GOAL_S = 60.0
 
 
@@ -74,14 +73,6 @@ class RSSSampler(threading.Thread):
             time.sleep(0.02)
 
 
-def scaled_head(img: nib.Nifti1Image, factor: float) -> nib.Nifti1Image:
-    """The head ``factor`` times larger about its centre, same voxel size."""
-    centre = img.affine @ np.r_[(np.array(img.shape) - 1) / 2, 1.0]
-    zoom = np.diag([factor, factor, factor, 1.0])
-    zoom[:3, 3] = centre[:3] * (1 - factor)
-    return move_scan(img, zoom)
-
-
 def timed_run(chain: T1Preprocessor, img: nib.Nifti1Image, sampler: RSSSampler):
     start = time.perf_counter()
     result = chain.run(img)
@@ -97,13 +88,6 @@ def timed_run(chain: T1Preprocessor, img: nib.Nifti1Image, sampler: RSSSampler):
         rows.append((stage, seconds, peak, cpu))
         t += seconds
     return result, total, rows
-
-
-def spread_mm(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    pts = np.argwhere(mask)[::25]
-    pts = FSL_AFFINE @ np.c_[pts, np.ones(len(pts))].T
-    d = np.linalg.norm((a @ pts - b @ pts)[:3], axis=0)
-    return float(d.mean()), float(d.max())
 
 
 #: Whole-chain moves: (rotation degrees, shift mm); the first is the issue's case.
@@ -336,7 +320,7 @@ def _unmoved_chain(head) -> np.ndarray:
 def chain_only(data: pathlib.Path, out: pathlib.Path, jobs: int) -> None:
     """Only the whole chain on the moved heads (and the unmoved one): ``out``, with the
     cases in ``out``'s ``.cases.jsonl``."""
-    load_start = os.getloadavg()
+    load_start = load_now()
     head = nib.load(data / "ch2.nii.gz")
     log = out.with_suffix(".cases.jsonl")
     log.unlink(missing_ok=True)
@@ -356,7 +340,7 @@ def chain_only(data: pathlib.Path, out: pathlib.Path, jobs: int) -> None:
         "CPU seconds do not.",
         "",
         f"- CPU: {cpu_model()}, {os.cpu_count()} cores, {jobs} processes",
-        load_line(load_start, os.getloadavg()),
+        load_line(load_start, load_now()),
         "",
         *section,
     ]
@@ -392,7 +376,7 @@ def main() -> None:
         out = pathlib.Path(args.out)
         chain_only(pathlib.Path(args.data), out.with_name(out.stem + "_chain.md"), args.jobs)
         return
-    load_start = os.getloadavg()
+    load_start = load_now()
     data = pathlib.Path(args.data)
     head, bet = nib.load(data / "ch2.nii.gz"), nib.load(data / "ch2bet.nii.gz")
     gold_mni = nib.Nifti1Image((bet.get_fdata() > 0).astype(np.float32), bet.affine)
@@ -456,8 +440,7 @@ def main() -> None:
         "rigid Mattes-MI registration (SimpleITK, shrink 4/2) to ICBM152 2009a on the FSL "
         "182×218×182 grid → median 500 → brain-centred crop 160×192×160.",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores",
-        load_line(load_start, os.getloadavg()),
+        *machine_lines(load_start),
         f"- moved head: shape {moved.shape}, voxels {GRID['zooms']} mm, axes "
         f"{''.join(GRID['axcodes'])}; rotation (10, -7, 12)°, shift (15, -12, 8) mm",
         "",

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import pathlib
 import time
 import warnings
 
 import nibabel as nib
 import numpy as np
-from _common import cpu_model, load_line, write_results
-from bench_preprocess import scaled_head
+from _helpers.common import load_now, machine_lines, write_results
+from _helpers.moved_head import scaled_head
 from scipy import ndimage
 
 from harmonix.preprocessing import T1Preprocessor, move_scan, rigid_matrix
@@ -169,7 +168,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="folder with ch2.nii.gz")
     parser.add_argument("--out", default=str(HERE / "results" / "preprocess_qc.md"))
     args = parser.parse_args()
-    load_start = os.getloadavg()
+    load_start = load_now()
     head = nib.load(pathlib.Path(args.data) / "ch2.nii.gz")
     head = nib.Nifti1Image(head.get_fdata(dtype=np.float32), head.affine)
     move = rigid_matrix((10.0, -7.0, 12.0), (15.0, -12.0, 8.0))
@@ -250,8 +249,7 @@ def main() -> None:
         "then the good result moved away from its registration (the QC numbers of a "
         "failed registration of known error).",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores",
-        load_line(load_start, os.getloadavg()),
+        *machine_lines(load_start),
         "- hard limits (`QC_FAIL_LIMITS`): "
         + ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in QC_FAIL_LIMITS.items()),
         "",

@@ -25,8 +25,8 @@ import time
 
 import nibabel as nib
 import numpy as np
-from _common import cpu_model, load_line, write_results
-from bench_preprocess import GRID, MOVE, spread_mm
+from _helpers.common import load_now, machine_lines, write_results
+from _helpers.moved_head import GRID, MOVE, spread_mm
 
 from harmonix.preprocessing import move_scan
 from harmonix.preprocessing.steps import n4_correct, register_rigid
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--ants-python", required=True, help="python with antspyx")
     parser.add_argument("--out", default=str(HERE / "results" / "preprocess_tools.md"))
     args = parser.parse_args()
-    load_start = os.getloadavg()
+    load_start = load_now()
     data = pathlib.Path(args.data)
     head = nib.load(data / "ch2.nii.gz")
     head = nib.Nifti1Image(head.get_fdata(dtype=np.float32), head.affine)
@@ -134,8 +134,7 @@ def main() -> None:
         "",
         "`python benchmarks/bench_registration_tools.py --data DIR --ants-python PY`",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores",
-        load_line(load_start, os.getloadavg()),
+        *machine_lines(load_start),
         "- SimpleITK: N4 shrink 4, 50/50/30 iterations; Mattes MI, shrink 4/2, 20 % "
         "sampling (harmonix defaults)",
         "- ANTsPy: `n4_bias_field_correction(shrink_factor=4)`, `registration(type_of_"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import cpu_model, load_line, write_results
+from _helpers.common import cpu_model, load_line, load_now, write_results
 from skimage.metrics import structural_similarity
 
 from harmonix import ComBatHarmonizer, HistogramMatchingHarmonizer, IdentityHarmonizer
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-boot", type=int, default=500)
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
-    load_start = os.getloadavg()
+    load_start = load_now()
     t0 = time.perf_counter()
     runs = []
     for seed in args.seeds:
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "ComBat (`unseen_site='fit'`: the unseen site's parameters are estimated on its own "
         "images), oracle (each subject's own reference-site scan).  ",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPU(s); {wall / 60:.1f} min in all.",
-        load_line(load_start, os.getloadavg()),
+        load_line(load_start, load_now()),
         "",
         "## Does garbage rank last?",
         "",

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _helpers.common import load_now
+
 RESULTS = Path(__file__).resolve().parent / "results" / "scaling.md"
 
 CHILD_TRANSFORM = """
@@ -88,7 +90,7 @@ def main() -> None:
         "# Scaling: streaming transform and large-cohort ComBat",
         "",
         f"Produced by `python benchmarks/bench_scaling.py`. Python {platform.python_version()},"
-        f" {os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}.",
+        f" {os.cpu_count()} CPUs, load average at start {load_now()[0]:.1f}.",
         "Peak memory is `ru_maxrss` of a fresh subprocess (interpreter and imports included).",
         "",
     ]

@@ -37,19 +37,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import cpu_model, load_line, write_results
-from bench_iguane_guard import artifact_kinds
-from bench_iguane_learning import per_image_ssim
+from _helpers.common import cpu_model, load_line, load_now, write_results
+from _helpers.iguane_scores import artifact_kinds, per_image_ssim
 
 from harmonix import ComBatHarmonizer, HistogramMatchingHarmonizer
 from harmonix.benchmark.metrics import robust_range
@@ -353,7 +348,7 @@ def guard(seeds: tuple) -> list[str]:
         f"Data: `make_multisite(4, 4, resolution=4, random_state=seed, style=style)`, seeds "
         f"{seeds[0]}-{seeds[-1]} ({len(seeds)} seeds x 4 sites x 4 subjects per style), "
         "labels `site0`... (new to the shipped model); inverted: the same images with the "
-        "contrast inverted (`bench_iguane_guard.artifact_kinds`), labels "
+        "contrast inverted (`benchmarks/_helpers/iguane_scores.py`, `artifact_kinds`), labels "
         "`inverted-site0`... Counted with `guard_report` (`n_flagged`: images "
         f"`transform` flags; thresholds: distance {model.ood_threshold_:.2f}, profile "
         f"{model.profile_threshold_:.3f}). Inverted profile correlation: the largest "
@@ -379,7 +374,7 @@ def main() -> None:
     args = p.parse_args()
     parts = args.parts or ["calibration", "shipped", "guard"]
     torch.set_num_threads(2)
-    start, t0 = os.getloadavg(), time.perf_counter()
+    start, t0 = load_now(), time.perf_counter()
     lines = [
         "# Site labels that collide: the site check and the guard per site",
         "",
@@ -401,7 +396,7 @@ def main() -> None:
         f"- CPU: {cpu_model()}, {os.cpu_count()} cores; wall time "
         f"{time.perf_counter() - t0:.0f} s (quality figures only: they do not depend on "
         "the load)",
-        load_line(start, os.getloadavg()),
+        load_line(start, load_now()),
         "",
     ]
     write_results(args.out, lines)

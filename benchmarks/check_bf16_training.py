@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -35,10 +34,16 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))  # the training the tests repeat
+from _helpers.common import (  # noqa: E402
+    cpu_flags,
+    cpu_model,
+    load_line,
+    load_now,
+    use_test_helpers,
+    write_results,
+)
 
-from _common import cpu_flags, cpu_model, load_line, write_results  # noqa: E402
+use_test_helpers()  # the training the tests repeat
 from _iguane_helpers import bf16_short_training, fill_freed_memory_with_nan  # noqa: E402
 
 from harmonix.iguane.devices import EmulatedBFloat16Warning, cpu_supports_bf16  # noqa: E402
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # as the tests: the NaN appeared with one thread
     warnings.simplefilter("ignore", EmulatedBFloat16Warning)  # the flags line says it
     print(cpu_flags(), flush=True)
-    load = os.getloadavg()
+    load = load_now()
     rows = [("float32 rule on (harmonix)", repeat(args.repeats))]
     print(rows[-1], flush=True)
     if args.without_rule:
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {cpu_flags()}",
         f"- Python {platform.python_version()}, PyTorch {torch.__version__}",
-        load_line(load, os.getloadavg()),
+        load_line(load, load_now()),
         "",
         "| variant | repeats | finite | same history as the first | s per training |",
         "|---|---:|---:|---:|---:|",

@@ -31,27 +31,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from _common import cpu_flags, cpu_model, write_results  # noqa: E402
+from _helpers.common import cpu_flags, cpu_model, load_text, start_busy, stop_busy, write_results  # noqa: E402
 
-BUSY_CODE = "while True:\n    pass\n"
 FIT = dict(n_epochs=1, steps_per_epoch=2, base_width=4, random_state=0)
-
-
-def _loadavg() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def start_busy(n: int) -> list[subprocess.Popen]:
-    """``n`` busy background processes; stop them with :func:`stop_busy`."""
-    return [subprocess.Popen([sys.executable, "-c", BUSY_CODE]) for _ in range(n)]
-
-
-def stop_busy(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.terminate()
-        p.wait(timeout=10)
 
 
 def fit_child(out: Path, cpu_threads: str | None) -> None:
@@ -77,7 +60,7 @@ def run_fit(tmp: Path, name: str, cpu_threads: str | None, busy: int) -> dict:
     try:
         if busy:
             time.sleep(3)
-        load = _loadavg()
+        load = load_text()
         start = time.perf_counter()
         arg = cpu_threads or "default"
         subprocess.run(
@@ -152,7 +135,7 @@ def check_suite(n: int) -> list[str]:
     try:
         time.sleep(3)
         for i in range(n):
-            load = _loadavg()
+            load = load_text()
             start = time.perf_counter()
             res = subprocess.run(
                 [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"],
@@ -162,7 +145,7 @@ def check_suite(n: int) -> list[str]:
             seconds = time.perf_counter() - start
             summary = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else "no output"
             lines.append(
-                f"| {i + 1} | {load} / {_loadavg()} | {seconds:.0f} | "
+                f"| {i + 1} | {load} / {load_text()} | {seconds:.0f} | "
                 f"{'passed' if res.returncode == 0 else 'FAILED'}: {summary.strip('= ')} |"
             )
             print(lines[-1], flush=True)
@@ -194,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {cpu_flags()}",
         f"- PyTorch {torch.__version__}, {torch.get_num_threads()} threads by default",
-        f"- load average at start: {_loadavg()} (the machine is shared: the 'nothing added' "
+        f"- load average at start: {load_text()} (the machine is shared: the 'nothing added' "
         "runs are not idle when this is above 1.5)",
         "",
     ]
@@ -202,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += [*check_fits(), ""]
     if args.suite:
         lines += [*check_suite(args.suite), ""]
-    lines.append(f"Load average at end: {_loadavg()}.")
+    lines.append(f"Load average at end: {load_text()}.")
     if args.append and args.out.exists():  # the new sections under the existing ones
         lines = [args.out.read_text().rstrip("\n"), "", *lines[lines.index("") + 1 :]]
     write_results(args.out, lines)

@@ -47,6 +47,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+from _helpers.common import load_now
 
 from harmonix import IdentityHarmonizer
 from harmonix.benchmark import (
@@ -464,7 +465,7 @@ def main_disease(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         print(to_markdown(df, legend=False), flush=True)
     total = time.perf_counter() - t_start
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_now()[0]
     tidy = pd.concat(runs, ignore_index=True)
     if args.from_csv is None:
         tidy.to_csv(args.out / "compare_methods_disease.csv", index=False)
@@ -566,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         print(to_markdown(df, legend=False), flush=True)
     total = time.perf_counter() - t_start
     cpu = time.process_time() - cpu_start
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_now()[0]
 
     tidy = pd.concat(runs, ignore_index=True)
     tidy.to_csv(args.out / "compare_methods.csv", index=False)

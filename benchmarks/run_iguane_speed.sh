@@ -13,7 +13,7 @@
 #       slower on AVX2 CPUs: add "keras" to --variants to time it too, several minutes more.)
 #   benchmarks/results/iguane_training_speed.md   seconds per site-step, counted conv GFLOP,
 #       GFLOP/s, oneDNN conv3d limit, harmonix (defaults, cpu_threads="auto", and bfloat16
-#       where native) vs the TF site-step (tf_iguane_step.py), CPU recipe and width 16 on
+#       where native) vs the TF site-step (_helpers/tf_iguane_step.py), CPU recipe and width 16 on
 #       48x64x48, idle then with 1 busy background process; torch.profiler table of the
 #       CPU recipe
 # On a CPU without native bfloat16 the bf16 variants are left out of the timings (emulated,

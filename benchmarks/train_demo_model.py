@@ -40,8 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_iguane_guard import calibrate_profile
-from bench_iguane_learning import Scorer
+from _helpers.iguane_scores import Scorer, calibrate_profile
 
 from harmonix import IGUANeHarmonizer
 from harmonix.datasets import make_multisite

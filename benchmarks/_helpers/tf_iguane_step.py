@@ -26,13 +26,13 @@ Needs TensorFlow and tf-keras, which live in the separate benchmark environment
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _helpers.common import use_test_helpers
+
+use_test_helpers()  # keras_reference
 
 __all__ = ["TFSiteStep", "build_keras_discriminator"]
 
