@@ -36,7 +36,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-from _helpers.common import cpu_model, load_now
+from _helpers import common
 
 SHAPE = (182, 218, 182)
 VOLUME_BYTES = int(np.prod(SHAPE)) * 4  # one float32 volume
@@ -227,7 +227,7 @@ def report(timing, fit_times, memory, args, load_before, load_after) -> str:
         "it (kernel high-water mark reset through `/proc/self/clear_refs`); tracemalloc = "
         "peak of Python-tracked allocations (numpy's included) during the same call. Both "
         "include the returned volume.",
-        f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), shared with other jobs: load "
+        f"- Machine: {os.cpu_count()} CPUs ({common.cpu_model()}), shared with other jobs: load "
         f"average {load_before:.1f} before, {load_after:.1f} after.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
         "",
@@ -288,15 +288,9 @@ def report(timing, fit_times, memory, args, load_before, load_after) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.script_parser(__doc__, "baselines_intensity.md", repeats=7)
     parser.add_argument("--subjects", type=int, default=2)
     parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path(__file__).resolve().parent / "results" / "baselines_intensity.md",
-    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -306,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from harmonix.datasets import make_multisite
 
-    load_before = load_now()[0]
+    load_before = common.load_now()[0]
     ds = make_multisite(n_subjects=args.subjects, n_sites=args.sites, resolution=1, random_state=0)
     imgs, sites = ds.imgs, np.asarray(ds.sites)
     assert imgs.shape[1:] == SHAPE, imgs.shape
@@ -320,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         gc.collect()
         memory = measure_memory(list(timing["wall"]), np.array(imgs[len(imgs) // 2]), workdir)
         print("memory", memory)
-    text = report(timing, fit_times, memory, args, load_before, load_now()[0])
+    text = report(timing, fit_times, memory, args, load_before, common.load_now()[0])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

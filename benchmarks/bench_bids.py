@@ -24,7 +24,7 @@ import time
 
 import nibabel as nib
 import numpy as np
-from _helpers.common import command_line, load_now, machine_lines, script_parser, write_results
+from _helpers import common
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -69,7 +69,7 @@ def timed(fn, repeats: int) -> tuple[list[float], list[float], object]:
 
 
 def main() -> None:
-    parser = script_parser(__doc__, "bids_manifest.md", repeats=3)
+    parser = common.script_parser(__doc__, "bids_manifest.md", repeats=3)
     parser.add_argument("--subjects", type=int, default=500)
     args = parser.parse_args()
 
@@ -77,7 +77,7 @@ def main() -> None:
 
     from harmonix.bids import bids_manifest
 
-    start_load = load_now()
+    start_load = common.load_now()
     with tempfile.TemporaryDirectory(prefix="harmonix-bench-bids-") as tmp:
         root = pathlib.Path(tmp) / "ds"
         root.mkdir()
@@ -105,11 +105,11 @@ def main() -> None:
     lines = [
         "# `harmonix bids-manifest` speed on a large BIDS dataset",
         "",
-        f"Produced by `{command_line()}`.",
+        f"Produced by `{common.command_line()}`.",
         "",
         f"- dataset: {args.subjects} subjects x 2 sessions, each with 1 T1w image and 4 BOLD "
         f"runs, a JSON sidecar per image: {n_files} files, {2 * args.subjects} T1w images",
-        *machine_lines(start_load),
+        *common.machine_lines(start_load),
         f"- Python {sys.version.split()[0]}, pybids {bids.__version__}",
         "",
         "| way | median CPU s | median wall s | wall runs s |",
@@ -122,7 +122,7 @@ def main() -> None:
         "the load of the machine; the CPU times are the figures to compare.",
         "",
     ]
-    write_results(args.out, lines)
+    common.write_results(args.out, lines)
 
 
 if __name__ == "__main__":

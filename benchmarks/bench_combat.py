@@ -26,13 +26,13 @@ Usage::
 
 from __future__ import annotations
 
-import os
+from _helpers import common
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+common.limit_threads()  # BLAS/OpenMP: one thread, before numpy is imported
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
@@ -44,7 +44,6 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _helpers.common import cpu_model, load_now  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 #: Start of the section of combat.md that bench_combat_rim.py writes (kept on rewrite).
@@ -240,7 +239,7 @@ def step_nh_gam(work: pathlib.Path, n_voxels: int) -> dict:
 def _run_step(name: str, work: pathlib.Path, *extra: str) -> dict:
     cmd = [sys.executable, __file__, "--step", name, "--workdir", str(work), *extra]
     print(f"[bench_combat] {name} ...", flush=True)
-    load = load_now()[0]
+    load = common.load_now()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"step {name} failed:\n{proc.stderr[-4000:]}")
@@ -341,7 +340,7 @@ def _report(r: dict, versions: dict, load: tuple, out: pathlib.Path) -> str:
         "",
         "## Setup",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, shared with other jobs "
+        f"- CPU: {common.cpu_model()}, {os.cpu_count()} logical CPUs, shared with other jobs "
         f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start); "
         "BLAS limited to 1 thread for both libraries. Timings are single runs; with "
         "several jobs per core, wall times are up to ~3× the CPU times. Load average before "
@@ -370,11 +369,10 @@ def _report(r: dict, versions: dict, load: tuple, out: pathlib.Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.script_parser(__doc__, "combat.md")
     parser.add_argument("--workdir", type=pathlib.Path, default=None)
     parser.add_argument("--n-subjects", type=int, default=12)
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
-    parser.add_argument("--out", type=pathlib.Path, default=HERE / "results" / "combat.md")
     parser.add_argument("--step", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the report from WORKDIR/results.json"
@@ -399,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         results = json.loads((args.workdir / "results.json").read_text())
         print(_report(results, _versions(), tuple(results["load_start"]), args.out))
         return
-    load = load_now()
+    load = common.load_now()
     work = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="bench_combat_"))
     work.mkdir(parents=True, exist_ok=True)
     try:

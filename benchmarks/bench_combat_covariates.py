@@ -30,14 +30,13 @@ Usage::
 
 from __future__ import annotations
 
-import os
+from _helpers import common
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+common.limit_threads()  # BLAS/OpenMP: one thread, before numpy is imported
 
-import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
+import os  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -47,12 +46,10 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from _helpers.common import cpu_model, load_now  # noqa: E402
 
 from harmonix import ComBatHarmonizer  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 START, END = "<!-- covariates:start -->", "<!-- covariates:end -->"
 GOALS = {"parity": 1e-5, "smooth_rms": 0.01, "speed": 10.0, "memory": 0.5}
 
@@ -238,7 +235,7 @@ def speed(repeats: int) -> dict:
     _ours(X, sites, cov), _theirs(X, nh_cov)  # warm up (imports, caches)
     wall = {"ours": [], "theirs": []}
     cpu = {"ours": [], "theirs": []}
-    loads = [load_now()[0]]
+    loads = [common.load_now()[0]]
     for _ in range(repeats):
         for name, run in (
             ("ours", lambda: _ours(X, sites, cov)),
@@ -249,7 +246,7 @@ def speed(repeats: int) -> dict:
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
             time.sleep(0.2)
-    loads.append(load_now()[0])
+    loads.append(common.load_now()[0])
     diff = max_rel(_ours(X, sites, cov), _theirs(X, nh_cov))
     return {
         "wall": {k: (float(np.median(v)), float(min(v))) for k, v in wall.items()},
@@ -334,8 +331,8 @@ def speed_report(sp: dict, prof: list[tuple[str, float]], cmd: str, load: tuple)
         "# ComBat on a table of 10,000 subjects x 200 features: speed, memory, profile",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs; 1-min load average "
-        f"{load[0]:.1f} at the start, {load_now()[0]:.1f} at the end; BLAS limited to "
+        f"Machine: {common.cpu_model()}, {os.cpu_count()} logical CPUs; 1-min load average "
+        f"{load[0]:.1f} at the start, {common.load_now()[0]:.1f} at the end; BLAS limited to "
         "one thread for both libraries.",
         "",
         "Covariates age, sex, diagnosis and ICV; 10 sites; `fit` + `transform` against "
@@ -396,8 +393,8 @@ def report(r: dict, cmd: str, load: tuple) -> tuple[str, str]:
         "# ComBat with covariates and on tables: harmonix vs neuroHarmonize",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs; 1-min load average "
-        f"{load[0]:.1f} at the start, {load_now()[0]:.1f} at the end; BLAS limited to "
+        f"Machine: {common.cpu_model()}, {os.cpu_count()} logical CPUs; 1-min load average "
+        f"{load[0]:.1f} at the start, {common.load_now()[0]:.1f} at the end; BLAS limited to "
         f"one thread for both libraries. Versions: harmonix {harmonix.__version__}, "
         f"neuroHarmonize {version('neuroHarmonize')}, numpy {np.__version__}, python "
         f"{platform.python_version()}.",
@@ -534,7 +531,7 @@ def report(r: dict, cmd: str, load: tuple) -> tuple[str, str]:
 
 
 def update_combat_md(summary: str) -> None:
-    path = RESULTS / "combat.md"
+    path = common.RESULTS / "combat.md"
     text = path.read_text() if path.exists() else ""
     if START in text and END in text:
         head, rest = text.split(START, 1)
@@ -546,8 +543,7 @@ def update_combat_md(summary: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser = common.script_parser(__doc__, repeats=7)
     parser.add_argument("--skip-voxels", action="store_true")
     parser.add_argument(
         "--speed-only",
@@ -557,14 +553,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
-    load = load_now()
+    load = common.load_now()
     cmd = " ".join(["python", "benchmarks/bench_combat_covariates.py", *(argv or sys.argv[1:])])
     if args.speed_only:
         text = speed_report(speed(args.repeats), stages(args.repeats), cmd, load)
-        (args.out or RESULTS / "combat_covariates_speed.md").write_text(text)
+        (args.out or common.RESULTS / "combat_covariates_speed.md").write_text(text)
         print(text)
         return 0
-    args.out = args.out or RESULTS / "combat_covariates.md"
+    args.out = args.out or common.RESULTS / "combat_covariates.md"
     r: dict = {}
     steps = [("parity_table", parity_table), ("smooth_table", smooth_table)]
     if not args.skip_voxels:

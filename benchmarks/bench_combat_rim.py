@@ -37,7 +37,7 @@ import time
 import warnings
 
 import numpy as np
-from _helpers.common import cpu_model, load_now, script_parser
+from _helpers import common
 from scipy import ndimage
 
 from harmonix import ComBatHarmonizer
@@ -162,7 +162,7 @@ def _rim_cost() -> tuple[float, float, tuple[float, ...], float]:
     sites = np.repeat(["a", "b"], 4)
     h = ComBatHarmonizer().fit(imgs, sites)
     one = [imgs[5]]
-    load = load_now()
+    load = common.load_now()
 
     def timed() -> float:
         best = []
@@ -180,7 +180,7 @@ def _rim_cost() -> tuple[float, float, tuple[float, ...], float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = script_parser(__doc__, "combat.md").parse_args(argv)
+    args = common.script_parser(__doc__, "combat.md").parse_args(argv)
     start = time.perf_counter()
     lines = [
         BEGIN,
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         "timing, 2 cores shared with other jobs; the apply times in the table above were "
         "measured before the rim step existed).",
         "",
-        f"CPU: {cpu_model()}; {time.perf_counter() - start:.0f} s. Reproduce: "
+        f"CPU: {common.cpu_model()}; {time.perf_counter() - start:.0f} s. Reproduce: "
         "`python benchmarks/bench_combat_rim.py`.",
         END,
     ]

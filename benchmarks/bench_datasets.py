@@ -25,20 +25,14 @@ Usage::
 
 from __future__ import annotations
 
-import os
+from _helpers import common
 
-for _var in (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-):
-    os.environ[_var] = "1"
+common.limit_threads()  # BLAS/OpenMP: one thread, before numpy is imported
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import gc  # noqa: E402
+import os  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -48,7 +42,6 @@ from unittest import mock  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
-from _helpers.common import cpu_model, load_now  # noqa: E402
 
 from harmonix.io import atomic_write  # noqa: E402
 
@@ -201,8 +194,8 @@ def effects(args: argparse.Namespace) -> int:
         + fmt(f"r = {r:.3f} at {res} mm" for res, r in ages)
         + ".",
         "",
-        f"- CPU: {cpu_model()}; load average at the end: "
-        + " / ".join(f"{v:.2f}" for v in load_now()),
+        f"- CPU: {common.cpu_model()}; load average at the end: "
+        + " / ".join(f"{v:.2f}" for v in common.load_now()),
         "",
     ]
     out = args.out if args.out is not None else HERE / "results" / "datasets_effects.md"
@@ -212,8 +205,7 @@ def effects(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = common.script_parser(__doc__, repeats=3)
     parser.add_argument("--n-subjects", type=int, default=40)
     parser.add_argument("--n-sites", type=int, default=5)
     parser.add_argument("--n-subjects-1mm", type=int, default=4)
@@ -268,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-    load_avg = load_now()
+    load_avg = common.load_now()
     try:
         n_usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -287,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Machine",
         "",
-        f"- CPU: {cpu_model()}; `os.cpu_count()` = {os.cpu_count()}, usable = {n_usable}",
+        f"- CPU: {common.cpu_model()}; `os.cpu_count()` = {os.cpu_count()}, usable = {n_usable}",
         f"- load average at the end (1/5/15 min): "
         f"{load_avg[0]:.2f} / {load_avg[1]:.2f} / {load_avg[2]:.2f}; when it exceeds the "
         "core count other processes compete for the cores and wall-clock times grow, so the "

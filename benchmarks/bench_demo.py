@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from _helpers.common import command_line, load_now, machine_lines, script_parser, write_results
+from _helpers import common
 
 GOAL_S = 180.0
 HERE = pathlib.Path(__file__).resolve().parent
@@ -46,13 +46,13 @@ def _run_once() -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = script_parser(__doc__, "demo.md", repeats=3).parse_args(argv)
+    args = common.script_parser(__doc__, "demo.md", repeats=3).parse_args(argv)
 
     import torch
 
     import harmonix
 
-    load_start = load_now()
+    load_start = common.load_now()
     runs = []
     for i in range(args.repeats):
         runs.append(_run_once())
@@ -64,13 +64,13 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# `harmonix demo`: whole-process time",
         "",
-        f"Written by `{command_line(argv)}`: {args.repeats} runs of "
+        f"Written by `{common.command_line(argv)}`: {args.repeats} runs of "
         "`python -m harmonix --quiet demo` (synthetic data at 4 mm, 8 subjects x 5 sites, "
         "site4 unseen; none, HM, WS, ComBat, the shipped CPU IGUANe model and the oracle "
         "row; benchmark tables with 95 % intervals (200 bootstrap samples) and plots "
         "written), each in a fresh process.",
         "",
-        *machine_lines(load_start),
+        *common.machine_lines(load_start),
         f"- Python {platform.python_version()}, harmonix {harmonix.__version__}, "
         f"PyTorch {torch.__version__}",
         "",
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Peak RSS of the demo process: {peak:.0f} MB.",
         "",
     ]
-    write_results(args.out, lines)
+    common.write_results(args.out, lines)
 
 
 if __name__ == "__main__":

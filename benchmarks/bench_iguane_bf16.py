@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _helpers.common import cpu_flags, cpu_model, load_line, load_now, write_results
+from _helpers import common
 
 from harmonix.benchmark.metrics import masked_ssim, robust_range, traveling_subject_ssim_score
 from harmonix.datasets import make_multisite
@@ -148,10 +148,10 @@ def render(rows: list[dict], args: argparse.Namespace, load: tuple) -> list[str]
         "`IGUANeHarmonizer(mixed_precision=True)` (CPU bfloat16 autocast; norm statistics, "
         "final projection, tanh and residual in float32) against the default float32.",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {cpu_flags()}",
+        f"- CPU: {common.cpu_model()}, {os.cpu_count()} logical cores; {common.cpu_flags()}",
         f"- Python {platform.python_version()}, PyTorch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
-        load_line(*load),
+        common.load_line(*load),
         "",
         "## Outputs (brain voxels; intensities, brain median about 500)",
         "",
@@ -211,18 +211,17 @@ def render(rows: list[dict], args: argparse.Namespace, load: tuple) -> list[str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.script_parser(__doc__, "iguane_bf16.md")
     ap.add_argument("--recipe-model", type=Path, default=None, help="a CPU_RECIPE model file")
     ap.add_argument("--recipe-seed", type=int, default=1, help="the seed it was trained with")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--skip-published", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/iguane_bf16.md"))
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(cpu_flags(), flush=True)
+    print(common.cpu_flags(), flush=True)
     warnings.simplefilter("ignore", EmulatedBFloat16Warning)  # the flags line says it
-    start = load_now()
+    start = common.load_now()
     rows = [trained_model_row("shipped (CPU_RECIPE, seed 0)", load_demo_model(), 0)]
     print(rows[-1], flush=True)
     if args.recipe_model is not None:
@@ -233,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_published:
         rows.append(published_row())
         print(rows[-1], flush=True)
-    write_results(args.out, render(rows, args, (start, load_now())))
+    common.write_results(args.out, render(rows, args, (start, common.load_now())))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from _helpers.common import cpu_model, load_line, load_now, write_results
+from _helpers import common
 
 HERE = pathlib.Path(__file__).resolve().parent
 CONFIG = dict(
@@ -83,10 +83,9 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.script_parser(__doc__, "iguane_ddp.md")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--out", type=pathlib.Path, default=HERE / "results" / "iguane_ddp.md")
     parser.add_argument(
         "--worker", nargs=4, metavar=("STEPS", "BATCH", "THREADS", "JSON"), help=argparse.SUPPRESS
     )
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         (f"1 process, batch {p} ({p} threads)", p, p, None),
         (f"{p} processes (torchrun, gloo), batch 1 and 1 thread each", 1, 1, p),
     ]
-    load_start = load_now()
+    load_start = common.load_now()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, batch, threads, procs) in enumerate(runs):
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             results.append((name, json.loads(out.read_text())))
             print(f"{name}: {results[-1][1]['seconds']:.1f} s", flush=True)
-    load_end = load_now()
+    load_end = common.load_now()
 
     def pairs_per_s(r: dict) -> float:
         return r["steps"] * r["n_sources"] * r["pairs_per_update"] / r["seconds"]
@@ -145,9 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         f"data, 8 subjects x 3 sites (2 source sites); {args.steps} steps; whole-process "
         "training time including network set-up.",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores",
+        f"- CPU: {common.cpu_model()}, {os.cpu_count()} logical cores",
         f"- Python {platform.python_version()}, PyTorch {torch.__version__}",
-        load_line(load_start, load_end),
+        common.load_line(load_start, load_end),
         "",
         "| run | pairs per update | seconds | s per step | pairs per second |",
         "|---|---:|---:|---:|---:|",
@@ -171,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         "tests/test_iguane_distributed.py (float64: equal to 4e-14 after 4 steps).",
         "",
     ]
-    write_results(args.out, lines)
+    common.write_results(args.out, lines)
 
 
 if __name__ == "__main__":

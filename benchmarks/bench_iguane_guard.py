@@ -26,10 +26,9 @@ Models: files saved by ``IGUANeHarmonizer.save`` after training on the same seed
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
+from _helpers import common
 from _helpers.iguane_scores import (
     Scorer,
     artifact_kinds,
@@ -108,7 +107,7 @@ def artifacts(seed: int, est: IGUANeHarmonizer, ds, score: Scorer, hm) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.script_parser(__doc__)
     p.add_argument("--seed-models", nargs="+", required=True, metavar="SEED=PATH")
     p.add_argument(
         "--tests", nargs="+", choices=("harsh", "artifacts"), default=["harsh", "artifacts"]

@@ -74,17 +74,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _helpers.common import (
-    cpu_flags,
-    cpu_model,
-    load_text,
-    start_busy,
-    stop_busy,
-    use_test_helpers,
-)
+from _helpers import common
 
 HERE = Path(__file__).resolve().parent
-use_test_helpers()  # keras_reference: test and benchmark support
+common.use_test_helpers()  # keras_reference: test and benchmark support
 SIZES = {"1mm": (160, 192, 160), "2mm": (96, 112, 96)}
 #: Accuracy checks against float64 (and bf16 on CPUs without native bf16, where it is
 #: emulated and very slow) run on the central 64^3 crop of the 2 mm volume: PyTorch's float64
@@ -474,13 +467,13 @@ def time_variants(
             msg = json.loads(p.stdout.readline())
             info[v] = msg["versions"]
         for busy in phases:
-            background = start_busy(busy)
+            background = common.start_busy(busy)
             try:
                 if busy:
                     time.sleep(5)  # let the load show in the load average a little
                 times: dict[str, list[float]] = {v: [] for v in variants}
                 used: dict[str, int | None] = {}
-                load_start = load_text()
+                load_start = common.load_text()
                 for rep in range(repeats):
                     k = rep % len(variants)
                     for v in variants[k:] + variants[:k]:
@@ -497,12 +490,12 @@ def time_variants(
                             + (f" ({used[v]} threads)" if used.get(v) else "")
                             for v in variants
                         )
-                        + f" (load {load_text()})",
+                        + f" (load {common.load_text()})",
                         flush=True,
                     )
-                out["phases"][busy] = {"times": times, "load": (load_start, load_text())}
+                out["phases"][busy] = {"times": times, "load": (load_start, common.load_text())}
             finally:
-                stop_busy(background)
+                common.stop_busy(background)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -541,8 +534,7 @@ def _cpu_bf16() -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = common.script_parser(__doc__, "iguane_inference.md", repeats=5)
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["1mm", "2mm"])
     ap.add_argument(
         "--variants",
@@ -559,7 +551,6 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="differences to float64 (and bf16) on a 64^3 crop (slow)",
     )
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "iguane_inference.md")
     ap.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -574,9 +565,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_child:
         return memory_child(args.memory_child, args.workdir, args.size)
 
-    load_start = load_text()
+    load_start = common.load_text()
     bf16 = _cpu_bf16()
-    print(cpu_flags(), flush=True)
+    print(common.cpu_flags(), flush=True)
     if args.variants is None:  # emulated bfloat16 is not timed unless asked for
         timed = [v for v in TIMED if v != "harmonix bf16" or bf16]
     else:
@@ -622,7 +613,7 @@ def main(argv: list[str] | None = None) -> None:
                     crop_diffs[(v, "plain float32")] = _diff(
                         workdir, CROP, v, f"out_harmonix_plain_{CROP}.npy"
                     )
-    load_end = load_text()
+    load_end = common.load_text()
     report = render(results, crop_diffs, args, load_start, load_end, bf16)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
@@ -652,9 +643,9 @@ def render(
         "weights and input for every variant; TensorFlow with its default threads, harmonix "
         "with its defaults.",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; "
+        f"- CPU: {common.cpu_model()}, {os.cpu_count()} logical cores; "
         f"native bfloat16: {'yes' if bf16 else 'no (bfloat16 emulated: not timed by default)'}",
-        f"- {cpu_flags()}",
+        f"- {common.cpu_flags()}",
         f"- Python {platform.python_version()}, PyTorch {torch.__version__}; "
         f"{keras_version or 'TensorFlow not installed (harmonix variants only)'}",
         f"- load average (1, 5, 15 min) at start: {load_start}; at end: {load_end}",

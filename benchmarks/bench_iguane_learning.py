@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _helpers.common import load_line, load_now
+from _helpers import common
 from _helpers.iguane_scores import Scorer
 from _helpers.site_family_b import make_family_b
 
@@ -55,7 +55,7 @@ from harmonix.iguane.training.checkpoints import CHECKPOINT_NAME, load_checkpoin
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.script_parser(__doc__, "iguane_learning.md")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--n-subjects", type=int, default=8)
     p.add_argument("--n-sites", type=int, default=5, help="family A sites, unseen included")
@@ -77,7 +77,6 @@ def parse_args() -> argparse.Namespace:
         metavar="JSONL",
         help="only write the results file and figure from a JSON-lines file of earlier runs",
     )
-    p.add_argument("--out", default="benchmarks/results/iguane_learning.md")
     p.add_argument(
         "--save-models",
         default=None,
@@ -497,7 +496,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     params = recipe(args.set)
-    load_start = load_now()
+    load_start = common.load_now()
     for seed in args.seeds:
         rows = run_seed(seed, args, params)
         rows["label"] = args.label
@@ -513,7 +512,7 @@ def main() -> None:
         if args.json:
             with open(args.json, "a") as fh:
                 fh.write(json.dumps(rows) + "\n")
-    print(load_line(load_start, load_now()), flush=True)
+    print(common.load_line(load_start, common.load_now()), flush=True)
 
 
 if __name__ == "__main__":

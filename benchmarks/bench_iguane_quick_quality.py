@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _helpers.common import load_now
+from _helpers import common
 
 from harmonix._version import __version__
 from harmonix.benchmark.metrics import truth_ssim_score
@@ -72,7 +72,7 @@ TUNING_LOG = [
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.script_parser(__doc__, "iguane_quick_quality.md")
     p.add_argument("--n-subjects", type=int, default=8)
     p.add_argument("--n-sites", type=int, default=4, help="sites in total, unseen one included")
     p.add_argument("--steps", type=int, default=40, help="training steps (one epoch)")
@@ -97,14 +97,13 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/results/iguane_quick_quality.md")
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    load_before = load_now()[0]
+    load_before = common.load_now()[0]
     ds = make_multisite(args.n_subjects, args.n_sites, resolution=4, random_state=args.seed)
     reference = ds.reference_site
     before = {
@@ -232,7 +231,7 @@ def write_report(
         "intensity scale before harmonization, so 'before' is not a strawman.",
         "- HM: `HistogramMatchingHarmonizer` fitted on the same training images (context).",
         f"- Machine: {os.cpu_count()} CPUs shared with other jobs (load average "
-        f"{load_before:.1f} before, {load_now()[0]:.1f} after); torch threads: "
+        f"{load_before:.1f} before, {common.load_now()[0]:.1f} after); torch threads: "
         f"{args.threads}. Versions: python {platform.python_version()}, harmonix "
         f"{__version__}, torch {torch.__version__}, numpy {np.__version__}.",
         "",

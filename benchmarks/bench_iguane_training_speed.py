@@ -63,10 +63,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-from _helpers.common import cpu_flags, cpu_model, load_text, start_busy, stop_busy  # noqa: E402
+from _helpers import common  # noqa: E402
 from _helpers.tf_iguane_step import synthetic_volume  # noqa: E402
 
-RESULTS = HERE / "results" / "iguane_training_speed.md"
 CONFIGS = {
     "recipe": dict(
         label="CPU recipe: width 4 / disc 16, 48×64×48", width=4, disc=16, shape=(48, 64, 48)
@@ -481,11 +480,11 @@ def time_config(
             first = json.loads(procs[v].stdout.readline())
             info[v] = {"first_s": first["times"][0] if first["times"] else None}
         for busy in phases:
-            background = start_busy(busy)
+            background = common.start_busy(busy)
             try:
                 if busy:
                     time.sleep(5)
-                load_start = load_text()
+                load_start = common.load_text()
                 times: dict[str, list[float]] = {v: [] for v in variants}
                 threads: dict[str, str] = {}
                 for r in range(rounds):
@@ -500,12 +499,16 @@ def time_config(
                         + ", ".join(
                             f"{v} {statistics.median(times[v][-steps:]):.2f}s" for v in variants
                         )
-                        + f" (load {load_text()})",
+                        + f" (load {common.load_text()})",
                         flush=True,
                     )
-                out[busy] = {"times": times, "threads": threads, "load": (load_start, load_text())}
+                out[busy] = {
+                    "times": times,
+                    "threads": threads,
+                    "load": (load_start, common.load_text()),
+                }
             finally:
-                stop_busy(background)
+                common.stop_busy(background)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -549,9 +552,9 @@ def render(results: dict, limit: dict, args, load: tuple[str, str], tf_ok: bool)
         f"Written by `benchmarks/bench_iguane_training_speed.py {command}` on "
         f"{time.strftime('%Y-%m-%d %H:%M')}.",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; Python "
+        f"- CPU: {common.cpu_model()}, {os.cpu_count()} logical cores; Python "
         f"{platform.python_version()}, PyTorch {torch.__version__}",
-        f"- {cpu_flags()}",
+        f"- {common.cpu_flags()}",
         f"- load average (1, 5, 15 min) at start: {load[0]}; at end: {load[1]}",
         f"- {args.rounds} alternating rounds of {args.steps} site-steps per variant and phase "
         "(full size: 1 round of 1), medians over all site-steps; one source site; float32 "
@@ -639,7 +642,7 @@ def render_profile(prof: dict, steps: int, load: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.script_parser(__doc__, "iguane_training_speed.md")
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["recipe", "w16"])
     ap.add_argument(
         "--variants",
@@ -654,7 +657,6 @@ def main(argv: list[str] | None = None) -> None:
         "--busy", type=int, default=0, help="also time with this many busy background processes"
     )
     ap.add_argument("--profile", type=int, default=0, help="profile this many site-steps")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--append", action="store_true")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--config", default=None, help=argparse.SUPPRESS)
@@ -668,7 +670,7 @@ def main(argv: list[str] | None = None) -> None:
 
     python = sys.executable
     tf_ok = _tf_available(python)
-    print(cpu_flags(), flush=True)
+    print(common.cpu_flags(), flush=True)
     if args.variants is None:  # emulated bfloat16 is not timed unless asked for
         from harmonix.iguane.devices import cpu_supports_bf16
 
@@ -676,9 +678,9 @@ def main(argv: list[str] | None = None) -> None:
         args.variants = [v for v in DEFAULT_VARIANTS if v != "harmonix bf16" or native]
     variants = [v for v in args.variants if tf_ok or not v.startswith("tf")]
     phases = [0] + ([args.busy] if args.busy else [])
-    load_start = load_text()
+    load_start = common.load_text()
     limit = conv_limit()
-    limit["load"] = load_text().split()[0]
+    limit["load"] = common.load_text().split()[0]
     print(f"limit: {limit}", flush=True)
     results = {}
     for name in args.configs:
@@ -694,7 +696,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = CONFIGS[name]
         results[name]["gflop"] = site_step_gflop(cfg["width"], cfg["disc"], cfg["shape"])
     prof = profile_harmonix("recipe", args.profile, python) if args.profile else None
-    load_end = load_text()
+    load_end = common.load_text()
     lines = render(results, limit, args, (load_start, load_end), tf_ok)
     if prof is not None:
         lines += ["", *render_profile(prof, args.profile, load_end)]

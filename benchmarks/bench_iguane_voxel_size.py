@@ -20,12 +20,11 @@ figures only: they do not depend on the machine's load.
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from pathlib import Path
 
 import numpy as np
-from _helpers.common import write_results
+from _helpers import common
 
 from harmonix import HistogramMatchingHarmonizer, __version__, make_multisite
 from harmonix.benchmark import run_benchmark
@@ -35,9 +34,8 @@ METRIC = "traveling_subject_ssim_score"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.script_parser(__doc__, "iguane_voxel_size.md")
     p.add_argument("--resolutions", type=float, nargs="+", default=[4.0, 2.0, 1.0])
-    p.add_argument("--out", default="benchmarks/results/iguane_voxel_size.md")
     args = p.parse_args()
     model = load_demo_model()
     rows = []
@@ -86,7 +84,7 @@ def main() -> None:
         "arrays by the size of their brain in voxels, NIfTI images by their headers).",
         "",
     ]
-    write_results(Path(args.out), lines)
+    common.write_results(Path(args.out), lines)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ writes ``results/preprocess_chain.md`` and ``results/preprocess_chain.cases.json
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import multiprocessing
@@ -43,7 +42,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import nibabel as nib
 import numpy as np
-from _helpers.common import cpu_model, load_line, load_now, machine_lines, write_results
+from _helpers import common
 from _helpers.moved_head import GRID, MOVE, scaled_head, spread_mm
 
 from harmonix.preprocessing import T1Preprocessor, move_scan, rigid_matrix, to_native
@@ -320,7 +319,7 @@ def _unmoved_chain(head) -> np.ndarray:
 def chain_only(data: pathlib.Path, out: pathlib.Path, jobs: int) -> None:
     """Only the whole chain on the moved heads (and the unmoved one): ``out``, with the
     cases in ``out``'s ``.cases.jsonl``."""
-    load_start = load_now()
+    load_start = common.load_now()
     head = nib.load(data / "ch2.nii.gz")
     log = out.with_suffix(".cases.jsonl")
     log.unlink(missing_ok=True)
@@ -339,19 +338,18 @@ def chain_only(data: pathlib.Path, out: pathlib.Path, jobs: int) -> None:
         "cases run in parallel processes: their wall seconds stretch with the load; the "
         "CPU seconds do not.",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores, {jobs} processes",
-        load_line(load_start, load_now()),
+        *common.machine_lines(load_start),
+        f"- {jobs} processes",
         "",
         *section,
     ]
-    write_results(out, lines)
+    common.write_results(out, lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.script_parser(__doc__, "preprocess.md")
     parser.add_argument("--data", required=True, help="folder with ch2.nii.gz, ch2bet.nii.gz")
     parser.add_argument("--repeats", type=int, default=2, help="runs of the moved head")
-    parser.add_argument("--out", default=str(HERE / "results" / "preprocess.md"))
     parser.add_argument(
         "--no-orientation", action="store_true", help="skip the head-orientation section"
     )
@@ -376,7 +374,7 @@ def main() -> None:
         out = pathlib.Path(args.out)
         chain_only(pathlib.Path(args.data), out.with_name(out.stem + "_chain.md"), args.jobs)
         return
-    load_start = load_now()
+    load_start = common.load_now()
     data = pathlib.Path(args.data)
     head, bet = nib.load(data / "ch2.nii.gz"), nib.load(data / "ch2bet.nii.gz")
     gold_mni = nib.Nifti1Image((bet.get_fdata() > 0).astype(np.float32), bet.affine)
@@ -440,7 +438,7 @@ def main() -> None:
         "rigid Mattes-MI registration (SimpleITK, shrink 4/2) to ICBM152 2009a on the FSL "
         "182×218×182 grid → median 500 → brain-centred crop 160×192×160.",
         "",
-        *machine_lines(load_start),
+        *common.machine_lines(load_start),
         f"- moved head: shape {moved.shape}, voxels {GRID['zooms']} mm, axes "
         f"{''.join(GRID['axcodes'])}; rotation (10, -7, 12)°, shift (15, -12, 8) mm",
         "",
@@ -503,7 +501,7 @@ def main() -> None:
         "registration; it was not measured in this round.",
         "",
     ]
-    write_results(pathlib.Path(args.out), lines)
+    common.write_results(pathlib.Path(args.out), lines)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import pathlib
 import time
@@ -25,7 +24,7 @@ import warnings
 
 import nibabel as nib
 import numpy as np
-from _helpers.common import load_now, machine_lines, write_results
+from _helpers import common
 from _helpers.moved_head import scaled_head
 from scipy import ndimage
 
@@ -164,11 +163,10 @@ def verdict(numbers: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.script_parser(__doc__, "preprocess_qc.md")
     parser.add_argument("--data", required=True, help="folder with ch2.nii.gz")
-    parser.add_argument("--out", default=str(HERE / "results" / "preprocess_qc.md"))
     args = parser.parse_args()
-    load_start = load_now()
+    load_start = common.load_now()
     head = nib.load(pathlib.Path(args.data) / "ch2.nii.gz")
     head = nib.Nifti1Image(head.get_fdata(dtype=np.float32), head.affine)
     move = rigid_matrix((10.0, -7.0, 12.0), (15.0, -12.0, 8.0))
@@ -249,7 +247,7 @@ def main() -> None:
         "then the good result moved away from its registration (the QC numbers of a "
         "failed registration of known error).",
         "",
-        *machine_lines(load_start),
+        *common.machine_lines(load_start),
         "- hard limits (`QC_FAIL_LIMITS`): "
         + ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in QC_FAIL_LIMITS.items()),
         "",
@@ -304,7 +302,7 @@ def main() -> None:
         f"{old_numbers['template_dice']:.3f} | {verdict(old_numbers)} |",
         "",
     ]
-    write_results(pathlib.Path(args.out), lines)
+    common.write_results(pathlib.Path(args.out), lines)
 
 
 if __name__ == "__main__":

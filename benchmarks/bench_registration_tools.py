@@ -15,7 +15,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -25,7 +24,7 @@ import time
 
 import nibabel as nib
 import numpy as np
-from _helpers.common import load_now, machine_lines, write_results
+from _helpers import common
 from _helpers.moved_head import GRID, MOVE, spread_mm
 
 from harmonix.preprocessing import move_scan
@@ -96,12 +95,11 @@ def run_ants(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.script_parser(__doc__, "preprocess_tools.md")
     parser.add_argument("--data", required=True, help="folder with ch2.nii.gz, ch2bet.nii.gz")
     parser.add_argument("--ants-python", required=True, help="python with antspyx")
-    parser.add_argument("--out", default=str(HERE / "results" / "preprocess_tools.md"))
     args = parser.parse_args()
-    load_start = load_now()
+    load_start = common.load_now()
     data = pathlib.Path(args.data)
     head = nib.load(data / "ch2.nii.gz")
     head = nib.Nifti1Image(head.get_fdata(dtype=np.float32), head.affine)
@@ -134,7 +132,7 @@ def main() -> None:
         "",
         "`python benchmarks/bench_registration_tools.py --data DIR --ants-python PY`",
         "",
-        *machine_lines(load_start),
+        *common.machine_lines(load_start),
         "- SimpleITK: N4 shrink 4, 50/50/30 iterations; Mattes MI, shrink 4/2, 20 % "
         "sampling (harmonix defaults)",
         "- ANTsPy: `n4_bias_field_correction(shrink_factor=4)`, `registration(type_of_"
@@ -162,7 +160,7 @@ def main() -> None:
         f"average (max {between_max:.2f} mm). Wall seconds under the load above.",
         "",
     ]
-    write_results(pathlib.Path(args.out), lines)
+    common.write_results(pathlib.Path(args.out), lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _helpers.common import cpu_model, load_line, load_now, write_results
+from _helpers import common
 from skimage.metrics import structural_similarity
 
 from harmonix import ComBatHarmonizer, HistogramMatchingHarmonizer, IdentityHarmonizer
@@ -121,15 +120,15 @@ def ranking(summary: pd.DataFrame, value: str = "mean") -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = common.script_parser(__doc__)
     p.add_argument("--resolution", type=int, default=4, choices=[2, 4])
     p.add_argument("--n-subjects", type=int, default=20)
     p.add_argument("--n-sites", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--n-boot", type=int, default=500)
-    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--out", type=Path, default=common.RESULTS, help="output folder")
     args = p.parse_args(argv)
-    load_start = load_now()
+    load_start = common.load_now()
     t0 = time.perf_counter()
     runs = []
     for seed in args.seeds:
@@ -168,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         "image for every input), noise (`NoiseHarmonizer`: uniform noise in each brain), HM, "
         "ComBat (`unseen_site='fit'`: the unseen site's parameters are estimated on its own "
         "images), oracle (each subject's own reference-site scan).  ",
-        f"Machine: {cpu_model()}, {os.cpu_count()} CPU(s); {wall / 60:.1f} min in all.",
-        load_line(load_start, load_now()),
+        f"Machine: {common.cpu_model()}, {os.cpu_count()} CPU(s); {wall / 60:.1f} min in all.",
+        common.load_line(load_start, common.load_now()),
         "",
         "## Does garbage rank last?",
         "",
@@ -214,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "What each metric can and cannot show: docs, *Benchmarking* (user guide).",
         "",
     ]
-    write_results(args.out / "benchmark_sanity.md", lines)
+    common.write_results(args.out / "benchmark_sanity.md", lines)
     return 0
 
 

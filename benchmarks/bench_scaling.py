@@ -15,7 +15,6 @@ parent stays small: on Linux a child's ``ru_maxrss`` starts from its parent's si
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -25,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _helpers.common import load_now
-
-RESULTS = Path(__file__).resolve().parent / "results" / "scaling.md"
+from _helpers import common
 
 CHILD_TRANSFORM = """
 import json, resource, sys, time
@@ -79,7 +76,7 @@ def _child(code: str, *args: str, stdin: str = "") -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.script_parser(__doc__, "scaling.md")
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument(
         "--combat-subjects", type=int, default=100, help="subjects per site (×5 sites)"
@@ -90,7 +87,7 @@ def main() -> None:
         "# Scaling: streaming transform and large-cohort ComBat",
         "",
         f"Produced by `python benchmarks/bench_scaling.py`. Python {platform.python_version()},"
-        f" {os.cpu_count()} CPUs, load average at start {load_now()[0]:.1f}.",
+        f" {os.cpu_count()} CPUs, load average at start {common.load_now()[0]:.1f}.",
         "Peak memory is `ru_maxrss` of a fresh subprocess (interpreter and imports included).",
         "",
     ]
@@ -173,8 +170,7 @@ def main() -> None:
             "",
             f"(Generating and writing the data set took {gen_s:.0f} s, not counted.)",
         ]
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    common.write_results(args.out, [*lines, ""])
 
 
 if __name__ == "__main__":

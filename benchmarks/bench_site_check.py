@@ -35,15 +35,13 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
-from _helpers.common import cpu_model, load_line, load_now, write_results
+from _helpers import common
 from _helpers.iguane_scores import artifact_kinds, per_image_ssim
 
 from harmonix import ComBatHarmonizer, HistogramMatchingHarmonizer
@@ -55,7 +53,6 @@ from harmonix.iguane._harmonizing import normalizer
 from harmonix.iguane.inputs.normalization import InputNormalizer, image_landmarks
 from harmonix.iguane.pretrained import DEMO_SITE_PREFIX, load_demo_model
 
-RESULTS = Path(__file__).resolve().parent / "results" / "site_check.md"
 STYLES = ("legacy", "preprocessed")
 SOURCES = ["site0", "site1", "site2", "site3"]
 N_SUBJECTS = 16  # subjects 0..n_train-1 train, 8..15 are the new scans
@@ -366,15 +363,14 @@ def guard(seeds: tuple) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.script_parser(__doc__, "site_check.md")
     p.add_argument("--parts", nargs="+", choices=("calibration", "shipped", "guard"), default=None)
     p.add_argument("--seeds", type=int, default=24, help="IGUANe calibration seeds")
     p.add_argument("--combat-seeds", type=int, default=8)
-    p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     parts = args.parts or ["calibration", "shipped", "guard"]
     torch.set_num_threads(2)
-    start, t0 = load_now(), time.perf_counter()
+    start, t0 = common.load_now(), time.perf_counter()
     lines = [
         "# Site labels that collide: the site check and the guard per site",
         "",
@@ -393,13 +389,13 @@ def main() -> None:
     lines += [
         "## Machine",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores; wall time "
+        f"- CPU: {common.cpu_model()}, {os.cpu_count()} cores; wall time "
         f"{time.perf_counter() - t0:.0f} s (quality figures only: they do not depend on "
         "the load)",
-        load_line(start, load_now()),
+        common.load_line(start, common.load_now()),
         "",
     ]
-    write_results(args.out, lines)
+    common.write_results(args.out, lines)
 
 
 if __name__ == "__main__":

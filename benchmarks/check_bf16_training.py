@@ -23,8 +23,6 @@ It writes ``benchmarks/results/iguane_bf16_training.md`` (``--out``).
 
 from __future__ import annotations
 
-import argparse
-import os
 import platform
 import time
 import warnings
@@ -32,18 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _helpers import common
 
 HERE = Path(__file__).resolve().parent
-from _helpers.common import (  # noqa: E402
-    cpu_flags,
-    cpu_model,
-    load_line,
-    load_now,
-    use_test_helpers,
-    write_results,
-)
 
-use_test_helpers()  # the training the tests repeat
+common.use_test_helpers()  # the training the tests repeat
 from _iguane_helpers import bf16_short_training, fill_freed_memory_with_nan  # noqa: E402
 
 from harmonix.iguane.devices import EmulatedBFloat16Warning, cpu_supports_bf16  # noqa: E402
@@ -71,15 +62,13 @@ def repeat(n: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=50)
+    ap = common.script_parser(__doc__, "iguane_bf16_training.md", repeats=50)
     ap.add_argument("--without-rule", action="store_true", help="also without the float32 rule")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "iguane_bf16_training.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # as the tests: the issue's NaN appeared with one thread
     warnings.simplefilter("ignore", EmulatedBFloat16Warning)  # the flags line says it
-    print(cpu_flags(), flush=True)
-    load = load_now()
+    print(common.cpu_flags(), flush=True)
+    load = common.load_now()
     rows = [("float32 rule on (harmonix)", repeat(args.repeats))]
     print(rows[-1], flush=True)
     if args.without_rule:
@@ -93,13 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# IGUANe bfloat16 training: repeated short trainings",
         "",
-        f"Written by `benchmarks/check_bf16_training.py` on {time.strftime('%Y-%m-%d %H:%M')}:"
+        f"Written by `{common.command_line(argv)}` on {time.strftime('%Y-%m-%d %H:%M')}:"
         " issue 26's 2-step bfloat16 training (width-2 networks on 16³ blobs, seed 0, one "
         "thread) repeated in one process, the freed memory filled with NaN before each.",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {cpu_flags()}",
+        *common.machine_lines(load, flags=True),
         f"- Python {platform.python_version()}, PyTorch {torch.__version__}",
-        load_line(load, load_now()),
         "",
         "| variant | repeats | finite | same history as the first | s per training |",
         "|---|---:|---:|---:|---:|",
@@ -121,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             "training's numerics; the native figure needs an AVX512-BF16/AMX CPU (the same "
             "command)."
         )
-    write_results(args.out, lines)
+    common.write_results(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _helpers import common
+
 HERE = Path(__file__).resolve().parent
 
-from _helpers.common import cpu_flags, cpu_model, load_text, start_busy, stop_busy, write_results  # noqa: E402
 
 FIT = dict(n_epochs=1, steps_per_epoch=2, base_width=4, random_state=0)
 
@@ -56,11 +57,11 @@ def fit_child(out: Path, cpu_threads: str | None) -> None:
 def run_fit(tmp: Path, name: str, cpu_threads: str | None, busy: int) -> dict:
     out = tmp / name
     out.mkdir()
-    procs = start_busy(busy)
+    procs = common.start_busy(busy)
     try:
         if busy:
             time.sleep(3)
-        load = load_text()
+        load = common.load_text()
         start = time.perf_counter()
         arg = cpu_threads or "default"
         subprocess.run(
@@ -70,7 +71,7 @@ def run_fit(tmp: Path, name: str, cpu_threads: str | None, busy: int) -> dict:
         )
         seconds = time.perf_counter() - start
     finally:
-        stop_busy(procs)
+        common.stop_busy(procs)
     return {"dir": out, "load": load, "seconds": seconds, "busy": busy}
 
 
@@ -131,11 +132,11 @@ def check_suite(n: int) -> list[str]:
         "| run | load average at start / end | s | result |",
         "|---:|---|---:|---|",
     ]
-    procs = start_busy(2)
+    procs = common.start_busy(2)
     try:
         time.sleep(3)
         for i in range(n):
-            load = load_text()
+            load = common.load_text()
             start = time.perf_counter()
             res = subprocess.run(
                 [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"],
@@ -145,22 +146,21 @@ def check_suite(n: int) -> list[str]:
             seconds = time.perf_counter() - start
             summary = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else "no output"
             lines.append(
-                f"| {i + 1} | {load} / {load_text()} | {seconds:.0f} | "
+                f"| {i + 1} | {load} / {common.load_text()} | {seconds:.0f} | "
                 f"{'passed' if res.returncode == 0 else 'FAILED'}: {summary.strip('= ')} |"
             )
             print(lines[-1], flush=True)
             if res.returncode:
                 print(res.stdout[-5000:], flush=True)
     finally:
-        stop_busy(procs)
+        common.stop_busy(procs)
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.script_parser(__doc__, "reproducibility.md")
     ap.add_argument("--fits", action="store_true", help="the two same-seed fits")
     ap.add_argument("--suite", type=int, default=0, help="run the test suite this many times")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "reproducibility.md")
     ap.add_argument("--append", action="store_true", help="add the sections to --out")
     ap.add_argument("--fit-child", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cpu-threads", default="default", help=argparse.SUPPRESS)
@@ -175,20 +175,21 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Written by `benchmarks/check_reproducibility.py` on {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {cpu_flags()}",
+        f"- CPU: {common.cpu_model()}, {os.cpu_count()} logical cores",
+        f"- {common.cpu_flags()}",
         f"- PyTorch {torch.__version__}, {torch.get_num_threads()} threads by default",
-        f"- load average at start: {load_text()} (the machine is shared: the 'nothing added' "
-        "runs are not idle when this is above 1.5)",
+        f"- load average at start: {common.load_text()} (the machine is shared: the "
+        "'nothing added' runs are not idle when this is above 1.5)",
         "",
     ]
     if args.fits:
         lines += [*check_fits(), ""]
     if args.suite:
         lines += [*check_suite(args.suite), ""]
-    lines.append(f"Load average at end: {load_text()}.")
+    lines.append(f"Load average at end: {common.load_text()}.")
     if args.append and args.out.exists():  # the new sections under the existing ones
         lines = [args.out.read_text().rstrip("\n"), "", *lines[lines.index("") + 1 :]]
-    write_results(args.out, lines)
+    common.write_results(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-from _helpers.common import load_now
+from _helpers import common
 
 from harmonix import IdentityHarmonizer
 from harmonix.benchmark import (
@@ -119,7 +119,7 @@ def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = common.script_parser(__doc__)
     p.add_argument(
         "--resolution",
         type=int,
@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="sites held out of fit (default: one non-reference site drawn with each seed)",
     )
-    p.add_argument("--out", type=Path, default=HERE / "results", help="output folder")
+    p.add_argument("--out", type=Path, default=common.RESULTS, help="output folder")
     p.add_argument("--no-iguane", action="store_true", help="skip IGUANe")
     p.add_argument("--iguane-epochs", type=int, default=1)
     p.add_argument(
@@ -465,7 +465,7 @@ def main_disease(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         print(to_markdown(df, legend=False), flush=True)
     total = time.perf_counter() - t_start
-    load = load_now()[0]
+    load = common.load_now()[0]
     tidy = pd.concat(runs, ignore_index=True)
     if args.from_csv is None:
         tidy.to_csv(args.out / "compare_methods_disease.csv", index=False)
@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         print(to_markdown(df, legend=False), flush=True)
     total = time.perf_counter() - t_start
     cpu = time.process_time() - cpu_start
-    load = load_now()[0]
+    load = common.load_now()[0]
 
     tidy = pd.concat(runs, ignore_index=True)
     tidy.to_csv(args.out / "compare_methods.csv", index=False)

@@ -34,12 +34,12 @@ and saves it again; the weights are unchanged.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _helpers import common
 from _helpers.iguane_scores import Scorer, calibrate_profile
 
 from harmonix import IGUANeHarmonizer
@@ -68,7 +68,7 @@ def rename_sites(est: IGUANeHarmonizer) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.script_parser(__doc__)
     p.add_argument("--out", default=str(DEMO_MODEL_PATH))
     p.add_argument("--seed", type=int, default=SEED, help="data and training seed (0: shipped)")
     p.add_argument("--threads", type=int, default=2)
