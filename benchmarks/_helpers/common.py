@@ -81,13 +81,23 @@ def script_parser(
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command that ran this script, to put in its results file and re-run it."""
+    """The command that ran this script, to put in its results file and re-run it
+    (without ``--out``: where the file was written is no part of the measurement, and a
+    path of one machine has no place in a committed file)."""
     script = Path(sys.argv[0]).resolve()
     try:
         name = script.relative_to(REPO).as_posix()
     except ValueError:
         name = f"benchmarks/{script.name}"
-    return " ".join(["python", name, *(sys.argv[1:] if argv is None else argv)])
+    words = list(sys.argv[1:] if argv is None else argv)
+    kept = []
+    while words:
+        word = words.pop(0)
+        if word == "--out":
+            words = words[1:]
+        elif not word.startswith("--out="):
+            kept.append(word)
+    return " ".join(["python", name, *kept])
 
 
 def cpu_model() -> str:

@@ -29,6 +29,16 @@ def _matrix(value: Any) -> np.ndarray:
     return out
 
 
+def _onto(
+    img: Any, affine: np.ndarray, shape: tuple[int, ...], world: np.ndarray, order: int
+) -> np.ndarray:
+    """``img`` (a path or an image) resampled onto the grid ``(affine, shape)``, ``world``
+    mapping that grid's world points to ``img``'s (float32)."""
+    img = load_img(img)
+    data = img.get_fdata(dtype=np.float32)
+    return resample(data, img.affine, affine, shape, world=world, order=order)
+
+
 @dataclass(frozen=True, eq=False)
 class TemplateTransform:
     """Where a preprocessed image came from: enough to map images both ways.
@@ -84,15 +94,7 @@ class TemplateTransform:
         -------
         nibabel.Nifti1Image
         """
-        img = load_img(img)
-        data = resample(
-            img.get_fdata(dtype=np.float32),
-            img.affine,
-            self.template_affine,
-            self.template_shape,
-            world=self.matrix,
-            order=order,
-        )
+        data = _onto(img, self.template_affine, self.template_shape, self.matrix, order)
         return nib.Nifti1Image(data, self.template_affine)
 
     def to_native(
@@ -119,15 +121,8 @@ class TemplateTransform:
         nibabel.Nifti1Image
             On the scan's grid, with its affine.
         """
-        img = load_img(img)
-        data = resample(
-            img.get_fdata(dtype=np.float32),
-            img.affine,
-            self.native_affine,
-            self.native_shape,
-            world=np.linalg.inv(self.matrix),
-            order=order,
-        )
+        world = np.linalg.inv(self.matrix)
+        data = _onto(img, self.native_affine, self.native_shape, world, order)
         if mask is not None:
             mask_img = load_img(mask)
             if tuple(mask_img.shape) != self.native_shape:
