@@ -26,8 +26,6 @@ import nibabel as nib
 import numpy as np
 from _helpers import common
 
-HERE = pathlib.Path(__file__).resolve().parent
-
 
 def build(root: pathlib.Path, n_subjects: int) -> int:
     (root / "dataset_description.json").write_text('{"Name": "bench", "BIDSVersion": "1.9.0"}')

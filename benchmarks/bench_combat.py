@@ -45,7 +45,6 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-HERE = pathlib.Path(__file__).resolve().parent
 #: Start of the section of combat.md that bench_combat_rim.py writes (kept on rewrite).
 RIM_BEGIN = "<!-- rim: written by benchmarks/bench_combat_rim.py -->"
 N_SITES = 5

@@ -49,7 +49,6 @@ import pandas as pd  # noqa: E402
 
 from harmonix import ComBatHarmonizer  # noqa: E402
 
-HERE = pathlib.Path(__file__).resolve().parent
 START, END = "<!-- covariates:start -->", "<!-- covariates:end -->"
 GOALS = {"parity": 1e-5, "smooth_rms": 0.01, "speed": 10.0, "memory": 0.5}
 

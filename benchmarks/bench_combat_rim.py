@@ -32,7 +32,6 @@ Usage::
 
 from __future__ import annotations
 
-import pathlib
 import time
 import warnings
 
@@ -43,7 +42,6 @@ from scipy import ndimage
 from harmonix import ComBatHarmonizer
 from harmonix.datasets import make_multisite
 
-HERE = pathlib.Path(__file__).resolve().parent
 BEGIN = "<!-- rim: written by benchmarks/bench_combat_rim.py -->"  # as in bench_combat.py
 END = "<!-- /rim -->"
 #: Data sets with per-site tables: the data of issue 28, and a larger 2 mm set.

@@ -13,7 +13,6 @@ Usage::
 
 from __future__ import annotations
 
-import pathlib
 import platform
 import resource
 import statistics
@@ -25,7 +24,6 @@ import time
 from _helpers import common
 
 GOAL_S = 180.0
-HERE = pathlib.Path(__file__).resolve().parent
 
 
 def _run_once() -> dict[str, float]:

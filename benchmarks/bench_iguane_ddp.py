@@ -33,7 +33,6 @@ import time
 
 from _helpers import common
 
-HERE = pathlib.Path(__file__).resolve().parent
 CONFIG = dict(
     n_epochs=1,
     base_width=4,

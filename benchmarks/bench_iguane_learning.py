@@ -490,9 +490,9 @@ def main() -> None:
             torch.set_num_threads(args.threads)
             rescore(Path(args.report), Path(args.rescore), args)
         runs = [json.loads(line) for line in Path(args.report).read_text().splitlines()]
-        notes_path = Path(args.out).with_suffix(".notes.md")
+        notes_path = args.out.with_suffix(".notes.md")
         notes = notes_path.read_text().splitlines() if notes_path.exists() else []
-        write_report(runs, Path(args.out), notes)
+        write_report(runs, args.out, notes)
         return
     torch.set_num_threads(args.threads)
     params = recipe(args.set)

@@ -33,7 +33,6 @@ import datetime
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -293,7 +292,7 @@ def write_report(
         "forward generator follows; on CPU that is hours even at 4 mm.",
         "",
     ]
-    out = Path(args.out)
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
 

@@ -61,10 +61,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-from _helpers import common  # noqa: E402
-from _helpers.tf_iguane_step import synthetic_volume  # noqa: E402
+from _helpers import common
+from _helpers.tf_iguane_step import synthetic_volume
 
 CONFIGS = {
     "recipe": dict(

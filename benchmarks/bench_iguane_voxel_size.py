@@ -21,7 +21,6 @@ figures only: they do not depend on the machine's load.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 from _helpers import common
@@ -84,7 +83,7 @@ def main() -> None:
         "arrays by the size of their brain in voxels, NIfTI images by their headers).",
         "",
     ]
-    common.write_results(Path(args.out), lines)
+    common.write_results(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,6 @@ from harmonix.preprocessing.qc import qc_numbers
 from harmonix.preprocessing.steps import register_rigid
 from harmonix.preprocessing.template import FSL_AFFINE, FSL_SHAPE, load_template, resample
 
-HERE = pathlib.Path(__file__).resolve().parent
 GOAL_S = 60.0
 
 
@@ -371,7 +370,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.chain_only:
-        out = pathlib.Path(args.out)
+        out = args.out
         chain_only(pathlib.Path(args.data), out.with_name(out.stem + "_chain.md"), args.jobs)
         return
     load_start = common.load_now()
@@ -386,7 +385,7 @@ def main() -> None:
         if args.no_orientation
         else ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
     )
-    log = pathlib.Path(args.out).with_suffix(".cases.jsonl")
+    log = args.out.with_suffix(".cases.jsonl")
     log.unlink(missing_ok=True)
     jobs = None if pool is None else orientation_jobs(head, bet, pool, not args.no_former, log)
     sampler = RSSSampler()
@@ -501,7 +500,7 @@ def main() -> None:
         "registration; it was not measured in this round.",
         "",
     ]
-    common.write_results(pathlib.Path(args.out), lines)
+    common.write_results(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from harmonix.preprocessing.qc import QC_FAIL_LIMITS, QCFailedError, failures, q
 from harmonix.preprocessing.steps import register_rigid
 from harmonix.preprocessing.template import load_template, resample
 
-HERE = pathlib.Path(__file__).resolve().parent
 NUMBERS = ("mask_volume_ml", "template_scale", "template_ncc", "template_dice")
 
 
@@ -302,7 +301,7 @@ def main() -> None:
         f"{old_numbers['template_dice']:.3f} | {verdict(old_numbers)} |",
         "",
     ]
-    common.write_results(pathlib.Path(args.out), lines)
+    common.write_results(args.out, lines)
 
 
 if __name__ == "__main__":

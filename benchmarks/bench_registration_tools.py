@@ -31,7 +31,6 @@ from harmonix.preprocessing import move_scan
 from harmonix.preprocessing.steps import n4_correct, register_rigid
 from harmonix.preprocessing.template import load_template
 
-HERE = pathlib.Path(__file__).resolve().parent
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 ANTS_CODE = r"""
@@ -160,7 +159,7 @@ def main() -> None:
         f"average (max {between_max:.2f} mm). Wall seconds under the load above.",
         "",
     ]
-    common.write_results(pathlib.Path(args.out), lines)
+    common.write_results(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ from harmonix.benchmark import (
 )
 from harmonix.datasets import make_multisite
 
-HERE = Path(__file__).resolve().parent
 GARBAGE = ("collapse", "noise")
 KINDS = ("traveling", "distance", "biology")
 

@@ -26,13 +26,10 @@ from __future__ import annotations
 import platform
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 from _helpers import common
-
-HERE = Path(__file__).resolve().parent
 
 common.use_test_helpers()  # the training the tests repeat
 from _iguane_helpers import bf16_short_training, fill_freed_memory_with_nan  # noqa: E402

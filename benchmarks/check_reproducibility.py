@@ -32,9 +32,6 @@ from pathlib import Path
 
 from _helpers import common
 
-HERE = Path(__file__).resolve().parent
-
-
 FIT = dict(n_epochs=1, steps_per_epoch=2, base_width=4, random_state=0)
 
 

@@ -61,8 +61,6 @@ from harmonix.benchmark import (
 )
 from harmonix.datasets import make_multisite
 
-HERE = Path(__file__).resolve().parent
-
 
 def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[str]]:
     """The harmonizers to compare, and notes on those that are unavailable."""
