@@ -118,7 +118,6 @@ def main() -> None:
         f"`bids_manifest` uses {ratio:.1f}x less CPU time than indexing the whole dataset "
         "with pybids' defaults; both find the same images. The wall-clock times grow with "
         "the load of the machine; the CPU times are the figures to compare.",
-        "",
     ]
     common.write_results(args.out, lines)
 

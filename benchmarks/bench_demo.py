@@ -78,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Median wall time {wall:.1f} s (CPU {cpu:.1f} s); goal <= {GOAL_S:.0f} s: {met}. "
         f"Peak RSS of the demo process: {peak:.0f} MB.",
-        "",
     ]
     common.write_results(args.out, lines)
 

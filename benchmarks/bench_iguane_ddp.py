@@ -167,7 +167,6 @@ def main(argv: list[str] | None = None) -> None:
         "process, each process brings its own device. That the distributed run is the "
         "same training as one process with the larger batch is tested in "
         "tests/test_iguane_distributed.py (float64: equal to 4e-14 after 4 steps).",
-        "",
     ]
     common.write_results(args.out, lines)
 

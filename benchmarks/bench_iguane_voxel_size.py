@@ -81,7 +81,6 @@ def main() -> None:
         "On its own voxel size the model beats histogram matching; on 2 and 1 mm images it "
         "falls below it, so `transform` refuses them (`grid_mismatch='error'`, the default; "
         "arrays by the size of their brain in voxels, NIfTI images by their headers).",
-        "",
     ]
     common.write_results(args.out, lines)
 

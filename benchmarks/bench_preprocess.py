@@ -498,7 +498,6 @@ def main() -> None:
         "offline; so the original chain could not be timed on this machine. deepbet ships "
         "its weights inside its wheel. ANTsPy (`antspyx`) could replace SimpleITK for N4 and "
         "registration; it was not measured in this round.",
-        "",
     ]
     common.write_results(args.out, lines)
 

@@ -299,7 +299,6 @@ def main() -> None:
         f"| former chain (no pose search) | head tilted (30, 0, 15) | 20 | "
         f"{old_err:.1f} | {old_numbers['template_ncc']:.3f} | "
         f"{old_numbers['template_dice']:.3f} | {verdict(old_numbers)} |",
-        "",
     ]
     common.write_results(args.out, lines)
 

@@ -157,7 +157,6 @@ def main() -> None:
         "",
         f"SimpleITK and ANTsPy results on the moved head differ by {between:.2f} mm on "
         f"average (max {between_max:.2f} mm). Wall seconds under the load above.",
-        "",
     ]
     common.write_results(args.out, lines)
 

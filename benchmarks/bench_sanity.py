@@ -210,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
         "",
         to_markdown(summary),
         "What each metric can and cannot show: docs, *Benchmarking* (user guide).",
-        "",
     ]
     common.write_results(args.out / "benchmark_sanity.md", lines)
     return 0

@@ -393,7 +393,6 @@ def main() -> None:
         f"{time.perf_counter() - t0:.0f} s (quality figures only: they do not depend on "
         "the load)",
         common.load_line(start, common.load_now()),
-        "",
     ]
     common.write_results(args.out, lines)
 

@@ -193,8 +193,10 @@ def stop_busy(procs: Sequence[subprocess.Popen]) -> None:
 
 
 def write_results(path: Path, lines: Sequence[str]) -> None:
-    """Write a results file (creating its folder) and say where."""
+    """Write a results file, its lines ending with a newline (creating its folder), and
+    say where."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    path.write_text(text if text.endswith("\n") else text + "\n")
     print(f"wrote {path}")
