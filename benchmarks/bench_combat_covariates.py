@@ -304,12 +304,7 @@ def stages(repeats: int) -> list[tuple[str, float]]:
     ]
     out = []
     for name, step in steps:
-        step()
-        times = []
-        for _ in range(repeats):
-            c0 = time.process_time()
-            step()
-            times.append(time.process_time() - c0)
+        times = common.timed(step, repeats, time.process_time)
         out.append((name, float(np.median(times)) * 1e3))
     return out
 

@@ -221,12 +221,7 @@ def conv_limit(repeats: int = 3) -> dict[str, float]:
             conv.zero_grad(set_to_none=True)
 
         for name, fn, work in (("forward", fwd, gflop), ("forward_backward", fwd_bwd, 3 * gflop)):
-            fn()
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
+            ts = common.timed(fn, repeats)
             out[name] = max(out[name], work / statistics.median(ts))
     return out
 

@@ -6,6 +6,7 @@
 - the machine and its load: :func:`cpu_model`, :func:`cpu_flags`, :func:`load_now`,
   :func:`load_line`, :func:`machine_lines` (the results-file header: CPU, flags, load);
 - the command to re-run: :func:`command_line`;
+- timing a call: :func:`timed` (repeats after a warm-up);
 - busy neighbours: :func:`start_busy` / :func:`stop_busy` (pure Python loops);
 - the results file: :func:`write_results`.
 
@@ -20,7 +21,8 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 #: The ``benchmarks/`` folder, its results and the repository root.
@@ -177,6 +179,19 @@ def machine_lines(start: Sequence[float], *, flags: bool = False) -> list[str]:
             "machine for wall-clock figures"
         )
     return lines
+
+
+def timed(
+    fn: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` by ``clock``, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return times
 
 
 def start_busy(n: int) -> list[subprocess.Popen]:
