@@ -534,18 +534,10 @@ def _cpu_bf16() -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = common.script_parser(__doc__, "iguane_inference.md", repeats=5)
+    ap = common.script_parser(
+        __doc__, "iguane_inference.md", repeats=5, variants=(VARIANTS, TIMED), busy=True
+    )
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["1mm", "2mm"])
-    ap.add_argument(
-        "--variants",
-        nargs="+",
-        choices=VARIANTS,
-        default=None,
-        help=f"default: {', '.join(TIMED)} (harmonix bf16 only with native bfloat16)",
-    )
-    ap.add_argument(
-        "--busy", type=int, default=0, help="also time with this many busy background processes"
-    )
     ap.add_argument(
         "--accuracy",
         action="store_true",

@@ -635,20 +635,12 @@ def render_profile(prof: dict, steps: int, load: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = common.script_parser(__doc__, "iguane_training_speed.md")
-    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["recipe", "w16"])
-    ap.add_argument(
-        "--variants",
-        nargs="+",
-        choices=VARIANTS,
-        default=None,
-        help=f"default: {', '.join(DEFAULT_VARIANTS)} (harmonix bf16 only with native bf16)",
+    ap = common.script_parser(
+        __doc__, "iguane_training_speed.md", variants=(VARIANTS, DEFAULT_VARIANTS), busy=True
     )
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["recipe", "w16"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3, help="site-steps per variant and round")
-    ap.add_argument(
-        "--busy", type=int, default=0, help="also time with this many busy background processes"
-    )
     ap.add_argument("--profile", type=int, default=0, help="profile this many site-steps")
     ap.add_argument("--append", action="store_true")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)

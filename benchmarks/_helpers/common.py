@@ -55,7 +55,12 @@ def limit_threads(n: int = 1) -> None:
 
 
 def script_parser(
-    doc: str | None, out: str | None = None, *, repeats: int | None = None
+    doc: str | None,
+    out: str | None = None,
+    *,
+    repeats: int | None = None,
+    variants: tuple[Sequence[str], Sequence[str]] | None = None,
+    busy: bool = False,
 ) -> argparse.ArgumentParser:
     """The argument parser of a benchmark script, with the options they share.
 
@@ -68,6 +73,11 @@ def script_parser(
         ``--out`` with that default.
     repeats : int, optional
         Adds ``--repeats`` (timed runs) with this default.
+    variants : (choices, default), optional
+        Adds ``--variants``: which of ``choices`` to time (``None``: ``default``, which
+        the script narrows to what the machine runs natively).
+    busy : bool, default=False
+        Adds ``--busy N``: time again beside N busy processes (:func:`start_busy`).
     """
     parser = argparse.ArgumentParser(
         description=(doc or "").split("\n\n")[0],
@@ -79,6 +89,19 @@ def script_parser(
         )
     if repeats is not None:
         parser.add_argument("--repeats", type=int, default=repeats, help="timed runs")
+    if variants is not None:
+        choices, default = variants
+        parser.add_argument(
+            "--variants",
+            nargs="+",
+            choices=choices,
+            default=None,
+            help=f"default: {', '.join(default)} (bf16 variants only with native bfloat16)",
+        )
+    if busy:
+        parser.add_argument(
+            "--busy", type=int, default=0, help="also time with this many busy processes"
+        )
     return parser
 
 
