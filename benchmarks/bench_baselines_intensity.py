@@ -52,8 +52,8 @@ def make_calls(imgs: np.ndarray, sites: np.ndarray, workdir: Path) -> dict:
     """Fit the models once and return {name: callable(volume_index)} plus fit timings."""
     from intensity_normalization import NyulNormalizer, WhiteStripeNormalizer, create_image
 
-    from harmonix.histogram_matching import HistogramMatchingHarmonizer
-    from harmonix.whitestripe import WhiteStripeHarmonizer
+    from harmonix.intensity.histogram_matching import HistogramMatchingHarmonizer
+    from harmonix.intensity.whitestripe import WhiteStripeHarmonizer
 
     vols = [imgs[i] for i in range(len(imgs))]
     in_imgs = [create_image(v) for v in vols]
@@ -129,8 +129,8 @@ def memory_child(name: str, workdir: Path) -> dict:
     """
     from intensity_normalization import NyulNormalizer, WhiteStripeNormalizer, create_image
 
-    from harmonix.histogram_matching import HistogramMatchingHarmonizer
-    from harmonix.whitestripe import WhiteStripeHarmonizer
+    from harmonix.intensity.histogram_matching import HistogramMatchingHarmonizer
+    from harmonix.intensity.whitestripe import WhiteStripeHarmonizer
 
     vol = np.load(workdir / "volume.npy")
     if name == "HM harmonix":

@@ -264,10 +264,10 @@ def speed(repeats: int) -> dict:
 def stages(repeats: int) -> list[tuple[str, float]]:
     """Where harmonix's time goes: the CPU milliseconds of each stage of ``fit`` +
     ``transform`` on the speed benchmark's table, each run alone (median of ``repeats``)."""
-    from harmonix._labels import check_sites, site_codes
     from harmonix.combat import _math as cm
-    from harmonix.covariates import check_covariates, fit_covariate_levels, match_covariates
-    from harmonix.tables import FeatureTable
+    from harmonix.inputs.covariates import check_covariates, fit_covariate_levels, match_covariates
+    from harmonix.inputs.labels import check_sites, site_codes
+    from harmonix.inputs.tables import FeatureTable
 
     X, sites, cov, nh_cov = study_table(10_000, 200, 10, seed=2)
     model = ComBatHarmonizer().fit(X, sites, None, cov)

@@ -41,8 +41,8 @@ from _helpers import common
 from harmonix._version import __version__
 from harmonix.benchmark.metrics import truth_ssim_score
 from harmonix.datasets import make_multisite
-from harmonix.histogram_matching import HistogramMatchingHarmonizer
 from harmonix.iguane.estimator import IGUANeHarmonizer
+from harmonix.intensity.histogram_matching import HistogramMatchingHarmonizer
 
 #: Earlier runs of this script on the same data (n_subjects=8, n_sites=4, seed 0, unseen
 #: site2; 2 shared CPUs, 1 torch thread), recorded on 2026-11-25 while choosing the CPU

@@ -2,7 +2,7 @@
 
 A fitted model applies the parameters it stored for a site to every image whose label
 names that site. This script measures the check that ``transform`` runs first
-(:mod:`harmonix.site_check`) and writes ``benchmarks/results/site_check.md``:
+(:mod:`harmonix.inputs.site_check`) and writes ``benchmarks/results/site_check.md``:
 
 ``calibration``
     The decision rules on ``make_multisite(16, 5, resolution=4, random_state=seed,
@@ -377,7 +377,7 @@ def main() -> None:
         "Produced by `python benchmarks/bench_site_check.py` (see its docstring). A fitted "
         "IGUANe or ComBat model applies the parameters it stored for a training site to "
         "every image whose label names that site; `transform` first checks that each "
-        "labelled group agrees with them (`site_check`, `harmonix.site_check`).",
+        "labelled group agrees with them (`site_check`, `harmonix.inputs.site_check`).",
         "",
     ]
     if "calibration" in parts:

@@ -67,13 +67,13 @@ def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[
     methods: dict = {"none": IdentityHarmonizer()}
     notes: list[str] = []
     try:
-        from harmonix.histogram_matching import HistogramMatchingHarmonizer
+        from harmonix.intensity.histogram_matching import HistogramMatchingHarmonizer
 
         methods["HM"] = HistogramMatchingHarmonizer(reference_site=reference)
     except ImportError as exc:
         notes.append(f"HM skipped: {exc}")
     try:
-        from harmonix.whitestripe import WhiteStripeHarmonizer
+        from harmonix.intensity.whitestripe import WhiteStripeHarmonizer
 
         methods["WS"] = WhiteStripeHarmonizer(reference_site=reference)
     except ImportError as exc:

@@ -44,9 +44,9 @@ from _helpers.iguane_scores import Scorer, calibrate_profile
 
 from harmonix import IGUANeHarmonizer
 from harmonix.datasets import make_multisite
-from harmonix.grids import check_voxel_size, describe_grid, training_grid
 from harmonix.iguane import CPU_RECIPE
 from harmonix.iguane.pretrained import DEMO_MODEL_PATH, DEMO_SITE_PREFIX
+from harmonix.inputs.grids import check_voxel_size, describe_grid, training_grid
 from harmonix.io import as_collection
 
 SEED = 0

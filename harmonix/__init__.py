@@ -10,10 +10,10 @@ from harmonix._version import __version__
 from harmonix.base import BaseHarmonizer, IdentityHarmonizer
 from harmonix.combat import ComBatHarmonizer
 from harmonix.datasets import MultisiteDataset, make_multisite, write_nifti_dataset
-from harmonix.histogram_matching import HistogramMatchingHarmonizer
 from harmonix.iguane.estimator import IGUANeHarmonizer
+from harmonix.intensity.histogram_matching import HistogramMatchingHarmonizer
+from harmonix.intensity.whitestripe import WhiteStripeHarmonizer
 from harmonix.pipeline import HarmonizerStep
-from harmonix.whitestripe import WhiteStripeHarmonizer
 
 __all__ = [
     "BaseHarmonizer",

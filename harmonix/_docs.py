@@ -76,7 +76,7 @@ docdict["grid_"] = """\
 grid_ : dict
     The training images' grid: ``voxel_size`` (mm), ``shape``, ``affine``,
     ``orientation`` (axis codes) and ``brain_voxels``, each None where not known or not
-    shared by every training image (see :mod:`harmonix.grids`)."""
+    shared by every training image (see :mod:`harmonix.inputs.grids`)."""
 
 docdict["reference_attributes"] = "\n".join(
     docdict[key] for key in ("reference_site_", "sites_", "n_images_", "mask_", "affine_", "grid_")
@@ -85,7 +85,7 @@ docdict["reference_attributes"] = "\n".join(
 docdict["grid_mismatch"] = """\
 grid_mismatch : {"error", "warn", "ignore"}, default="error"
     What :meth:`transform` does with images whose voxel size or orientation differs from
-    the training images' (``grid_``, see :mod:`harmonix.grids`): raise a ValueError,
+    the training images' (``grid_``, see :mod:`harmonix.inputs.grids`): raise a ValueError,
     warn (:class:`~harmonix.exceptions.GridMismatchWarning`) and harmonize them anyway,
     or harmonize them silently. :meth:`fit` treats training images that differ among
     themselves alike. Read at transform time: ``set_params(grid_mismatch="warn")`` on a
@@ -97,7 +97,7 @@ covariates : pandas.DataFrame or mapping of str to array-like, default=None
     columns (numbers) and categorical ones (strings, booleans, pandas categoricals), e.g.
     ``age``, ``sex``, ``diagnosis``. ``ages`` is the short form of an ``age`` column
     (giving both is an error). Missing values, constant columns and columns that the sites
-    determine are refused (:mod:`harmonix.covariates`). Methods that model covariates
+    determine are refused (:mod:`harmonix.inputs.covariates`). Methods that model covariates
     (ComBat) keep their effects; the others document what they do with them."""
 
 docdict["fit_params"] = "\n".join(

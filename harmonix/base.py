@@ -2,7 +2,7 @@
 
 :class:`BaseHarmonizer` validates what users pass to ``fit(imgs, sites, ages,
 covariates)`` and ``transform(imgs, sites, ages, covariates)`` (covariates through
-:mod:`harmonix.covariates`) and hands clean, lazy inputs to the private ``_fit`` and
+:mod:`harmonix.inputs.covariates`) and hands clean, lazy inputs to the private ``_fit`` and
 ``_transform_one`` hooks that each method implements. It also keeps the background at 0
 and returns results in the form the input had.
 """
@@ -19,20 +19,20 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from harmonix import grids
 from harmonix._docs import fill_doc
-from harmonix._inputs import InputReading, Inputs
-from harmonix._labels import check_label, check_sites, site_codes
-from harmonix.covariates import (
+from harmonix.inputs import grids
+from harmonix.inputs._reading import InputReading, Inputs
+from harmonix.inputs.covariates import (
     CovariateLevels,
     age_column,
     check_covariates,
     fit_covariate_levels,
     match_covariates,
 )
+from harmonix.inputs.labels import check_label, check_sites, site_codes
+from harmonix.inputs.tables import FeatureTable
 from harmonix.io import as_collection
 from harmonix.persistence import load_estimator, register_class, save_estimator
-from harmonix.tables import FeatureTable
 
 __all__ = ["BaseHarmonizer", "IdentityHarmonizer"]
 
@@ -68,9 +68,9 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
     Background voxels (``== 0``, or outside ``mask`` when the estimator has one) stay 0
     in every output; images whose non-zero voxels fill nearly the whole volume get a
     :class:`~harmonix.exceptions.BackgroundWarning`
-    (:func:`~harmonix.background.check_background`). Inputs are never modified in place.
+    (:func:`~harmonix.inputs.background.check_background`). Inputs are never modified in place.
 
-    Every fit records the training images' grid in ``grid_`` (:mod:`harmonix.grids`);
+    Every fit records the training images' grid in ``grid_`` (:mod:`harmonix.inputs.grids`);
     :meth:`check_grid` compares new images with it.
 
     ``transform`` uses fitted attributes only, except the parameters named in
@@ -82,7 +82,7 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
     #: transform needs images on the grid seen in fit (e.g. voxel-wise ComBat).
     _fixed_shape: ClassVar[bool] = False
     #: what transform compares with the training grid besides the affine of voxel-wise
-    #: methods: "none" or "voxel" (voxel size and orientation; see :mod:`harmonix.grids`).
+    #: methods: "none" or "voxel" (voxel size and orientation; see :mod:`harmonix.inputs.grids`).
     _grid_check: ClassVar[str] = "none"
     #: parameters that transform reads (policies and computing options); every other
     #: parameter acts through fit only.
@@ -211,7 +211,7 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
         - methods specific to a voxel size (IGUANe, ``_grid_check = "voxel"``) compare
           voxel sizes and orientations with ``grid_``, as ``grid_mismatch`` says; arrays
           are checked while they are harmonized, by their number of brain voxels (see
-          :mod:`harmonix.grids`);
+          :mod:`harmonix.inputs.grids`);
         - histogram matching and WhiteStripe accept any grid.
 
         Parameters
@@ -335,7 +335,7 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
         ages : ndarray or None
             The ``age`` covariate when the fit had a continuous one and it is given.
         covariates : pandas.DataFrame or None
-            The fitted covariates given (:func:`harmonix.covariates.match_covariates`).
+            The fitted covariates given (:func:`harmonix.inputs.covariates.match_covariates`).
 
         Raises
         ------
@@ -358,24 +358,20 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
             levels,
             required=self._needs_covariates,
         )
-        self._check_metadata(sites, cov, frozenset(_given_statistics(site_statistics)))
+        self._check_metadata(sites, frozenset(_given_statistics(site_statistics)))
         return sites, age_column(cov, levels), cov
 
     def _fitted_covariate_levels(self) -> CovariateLevels:
-        """The fit's covariates (:func:`harmonix.covariates.fit_covariate_levels`).
+        """The fit's covariates (:func:`harmonix.inputs.covariates.fit_covariate_levels`).
 
         Models saved before covariates existed have none recorded; subclasses that
         modelled ages then override this."""
         return getattr(self, "covariate_levels_", {})
 
-    def _check_metadata(
-        self,
-        sites: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-        prepared: frozenset = frozenset(),
-    ) -> None:
-        """Method-specific checks of validated transform sites and covariates (none by
-        default); ``prepared``: sites whose statistics the caller gives."""
+    def _check_metadata(self, sites: np.ndarray | None, prepared: frozenset) -> None:
+        """Method-specific checks of validated transform sites, before any work (none
+        by default; the covariates are checked here); ``prepared``: sites whose
+        statistics the caller gives."""
 
     @fill_doc
     def fit_transform(

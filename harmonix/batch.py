@@ -25,8 +25,8 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from harmonix.covariates import check_covariates
 from harmonix.exceptions import OutputExistsError
+from harmonix.inputs.covariates import check_covariates
 from harmonix.io import atomic_write, load_img, save_img
 
 __all__ = ["output_paths", "sidecar_path", "transform_files"]
@@ -145,7 +145,7 @@ def transform_files(
     covariates : pandas.DataFrame or mapping of str to sequence, optional
         Per-file covariates (one row per file, in the order of ``paths``), for methods
         that model them (ComBat); checked like ``transform`` checks them
-        (:mod:`harmonix.covariates`), before anything is written.
+        (:mod:`harmonix.inputs.covariates`), before anything is written.
     suffix : str, default="_harmonized"
         Added to each output file name (when ``outputs`` is not given).
     outputs : sequence of str or path-like, optional
@@ -185,7 +185,7 @@ def transform_files(
         If an input's header is not a 3-D NIfTI one, or the sites, ages or covariates do
         not suit the model (e.g. sites unseen by ComBat, a missing covariate), or an input's
         grid does not (another voxel size for IGUANe, another affine for ComBat: see
-        :mod:`harmonix.grids`), or an image fails while harmonized.
+        :mod:`harmonix.inputs.grids`), or an image fails while harmonized.
 
     Notes
     -----

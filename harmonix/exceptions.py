@@ -64,7 +64,7 @@ class SiteMismatchWarning(UserWarning):
     (:class:`harmonix.IGUANeHarmonizer`, :class:`harmonix.ComBatHarmonizer`) when the
     images of a labelled group disagree with what the model stored for the site of that
     name: two studies that both call a scanner ``"site1"``, a renamed site, a scanner
-    upgrade. See :mod:`harmonix.site_check`.
+    upgrade. See :mod:`harmonix.inputs.site_check`.
     """
 
 
@@ -76,7 +76,7 @@ class GridMismatchWarning(UserWarning):
     """Images whose voxel size or orientation differs from the training grid.
 
     Issued instead of a :class:`ValueError` when an estimator's ``grid_mismatch`` is
-    ``"warn"`` (see :mod:`harmonix.grids`).
+    ``"warn"`` (see :mod:`harmonix.inputs.grids`).
     """
 
 
@@ -85,7 +85,7 @@ class BackgroundWarning(UserWarning):
 
     harmonix takes the voxels equal to 0 as background; a background of small non-zero
     values (1e-6, -1e-3, noise) is then harmonized as if it were tissue and shifts every
-    intensity statistic of the brain. See :func:`harmonix.background.check_background`.
+    intensity statistic of the brain. See :func:`harmonix.inputs.background.check_background`.
     """
 
 

@@ -11,8 +11,8 @@ import pytest
 from _helpers import HARMONIZERS, make, make_tiny_images, transform_kwargs
 
 from harmonix import HistogramMatchingHarmonizer
-from harmonix.background import BRAIN_FILL_LIMIT
 from harmonix.exceptions import BackgroundWarning
+from harmonix.inputs.background import BRAIN_FILL_LIMIT
 
 
 def _with_background(imgs: np.ndarray, kind: str) -> np.ndarray:

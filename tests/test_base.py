@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harmonix._voxelstats import brain_values
-from harmonix.landmarks import compute_landmarks
-from harmonix.whitestripe import whitestripe_stats
+from harmonix.intensity._voxelstats import brain_values
+from harmonix.intensity.landmarks import compute_landmarks
+from harmonix.intensity.whitestripe import whitestripe_stats
 
 
 def test_brain_values_default_brain_and_dtypes():

@@ -1,4 +1,4 @@
-"""Tests of the covariate checks shared by every harmonizer (harmonix.covariates)."""
+"""Tests of the covariate checks shared by every harmonizer (harmonix.inputs.covariates)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harmonix.covariates import (
+from harmonix.inputs.covariates import (
     categorical_strata,
     check_covariates,
     covariate_design,

@@ -16,9 +16,9 @@ from harmonix import (
     WhiteStripeHarmonizer,
 )
 from harmonix._docs import docdict, fill_doc
-from harmonix._voxelstats import brain_values
-from harmonix.landmarks import compute_landmarks
-from harmonix.whitestripe import whitestripe_stats
+from harmonix.intensity._voxelstats import brain_values
+from harmonix.intensity.landmarks import compute_landmarks
+from harmonix.intensity.whitestripe import whitestripe_stats
 
 
 def _documented_objects():
@@ -105,8 +105,8 @@ def test_fill_doc_indents_like_the_placeholder_and_names_unknown_entries():
     "module",
     [
         "harmonix.base",
-        "harmonix.histogram_matching",
-        "harmonix.whitestripe",
+        "harmonix.intensity.histogram_matching",
+        "harmonix.intensity.whitestripe",
         "harmonix.combat.estimator",
     ],
 )

@@ -1,5 +1,5 @@
 """Training grids: what a fitted model records about its images' voxel size, shape and
-orientation, and how transform treats images of another grid (harmonix.grids)."""
+orientation, and how transform treats images of another grid (harmonix.inputs.grids)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from harmonix import (
     make_multisite,
 )
 from harmonix.exceptions import GridMismatchWarning
-from harmonix.grids import check_voxel_size, describe_voxel_size
 from harmonix.iguane.pretrained import PretrainedIGUANe, load_demo_model
+from harmonix.inputs.grids import check_voxel_size, describe_voxel_size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

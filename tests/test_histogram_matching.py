@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harmonix._voxelstats import percentiles as fast_percentiles
-from harmonix.histogram_matching import HistogramMatchingHarmonizer
-from harmonix.landmarks import apply_landmarks, compute_landmarks
+from harmonix.intensity._voxelstats import percentiles as fast_percentiles
+from harmonix.intensity.histogram_matching import HistogramMatchingHarmonizer
+from harmonix.intensity.landmarks import apply_landmarks, compute_landmarks
 
 Q = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
 

@@ -23,7 +23,7 @@ from harmonix.iguane.training.checkpoints import CHECKPOINT_NAME, load_checkpoin
 from harmonix.iguane.training.config import TrainConfig
 from harmonix.iguane.training.selection import SiteDistance
 from harmonix.iguane.training.trainer import lr_factor
-from harmonix.landmarks import apply_landmarks, compute_landmarks
+from harmonix.intensity.landmarks import apply_landmarks, compute_landmarks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

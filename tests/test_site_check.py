@@ -20,8 +20,8 @@ from harmonix.exceptions import SiteMismatchError, SiteMismatchWarning, UnseenSi
 from harmonix.iguane.inputs import site_agreement as SA
 from harmonix.iguane.inputs.normalization import InputNormalizer
 from harmonix.iguane.pretrained import DEMO_SITE_PREFIX, load_demo_model
-from harmonix.landmarks import standard_scale
-from harmonix.site_check import SiteAgreement, act_on_agreements, check_policy
+from harmonix.inputs.site_check import SiteAgreement, act_on_agreements, check_policy
+from harmonix.intensity.landmarks import standard_scale
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 

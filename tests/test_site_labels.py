@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from _helpers import HARMONIZERS, make, make_tiny_images
 
-from harmonix import ComBatHarmonizer, IGUANeHarmonizer, _labels
-from harmonix._labels import as_label, check_sites, distinct_sites, site_codes
+from harmonix import ComBatHarmonizer, IGUANeHarmonizer
+from harmonix.inputs import labels as _labels
+from harmonix.inputs.labels import as_label, check_sites, distinct_sites, site_codes
 
 
 @pytest.mark.parametrize(

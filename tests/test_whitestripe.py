@@ -7,7 +7,7 @@ import pytest
 from scipy.signal import argrelmax
 from scipy.stats import norm, truncnorm
 
-from harmonix.whitestripe import WhiteStripeHarmonizer, whitestripe_stats
+from harmonix.intensity.whitestripe import WhiteStripeHarmonizer, whitestripe_stats
 
 SHAPE = (50, 60, 40)  # 120,000 voxels
 

@@ -17,13 +17,13 @@ from harmonix.benchmark.metrics import (
     robust_scale,
     traveling_subject_ssim_score,
 )
-from harmonix.histogram_matching import HistogramMatchingHarmonizer
 from harmonix.iguane._fitting import set_guard
 from harmonix.iguane._harmonizing import checked_statistics, fitted_inputs, network_inputs
 from harmonix.iguane.estimator import IGUANeHarmonizer
 from harmonix.iguane.guard import ContrastProfile, evenly
 from harmonix.iguane.pretrained import DEMO_SITE_PREFIX
-from harmonix.whitestripe import WhiteStripeHarmonizer
+from harmonix.intensity.histogram_matching import HistogramMatchingHarmonizer
+from harmonix.intensity.whitestripe import WhiteStripeHarmonizer
 
 
 def per_image_ssim(out: np.ndarray, ref_out: np.ndarray, mask: np.ndarray, vr) -> np.ndarray:

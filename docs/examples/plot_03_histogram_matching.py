@@ -15,7 +15,7 @@ import numpy as np
 from harmonix import HistogramMatchingHarmonizer
 from harmonix.benchmark import traveling_subject_ssim_score, truth_ssim_score
 from harmonix.datasets import make_multisite
-from harmonix.landmarks import apply_landmarks, compute_landmarks
+from harmonix.intensity.landmarks import apply_landmarks, compute_landmarks
 
 ds = make_multisite(n_subjects=6, n_sites=4, resolution=4, random_state=0)
 site_labels = np.unique(ds.sites)
@@ -23,7 +23,7 @@ site_labels = np.unique(ds.sites)
 # %%
 # Landmarks
 # ---------
-# :func:`~harmonix.landmarks.compute_landmarks` returns the percentiles of the
+# :func:`~harmonix.intensity.landmarks.compute_landmarks` returns the percentiles of the
 # brain voxels (non-zero voxels). Here are the landmarks of subject ``sub-00`` at each
 # site: the sites differ in scale *and* in shape.
 percentiles = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)
@@ -51,7 +51,7 @@ ax.set_title("Piecewise-linear map of each site")
 ax.legend(fontsize=8)
 
 # %%
-# :func:`~harmonix.landmarks.apply_landmarks` applies one such map; it is what
+# :func:`~harmonix.intensity.landmarks.apply_landmarks` applies one such map; it is what
 # ``transform`` does for each image:
 i = first["site2"]
 manual = apply_landmarks(

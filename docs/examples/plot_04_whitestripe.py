@@ -16,7 +16,7 @@ import numpy as np
 from harmonix import HistogramMatchingHarmonizer, WhiteStripeHarmonizer
 from harmonix.benchmark import traveling_subject_ssim_score
 from harmonix.datasets import make_multisite
-from harmonix.whitestripe import whitestripe_stats
+from harmonix.intensity.whitestripe import whitestripe_stats
 
 ds = make_multisite(n_subjects=6, n_sites=4, resolution=4, random_state=0)
 site_labels = np.unique(ds.sites)
@@ -25,7 +25,7 @@ first = {s: np.flatnonzero((ds.sites == s) & (ds.subjects == "sub-00"))[0] for s
 # %%
 # The white-matter stripe
 # -----------------------
-# :func:`~harmonix.whitestripe.whitestripe_stats` returns the stripe's mean and standard
+# :func:`~harmonix.intensity.whitestripe.whitestripe_stats` returns the stripe's mean and standard
 # deviation and the WM mode. Voxels whose intensity quantile is within ``±width`` (here
 # 5 %) of the mode's quantile form the stripe.
 fig, axes = plt.subplots(1, 4, figsize=(10, 2.6), layout="constrained")

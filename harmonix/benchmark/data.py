@@ -43,7 +43,7 @@ class DataArrays:
     def digest(self) -> str:
         """A short fingerprint of the images and their labels: runs of the benchmark on
         one data set share it (see :func:`harmonix.benchmark.summarize`)."""
-        from harmonix._digest import ImageDigest
+        from harmonix.inputs._digest import ImageDigest
 
         d = ImageDigest()
         for img in self.imgs:

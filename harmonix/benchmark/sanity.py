@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from harmonix._digest import ImageDigest
 from harmonix._docs import fill_doc
-from harmonix._inputs import Inputs
 from harmonix.base import BaseHarmonizer
+from harmonix.inputs._digest import ImageDigest
+from harmonix.inputs._reading import Inputs
 
 __all__ = ["MeanImageHarmonizer", "NoiseHarmonizer"]
 
@@ -75,7 +75,7 @@ class NoiseHarmonizer(BaseHarmonizer):
     ``transform`` returns, for every image, independent uniform noise between the 1st and
     99th percentiles of the training images' brain voxels, inside the image's brain
     (background 0). The noise is drawn from a generator seeded by ``random_state`` and
-    a digest of the image (:class:`harmonix._digest.ImageDigest`), so ``transform`` is
+    a digest of the image (:class:`harmonix.inputs._digest.ImageDigest`), so ``transform`` is
     deterministic and two different images get independent noise.
 
     Parameters

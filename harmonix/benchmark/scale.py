@@ -98,10 +98,10 @@ def _as_images(imgs: Any, name: str = "imgs") -> np.ndarray:
 
 def table_features(imgs: Any) -> np.ndarray | None:
     """The values of a table of features ``(n_samples, n_features)`` (a 2-D array or a
-    DataFrame, checked by :class:`harmonix.tables.FeatureTable`), or None for images:
+    DataFrame, checked by :class:`harmonix.inputs.tables.FeatureTable`), or None for images:
     the metrics that read features (site predictability, brain age) take tables as their
     features directly."""
-    from harmonix.tables import FeatureTable, is_table
+    from harmonix.inputs.tables import FeatureTable, is_table
 
     return FeatureTable(imgs).values if is_table(imgs) else None
 

@@ -44,7 +44,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     covariates = names(args.covariates)
     start = time.perf_counter()
     if args.table is not None:
-        from harmonix.tables import read_feature_csv
+        from harmonix.inputs.tables import read_feature_csv
 
         data = read_feature_csv(
             args.table, covariates=covariates, id_columns=names(args.id_columns)
@@ -155,7 +155,7 @@ def _cmd_transform(args: argparse.Namespace) -> int:
 
 def _transform_table(model: Any, args: argparse.Namespace) -> int:
     """``harmonix transform --table``: harmonize a CSV of features into another CSV."""
-    from harmonix.tables import read_feature_csv, write_feature_csv
+    from harmonix.inputs.tables import read_feature_csv, write_feature_csv
 
     feature_names = getattr(model, "feature_names_in_", None)
     if feature_names is None:

@@ -8,11 +8,11 @@ import warnings
 
 import numpy as np
 
-from harmonix._inputs import Inputs
 from harmonix.combat import _math as cm
 from harmonix.combat._voxels import FlatIndex
+from harmonix.inputs._reading import Inputs
+from harmonix.inputs.tables import FeatureTable
 from harmonix.io import ImageCollection
-from harmonix.tables import FeatureTable
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from harmonix.exceptions import UnseenSiteError
+from harmonix.inputs.site_check import (
+    SiteAgreement,
+    act_on_agreements,
+    check_policy,
+    describe_mismatches,
+)
+from harmonix.inputs.tables import FeatureTable
 from harmonix.io import ImageCollection
-from harmonix.site_check import SiteAgreement, act_on_agreements, check_policy, describe_mismatches
-from harmonix.tables import FeatureTable
 
 #: A labelled group disagrees with its training site when its statistic (see
 #: :meth:`ComBatHarmonizer.site_agreement`) exceeds this.

@@ -10,16 +10,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from harmonix._inputs import Inputs
-from harmonix._labels import distinct_sites
 from harmonix.combat import _math as cm
 from harmonix.combat._unseen import UNSEEN_POLICIES, unseen_site_effects
 from harmonix.combat._voxels import empty_stack, harmonize_rim
 from harmonix.exceptions import UnseenSiteError
-from harmonix.site_check import check_policy
-from harmonix.tables import FeatureTable
+from harmonix.inputs._reading import Inputs
+from harmonix.inputs.labels import distinct_sites
+from harmonix.inputs.site_check import check_policy
+from harmonix.inputs.tables import FeatureTable
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +38,7 @@ class ComBatTransform:
         o *= a
         return a, sd.dtype.type(1.0) - a, o
 
-    def _check_metadata(
-        self,
-        sites: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-        prepared: frozenset = frozenset(),
-    ) -> None:
+    def _check_metadata(self, sites: np.ndarray | None, prepared: frozenset) -> None:
         """Refuse unseen sites (``unseen_site="error"``) and unseen sites with one image
         (``"fit"``), before any work; warn about sites kept unchanged. (The base class
         checks the covariates.)"""

@@ -20,7 +20,6 @@ import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
 from harmonix._docs import fill_doc
-from harmonix._labels import as_labels, check_sites
 from harmonix.base import BaseHarmonizer
 from harmonix.combat import _math as cm
 from harmonix.combat._fit import ComBatFit
@@ -28,15 +27,16 @@ from harmonix.combat._site_check import ComBatSiteCheck
 from harmonix.combat._transform import ComBatTransform
 from harmonix.combat._unseen import UNSEEN_POLICIES
 from harmonix.combat._voxels import FlatIndex
-from harmonix.covariates import (
+from harmonix.inputs.covariates import (
     CovariateLevels,
     check_covariates,
     column_design,
     match_covariates,
 )
+from harmonix.inputs.labels import as_labels, check_sites
+from harmonix.inputs.site_check import agreement_frame, check_policy
+from harmonix.inputs.tables import FeatureTable
 from harmonix.io import ImageCollection
-from harmonix.site_check import agreement_frame, check_policy
-from harmonix.tables import FeatureTable
 
 __all__ = ["ComBatHarmonizer"]
 
@@ -161,7 +161,7 @@ class ComBatHarmonizer(ComBatFit, ComBatTransform, ComBatSiteCheck, BaseHarmoniz
     See Also
     --------
     harmonix.base.BaseHarmonizer : the shared ``fit``/``transform`` contract.
-    harmonix.covariates : how covariates are checked and coded.
+    harmonix.inputs.covariates : how covariates are checked and coded.
 
     Notes
     -----

@@ -21,9 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harmonix._digest import ImageDigest
 from harmonix.base import BaseHarmonizer
-from harmonix.covariates import categorical_strata
 from harmonix.iguane.devices import autocast_dtype, resolve_device
 from harmonix.iguane.guard import (
     ContrastProfile,
@@ -43,8 +41,10 @@ from harmonix.iguane.inputs.volumes import VolumeLoader, brain_median, check_inp
 from harmonix.iguane.model.networks import Generator3D
 from harmonix.iguane.training.config import TrainConfig
 from harmonix.iguane.training.loop import train
+from harmonix.inputs._digest import ImageDigest
+from harmonix.inputs.covariates import categorical_strata
+from harmonix.inputs.site_check import check_policy
 from harmonix.io import ImageCollection
-from harmonix.site_check import check_policy
 
 __all__ = ["fit_estimator", "set_guard", "train_config"]
 

@@ -35,8 +35,8 @@ from harmonix.iguane.inputs.volumes import (
     prepare_volume,
 )
 from harmonix.iguane.training.config import check_cpu_threads
+from harmonix.inputs.site_check import act_on_agreements, check_policy
 from harmonix.io import ImageCollection, as_collection
-from harmonix.site_check import act_on_agreements, check_policy
 
 __all__ = [
     "checked_statistics",

@@ -11,15 +11,15 @@ from sklearn.utils.validation import check_is_fitted
 
 import harmonix.iguane._paramdocs  # noqa: F401  (registers the shared parameter docs)
 from harmonix._docs import fill_doc
-from harmonix._inputs import Inputs
-from harmonix._labels import check_sites
 from harmonix.base import BaseHarmonizer
 from harmonix.iguane import _fitting, _harmonizing, _model_file
 from harmonix.iguane.inputs.normalization import image_landmarks
 from harmonix.iguane.inputs.volumes import NETWORK_SCALE, check_input_shape
 from harmonix.iguane.model.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
+from harmonix.inputs._reading import Inputs
+from harmonix.inputs.labels import check_sites
+from harmonix.inputs.site_check import agreement_frame, check_policy
 from harmonix.io import as_collection
-from harmonix.site_check import agreement_frame, check_policy
 
 __all__ = ["IGUANeHarmonizer"]
 
@@ -362,12 +362,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         _fitting.fit_estimator(self, data.imgs, data.sites, data.ages, data.covariates)
 
     # -- transform -------------------------------------------------------------------------
-    def _check_metadata(
-        self,
-        sites: np.ndarray | None,
-        covariates: pd.DataFrame | None,
-        prepared: frozenset = frozenset(),
-    ) -> None:
+    def _check_metadata(self, sites: np.ndarray | None, prepared: frozenset) -> None:
         check_policy(self.site_check)
 
     def _site_statistics(self, data: Inputs) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harmonix._inputs import Inputs
 from harmonix.base import BaseHarmonizer
+from harmonix.inputs._reading import Inputs
 
 __all__ = ["DEMO_MODEL_PATH", "DEMO_SITE_PREFIX", "PretrainedIGUANe", "load_demo_model"]
 

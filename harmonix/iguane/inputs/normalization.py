@@ -3,11 +3,11 @@
 IGUANe (Roca et al. 2025) median-normalizes each image (brain median 500) before the
 networks; the generator must then learn the whole intensity mapping of every site. With
 ``"histogram"``, images are first mapped onto the reference site's Nyúl–Udupa standard
-scale (the landmarks of :mod:`harmonix.histogram_matching`, fitted on the reference site's
-training images), so that the generator starts from histogram matching and learns only
-what is left: spatial effects (bias, blur) and local contrast a global curve cannot fix.
-An identity generator then returns the histogram-matched image, which bounds how far an
-unusual image can drift from it.
+scale (the landmarks of :mod:`harmonix.intensity.histogram_matching`, fitted on the
+reference site's training images), so that the generator starts from histogram matching
+and learns only what is left: spatial effects (bias, blur) and local contrast a global
+curve cannot fix. An identity generator then returns the histogram-matched image, which
+bounds how far an unusual image can drift from it.
 
 The mapping is *per site*: all images of a site go through one piecewise-linear map, from
 the site's landmarks (the mean of its images' landmarks) to the standard ones. Mapping
@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from harmonix._labels import as_label, as_labels
 from harmonix.iguane.inputs.site_agreement import LandmarkSpread, map_slopes
 from harmonix.iguane.inputs.volumes import brain_median
-from harmonix.landmarks import apply_landmarks, compute_landmarks, standard_scale
-from harmonix.site_check import SiteAgreement
+from harmonix.inputs.labels import as_label, as_labels
+from harmonix.inputs.site_check import SiteAgreement
+from harmonix.intensity.landmarks import apply_landmarks, compute_landmarks, standard_scale
 
 __all__ = [
     "INPUT_NORMALIZATIONS",
@@ -179,7 +179,7 @@ class InputNormalizer:
         Parameters
         ----------
         sites : ndarray of str of shape (n_images,) or None
-            Site labels of the images (text, as :func:`harmonix._labels.check_sites` gives).
+            Site labels of the images (text, as :func:`harmonix.inputs.labels.check_sites` gives).
         landmarks : callable
             ``landmarks(i)``: the landmarks of image ``i``.
 
@@ -244,7 +244,7 @@ class InputNormalizer:
         Parameters
         ----------
         sites : ndarray of str of shape (n_images,) or None
-            Site labels of the images (text, as :func:`harmonix._labels.check_sites` gives).
+            Site labels of the images (text, as :func:`harmonix.inputs.labels.check_sites` gives).
         landmarks : callable
             ``landmarks(i)``: the landmarks of image ``i`` (read only for these sites).
         also : collection, default=()

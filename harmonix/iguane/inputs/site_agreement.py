@@ -5,7 +5,7 @@ piecewise-linear map, from the site's landmarks ``M_s`` (the mean of its trainin
 images' landmarks) to the reference site's standard landmarks ``S``
 (:mod:`harmonix.iguane.inputs.normalization`). Images that carry a training label but come from
 another scanner would be mapped with that scanner's map; this module measures, on the
-standard scale, how far they lie from it (see :mod:`harmonix.site_check` for what
+standard scale, how far they lie from it (see :mod:`harmonix.inputs.site_check` for what
 :meth:`~harmonix.IGUANeHarmonizer.transform` does with the answer).
 
 **Deviations on the standard scale.** Near its landmarks, the map of site ``s`` scales

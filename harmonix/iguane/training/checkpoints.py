@@ -5,7 +5,7 @@ A checkpoint is a :func:`torch.save` file of plain tensors, numbers, strings, li
 dicts, read back with ``torch.load(weights_only=True)``; it is written to a temporary file
 that is renamed over the old one, so an interruption never corrupts the last good
 checkpoint. Its *fingerprint* (the training settings, sites, reference site, ages and a
-digest of the training images, :class:`harmonix._digest.ImageDigest`) must match the
+digest of the training images, :class:`harmonix.inputs._digest.ImageDigest`) must match the
 resumed training's; the batch size in it is the global one (per process
 × processes, see :mod:`harmonix.iguane.training.distributed`).
 """
@@ -71,7 +71,7 @@ def fingerprint(
         Processes of the training; the stored batch size is ``batch_size * world_size``.
     images : str, default=None
         Digest of the training images in their order
-        (:meth:`harmonix._digest.ImageDigest.hexdigest`).
+        (:meth:`harmonix.inputs._digest.ImageDigest.hexdigest`).
     strata : ndarray or None, default=None
         Categorical covariate combination of every image (recorded only when given, so
         the fingerprints of trainings without covariates are unchanged).
@@ -109,7 +109,7 @@ def volumes_digest(volumes: Any) -> str:
     when it is not given one (:class:`~harmonix.IGUANeHarmonizer` gives the digest of the
     raw images, computed in the pass that reads them for their medians).
     """
-    from harmonix._digest import ImageDigest
+    from harmonix.inputs._digest import ImageDigest
 
     digest = ImageDigest()
     for i in range(len(volumes)):

@@ -25,9 +25,9 @@ import numpy as np
 
 import harmonix.iguane._paramdocs  # noqa: F401  (registers the shared parameter docs)
 from harmonix._docs import fill_doc
-from harmonix.grids import check_voxel_size
 from harmonix.iguane.model.losses import CYCLE_WEIGHT, IDENTITY_WEIGHT
 from harmonix.iguane.model.networks import SIZE_MULTIPLE, size_triple
+from harmonix.inputs.grids import check_voxel_size
 
 __all__ = [
     "CPU_RECIPE",

@@ -189,7 +189,7 @@ def train(
         Hyper-parameters; ``TrainConfig()`` (the published ones) by default.
     strata : sequence of hashable, length n_images, default=None
         A categorical label of each image (e.g. its sex and diagnosis, see
-        :func:`harmonix.covariates.categorical_strata`); pairs are then balanced over
+        :func:`harmonix.inputs.covariates.categorical_strata`); pairs are then balanced over
         these labels too.
     checkpoint_dir : str or path-like, default=None
         Folder for the checkpoint (see the module notes); no checkpoint when None.

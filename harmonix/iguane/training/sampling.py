@@ -111,7 +111,7 @@ class SitePairSampler:
         Width of the age bins, in years.
     strata : array-like of shape (n_images,), default=None
         A categorical label of every image (e.g. its sex and diagnosis,
-        :func:`harmonix.covariates.categorical_strata`). Pairs are then balanced over the
+        :func:`harmonix.inputs.covariates.categorical_strata`). Pairs are then balanced over the
         labels as over the age bins: the bins are (label, age bin) combinations, drawn
         from the distribution the source and the reference share, so that a pair never
         joins, say, a patient and a control.

@@ -175,7 +175,7 @@ def brain_values(
     -----
     Without ``brain``, the brain is the non-zero voxels: a background that is not exactly
     0 counts as brain. The estimators warn about it
-    (:func:`harmonix.background.check_background`); these per-image functions, often given
+    (:func:`harmonix.inputs.background.check_background`); these per-image functions, often given
     bare voxel values, do not.
     """
     data = np.asarray(data)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from harmonix._docs import fill_doc
-from harmonix._voxelstats import brain_values, scatter_brain
-from harmonix._voxelstats import percentiles as _percentiles
+from harmonix.intensity._voxelstats import brain_values, scatter_brain
+from harmonix.intensity._voxelstats import percentiles as _percentiles
 
 __all__ = ["apply_landmarks", "compute_landmarks", "standard_scale"]
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harmonix._labels import site_codes
+from harmonix.inputs.labels import site_codes
 
 __all__ = [
     "CovariateLevels",

@@ -163,7 +163,7 @@ def _labels_by_value(sites: Any) -> tuple[np.ndarray, Any] | None:
 
 
 def check_sites(sites: Any, n_images: int, *, name: str = "sites") -> np.ndarray:
-    """Validate site labels and return them as text (see :mod:`harmonix._labels`).
+    """Validate site labels and return them as text (see :mod:`harmonix.inputs.labels`).
 
     Parameters
     ----------

@@ -105,7 +105,7 @@ def describe_mismatches(agreements: Sequence[SiteAgreement], what: str) -> str:
 
 _RELABEL = "give such images a label the model did not see in fit (a new site)"
 _INTERNAL = (
-    str(Path(__file__).resolve().parent) + os.sep,
+    str(Path(__file__).resolve().parents[1]) + os.sep,  # the harmonix package
     str(Path(sklearn.__file__).resolve().parent) + os.sep,
 )
 

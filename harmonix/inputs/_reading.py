@@ -1,7 +1,7 @@
 """How a harmonizer reads its inputs (a mixin of :class:`~harmonix.base.BaseHarmonizer`):
 images or a table, checked against what fit saw; the grid and mask that fit records; and,
 image by image, its brain (non-zero voxels inside the mask), its affine against the training
-grid and the background warnings (:mod:`harmonix.background`)."""
+grid and the background warnings (:mod:`harmonix.inputs.background`)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harmonix import grids
-from harmonix._labels import distinct_sites
-from harmonix.background import BRAIN_FILL_LIMIT, as_mask, check_background
+from harmonix.inputs import grids
+from harmonix.inputs.background import BRAIN_FILL_LIMIT, as_mask, check_background
+from harmonix.inputs.labels import distinct_sites
+from harmonix.inputs.tables import FeatureTable, is_table
 from harmonix.io import ImageCollection, as_collection
-from harmonix.tables import FeatureTable, is_table
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Inputs:
     imgs : ImageCollection or FeatureTable
         The images (or table).
     sites : ndarray of str or None
-        Their site labels as text (:func:`harmonix._labels.check_sites`).
+        Their site labels as text (:func:`harmonix.inputs.labels.check_sites`).
     ages : ndarray or None
         The ``age`` covariate, when the method models one and it is given.
     covariates : pandas.DataFrame or None
@@ -48,7 +48,7 @@ class Inputs:
     @cached_property
     def site_groups(self) -> tuple[list[str], np.ndarray]:
         """The distinct labels in order of first appearance and each image's index into
-        them (:func:`harmonix._labels.distinct_sites`, computed once per call)."""
+        them (:func:`harmonix.inputs.labels.distinct_sites`, computed once per call)."""
         return distinct_sites(self.sites)
 
     def subset(self, rows: Sequence[int]) -> Inputs:
@@ -100,8 +100,8 @@ class InputReading:
         self, coll: ImageCollection | FeatureTable
     ) -> tuple[np.ndarray | None, tuple | None, dict | None, np.ndarray | None]:
         """What fit records of its images' grid: the mask (``mask`` read, see
-        :func:`~harmonix.background.as_mask`), the image shape, the grid
-        (:func:`harmonix.grids.training_grid`) and, for voxel-wise methods, the affine; a
+        :func:`~harmonix.inputs.background.as_mask`), the image shape, the grid
+        (:func:`harmonix.inputs.grids.training_grid`) and, for voxel-wise methods, the affine; a
         table has only a mask, which it refuses."""
         mask, mask_affine = as_mask(getattr(self, "mask", None))
         if isinstance(coll, FeatureTable):
@@ -164,7 +164,7 @@ class InputReading:
         (:func:`check_background`): the first at once (the method may fail on it), all of
         them together after the last image; with a ``"voxel"`` grid check, images of
         unknown voxel size whose brain has far more or fewer voxels than the training
-        images' are grid mismatches (:func:`harmonix.grids.brain_voxels_problem`), unless
+        images' are grid mismatches (:func:`harmonix.inputs.grids.brain_voxels_problem`), unless
         their background is the problem.
         """
         mask = getattr(self, "mask_", None)

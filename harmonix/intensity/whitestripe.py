@@ -23,9 +23,9 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.signal import find_peaks
 
 from harmonix._docs import fill_doc
-from harmonix._inputs import Inputs
-from harmonix._voxelstats import BinnedVoxels, brain_values, percentiles, scatter_brain
 from harmonix.base import BaseHarmonizer
+from harmonix.inputs._reading import Inputs
+from harmonix.intensity._voxelstats import BinnedVoxels, brain_values, percentiles, scatter_brain
 
 __all__ = ["WhiteStripeHarmonizer", "whitestripe_stats"]
 
@@ -248,7 +248,7 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
     Examples
     --------
     >>> import numpy as np
-    >>> from harmonix.whitestripe import WhiteStripeHarmonizer
+    >>> from harmonix.intensity.whitestripe import WhiteStripeHarmonizer
     >>> rng = np.random.default_rng(0)
     >>> wm = rng.normal(100, 5, 6000)  # a "T1": GM around 60, WM around 100
     >>> img = np.concatenate([rng.normal(60, 8, 6000), wm]).reshape(20, 20, 30)

@@ -4,8 +4,8 @@ Each image is summarised by *landmarks*, percentiles of its brain voxels. Fittin
 *standard scale* (one target intensity per landmark) from the reference site's images;
 transforming maps each image's brain voxels piecewise-linearly through
 ``(image landmarks -> standard landmarks)``. The two steps are separate public functions of
-:mod:`harmonix.landmarks`, :func:`~harmonix.landmarks.compute_landmarks` and
-:func:`~harmonix.landmarks.apply_landmarks`, so the mapping can be inspected or reused
+:mod:`harmonix.intensity.landmarks`, :func:`~harmonix.intensity.landmarks.compute_landmarks` and
+:func:`~harmonix.intensity.landmarks.apply_landmarks`, so the mapping can be inspected or reused
 outside the estimator.
 
 References
@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from harmonix._docs import fill_doc
-from harmonix._inputs import Inputs
-from harmonix._voxelstats import scatter_brain
 from harmonix.base import BaseHarmonizer
-from harmonix.landmarks import (
+from harmonix.inputs._reading import Inputs
+from harmonix.intensity._voxelstats import scatter_brain
+from harmonix.intensity.landmarks import (
     _DEFAULT_PERCENTILES,
     _check_percentiles,
     _landmarks_of,
@@ -40,7 +40,7 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
     """Nyúl–Udupa histogram matching onto the reference site's intensity scale.
 
     Every image is summarised by landmarks, percentiles of its brain voxels (see
-    :func:`~harmonix.landmarks.compute_landmarks`). Fit learns one standard intensity per
+    :func:`~harmonix.intensity.landmarks.compute_landmarks`). Fit learns one standard intensity per
     landmark from the reference site's images; transform maps each image's brain voxels
     piecewise-linearly through ``(its landmarks -> standard landmarks)``, so it serves any
     image, from a training site or not. The background stays 0.
@@ -72,8 +72,9 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
 
     Transform: between landmarks the map is linear; below the first and above the last
     landmark it is extrapolated linearly with the end segments' slopes (see
-    :func:`~harmonix.landmarks.apply_landmarks`). Tied landmarks are separated as described in
-    :func:`~harmonix.landmarks.compute_landmarks`, so no slope divides by zero.
+    :func:`~harmonix.intensity.landmarks.apply_landmarks`). Tied landmarks are separated as
+    described in :func:`~harmonix.intensity.landmarks.compute_landmarks`, so no slope divides
+    by zero.
 
     Grid: landmarks are percentiles of the brain's intensities, which do not depend on
     the voxel size, shape or orientation, so images of any grid are harmonized alike;
@@ -84,7 +85,7 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
     Examples
     --------
     >>> import numpy as np
-    >>> from harmonix.histogram_matching import HistogramMatchingHarmonizer
+    >>> from harmonix.intensity.histogram_matching import HistogramMatchingHarmonizer
     >>> rng = np.random.default_rng(0)
     >>> imgs = rng.uniform(1, 100, size=(4, 8, 8, 8)).astype(np.float32)
     >>> imgs[2:] = 2 * imgs[:2] + 50  # the same two images, seen at site "b"
