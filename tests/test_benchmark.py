@@ -17,15 +17,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from harmonix import IdentityHarmonizer
 from harmonix.base import BaseHarmonizer
-from harmonix.benchmark.biology import (
-    brain_age_error,
-    brain_age_null_error,
-    gm_age_correlation,
-    gm_volumes,
-    within_site_correlation,
-)
 from harmonix.benchmark.bootstrap import bootstrap_ci, combine_intervals
-from harmonix.benchmark.cost import measure_cost
 from harmonix.benchmark.metrics import (
     METRICS,
     distance_correlation_score,
@@ -33,15 +25,23 @@ from harmonix.benchmark.metrics import (
     traveling_subject_ssim_score,
     truth_ssim_score,
 )
-from harmonix.benchmark.report import plot_metrics, plot_slices, summarize, to_markdown
-from harmonix.benchmark.runner import oracle_outputs, run_benchmark
-from harmonix.benchmark.scale import robust_range, robust_scale
-from harmonix.benchmark.site import (
+from harmonix.benchmark.metrics.biology import (
+    brain_age_error,
+    brain_age_null_error,
+    gm_age_correlation,
+    gm_volumes,
+    within_site_correlation,
+)
+from harmonix.benchmark.metrics.cost import measure_cost
+from harmonix.benchmark.metrics.scale import robust_range, robust_scale
+from harmonix.benchmark.metrics.site import (
     site_histogram_error,
     site_predictability,
     site_predictability_error,
 )
-from harmonix.benchmark.tissue import segment_tissues
+from harmonix.benchmark.metrics.tissue import segment_tissues
+from harmonix.benchmark.report import plot_metrics, plot_slices, summarize, to_markdown
+from harmonix.benchmark.runner import oracle_outputs, run_benchmark
 from harmonix.exceptions import UnseenSiteError
 
 SHAPE = (14, 14, 14)
@@ -865,7 +865,7 @@ def test_ssim_of_unrelated_images_is_about_zero(tiny):
     a, b = (np.where(m, rng.random(m.shape), 0.0) for _ in range(2))
     assert abs(masked_ssim(a, b, m)) <= 0.05  # windows with background gave 0.23
     assert masked_ssim(a, a, m) == pytest.approx(1.0)
-    from harmonix.benchmark.similarity import _ssim_map
+    from harmonix.benchmark.metrics.similarity import _ssim_map
 
     # where a window lies in the mask, the map is skimage's SSIM exactly
     x, y = rng.random((2, 20, 20, 20))
@@ -1049,7 +1049,7 @@ def test_disease_effect_recovers_a_known_effect_and_auc_equals_sklearn():
     from sklearn.metrics import roc_auc_score
 
     from harmonix.benchmark import disease_effect
-    from harmonix.benchmark.disease import auc
+    from harmonix.benchmark.metrics.disease import auc
 
     rng = np.random.default_rng(0)
     n = 4000

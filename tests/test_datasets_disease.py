@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _helpers import make_own_subjects
 
-from harmonix.benchmark.disease import disease_effect
+from harmonix.benchmark.metrics.disease import disease_effect
 from harmonix.datasets import disease_region, make_multisite, write_nifti_dataset
 from harmonix.io import read_manifest
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from harmonix import ComBatHarmonizer
 from harmonix.benchmark import disease_effect, gm_volumes, oracle_outputs
-from harmonix.benchmark.tissue import pattern_gm_volumes
+from harmonix.benchmark.metrics.tissue import pattern_gm_volumes
 from harmonix.datasets import make_multisite
 
 ds = make_multisite(
@@ -63,7 +63,7 @@ print(with_dx.covariates_)
 
 # %%
 # The regional volume is measured from each output's intensities, all sites pooled (the
-# analysis harmonization is for), by :func:`~harmonix.benchmark.tissue.pattern_gm_volumes`.
+# analysis harmonization is for), by :func:`~harmonix.benchmark.metrics.tissue.pattern_gm_volumes`.
 # Any intensity-based measure is noisier than the truth, so even the oracle finds a
 # weaker effect than the true volumes; compare the methods with it.
 effects = {

@@ -21,7 +21,7 @@ import pandas as pd
 from harmonix.benchmark.bootstrap import combine_intervals
 from harmonix.benchmark.data import dataset_arrays
 from harmonix.benchmark.metrics import METRICS, resolve_metric_names
-from harmonix.benchmark.scale import robust_scale
+from harmonix.benchmark.metrics.scale import robust_scale
 from harmonix.exceptions import BenchmarkWarning
 
 __all__ = ["plot_metrics", "plot_slices", "summarize", "to_markdown"]

@@ -21,7 +21,6 @@ import pandas as pd
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
-from harmonix.benchmark.cost import measure_cost
 from harmonix.benchmark.data import (
     BenchmarkDataset,
     DataArrays,
@@ -29,6 +28,7 @@ from harmonix.benchmark.data import (
     dataset_from_manifest,
 )
 from harmonix.benchmark.metrics import METRICS, resolve_metric_names
+from harmonix.benchmark.metrics.cost import measure_cost
 from harmonix.benchmark.report import plot_metrics, plot_slices, summarize, to_markdown
 from harmonix.benchmark.scoring import COST_METRICS, MethodRun, Plan, describe, score
 from harmonix.exceptions import UnseenSiteError

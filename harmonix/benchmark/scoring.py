@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from harmonix.benchmark.biology import brain_age_error, within_site_correlation
 from harmonix.benchmark.bootstrap import bootstrap_ci
 from harmonix.benchmark.data import DataArrays
-from harmonix.benchmark.disease import (
+from harmonix.benchmark.metrics.biology import brain_age_error, within_site_correlation
+from harmonix.benchmark.metrics.disease import (
     auc,
     disease_auc_score,
     effect_design,
     effect_error,
     standardized_effect,
 )
-from harmonix.benchmark.scale import robust_range, robust_scale
-from harmonix.benchmark.similarity import (
+from harmonix.benchmark.metrics.scale import robust_range, robust_scale
+from harmonix.benchmark.metrics.similarity import (
     distance_correlation_from,
     site_distances,
     specificity_from,
@@ -35,8 +35,8 @@ from harmonix.benchmark.similarity import (
     traveling_subject_ssim_score,
     truth_ssim_score,
 )
-from harmonix.benchmark.site import balanced_accuracy, site_features, site_predictions
-from harmonix.benchmark.tissue import (
+from harmonix.benchmark.metrics.site import balanced_accuracy, site_features, site_predictions
+from harmonix.benchmark.metrics.tissue import (
     Tissues,
     pattern_gm_volumes,
     segment_tissues,

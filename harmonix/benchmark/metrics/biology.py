@@ -1,7 +1,7 @@
 """Biology kept by harmonization: brain age and grey-matter volume.
 
 Both read the images through partial-volume segmentations
-(:mod:`harmonix.benchmark.tissue`), so that they measure anatomy rather than intensity
+(:mod:`harmonix.benchmark.metrics.tissue`), so that they measure anatomy rather than intensity
 units:
 
 * :func:`brain_age_error`: a ridge model of age from regional CSF and GM fractions,
@@ -26,8 +26,8 @@ from sklearn.model_selection import GroupKFold
 
 from harmonix._docs import fill_doc
 from harmonix.benchmark._folds import grouped_splits, subject_groups
-from harmonix.benchmark.scale import _as_labels, _as_mask, robust_scale, table_features
-from harmonix.benchmark.tissue import Tissues, segment_tissues, site_gm_volumes
+from harmonix.benchmark.metrics.scale import _as_labels, _as_mask, robust_scale, table_features
+from harmonix.benchmark.metrics.tissue import Tissues, segment_tissues, site_gm_volumes
 
 __all__ = [
     "brain_age_correlation_score",
@@ -149,7 +149,7 @@ def brain_age_error(
     """Cross-validated brain-age mean absolute error (years). Lower is better.
 
     Features (``features="tissue"``): the mean CSF and GM fractions of
-    :func:`~harmonix.benchmark.tissue.segment_tissues` in blocks of a grid of about
+    :func:`~harmonix.benchmark.metrics.tissue.segment_tissues` in blocks of a grid of about
     ``regions`` blocks along the longest axis, plus the global CSF, GM and WM fractions;
     they are standardized on each training fold and fed to a ridge regression (closed form
     by SVD) whose penalty is chosen by an inner 3-fold subject-grouped CV. Predictions are
@@ -332,7 +332,7 @@ def gm_volumes(
     """Grey-matter volume of each image: the sum of its partial-volume GM fractions.
 
     The tissue classes are shared by the images of each site
-    (:func:`~harmonix.benchmark.tissue.site_gm_volumes`), on intensities divided by each
+    (:func:`~harmonix.benchmark.metrics.tissue.site_gm_volumes`), on intensities divided by each
     image's upper quartile (white matter, which ageing leaves alone): a GM peak that
     darkens with atrophy then reads as less GM rather than moving the classes with it.
     The result does not depend on the images' units and moves little under an increasing
@@ -351,7 +351,7 @@ def gm_volumes(
         Volume of one voxel (e.g. mm^3); 1 gives voxel counts.
     tissues : Tissues, default=None
         Use the GM fractions of this per-image segmentation instead
-        (:func:`~harmonix.benchmark.tissue.segment_tissues`; per-image classes follow the
+        (:func:`~harmonix.benchmark.metrics.tissue.segment_tissues`; per-image classes follow the
         darkening GM peak and lose most of the ageing signal, see its module docstring).
 
     Returns

@@ -6,7 +6,7 @@ does not know the diagnosis can take part of the disease effect for a site effec
 without the covariate) and remove it. Two measures:
 
 * :func:`disease_effect_error`: the standardized effect of diagnosis on the GM volume of
-  the disease's region (:func:`~harmonix.benchmark.tissue.pattern_gm_volumes`), adjusted
+  the disease's region (:func:`~harmonix.benchmark.metrics.tissue.pattern_gm_volumes`), adjusted
   for the other covariates (age, sex), measured on the harmonized images of all sites
   pooled, minus the same effect on the true regional volumes (:func:`disease_effect`);
 * :func:`disease_auc_score`: the subject-grouped cross-validated AUC of a logistic
@@ -28,9 +28,9 @@ from sklearn.preprocessing import StandardScaler
 
 from harmonix._docs import docdict, fill_doc
 from harmonix.benchmark._folds import grouped_splits
-from harmonix.benchmark.biology import _tissue_age_features
-from harmonix.benchmark.scale import _as_labels, robust_scale
-from harmonix.benchmark.tissue import Tissues, pattern_gm_volumes, segment_tissues
+from harmonix.benchmark.metrics.biology import _tissue_age_features
+from harmonix.benchmark.metrics.scale import _as_labels, robust_scale
+from harmonix.benchmark.metrics.tissue import Tissues, pattern_gm_volumes, segment_tissues
 
 __all__ = [
     "DiseasePredictions",
@@ -151,7 +151,7 @@ def disease_effect_error(
 
     The standardized effect of diagnosis (:func:`disease_effect`, adjusted for
     ``covariates``) on the regional GM volumes measured from ``imgs`` pooled over sites
-    (:func:`~harmonix.benchmark.tissue.pattern_gm_volumes`), minus the same on the true
+    (:func:`~harmonix.benchmark.metrics.tissue.pattern_gm_volumes`), minus the same on the true
     regional volumes, signed so that a negative error means a weaker effect than the
     truth (part of it lost) and a positive one a stronger effect. 0 is best; even a
     perfect harmonization stays below 0 here, since any intensity-based volume is a noisy
@@ -246,7 +246,7 @@ def disease_auc_score(
     """Cross-validated AUC of diagnosis from regional tissue fractions. Higher is better.
 
     Features: the mean CSF and GM fractions of
-    :func:`~harmonix.benchmark.tissue.segment_tissues` in blocks of a grid of about
+    :func:`~harmonix.benchmark.metrics.tissue.segment_tissues` in blocks of a grid of about
     ``regions`` blocks along the longest axis, and the global fractions (the brain-age
     features); a standardized logistic regression (L2, ``C``) is cross-validated with
     folds stratified by diagnosis and grouped by subject, and the AUC is computed on the

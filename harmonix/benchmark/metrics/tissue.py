@@ -36,7 +36,8 @@ cancel (on the simulated sites the GM-age correlation of some sites even changed
 Within a site, this follows the true GM volume (on the simulated preprocessed sites at
 2 mm, over 5 seeds, the GM-age correlation averaged over three sites is -0.88 against
 -0.91 for the true volumes). Between sites the volumes differ by each site's contrast, so
-compare correlations within sites (:func:`~harmonix.benchmark.biology.within_site_correlation`).
+compare correlations within sites
+(:func:`~harmonix.benchmark.metrics.biology.within_site_correlation`).
 Where GM and WM are barely distinct (GM/WM ratio near 0.85 with a curve that brightens
 GM-WM mixtures), a voxel losing GM to CSF can read as a GM-WM mixture with more GM, and
 the correlation weakens: a limit of any measure from intensities alone.
@@ -52,7 +53,7 @@ from scipy import ndimage
 from skimage.measure import block_reduce
 
 from harmonix._docs import fill_doc
-from harmonix.benchmark.scale import _as_images, _as_labels, _as_mask, robust_scale
+from harmonix.benchmark.metrics.scale import _as_images, _as_labels, _as_mask, robust_scale
 
 __all__ = ["Tissues", "pattern_gm_volumes", "segment_tissues", "site_gm_volumes"]
 
@@ -219,7 +220,7 @@ def site_gm_volumes(imgs: Any, mask: Any, sites: Any = None, region: Any = None)
     """GM volume (voxel count) of each image, with tissue classes shared within each site.
 
     See the module docstring: each site's images mapped to ``[0, 1]`` by one robust affine
-    map (:func:`~harmonix.benchmark.scale.robust_scale`), then divided by their own upper
+    map (:func:`~harmonix.benchmark.metrics.scale.robust_scale`), then divided by their own upper
     quartile inside the mask; CSF/GM/WM centres from the pooled voxels of the site; GM
     volume the sum of partial-volume GM fractions. The result does not depend on a site's
     units (an increasing affine map of all images of a site leaves it unchanged) and moves

@@ -20,8 +20,8 @@ import numpy as np
 from scipy import ndimage, stats
 
 from harmonix._docs import fill_doc
-from harmonix.benchmark.biology import pearson
-from harmonix.benchmark.scale import _as_labels, _as_mask, robust_scale
+from harmonix.benchmark.metrics.biology import pearson
+from harmonix.benchmark.metrics.scale import _as_labels, _as_mask, robust_scale
 
 
 # ----------------------------------------------------------------------------------------

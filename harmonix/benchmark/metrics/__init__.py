@@ -10,14 +10,16 @@ age, the true disease effect) and the *target* metrics (:data:`METRIC_TARGETS`):
 ``gm_age_correlation``, whose target is ``true_gm_age_correlation``, and
 ``disease_effect_error``, whose target is 0.
 
-This module holds the registry of the metrics (:data:`METRICS`, :data:`METRIC_KINDS`,
-:data:`METRIC_TARGETS`) and hands on every metric function from its module: image
-similarity (:mod:`harmonix.benchmark.similarity`), site
-predictability (:mod:`harmonix.benchmark.site`), brain age and GM volume
-(:mod:`harmonix.benchmark.biology`), disease effects (:mod:`harmonix.benchmark.disease`,
-on the segmentation of
-:mod:`harmonix.benchmark.tissue`), cost (:mod:`harmonix.benchmark.cost`) and the common
-scale (:mod:`harmonix.benchmark.scale`).
+This package holds the registry of the metrics (:data:`METRICS`, :data:`METRIC_KINDS`,
+:data:`METRIC_TARGETS`) and hands on every metric function from its module, one per
+family:
+
+- ``similarity``: image similarity (traveling subjects, specificity, SSIM to the truth);
+- ``site``: site predictability and site histograms;
+- ``biology``: brain age and GM volume against age;
+- ``disease``: disease effects, on the segmentation of ``tissue``;
+- ``cost``: time and memory;
+- ``scale``: the common intensity scale.
 
 The common intensity scale
 --------------------------
@@ -56,7 +58,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 
-from harmonix.benchmark.biology import (
+from harmonix.benchmark.metrics.biology import (
     brain_age_correlation_score,
     brain_age_error,
     brain_age_null_error,
@@ -64,27 +66,31 @@ from harmonix.benchmark.biology import (
     gm_volumes,
     within_site_correlation,
 )
-from harmonix.benchmark.cost import measure_cost
-from harmonix.benchmark.disease import disease_auc_score, disease_effect, disease_effect_error
-from harmonix.benchmark.scale import (
+from harmonix.benchmark.metrics.cost import measure_cost
+from harmonix.benchmark.metrics.disease import (
+    disease_auc_score,
+    disease_effect,
+    disease_effect_error,
+)
+from harmonix.benchmark.metrics.scale import (
     QUANTILES,
     robust_range,
     robust_scale,
 )
-from harmonix.benchmark.similarity import (
+from harmonix.benchmark.metrics.similarity import (
     distance_correlation_score,
     masked_ssim,
     subject_specificity_score,
     traveling_subject_ssim_score,
     truth_ssim_score,
 )
-from harmonix.benchmark.site import (
+from harmonix.benchmark.metrics.site import (
     site_chance_level,
     site_histogram_error,
     site_predictability,
     site_predictability_error,
 )
-from harmonix.benchmark.tissue import Tissues, segment_tissues
+from harmonix.benchmark.metrics.tissue import Tissues, segment_tissues
 
 __all__ = [
     "METRICS",

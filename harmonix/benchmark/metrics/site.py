@@ -25,8 +25,8 @@ from sklearn.preprocessing import StandardScaler
 
 from harmonix._docs import fill_doc
 from harmonix.benchmark._folds import grouped_splits, subject_groups
-from harmonix.benchmark.scale import _as_labels, _as_mask, robust_scale, table_features
-from harmonix.benchmark.tissue import Tissues, segment_tissues
+from harmonix.benchmark.metrics.scale import _as_labels, _as_mask, robust_scale, table_features
+from harmonix.benchmark.metrics.tissue import Tissues, segment_tissues
 
 __all__ = [
     "site_chance_level",
@@ -119,7 +119,7 @@ def site_features(
     """Per-image features of :func:`site_predictability_error` or :func:`site_histogram_error`.
 
     ``kind="tissue"``: the ``quantiles`` of each tissue class's intensities
-    (:func:`~harmonix.benchmark.tissue.segment_tissues`), standardized per image by the
+    (:func:`~harmonix.benchmark.metrics.tissue.segment_tissues`), standardized per image by the
     median and interquartile range, and, when ``regions > 0``, the mean standardized
     intensity of ``regions ** 3`` blocks of the mask's bounding box. ``kind="histogram"``: the
     ``n_bins``-bin normalized histogram on the common scale (:func:`robust_scale`).
