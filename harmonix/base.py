@@ -10,7 +10,7 @@ and returns results in the form the input had.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from os import PathLike
 from typing import Any, ClassVar
 
@@ -96,6 +96,10 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
     _needs_covariates: ClassVar[bool] = False
     #: fit and transform also take tables of features (n_samples, n_features).
     _accepts_tables: ClassVar[bool] = False
+    #: fitted attributes a file saved by an older harmonix may lack, each computed at
+    #: load from the stored parameter it checks: ``{"percentiles_": ("percentiles",
+    #: check)}`` (see :meth:`_complete_loaded`).
+    _checked_params: ClassVar[dict[str, tuple[str, Callable[[Any], Any]]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -420,11 +424,14 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
     def _complete_loaded(self) -> None:
         """Fill in the fitted attributes that a file saved by an older harmonix lacks.
 
-        Called by the loaders after setting the stored attributes. Subclasses add the
-        attributes they introduced (from the stored parameters, which are those of the
-        fit). A model without a recorded grid cannot check new images against it: methods
+        Called by the loaders after setting the stored attributes. The attributes of
+        ``_checked_params`` are computed from the stored parameters (those of the fit).
+        A model without a recorded grid cannot check new images against it: methods
         that check grids say so once, here.
         """
+        for attr, (param, check) in self._checked_params.items():
+            if not hasattr(self, attr):
+                setattr(self, attr, check(getattr(self, param)))
         checks = self._grid_check != "none" or self._fixed_shape
         if not hasattr(self, "grid_") and checks:
             warnings.warn(

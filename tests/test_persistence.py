@@ -10,7 +10,13 @@ import shutil
 import numpy as np
 import pytest
 
-from harmonix import HistogramMatchingHarmonizer, IdentityHarmonizer, IGUANeHarmonizer
+from harmonix import (
+    ComBatHarmonizer,
+    HistogramMatchingHarmonizer,
+    IdentityHarmonizer,
+    IGUANeHarmonizer,
+    WhiteStripeHarmonizer,
+)
 from harmonix._version import __version__
 from harmonix.iguane.pretrained import DEMO_MODEL_PATH
 from harmonix.persistence import (
@@ -203,3 +209,25 @@ def test_to_plain_serves_both_model_formats(tmp_path):
     assert type(as_torch["1"]) is tuple and type(as_torch["1"][0]) is int
     with pytest.raises(TypeError, match="without pickle"):
         to_plain(object(), target="torch")
+
+
+@pytest.mark.parametrize(
+    ("cls", "attr"),
+    [
+        (HistogramMatchingHarmonizer, "percentiles_"),
+        (WhiteStripeHarmonizer, "width_"),
+        (ComBatHarmonizer, "empirical_bayes_"),
+    ],
+)
+def test_fitted_attributes_older_files_lack_are_computed_from_the_parameters(tiny, cls, attr):
+    """A model pickled before ``attr`` existed gets it from the stored parameter, equal to
+    what fit computes."""
+    model = cls().fit(tiny[0], tiny[1])
+    state = dict(model.__getstate__())  # a copy: the model keeps its attribute
+    del state[attr]
+    old = cls.__new__(cls)
+    old.__setstate__(state)
+    np.testing.assert_array_equal(getattr(old, attr), getattr(model, attr))
+    np.testing.assert_array_equal(
+        old.transform(tiny[0], tiny[1]), model.transform(tiny[0], tiny[1])
+    )

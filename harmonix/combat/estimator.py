@@ -265,6 +265,8 @@ class ComBatHarmonizer(ComBatFit, ComBatTransform, ComBatSiteCheck, BaseHarmoniz
     _needs_covariates: ClassVar[bool] = True
     _accepts_tables: ClassVar[bool] = True
 
+    _checked_params = {"empirical_bayes_": ("empirical_bayes", bool)}
+
     def __init__(
         self,
         reference_site: Any = None,
@@ -367,11 +369,6 @@ class ComBatHarmonizer(ComBatFit, ComBatTransform, ComBatSiteCheck, BaseHarmoniz
         return np.hstack(blocks), names
 
     # -- loaded and pickled models -------------------------------------------------------
-    def _complete_loaded(self) -> None:
-        super()._complete_loaded()
-        if not hasattr(self, "empirical_bayes_"):  # an older file
-            self.empirical_bayes_ = bool(self.empirical_bayes)
-
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())  # a copy: the live object keeps its cache
         state.pop("_voxel_index_cache", None)

@@ -39,6 +39,19 @@ docdict["iguane_batch_size"] = """\
 batch_size : int, default=1
     Pairs per generator update (discriminators see twice as many)."""
 
+#: the six entries both docstrings list together: how long and how large the training is
+docdict["iguane_length_and_size"] = "\n".join(
+    docdict[f"iguane_{name}"]
+    for name in (
+        "n_epochs",
+        "steps_per_epoch",
+        "base_width",
+        "disc_base_width",
+        "patch_size",
+        "batch_size",
+    )
+)
+
 docdict["iguane_lr_schedule"] = """\
 lr_schedule : {"linear", "constant_then_linear"}, default="linear"
     "linear": decay linearly from ``learning_rate`` to ``final_learning_rate`` over

@@ -39,12 +39,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
     ----------
     reference_site : hashable, default=None
         Target site; None picks the site with the most images.
-    %(iguane_n_epochs)s
-    %(iguane_steps_per_epoch)s
-    %(iguane_base_width)s
-    %(iguane_disc_base_width)s
-    %(iguane_patch_size)s
-    %(iguane_batch_size)s
+    %(iguane_length_and_size)s
     learning_rate, final_learning_rate : float, default=2e-4, 2e-5
         Adam learning rate at the start and at the end of the schedule.
     %(iguane_lr_schedule)s
@@ -268,6 +263,8 @@ class IGUANeHarmonizer(BaseHarmonizer):
         "mixed_precision",
     )
 
+    _checked_params = {"input_shape_": ("input_shape", check_input_shape)}
+
     def __init__(
         self,
         reference_site: Any = None,
@@ -353,11 +350,6 @@ class IGUANeHarmonizer(BaseHarmonizer):
         self.grid_mismatch = grid_mismatch
 
     # -- fit -------------------------------------------------------------------------------
-    def _complete_loaded(self) -> None:
-        super()._complete_loaded()
-        if not hasattr(self, "input_shape_"):  # saved before transform stopped reading it
-            self.input_shape_ = check_input_shape(self.input_shape)
-
     def _fit(self, data: Inputs) -> None:
         _fitting.fit_estimator(self, data.imgs, data.sites, data.ages, data.covariates)
 

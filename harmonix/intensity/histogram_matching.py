@@ -96,6 +96,8 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
     True
     """
 
+    _checked_params = {"percentiles_": ("percentiles", _check_percentiles)}
+
     def __init__(
         self,
         reference_site: Any = None,
@@ -105,11 +107,6 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
         self.reference_site = reference_site
         self.percentiles = percentiles
         self.mask = mask
-
-    def _complete_loaded(self) -> None:
-        super()._complete_loaded()
-        if not hasattr(self, "percentiles_"):  # an older file
-            self.percentiles_ = _check_percentiles(self.percentiles)
 
     def _fit(self, data: Inputs) -> None:
         q = _check_percentiles(self.percentiles)

@@ -261,15 +261,12 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
     True
     """
 
+    _checked_params = {"width_": ("width", _check_width)}
+
     def __init__(self, reference_site: Any = None, width: float = 0.05, mask: Any = None):
         self.reference_site = reference_site
         self.width = width
         self.mask = mask
-
-    def _complete_loaded(self) -> None:
-        super()._complete_loaded()
-        if not hasattr(self, "width_"):  # an older file
-            self.width_ = _check_width(self.width)
 
     def _fit(self, data: Inputs) -> None:
         width = _check_width(self.width)

@@ -48,12 +48,7 @@ class TrainConfig:
 
     Parameters
     ----------
-    %(iguane_n_epochs)s
-    %(iguane_steps_per_epoch)s
-    %(iguane_base_width)s
-    %(iguane_disc_base_width)s
-    %(iguane_patch_size)s
-    %(iguane_batch_size)s
+    %(iguane_length_and_size)s
     disc_pairs : int, default=2
         See ``batch_size`` (2 in the original).
     learning_rate, final_learning_rate : float, default=2e-4, 2e-5
