@@ -276,8 +276,7 @@ def stages(repeats: int) -> list[tuple[str, float]]:
     levels = fit_covariate_levels(frame, labels)
     codes = site_codes(labels)[1]
     columns, _ = model._covariate_columns(frame, len(X), model.spline_knots_)
-    design = cm.design_matrix(codes, len(model.sites_), columns, None)
-    regression = cm.table_regression(X, design, codes, len(model.sites_), None)
+    regression = cm.table_regression(X, columns, codes, len(model.sites_), None)
     counts = np.bincount(codes)
     params = [model._site_params([s], {})[s] for s in model.sites_.tolist()]
     steps = [
@@ -289,7 +288,7 @@ def stages(repeats: int) -> list[tuple[str, float]]:
         ("fit: covariate levels, separability", lambda: fit_covariate_levels(frame, labels)),
         (
             "fit: least squares, pooled variance (1 pass, per-site sums)",
-            lambda: cm.table_regression(X, design, codes, len(model.sites_), None),
+            lambda: cm.table_regression(X, columns, codes, len(model.sites_), None),
         ),
         ("fit: empirical Bayes", lambda: model._site_effects(regression, counts, None)),
         (

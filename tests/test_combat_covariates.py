@@ -79,7 +79,7 @@ def test_table_and_voxel_regressions_agree(study):
     for ref in (None, 1):
         design = cm.design_matrix(codes, len(labels), columns, ref)
         a = cm.voxel_regression(X, design, codes, len(labels), ref, chunk_size=13)
-        b = cm.table_regression(X, design, codes, len(labels), ref)
+        b = cm.table_regression(X, columns, codes, len(labels), ref)
         for name in ("coef", "grand_mean", "var_pooled", "site_mean", "site_ss"):
             np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-9, atol=1e-9)
 
@@ -104,7 +104,7 @@ def test_table_regression_keeps_its_digits_on_hard_features(study, case):
     else:
         hard[:, 0] = 42.0
     a = cm.voxel_regression(hard, design, codes, len(labels), None, chunk_size=13)
-    b = cm.table_regression(hard + offset, design, codes, len(labels), None)
+    b = cm.table_regression(hard + offset, columns, codes, len(labels), None)
     b.coef[: len(labels)] -= offset  # the site intercepts carry the offset
     b.grand_mean -= offset
     grain = 1e-9 + 2 * np.spacing(offset.max())  # what 1e8 + intercept can hold
@@ -353,3 +353,15 @@ def test_one_row_site_table_warns_and_stays_finite():
         warnings.simplefilter("always")
         out = ComBatHarmonizer().fit_transform(X, sites, cov["age"])
     assert np.isfinite(out).all()
+
+
+def test_site_gram_and_column_means_match_their_definitions():
+    from harmonix.inputs.covariates import site_gram
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 4, 50)
+    columns = rng.normal(3.0, 2.0, (50, 3))
+    design = cm.design_matrix(codes, 4, columns, None)
+    np.testing.assert_allclose(site_gram(codes, 4, columns), design.T @ design, rtol=1e-12)
+    np.testing.assert_allclose(cm.column_means(columns), columns.mean(axis=0), rtol=1e-12)
+    assert cm.column_means(np.empty((5, 0))).shape == (0,)

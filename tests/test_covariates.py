@@ -173,3 +173,19 @@ def test_categorical_strata():
     assert categorical_strata(cov, levels).tolist() == ["F|AD", "M|CN"]
     assert categorical_strata(cov, {"age": None}) is None
     assert categorical_strata(None, levels) is None
+
+
+def test_checked_covariates_never_share_the_callers_arrays():
+    """The checked frame holds its own copies: changing the user's arrays (or ages)
+    afterwards changes nothing that a fit or transform read."""
+    age = np.array([30.0, 40.0, 50.0, 60.0])
+    icv = np.array([1.0, 2.0, 3.0, 4.0])
+    df = pd.DataFrame({"icv": icv.copy()})
+    by_dict = check_covariates({"icv": icv}, 4, ages=age)
+    by_frame = check_covariates(df, 4)
+    age[:] = 0.0
+    icv[:] = 0.0
+    df["icv"] = 0.0
+    np.testing.assert_array_equal(by_dict["age"], [30.0, 40.0, 50.0, 60.0])
+    np.testing.assert_array_equal(by_dict["icv"], [1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(by_frame["icv"], [1.0, 2.0, 3.0, 4.0])

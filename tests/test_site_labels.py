@@ -172,3 +172,22 @@ def test_text_factorization_falls_back_on_a_hash_collision(monkeypatch):
     codes, uniques = _labels._factorize(np.array(["A", "B", "A", "C", "B"]))
     assert codes.tolist() == [0, 1, 0, 2, 1]
     assert uniques.tolist() == ["A", "B", "C"]
+
+
+def test_checked_labels_are_grouped_once_and_changes_are_seen():
+    """check_sites remembers the groups of the labels it returns; distinct_sites reuses
+    them only while the array still holds those labels, and their codes are read-only."""
+    raw = np.array(["b", "a", "b", "c", "a"])
+    labels = check_sites(raw, 5)
+    first, codes = distinct_sites(labels)
+    assert first == ["b", "a", "c"]
+    np.testing.assert_array_equal(codes, [0, 1, 0, 2, 1])
+    assert distinct_sites(labels)[1] is codes  # remembered: not factorized again
+    with pytest.raises(ValueError, match="read-only"):
+        codes[0] = 5
+    labels[0] = "z"  # changed in place after the check: grouped afresh
+    first, codes = distinct_sites(labels)
+    assert first == ["z", "a", "b", "c"]
+    np.testing.assert_array_equal(codes, [0, 1, 2, 3, 1])
+    copy = labels.copy()  # another array with equal content: its own groups, equal
+    assert distinct_sites(copy)[0] == first

@@ -11,6 +11,7 @@ import numpy as np
 from harmonix.combat import _math as cm
 from harmonix.combat._voxels import FlatIndex
 from harmonix.inputs._reading import Inputs
+from harmonix.inputs.covariates import site_gram
 from harmonix.inputs.tables import FeatureTable
 from harmonix.io import ImageCollection
 
@@ -58,9 +59,11 @@ class ComBatFit:
         columns, self.covariates_ = self._covariate_columns(
             covariates, len(sites), self.spline_knots_
         )
-        design = cm.design_matrix(codes, n_sites, columns, ref_level)
-        p = design.shape[1]
-        gram = design.T @ design
+        table = isinstance(imgs, FeatureTable)
+        # the rank of [site one-hot | columns]: the reference site's column of ones
+        # (ref_level) spans the same space
+        p = n_sites + columns.shape[1]
+        gram = site_gram(codes, n_sites, columns)
         if len(sites) <= p or np.linalg.matrix_rank(gram, hermitian=True) < p:
             shown = self.covariates_[:8] + (["..."] if len(self.covariates_) > 8 else [])
             raise ValueError(
@@ -80,12 +83,12 @@ class ComBatFit:
                 stacklevel=3,
             )
 
-        table = isinstance(imgs, FeatureTable)
         if table:
             self.voxel_mask_ = None
             logger.info("ComBat: %d rows, %d features", len(sites), imgs.n_features)
-            stats = cm.table_regression(imgs.values, design, codes, n_sites, ref_level)
+            stats = cm.table_regression(imgs.values, columns, codes, n_sites, ref_level)
         else:
+            design = cm.design_matrix(codes, n_sites, columns, ref_level)
             voxels = self._load_voxels(imgs)
             chunk = self.chunk_size or cm.auto_chunk_size(len(sites), p)
             logger.info(
@@ -97,7 +100,7 @@ class ComBatFit:
         gamma, delta, priors, n_iter = self._site_effects(stats, counts, ref_level)
         valid = ~stats.degenerate
         beta = stats.coef[n_sites:]
-        self.covariate_means_ = columns.mean(axis=0)
+        self.covariate_means_ = cm.column_means(columns)
         centred_mean = stats.grand_mean + self.covariate_means_ @ beta
         var_pooled = np.where(valid, stats.var_pooled, 0.0)
         dtype = np.float64 if table else np.float32

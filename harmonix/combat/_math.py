@@ -276,6 +276,12 @@ def voxel_regression(
     return out
 
 
+def column_means(columns: np.ndarray) -> np.ndarray:
+    """The mean of each column of a tall, narrow ``(n, k)`` array: one matrix-vector
+    product, where ``mean(axis=0)`` walks ``k`` strided columns (10x slower for 10,000 x 5)."""
+    return np.ones(len(columns)) @ columns / max(len(columns), 1)
+
+
 def row_block(n_columns: int, budget_bytes: int = 1024 * 1024) -> int:
     """Rows of a float64 table of ``n_columns`` columns that fit in ``budget_bytes`` (a
     CPU cache's share): tables are processed in such blocks so that their temporaries
@@ -297,23 +303,27 @@ def _site_moments(
     mean.
     """
     n_sites, n_feat, q = len(counts), y.shape[1], cov.shape[1]
-    order = np.argsort(codes, kind="stable")
+    small = np.int16 if n_sites < 2**15 else np.intp  # numpy radix-sorts 16-bit integers
+    order = np.argsort(codes.astype(small), kind="stable")
     bounds = np.concatenate([[0], np.cumsum(counts)])
-    ones_cov = np.hstack([np.ones((len(cov), 1)), cov])  # sums and cross products at once
+    # [1 | covariates] in site order: sums and cross products at once
+    ones_cov = np.hstack([np.ones((len(cov), 1)), cov])[order]
     shift, s2 = np.zeros((n_sites, n_feat)), np.zeros((n_sites, n_feat))
     sums = np.zeros((n_sites, q + 1, n_feat))
     gram = np.zeros((n_sites, q + 1, q + 1))
     step = row_block(n_feat, budget_bytes=1024 * 1024)
+    buffer = np.empty((min(step, len(y)), n_feat))  # one work block, reused
     for b in range(n_sites):
         rows_b = order[bounds[b] : bounds[b + 1]]
         if not len(rows_b):
             continue
         shift[b] = y[rows_b[0]]
-        design_b = ones_cov[rows_b]
+        design_b = ones_cov[bounds[b] : bounds[b + 1]]
         gram[b] = design_b.T @ design_b
         for start in range(0, len(rows_b), step):
             rows = rows_b[start : start + step]
-            block = np.take(y, rows, axis=0)
+            # mode="clip": the rows are valid, and the default mode buffers any `out`
+            block = np.take(y, rows, axis=0, out=buffer[: len(rows)], mode="clip")
             block -= shift[b]
             sums[b] += design_b[start : start + step].T @ block
             s2[b] += np.einsum("ij,ij->j", block, block)
@@ -322,7 +332,7 @@ def _site_moments(
 
 def table_regression(
     data: np.ndarray,
-    design: np.ndarray,
+    covariates: np.ndarray,
     codes: np.ndarray,
     n_sites: int,
     ref_level: int | None,
@@ -350,7 +360,10 @@ def table_regression(
     ----------
     data : ndarray of shape (n_samples, n_features)
         Not modified.
-    design, codes, n_sites, ref_level
+    covariates : ndarray of shape (n_samples, k)
+        The covariate columns of the design (:func:`design_matrix` without its site
+        one-hot part).
+    codes, n_sites, ref_level
         As in :func:`voxel_regression`.
 
     Returns
@@ -361,8 +374,9 @@ def table_regression(
     n = len(y)
     counts = np.bincount(codes, minlength=n_sites)
     size = np.maximum(counts, 1).astype(np.float64)
-    offset = design[:, n_sites:].mean(axis=0)
-    cov = design[:, n_sites:] - offset  # centred: the per-site sums below lose no digits
+    covariates = np.asarray(covariates, dtype=np.float64).reshape(n, -1)
+    offset = column_means(covariates)
+    cov = covariates - offset  # centred: the per-site sums below lose no digits
     shift, s1, s2, cy, gram = _site_moments(y, cov, codes, counts)
     # within-site centred moments of the covariates
     c_sum = gram[:, 0, 1:]
@@ -387,8 +401,9 @@ def table_regression(
     site_ss = np.maximum(rss, 0.0)
     site_ss[counts == 0] = 0.0
     # the design's coefficients: the site part gives each site its intercept
-    site_rows = np.zeros((n_sites, n_sites))  # the site part of each site's design row
-    site_rows[codes, :] = design[:, :n_sites]
+    site_rows = np.eye(n_sites)  # the site part of each site's design row
+    if ref_level is not None:  # the reference site's column is all ones (an intercept)
+        site_rows[:, ref_level] = 1.0
     present = counts > 0
     site_coef = np.zeros((n_sites, y.shape[1]))
     site_coef[present] = np.linalg.solve(site_rows[np.ix_(present, present)], intercepts[present])

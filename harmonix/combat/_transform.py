@@ -86,9 +86,11 @@ class ComBatTransform:
         imgs, sites = data.imgs, data.sites
         known = self._known_sites()
         labels, codes = data.site_groups
-        cov, _ = self._covariate_columns(data.covariates, len(sites), self._fitted_knots())
         # tables: rows are trusted to their label (see site_agreement)
         table = isinstance(imgs, FeatureTable)
+        if table and all(label in known for label in labels):
+            return dict.fromkeys(labels)  # every site's stored effects
+        cov, _ = self._covariate_columns(data.covariates, len(sites), self._fitted_knots())
         new = set() if table else self._act_on_site_check(self._site_agreements(imgs, sites, cov))
         dtype = self.grand_mean_.dtype
         stats: dict[str, Any] = {}

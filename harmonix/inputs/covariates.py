@@ -45,6 +45,7 @@ __all__ = [
     "covariate_design",
     "fit_covariate_levels",
     "match_covariates",
+    "site_gram",
 ]
 
 #: What a fit learned about its covariates: column name -> category levels (first one the
@@ -60,28 +61,28 @@ def _rows(bad: np.ndarray) -> str:
     return f"{rows[:5].tolist()}{more}"
 
 
-def _as_column(values: Any, name: str, n_images: int) -> pd.Series:
-    if isinstance(values, pd.Series):
-        col = values.reset_index(drop=True)
+def _as_column(values: Any, name: str, n_images: int) -> np.ndarray | pd.Categorical:
+    """One covariate's values by position: a 1-D ndarray, or a pandas categorical."""
+    if isinstance(values, pd.Series):  # by position: the index is ignored
+        col = values.array if isinstance(values.dtype, pd.CategoricalDtype) else values.to_numpy()
+    elif isinstance(values, (str, bytes)) or np.ndim(values) == 0:
+        raise ValueError(f"covariate {name!r} must hold one value per image, got {values!r}.")
+    elif isinstance(values, pd.Categorical):
+        col = values
     else:
-        if isinstance(values, (str, bytes)) or np.ndim(values) == 0:
-            raise ValueError(f"covariate {name!r} must hold one value per image, got {values!r}.")
-        if isinstance(values, pd.Categorical):
-            col = pd.Series(values)
-        else:
-            # a list keeps its Python objects (np.asarray would turn ["F", 1] into text)
-            arr = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
-            if arr.ndim != 1:
-                raise ValueError(
-                    f"covariate {name!r} must be 1-D, one value per image; got shape {arr.shape}."
-                )
-            col = pd.Series(arr if arr.dtype != object else list(arr))
+        # a list keeps its Python objects (np.asarray would turn ["F", 1] into text)
+        col = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+        if col.ndim != 1:
+            raise ValueError(
+                f"covariate {name!r} must be 1-D, one value per image; got shape {col.shape}."
+            )
+        if col.dtype == object and not isinstance(values, np.ndarray):
+            col = pd.Series(list(col)).to_numpy()  # pandas' inference: numbers stay numbers
     if len(col) != n_images:
         raise ValueError(
             f"Got {n_images} images but {len(col)} values of covariate {name!r}; give one "
             "row per image."
         )
-    col.name = name
     return col
 
 
@@ -92,8 +93,8 @@ def _missing(name: Any, bad: np.ndarray) -> ValueError:
     )
 
 
-def _continuous(name: Any, values: np.ndarray) -> pd.Series:
-    values = np.asarray(values, dtype=np.float64)
+def _continuous(name: Any, values: np.ndarray) -> np.ndarray:
+    values = np.array(values, dtype=np.float64)  # a copy: the caller's array stays theirs
     if not np.isfinite(values.sum()):
         if np.isnan(values).any():
             raise _missing(name, np.isnan(values))
@@ -101,26 +102,25 @@ def _continuous(name: Any, values: np.ndarray) -> pd.Series:
             f"covariate {name!r} has infinite values at row(s) {_rows(~np.isfinite(values))}; "
             "give finite numbers."
         )
-    return pd.Series(values, name=name)
+    return values
 
 
-def _clean_column(col: pd.Series) -> pd.Series:
-    """A checked continuous (float64) or categorical (text levels) column.
+def _clean_column(name: str, col: np.ndarray | pd.Categorical) -> np.ndarray | pd.Categorical:
+    """A checked continuous (float64 ndarray) or categorical (pandas categorical of text
+    levels) column.
 
     Numbers (not booleans) are continuous; strings, booleans and pandas categoricals are
     categorical. Values are classified by their distinct values only (one factorization),
     which also finds the missing ones.
     """
-    name = col.name
-    if isinstance(col.dtype, pd.CategoricalDtype):  # keep the user's level order
-        codes = col.cat.codes.to_numpy()
-        if (codes < 0).any():
-            raise _missing(name, codes < 0)
-        present = col.cat.remove_unused_categories()
-        return present.cat.rename_categories([str(c) for c in present.cat.categories])
+    if isinstance(col, pd.Categorical):  # keep the user's level order
+        if (col.codes < 0).any():
+            raise _missing(name, col.codes < 0)
+        present = col.remove_unused_categories()
+        return present.rename_categories([str(c) for c in present.categories])
     if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
-        return _continuous(name, col.to_numpy())
-    codes, uniques = pd.factorize(col.to_numpy())
+        return _continuous(name, col)
+    codes, uniques = pd.factorize(col)
     if (codes < 0).any():
         raise _missing(name, codes < 0)
     kinds = {
@@ -134,7 +134,7 @@ def _clean_column(col: pd.Series) -> pd.Series:
         for u in uniques
     }
     if kinds == {"number"}:
-        return _continuous(name, col.to_numpy())
+        return _continuous(name, col)
     text = [str(u) for u in uniques]
     if len(kinds) != 1 or kinds - {"bool", "text"} or len(set(text)) != len(text):
         raise TypeError(
@@ -144,10 +144,9 @@ def _clean_column(col: pd.Series) -> pd.Series:
     order = np.argsort(text)
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    levels = pd.Categorical.from_codes(  # codes made here: no validation needed
+    return pd.Categorical.from_codes(  # codes made here: no validation needed
         rank[codes], categories=[text[i] for i in order], validate=False
     )
-    return pd.Series(levels, name=name)
 
 
 def check_covariates(covariates: Any, n_images: int, ages: Any = None) -> pd.DataFrame | None:
@@ -180,7 +179,7 @@ def check_covariates(covariates: Any, n_images: int, ages: Any = None) -> pd.Dat
         For a length that differs from ``n_images``, a missing or infinite value, a
         non-string or duplicated column name, or an ``age`` column given twice.
     """
-    columns: dict[str, pd.Series] = {}
+    columns: dict[str, np.ndarray | pd.Categorical] = {}
     if ages is not None:
         try:
             age = np.asarray(ages, dtype=np.float64)
@@ -192,9 +191,9 @@ def check_covariates(covariates: Any, n_images: int, ages: Any = None) -> pd.Dat
             )
         if not np.isfinite(age).all():
             raise ValueError("ages contain NaN or infinite values; give every image a finite age.")
-        columns[_AGE] = pd.Series(age, name=_AGE)
+        columns[_AGE] = age.copy() if age is ages else age
     if covariates is None:
-        return pd.DataFrame(columns) if columns else None
+        return pd.DataFrame(columns, copy=False) if columns else None
     if isinstance(covariates, pd.DataFrame):
         items = [(c, covariates[c]) for c in covariates.columns]
         if covariates.columns.duplicated().any():
@@ -215,10 +214,10 @@ def check_covariates(covariates: Any, n_images: int, ages: Any = None) -> pd.Dat
                 "ages were given both as ages=... and as the 'age' column of covariates; "
                 "give them once (ages is the short form of the 'age' column)."
             )
-        columns[name] = _clean_column(_as_column(values, name, n_images))
+        columns[name] = _clean_column(name, _as_column(values, name, n_images))
     if not columns:
         return None
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns, copy=False)  # every column is a new array made here
 
 
 def check_ages(ages: Any, n_images: int) -> np.ndarray | None:
@@ -257,37 +256,42 @@ def age_column(cov: pd.DataFrame | None, levels: CovariateLevels) -> np.ndarray 
     return cov["age"].to_numpy(dtype=np.float64)
 
 
-def _as_levels(col: pd.Series) -> pd.Series:
+def _categorical(col: pd.Series | pd.Categorical) -> pd.Categorical:
+    """The pandas categorical of a checked categorical column (a Series' own array)."""
+    return col.array if isinstance(col, pd.Series) else col
+
+
+def _as_levels(col: pd.Series) -> pd.Categorical:
     """A column as a categorical of level texts (integral floats, i.e. integer codes,
     without ``.0``)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        return col
+        return _categorical(col)
     if pd.api.types.is_float_dtype(col.dtype):
         v = col.to_numpy()
         integral = v == np.round(v)
         text = np.where(integral, np.round(v).astype(np.int64).astype(str), v.astype(str))
-        return pd.Series(pd.Categorical(text), name=col.name)
-    return pd.Series(pd.Categorical(col.astype(str)), name=col.name)
+        return pd.Categorical(text)
+    return pd.Categorical(col.astype(str))
 
 
-def _levels_of(col: pd.Series) -> list[str]:
+def _levels_of(col: pd.Series | pd.Categorical) -> list[str]:
     """The levels present in a checked categorical column, in its order (the user's
     categorical order, or sorted)."""
-    cats = col.cat.categories
-    codes = col.cat.codes.to_numpy()
+    cat = _categorical(col)
+    cats, codes = cat.categories, cat.codes
     if len(cats) and np.bincount(codes[codes >= 0], minlength=len(cats)).all():
         return [str(c) for c in cats]
-    return [str(c) for c in col.cat.remove_unused_categories().cat.categories]
+    return [str(c) for c in cat.remove_unused_categories().categories]
 
 
 def column_design(col: pd.Series, levels: list[str] | None) -> np.ndarray:
     """The design columns of one checked covariate (see :func:`covariate_design`)."""
     if levels is None:
         return col.to_numpy(dtype=np.float64)[:, None]
-    if list(col.cat.categories) != list(levels):
-        col = col.cat.set_categories(levels)
-    codes = col.cat.codes.to_numpy()
-    return (codes[:, None] == np.arange(1, len(levels))).astype(np.float64)
+    cat = _categorical(col)
+    if list(cat.categories) != list(levels):
+        cat = cat.set_categories(levels)
+    return (cat.codes[:, None] == np.arange(1, len(levels))).astype(np.float64)
 
 
 def covariate_design(frame: pd.DataFrame, levels: CovariateLevels) -> tuple[np.ndarray, list[str]]:
@@ -376,6 +380,29 @@ def fit_covariate_levels(frame: pd.DataFrame | None, sites: np.ndarray) -> Covar
     return levels
 
 
+def site_gram(codes: np.ndarray, n_sites: int, columns: np.ndarray) -> np.ndarray:
+    """The Gram matrix of the design ``[site indicators | columns]``, from per-site sums.
+
+    Parameters
+    ----------
+    codes : ndarray of int of shape (n_images,)
+        Each image's site index.
+    n_sites : int
+    columns : ndarray of shape (n_images, k)
+
+    Returns
+    -------
+    ndarray of shape (n_sites + k, n_sites + k)
+        ``diag(counts)``, the columns' sums per site and ``columns' columns``, without
+        the ``n_images x n_sites`` indicator matrix.
+    """
+    counts = np.bincount(codes, minlength=n_sites).astype(np.float64)
+    per_site = np.zeros((n_sites, columns.shape[1]))
+    for j, col in enumerate(columns.T):
+        per_site[:, j] = np.bincount(codes, weights=col, minlength=n_sites)
+    return np.block([[np.diag(counts), per_site], [per_site.T, columns.T @ columns]])
+
+
 def _check_separable(frame: pd.DataFrame, levels: CovariateLevels, sites: np.ndarray) -> None:
     """Refuse covariates that the sites (and the columns before them) determine.
 
@@ -386,13 +413,9 @@ def _check_separable(frame: pd.DataFrame, levels: CovariateLevels, sites: np.nda
     _, codes, counts = site_codes(sites)
     n_sites = len(counts)
     blocks = [_standardized(column_design(frame[n], lev)) for n, lev in levels.items()]
-    covs = np.hstack([np.empty((len(codes), 0)), *blocks])
-    # the Gram matrix of [site indicators | covs] from per-site sums (no n x n_sites
-    # indicator matrix): diag(counts), the covariates' sums per site, covs' covs
-    per_site = np.zeros((n_sites, covs.shape[1]))
-    for j, col in enumerate(covs.T):
-        per_site[:, j] = np.bincount(codes, weights=col, minlength=n_sites)
-    gram = np.block([[np.diag(counts.astype(np.float64)), per_site], [per_site.T, covs.T @ covs]])
+    gram = site_gram(codes, n_sites, np.hstack([np.empty((len(codes), 0)), *blocks]))
+    if _full_rank(gram, np.arange(len(gram))):  # then so is every block with the sites
+        return
     site_cols = np.arange(n_sites)
     start, seen = n_sites, []
     for (name, lev), block in zip(levels.items(), blocks):
@@ -471,7 +494,7 @@ def match_covariates(
                     f"covariate {name!r} was continuous in fit but holds text here "
                     f"({col.iloc[0]!r}, ...); give numbers."
                 )
-            out[name] = col
+            out[name] = col.to_numpy()
         else:
             values = _as_levels(col)
             unseen = sorted(set(_levels_of(values)) - set(lev))
@@ -482,7 +505,7 @@ def match_covariates(
                     "levels, or leave those images out."
                 )
             out[name] = values
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, copy=False)  # columns of the checked frame, or made here
 
 
 def categorical_strata(frame: pd.DataFrame | None, levels: CovariateLevels) -> np.ndarray | None:

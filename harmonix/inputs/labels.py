@@ -17,6 +17,7 @@ an image without a site must never become a site called "nan".
 from __future__ import annotations
 
 import numbers
+import weakref
 from typing import Any
 
 import numpy as np
@@ -158,7 +159,10 @@ def _labels_by_value(sites: Any) -> tuple[np.ndarray, Any] | None:
     codes, uniques = _factorize(sites)
     texts = [as_label(u) for u in np.asarray(uniques, dtype=object).tolist()]
     if None not in texts:  # the usual case: text labels, indexed once (no per-label objects)
-        return np.asarray(texts, dtype=str)[codes], sites
+        labels = np.asarray(texts, dtype=str)[codes]
+        if len(set(texts)) == len(texts):  # distinct values, distinct texts: the groups
+            _GROUPS.remember(labels, texts, codes)
+        return labels, sites
     return np.asarray(texts, dtype=object)[codes], sites
 
 
@@ -251,10 +255,46 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, uniques
 
 
+class _GroupsMemo:
+    """The groups (:func:`distinct_sites`) of the labels :func:`check_sites` returned
+    last, so that the checks and the method of one call factorize them once.
+
+    An entry is found by the labels array itself (a weak reference: it dies with the
+    array) and used only while the array still holds the labels it was made from
+    (compared with a copy: a caller may have changed it in place); its codes are
+    read-only.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self._size = size
+        self._entries: list[tuple[weakref.ref, np.ndarray, list[str], np.ndarray]] = []
+
+    def remember(self, labels: np.ndarray, texts: list[str], codes: np.ndarray) -> None:
+        codes = np.asarray(codes, dtype=np.intp)
+        codes.flags.writeable = False
+        entry = (weakref.ref(labels), labels.copy(), list(texts), codes)
+        self._entries = [e for e in self._entries[-(self._size - 1) :] if e[0]() is not None]
+        self._entries.append(entry)
+
+    def recall(self, labels: np.ndarray) -> tuple[list[str], np.ndarray] | None:
+        for ref, content, texts, codes in reversed(self._entries):
+            if ref() is labels and np.array_equal(content, labels):
+                return list(texts), codes
+        return None
+
+
+_GROUPS = _GroupsMemo()
+
+
 def distinct_sites(sites: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The distinct labels of checked sites (:func:`check_sites`), in order of first
     appearance, and each image's position among them: one hash pass in C, where a Python
-    loop over 10,000 labels (``dict.fromkeys(sites.tolist())``) takes milliseconds."""
+    loop over 10,000 labels (``dict.fromkeys(sites.tolist())``) takes milliseconds; the
+    labels that :func:`check_sites` returned are not factorized again."""
+    if isinstance(sites, np.ndarray):
+        known = _GROUPS.recall(sites)
+        if known is not None:
+            return known
     codes, uniques = _factorize(np.asarray(sites))
     return [str(u) for u in uniques.tolist()], codes
 
