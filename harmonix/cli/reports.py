@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from harmonix.cli._options import subcommand
 from harmonix.cli.methods import IGUANE_CPU_PARAMS, METHODS, harmonizer_class, make_harmonizer
 from harmonix.io import read_manifest
 
@@ -117,9 +118,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
-def add_demo(sub: argparse._SubParsersAction) -> None:
-    """Add the ``harmonix demo`` subcommand and its options to ``sub``."""
-    p = sub.add_parser("demo", help="benchmark every method on synthetic data (~1 min on CPU)")
+@subcommand("demo", _cmd_demo, help="benchmark every method on synthetic data (~1 min on CPU)")
+def add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="harmonix-demo", help="output folder")
     p.add_argument("--n-subjects", type=int, default=8)
     p.add_argument("--resolution", type=float, default=4.0, choices=[1.0, 2.0, 4.0])
@@ -130,12 +130,10 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         help="data seed (the shipped IGUANe model was trained on seed 0's sites)",
     )
     p.add_argument("--no-iguane", action="store_true", help="skip IGUANe training")
-    p.set_defaults(func=_cmd_demo)
 
 
-def add_benchmark(sub: argparse._SubParsersAction) -> None:
-    """Add the ``harmonix benchmark`` subcommand and its options to ``sub``."""
-    p = sub.add_parser("benchmark", help="score methods on a manifest with common metrics")
+@subcommand("benchmark", _cmd_benchmark, help="score methods on a manifest with common metrics")
+def add_benchmark(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="CSV with path,site,age,subject")
     p.add_argument(
         "--methods",
@@ -149,4 +147,3 @@ def add_benchmark(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_benchmark)
