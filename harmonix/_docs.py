@@ -119,6 +119,11 @@ covariates : pandas.DataFrame or mapping of str to array-like, default=None
     did not see are ignored); needed by methods that model them (ComBat). A category
     unseen in fit is refused."""
 
+# the "Grid:" note of methods that map each image from its own intensity distribution
+docdict["any_grid"] = (
+    "images of any grid are harmonized alike; the training grid is recorded (``grid_``) "
+    "but never checked."
+)
 
 docdict["ignores_covariates"] = """\
 **Covariates.** ``ages`` and ``covariates`` are checked like every harmonizer's (same

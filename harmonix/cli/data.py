@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from harmonix.cli._options import CLIError, names, out_or_bids
+from harmonix.cli._options import CLIError, names, out_or_bids, subcommand
 
 logger = logging.getLogger("harmonix")
 
@@ -68,9 +68,8 @@ def _cmd_bids_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_make_dataset(sub: argparse._SubParsersAction) -> None:
-    """Add the ``harmonix make-dataset`` subcommand and its options to ``sub``."""
-    p = sub.add_parser("make-dataset", help="write a synthetic NIfTI dataset and manifest")
+@subcommand("make-dataset", _cmd_make_dataset, help="write a synthetic NIfTI dataset and manifest")
+def add_make_dataset(p: argparse.ArgumentParser) -> None:
     out_or_bids(
         p,
         "output folder (NIfTI files and manifest.csv)",
@@ -102,20 +101,18 @@ def add_make_dataset(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="every site scans subjects of its own instead of the same traveling subjects",
     )
-    p.set_defaults(func=_cmd_make_dataset)
 
 
-def add_bids_manifest(sub: argparse._SubParsersAction) -> None:
-    """Add the ``harmonix bids-manifest`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "bids-manifest",
-        help="list a BIDS dataset's T1w images as a manifest (needs harmonix[bids])",
-        description="Write a manifest of the T1w images of a BIDS dataset (path, site, "
-        "subject, session, run... and covariates) that preprocess, fit, transform and "
-        "benchmark read. The site is a participants.tsv/sessions.tsv column "
-        "(--site-column) or the scanner named by sidecar fields (--site-from; metadata "
-        "inherited as BIDS defines it).",
-    )
+@subcommand(
+    "bids-manifest",
+    _cmd_bids_manifest,
+    help="list a BIDS dataset's T1w images as a manifest (needs harmonix[bids])",
+)
+def add_bids_manifest(p: argparse.ArgumentParser) -> None:
+    """Write a manifest of the T1w images of a BIDS dataset (path, site, subject, session,
+    run... and covariates) that preprocess, fit, transform and benchmark read. The site is
+    a participants.tsv/sessions.tsv column (--site-column) or the scanner named by sidecar
+    fields (--site-from; metadata inherited as BIDS defines it)."""
     p.add_argument("bids_dir", metavar="BIDS_DIR", help="the dataset's top folder")
     p.add_argument("--out", required=True, help="manifest CSV to write")
     site = p.add_mutually_exclusive_group()
@@ -137,4 +134,3 @@ def add_bids_manifest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--acq", help="keep these acquisitions (comma-separated labels)")
     p.add_argument("--run", help="keep these runs (comma-separated)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
-    p.set_defaults(func=_cmd_bids_manifest)

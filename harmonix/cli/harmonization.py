@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harmonix.cli._options import CLIError, names, out_or_bids
+from harmonix.cli._options import CLIError, names, out_or_bids, subcommand
 from harmonix.cli.methods import METHODS, make_harmonizer, parse_params
 from harmonix.io import read_manifest
 from harmonix.persistence import load_model
@@ -182,15 +182,11 @@ def _transform_table(model: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_fit(sub: argparse._SubParsersAction) -> None:
-    """Add the ``harmonix fit`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "fit",
-        help="fit a harmonizer on a manifest and save it",
-        description="Fit a harmonizer on a manifest and save it. IGUANe trains data-parallel "
-        "on several processes (GPUs, nodes) when started by torchrun, e.g. `torchrun "
-        "--nproc_per_node=4 -m harmonix fit --method iguane ...`; process 0 saves the model.",
-    )
+@subcommand("fit", _cmd_fit, help="fit a harmonizer on a manifest and save it")
+def add_fit(p: argparse.ArgumentParser) -> None:
+    """Fit a harmonizer on a manifest and save it. IGUANe trains data-parallel on several
+    processes (GPUs, nodes) when started by torchrun, e.g. `torchrun --nproc_per_node=4 -m
+    harmonix fit --method iguane ...`; process 0 saves the model."""
     p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     p.add_argument(
         "--manifest", help="images: CSV with path,site[,age,subject] and covariate columns"
@@ -220,23 +216,21 @@ def add_fit(sub: argparse._SubParsersAction) -> None:
         help="constructor parameter, repeatable (e.g. --param reference_site=A)",
     )
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=_cmd_fit)
 
 
-def add_transform(sub: argparse._SubParsersAction) -> None:
-    """Add the ``harmonix transform`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "transform",
-        help="harmonize NIfTI files (or a CSV of features) with a saved model",
-        description="Harmonize NIfTI files, or a table of features, with a saved model. "
-        "Images are taken site by site "
-        "(the manifest's site column, or --site), so the result equals the model's "
-        "transform of all of them at once: methods that pool a site's images (ComBat with "
-        "unseen_site=fit, IGUANe's histogram map of a new site) see every image of the "
-        "site. Outputs are written atomically: after an interruption, rerun with "
-        "--skip-existing to do the rest. Covariates the model was fitted with are read "
-        "from the manifest's (or table's) columns of the same names.",
-    )
+@subcommand(
+    "transform",
+    _cmd_transform,
+    help="harmonize NIfTI files (or a CSV of features) with a saved model",
+)
+def add_transform(p: argparse.ArgumentParser) -> None:
+    """Harmonize NIfTI files, or a table of features, with a saved model. Images are taken
+    site by site (the manifest's site column, or --site), so the result equals the model's
+    transform of all of them at once: methods that pool a site's images (ComBat with
+    unseen_site=fit, IGUANe's histogram map of a new site) see every image of the site.
+    Outputs are written atomically: after an interruption, rerun with --skip-existing to do
+    the rest. Covariates the model was fitted with are read from the manifest's (or table's)
+    columns of the same names."""
     p.add_argument("--model", required=True)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", help="CSV with path,site[,age] and covariate columns")
@@ -278,4 +272,3 @@ def add_transform(sub: argparse._SubParsersAction) -> None:
         help="IGUANe: bfloat16 on CPU (faster on CPUs with AVX512-BF16 or AMX, emulated and "
         "slow elsewhere; outputs within ~1e-3 of float32, the default), float16 on CUDA",
     )
-    p.set_defaults(func=_cmd_transform)

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from harmonix.cli._options import CLIError, out_or_bids
+from harmonix.cli._options import CLIError, out_or_bids, subcommand
 
 logger = logging.getLogger("harmonix")
 
@@ -105,19 +105,19 @@ def _cmd_to_native(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_preprocess(sub: argparse._SubParsersAction) -> None:
-    """Add the ``harmonix preprocess`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "preprocess",
-        help="raw T1 scans -> IGUANe-ready images (needs harmonix[preprocess])",
-        description="Reorient, skull-strip (deepbet), N4-correct, rigidly register to MNI "
-        "(ICBM152 2009a, 1 mm), normalize (brain median 500) and crop to 160x192x160 every "
-        "scan of a manifest. Writes per scan NAME_prep.nii.gz, NAME_native_mask.nii.gz, "
-        "NAME_prep.json (transform, QC) and NAME_qc.png, then qc.csv and manifest.csv "
-        "(for harmonix fit/transform). Scans beyond a hard QC limit (noise, phantoms, "
-        "failed registrations) are reported as failed, left out of manifest.csv, and the "
-        "command exits with status 1. Finished scans are skipped: rerun to resume.",
-    )
+@subcommand(
+    "preprocess",
+    _cmd_preprocess,
+    help="raw T1 scans -> IGUANe-ready images (needs harmonix[preprocess])",
+)
+def add_preprocess(p: argparse.ArgumentParser) -> None:
+    """Reorient, skull-strip (deepbet), N4-correct, rigidly register to MNI (ICBM152 2009a,
+    1 mm), normalize (brain median 500) and crop to 160x192x160 every scan of a manifest.
+    Writes per scan NAME_prep.nii.gz, NAME_native_mask.nii.gz, NAME_prep.json (transform,
+    QC) and NAME_qc.png, then qc.csv and manifest.csv (for harmonix fit/transform). Scans
+    beyond a hard QC limit (noise, phantoms, failed registrations) are reported as failed,
+    left out of manifest.csv, and the command exits with status 1. Finished scans are
+    skipped: rerun to resume."""
     p.add_argument("--manifest", required=True, help="CSV with path,site[,age,subject]")
     out_or_bids(
         p,
@@ -143,15 +143,14 @@ def add_preprocess(sub: argparse._SubParsersAction) -> None:
         "(NIfTI sform_code = qform_code = 0), which are refused otherwise",
     )
     p.add_argument("--no-qc-png", action="store_true", help="skip the QC figures")
-    p.set_defaults(func=_cmd_preprocess)
 
 
-def add_to_native(sub: argparse._SubParsersAction) -> None:
-    """Add the ``harmonix to-native`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "to-native",
-        help="map a template-space (e.g. harmonized) image back onto its raw scan's grid",
-    )
+@subcommand(
+    "to-native",
+    _cmd_to_native,
+    help="map a template-space (e.g. harmonized) image back onto its raw scan's grid",
+)
+def add_to_native(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input",
         help="image in template space (NIfTI); leave out with --bids-out DIR to map every "
@@ -174,4 +173,3 @@ def add_to_native(sub: argparse._SubParsersAction) -> None:
         "space- entity (e.g. sub-01_desc-harmonized_T1w.nii.gz), with a sidecar",
     )
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=_cmd_to_native)

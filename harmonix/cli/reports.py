@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from harmonix.cli._options import subcommand
 from harmonix.cli.methods import IGUANE_CPU_PARAMS, METHODS, harmonizer_class, make_harmonizer
 from harmonix.io import read_manifest
 
@@ -25,19 +26,9 @@ def _dataset_from_manifest(path: str) -> Any:
     return dataset_from_manifest(read_manifest(path))
 
 
-def _run_and_report(
-    ds: Any,
-    methods: Sequence[str],
-    out: Path,
-    test_sites: Any,
-    seed: int,
-    quiet: bool,
-    pretrained_iguane: bool = False,
-    oracle: bool = False,
-    n_boot: int = 1000,
-) -> int:
-    from harmonix.benchmark import plot_metrics, run_benchmark, to_markdown
-
+def _harmonizers(methods: Sequence[str], seed: int, pretrained_iguane: bool = False) -> dict:
+    """The harmonizers of ``methods``; IGUANe is the CPU recipe seeded with ``seed``, or the
+    shipped model with ``pretrained_iguane``."""
     harmonizers = {}
     for m in methods:
         if m == "iguane" and pretrained_iguane:
@@ -47,15 +38,15 @@ def _run_and_report(
             continue
         params = dict(IGUANE_CPU_PARAMS, random_state=seed) if m == "iguane" else {}
         harmonizers[m] = make_harmonizer(m, params)
-    df = run_benchmark(
-        harmonizers,
-        ds,
-        test_sites=test_sites,
-        random_state=seed,
-        oracle=oracle,
-        n_boot=n_boot,
-        verbose=not quiet,
-    )
+    return harmonizers
+
+
+def _run_and_report(ds: Any, harmonizers: dict, out: Path, quiet: bool, **options: Any) -> int:
+    """Run the benchmark (``options`` go to :func:`~harmonix.benchmark.run_benchmark`), write
+    benchmark.md, benchmark.csv and metrics.png into ``out`` and print the table."""
+    from harmonix.benchmark import plot_metrics, run_benchmark, to_markdown
+
+    df = run_benchmark(harmonizers, ds, verbose=not quiet, **options)
     out.mkdir(parents=True, exist_ok=True)
     table = to_markdown(df)
     (out / "benchmark.md").write_text(table + "\n")
@@ -71,7 +62,10 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         harmonizer_class(m)
     ds = _dataset_from_manifest(args.manifest)
     test_sites = args.test_sites.split(",") if args.test_sites else None
-    return _run_and_report(ds, methods, Path(args.out), test_sites, args.seed, args.quiet)
+    harmonizers = _harmonizers(methods, args.seed)
+    return _run_and_report(
+        ds, harmonizers, Path(args.out), args.quiet, test_sites=test_sites, random_state=args.seed
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -104,12 +98,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # 200 bootstrap samples keep the demo's intervals cheap
     code = _run_and_report(
         ds,
-        methods,
+        _harmonizers(methods, args.seed, pretrained_iguane=pretrained),
         Path(args.out),
-        [test_site],
-        args.seed,
         args.quiet,
-        pretrained_iguane=pretrained,
+        test_sites=[test_site],
+        random_state=args.seed,
         oracle=True,
         n_boot=200,
     )
@@ -117,9 +110,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
-def add_demo(sub: argparse._SubParsersAction) -> None:
-    """Add the ``harmonix demo`` subcommand and its options to ``sub``."""
-    p = sub.add_parser("demo", help="benchmark every method on synthetic data (~1 min on CPU)")
+@subcommand("demo", _cmd_demo, help="benchmark every method on synthetic data (~1 min on CPU)")
+def add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="harmonix-demo", help="output folder")
     p.add_argument("--n-subjects", type=int, default=8)
     p.add_argument("--resolution", type=float, default=4.0, choices=[1.0, 2.0, 4.0])
@@ -130,12 +122,10 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         help="data seed (the shipped IGUANe model was trained on seed 0's sites)",
     )
     p.add_argument("--no-iguane", action="store_true", help="skip IGUANe training")
-    p.set_defaults(func=_cmd_demo)
 
 
-def add_benchmark(sub: argparse._SubParsersAction) -> None:
-    """Add the ``harmonix benchmark`` subcommand and its options to ``sub``."""
-    p = sub.add_parser("benchmark", help="score methods on a manifest with common metrics")
+@subcommand("benchmark", _cmd_benchmark, help="score methods on a manifest with common metrics")
+def add_benchmark(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="CSV with path,site,age,subject")
     p.add_argument(
         "--methods",
@@ -149,4 +139,3 @@ def add_benchmark(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_benchmark)

@@ -8,8 +8,10 @@ names in ``__all__``). Where things live:
     :class:`~harmonix.IGUANeHarmonizer`, the scikit-learn-style facade, and the three
     private modules that carry out its methods: ``_fitting`` (fit: normalize, train,
     calibrate the guard), ``_harmonizing`` (transform: site check, generator, guard) and
-    ``_model_file`` (save/load, the official weights). ``_paramdocs``: parameter texts
-    shared with :class:`TrainConfig`.
+    ``_model_file`` (save/load, the official weights). Their functions take the estimator
+    as ``est`` (typed :class:`~harmonix.base.BaseHarmonizer`: ``estimator`` imports them,
+    not the other way round). ``_paramdocs``: parameter texts shared with
+    :class:`TrainConfig`.
 ``model/``
     What IGUANe is: ``networks`` (:class:`Generator3D`, :class:`PatchDiscriminator3D`,
     :class:`MADInstanceNorm3d`), ``losses`` (LSGAN, cycle, identity) and

@@ -7,9 +7,6 @@ landmarks, a digest of the images in order), fits the input normalization
 volumes (:func:`harmonix.iguane.training.loop.train`) and calibrates the
 out-of-distribution guard (:mod:`harmonix.iguane.guard`) on held-out and sampled training
 images, setting the estimator's fitted attributes.
-
-The functions take the estimator as ``est`` (typed :class:`~harmonix.base.BaseHarmonizer`:
-the estimator module imports this one, not the other way round).
 """
 
 from __future__ import annotations

@@ -7,9 +7,6 @@ normalization and the network grid (:mod:`harmonix.iguane.inputs`), the forward 
 (:mod:`harmonix.iguane.guard`) and the way back to the image's grid and to the reference
 site's intensity scale. :func:`transform_images` acts on the guard's flags
 (``ood_action``); :func:`guard_table` sums everything up per labelled group.
-
-The functions take the estimator as ``est`` (typed :class:`~harmonix.base.BaseHarmonizer`:
-the estimator module imports this one, not the other way round).
 """
 
 from __future__ import annotations

@@ -7,9 +7,6 @@ the harmonix version, the constructor parameters, the fitted attributes (arrays 
 ``array_attrs``) and the forward generator (width, input channels, weights). It is read
 back with ``torch.load(weights_only=True)``. :func:`official_model` builds a fitted
 estimator around the published Keras generator instead.
-
-The functions take the estimator as ``est`` (typed :class:`~harmonix.base.BaseHarmonizer`:
-the estimator module imports this one, not the other way round).
 """
 
 from __future__ import annotations

@@ -77,8 +77,7 @@ class HistogramMatchingHarmonizer(BaseHarmonizer):
     by zero.
 
     Grid: landmarks are percentiles of the brain's intensities, which do not depend on
-    the voxel size, shape or orientation, so images of any grid are harmonized alike;
-    the training grid is recorded (``grid_``) but never checked.
+    the voxel size, shape or orientation, so %(any_grid)s
 
     %(ignores_covariates)s
 

@@ -240,8 +240,7 @@ class WhiteStripeHarmonizer(BaseHarmonizer):
     field correction.
 
     Grid: the stripe is found from the brain's intensity histogram, which does not depend
-    on the voxel size, shape, orientation or storage order, so images of any grid are
-    harmonized alike; the training grid is recorded (``grid_``) but never checked.
+    on the voxel size, shape, orientation or storage order, so %(any_grid)s
 
     %(ignores_covariates)s
 

@@ -10,30 +10,16 @@ that starts from a raw scanner T1 lives in :mod:`harmonix.preprocessing.chain`
 runs.
 """
 
+from harmonix.preprocessing import grid
 from harmonix.preprocessing.chain import T1Preprocessor
 from harmonix.preprocessing.files import preprocess_files, preprocess_manifest
-from harmonix.preprocessing.grid import (
-    IGUANE_FALLBACK_SHAPE,
-    IGUANE_SHAPE,
-    GridChange,
-    crop_or_pad,
-    median_normalize,
-    pad_to_multiple,
-    restore_grid,
-)
+from harmonix.preprocessing.grid import *  # noqa: F403 (grid.__all__, handed on below)
 from harmonix.preprocessing.outputs import PreprocessResult, TemplateTransform, to_native
 from harmonix.preprocessing.qc import QCFailedError
 from harmonix.preprocessing.simulate import move_scan, rigid_matrix
 
 __all__ = [
-    # grid and intensity helpers
-    "IGUANE_SHAPE",
-    "IGUANE_FALLBACK_SHAPE",
-    "GridChange",
-    "crop_or_pad",
-    "median_normalize",
-    "pad_to_multiple",
-    "restore_grid",
+    *grid.__all__,  # grid and intensity helpers
     # the raw T1 chain and the way back
     "T1Preprocessor",
     "PreprocessResult",

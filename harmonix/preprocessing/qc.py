@@ -23,8 +23,11 @@ __all__ = [
     "save_qc_png",
 ]
 
+#: Limits of QC numbers: ``name -> (low, high)``.
+Limits = dict[str, tuple[float, float]]
+
 #: Soft limits of the QC numbers: a scan outside them is flagged (and still processed).
-QC_LIMITS: dict[str, tuple[float, float]] = {
+QC_LIMITS: Limits = {
     "mask_volume_ml": (800.0, 2300.0),  # adult brains with cerebellum: ~1000-2000 ml
     # Colin27 registered to ICBM152 2009a: 0.62 (0.59 at 0.9x its size, 0.46 at 0.82x)
     "template_ncc": (0.45, 1.0),
@@ -35,7 +38,7 @@ QC_LIMITS: dict[str, tuple[float, float]] = {
 #: manifest). Calibrated in ``benchmarks/results/preprocess_qc.md``: good scans (brains
 #: 0.55-1.26x Colin27's volume, tilted, noisy, biased, thick slices, other T1 contrasts)
 #: lie well inside, noise, phantoms and inverted contrast outside.
-QC_FAIL_LIMITS: dict[str, tuple[float, float]] = {
+QC_FAIL_LIMITS: Limits = {
     "mask_volume_ml": (300.0, 3000.0),
     "template_ncc": (0.3, 1.0),
     "template_dice": (0.7, 1.0),
@@ -127,9 +130,7 @@ def qc_numbers(
     }
 
 
-def flags(
-    numbers: dict[str, Any], limits: dict[str, tuple[float, float]] | None = None
-) -> list[str]:
+def flags(numbers: dict[str, Any], limits: Limits | None = None) -> list[str]:
     """Names of the QC numbers outside their limits (:data:`QC_LIMITS`).
 
     Parameters
@@ -156,9 +157,7 @@ def flags(
     return out
 
 
-def failures(
-    numbers: dict[str, Any], limits: dict[str, tuple[float, float]] | None = None
-) -> list[str]:
+def failures(numbers: dict[str, Any], limits: Limits | None = None) -> list[str]:
     """Names of the QC numbers beyond the hard limits (:data:`QC_FAIL_LIMITS`).
 
     Parameters

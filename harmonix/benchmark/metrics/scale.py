@@ -69,6 +69,11 @@ docdict["bm_fold_seed"] = """\
 random_state : int, numpy Generator or None, default=None
     Seeds the fold shuffling."""
 
+docdict["bm_value_range"] = """\
+value_range : tuple of float, default=None
+    Intensity range mapped to ``[0, 1]`` (:func:`robust_scale`); default: the pooled
+    robust range of ``imgs``."""
+
 docdict["bm_tissues"] = """\
 tissues : Tissues, default=None
     A segmentation of ``imgs`` already computed (then ``imgs`` is not read)."""

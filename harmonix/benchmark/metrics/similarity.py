@@ -153,9 +153,7 @@ def traveling_subject_ssim_score(
         Score only the pairs that contain at least one included image (e.g. the images of
         unseen sites, compared with the same subjects' images at any other site). All
         pairs by default.
-    value_range : tuple of float, default=None
-        Intensity range mapped to ``[0, 1]`` (:func:`robust_scale`); default: the pooled
-        robust range of ``imgs``.
+    %(bm_value_range)s
     win_size : int, default=7
         SSIM window.
     return_pairs : bool, default=False
@@ -261,9 +259,7 @@ def subject_specificity_score(
     include : array-like of bool, shape (n_images,), default=None
         Score only the pairs that contain at least one included image (as in
         :func:`traveling_subject_ssim_score`).
-    value_range : tuple of float, default=None
-        Intensity range mapped to ``[0, 1]`` (:func:`robust_scale`); default: the pooled
-        robust range of ``imgs``.
+    %(bm_value_range)s
     return_pairs : bool, default=False
         Also return an array of ``(index_a, index_b, same, other)`` rows, one per pair.
 
@@ -312,9 +308,7 @@ def truth_ssim_score(
         The ideal output of each image (e.g. the subject rendered clean at the reference
         site, ``make_multisite(...).truth``).
     %(bm_mask2)s
-    value_range : tuple of float, default=None
-        Intensity range mapped to ``[0, 1]`` (:func:`robust_scale`); default: the pooled
-        robust range of ``imgs``.
+    %(bm_value_range)s
     truth_range : tuple of float, default=None
         The same for ``truth``.
     win_size : int, default=7

@@ -224,9 +224,7 @@ def site_histogram_error(
     n_bins : int, default=64
         Histogram bins on ``[0, 1]``.
     %(bm_n_splits)s
-    value_range : tuple of float, default=None
-        Intensity range mapped to ``[0, 1]`` (:func:`robust_scale`); default: the pooled
-        robust range of ``imgs``.
+    %(bm_value_range)s
     %(bm_fold_seed)s
 
     Returns
