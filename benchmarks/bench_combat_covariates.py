@@ -245,9 +245,15 @@ def speed(repeats: int) -> dict:
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
             time.sleep(0.2)
+    # each library's calls back to back: caches and allocator warm with its own data
+    in_a_row = {
+        "ours": common.timed(lambda: _ours(X, sites, cov), repeats, time.perf_counter),
+        "theirs": common.timed(lambda: _theirs(X, nh_cov), repeats, time.perf_counter),
+    }
     loads.append(common.load_now()[0])
     diff = max_rel(_ours(X, sites, cov), _theirs(X, nh_cov))
     return {
+        "in_a_row": {k: (float(np.median(v)), float(min(v))) for k, v in in_a_row.items()},
         "wall": {k: (float(np.median(v)), float(min(v))) for k, v in wall.items()},
         "cpu": {k: (float(np.median(v)), float(min(v))) for k, v in cpu.items()},
         "peak_mb": {
@@ -312,6 +318,7 @@ def speed_report(sp: dict, prof: list[tuple[str, float]], cmd: str, load: tuple)
     """``--speed-only``: the speed table and the stage profile."""
     (w_ours, w_ours_min), (w_nh, w_nh_min) = sp["wall"]["ours"], sp["wall"]["theirs"]
     (c_ours, c_ours_min), (c_nh, c_nh_min) = sp["cpu"]["ours"], sp["cpu"]["theirs"]
+    (r_ours, r_ours_min), (r_nh, r_nh_min) = sp["in_a_row"]["ours"], sp["in_a_row"]["theirs"]
     mem = sp["peak_mb"]["ours"] / sp["peak_mb"]["theirs"]
     worst = max(load[0], *sp["loads"])
     ms = dict(prof)
@@ -339,6 +346,8 @@ def speed_report(sp: dict, prof: list[tuple[str, float]], cmd: str, load: tuple)
         f"{w_nh / w_ours:.1f}x faster | ≥ 10x: {_met(w_nh / w_ours >= GOALS['speed'])} |",
         f"| CPU time, s | {c_ours:.3f} ({c_ours_min:.3f}) | {c_nh:.3f} ({c_nh_min:.3f}) | "
         f"{c_nh / c_ours:.1f}x faster | |",
+        f"| wall time, each library's runs back to back, s | {r_ours:.3f} ({r_ours_min:.3f}) | "
+        f"{r_nh:.3f} ({r_nh_min:.3f}) | {r_nh / r_ours:.1f}x faster | (not the goal's measure) |",
         f"| peak memory, MB | {sp['peak_mb']['ours']:.0f} | {sp['peak_mb']['theirs']:.0f} | "
         f"{mem:.2f} | ≤ 0.5: {_met(mem <= GOALS['memory'])} |",
         f"| max relative difference | {sp['max_rel']:.1e} | | | |",
@@ -359,8 +368,16 @@ def speed_report(sp: dict, prof: list[tuple[str, float]], cmd: str, load: tuple)
         "each pass a handful of BLAS products and elementwise operations over blocks of "
         "rows that fit in the cache. The rest of the "
         f"{whole:.1f} ms of `fit` + `transform` ({whole - arithmetic:.1f} ms) checks the "
-        "table, sites and covariates, builds the design and allocates the output. A 10x "
-        "ratio needs the whole to take what the arithmetic takes now.",
+        "table, sites and covariates, builds the design and allocates the output.",
+        "",
+        "The goal is read on the alternating runs (each call after the other library's, "
+        "as a call in a pipeline meets the machine). Back to back, each library finds its "
+        "caches and its allocator's memory warm from its own previous call: harmonix "
+        f"{r_ours * 1e3:.1f} ms instead of {w_ours * 1e3:.1f} ms ({w_ours / r_ours:.2f}x), "
+        f"neuroHarmonize {r_nh * 1e3:.0f} ms instead of {w_nh * 1e3:.0f} ms "
+        f"({w_nh / r_nh:.2f}x). A call of harmonix writes a fresh 16 MB output (page "
+        "faults) and reads a table that neuroHarmonize's temporaries pushed out of the "
+        "cache: fixed costs of a few milliseconds, large in a call of about 25 ms.",
         "",
     ]
     if worst > 1.5:
