@@ -29,6 +29,10 @@ Run from the repository root (about 15-25 min per seed on 2 cores)::
 
     python benchmarks/bench_iguane_learning.py --seeds 0 1 2
 
+``--resolution 2 --style preprocessed`` runs the same study on 2 mm images of the
+preprocessed style (91x109x91 voxels: train on patches, e.g. ``--set
+'patch_size=[48,64,48]'``).
+
 It writes ``benchmarks/results/iguane_learning.md`` and ``iguane_learning.png``.
 """
 
@@ -61,6 +65,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-sites", type=int, default=5, help="family A sites, unseen included")
     p.add_argument("--n-sites-b", type=int, default=3)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument(
+        "--resolution",
+        type=int,
+        choices=[2, 4],
+        default=4,
+        help="voxel size in mm of the simulated images (default 4)",
+    )
+    p.add_argument(
+        "--style",
+        default="legacy",
+        help="make_multisite style of family A (default legacy; e.g. preprocessed)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -155,7 +171,11 @@ def start_point(ds, ds_b, score: Scorer, params: dict) -> dict:
 def make_data(seed: int, args: argparse.Namespace) -> Scorer:
     """The A data set, the B sites and their scorer for one seed."""
     ds = make_multisite(
-        args.n_subjects, args.n_sites, resolution=4, random_state=seed, style="legacy"
+        args.n_subjects,
+        args.n_sites,
+        resolution=args.resolution,
+        random_state=seed,
+        style=args.style,
     )
     ds_b = make_family_b(ds, n_sites=args.n_sites_b, random_state=seed)
     return Scorer(ds, ds_b, ds.site_names[-1])
