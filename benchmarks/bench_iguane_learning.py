@@ -54,7 +54,8 @@ from harmonix.datasets import make_multisite
 from harmonix.iguane import CPU_RECIPE
 from harmonix.iguane.estimator import IGUANeHarmonizer
 from harmonix.iguane.inputs.normalization import InputNormalizer, image_landmarks
-from harmonix.iguane.model.networks import Generator3D
+from harmonix.iguane.model.networks import Generator3D, PatchDiscriminator3D
+from harmonix.iguane.training import trainer as trainer_module
 from harmonix.iguane.training.checkpoints import CHECKPOINT_NAME, load_checkpoint
 
 
@@ -85,6 +86,12 @@ def parse_args() -> argparse.Namespace:
         help="override a CPU_RECIPE parameter (JSON value), e.g. --set n_epochs=4",
     )
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--disc-without-instance-norm",
+        action="store_true",
+        help="experiment: discriminators without their MAD instance normalizations "
+        "(see check_discriminator_probe.py)",
+    )
     p.add_argument("--label", default="CPU_RECIPE")
     p.add_argument("--json", default=None, help="append the curves to this JSON-lines file")
     p.add_argument(
@@ -503,6 +510,18 @@ def write_report(runs: list[dict], out: Path, notes: list[str]) -> None:
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
+def without_disc_instance_norm() -> None:
+    """Experiment: the trainer builds discriminators without their two MAD instance
+    normalizations (not a training option of the library yet)."""
+
+    class Discriminator(PatchDiscriminator3D):
+        def __init__(self, base_width: int = 64, in_channels: int = 1) -> None:
+            super().__init__(base_width, in_channels)
+            self.norm2, self.norm3 = torch.nn.Identity(), torch.nn.Identity()
+
+    trainer_module.PatchDiscriminator3D = Discriminator
+
+
 def main() -> None:
     args = parse_args()
     if args.report:
@@ -516,6 +535,8 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     params = recipe(args.set)
+    if args.disc_without_instance_norm:
+        without_disc_instance_norm()
     load_start = common.load_now()
     for seed in args.seeds:
         rows = run_seed(seed, args, params)
