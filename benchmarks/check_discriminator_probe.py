@@ -7,10 +7,12 @@ targets of training, the source images as an identity generator leaves them). Th
 are prepared as IGUANe prepares them: per-site histogram normalization, median scale,
 background 0. It is then scored on held-out subjects.
 
-Two variants are compared: the published architecture, with MAD instance normalization
-after its second and third convolutions, and the same network without them. Instance
-normalization removes each volume's channel means and scales, and global contrast is
-what per-site histogram maps leave of a site.
+Three variants are compared: the published architecture, with MAD instance
+normalization after its second and third convolutions; the same network without them
+(instance normalization removes each volume's channel means and scales, and global
+contrast is what per-site histogram maps leave of a site); and a candidate branch that
+reads only global statistics (the first convolution, each channel's mean and standard
+deviation over the volume, a linear score).
 
 Run from the repository root (about 5 min on 2 cores)::
 
@@ -56,9 +58,24 @@ def without_instance_norm(d: PatchDiscriminator3D) -> PatchDiscriminator3D:
     return d
 
 
+class GlobalStatistics(nn.Module):
+    """A candidate discriminator branch: the first convolution of the published one,
+    then each channel's brain-wide mean and standard deviation, then a linear score."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, width, 4, stride=2, bias=False)
+        self.score = nn.Linear(2 * width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.leaky_relu(self.conv(x), 0.2)
+        stats = torch.cat([h.mean(dim=(2, 3, 4)), h.std(dim=(2, 3, 4))], dim=1)
+        return self.score(stats)
+
+
 def probe(xs, sites, train, reference, variant: str, steps: int, seed: int) -> dict:
     torch.manual_seed(seed)
-    d = PatchDiscriminator3D(16)
+    d = GlobalStatistics(16) if variant == "global statistics" else PatchDiscriminator3D(16)
     if variant == "no instance norm":
         d = without_instance_norm(d)
     opt = torch.optim.Adam(d.parameters(), lr=5e-4, betas=(0.5, 0.999))
@@ -103,7 +120,7 @@ def main() -> None:
     xs, sites, train, reference = prepared(args.seed)
     rows = [
         probe(xs, sites, train, reference, v, args.steps, args.seed)
-        for v in ("published (MAD instance norm)", "no instance norm")
+        for v in ("published (MAD instance norm)", "no instance norm", "global statistics")
     ]
     lines = [
         "# Can the discriminator see the sites at 2 mm? A supervised probe",
