@@ -86,12 +86,6 @@ def parse_args() -> argparse.Namespace:
         help="override a CPU_RECIPE parameter (JSON value), e.g. --set n_epochs=4",
     )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument(
-        "--disc-without-instance-norm",
-        action="store_true",
-        help="experiment: discriminators without their MAD instance normalizations "
-        "(see check_discriminator_probe.py)",
-    )
     p.add_argument("--label", default="CPU_RECIPE")
     p.add_argument("--json", default=None, help="append the curves to this JSON-lines file")
     p.add_argument(
@@ -113,6 +107,12 @@ def parse_args() -> argparse.Namespace:
         help="with --report: score again the baselines and the final models "
         "saved as DIR/seed<N>.pt (curves and timings kept), rewrite the JSONL, "
         "then write the report",
+    )
+    p.add_argument(
+        "--disc-without-instance-norm",
+        action="store_true",
+        help="experiment: discriminators without their MAD instance normalizations "
+        "(see check_discriminator_probe.py)",
     )
     return p.parse_args()
 
