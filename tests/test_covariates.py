@@ -183,6 +183,10 @@ def test_checked_covariates_never_share_the_callers_arrays():
     df = pd.DataFrame({"icv": icv.copy()})
     by_dict = check_covariates({"icv": icv}, 4, ages=age)
     by_frame = check_covariates(df, 4)
+    age_series = pd.Series(age.copy())  # np.asarray of a Series is a view of its data
+    by_series = check_covariates(None, 4, ages=age_series)
+    age_series[:] = 0.0
+    np.testing.assert_array_equal(by_series["age"], [30.0, 40.0, 50.0, 60.0])
     age[:] = 0.0
     icv[:] = 0.0
     df["icv"] = 0.0

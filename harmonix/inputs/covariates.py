@@ -182,7 +182,7 @@ def check_covariates(covariates: Any, n_images: int, ages: Any = None) -> pd.Dat
     columns: dict[str, np.ndarray | pd.Categorical] = {}
     if ages is not None:
         try:
-            age = np.asarray(ages, dtype=np.float64)
+            age = np.array(ages, dtype=np.float64)  # a copy: the caller's array stays theirs
         except (TypeError, ValueError) as exc:
             raise ValueError(f"ages must be numbers, one per image ({exc}).") from exc
         if age.ndim != 1 or len(age) != n_images:
@@ -191,7 +191,7 @@ def check_covariates(covariates: Any, n_images: int, ages: Any = None) -> pd.Dat
             )
         if not np.isfinite(age).all():
             raise ValueError("ages contain NaN or infinite values; give every image a finite age.")
-        columns[_AGE] = age.copy() if age is ages else age
+        columns[_AGE] = age
     if covariates is None:
         return pd.DataFrame(columns, copy=False) if columns else None
     if isinstance(covariates, pd.DataFrame):
