@@ -96,6 +96,10 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
     _needs_covariates: ClassVar[bool] = False
     #: fit and transform also take tables of features (n_samples, n_features).
     _accepts_tables: ClassVar[bool] = False
+    #: ``_fit`` and ``_transform`` check that a table's values are finite themselves, from
+    #: their pass over it (:meth:`harmonix.inputs.tables.FeatureTable.check_finite`),
+    #: instead of a pass of its own before them.
+    _checks_table_finite: ClassVar[bool] = False
     #: fitted attributes a file saved by an older harmonix may lack, each computed at
     #: load from the stored parameter it checks: ``{"percentiles_": ("percentiles",
     #: check)}`` (see :meth:`_complete_loaded`).
@@ -122,7 +126,7 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
             The fitted harmonizer.
         """
         self._forget_fit()
-        coll = self._as_input(imgs)
+        coll = self._as_input(imgs, check_finite=not self._checks_table_finite)
         sites = check_sites(sites, len(coll))
         cov = check_covariates(covariates, len(coll), ages)
         labels, _, counts = site_codes(sites)
@@ -191,7 +195,7 @@ class BaseHarmonizer(InputReading, TransformerMixin, BaseEstimator):
             header.
         """
         check_is_fitted(self)
-        coll = self._transformable(imgs)
+        coll = self._transformable(imgs, check_finite=not self._checks_table_finite)
         given = _given_statistics(site_statistics)
         sites, ages, cov = self.check_transform_metadata(
             len(coll), sites, ages, covariates, site_statistics=given

@@ -16,6 +16,7 @@ from _helpers import rel_diff
 
 from harmonix.combat import ComBatHarmonizer
 from harmonix.combat import _math as cm
+from harmonix.inputs.tables import FeatureTable
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
@@ -299,6 +300,46 @@ def test_bad_tables(study, bad, error, match):
         ComBatHarmonizer().fit(bad(df), sites, covariates=cov)
 
 
+def _eager_message(X):
+    with pytest.raises(ValueError) as info:
+        FeatureTable(X)
+    return str(info.value)
+
+
+# row 30 is the first row of site s1 (ComBat's pass shifts that site's rows by it)
+@pytest.mark.parametrize("row", [30, 31, 119], ids=["site-first-row", "row", "last-row"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("reference", [None, "s0"], ids=["no-ref", "ref"])
+def test_non_finite_table_refused_from_the_pass(study, row, value, reference):
+    """ComBat checks a table's finiteness from its one pass over it (no pass of its own):
+    a NaN or inf anywhere gets the eager check's message, at fit (leaving no fit) and at
+    transform, with any reference, site policy or site left unchanged."""
+    X, sites, cov = study
+    bad = X.copy()
+    bad[row, 7] = value
+    message = _eager_message(bad)
+    assert "column 7" in message and f"rows [{row}]" in message
+    h = ComBatHarmonizer(reference_site=reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing else is said first (e.g. EB not converging)
+        with pytest.raises(ValueError) as info:
+            h.fit(bad, sites, covariates=cov)
+    assert str(info.value) == message and not hasattr(h, "sites_")
+    h.fit(X, sites, covariates=cov)
+    with pytest.raises(ValueError) as info:
+        h.transform(bad, sites, covariates=cov)
+    assert str(info.value) == message
+    # the bad row at a site unseen in fit, estimated from its rows or left unchanged
+    new = np.where(sites == "s2", "new", sites)
+    for policy in ("fit", "keep"):
+        h.set_params(unseen_site=policy)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "keep" warns that "new" stays unchanged
+            with pytest.raises(ValueError) as info:
+                h.transform(bad, new, covariates=cov)
+        assert str(info.value) == message
+
+
 def test_transform_table_must_match_fit(study):
     X, sites, cov = study
     df = pd.DataFrame(X[:, :3], columns=["roi0", "roi1", "roi2"])
@@ -365,3 +406,11 @@ def test_site_gram_and_column_means_match_their_definitions():
     np.testing.assert_allclose(site_gram(codes, 4, columns), design.T @ design, rtol=1e-12)
     np.testing.assert_allclose(cm.column_means(columns), columns.mean(axis=0), rtol=1e-12)
     assert cm.column_means(np.empty((5, 0))).shape == (0,)
+
+
+def test_overflowing_table_warns(study):
+    """Finite values so large that ComBat's sums overflow: a warning, not a silent result
+    (nor the NaN/inf message)."""
+    X, sites, cov = study
+    with pytest.warns(RuntimeWarning, match="overflowed"):
+        ComBatHarmonizer().fit(X * 1e160, sites, covariates=cov)

@@ -86,7 +86,12 @@ class ComBatFit:
         if table:
             self.voxel_mask_ = None
             logger.info("ComBat: %d rows, %d features", len(sites), imgs.n_features)
-            stats = cm.table_regression(imgs.values, columns, codes, n_sites, ref_level)
+            # the table's finiteness is checked from the pass's sums (quietly: a NaN or inf
+            # in the table is refused with its rows and features, not warned about)
+            with np.errstate(invalid="ignore", over="ignore"):
+                stats = cm.table_regression(imgs.values, columns, codes, n_sites, ref_level)
+            if not np.isfinite(stats.site_ss).all():
+                imgs.refuse_non_finite()
         else:
             design = cm.design_matrix(codes, n_sites, columns, ref_level)
             voxels = self._load_voxels(imgs)

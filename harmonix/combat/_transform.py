@@ -100,6 +100,8 @@ class ComBatTransform:
             elif self.unseen_site == "keep":
                 stats[label] = "keep"
             elif self.unseen_site == "fit":
+                if table and not imgs.finite_checked:  # its effects come from its rows
+                    imgs.check_finite()
                 idx = np.flatnonzero(codes == k).tolist()
                 if len(idx) < 2:
                     raise ValueError(
@@ -140,7 +142,13 @@ class ComBatTransform:
         distinct, codes = data.site_groups
         params = self._site_params(distinct, stats)
         if isinstance(imgs, FeatureTable):
-            return self._transform_table(imgs.values, codes, cov, [params[s] for s in distinct])
+            with np.errstate(invalid="ignore", over="ignore"):  # the check is just below
+                out, total = self._transform_table(
+                    imgs.values, codes, cov, [params[s] for s in distinct]
+                )
+            if not np.isfinite(total):  # a NaN or inf in the table makes the output's sum one
+                imgs.refuse_non_finite()
+            return out
         labels = sites.tolist()
         shape = tuple(self.image_shape_)
         voxels = self._voxel_index()
@@ -176,9 +184,11 @@ class ComBatTransform:
 
     def _transform_table(
         self, X: np.ndarray, codes: np.ndarray, cov: np.ndarray, params: list[tuple | None]
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, float]:
         """Harmonized table: ``a * y + (1 - a) * model_mean - o``, row ``i`` with the
-        ``(a, 1 - a, o)`` of ``params[codes[i]]`` (None: left unchanged, ``1, 0, 0``)."""
+        ``(a, 1 - a, o)`` of ``params[codes[i]]`` (None: left unchanged, ``1, 0, 0``); and
+        the sum of its values, summed block by block while they are in the cache (not
+        finite when a value of the table is not: ``y`` enters every output value)."""
         unchanged = (np.ones(X.shape[1]), np.zeros(X.shape[1]), np.zeros(X.shape[1]))
         one_minus_a = np.stack([(p or unchanged)[1] for p in params])
         o = np.stack([(p or unchanged)[2] for p in params])
@@ -191,6 +201,7 @@ class ComBatTransform:
         step = cm.row_block(X.shape[1])
         # two work blocks, reused: no allocation (nor page faults) per block
         mean_buf, site_buf = np.empty((2, min(step, len(X)), X.shape[1]))
+        total = 0.0
         for start in range(0, len(X), step):  # blocks of rows that fit in the cache
             rows = slice(start, start + step)
             c = codes[rows]
@@ -200,4 +211,5 @@ class ComBatTransform:
             block *= np.take(one_minus_a, c, axis=0, out=per_site, mode="clip")
             block += np.take(shift, c, axis=0, out=per_site, mode="clip")
             block += X[rows]
-        return out
+            total += float(block.sum())
+        return out, total

@@ -264,6 +264,7 @@ class ComBatHarmonizer(ComBatFit, ComBatTransform, ComBatSiteCheck, BaseHarmoniz
     _none_is_largest_site: ClassVar[bool] = False
     _needs_covariates: ClassVar[bool] = True
     _accepts_tables: ClassVar[bool] = True
+    _checks_table_finite: ClassVar[bool] = True
 
     _checked_params = {"empirical_bayes_": ("empirical_bayes", bool)}
 

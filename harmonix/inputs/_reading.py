@@ -67,11 +67,13 @@ class InputReading:
     :class:`~harmonix.base.BaseHarmonizer`, whose ``fit`` and ``transform`` read images
     through ``_iter_brains``."""
 
-    def _as_input(self, imgs: Any) -> ImageCollection | FeatureTable:
-        """The checked images (or, for methods that take them, feature table)."""
+    def _as_input(self, imgs: Any, *, check_finite: bool = True) -> ImageCollection | FeatureTable:
+        """The checked images (or, for methods that take them, feature table; with
+        ``check_finite=False`` its values are not checked yet: see
+        :class:`~harmonix.inputs.tables.FeatureTable`)."""
         if is_table(imgs):
             if self._accepts_tables:
-                return FeatureTable(imgs)
+                return FeatureTable(imgs, check_finite=check_finite)
             raise ValueError(
                 f"Got a 2-D table of shape {np.shape(imgs)}; {type(self).__name__} harmonizes "
                 "images, given as a 4-D array (n_images, i, j, k) or a list of 3-D images. "
@@ -79,9 +81,12 @@ class InputReading:
             )
         return as_collection(imgs)
 
-    def _transformable(self, imgs: Any) -> ImageCollection | FeatureTable:
-        """The images (or table) to transform, checked against what fit saw."""
-        coll = self._as_input(imgs)
+    def _transformable(
+        self, imgs: Any, *, check_finite: bool = True
+    ) -> ImageCollection | FeatureTable:
+        """The images (or table) to transform, checked against what fit saw (see
+        :meth:`_as_input` for ``check_finite``)."""
+        coll = self._as_input(imgs, check_finite=check_finite)
         fitted_table = hasattr(self, "n_features_in_")
         if isinstance(coll, FeatureTable) != fitted_table:
             raise ValueError(

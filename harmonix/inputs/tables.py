@@ -10,6 +10,7 @@ index and column names).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,11 @@ class FeatureTable:
     ----------
     table : pandas.DataFrame or ndarray of shape (n_samples, n_features)
         Numeric features, one row per sample (scan); no missing or infinite value.
+    check_finite : bool, default=True
+        Check now that every value is finite. ``False`` leaves it to the caller, who
+        must call :meth:`check_finite` before using the values for anything it returns
+        (ComBat does so from the sums of its one pass over the table, which a NaN or
+        infinite value makes non-finite, instead of reading the table once more).
 
     Attributes
     ----------
@@ -43,6 +49,8 @@ class FeatureTable:
     index : pandas.Index or None
         Row index of a DataFrame.
     kind : {"frame", "array"}
+    finite_checked : bool
+        Whether :meth:`check_finite` has run (and passed).
 
     Raises
     ------
@@ -53,7 +61,7 @@ class FeatureTable:
         values (the message names the features and rows).
     """
 
-    def __init__(self, table: Any):
+    def __init__(self, table: Any, *, check_finite: bool = True):
         self.columns: list[str] | None = None
         self.index: pd.Index | None = None
         if isinstance(table, pd.DataFrame):
@@ -81,7 +89,23 @@ class FeatureTable:
                 f"A feature table must be 2-D (n_samples, n_features) and non-empty; got shape "
                 f"{values.shape}."
             )
-        # one pass without a temporary: a sum is finite iff every value is (or it overflowed)
+        self.values = values
+        self.finite_checked = False
+        if check_finite:
+            self.check_finite()
+        self._restore: np.ndarray | None = None  # output column order, see matched()
+
+    def check_finite(self) -> None:
+        """Refuse NaN and infinite values (one pass over the table, without a temporary).
+
+        Raises
+        ------
+        ValueError
+            If the table holds NaN or infinite values; the message names the features and
+            rows.
+        """
+        values = self.values
+        # a sum is finite iff every value is (or it overflowed)
         finite = np.isfinite(values) if not np.isfinite(values.sum()) else None
         if finite is not None and not finite.all():
             rows, cols = np.nonzero(~finite)
@@ -92,8 +116,25 @@ class FeatureTable:
                 f"{which}, rows {sorted(set(rows.tolist()))[:5]}); impute them or drop those "
                 "rows."
             )
-        self.values = values
-        self._restore: np.ndarray | None = None  # output column order, see matched()
+        self.finite_checked = True
+
+    def refuse_non_finite(self) -> None:
+        """Called when a computation over the values gave non-finite numbers: refuse the
+        table if it holds NaN or infinite values (:meth:`check_finite`), else warn that the
+        computation overflowed (values near 1e154 or beyond).
+
+        Raises
+        ------
+        ValueError
+            If the table holds NaN or infinite values.
+        """
+        self.check_finite()
+        warnings.warn(
+            "Sums over the feature table overflowed (values near 1e154 or beyond): the "
+            "results are not finite. Rescale the features.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def matched(self, n_features: int, names: Any = None) -> FeatureTable:
         """This table with its columns in a fit's order (checked against it).
