@@ -30,13 +30,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from _helpers import (
-    HARMONIZERS,
-    make,
-    make_feature_study,
-    make_tiny_images,
-    transform_manifest_to_bids,
-)
+from _helpers import HARMONIZERS, make, make_feature_study, make_tiny_images
 from sklearn.exceptions import NotFittedError
 
 from harmonix import bids as hbids
@@ -1314,8 +1308,8 @@ def test_cli_usage_errors_exit_2(capsys):
 
 # -- the BIDS table from Python ---------------------------------------------------------------
 def _transform_to_bids(manifest: str, out: str | None = None) -> Callable[[dict], Any]:
-    return lambda f: transform_manifest_to_bids(
-        load_model(f["hm"]), f[manifest], f[out] if out else f["img_out"]
+    return lambda f: hbids.transform_manifest_to_bids(
+        load_model(f["hm"]), f[manifest], f[out] if out else f["img_out"], verbose=False
     )
 
 
