@@ -40,6 +40,13 @@ def _output_name(src: Path, suffix: str) -> str:
     return name + suffix + ".nii.gz"
 
 
+def _model_covariates(model: Any) -> list[str]:
+    """The covariate columns a fitted model needs at transform (none for most methods)."""
+    if not getattr(model, "_needs_covariates", False):
+        return []
+    return list(model._fitted_covariate_levels())
+
+
 def output_paths(
     paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, suffix: str = "_harmonized"
 ) -> list[Path]:

@@ -136,22 +136,3 @@ def make_own_subjects(
         diagnosis_prevalence=diagnosis_prevalence,
         traveling=False,
     )
-
-
-def transform_manifest_to_bids(model: BaseHarmonizer, manifest, bids_out, **kwargs) -> list:
-    """:func:`harmonix.bids.transform_to_bids` on a manifest's images, with their BIDS
-    entities, sites and ages (as ``harmonix transform --manifest ... --bids-out ...``)."""
-    from harmonix.bids import manifest_entities, transform_to_bids
-    from harmonix.io import read_manifest
-
-    man = read_manifest(manifest)
-    return transform_to_bids(
-        model,
-        man.paths,
-        bids_out,
-        entities=manifest_entities(manifest),
-        sites=man.sites,
-        ages=man.ages,
-        verbose=False,
-        **kwargs,
-    )

@@ -30,13 +30,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from _helpers import (
-    HARMONIZERS,
-    make,
-    make_feature_study,
-    make_tiny_images,
-    transform_manifest_to_bids,
-)
+from _helpers import HARMONIZERS, make, make_feature_study, make_tiny_images
 from sklearn.exceptions import NotFittedError
 
 from harmonix import bids as hbids
@@ -881,32 +875,26 @@ def _bids_data(root: Path, files: dict[str, Path]) -> None:
         broken(files[name])
 
 
-def _fit(method: str, manifest: str, *extra: str) -> Callable[[dict], list[str]]:
+def _fit(
+    method: str, data: str, *extra: str, source: str = "--manifest"
+) -> Callable[[dict], list[str]]:
+    """``fit`` with ``method`` of the manifest (``source="--table"``: the feature table) of
+    the key ``data`` into model_out."""
     return lambda f: [
         "fit",
         "--method",
         method,
-        "--manifest",
-        str(f[manifest]),
+        source,
+        str(f[data]),
         "--out",
         str(f["model_out"]),
         *extra,
     ]
 
 
-def _fit_table(method: str, table: str, *extra: str) -> Callable[[dict], list[str]]:
-    return lambda f: [
-        "fit",
-        "--method",
-        method,
-        "--table",
-        str(f[table]),
-        "--covariates",
-        "age,sex,diagnosis",
-        "--out",
-        str(f["model_out"]),
-        *extra,
-    ]
+def _fit_table(method: str, table: str) -> Callable[[dict], list[str]]:
+    """``fit --table`` with the covariates age, sex and diagnosis."""
+    return _fit(method, table, "--covariates", "age,sex,diagnosis", source="--table")
 
 
 def _transform_table(model: str, table: str, out: str = "table_out") -> Callable[[dict], list]:
@@ -1167,25 +1155,24 @@ CLI_CASES = [
         PYBIDS,
     ),
     # BIDS derivatives out
-    (
-        "transform-bids-out-into-raw-dataset",
-        _transform("hm", "manifest", "bids_manifest", bids_out="bids"),
-        "is a raw BIDS dataset",
-    ),
-    (
-        "transform-bids-out-two-images-one-key",
-        _transform("hm", "manifest", "manifest", bids_out="img_out"),
-        "sub-00_site0.nii.gz' and .*sub-00_site1.nii.gz' have the same BIDS entities",
-    ),
-    (
-        "transform-bids-out-without-entities",
-        _transform("hm", "manifest", "no_ages", bids_out="img_out"),
-        "no 'subject' column",
-    ),
-    (
-        "transform-bids-out-input-not-bids-named",
-        _transform("hm", "input", "first", bids_out="img_out"),
-        "sub-00_site0.nii.gz' is not a BIDS T1w file name",
+    *(
+        (f"transform-bids-out-{name}", _transform("hm", *source, bids_out=out), message)
+        for name, source, out, message in [
+            ("into-raw-dataset", ("manifest", "bids_manifest"), "bids", "is a raw BIDS dataset"),
+            (
+                "two-images-one-key",
+                ("manifest", "manifest"),
+                "img_out",
+                "sub-00_site0.nii.gz' and .*sub-00_site1.nii.gz' have the same BIDS entities",
+            ),
+            ("without-entities", ("manifest", "no_ages"), "img_out", "no 'subject' column"),
+            (
+                "input-not-bids-named",
+                ("input", "first"),
+                "img_out",
+                "sub-00_site0.nii.gz' is not a BIDS T1w file name",
+            ),
+        ]
     ),
     (
         "preprocess-bids-out-without-entities",
@@ -1314,8 +1301,8 @@ def test_cli_usage_errors_exit_2(capsys):
 
 # -- the BIDS table from Python ---------------------------------------------------------------
 def _transform_to_bids(manifest: str, out: str | None = None) -> Callable[[dict], Any]:
-    return lambda f: transform_manifest_to_bids(
-        load_model(f["hm"]), f[manifest], f[out] if out else f["img_out"]
+    return lambda f: hbids.transform_manifest_to_bids(
+        load_model(f["hm"]), f[manifest], f[out] if out else f["img_out"], verbose=False
     )
 
 

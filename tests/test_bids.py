@@ -17,16 +17,18 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from _helpers import transform_manifest_to_bids
 
+from harmonix import ComBatHarmonizer
 from harmonix.benchmark import dataset_from_manifest
 from harmonix.bids import (
     DerivativeDataset,
     bids_manifest,
     build_name,
     harmonized_path,
+    manifest_entities,
     parse_name,
     preprocessed_paths,
+    transform_manifest_to_bids,
     transform_to_bids,
     write_bids_manifest,
 )
@@ -311,7 +313,9 @@ def test_round_trip_pybids_indexes_a_derivative_traceable_to_its_sources(round_t
 def test_transform_to_bids_python_equals_cli_and_resumes(round_trip, tmp_path):
     manifest, model, deriv, _ = round_trip
     out = tmp_path / "deriv"
-    written = transform_manifest_to_bids(load_model(model), manifest, out, model_path=model)
+    written = transform_manifest_to_bids(
+        load_model(model), manifest, out, model_path=model, verbose=False
+    )
     for path in written:
         rel = _rel(path, out)
         np.testing.assert_array_equal(
@@ -333,6 +337,43 @@ def test_transform_to_bids_python_equals_cli_and_resumes(round_trip, tmp_path):
     np.testing.assert_array_equal(
         nib.load(written[4]).get_fdata(), nib.load(deriv / rel).get_fdata()
     )
+
+
+def test_transform_manifest_to_bids_equals_transform_to_bids_with_the_manifest(
+    round_trip, tmp_path
+):
+    """The manifest's entities, sites, ages and the covariates the model was fitted with."""
+    manifest, _, _, _ = round_trip
+    man = read_manifest(manifest)
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    table["path"] = [str(p) for p in man.paths]  # absolute: the copy is in another folder
+    table["tiv"] = np.linspace(1.2, 1.6, len(man))
+    with_tiv = tmp_path / "manifest.csv"
+    table.to_csv(with_tiv, index=False)
+    model = ComBatHarmonizer().fit(
+        [str(p) for p in man.paths], man.sites, man.ages, covariates=table[["tiv"]]
+    )
+    short = transform_manifest_to_bids(model, with_tiv, tmp_path / "short", verbose=False)
+    long = transform_to_bids(
+        model,
+        man.paths,
+        tmp_path / "long",
+        entities=manifest_entities(with_tiv),
+        sites=man.sites,
+        ages=man.ages,
+        covariates=table[["tiv"]],
+        verbose=False,
+    )
+    assert [_rel(p, tmp_path / "short") for p in short] == [
+        _rel(p, tmp_path / "long") for p in long
+    ]
+    for left, right in zip(short, long):
+        np.testing.assert_array_equal(nib.load(left).get_fdata(), nib.load(right).get_fdata())
+        sidecar = left.name.replace(".nii.gz", ".json")
+        assert (
+            json.loads(left.with_name(sidecar).read_text())["Harmonization"]
+            == json.loads(right.with_name(sidecar).read_text())["Harmonization"]
+        )
 
 
 def test_description_is_merged_not_replaced(tmp_path, raw):

@@ -96,7 +96,7 @@ def _bids_dataset() -> None:
     with harmonized derivatives in ``ds/derivatives/harmonix``."""
     bids = pytest.importorskip("bids", reason="bids.rst needs pybids (harmonix[bids])")
     del bids
-    from harmonix.bids import manifest_entities, transform_to_bids, write_bids_manifest
+    from harmonix.bids import transform_manifest_to_bids, write_bids_manifest
     from harmonix.bids.synthetic import write_bids_dataset
     from harmonix.io import read_manifest
 
@@ -105,10 +105,7 @@ def _bids_dataset() -> None:
     manifest = write_bids_manifest(raw, "manifest.csv", covariates="age")
     man = read_manifest(manifest)
     model = harmonix.HistogramMatchingHarmonizer().fit([str(p) for p in man.paths], man.sites)
-    transform_to_bids(
-        model, man.paths, raw / "derivatives" / "harmonix",
-        entities=manifest_entities(manifest), verbose=False,
-    )  # fmt: skip
+    transform_manifest_to_bids(model, manifest, raw / "derivatives" / "harmonix", verbose=False)
 
 
 #: what a page's earlier steps (shell commands, not run here) leave in the folder

@@ -64,21 +64,16 @@ combat.save(tmp / "combat.npz")
 # %%
 # BIDS derivatives out
 # --------------------
-# :func:`~harmonix.bids.transform_to_bids` (``harmonix transform --bids-out``) names each
-# output for its source -- the entities come from the manifest -- and writes a sidecar
-# with the sources, the method, the model's hash and its parameters.
-from harmonix.bids import manifest_entities, transform_to_bids
+# :func:`~harmonix.bids.transform_manifest_to_bids` (``harmonix transform --manifest
+# manifest.csv --bids-out ...``) names each output for its source -- the entities come
+# from the manifest -- and writes a sidecar with the sources, the method, the model's hash
+# and its parameters. :func:`~harmonix.bids.transform_to_bids` does the same for a list of
+# images, given their entities, sites and ages.
+from harmonix.bids import transform_manifest_to_bids
 
 deriv = raw / "derivatives" / "harmonix"
-written = transform_to_bids(
-    combat,
-    man.paths,
-    deriv,
-    entities=manifest_entities(manifest),
-    sites=man.sites,
-    ages=man.ages,
-    model_path=tmp / "combat.npz",
-    verbose=False,
+written = transform_manifest_to_bids(
+    combat, manifest, deriv, model_path=tmp / "combat.npz", verbose=False
 )
 for path in written:
     print(path.relative_to(deriv))

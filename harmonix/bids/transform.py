@@ -10,17 +10,19 @@ from typing import Any
 
 import numpy as np
 
-from harmonix.batch import transform_files
+from harmonix.batch import _model_covariates, transform_files
 from harmonix.bids.derivatives import (
     DerivativeDataset,
     check_distinct,
     harmonized_path,
     read_sidecar,
 )
+from harmonix.bids.manifest import manifest_entities
 from harmonix.bids.names import parse_name
+from harmonix.io import read_manifest
 from harmonix.persistence import model_file, to_plain
 
-__all__ = ["transform_to_bids"]
+__all__ = ["transform_manifest_to_bids", "transform_to_bids"]
 
 
 def _entities_of(
@@ -173,3 +175,53 @@ def transform_to_bids(
     )
     dataset.write_description()
     return written
+
+
+def transform_manifest_to_bids(
+    model: Any,
+    manifest: str | os.PathLike,
+    bids_out: str | os.PathLike,
+    **kwargs: Any,
+) -> list[Path]:
+    """Harmonize the images of a manifest into a BIDS derivatives folder.
+
+    The Python form of ``harmonix transform --manifest MANIFEST --bids-out BIDS_OUT``:
+    :func:`transform_to_bids` on the manifest's images, with their BIDS entities
+    (:func:`manifest_entities`), sites, ages and the covariate columns the model was
+    fitted with.
+
+    Parameters
+    ----------
+    model : BaseHarmonizer
+        A fitted harmonizer.
+    manifest : str or path-like
+        A manifest CSV with BIDS entity columns (e.g. from :func:`write_bids_manifest`,
+        ``harmonix bids-manifest``).
+    bids_out : str or path-like
+        The derivatives folder (not a raw dataset).
+    **kwargs
+        Passed to :func:`transform_to_bids` (``model_path``, ``n_jobs``, ``overwrite``,
+        ``skip_existing``, ``verbose``).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The output images (written or kept), in the manifest's order.
+
+    Raises
+    ------
+    ValueError
+        If the manifest has no BIDS entity columns or lacks a covariate the model needs,
+        or as :func:`transform_to_bids` raises; nothing is written then.
+    """
+    man = read_manifest(manifest)
+    return transform_to_bids(
+        model,
+        man.paths,
+        bids_out,
+        entities=manifest_entities(manifest),
+        sites=man.sites,
+        ages=man.ages,
+        covariates=man.covariates(_model_covariates(model)),
+        **kwargs,
+    )

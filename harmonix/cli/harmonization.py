@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harmonix.batch import _model_covariates
 from harmonix.cli._options import CLIError, names, out_or_bids, subcommand
 from harmonix.cli.methods import METHODS, make_harmonizer, parse_params
 from harmonix.io import read_manifest
@@ -73,13 +74,6 @@ def _process_rank() -> int:
     from harmonix.iguane.training.distributed import process_rank
 
     return process_rank()
-
-
-def _model_covariates(model: Any) -> list[str]:
-    """The covariate columns a fitted model needs at transform (none for most methods)."""
-    if not getattr(model, "_needs_covariates", False):
-        return []
-    return list(model._fitted_covariate_levels())
 
 
 def _cmd_transform(args: argparse.Namespace) -> int:
