@@ -414,3 +414,14 @@ def test_overflowing_table_warns(study):
     X, sites, cov = study
     with pytest.warns(RuntimeWarning, match="overflowed"):
         ComBatHarmonizer().fit(X * 1e160, sites, covariates=cov)
+
+
+def test_design_needs_more_images_than_columns():
+    """As many images as design columns (2 sites + 2 covariates for 4 images): refused,
+    although the covariates are separable from the sites (no residual to estimate the
+    variance from)."""
+    rng = np.random.default_rng(0)
+    X, sites = rng.normal(100, 5, (4, 3)), np.array(["a", "a", "b", "b"])
+    cov = {"x": [1.0, 2.0, 4.0, 3.0], "y": [5.0, 1.0, 2.0, 2.0]}
+    with pytest.raises(ValueError, match="has 4 columns but is rank deficient for 4 images"):
+        ComBatHarmonizer().fit(X, sites, covariates=cov)

@@ -61,10 +61,14 @@ class ComBatFit:
         )
         table = isinstance(imgs, FeatureTable)
         # the rank of [site one-hot | columns]: the reference site's column of ones
-        # (ref_level) spans the same space
+        # (ref_level) spans the same space. Without spline terms the columns are the
+        # covariates' design, whose separability from the sites fit_covariate_levels
+        # checked (the same rank): only spline terms need the check here
         p = n_sites + columns.shape[1]
-        gram = site_gram(codes, n_sites, columns)
-        if len(sites) <= p or np.linalg.matrix_rank(gram, hermitian=True) < p:
+        if len(sites) <= p or (
+            smooth
+            and np.linalg.matrix_rank(site_gram(codes, n_sites, columns), hermitian=True) < p
+        ):
             shown = self.covariates_[:8] + (["..."] if len(self.covariates_) > 8 else [])
             raise ValueError(
                 f"The ComBat design (sites {labels.tolist()} and covariate columns "

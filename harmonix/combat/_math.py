@@ -47,6 +47,7 @@ import numpy as np
 __all__ = [
     "VoxelStats",
     "auto_chunk_size",
+    "centred_columns",
     "design_matrix",
     "eb_priors",
     "empirical_bayes",
@@ -282,6 +283,16 @@ def column_means(columns: np.ndarray) -> np.ndarray:
     return np.ones(len(columns)) @ columns / max(len(columns), 1)
 
 
+def centred_columns(columns: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """The columns of a tall, narrow ``(n, k)`` array minus their ``means``, as the rows of
+    a ``(k, n)`` array: column by column, where ``columns - means`` walks ``n`` rows of
+    ``k`` values (7x slower for 10,000 x 4)."""
+    out = np.empty((columns.shape[1], len(columns)))
+    for j in range(columns.shape[1]):
+        np.subtract(columns[:, j], means[j], out=out[j])
+    return out
+
+
 def row_block(n_columns: int, budget_bytes: int = 1024 * 1024) -> int:
     """Rows of a float64 table of ``n_columns`` columns that fit in ``budget_bytes`` (a
     CPU cache's share): tables are processed in such blocks so that their temporaries
@@ -290,24 +301,28 @@ def row_block(n_columns: int, budget_bytes: int = 1024 * 1024) -> int:
 
 
 def _site_moments(
-    y: np.ndarray, cov: np.ndarray, codes: np.ndarray, counts: np.ndarray
+    y: np.ndarray, cov_t: np.ndarray, codes: np.ndarray, counts: np.ndarray
 ) -> tuple[np.ndarray, ...]:
     """One pass over a table, site by site: per site ``b`` its first row ``shift[b]`` and,
     of the rows shifted by it, the sums ``s1[b]``, sums of squares ``s2[b]`` and the
-    cross products ``cy[b] = C_b' (Y_b - shift[b])`` with the covariate columns; and the
-    Gram matrix ``gram[b]`` of ``[1 | C_b]``.
+    cross products ``cy[b] = C_b' (Y_b - shift[b])`` with the covariate columns (given as
+    the rows of ``cov_t``); and the Gram matrix ``gram[b]`` of ``[1 | C_b]``.
 
     The rows of a site are gathered in blocks that fit in the cache (the table is read
     once, in any row order); shifting by a row of the same site keeps the sums of squares
     near the site's spread, so that ``s2 - s1**2 / n`` loses no precision to a large
     mean.
     """
-    n_sites, n_feat, q = len(counts), y.shape[1], cov.shape[1]
+    n_sites, n_feat, q = len(counts), y.shape[1], len(cov_t)
     small = np.int16 if n_sites < 2**15 else np.intp  # numpy radix-sorts 16-bit integers
     order = np.argsort(codes.astype(small), kind="stable")
     bounds = np.concatenate([[0], np.cumsum(counts)])
-    # [1 | covariates] in site order: sums and cross products at once
-    ones_cov = np.hstack([np.ones((len(cov), 1)), cov])[order]
+    # [1 | covariates]' in site order (one row per column: a column is gathered at once,
+    # where gathering rows of q + 1 values is 10x slower): sums and cross products at once
+    design_t = np.empty((q + 1, len(y)))
+    design_t[0] = 1.0
+    for j in range(q):
+        np.take(cov_t[j], order, out=design_t[j + 1], mode="clip")
     shift, s2 = np.zeros((n_sites, n_feat)), np.zeros((n_sites, n_feat))
     sums = np.zeros((n_sites, q + 1, n_feat))
     gram = np.zeros((n_sites, q + 1, q + 1))
@@ -318,14 +333,14 @@ def _site_moments(
         if not len(rows_b):
             continue
         shift[b] = y[rows_b[0]]
-        design_b = ones_cov[bounds[b] : bounds[b + 1]]
-        gram[b] = design_b.T @ design_b
+        design_b = design_t[:, bounds[b] : bounds[b + 1]]
+        gram[b] = design_b @ design_b.T
         for start in range(0, len(rows_b), step):
             rows = rows_b[start : start + step]
             # mode="clip": the rows are valid, and the default mode buffers any `out`
             block = np.take(y, rows, axis=0, out=buffer[: len(rows)], mode="clip")
             block -= shift[b]
-            sums[b] += design_b[start : start + step].T @ block
+            sums[b] += design_b[:, start : start + step] @ block
             s2[b] += np.einsum("ij,ij->j", block, block)
     return shift, sums[:, 0], s2, sums[:, 1:], gram
 
@@ -376,8 +391,8 @@ def table_regression(
     size = np.maximum(counts, 1).astype(np.float64)
     covariates = np.asarray(covariates, dtype=np.float64).reshape(n, -1)
     offset = column_means(covariates)
-    cov = covariates - offset  # centred: the per-site sums below lose no digits
-    shift, s1, s2, cy, gram = _site_moments(y, cov, codes, counts)
+    cov_t = centred_columns(covariates, offset)  # the per-site sums below lose no digits
+    shift, s1, s2, cy, gram = _site_moments(y, cov_t, codes, counts)
     # within-site centred moments of the covariates
     c_sum = gram[:, 0, 1:]
     c_mean = c_sum / size[:, None]
@@ -392,7 +407,7 @@ def table_regression(
     rss += np.einsum("jf,bjl,lf->bf", beta, scc, beta)
     cancelled = np.flatnonzero((rss < 1e-4 * syy).any(axis=0))
     if cancelled.size:  # explicit residuals where the difference lost digits
-        fit = centred_intercepts[:, cancelled][codes] + cov @ beta[:, cancelled]
+        fit = centred_intercepts[:, cancelled][codes] + cov_t.T @ beta[:, cancelled]
         resid = y[:, cancelled] - fit
         for b in range(n_sites):
             r_b = resid[codes == b]

@@ -196,7 +196,7 @@ class ComBatTransform:
         # with m = effects = centred covariates . coef and shift = (1 - a) * grand_mean - o:
         # exactly y where a = 1 and o = 0 (a site or a constant feature left unchanged)
         shift = one_minus_a * self.grand_mean_ - o
-        centred = cov - self.covariate_means_
+        centred_t = cm.centred_columns(cov, self.covariate_means_)
         out = np.empty_like(X, dtype=np.float64)
         step = cm.row_block(X.shape[1])
         # two work blocks, reused: no allocation (nor page faults) per block
@@ -206,7 +206,7 @@ class ComBatTransform:
             rows = slice(start, start + step)
             c = codes[rows]
             mean, per_site = mean_buf[: len(c)], site_buf[: len(c)]
-            np.matmul(centred[rows], self.coef_, out=mean)
+            np.matmul(centred_t[:, rows].T, self.coef_, out=mean)
             block = np.subtract(mean, X[rows], out=out[rows])
             block *= np.take(one_minus_a, c, axis=0, out=per_site, mode="clip")
             block += np.take(shift, c, axis=0, out=per_site, mode="clip")

@@ -320,9 +320,11 @@ def covariate_design(frame: pd.DataFrame, levels: CovariateLevels) -> tuple[np.n
     return np.hstack(blocks), names
 
 
-def _standardized(design: np.ndarray) -> np.ndarray:
-    centred = design - design.mean(axis=0)
-    scale = np.abs(centred).max(axis=0)
+def _standardized_rows(rows: np.ndarray) -> np.ndarray:
+    """Design columns given as the rows of a ``(k, n)`` array, each centred and scaled to
+    a largest absolute value of 1 (a constant row stays 0)."""
+    centred = rows - rows.mean(axis=1, keepdims=True)
+    scale = np.abs(centred).max(axis=1, initial=0.0, keepdims=True)
     return centred / np.where(scale > 0, scale, 1.0)
 
 
@@ -398,7 +400,9 @@ def site_gram(codes: np.ndarray, n_sites: int, columns: np.ndarray) -> np.ndarra
     """
     counts = np.bincount(codes, minlength=n_sites).astype(np.float64)
     per_site = np.zeros((n_sites, columns.shape[1]))
-    for j, col in enumerate(columns.T):
+    # column by column (no copy for an F-ordered array): numpy walks a narrow C-ordered
+    # (n, k) array row by row
+    for j, col in enumerate(np.ascontiguousarray(columns.T)):
         per_site[:, j] = np.bincount(codes, weights=col, minlength=n_sites)
     return np.block([[np.diag(counts), per_site], [per_site.T, columns.T @ columns]])
 
@@ -412,15 +416,20 @@ def _check_separable(frame: pd.DataFrame, levels: CovariateLevels, sites: np.nda
     """
     _, codes, counts = site_codes(sites)
     n_sites = len(counts)
-    blocks = [_standardized(column_design(frame[n], lev)) for n, lev in levels.items()]
-    gram = site_gram(codes, n_sites, np.hstack([np.empty((len(codes), 0)), *blocks]))
+    widths = []
+    rows = [np.empty((0, len(codes)))]  # the design's columns as rows (k, n)
+    for name, lev in levels.items():
+        block = column_design(frame[name], lev)
+        widths.append(block.shape[1])
+        rows.append(block.T)
+    gram = site_gram(codes, n_sites, _standardized_rows(np.vstack(rows)).T)
     if _full_rank(gram, np.arange(len(gram))):  # then so is every block with the sites
         return
     site_cols = np.arange(n_sites)
     start, seen = n_sites, []
-    for (name, lev), block in zip(levels.items(), blocks):
-        cols = np.arange(start, start + block.shape[1])
-        start += block.shape[1]
+    for (name, lev), width in zip(levels.items(), widths):
+        cols = np.arange(start, start + width)
+        start += width
         if not _full_rank(gram, np.r_[site_cols, cols]):
             what = (
                 "its level is determined by the site"
