@@ -427,14 +427,16 @@ def speed_report(sp: dict, prof: list[tuple[str, float]], cmd: str, load: tuple)
         "The goal is read on the alternating runs with a pause between calls (each call "
         "after the other library's and an idle moment, as a call in a pipeline meets the "
         "machine). Without the pause harmonix takes "
-        f"{g_ours * 1e3:.1f} ms ({w_ours / g_ours:.2f}x less): the idle moment costs it "
-        "caches (the table, its code). Back to back, each library finds its "
+        f"{g_ours * 1e3:.1f} ms ({w_ours / g_ours:.2f}x less). Back to back, each library "
+        "finds its "
         "caches and its allocator's memory warm from its own previous call: harmonix "
         f"{r_ours * 1e3:.1f} ms instead of {w_ours * 1e3:.1f} ms ({w_ours / r_ours:.2f}x), "
         f"neuroHarmonize {r_nh * 1e3:.0f} ms instead of {w_nh * 1e3:.0f} ms "
         f"({w_nh / r_nh:.2f}x). A call of harmonix writes a fresh 16 MB output (page "
         "faults) and reads a table that neuroHarmonize's temporaries pushed out of the "
-        "cache: fixed costs of a few milliseconds, large in a call of about 25 ms.",
+        "cache: fixed costs of a few milliseconds, large in a call of about "
+        f"{w_ours * 1e3:.0f} ms. The stages above, each run alone and warm, add up to "
+        f"{whole:.1f} ms.",
         "",
     ]
     if worst > 1.5:
