@@ -51,11 +51,10 @@ from _helpers.iguane_scores import Scorer
 from _helpers.site_family_b import make_family_b
 
 from harmonix.datasets import make_multisite
-from harmonix.iguane import CPU_RECIPE
+from harmonix.iguane import CPU_RECIPE, CPU_RECIPE_2MM
 from harmonix.iguane.estimator import IGUANeHarmonizer
 from harmonix.iguane.inputs.normalization import InputNormalizer, image_landmarks
-from harmonix.iguane.model.networks import Generator3D, PatchDiscriminator3D
-from harmonix.iguane.training import trainer as trainer_module
+from harmonix.iguane.model.networks import Generator3D
 from harmonix.iguane.training.checkpoints import CHECKPOINT_NAME, load_checkpoint
 
 
@@ -109,16 +108,19 @@ def parse_args() -> argparse.Namespace:
         "then write the report",
     )
     p.add_argument(
-        "--disc-without-instance-norm",
-        action="store_true",
-        help="experiment: discriminators without their MAD instance normalizations "
-        "(see check_discriminator_probe.py)",
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="4mm",
+        help="the parameters --set overrides: CPU_RECIPE (4mm, default) or CPU_RECIPE_2MM",
     )
     return p.parse_args()
 
 
-def recipe(overrides: list[str]) -> dict:
-    params = dict(CPU_RECIPE)
+RECIPES = {"4mm": CPU_RECIPE, "2mm": CPU_RECIPE_2MM}
+
+
+def recipe(overrides: list[str], base: str = "4mm") -> dict:
+    params = dict(RECIPES[base])
     for item in overrides:
         name, _, value = item.partition("=")
         params[name] = json.loads(value)
@@ -510,18 +512,6 @@ def write_report(runs: list[dict], out: Path, notes: list[str]) -> None:
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
-def without_disc_instance_norm() -> None:
-    """Experiment: the trainer builds discriminators without their two MAD instance
-    normalizations (not a training option of the library yet)."""
-
-    class Discriminator(PatchDiscriminator3D):
-        def __init__(self, base_width: int = 64, in_channels: int = 1) -> None:
-            super().__init__(base_width, in_channels)
-            self.norm2, self.norm3 = torch.nn.Identity(), torch.nn.Identity()
-
-    trainer_module.PatchDiscriminator3D = Discriminator
-
-
 def main() -> None:
     args = parse_args()
     if args.report:
@@ -534,9 +524,7 @@ def main() -> None:
         write_report(runs, args.out, notes)
         return
     torch.set_num_threads(args.threads)
-    params = recipe(args.set)
-    if args.disc_without_instance_norm:
-        without_disc_instance_norm()
+    params = recipe(args.set, args.recipe)
     load_start = common.load_now()
     for seed in args.seeds:
         rows = run_seed(seed, args, params)

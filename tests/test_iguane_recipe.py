@@ -1,6 +1,7 @@
-"""IGUANe training options of the CPU recipe: warm-up, Adam beta1, schedules, shifts in mm,
-checkpoint scoring, histogram input normalization, the out-of-distribution guard, and a
-short learning test (a warmed-up discriminator separates two contrasts)."""
+"""IGUANe training options of the CPU recipes: warm-up, Adam beta1, schedules, shifts in mm,
+discriminators without instance normalization, checkpoint scoring, histogram input
+normalization, the out-of-distribution guard, and a short learning test (a warmed-up
+discriminator separates two contrasts)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from harmonix import HistogramMatchingHarmonizer, IGUANeHarmonizer
 from harmonix.exceptions import ModelSelectionWarning, SiteMismatchWarning
-from harmonix.iguane import CPU_RECIPE, PatchDiscriminator3D
+from harmonix.iguane import CPU_RECIPE, CPU_RECIPE_2MM, PatchDiscriminator3D
 from harmonix.iguane._fitting import train_config
 from harmonix.iguane.guard import OutOfDistributionWarning
 from harmonix.iguane.inputs import volumes as D
@@ -181,9 +182,11 @@ def test_warmup_updates_discriminators_only(tmp_path):
     assert result.history["val_step"] == [4, 5]
 
 
-def test_warmed_up_discriminator_separates_two_contrasts(tmp_path):
+@pytest.mark.parametrize("instance_norm", [True, False], ids=["published", "no-instance-norm"])
+def test_warmed_up_discriminator_separates_two_contrasts(tmp_path, instance_norm):
     """Behaviour, not timing: after warm-up the reference discriminator scores real
-    reference images above (identity-mapped) images of a site with another contrast."""
+    reference images above (identity-mapped) images of a site with another contrast, with
+    the published discriminator and without its instance normalizations."""
     imgs, sites = _blobs(n_per_site=8, gammas=(1.0, 2.2), shape=(32, 32, 32), seed=1)
     train_idx = [0, 1, 2, 3, 8, 9, 10, 11]
     test_idx = [4, 5, 6, 7, 12, 13, 14, 15]
@@ -200,6 +203,7 @@ def test_warmed_up_discriminator_separates_two_contrasts(tmp_path):
         learning_rate=1e-3,
         val_fraction=0.0,
         checkpoint_every=80,
+        disc_instance_norm=instance_norm,
     )
     vols = _volumes(imgs)
     T.train(
@@ -212,8 +216,8 @@ def test_warmed_up_discriminator_separates_two_contrasts(tmp_path):
         random_state=0,
     )
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)["trainer"]
-    disc = PatchDiscriminator3D(8)
-    disc.load_state_dict(state["disc_ref"][0])
+    disc = PatchDiscriminator3D(8, instance_norm=instance_norm)
+    disc.load_state_dict(state["disc_ref"][0])  # strict: the trainer built the same network
     disc.eval()
     with torch.no_grad():
         scores = [
@@ -456,3 +460,52 @@ def test_pretrained_wrapper_keeps_new_sites_apart_from_training_sites(tmp_path):
     model.set_params(site_check="warn")  # the stored maps of the training sites
     with pytest.warns(SiteMismatchWarning, match="applied anyway"):
         assert not np.allclose(model.transform(other, sites), expected)
+
+
+# -- discriminators without instance normalization (CPU_RECIPE_2MM) ------------------------
+def test_discriminator_without_instance_norm():
+    """The two MAD instance normalizations left out: no norm parameters, the same map."""
+    torch.manual_seed(0)
+    plain = PatchDiscriminator3D(8, instance_norm=False)
+    published = PatchDiscriminator3D(8)
+    assert isinstance(plain.norm2, torch.nn.Identity) and isinstance(
+        plain.norm3, torch.nn.Identity
+    )
+    norm_params = sum(p.numel() for n, p in published.named_parameters() if "norm" in n)
+    assert norm_params == 2 * (16 + 32)
+    n_plain = sum(p.numel() for p in plain.parameters())
+    assert n_plain == sum(p.numel() for p in published.parameters()) - norm_params
+    x = torch.rand(2, 1, 32, 32, 32) - 0.5
+    assert plain(x).shape == published(x).shape == (2, 1, 4, 4, 4)
+    # the same weights give the same first layer; the scores differ by the norms alone
+    plain.load_state_dict(
+        {k: v for k, v in published.state_dict().items() if "norm" not in k}, strict=True
+    )
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), published(x))
+        published.norm2, published.norm3 = torch.nn.Identity(), torch.nn.Identity()
+        torch.testing.assert_close(plain(x), published(x), rtol=0, atol=0)
+
+
+def test_disc_instance_norm_option_flows_and_is_checked():
+    est = IGUANeHarmonizer(**CPU_RECIPE_2MM)
+    assert est.disc_instance_norm is False
+    config = train_config(est, (2.0, 2.0, 2.0))
+    assert config.disc_instance_norm is False and config.patch_size == (48, 64, 48)
+    assert train_config(IGUANeHarmonizer(), (1.0, 1.0, 1.0)).disc_instance_norm is True
+    with pytest.raises(ValueError, match="disc_instance_norm must be True or False"):
+        TrainConfig(disc_instance_norm="no")
+
+
+def test_disc_instance_norm_fingerprint():
+    """The default leaves checkpoint fingerprints as they were (old checkpoints resume);
+    leaving the normalizations out is a different training."""
+    from harmonix.iguane.training.checkpoints import fingerprint
+
+    def of(config):
+        return fingerprint(config, np.array(["a", "b"]), "a", None, images="digest")
+
+    default = of(TrainConfig())
+    assert "disc_instance_norm" not in default
+    assert of(TrainConfig(disc_instance_norm=True)) == default
+    assert of(TrainConfig(disc_instance_norm=False)) != default

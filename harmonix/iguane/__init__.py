@@ -21,12 +21,13 @@ names in ``__all__``). Where things live:
     normalization), ``site_agreement`` (do a label's images fit its stored map?) and
     ``volumes`` (the network scale and grid, on-demand loading).
 ``training/``
-    How the networks learn: ``config`` (:class:`TrainConfig`, :data:`CPU_RECIPE`),
-    ``loop`` (:func:`train`: validation, checkpoints, resume), ``trainer`` (the networks,
-    optimizers and one step), ``updates`` (the discriminator and generator updates),
-    ``sampling`` (site-paired, age-balanced pairs), ``augmentation`` (rotations, shifts,
-    patches), ``selection`` (validation split and score), ``checkpoints`` (files,
-    fingerprints, :func:`load_checkpoint`) and ``distributed`` (``torchrun``).
+    How the networks learn: ``config`` (:class:`TrainConfig`, :data:`CPU_RECIPE`,
+    :data:`CPU_RECIPE_2MM`), ``loop`` (:func:`train`: validation, checkpoints, resume),
+    ``trainer`` (the networks, optimizers and one step), ``updates`` (the discriminator
+    and generator updates), ``sampling`` (site-paired, age-balanced pairs),
+    ``augmentation`` (rotations, shifts, patches), ``selection`` (validation split and
+    score), ``checkpoints`` (files, fingerprints, :func:`load_checkpoint`) and
+    ``distributed`` (``torchrun``).
 ``inference``
     :func:`harmonize_volume`: one volume through the forward generator, fast.
 ``guard``
@@ -49,11 +50,12 @@ from harmonix.iguane.model.keras_weights import load_keras_generator_weights
 from harmonix.iguane.model.networks import Generator3D, MADInstanceNorm3d, PatchDiscriminator3D
 from harmonix.iguane.pretrained import PretrainedIGUANe, load_demo_model
 from harmonix.iguane.training.checkpoints import load_checkpoint
-from harmonix.iguane.training.config import CPU_RECIPE, TrainConfig
+from harmonix.iguane.training.config import CPU_RECIPE, CPU_RECIPE_2MM, TrainConfig
 from harmonix.iguane.training.loop import TrainResult, train
 
 __all__ = [
     "CPU_RECIPE",
+    "CPU_RECIPE_2MM",
     "EmulatedBFloat16Warning",
     "Generator3D",
     "MADInstanceNorm3d",

@@ -29,6 +29,13 @@ disc_base_width : int, default=None
     Channels of the discriminators' first convolution; None means ``4 * base_width``
     (64, the published discriminator, for ``base_width=16``)."""
 
+docdict["iguane_disc_instance_norm"] = """\
+disc_instance_norm : bool, default=True
+    The discriminators' two MAD instance normalizations (the published network). False
+    leaves them out: the discriminators then also see each volume's contrast, blur and
+    noise level, which is what tells 2 mm sites apart once their histograms are matched
+    (:data:`~harmonix.iguane.CPU_RECIPE_2MM`)."""
+
 docdict["iguane_patch_size"] = """\
 patch_size : int or tuple of 3 int, default=None
     Train on random crops of this size (multiples of 16, each containing a brain voxel

@@ -40,6 +40,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
     reference_site : hashable, default=None
         Target site; None picks the site with the most images.
     %(iguane_length_and_size)s
+    %(iguane_disc_instance_norm)s
     learning_rate, final_learning_rate : float, default=2e-4, 2e-5
         Adam learning rate at the start and at the end of the schedule.
     %(iguane_lr_schedule)s
@@ -272,6 +273,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         steps_per_epoch: int = 200,
         base_width: int = 16,
         disc_base_width: int | None = None,
+        disc_instance_norm: bool = True,
         patch_size: int | tuple[int, int, int] | None = None,
         batch_size: int = 1,
         learning_rate: float = 2e-4,
@@ -313,6 +315,7 @@ class IGUANeHarmonizer(BaseHarmonizer):
         self.steps_per_epoch = steps_per_epoch
         self.base_width = base_width
         self.disc_base_width = disc_base_width
+        self.disc_instance_norm = disc_instance_norm
         self.patch_size = patch_size
         self.batch_size = batch_size
         self.learning_rate = learning_rate

@@ -505,6 +505,11 @@ class PatchDiscriminator3D(nn.Module):
         (2,633,217 parameters).
     in_channels : int, default=1
         Number of input channels.
+    instance_norm : bool, default=True
+        The two MAD instance normalizations of the published network; False leaves them
+        out, so that the scores can use each volume's own contrast, blur and noise level
+        (which the normalizations divide away): see
+        ``benchmarks/results/discriminator_probe_1500.md``.
 
     Notes
     -----
@@ -512,15 +517,18 @@ class PatchDiscriminator3D(nn.Module):
     network scale (``x / 500 - 1``). Weights are Glorot-uniform, the last bias zero.
     """
 
-    def __init__(self, base_width: int = 64, in_channels: int = 1) -> None:
+    def __init__(
+        self, base_width: int = 64, in_channels: int = 1, instance_norm: bool = True
+    ) -> None:
         super().__init__()
         w, self.in_channels = _check_widths(base_width, in_channels)
         self.base_width = w
         self.conv1 = OneDNNConv3d(self.in_channels, w, 4, stride=2, padding=0, bias=False)
         self.conv2 = OneDNNConv3d(w, 2 * w, 4, stride=2, padding=1, bias=False)
-        self.norm2 = MADInstanceNorm3d(2 * w)
         self.conv3 = OneDNNConv3d(2 * w, 4 * w, 4, stride=2, padding=1, bias=False)
-        self.norm3 = MADInstanceNorm3d(4 * w)
+        self.instance_norm = bool(instance_norm)
+        self.norm2: nn.Module = MADInstanceNorm3d(2 * w) if instance_norm else nn.Identity()
+        self.norm3: nn.Module = MADInstanceNorm3d(4 * w) if instance_norm else nn.Identity()
         self.out_conv = OneDNNConv3d(4 * w, 1, 3, stride=1, padding=1)
         glorot_init(self)
 

@@ -87,6 +87,8 @@ def fingerprint(
     cfg = dataclasses.asdict(config)
     cfg.pop("checkpoint_every")
     cfg.pop("cpu_threads")
+    if cfg["disc_instance_norm"]:  # the default: fingerprints of earlier versions unchanged
+        del cfg["disc_instance_norm"]
     cfg["batch_size"] = config.batch_size * world_size  # the global batch of one update
     info = {
         "config": cfg,
