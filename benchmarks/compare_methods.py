@@ -31,7 +31,8 @@ for 3 seeds at 2 mm)::
 IGUANe is sized for a CPU by default (``--iguane-width 4``, 200 steps on 32-voxel patches),
 which is still slow on CPU (tens of seconds per step on 2 busy cores); on a GPU use the
 published settings, e.g. ``--iguane-width 16 --iguane-patch 0 --iguane-epochs 100
---iguane-steps 200 --device cuda``.
+--iguane-steps 200 --device cuda``. ``--iguane-recipe 2mm`` trains it with
+:data:`~harmonix.iguane.CPU_RECIPE_2MM` (``4mm``: :data:`~harmonix.iguane.CPU_RECIPE`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,20 @@ def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[
             "IGUANe is the shipped 4 mm CPU model (CPU_RECIPE, trained on seed 0's sites "
             "0-3 by benchmarks/train_demo_model.py): not fitted here, so every site, seen "
             "or unseen by the other methods, is new to it."
+        )
+        return methods, notes
+    if args.iguane_recipe:
+        from harmonix.iguane import CPU_RECIPE, CPU_RECIPE_2MM
+
+        name = {"4mm": "CPU_RECIPE", "2mm": "CPU_RECIPE_2MM"}[args.iguane_recipe]
+        recipe = {"4mm": CPU_RECIPE, "2mm": CPU_RECIPE_2MM}[args.iguane_recipe]
+        methods["IGUANe"] = IGUANeHarmonizer(
+            reference_site=reference, **recipe, max_steps=args.iguane_max_steps, device=args.device
+        )
+        notes.append(
+            f"IGUANe is trained for each seed with {name}"
+            + (f", stopped after {args.iguane_max_steps} steps" if args.iguane_max_steps else "")
+            + "."
         )
         return methods, notes
     methods["IGUANe"] = IGUANeHarmonizer(
@@ -184,6 +199,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="use the shipped 4 mm CPU model instead of training one (4 mm data, "
         "seeds other than 0)",
+    )
+    p.add_argument(
+        "--iguane-recipe",
+        choices=["4mm", "2mm"],
+        default=None,
+        help="train IGUANe with CPU_RECIPE (4mm) or CPU_RECIPE_2MM (2mm) instead of the "
+        "--iguane-* settings above",
+    )
+    p.add_argument(
+        "--iguane-max-steps",
+        type=int,
+        default=None,
+        help="with --iguane-recipe: stop IGUANe's training after this many steps (warm-up "
+        "included; a quick check of the pipeline)",
     )
     p.add_argument("--device", default="auto", help="IGUANe device: auto, cpu or cuda")
     p.add_argument(
@@ -600,12 +629,17 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         + (
+            f"the {args.iguane_recipe} CPU recipe (see the note below)."
+            if args.iguane_recipe and "IGUANe" in outputs and not args.iguane_pretrained
+            else ""
+        )
+        + (
             f"base_width={args.iguane_width}, {args.iguane_epochs} epoch(s) x "
             f"{args.iguane_steps} steps, patch_size={args.iguane_patch}, "
             f"val_fraction={args.iguane_val_fraction}, "
             f"identity_init={not args.iguane_random_init}, device={args.device} "
             "(a CPU-sized model, far from the published 16-width, 100 x 200-step training)."
-            if "IGUANe" in outputs and not args.iguane_pretrained
+            if "IGUANe" in outputs and not args.iguane_pretrained and not args.iguane_recipe
             else ""
             if "IGUANe" in outputs
             else "not run."
