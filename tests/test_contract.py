@@ -168,6 +168,7 @@ def _other_value(name, value, tiny, tmp_path):
         "steps_per_epoch": 5,
         "base_width": 8,
         "disc_base_width": 4,
+        "disc_instance_norm": False,
         "patch_size": 16,
         "batch_size": 2,
         "learning_rate": 1e-3,
