@@ -106,8 +106,10 @@ def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[
     if args.iguane_recipe:
         from harmonix.iguane import CPU_RECIPE, CPU_RECIPE_2MM
 
-        name = {"4mm": "CPU_RECIPE", "2mm": "CPU_RECIPE_2MM"}[args.iguane_recipe]
-        recipe = {"4mm": CPU_RECIPE, "2mm": CPU_RECIPE_2MM}[args.iguane_recipe]
+        name, recipe = {
+            "4mm": ("CPU_RECIPE", CPU_RECIPE),
+            "2mm": ("CPU_RECIPE_2MM", CPU_RECIPE_2MM),
+        }[args.iguane_recipe]
         methods["IGUANe"] = IGUANeHarmonizer(
             reference_site=reference, **recipe, max_steps=args.iguane_max_steps, device=args.device
         )

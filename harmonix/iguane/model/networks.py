@@ -526,7 +526,6 @@ class PatchDiscriminator3D(nn.Module):
         self.conv1 = OneDNNConv3d(self.in_channels, w, 4, stride=2, padding=0, bias=False)
         self.conv2 = OneDNNConv3d(w, 2 * w, 4, stride=2, padding=1, bias=False)
         self.conv3 = OneDNNConv3d(2 * w, 4 * w, 4, stride=2, padding=1, bias=False)
-        self.instance_norm = bool(instance_norm)
         self.norm2: nn.Module = MADInstanceNorm3d(2 * w) if instance_norm else nn.Identity()
         self.norm3: nn.Module = MADInstanceNorm3d(4 * w) if instance_norm else nn.Identity()
         self.out_conv = OneDNNConv3d(4 * w, 1, 3, stride=1, padding=1)

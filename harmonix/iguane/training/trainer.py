@@ -189,13 +189,16 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # constructors draw from the global RNG
             self.to_reference = Generator3D(config.base_width)
             self.to_source = nn.ModuleList(Generator3D(config.base_width) for _ in range(n))
-            dw, norm = config.discriminator_width, config.disc_instance_norm
-            self.disc_ref = nn.ModuleList(
-                PatchDiscriminator3D(dw, instance_norm=norm) for _ in range(n)
-            )
-            self.disc_src = nn.ModuleList(
-                PatchDiscriminator3D(dw, instance_norm=norm) for _ in range(n)
-            )
+
+            def discriminators() -> nn.ModuleList:
+                return nn.ModuleList(
+                    PatchDiscriminator3D(
+                        config.discriminator_width, instance_norm=config.disc_instance_norm
+                    )
+                    for _ in range(n)
+                )
+
+            self.disc_ref, self.disc_src = discriminators(), discriminators()
         for module in self.networks:
             glorot_init(module, self.torch_rng)
             module.to(self.device)
