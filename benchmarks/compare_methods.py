@@ -110,11 +110,18 @@ def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[
             "4mm": ("CPU_RECIPE", CPU_RECIPE),
             "2mm": ("CPU_RECIPE_2MM", CPU_RECIPE_2MM),
         }[args.iguane_recipe]
+        if args.iguane_generator_steps:
+            recipe = {**recipe, "steps_per_epoch": args.iguane_generator_steps}
         methods["IGUANe"] = IGUANeHarmonizer(
             reference_site=reference, **recipe, max_steps=args.iguane_max_steps, device=args.device
         )
         notes.append(
             f"IGUANe is trained for each seed with {name}"
+            + (
+                f", {args.iguane_generator_steps} generator steps"
+                if args.iguane_generator_steps
+                else ""
+            )
             + (f", stopped after {args.iguane_max_steps} steps" if args.iguane_max_steps else "")
             + "."
         )
@@ -215,6 +222,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="with --iguane-recipe: stop IGUANe's training after this many steps (warm-up "
         "included; a quick check of the pipeline)",
+    )
+    p.add_argument(
+        "--iguane-generator-steps",
+        type=int,
+        default=None,
+        help="with --iguane-recipe: generator steps instead of the recipe's (its "
+        "steps_per_epoch; the warm-up comes first as in the recipe)",
     )
     p.add_argument("--device", default="auto", help="IGUANe device: auto, cpu or cuda")
     p.add_argument(
