@@ -494,6 +494,7 @@ def test_disc_instance_norm_option_flows_and_is_checked():
     assert config.disc_instance_norm is False and config.patch_size == (48, 64, 48)
     # no held-out images: the held-out score does not see 2 mm effects, the last step is kept
     assert config.val_fraction == 0.0 and config.warmup_steps == 1500
+    assert config.steps_per_epoch == 600
     assert train_config(IGUANeHarmonizer(), (1.0, 1.0, 1.0)).disc_instance_norm is True
     with pytest.raises(ValueError, match="disc_instance_norm must be True or False"):
         TrainConfig(disc_instance_norm="no")
