@@ -38,6 +38,7 @@ published settings, e.g. ``--iguane-width 16 --iguane-patch 0 --iguane-epochs 10
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -63,8 +64,11 @@ from harmonix.benchmark import (
 from harmonix.datasets import make_multisite
 
 
-def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[str]]:
-    """The harmonizers to compare, and notes on those that are unavailable."""
+def build_methods(
+    args: argparse.Namespace, reference: str, seed: int | None = None
+) -> tuple[dict, list[str]]:
+    """The harmonizers to compare (IGUANe's model file, with --save-iguane or
+    --load-iguane, named by ``seed``), and notes on those that are unavailable."""
     methods: dict = {"none": IdentityHarmonizer()}
     notes: list[str] = []
     try:
@@ -112,7 +116,11 @@ def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[
         }[args.iguane_recipe]
         if args.iguane_generator_steps:
             recipe = {**recipe, "steps_per_epoch": args.iguane_generator_steps}
-        methods["IGUANe"] = IGUANeHarmonizer(
+        recipe = {**recipe, **args.iguane_set}
+        cls = IGUANeHarmonizer
+        if args.save_iguane or args.load_iguane:
+            cls = _stored_iguane_class(IGUANeHarmonizer, args, seed)
+        methods["IGUANe"] = cls(
             reference_site=reference, **recipe, max_steps=args.iguane_max_steps, device=args.device
         )
         notes.append(
@@ -123,8 +131,14 @@ def build_methods(args: argparse.Namespace, reference: str) -> tuple[dict, list[
                 else ""
             )
             + (f", stopped after {args.iguane_max_steps} steps" if args.iguane_max_steps else "")
+            + "".join(f", {k}={v!r}" for k, v in args.iguane_set.items())
             + "."
         )
+        if args.load_iguane:
+            notes.append(
+                f"IGUANe's models are the ones a run with --save-iguane trained and saved "
+                f"(read from {args.load_iguane.name}/); the fit times are that run's."
+            )
         return methods, notes
     methods["IGUANe"] = IGUANeHarmonizer(
         reference_site=reference,
@@ -230,6 +244,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --iguane-recipe: generator steps instead of the recipe's (its "
         "steps_per_epoch; the warm-up comes first as in the recipe)",
     )
+    p.add_argument(
+        "--iguane-set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --iguane-recipe: override recipe parameters (values read as JSON, e.g. "
+        "base_width=8 random_state=1; a random_state set here replaces the seed's)",
+    )
+    p.add_argument(
+        "--save-iguane",
+        type=Path,
+        default=None,
+        help="with --iguane-recipe: save each seed's fitted IGUANe in this folder "
+        "(iguane_seed<N>.pt, and the fit's seconds in iguane_seed<N>.json)",
+    )
+    p.add_argument(
+        "--load-iguane",
+        type=Path,
+        default=None,
+        help="with --iguane-recipe: read each seed's IGUANe from this folder (written by "
+        "--save-iguane) instead of training it; the report gives the saved fit times",
+    )
     p.add_argument("--device", default="auto", help="IGUANe device: auto, cpu or cuda")
     p.add_argument(
         "--disease",
@@ -253,7 +289,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="diagnosis prevalence per site with --disease (default 0.1 0.7 0.4 0.4)",
     )
     p.add_argument("--verbose", action="store_true", help="progress bars and INFO logs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.iguane_set = dict(_setting(item) for item in args.iguane_set)
+    return args
+
+
+def _setting(item: str) -> tuple[str, object]:
+    """``NAME=VALUE`` of ``--iguane-set``: the value read as JSON (else as text)."""
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--iguane-set takes NAME=VALUE items, got {item!r}.")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def _stored_iguane_class(base: type, args: argparse.Namespace, seed: int | None) -> type:
+    """``base`` (IGUANeHarmonizer) that saves its fitted model to ``--save-iguane``, or
+    reads the one saved there instead of training (``--load-iguane``): one file per seed,
+    with the fit's seconds beside it (``iguane_seed<seed>.json``)."""
+    folder = args.load_iguane or args.save_iguane
+    path = folder / f"iguane_seed{seed}.pt"
+
+    class Stored(base):
+        def fit(self, imgs, sites, ages=None, covariates=None):
+            if not args.load_iguane:
+                t0 = time.perf_counter()
+                super().fit(imgs, sites, ages=ages, covariates=covariates)
+                folder.mkdir(parents=True, exist_ok=True)
+                self.save(path)
+                seconds = time.perf_counter() - t0
+                path.with_suffix(".json").write_text(json.dumps({"fit_seconds": seconds}))
+                return self
+            params = self.get_params(deep=False)
+            for name, value in vars(base.load(path)).items():
+                if name not in params:  # fitted values; this run's parameters stay
+                    setattr(self, name, value)
+            return self
+
+    Stored.__name__ = Stored.__qualname__ = base.__name__
+    return Stored
+
+
+def saved_fit_seconds(folder: Path, seed: int) -> float:
+    """The fit time of seed ``seed``'s IGUANe model saved in ``folder``."""
+    return json.loads((folder / f"iguane_seed{seed}.json").read_text())["fit_seconds"]
 
 
 def _getter(summary: pd.DataFrame):
@@ -544,7 +625,7 @@ def main_disease(args: argparse.Namespace, argv: list[str] | None) -> int:
             diagnosis_prevalence=prevalence,
             traveling=False,
         )
-        methods, notes = build_methods(args, ds.reference_site)
+        methods, notes = build_methods(args, ds.reference_site, seed)
         methods["ComBat+dx"] = methods["ComBat"]
         df = run_benchmark(
             methods,
@@ -636,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, seed in enumerate(args.seeds if args.from_csv is None else []):
         t0 = time.perf_counter()
         ds = make_multisite(args.n_subjects, args.n_sites, args.resolution, random_state=seed)
-        methods, notes = build_methods(args, ds.reference_site)
+        methods, notes = build_methods(args, ds.reference_site, seed)
         test_sites = args.test_sites  # None: one non-reference site drawn with the seed
         shown = np.flatnonzero(ds.subjects == ds.subjects[0])  # the slices figure's images
         res = run_benchmark(
@@ -663,6 +744,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             df = res
         held_out.append((seed, df.attrs["held_out"]))
+        if args.load_iguane:  # the fit time of the run that trained the model
+            fit = (df.method == "IGUANe") & (df.metric == "fit_seconds")
+            df.loc[fit, "value"] = saved_fit_seconds(args.load_iguane, seed)
+            memory = (df.method == "IGUANe") & (df.metric == "fit_peak_mb")
+            df.loc[memory, "value"] = np.nan
+            df.loc[memory, "reason"] = "model read from a file (--load-iguane): not measured"
         df.insert(0, "seed", seed)
         runs.append(df)
         print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
