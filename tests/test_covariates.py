@@ -151,6 +151,21 @@ def test_match_orders_drops_extras_and_normalizes_levels():
     assert coded["g"].tolist() == ["1", "0"]
 
 
+def test_match_returns_the_checked_frame_when_nothing_changes():
+    """The fitted columns in the fitted order, already as levels: the checked frame
+    itself (no copy); otherwise a new frame, and the given one is left as it was."""
+    cov = check_covariates({"sex": ["M", "F"], "flag": [True, False]}, 2, [30.0, 40.0])
+    assert match_covariates(cov, LEVELS, required=True) is cov
+    reordered = check_covariates({"flag": [True, False], "sex": ["M", "F"]}, 2, [30.0, 40.0])
+    out = match_covariates(reordered, LEVELS, required=True)
+    assert out is not reordered and list(out.columns) == ["age", "sex", "flag"]
+    assert list(reordered.columns) == ["age", "flag", "sex"]
+    coded = check_covariates({"age": [30.0, 40.0], "sex": ["M", "F"], "flag": [1.0, 0.0]}, 2)
+    matched = match_covariates(coded, LEVELS | {"flag": ["0", "1"]}, required=True)
+    assert matched is not coded and matched["flag"].tolist() == ["1", "0"]
+    assert coded["flag"].tolist() == [1.0, 0.0]
+
+
 def test_match_refusals():
     with pytest.raises(ValueError, match=r"'sex' has level\(s\) \['X'\] not seen in fit"):
         match_covariates(check_covariates({"sex": ["F", "X"]}, 2), LEVELS, required=False)

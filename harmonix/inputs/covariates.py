@@ -145,7 +145,7 @@ def _clean_column(name: str, col: np.ndarray | pd.Categorical) -> np.ndarray | p
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     return pd.Categorical.from_codes(  # codes made here: no validation needed
-        rank[codes], categories=[text[i] for i in order], validate=False
+        rank[codes], dtype=pd.CategoricalDtype([text[i] for i in order]), validate=False
     )
 
 
@@ -495,6 +495,7 @@ def match_covariates(
     if not present:
         return None
     out = {}
+    same = present == given  # the frame's own columns, in order
     for name in present:
         col, lev = frame[name], levels[name]
         if lev is None:
@@ -513,7 +514,10 @@ def match_covariates(
                     f"{lev}); the model has no effect for them. Refit with images of those "
                     "levels, or leave those images out."
                 )
+            same = same and values is _categorical(col)
             out[name] = values
+    if same:  # nothing changed: the checked frame itself (check_covariates made it)
+        return frame
     return pd.DataFrame(out, copy=False)  # columns of the checked frame, or made here
 
 
