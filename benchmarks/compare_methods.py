@@ -290,6 +290,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--verbose", action="store_true", help="progress bars and INFO logs")
     args = p.parse_args(argv)
+    if (args.iguane_set or args.save_iguane or args.load_iguane) and not args.iguane_recipe:
+        p.error("--iguane-set, --save-iguane and --load-iguane need --iguane-recipe")
+    if args.save_iguane and args.load_iguane:
+        p.error("give --save-iguane or --load-iguane, not both")
     args.iguane_set = dict(_setting(item) for item in args.iguane_set)
     return args
 
@@ -317,9 +321,9 @@ def _stored_iguane_class(base: type, args: argparse.Namespace, seed: int | None)
             if not args.load_iguane:
                 t0 = time.perf_counter()
                 super().fit(imgs, sites, ages=ages, covariates=covariates)
+                seconds = time.perf_counter() - t0  # the fit alone, not the saving
                 folder.mkdir(parents=True, exist_ok=True)
                 self.save(path)
-                seconds = time.perf_counter() - t0
                 path.with_suffix(".json").write_text(json.dumps({"fit_seconds": seconds}))
                 return self
             params = self.get_params(deep=False)

@@ -472,7 +472,8 @@ def match_covariates(
     pandas.DataFrame or None
         The fitted columns, in the fitted order, continuous ones as float64 and
         categorical ones as pandas categoricals of text levels (columns unknown to the fit
-        are dropped); None when no fitted column is given.
+        are dropped); ``frame`` itself when it already is that (nothing is copied); None
+        when no fitted column is given.
 
     Raises
     ------
