@@ -27,6 +27,7 @@ give the same model.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from numbers import Number
 from typing import Any
 
@@ -145,8 +146,15 @@ def _clean_column(name: str, col: np.ndarray | pd.Categorical) -> np.ndarray | p
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     return pd.Categorical.from_codes(  # codes made here: no validation needed
-        rank[codes], dtype=pd.CategoricalDtype([text[i] for i in order]), validate=False
+        rank[codes], dtype=_text_levels(tuple(text[i] for i in order)), validate=False
     )
+
+
+@lru_cache(maxsize=256)
+def _text_levels(levels: tuple[str, ...]) -> pd.CategoricalDtype:
+    """The categorical dtype of these levels, made once (a dtype is immutable; making one
+    checks its levels, which costs more than the rest of a column's check)."""
+    return pd.CategoricalDtype(list(levels))
 
 
 def check_covariates(covariates: Any, n_images: int, ages: Any = None) -> pd.DataFrame | None:
