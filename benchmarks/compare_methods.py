@@ -33,6 +33,13 @@ which is still slow on CPU (tens of seconds per step on 2 busy cores); on a GPU 
 published settings, e.g. ``--iguane-width 16 --iguane-patch 0 --iguane-epochs 100
 --iguane-steps 200 --device cuda``. ``--iguane-recipe 2mm`` trains it with
 :data:`~harmonix.iguane.CPU_RECIPE_2MM` (``4mm``: :data:`~harmonix.iguane.CPU_RECIPE`).
+
+One IGUANe training is one draw of its training's randomness. Several trainings per data
+set (the same command with ``--iguane-set random_state=K``, each with its own ``--out``)
+are combined into one report, IGUANe's values being their mean, with::
+
+    python benchmarks/compare_methods.py <the same options> --from-csv A/compare_methods.csv \
+        --more-iguane B/compare_methods.csv --out C
 """
 
 from __future__ import annotations
@@ -282,6 +289,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "slices figure and the run's machine line are kept from the report in --out",
     )
     p.add_argument(
+        "--more-iguane",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="CSV",
+        help="with --from-csv: per-seed values of runs that trained IGUANe again on the same "
+        "data sets (another random_state): their IGUANe rows are added, so that IGUANe's "
+        "values are the mean over its trainings (the other methods must have the same "
+        "values in every file); the combined values are written to --out",
+    )
+    p.add_argument(
         "--prevalence",
         type=float,
         nargs="+",
@@ -294,6 +312,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--iguane-set, --save-iguane and --load-iguane need --iguane-recipe")
     if args.save_iguane and args.load_iguane:
         p.error("give --save-iguane or --load-iguane, not both")
+    if args.more_iguane and (args.from_csv is None or args.disease):
+        p.error("--more-iguane needs --from-csv (and not --disease)")
+    combined = args.out / "compare_methods.csv"
+    if args.more_iguane and combined.exists() and combined.samefile(args.from_csv):
+        p.error(f"--more-iguane writes the combined values to {combined}: give another --out")
     args.iguane_set = dict(_setting(item) for item in args.iguane_set)
     return args
 
@@ -471,7 +494,7 @@ def iguane_against_hm_lines(summary: pd.DataFrame) -> list[str]:
     lines = [
         "- Unseen-site traveling SSIM, IGUANe at least 0.01 above HM with separate "
         f"intervals: {_verdict(gain >= 0.01 and ig[1] > hm[2])} (IGUANe {fmt(ig)}, HM "
-        f"{fmt(hm)}, gain {gain:+.3f})."
+        f"{fmt(hm)}, gain {gain:+.4f})."
     ]
     ig, hm = (interval(m, "site_predictability_error") for m in ("IGUANe", "HM"))
     lines.append(
@@ -601,12 +624,50 @@ def disease_goal_lines(summary: pd.DataFrame, tidy: pd.DataFrame) -> list[str]:
 
 
 def _command(argv: list[str] | None) -> str:
-    """The command that computed the values (``--from-csv`` left out)."""
+    """The command that computed the values (``--from-csv`` and ``--more-iguane`` left
+    out)."""
     given = list(argv or sys.argv[1:])
     if "--from-csv" in given:
         k = given.index("--from-csv")
         del given[k : k + 2]
+    if "--more-iguane" in given:
+        k = given.index("--more-iguane")
+        end = next((j for j in range(k + 1, len(given)) if given[j].startswith("--")), None)
+        del given[k : len(given) if end is None else end]
     return " ".join(["python", "benchmarks/compare_methods.py", *given])
+
+
+def read_trainings(first: Path, more: list[Path]) -> pd.DataFrame:
+    """The per-seed values of ``first`` with the IGUANe rows of ``more`` added.
+
+    Each file is a ``compare_methods.csv`` of runs on the same data sets (same seeds and
+    options) in which IGUANe was trained with another ``random_state``. A ``training``
+    column numbers the files (0: ``first``). The other methods do not depend on IGUANe's
+    training: their rows must have the same values in every file (else the files are not
+    of the same data, and a ValueError says so); they are kept once.
+    """
+    saved = pd.read_csv(first)
+    saved.insert(1, "training", 0)
+    keys = ["seed", "method", "protocol", "metric"]
+    base = saved[saved.method != "IGUANe"].set_index(keys)["value"]
+    frames = [saved]
+    for k, path in enumerate(more, start=1):
+        other = pd.read_csv(path)
+        common = other[other.method != "IGUANe"].set_index(keys)["value"]
+        shared = base.index.intersection(common.index)
+        same = np.isclose(base[shared], common[shared], rtol=1e-9, atol=0, equal_nan=True)
+        timing = shared.get_level_values("metric").str.endswith(("_seconds", "_mb"))
+        if not len(shared) or not same[~timing].all():
+            raise ValueError(
+                f"{path}: its methods other than IGUANe differ from {first}'s, so it is not "
+                "a run on the same data sets (same seeds, sizes and options)."
+            )
+        rows = other[other.method == "IGUANe"].copy()
+        if rows.empty:
+            raise ValueError(f"{path} holds no IGUANe values.")
+        rows.insert(1, "training", k)
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True)
 
 
 def main_disease(args: argparse.Namespace, argv: list[str] | None) -> int:
@@ -710,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     runs, notes, held_out = [], [], []
     first = None
     if args.from_csv is not None:  # rewrite the report from saved per-seed values
-        saved = pd.read_csv(args.from_csv)
+        saved = read_trainings(args.from_csv, args.more_iguane)
         saved["reason"] = saved["reason"].fillna("")
         runs = [saved[saved.seed == seed].copy() for seed in args.seeds]
         held_out = [
@@ -718,6 +779,15 @@ def main(argv: list[str] | None = None) -> int:
             for seed, r in zip(args.seeds, runs, strict=True)
         ]
         notes = build_methods(args, "site0")[1]  # the notes of the run
+        if args.more_iguane:
+            trainings = saved[saved.method == "IGUANe"].groupby("seed")["training"].nunique()
+            notes.append(
+                f"IGUANe's values are the mean over {trainings.min()}-{trainings.max()} "
+                f"trainings per seed (another random_state each: {args.from_csv.name} and "
+                f"{', '.join(p.parent.name + '/' + p.name for p in args.more_iguane)}); the "
+                "other methods' are those of one run per seed. The intervals treat the "
+                "trainings on one data set as sharing its subjects."
+            )
     for k, seed in enumerate(args.seeds if args.from_csv is None else []):
         t0 = time.perf_counter()
         ds = make_multisite(args.n_subjects, args.n_sites, args.resolution, random_state=seed)
@@ -772,8 +842,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.from_csv is not None and report.exists()
         else []
     )
-    if args.from_csv is None:
+    if args.from_csv is None or args.more_iguane:
         tidy.to_csv(args.out / "compare_methods.csv", index=False)
+    if args.from_csv is None:
         ds, outputs, test_sites = first
         plot_slices(outputs, ds, ds.subjects[0], slices_png, test_sites=test_sites)
         reference = ds.reference_site
