@@ -159,7 +159,10 @@ def _labels_by_value(sites: Any) -> tuple[np.ndarray, Any] | None:
     codes, uniques = _factorize(sites)
     texts = [as_label(u) for u in np.asarray(uniques, dtype=object).tolist()]
     if None not in texts:  # the usual case: text labels, indexed once (no per-label objects)
-        labels = np.asarray(texts, dtype=str)[codes]
+        if sites.dtype.kind == "U" and texts == uniques.tolist():  # already their texts
+            labels = sites.copy()  # one copy, faster than indexing the texts
+        else:
+            labels = np.asarray(texts, dtype=str)[codes]
         if len(set(texts)) == len(texts):  # distinct values, distinct texts: the groups
             _GROUPS.remember(labels, texts, codes)
         return labels, sites
@@ -246,13 +249,30 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     if values.dtype.kind != "U" or values.ndim != 1 or values.dtype.itemsize == 0:
         return pd.factorize(values)
-    codes, _ = pd.factorize(_text_keys(values))
+    keys = _latin1_keys(values)
+    exact = keys is not None
+    codes, _ = pd.factorize(keys if exact else _text_keys(values))
     first = np.empty(codes.max() + 1 if len(codes) else 0, dtype=np.intp)
     first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
     uniques = values[first]
-    if not np.array_equal(uniques[codes], values):
+    if not exact and not np.array_equal(uniques[codes], values):
         return pd.factorize(values)
     return codes, uniques
+
+
+def _latin1_keys(values: np.ndarray) -> np.ndarray | None:
+    """Each text of a 1-D ``<U`` array of at most 6 characters, all below U+0100 (e.g.
+    ASCII site names), as one number: its characters are the digits in base 256, a sum
+    below 2**48 that float64 holds exactly, so equal keys are equal texts (no
+    verification needed). None for other arrays."""
+    width = values.dtype.itemsize // 4
+    if width > 6 or not len(values):
+        return None
+    words = np.ascontiguousarray(values).view(np.uint32).reshape(len(values), width)
+    if words.max() > 0xFF:
+        return None
+    # integers hash faster than floats
+    return (words.astype(np.float64) @ (256.0 ** np.arange(width))).astype(np.uint64)
 
 
 class _GroupsMemo:
