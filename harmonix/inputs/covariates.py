@@ -287,7 +287,8 @@ def _levels_of(col: pd.Series | pd.Categorical) -> list[str]:
     categorical order, or sorted)."""
     cat = _categorical(col)
     cats, codes = cat.categories, cat.codes
-    if len(cats) and np.bincount(codes[codes >= 0], minlength=len(cats)).all():
+    known = codes if len(codes) and codes.min() >= 0 else codes[codes >= 0]  # no missing: as is
+    if len(cats) and np.bincount(known, minlength=len(cats)).all():
         return [str(c) for c in cats]
     return [str(c) for c in cat.remove_unused_categories().categories]
 
@@ -338,7 +339,8 @@ def _standardized_rows(rows: np.ndarray) -> np.ndarray:
 
 def _full_rank(gram: np.ndarray, cols: np.ndarray) -> bool:
     """Whether the design columns ``cols`` (of the Gram matrix ``gram``) are independent."""
-    sub = gram[np.ix_(cols, cols)]
+    whole = len(cols) == len(gram) and bool((np.diff(cols) == 1).all())  # all, in order
+    sub = gram if whole else gram[np.ix_(cols, cols)]
     return bool(np.linalg.matrix_rank(sub, hermitian=True) == len(cols))
 
 
@@ -406,13 +408,17 @@ def site_gram(codes: np.ndarray, n_sites: int, columns: np.ndarray) -> np.ndarra
         ``diag(counts)``, the columns' sums per site and ``columns' columns``, without
         the ``n_images x n_sites`` indicator matrix.
     """
-    counts = np.bincount(codes, minlength=n_sites).astype(np.float64)
-    per_site = np.zeros((n_sites, columns.shape[1]))
+    k = columns.shape[1]
+    gram = np.zeros((n_sites + k, n_sites + k))
+    gram[np.arange(n_sites), np.arange(n_sites)] = np.bincount(codes, minlength=n_sites)
+    per_site = gram[:n_sites, n_sites:]
     # column by column (no copy for an F-ordered array): numpy walks a narrow C-ordered
     # (n, k) array row by row
     for j, col in enumerate(np.ascontiguousarray(columns.T)):
         per_site[:, j] = np.bincount(codes, weights=col, minlength=n_sites)
-    return np.block([[np.diag(counts), per_site], [per_site.T, columns.T @ columns]])
+    gram[n_sites:, :n_sites] = per_site.T
+    gram[n_sites:, n_sites:] = columns.T @ columns
+    return gram
 
 
 def _check_separable(frame: pd.DataFrame, levels: CovariateLevels, sites: np.ndarray) -> None:
