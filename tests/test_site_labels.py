@@ -191,3 +191,29 @@ def test_checked_labels_are_grouped_once_and_changes_are_seen():
     np.testing.assert_array_equal(codes, [0, 1, 2, 3, 1])
     copy = labels.copy()  # another array with equal content: its own groups, equal
     assert distinct_sites(copy)[0] == first
+
+
+def test_short_latin1_labels_factorize_by_exact_keys(monkeypatch):
+    """Texts of at most 6 characters below U+0100 are told apart by exact integer keys
+    (the hash is not used: a forced collision changes nothing), and agree with pandas."""
+    monkeypatch.setattr(_labels, "_text_keys", lambda v: np.zeros(len(v), dtype=np.uint64))
+    rng = np.random.default_rng(0)
+    pool = ["a", "ab", "ba", "é", "ÿÿÿÿÿÿ", "ÿÿÿÿÿ", "\x01", "\x01\x01", "site10", "s 1"]
+    values = rng.choice(pool, 500)
+    assert _labels._latin1_keys(values) is not None
+    codes, uniques = _labels._factorize(values)
+    ref_codes, ref_uniques = pd.factorize(values)
+    np.testing.assert_array_equal(codes, ref_codes)
+    assert uniques.tolist() == ref_uniques.tolist()
+    # longer or wider texts take the hashed path
+    assert _labels._latin1_keys(np.array(["site100"])) is None
+    assert _labels._latin1_keys(np.array(["東京"])) is None
+
+
+def test_checked_labels_are_a_copy_of_a_text_array():
+    """Labels that are already their texts come back as a copy: changing the caller's
+    array afterwards changes nothing."""
+    given = np.array(["site0", "site1", "site0"])
+    labels = check_sites(given, 3)
+    given[0] = "other"
+    assert labels.tolist() == ["site0", "site1", "site0"]
