@@ -289,6 +289,17 @@ def _timings_of_one_process(repeats: int) -> dict:
                     out["no_gap"][name].append(wall)
     # each library's calls back to back: caches and allocator warm with its own data
     out["in_a_row"] = {k: common.timed(run, repeats, time.perf_counter) for k, run in runs.items()}
+    # what the pause alone costs a short call: a trivial numpy operation right after the
+    # pause (the CPU and its caches waking up) and again at once
+    tiny = np.ones(10_000)
+    out["wake"] = {"first": [], "second": []}
+    for _ in range(repeats):
+        runs["theirs"]()
+        time.sleep(0.2)
+        for key in ("first", "second"):
+            t0 = time.perf_counter()
+            tiny.sum()
+            out["wake"][key].append(time.perf_counter() - t0)
     out["gap_no_checks"] = {"ours": [], "theirs": []}
     with _checks_at_no_cost():
         for _ in range(repeats):
@@ -332,6 +343,10 @@ def speed(repeats: int, processes: int) -> dict:
         "no_gap": summary("no_gap"),
         "in_a_row": summary("in_a_row"),
         "no_checks": summary("gap_no_checks"),
+        "wake": {
+            k: float(np.median([t for p in per_process for t in p["wake"][k]]))
+            for k in ("first", "second")
+        },
         "process_ratios": [
             float(np.median(p["gap"]["theirs"]) / np.median(p["gap"]["ours"])) for p in per_process
         ],
@@ -488,6 +503,13 @@ def speed_report(sp: dict, prof: list[tuple[str, float]], cmd: str, load: tuple)
         f"{n_ours * 1e3:.1f} ms instead of {w_ours * 1e3:.1f} ms "
         f"({(w_ours - n_ours) * 1e3:.1f} ms less, {n_nh / n_ours:.1f}x neuroHarmonize's "
         "time): the rest is the arithmetic's passes over the table and the fresh output.",
+        "",
+        "What the pause costs by itself: a trivial numpy operation (the sum of 10,000 "
+        f"ones) takes {sp['wake']['first'] * 1e6:.0f} µs right after neuroHarmonize's call "
+        f"and the 0.2 s pause, and {sp['wake']['second'] * 1e6:.0f} µs when repeated at "
+        "once (medians): whatever runs first after an idle moment runs slower while the "
+        "CPU and its caches wake up, a fixed cost that weighs on a call of 20 ms and not "
+        "on one of 190 ms.",
         "",
     ]
     if worst > 1.5:
