@@ -781,8 +781,9 @@ def main(argv: list[str] | None = None) -> int:
         notes = build_methods(args, "site0")[1]  # the notes of the run
         if args.more_iguane:
             trainings = saved[saved.method == "IGUANe"].groupby("seed")["training"].nunique()
+            counts = sorted({int(trainings.min()), int(trainings.max())})
             notes.append(
-                f"IGUANe's values are the mean over {trainings.min()}-{trainings.max()} "
+                f"IGUANe's values are the mean over {'-'.join(map(str, counts))} "
                 f"trainings per seed (another random_state each: {args.from_csv.name} and "
                 f"{', '.join(p.parent.name + '/' + p.name for p in args.more_iguane)}); the "
                 "other methods' are those of one run per seed. The intervals treat the "
