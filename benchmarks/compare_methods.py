@@ -283,10 +283,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--from-csv",
         type=Path,
+        nargs="+",
         default=None,
+        metavar="CSV",
         help="rewrite the report from saved per-seed values (compare_methods.csv, or "
-        "compare_methods_disease.csv with --disease) without running the methods; the "
-        "slices figure and the run's machine line are kept from the report in --out",
+        "compare_methods_disease.csv with --disease) without running the methods; several "
+        "files (runs of other seeds, e.g. one --seeds each) are read as one; the slices "
+        "figure and the run's machine line are kept from the report in --out",
     )
     p.add_argument(
         "--more-iguane",
@@ -315,7 +318,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.more_iguane and (args.from_csv is None or args.disease):
         p.error("--more-iguane needs --from-csv (and not --disease)")
     combined = args.out / "compare_methods.csv"
-    if args.more_iguane and combined.exists() and combined.samefile(args.from_csv):
+    if args.more_iguane and combined.exists() and any(map(combined.samefile, args.from_csv)):
         p.error(f"--more-iguane writes the combined values to {combined}: give another --out")
     args.iguane_set = dict(_setting(item) for item in args.iguane_set)
     return args
@@ -637,16 +640,39 @@ def _command(argv: list[str] | None) -> str:
     return " ".join(["python", "benchmarks/compare_methods.py", *given])
 
 
-def read_trainings(first: Path, more: list[Path]) -> pd.DataFrame:
+def read_saved(paths: list[Path]) -> pd.DataFrame:
+    """The per-seed values of one or several ``compare_methods.csv`` files as one table:
+    runs of different seeds (a seed found in two files is refused: a ValueError)."""
+    frames = [pd.read_csv(path) for path in paths]
+    seen: dict[int, Path] = {}
+    for path, frame in zip(paths, frames, strict=True):
+        for seed in sorted(set(frame["seed"].tolist())):
+            if seed in seen:
+                raise ValueError(
+                    f"seed {seed} is in both {seen[seed]} and {path}: give each seed's "
+                    "values once (other trainings on the same data go to --more-iguane)."
+                )
+            seen[seed] = path
+    return pd.concat(frames, ignore_index=True)
+
+
+def _names(paths: list[Path]) -> str:
+    """Saved-value files named for a report: their folder and name."""
+    return ", ".join(f"{p.parent.name}/{p.name}" for p in paths)
+
+
+def read_trainings(first: list[Path], more: list[Path]) -> pd.DataFrame:
     """The per-seed values of ``first`` with the IGUANe rows of ``more`` added.
 
-    Each file is a ``compare_methods.csv`` of runs on the same data sets (same seeds and
-    options) in which IGUANe was trained with another ``random_state``. A ``training``
-    column numbers the files (0: ``first``). The other methods do not depend on IGUANe's
-    training: their rows must have the same values in every file (else the files are not
-    of the same data, and a ValueError says so); they are kept once.
+    ``first`` holds one or several files of different seeds, read as one
+    (:func:`read_saved`); each file of ``more`` is a ``compare_methods.csv`` of runs on
+    some of the same data sets (same seeds and options) in which IGUANe was trained with
+    another ``random_state``. A ``training`` column numbers the files (0: ``first``). The
+    other methods do not depend on IGUANe's training: their rows must have the same
+    values in every file (else the files are not of the same data, and a ValueError says
+    so); they are kept once.
     """
-    saved = pd.read_csv(first)
+    saved = read_saved(first)
     saved.insert(1, "training", 0)
     keys = ["seed", "method", "protocol", "metric"]
     base = saved[saved.method != "IGUANe"].set_index(keys)["value"]
@@ -659,8 +685,8 @@ def read_trainings(first: Path, more: list[Path]) -> pd.DataFrame:
         timing = shared.get_level_values("metric").str.endswith(("_seconds", "_mb"))
         if not len(shared) or not same[~timing].all():
             raise ValueError(
-                f"{path}: its methods other than IGUANe differ from {first}'s, so it is not "
-                "a run on the same data sets (same seeds, sizes and options)."
+                f"{path}: its methods other than IGUANe differ from {_names(first)}, so it "
+                "is not a run on the same data sets (same seeds, sizes and options)."
             )
         rows = other[other.method == "IGUANe"].copy()
         if rows.empty:
@@ -676,7 +702,7 @@ def main_disease(args: argparse.Namespace, argv: list[str] | None) -> int:
     runs, notes = [], []
     prevalence = args.prevalence if len(args.prevalence) > 1 else args.prevalence[0]
     if args.from_csv is not None:  # rewrite the report from saved per-seed values
-        saved = pd.read_csv(args.from_csv)
+        saved = read_saved(args.from_csv)
         saved["reason"] = saved["reason"].fillna("")
         runs = [saved[saved.seed == seed].copy() for seed in args.seeds]
         notes = ["IGUANe skipped (--no-iguane)."] if args.no_iguane else []
@@ -730,7 +756,7 @@ def main_disease(args: argparse.Namespace, argv: list[str] | None) -> int:
             f"Machine: {platform.machine()}, {os.cpu_count()} CPU(s); wall time "
             f"{total / 60:.1f} min (1-min load average at the end: {load:.1f})."
             if args.from_csv is None
-            else f"Report rewritten from the saved per-seed values ({args.from_csv.name})."
+            else f"Report rewritten from the saved per-seed values ({_names(args.from_csv)})."
         ),
         "",
         *[f"Note: {n}" for n in notes],
@@ -784,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
             counts = sorted({int(trainings.min()), int(trainings.max())})
             notes.append(
                 f"IGUANe's values are the mean over {'-'.join(map(str, counts))} "
-                f"trainings per seed (another random_state each: {args.from_csv.name} and "
+                f"trainings per seed (another random_state each: {_names(args.from_csv)} and "
                 f"{', '.join(p.parent.name + '/' + p.name for p in args.more_iguane)}); the "
                 "other methods' are those of one run per seed. The intervals treat the "
                 "trainings on one data set as sharing its subjects."
@@ -907,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.from_csv is None
             else [
                 *machine,
-                f"Report rewritten from the saved per-seed values ({args.from_csv.name}).",
+                f"Report rewritten from the saved per-seed values ({_names(args.from_csv)}).",
             ]
         ),
         "",
