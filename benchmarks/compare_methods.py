@@ -630,13 +630,11 @@ def _command(argv: list[str] | None) -> str:
     """The command that computed the values (``--from-csv`` and ``--more-iguane`` left
     out)."""
     given = list(argv or sys.argv[1:])
-    if "--from-csv" in given:
-        k = given.index("--from-csv")
-        del given[k : k + 2]
-    if "--more-iguane" in given:
-        k = given.index("--more-iguane")
-        end = next((j for j in range(k + 1, len(given)) if given[j].startswith("--")), None)
-        del given[k : len(given) if end is None else end]
+    for option in ("--from-csv", "--more-iguane"):  # each with its files
+        if option in given:
+            k = given.index(option)
+            end = next((j for j in range(k + 1, len(given)) if given[j].startswith("--")), None)
+            del given[k : len(given) if end is None else end]
     return " ".join(["python", "benchmarks/compare_methods.py", *given])
 
 
