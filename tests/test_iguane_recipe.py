@@ -512,3 +512,12 @@ def test_disc_instance_norm_fingerprint():
     assert "disc_instance_norm" not in default
     assert of(TrainConfig(disc_instance_norm=True)) == default
     assert of(TrainConfig(disc_instance_norm=False)) != default
+
+
+def test_2mm_recipe_halves_the_cycle_and_identity_terms():
+    # E15 (iguane_learning_2mm.md): lighter terms than the 4 mm recipe's, and the
+    # estimator built from the recipe carries them
+    assert CPU_RECIPE_2MM["cycle_weight"] == CPU_RECIPE["cycle_weight"] / 2
+    assert CPU_RECIPE_2MM["identity_weight"] == CPU_RECIPE["identity_weight"] / 2
+    est = IGUANeHarmonizer(**CPU_RECIPE_2MM)
+    assert (est.cycle_weight, est.identity_weight) == (5.0, 2.5)
